@@ -1,0 +1,333 @@
+//! Configuration, read once at start from environment variables.
+//!
+//! Every variable has a default suited to a single development machine. A value that cannot be
+//! parsed stops the start with an error naming the variable.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `TIDINGS_DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/tidings` | PostgreSQL connection URL |
+//! | `TIDINGS_AMQP_URL` | `amqp://guest:guest@127.0.0.1:5672/%2f` | RabbitMQ connection URL |
+//! | `TIDINGS_SMTP_URL` | `smtp://127.0.0.1:2525` | outbound SMTP server (`smtp://`, `smtps://`, `smtp://…?tls=required`) |
+//! | `TIDINGS_HTTP_ADDR` | `127.0.0.1:8080` | address the api role listens on |
+//! | `TIDINGS_API_TOKEN` | `tidings-dev-token` | bearer token every API call must carry |
+//! | `TIDINGS_SEEN_WINDOW` | `60s` | how long a notification waits for the recipient to see it before it is emailed |
+//! | `TIDINGS_REPLY_DOMAIN` | `reply.tidings.localhost` | domain of reply addresses and outbound Message-IDs |
+//! | `TIDINGS_TOKEN_SECRET` | `tidings-dev-secret` | HMAC secret signing reply addresses |
+//! | `TIDINGS_QUEUE_TYPE` | `quorum` | `quorum` or `classic` RabbitMQ queues |
+//! | `TIDINGS_QUEUE_PREFIX` | `tidings` | prefix of every exchange and queue name |
+//! | `TIDINGS_MAIL_FROM` | `Tidings <notifications@tidings.localhost>` | From of outbound notification mail |
+//! | `TIDINGS_TEMPLATES_DIR` | `templates` | folder holding the handlebars templates |
+//! | `TIDINGS_RETRY_TIERS` | `1m,5m,30m` | back-off delays after a temporary SMTP failure; after the last the send fails |
+//! | `TIDINGS_SEND_LEASE` | `2m` | after this long a send claimed by a worker that vanished may be claimed again |
+//! | `TIDINGS_SMTP_CONCURRENCY` | `16` | simultaneous SMTP transactions per mailer process |
+//! | `TIDINGS_PREFETCH` | `64` | unacknowledged broker deliveries per consumer |
+//! | `TIDINGS_DB_POOL_SIZE` | `10` | PostgreSQL connections per process |
+//! | `TIDINGS_SWEEP_INTERVAL` | `15s` | how often dispatch republishes messages whose event was not confirmed |
+//!
+//! Durations are written `1500ms`, `90s`, `5m`, `1h`, or a bare number of seconds.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A configuration value that could not be used; names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {reason} (got {value:?})")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+/// Kind of RabbitMQ queue every Tidings queue is declared as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    /// Replicated, at-least-once dead-lettering; the default.
+    Quorum,
+    /// Single-node; faster, but dead-lettering out of the delay is at-most-once.
+    Classic,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub amqp_url: String,
+    pub smtp_url: String,
+    pub http_addr: SocketAddr,
+    /// Bearer token every API request must present.
+    pub api_token: String,
+    /// Time a notification waits for the recipient to see it (SPEC D2).
+    pub seen_window: Duration,
+    pub reply_domain: String,
+    /// Secret for reply-token HMACs; rotating it invalidates outstanding reply addresses.
+    pub token_secret: Vec<u8>,
+    pub queue_type: QueueType,
+    /// Prefix of every exchange and queue, so several deployments (or tests) share one broker.
+    pub queue_prefix: String,
+    pub mail_from: String,
+    pub templates_dir: String,
+    /// Delays before each retry of a temporarily failed send.
+    pub retry_tiers: Vec<Duration>,
+    /// How long a claimed send belongs to its worker before another may take it over.
+    pub send_lease: Duration,
+    pub smtp_concurrency: usize,
+    pub prefetch: u16,
+    pub db_pool_size: u32,
+    pub sweep_interval: Duration,
+}
+
+pub const DEV_API_TOKEN: &str = "tidings-dev-token";
+pub const DEV_TOKEN_SECRET: &str = "tidings-dev-secret";
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup`, which returns a variable's value if set.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &'static str, default: &str| -> (&'static str, String) {
+            (
+                name,
+                lookup(name)
+                    .filter(|v| !v.trim().is_empty())
+                    .unwrap_or_else(|| default.to_string()),
+            )
+        };
+        let (n, database_url) = get(
+            "TIDINGS_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/tidings",
+        );
+        require_scheme(n, &database_url, &["postgres", "postgresql"])?;
+        let (n, amqp_url) = get("TIDINGS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        require_scheme(n, &amqp_url, &["amqp", "amqps"])?;
+        let (n, smtp_url) = get("TIDINGS_SMTP_URL", "smtp://127.0.0.1:2525");
+        require_scheme(n, &smtp_url, &["smtp", "smtps"])?;
+        let http_addr = parse_with(get("TIDINGS_HTTP_ADDR", "127.0.0.1:8080"), |v| {
+            v.parse::<SocketAddr>()
+                .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:8080".to_string())
+        })?;
+        let (_, api_token) = get("TIDINGS_API_TOKEN", DEV_API_TOKEN);
+        let seen_window = parse_with(get("TIDINGS_SEEN_WINDOW", "60s"), parse_positive_duration)?;
+        let reply_domain = parse_with(
+            get("TIDINGS_REPLY_DOMAIN", "reply.tidings.localhost"),
+            |v| {
+                let ok = v.contains('.')
+                    && v.split('.').all(|label| {
+                        !label.is_empty()
+                            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    });
+                if ok {
+                    Ok(v.to_ascii_lowercase())
+                } else {
+                    Err("expected a domain name such as reply.example.com".to_string())
+                }
+            },
+        )?;
+        let token_secret = parse_with(get("TIDINGS_TOKEN_SECRET", DEV_TOKEN_SECRET), |v| {
+            if v.len() < 16 {
+                Err("must be at least 16 characters".to_string())
+            } else {
+                Ok(v.as_bytes().to_vec())
+            }
+        })?;
+        let queue_type = parse_with(get("TIDINGS_QUEUE_TYPE", "quorum"), |v| match v {
+            "quorum" => Ok(QueueType::Quorum),
+            "classic" => Ok(QueueType::Classic),
+            _ => Err("expected quorum or classic".to_string()),
+        })?;
+        let queue_prefix = parse_with(get("TIDINGS_QUEUE_PREFIX", "tidings"), |v| {
+            if v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                Ok(v.to_string())
+            } else {
+                Err("expected at most 64 of A-Z a-z 0-9 - _ .".to_string())
+            }
+        })?;
+        let mail_from = parse_with(
+            get(
+                "TIDINGS_MAIL_FROM",
+                "Tidings <notifications@tidings.localhost>",
+            ),
+            |v| {
+                v.parse::<lettre::message::Mailbox>()
+                    .map(|_| v.to_string())
+                    .map_err(|e| format!("not a mailbox: {e}"))
+            },
+        )?;
+        let (_, templates_dir) = get("TIDINGS_TEMPLATES_DIR", "templates");
+        let retry_tiers = parse_with(get("TIDINGS_RETRY_TIERS", "1m,5m,30m"), |v| {
+            v.split(',')
+                .map(|part| parse_positive_duration(part.trim()))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let send_lease = parse_with(get("TIDINGS_SEND_LEASE", "2m"), parse_positive_duration)?;
+        let smtp_concurrency = parse_with(get("TIDINGS_SMTP_CONCURRENCY", "16"), |v| {
+            parse_range(v, 1, 1024)
+        })?;
+        let prefetch = parse_with(get("TIDINGS_PREFETCH", "64"), |v| {
+            parse_range(v, 1, 65535).map(|n| n as u16)
+        })?;
+        let db_pool_size = parse_with(get("TIDINGS_DB_POOL_SIZE", "10"), |v| {
+            parse_range(v, 1, 1000).map(|n| n as u32)
+        })?;
+        let sweep_interval = parse_with(
+            get("TIDINGS_SWEEP_INTERVAL", "15s"),
+            parse_positive_duration,
+        )?;
+        Ok(Config {
+            database_url,
+            amqp_url,
+            smtp_url,
+            http_addr,
+            api_token,
+            seen_window,
+            reply_domain,
+            token_secret,
+            queue_type,
+            queue_prefix,
+            mail_from,
+            templates_dir,
+            retry_tiers,
+            send_lease,
+            smtp_concurrency,
+            prefetch,
+            db_pool_size,
+            sweep_interval,
+        })
+    }
+
+    /// True when the API token or reply secret is the shipped development value.
+    pub fn uses_development_secrets(&self) -> bool {
+        self.api_token == DEV_API_TOKEN || self.token_secret == DEV_TOKEN_SECRET.as_bytes()
+    }
+}
+
+fn parse_with<T>(
+    (variable, value): (&'static str, String),
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    parse(value.trim()).map_err(|reason| ConfigError {
+        variable,
+        value,
+        reason,
+    })
+}
+
+fn require_scheme(
+    variable: &'static str,
+    value: &str,
+    schemes: &[&str],
+) -> Result<(), ConfigError> {
+    let scheme = value.split_once("://").map(|(s, _)| s);
+    match scheme {
+        Some(s) if schemes.contains(&s) => Ok(()),
+        _ => Err(ConfigError {
+            variable,
+            value: value.to_string(),
+            reason: format!(
+                "expected a URL starting with {}://",
+                schemes.join(":// or ")
+            ),
+        }),
+    }
+}
+
+fn parse_range(value: &str, min: usize, max: usize) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from {min} to {max}")),
+    }
+}
+
+/// Parses `1500ms`, `90s`, `5m`, `1h` or a bare number of seconds; zero is refused.
+pub fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    let bad = || format!("expected a duration such as 1500ms, 90s, 5m or 1h, got {value:?}");
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (digits, unit) = value.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let duration = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(bad()),
+    };
+    if duration.is_zero() {
+        return Err("must be greater than zero".to_string());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config_with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_are_sensible() {
+        let config = config_with(&[]).unwrap();
+        assert_eq!(config.seen_window, Duration::from_secs(60));
+        assert_eq!(config.queue_type, QueueType::Quorum);
+        assert_eq!(config.retry_tiers.len(), 3);
+        assert!(config.uses_development_secrets());
+    }
+
+    #[test]
+    fn durations_parse_in_every_unit() {
+        assert_eq!(
+            parse_positive_duration("1500ms"),
+            Ok(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_positive_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_positive_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_positive_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_positive_duration("0s").is_err());
+        assert!(parse_positive_duration("soon").is_err());
+        assert!(parse_positive_duration("5 days").is_err());
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let cases = [
+            ("TIDINGS_SEEN_WINDOW", "sixty"),
+            ("TIDINGS_QUEUE_TYPE", "stream"),
+            ("TIDINGS_HTTP_ADDR", "localhost"),
+            ("TIDINGS_DATABASE_URL", "mysql://x"),
+            ("TIDINGS_AMQP_URL", "127.0.0.1:5672"),
+            ("TIDINGS_SMTP_URL", "http://x"),
+            ("TIDINGS_TOKEN_SECRET", "short"),
+            ("TIDINGS_REPLY_DOMAIN", "no_dots"),
+            ("TIDINGS_RETRY_TIERS", "1m,,5m"),
+            ("TIDINGS_PREFETCH", "0"),
+            ("TIDINGS_MAIL_FROM", "not an address"),
+            ("TIDINGS_QUEUE_PREFIX", "has space"),
+        ];
+        for (variable, value) in cases {
+            let err = config_with(&[(variable, value)]).unwrap_err();
+            assert_eq!(err.variable, variable);
+            assert!(err.to_string().starts_with(variable), "{err}");
+        }
+    }
+}

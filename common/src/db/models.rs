@@ -1,0 +1,147 @@
+//! Rows as the roles read them.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::schema::*;
+
+/// Kind of person; stored as text in `people.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PersonKind {
+    User,
+    Customer,
+    Bot,
+}
+
+impl PersonKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PersonKind::User => "user",
+            PersonKind::Customer => "customer",
+            PersonKind::Bot => "bot",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "user" => Some(PersonKind::User),
+            "customer" => Some(PersonKind::Customer),
+            "bot" => Some(PersonKind::Bot),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = people)]
+pub struct Person {
+    pub id: i64,
+    pub kind: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Person {
+    pub fn kind(&self) -> PersonKind {
+        PersonKind::parse(&self.kind).unwrap_or(PersonKind::Bot)
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = projects)]
+pub struct Project {
+    pub id: i64,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = items)]
+pub struct Item {
+    pub id: i64,
+    pub project_id: i64,
+    pub kind: String,
+    pub title: String,
+    pub assignee_id: Option<i64>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = conversations)]
+pub struct Conversation {
+    pub id: i64,
+    pub project_id: Option<i64>,
+    pub item_id: Option<i64>,
+    pub subject: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = messages)]
+pub struct Message {
+    pub id: i64,
+    pub conversation_id: i64,
+    pub author_id: i64,
+    pub body: String,
+    pub internal: bool,
+    pub created_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub dispatched_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = notifications)]
+pub struct Notification {
+    pub id: i64,
+    pub message_id: i64,
+    pub recipient_id: i64,
+    pub conversation_id: i64,
+    pub state: String,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+    pub claimed_at: Option<DateTime<Utc>>,
+    pub attempts: i32,
+    pub email_message_id: String,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub smtp_reply: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = email_log)]
+pub struct EmailLogEntry {
+    pub id: i64,
+    pub created_at: DateTime<Utc>,
+    pub direction: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub notification_id: Option<i64>,
+    pub message_id: Option<i64>,
+    pub conversation_id: Option<i64>,
+    pub mail_from: Option<String>,
+    pub rcpt_to: Option<String>,
+    pub subject: Option<String>,
+    pub message_id_header: Option<String>,
+    pub smtp_reply: Option<String>,
+}
+
+/// A row to append to the email log.
+#[derive(Debug, Clone, Default, Insertable)]
+#[diesel(table_name = email_log)]
+pub struct NewEmailLogEntry {
+    pub direction: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub notification_id: Option<i64>,
+    pub message_id: Option<i64>,
+    pub conversation_id: Option<i64>,
+    pub mail_from: Option<String>,
+    pub rcpt_to: Option<String>,
+    pub subject: Option<String>,
+    pub message_id_header: Option<String>,
+    pub smtp_reply: Option<String>,
+}

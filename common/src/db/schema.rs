@@ -1,0 +1,149 @@
+//! Diesel table definitions, matching `migrations/`.
+
+diesel::table! {
+    people (id) {
+        id -> Int8,
+        kind -> Text,
+        name -> Text,
+        email -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    projects (id) {
+        id -> Int8,
+        name -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    items (id) {
+        id -> Int8,
+        project_id -> Int8,
+        kind -> Text,
+        title -> Text,
+        assignee_id -> Nullable<Int8>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    project_follows (project_id, person_id) {
+        project_id -> Int8,
+        person_id -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    item_follows (item_id, person_id) {
+        item_id -> Int8,
+        person_id -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    conversations (id) {
+        id -> Int8,
+        project_id -> Nullable<Int8>,
+        item_id -> Nullable<Int8>,
+        subject -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    conversation_participants (conversation_id, person_id) {
+        conversation_id -> Int8,
+        person_id -> Int8,
+        added_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    messages (id) {
+        id -> Int8,
+        conversation_id -> Int8,
+        author_id -> Int8,
+        body -> Text,
+        internal -> Bool,
+        created_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
+        dispatched_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    seen_cursors (person_id, conversation_id) {
+        person_id -> Int8,
+        conversation_id -> Int8,
+        last_seen_message_id -> Int8,
+        seen_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    notifications (id) {
+        id -> Int8,
+        message_id -> Int8,
+        recipient_id -> Int8,
+        conversation_id -> Int8,
+        state -> Text,
+        reason -> Nullable<Text>,
+        created_at -> Timestamptz,
+        due_at -> Timestamptz,
+        claimed_at -> Nullable<Timestamptz>,
+        attempts -> Int4,
+        email_message_id -> Text,
+        sent_at -> Nullable<Timestamptz>,
+        smtp_reply -> Nullable<Text>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    email_log (id) {
+        id -> Int8,
+        created_at -> Timestamptz,
+        direction -> Text,
+        status -> Text,
+        reason -> Nullable<Text>,
+        notification_id -> Nullable<Int8>,
+        message_id -> Nullable<Int8>,
+        conversation_id -> Nullable<Int8>,
+        mail_from -> Nullable<Text>,
+        rcpt_to -> Nullable<Text>,
+        subject -> Nullable<Text>,
+        message_id_header -> Nullable<Text>,
+        smtp_reply -> Nullable<Text>,
+    }
+}
+
+diesel::joinable!(items -> projects (project_id));
+diesel::joinable!(item_follows -> items (item_id));
+diesel::joinable!(item_follows -> people (person_id));
+diesel::joinable!(project_follows -> projects (project_id));
+diesel::joinable!(project_follows -> people (person_id));
+diesel::joinable!(conversation_participants -> conversations (conversation_id));
+diesel::joinable!(conversation_participants -> people (person_id));
+diesel::joinable!(messages -> conversations (conversation_id));
+diesel::joinable!(messages -> people (author_id));
+diesel::joinable!(notifications -> messages (message_id));
+diesel::joinable!(notifications -> people (recipient_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    people,
+    projects,
+    items,
+    project_follows,
+    item_follows,
+    conversations,
+    conversation_participants,
+    messages,
+    seen_cursors,
+    notifications,
+    email_log,
+);

@@ -1,0 +1,270 @@
+//! Building outbound notification mail: reply tokens, Message-IDs, threading headers.
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use lettre::Message as Email;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use sha2::Sha256;
+
+use crate::error::{Error, Result};
+use crate::templates::RenderedEmail;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Bytes of HMAC kept in a token: 80 bits, far beyond online guessing.
+const MAC_LEN: usize = 10;
+
+/// The signed part of a reply address, `reply+<token>@<reply domain>`: names the conversation
+/// and the person the address was issued to, and the day it was issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyToken {
+    pub conversation_id: i64,
+    pub person_id: i64,
+    /// Days since the Unix epoch when the token was issued; lets old tokens expire.
+    pub issued_day: i64,
+}
+
+/// Why a reply token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyTokenError {
+    #[error("reply token is malformed")]
+    Malformed,
+    #[error("reply token signature does not match")]
+    BadSignature,
+}
+
+impl ReplyToken {
+    /// Encodes as `<conversation>-<person>-<day>-<mac>`, lower case only so that relays that
+    /// fold the local part's case do not break it.
+    pub fn encode(&self, secret: &[u8]) -> String {
+        let body = format!(
+            "{}-{}-{}",
+            self.conversation_id, self.person_id, self.issued_day
+        );
+        format!("{body}-{}", mac(secret, &body))
+    }
+
+    pub fn decode(token: &str, secret: &[u8]) -> Result<Self, ReplyTokenError> {
+        let token = token.to_ascii_lowercase();
+        let (body, given) = token.rsplit_once('-').ok_or(ReplyTokenError::Malformed)?;
+        let numbers: Vec<i64> = body
+            .split('-')
+            .map(|n| n.parse::<i64>().map_err(|_| ReplyTokenError::Malformed))
+            .collect::<Result<_, _>>()?;
+        let [conversation_id, person_id, issued_day] = numbers[..] else {
+            return Err(ReplyTokenError::Malformed);
+        };
+        let expected = mac(secret, body);
+        if !constant_time_eq(expected.as_bytes(), given.as_bytes()) {
+            return Err(ReplyTokenError::BadSignature);
+        }
+        Ok(ReplyToken {
+            conversation_id,
+            person_id,
+            issued_day,
+        })
+    }
+
+    /// The full reply address for this token.
+    pub fn address(&self, secret: &[u8], reply_domain: &str) -> String {
+        format!("reply+{}@{reply_domain}", self.encode(secret))
+    }
+}
+
+fn mac(secret: &[u8], body: &str) -> String {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
+    mac.update(body.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    base32_lower(&digest[..MAC_LEN])
+}
+
+fn base32_lower(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut out = String::with_capacity(bytes.len() * 8 / 5 + 1);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for &b in bytes {
+        buffer = (buffer << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((buffer >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A fresh, globally unique Message-ID (with angle brackets) for one notification's email,
+/// chosen when the notification is written and kept, so every attempt to send it carries the same id.
+pub fn new_message_id(message_id: i64, recipient_id: i64, reply_domain: &str) -> String {
+    let salt: [u8; 9] = rand::random();
+    let salt = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(salt);
+    format!("<tidings.m{message_id}.p{recipient_id}.{salt}@{reply_domain}>")
+}
+
+/// The Message-ID every email of a conversation refers to first, so mail clients thread them
+/// together even when earlier notifications were skipped.
+pub fn conversation_root_id(conversation_id: i64, reply_domain: &str) -> String {
+    format!("<tidings.c{conversation_id}@{reply_domain}>")
+}
+
+/// Everything needed to build one notification email.
+#[derive(Debug, Clone)]
+pub struct OutboundEmail {
+    pub from: String,
+    pub to_name: String,
+    pub to_address: String,
+    pub reply_to: String,
+    /// This email's Message-ID, with angle brackets.
+    pub message_id: String,
+    /// Earlier Message-IDs of the thread, oldest first; the last is the one replied to.
+    pub references: Vec<String>,
+    pub content: RenderedEmail,
+}
+
+/// Builds a multipart/alternative message with threading and anti-loop headers.
+pub fn build_email(email: &OutboundEmail) -> Result<Email> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| Error::EmailBuild(format!("{what}: {e}"));
+    let from: Mailbox = email.from.parse().map_err(|e| bad("From", &e))?;
+    let to = Mailbox::new(
+        Some(email.to_name.clone()),
+        email.to_address.parse().map_err(|e| bad("To", &e))?,
+    );
+    let reply_to: Mailbox = email.reply_to.parse().map_err(|e| bad("Reply-To", &e))?;
+    let mut builder = Email::builder()
+        .from(from)
+        .to(to)
+        .reply_to(reply_to)
+        .subject(email.content.subject.clone())
+        .message_id(Some(email.message_id.clone()))
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Auto-Submitted"),
+            "auto-generated".into(),
+        ))
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("X-Auto-Response-Suppress"),
+            "All".into(),
+        ));
+    if let Some(parent) = email.references.last() {
+        builder = builder
+            .in_reply_to(parent.clone())
+            .references(email.references.join(" "));
+    }
+    builder
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_PLAIN)
+                        .body(email.content.text.clone()),
+                )
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .body(email.content.html.clone()),
+                ),
+        )
+        .map_err(|e| bad("message", &e))
+}
+
+/// Masks an address for process logs: `jane.doe@example.com` → `j***@example.com`.
+pub fn mask_address(address: &str) -> String {
+    match address.split_once('@') {
+        Some((local, domain)) => {
+            let first = local.chars().next().map(String::from).unwrap_or_default();
+            format!("{first}***@{domain}")
+        }
+        None => "***".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef-test";
+
+    #[test]
+    fn reply_token_round_trips_and_ignores_case() {
+        let token = ReplyToken {
+            conversation_id: 42,
+            person_id: 7,
+            issued_day: 20_000,
+        };
+        let encoded = token.encode(SECRET);
+        assert_eq!(encoded, encoded.to_ascii_lowercase());
+        assert_eq!(ReplyToken::decode(&encoded, SECRET), Ok(token));
+        assert_eq!(
+            ReplyToken::decode(&encoded.to_ascii_uppercase(), SECRET),
+            Ok(token)
+        );
+        assert_eq!(
+            token.address(SECRET, "reply.example.com"),
+            format!("reply+{encoded}@reply.example.com")
+        );
+    }
+
+    #[test]
+    fn reply_token_refuses_tampering() {
+        let encoded = ReplyToken {
+            conversation_id: 42,
+            person_id: 7,
+            issued_day: 1,
+        }
+        .encode(SECRET);
+        let forged = encoded.replacen("42-7", "42-8", 1);
+        assert_eq!(
+            ReplyToken::decode(&forged, SECRET),
+            Err(ReplyTokenError::BadSignature)
+        );
+        assert_eq!(
+            ReplyToken::decode(&encoded, b"another-secret-entirely"),
+            Err(ReplyTokenError::BadSignature)
+        );
+        for bad in ["", "abc", "1-2-abc", "1-2-3-4-zz", "x-2-3-abcd"] {
+            assert!(ReplyToken::decode(bad, SECRET).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn email_carries_threading_and_anti_loop_headers() {
+        let email = OutboundEmail {
+            from: "Tidings <n@example.com>".into(),
+            to_name: "Ann".into(),
+            to_address: "ann@example.com".into(),
+            reply_to: "reply+1-2-3-abc@reply.example.com".into(),
+            message_id: "<b@reply.example.com>".into(),
+            references: vec!["<root@x>".into(), "<a@x>".into()],
+            content: RenderedEmail {
+                subject: "S".into(),
+                text: "t".into(),
+                html: "<p>h</p>".into(),
+            },
+        };
+        let raw = String::from_utf8(build_email(&email).unwrap().formatted()).unwrap();
+        for header in [
+            "Message-ID: <b@reply.example.com>",
+            "In-Reply-To: <a@x>",
+            "References: <root@x> <a@x>",
+            "Auto-Submitted: auto-generated",
+            "X-Auto-Response-Suppress: All",
+            "Reply-To: reply+1-2-3-abc@reply.example.com",
+            "multipart/alternative",
+        ] {
+            assert!(raw.contains(header), "missing {header} in\n{raw}");
+        }
+    }
+
+    #[test]
+    fn addresses_are_masked() {
+        assert_eq!(mask_address("jane@example.com"), "j***@example.com");
+        assert_eq!(mask_address("nonsense"), "***");
+    }
+}

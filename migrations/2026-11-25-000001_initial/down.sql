@@ -1,0 +1,11 @@
+DROP TABLE email_log;
+DROP TABLE notifications;
+DROP TABLE seen_cursors;
+DROP TABLE messages;
+DROP TABLE conversation_participants;
+DROP TABLE conversations;
+DROP TABLE item_follows;
+DROP TABLE project_follows;
+DROP TABLE items;
+DROP TABLE projects;
+DROP TABLE people;

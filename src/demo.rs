@@ -1,0 +1,221 @@
+//! `tidings demo`: drives a running api role through a short help-desk story and reports what
+//! the pipeline did with each notification.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tidings_common::Config;
+
+struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the api at {}", self.base))?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("{method} {path}: {status}: {text}");
+        }
+        Ok(if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)?
+        })
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn put(&self, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::PUT, path, body).await
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+}
+
+fn id(v: &Value) -> i64 {
+    v["id"].as_i64().unwrap_or_default()
+}
+
+pub async fn run(base: &str, config: &Config) -> anyhow::Result<()> {
+    let api = Api {
+        base: base.trim_end_matches('/').to_string(),
+        token: config.api_token.clone(),
+        http: reqwest::Client::new(),
+    };
+    let run = chrono::Utc::now().format("%H%M%S").to_string();
+    let person = |kind: &str, name: &str, local: &str| {
+        let email = format!("{local}+{run}@example.com");
+        (format!("/{kind}"), json!({ "name": name, "email": email }))
+    };
+    println!("Seeding a tiny organisation…");
+    let (path, body) = person("users", "Ada Lead", "ada");
+    let ada = api.post(&path, body).await?;
+    let (path, body) = person("users", "Ben Agent", "ben");
+    let ben = api.post(&path, body).await?;
+    let (path, body) = person("customers", "Cleo Customer", "cleo");
+    let cleo = api.post(&path, body).await?;
+    let project = api.post("/projects", json!({ "name": "Support" })).await?;
+    let item = api
+        .post(
+            "/items",
+            json!({ "project_id": id(&project), "kind": "ticket", "title": "Printer on fire", "assignee_id": id(&ben) }),
+        )
+        .await?;
+    api.put(
+        &format!("/items/{}/followers/{}", id(&item), id(&ada)),
+        None,
+    )
+    .await?;
+    let conversation = api
+        .post(
+            "/conversations",
+            json!({ "subject": "Printer on fire", "item_id": id(&item) }),
+        )
+        .await?;
+    let conv = id(&conversation);
+    api.put(
+        &format!("/conversations/{conv}/participants/{}", id(&cleo)),
+        None,
+    )
+    .await?;
+    println!(
+        "  users Ada (follows the ticket) and Ben (assigned), customer Cleo (opened it); conversation {conv}"
+    );
+
+    let names = [(id(&ada), "Ada"), (id(&ben), "Ben"), (id(&cleo), "Cleo")];
+    let name_of = |pid: i64| {
+        names
+            .iter()
+            .find(|(i, _)| *i == pid)
+            .map_or("?", |(_, n)| *n)
+    };
+    let mut posted = Vec::new();
+    let mut post = async |author: &Value, body: &str, internal: bool| -> anyhow::Result<i64> {
+        let m = api
+            .post(
+                &format!("/conversations/{conv}/messages"),
+                json!({ "author_id": id(author), "body": body, "internal": internal }),
+            )
+            .await?;
+        let kind = if internal { "internal" } else { "external" };
+        println!(
+            "  message {} ({kind}) from {}: {body}",
+            id(&m),
+            name_of(id(author))
+        );
+        posted.push(id(&m));
+        Ok(id(&m))
+    };
+    println!("Posting…");
+    post(&cleo, "Hi, my printer is on fire. Help?", false).await?;
+    post(&ben, "Has anyone seen this model burn before?", true).await?;
+    let reply = post(&ada, "We are sending a technician this afternoon.", false).await?;
+    api.put(
+        &format!("/conversations/{conv}/seen"),
+        Some(json!({ "person_id": id(&cleo), "message_id": reply })),
+    )
+    .await?;
+    println!("  Cleo reads message {reply} in the customer chat");
+    post(&cleo, "Thank you! It is only smoking now.", false).await?;
+
+    println!(
+        "Waiting for the seen window ({:?}) and the mailer…",
+        config.seen_window
+    );
+    let deadline = Instant::now() + config.seen_window + Duration::from_secs(30);
+    let mut reports = Vec::new();
+    for &message in &posted {
+        loop {
+            let status = api.get(&format!("/messages/{message}/deliveries")).await?;
+            let recipients = status["recipients"].as_array().cloned().unwrap_or_default();
+            let settled = status["dispatched"].as_bool() == Some(true)
+                && recipients.iter().all(|r| {
+                    matches!(
+                        r["email_state"].as_str(),
+                        Some("sent" | "skipped" | "failed")
+                    )
+                });
+            if settled {
+                reports.push((message, recipients));
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "message {message} still has notifications in flight; is the mailer running and the SMTP server up?"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    println!();
+    println!(
+        "{:<8} {:<10} {:<9} {:<18} detail",
+        "message", "recipient", "email", "reason"
+    );
+    let (mut sent, mut skipped) = (0, 0);
+    for (message, recipients) in &reports {
+        if recipients.is_empty() {
+            println!("{message:<8} -          -         -                  nobody to notify");
+        }
+        for r in recipients {
+            let state = r["email_state"].as_str().unwrap_or("?");
+            match state {
+                "sent" => sent += 1,
+                "skipped" => skipped += 1,
+                _ => {}
+            }
+            let detail = match state {
+                "sent" => format!(
+                    "to {} ({})",
+                    r["emailed_to"].as_str().unwrap_or("?"),
+                    r["smtp_reply"].as_str().unwrap_or("")
+                ),
+                _ => r["smtp_reply"].as_str().unwrap_or("").to_string(),
+            };
+            println!(
+                "{message:<8} {:<10} {state:<9} {:<18} {detail}",
+                r["recipient_name"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .split(' ')
+                    .next()
+                    .unwrap_or("?"),
+                r["email_reason"].as_str().unwrap_or("-"),
+            );
+        }
+    }
+    println!();
+    println!(
+        "{sent} emails sent, {skipped} skipped. Cleo was never notified of the internal message (D5);"
+    );
+    println!(
+        "authors are never notified of their own messages (D3); posting counts as seeing what came before (D4)."
+    );
+    let inbox = api.get(&format!("/people/{}/inbox", id(&ada))).await?;
+    println!("Ada's inbox: {} unread", inbox["unread"]);
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! `tidings`: one binary for every role. Configuration comes from `TIDINGS_*` environment
+//! variables (see the README); this file only parses the command line, sets up logging and
+//! starts what was asked for.
+
+mod demo;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tidings_common::Config;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+#[derive(Parser)]
+#[command(
+    name = "tidings",
+    version,
+    about = "Notification and email pipeline of a help-desk messenger"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the database if needed and apply pending schema migrations (safe to run twice).
+    Migrate,
+    /// Run one or more roles in this process until SIGINT or SIGTERM.
+    Run {
+        /// Roles to run: api, dispatch, mailer, or all.
+        #[arg(required = true, value_enum)]
+        roles: Vec<Role>,
+    },
+    /// Seed a tiny organisation through the API, post messages, mark some seen, wait for the
+    /// seen window and print which emails went out, which were skipped, and why.
+    Demo {
+        /// Base URL of a running api role.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+    },
+    /// Check the configuration and templates, and print the effective settings.
+    Check,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Role {
+    Api,
+    Dispatch,
+    Mailer,
+    /// Every role in one process (the default for a single machine).
+    All,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TIDINGS_LOG")
+                .unwrap_or_else(|_| "info,lapin=warn,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            error!("bad configuration: {e}");
+            eprintln!("tidings: bad configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Migrate => migrate(&config),
+            Command::Run { roles } => run(config, roles).await,
+            Command::Demo { api } => demo::run(&api, &config).await,
+            Command::Check => check(&config),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("tidings: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate(config: &Config) -> anyhow::Result<()> {
+    let applied = tidings_common::db::migrate(&config.database_url)
+        .map_err(|e| anyhow::anyhow!("TIDINGS_DATABASE_URL: migration failed: {e}"))?;
+    if applied.is_empty() {
+        println!("database schema is up to date");
+    } else {
+        println!("applied migrations: {}", applied.join(", "));
+    }
+    Ok(())
+}
+
+fn check(config: &Config) -> anyhow::Result<()> {
+    tidings_common::templates::Templates::load(
+        &config.templates_dir,
+        &[tidings_common::NOTIFICATION_TEMPLATE],
+    )?;
+    println!("configuration and templates are valid");
+    println!("seen window: {:?}", config.seen_window);
+    println!("queue type: {}", config.queue_type.as_str());
+    println!("queue prefix: {}", config.queue_prefix);
+    println!("http: {}", config.http_addr);
+    Ok(())
+}
+
+async fn run(config: Config, mut roles: Vec<Role>) -> anyhow::Result<()> {
+    if roles.contains(&Role::All) {
+        roles = vec![Role::Api, Role::Dispatch, Role::Mailer];
+    }
+    roles.dedup();
+    if config.uses_development_secrets() {
+        warn!(
+            "TIDINGS_API_TOKEN or TIDINGS_TOKEN_SECRET has its development default; set both in production"
+        );
+    }
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for role in roles {
+        let (config, token) = (config.clone(), shutdown.clone());
+        let name = match role {
+            Role::Api => "api",
+            Role::Dispatch => "dispatch",
+            Role::Mailer => "mailer",
+            Role::All => unreachable!("expanded above"),
+        };
+        // Start-up errors (a broken template, an address in use) stop the whole process.
+        tasks.spawn(async move {
+            let result = match role {
+                Role::Api => tidings_api::run(config, token).await,
+                Role::Dispatch => tidings_dispatch::run(config, token).await,
+                Role::Mailer => tidings_mailer::run(config, token).await,
+                Role::All => Ok(()),
+            };
+            (name, result)
+        });
+    }
+    info!("tidings running; send SIGTERM or press Ctrl-C to stop");
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("stopping: finishing work in flight");
+        signal.cancel();
+    });
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((_, Ok(()))) => {}
+            Ok((name, Err(e))) => {
+                error!(role = name, error = %format!("{e:#}"), "role stopped with an error");
+                failure.get_or_insert(anyhow::anyhow!("{name}: {e:#}"));
+                shutdown.cancel();
+            }
+            Err(e) => {
+                failure.get_or_insert(anyhow::anyhow!("role task failed: {e}"));
+                shutdown.cancel();
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

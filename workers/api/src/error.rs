@@ -1,0 +1,142 @@
+//! JSON errors, the body extractor that names the offending field, and the bearer-token check.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::error;
+
+use crate::AppState;
+
+/// An error answered to the client as `{"error": ..., "field": ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn bad_field(field: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            field: Some(field.to_string()),
+        }
+    }
+
+    pub fn not_found(what: &str, id: i64) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("{what} {id} not found"),
+            field: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if let Some(field) = self.field {
+            body["field"] = json!(field);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<tidings_common::Error> for ApiError {
+    fn from(e: tidings_common::Error) -> Self {
+        error!(error = %e, "request failed");
+        let status = if e.is_transient() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        ApiError {
+            status,
+            message: if e.is_transient() {
+                "service temporarily unavailable; try again".into()
+            } else {
+                "internal error".into()
+            },
+            field: None,
+        }
+    }
+}
+
+impl From<diesel::result::Error> for ApiError {
+    fn from(e: diesel::result::Error) -> Self {
+        tidings_common::Error::from(e).into()
+    }
+}
+
+/// A JSON request body whose errors name the field that was wrong.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError {
+                status: StatusCode::BAD_REQUEST,
+                message: format!("cannot read the request body: {e}"),
+                field: None,
+            })?;
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(&mut de)
+            .map(Body)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let message = inner.to_string();
+                // A missing field's path is the parent; the field is named in the message.
+                let field = match message.split('`').nth(1) {
+                    Some(name) if message.starts_with("missing field") => name.to_string(),
+                    _ if path == "." => String::new(),
+                    _ => path,
+                };
+                ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    message: if field.is_empty() {
+                        format!("invalid JSON body: {message}")
+                    } else {
+                        format!("{field}: {message}")
+                    },
+                    field: (!field.is_empty()).then_some(field),
+                }
+            })
+    }
+}
+
+/// Refuses any request without `Authorization: Bearer <TIDINGS_API_TOKEN>`.
+pub async fn require_bearer_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let expected = state.config.api_token.as_bytes();
+    match presented {
+        Some(token) if constant_time_eq(token.trim().as_bytes(), expected) => next.run(req).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": "missing or wrong bearer token"})),
+        )
+            .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,102 @@
+//! The api role: the product's HTTP front door (JSON). People, projects, items, follows,
+//! conversations, posting messages, marking seen, inboxes and delivery status.
+//!
+//! Every request needs `Authorization: Bearer <TIDINGS_API_TOKEN>`. Errors are JSON objects
+//! `{"error": "...", "field": "..."}`: 400 for a bad body (naming the field), 401 without the
+//! token, 404 for an unknown id.
+
+mod broker;
+mod error;
+mod handlers;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post, put};
+use tidings_common::Config;
+use tidings_common::amqp::Topology;
+use tidings_common::db::Db;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use error::ApiError;
+
+/// Shared by every request.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub config: Arc<Config>,
+    pub topology: Arc<Topology>,
+    pub broker: broker::BrokerHandle,
+}
+
+/// Builds the router with every route behind the bearer-token check.
+pub fn router(state: AppState) -> Router {
+    use handlers::*;
+    Router::new()
+        .route("/users", post(create_user))
+        .route("/customers", post(create_customer))
+        .route("/bots", post(create_bot))
+        .route("/people/{id}", get(get_person))
+        .route("/people/{id}/inbox", get(inbox))
+        .route("/projects", post(create_project))
+        .route(
+            "/projects/{id}/followers/{person_id}",
+            put(follow_project).delete(unfollow_project),
+        )
+        .route("/items", post(create_item))
+        .route(
+            "/items/{id}/followers/{person_id}",
+            put(follow_item).delete(unfollow_item),
+        )
+        .route("/conversations", post(create_conversation))
+        .route("/conversations/{id}", get(get_conversation))
+        .route(
+            "/conversations/{id}/participants/{person_id}",
+            put(add_participant),
+        )
+        .route("/conversations/{id}/messages", post(post_message))
+        .route("/conversations/{id}/seen", put(mark_seen))
+        .route("/messages/{id}/deliveries", get(deliveries))
+        .route("/email-log", get(email_log))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            error::require_bearer_token,
+        ))
+        .with_state(state)
+}
+
+/// Serves the API on `config.http_addr` until `shutdown` fires.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let db = Db::new(&config.database_url, config.db_pool_size);
+    let topology = Arc::new(Topology::from_config(&config));
+    let broker = broker::BrokerHandle::default();
+    let keeper = tokio::spawn(broker::keep_connected(
+        broker.clone(),
+        config.clone(),
+        topology.clone(),
+        shutdown.clone(),
+    ));
+    let state = AppState {
+        db,
+        config: config.clone(),
+        topology,
+        broker,
+    };
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("TIDINGS_HTTP_ADDR {}: cannot listen: {e}", config.http_addr)
+        })?;
+    info!(addr = %config.http_addr, "api listening");
+    let stop = shutdown.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
+    shutdown.cancel();
+    let _ = keeper.await;
+    info!("api stopped");
+    Ok(())
+}
