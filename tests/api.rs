@@ -1,0 +1,196 @@
+//! The api's contract for bad input, the binary's commands, and the workers' handling of
+//! poison messages, on real services.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+use support::{Env, TOKEN};
+
+/// Every endpoint needs the bearer token; unknown ids get 404 and bad bodies 400 naming the field.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_rejects_bad_requests_clearly() {
+    let env = Env::new("2s");
+    let _api = env.spawn(&["api"]);
+    env.wait_for_api().await;
+    let http = reqwest::Client::new();
+
+    for (method, path) in [("GET", "/people/1"), ("POST", "/users"), ("GET", "/email-log")] {
+        let req = http.request(method.parse().unwrap(), env.base() + path);
+        let resp = req.try_clone().unwrap().send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{method} {path} without a token");
+        let resp = req.bearer_auth("wrong").send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{method} {path} with a wrong token");
+    }
+    let ok = http
+        .get(env.base() + "/email-log")
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+
+    let (status, err) = env.call("GET", "/people/999999", None).await;
+    assert_eq!((status, err["error"].as_str()), (404, Some("person 999999 not found")));
+    let (status, err) = env.call("GET", "/messages/424242/deliveries", None).await;
+    assert_eq!((status, err["error"].as_str()), (404, Some("message 424242 not found")));
+    let (status, _) = env.call("PUT", "/items/77/followers/1", None).await;
+    assert_eq!(status, 404);
+
+    let (status, err) = env.call("POST", "/users", Some(json!({"name": "Ann"}))).await;
+    assert_eq!((status, err["field"].as_str()), (400, Some("email")), "{err}");
+    let (status, err) = env
+        .call("POST", "/users", Some(json!({"name": "Ann", "email": "not-an-address"})))
+        .await;
+    assert_eq!((status, err["field"].as_str()), (400, Some("email")), "{err}");
+    let ann = env.user("Ann").await;
+    let (status, err) = env
+        .call("POST", "/users", Some(json!({"name": "Ann 2", "email": "ann@example.com"})))
+        .await;
+    assert_eq!((status, err["field"].as_str()), (409, Some("email")), "{err}");
+    let (status, err) = env.call("POST", "/conversations", Some(json!({"subject": 5}))).await;
+    assert_eq!((status, err["field"].as_str()), (400, Some("subject")), "{err}");
+    let (status, err) = env
+        .call("POST", "/items", Some(json!({"project_id": 1, "kind": "epic", "title": "x"})))
+        .await;
+    assert_eq!((status, err["field"].as_str()), (400, Some("kind")), "{err}");
+    let (_, _, conv) = env.ticket("Errors").await;
+    let (status, err) = env
+        .call(
+            "POST",
+            &format!("/conversations/{conv}/messages"),
+            Some(json!({"author_id": ann, "body": "hi"})),
+        )
+        .await;
+    assert_eq!((status, err["field"].as_str()), (400, Some("internal")), "{err}");
+    let (status, err) = env
+        .call(
+            "POST",
+            &format!("/conversations/{conv}/messages"),
+            Some(json!({"author_id": 31337, "body": "hi", "internal": false})),
+        )
+        .await;
+    assert_eq!((status, err["error"].as_str()), (404, Some("person 31337 not found")));
+    let (status, err) = env
+        .call(
+            "PUT",
+            &format!("/conversations/{conv}/seen"),
+            Some(json!({"person_id": ann, "message_id": 5555})),
+        )
+        .await;
+    assert_eq!((status, err["error"].as_str()), (404, Some("message 5555 not found")));
+    let resp = http
+        .post(env.base() + "/projects")
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+}
+
+/// A malformed event or batch goes to the dead-letter queue with the reason in a header, and
+/// the workers keep consuming.
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_messages_are_dead_lettered_and_workers_keep_going() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    let topology = env.topology();
+    let (conn, channel) = env.channel().await;
+    for (exchange, key, payload) in [
+        (topology.events_exchange(), "message.posted", &b"{\"message_id\": \"seven\"}"[..]),
+        (topology.events_exchange(), "message.posted", &b"{\"message_id\": 987654}"[..]),
+        (topology.due_exchange(), "due", &b"\xff\xfe garbage"[..]),
+    ] {
+        channel
+            .basic_publish(exchange.into(), key.into(), Default::default(), payload, Default::default())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let mut consumer = channel
+        .basic_consume(
+            topology.dead_queue().into(),
+            "".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let mut reasons = Vec::new();
+    while reasons.len() < 3 {
+        let delivery = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+            .await
+            .expect("dead letters arrive")
+            .unwrap()
+            .unwrap();
+        let headers = delivery.properties.headers().clone().unwrap();
+        let reason = headers
+            .inner()
+            .get(&lapin::types::ShortString::from("x-tidings-reason"))
+            .and_then(|v| match v {
+                lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+                _ => None,
+            })
+            .expect("reason header is a string");
+        reasons.push(reason);
+        delivery.ack(Default::default()).await.unwrap();
+    }
+    reasons.sort();
+    assert!(reasons.iter().any(|r| r.contains("message 987654 does not exist")), "{reasons:?}");
+    assert_eq!(reasons.iter().filter(|r| r.contains("malformed payload")).count(), 2, "{reasons:?}");
+
+    // Still working.
+    let a = env.user("Ann").await;
+    let b = env.user("Bob").await;
+    let (_, item, conv) = env.ticket("After poison").await;
+    env.follow_item(item, b).await;
+    let message = env.post(conv, a, "still alive", false).await;
+    env.settled(message, Duration::from_secs(30)).await;
+    assert_eq!(env.mails_to("bob@example.com").len(), 1);
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+/// `tidings migrate` twice is a no-op; a bad configuration value stops the start naming the
+/// variable; SIGTERM stops the roles cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_migrate_config_errors_and_sigterm() {
+    let env = Env::new("2s");
+    let out = env.command(&["migrate"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "database schema is up to date");
+
+    for (variable, value) in [
+        ("TIDINGS_SEEN_WINDOW", "sixty"),
+        ("TIDINGS_QUEUE_TYPE", "lazy"),
+        ("TIDINGS_HTTP_ADDR", "everywhere"),
+    ] {
+        let out = env.command(&["run", "all"]).env(variable, value).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{variable}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(variable), "{stderr}");
+    }
+    let out = env
+        .command(&["run", "mailer"])
+        .env("TIDINGS_TEMPLATES_DIR", "/nonexistent/templates")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/templates"));
+
+    for args in [&["--help"][..], &["run", "--help"], &["migrate", "--help"], &["demo", "--help"]] {
+        let out = env.command(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
+    }
+
+    let mut tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    let status = tidings.terminate();
+    assert!(status.success(), "tidings exited with {status} after SIGTERM");
+}
