@@ -17,7 +17,11 @@ async fn api_rejects_bad_requests_clearly() {
     env.wait_for_api().await;
     let http = reqwest::Client::new();
 
-    for (method, path) in [("GET", "/people/1"), ("POST", "/users"), ("GET", "/email-log")] {
+    for (method, path) in [
+        ("GET", "/people/1"),
+        ("POST", "/users"),
+        ("GET", "/email-log"),
+    ] {
         let req = http.request(method.parse().unwrap(), env.base() + path);
         let resp = req.try_clone().unwrap().send().await.unwrap();
         assert_eq!(resp.status(), 401, "{method} {path} without a token");
@@ -33,29 +37,71 @@ async fn api_rejects_bad_requests_clearly() {
     assert_eq!(ok.status(), 200);
 
     let (status, err) = env.call("GET", "/people/999999", None).await;
-    assert_eq!((status, err["error"].as_str()), (404, Some("person 999999 not found")));
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (404, Some("person 999999 not found"))
+    );
     let (status, err) = env.call("GET", "/messages/424242/deliveries", None).await;
-    assert_eq!((status, err["error"].as_str()), (404, Some("message 424242 not found")));
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (404, Some("message 424242 not found"))
+    );
     let (status, _) = env.call("PUT", "/items/77/followers/1", None).await;
     assert_eq!(status, 404);
 
-    let (status, err) = env.call("POST", "/users", Some(json!({"name": "Ann"}))).await;
-    assert_eq!((status, err["field"].as_str()), (400, Some("email")), "{err}");
     let (status, err) = env
-        .call("POST", "/users", Some(json!({"name": "Ann", "email": "not-an-address"})))
+        .call("POST", "/users", Some(json!({"name": "Ann"})))
         .await;
-    assert_eq!((status, err["field"].as_str()), (400, Some("email")), "{err}");
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("email")),
+        "{err}"
+    );
+    let (status, err) = env
+        .call(
+            "POST",
+            "/users",
+            Some(json!({"name": "Ann", "email": "not-an-address"})),
+        )
+        .await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("email")),
+        "{err}"
+    );
     let ann = env.user("Ann").await;
     let (status, err) = env
-        .call("POST", "/users", Some(json!({"name": "Ann 2", "email": "ann@example.com"})))
+        .call(
+            "POST",
+            "/users",
+            Some(json!({"name": "Ann 2", "email": "ann@example.com"})),
+        )
         .await;
-    assert_eq!((status, err["field"].as_str()), (409, Some("email")), "{err}");
-    let (status, err) = env.call("POST", "/conversations", Some(json!({"subject": 5}))).await;
-    assert_eq!((status, err["field"].as_str()), (400, Some("subject")), "{err}");
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (409, Some("email")),
+        "{err}"
+    );
     let (status, err) = env
-        .call("POST", "/items", Some(json!({"project_id": 1, "kind": "epic", "title": "x"})))
+        .call("POST", "/conversations", Some(json!({"subject": 5})))
         .await;
-    assert_eq!((status, err["field"].as_str()), (400, Some("kind")), "{err}");
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("subject")),
+        "{err}"
+    );
+    let (status, err) = env
+        .call(
+            "POST",
+            "/items",
+            Some(json!({"project_id": 1, "kind": "epic", "title": "x"})),
+        )
+        .await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("kind")),
+        "{err}"
+    );
     let (_, _, conv) = env.ticket("Errors").await;
     let (status, err) = env
         .call(
@@ -64,7 +110,11 @@ async fn api_rejects_bad_requests_clearly() {
             Some(json!({"author_id": ann, "body": "hi"})),
         )
         .await;
-    assert_eq!((status, err["field"].as_str()), (400, Some("internal")), "{err}");
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("internal")),
+        "{err}"
+    );
     let (status, err) = env
         .call(
             "POST",
@@ -72,7 +122,10 @@ async fn api_rejects_bad_requests_clearly() {
             Some(json!({"author_id": 31337, "body": "hi", "internal": false})),
         )
         .await;
-    assert_eq!((status, err["error"].as_str()), (404, Some("person 31337 not found")));
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (404, Some("person 31337 not found"))
+    );
     let (status, err) = env
         .call(
             "PUT",
@@ -80,7 +133,10 @@ async fn api_rejects_bad_requests_clearly() {
             Some(json!({"person_id": ann, "message_id": 5555})),
         )
         .await;
-    assert_eq!((status, err["error"].as_str()), (404, Some("message 5555 not found")));
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (404, Some("message 5555 not found"))
+    );
     let resp = http
         .post(env.base() + "/projects")
         .bearer_auth(TOKEN)
@@ -102,12 +158,26 @@ async fn poison_messages_are_dead_lettered_and_workers_keep_going() {
     let topology = env.topology();
     let (conn, channel) = env.channel().await;
     for (exchange, key, payload) in [
-        (topology.events_exchange(), "message.posted", &b"{\"message_id\": \"seven\"}"[..]),
-        (topology.events_exchange(), "message.posted", &b"{\"message_id\": 987654}"[..]),
+        (
+            topology.events_exchange(),
+            "message.posted",
+            &b"{\"message_id\": \"seven\"}"[..],
+        ),
+        (
+            topology.events_exchange(),
+            "message.posted",
+            &b"{\"message_id\": 987654}"[..],
+        ),
         (topology.due_exchange(), "due", &b"\xff\xfe garbage"[..]),
     ] {
         channel
-            .basic_publish(exchange.into(), key.into(), Default::default(), payload, Default::default())
+            .basic_publish(
+                exchange.into(),
+                key.into(),
+                Default::default(),
+                payload,
+                Default::default(),
+            )
             .await
             .unwrap()
             .await
@@ -142,8 +212,20 @@ async fn poison_messages_are_dead_lettered_and_workers_keep_going() {
         delivery.ack(Default::default()).await.unwrap();
     }
     reasons.sort();
-    assert!(reasons.iter().any(|r| r.contains("message 987654 does not exist")), "{reasons:?}");
-    assert_eq!(reasons.iter().filter(|r| r.contains("malformed payload")).count(), 2, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("message 987654 does not exist")),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.contains("malformed payload"))
+            .count(),
+        2,
+        "{reasons:?}"
+    );
 
     // Still working.
     let a = env.user("Ann").await;
@@ -163,14 +245,21 @@ async fn commands_migrate_config_errors_and_sigterm() {
     let env = Env::new("2s");
     let out = env.command(&["migrate"]).output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "database schema is up to date");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "database schema is up to date"
+    );
 
     for (variable, value) in [
         ("TIDINGS_SEEN_WINDOW", "sixty"),
         ("TIDINGS_QUEUE_TYPE", "lazy"),
         ("TIDINGS_HTTP_ADDR", "everywhere"),
     ] {
-        let out = env.command(&["run", "all"]).env(variable, value).output().unwrap();
+        let out = env
+            .command(&["run", "all"])
+            .env(variable, value)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{variable}={value}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(variable), "{stderr}");
@@ -183,7 +272,12 @@ async fn commands_migrate_config_errors_and_sigterm() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/templates"));
 
-    for args in [&["--help"][..], &["run", "--help"], &["migrate", "--help"], &["demo", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["migrate", "--help"],
+        &["demo", "--help"],
+    ] {
         let out = env.command(args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
@@ -192,5 +286,8 @@ async fn commands_migrate_config_errors_and_sigterm() {
     let mut tidings = env.spawn(&["all"]);
     env.wait_for_api().await;
     let status = tidings.terminate();
-    assert!(status.success(), "tidings exited with {status} after SIGTERM");
+    assert!(
+        status.success(),
+        "tidings exited with {status} after SIGTERM"
+    );
 }

@@ -42,7 +42,9 @@ async fn d2_unseen_recipient_gets_exactly_one_email() {
     env.follow_item(item, ann).await;
     env.follow_item(item, bob).await;
 
-    let message = env.post(conv, ann, "The printer is <b>smoking</b> again", false).await;
+    let message = env
+        .post(conv, ann, "The printer is <b>smoking</b> again", false)
+        .await;
     let d = env.settled(message, SETTLE).await;
 
     // D3: the author is not a recipient at all.
@@ -52,29 +54,54 @@ async fn d2_unseen_recipient_gets_exactly_one_email() {
     assert_eq!(bob_row["emailed_to"], "bob@example.com");
     assert!(bob_row["smtp_reply"].as_str().unwrap().starts_with("250"));
 
-    assert!(env.mails_to("ann@example.com").is_empty(), "the sender got mail");
+    assert!(
+        env.mails_to("ann@example.com").is_empty(),
+        "the sender got mail"
+    );
     let mails = env.mails_to("bob@example.com");
     assert_eq!(mails.len(), 1, "bob should get exactly one email");
     let mail = &mails[0];
     let parsed = mail.parsed();
-    assert_eq!(parsed.subject(), Some(format!("[ticket #{item}] Printer on fire").as_str()));
+    assert_eq!(
+        parsed.subject(),
+        Some(format!("[ticket #{item}] Printer on fire").as_str())
+    );
     let to = parsed.to().unwrap().first().unwrap();
     assert_eq!(to.address(), Some("bob@example.com"));
     assert_eq!(to.name(), Some("Bob"));
     let text = parsed.body_text(0).unwrap();
-    assert!(text.contains("The printer is <b>smoking</b> again"), "{text}");
+    assert!(
+        text.contains("The printer is <b>smoking</b> again"),
+        "{text}"
+    );
     let html = parsed.body_html(0).unwrap();
-    assert!(html.contains("The printer is &lt;b&gt;smoking&lt;/b&gt; again"), "{html}");
+    assert!(
+        html.contains("The printer is &lt;b&gt;smoking&lt;/b&gt; again"),
+        "{html}"
+    );
 
     let message_id = bob_row["email_message_id"].as_str().unwrap();
     assert_eq!(mail.header("Message-ID").as_deref(), Some(message_id));
     assert!(message_id.ends_with(&format!("@{REPLY_DOMAIN}>")));
-    assert_eq!(mail.header("Auto-Submitted").as_deref(), Some("auto-generated"));
-    assert_eq!(mail.header("X-Auto-Response-Suppress").as_deref(), Some("All"));
+    assert_eq!(
+        mail.header("Auto-Submitted").as_deref(),
+        Some("auto-generated")
+    );
+    assert_eq!(
+        mail.header("X-Auto-Response-Suppress").as_deref(),
+        Some("All")
+    );
     let root = format!("<tidings.c{conv}@{REPLY_DOMAIN}>");
     assert_eq!(mail.header("In-Reply-To").as_deref(), Some(root.as_str()));
 
-    let reply_to = parsed.reply_to().unwrap().first().unwrap().address().unwrap().to_string();
+    let reply_to = parsed
+        .reply_to()
+        .unwrap()
+        .first()
+        .unwrap()
+        .address()
+        .unwrap()
+        .to_string();
     let token = reply_to
         .strip_prefix("reply+")
         .and_then(|r| r.strip_suffix(&format!("@{REPLY_DOMAIN}")))
@@ -87,9 +114,15 @@ async fn d2_unseen_recipient_gets_exactly_one_email() {
     env.settled(second, SETTLE).await;
     let mails = env.mails_to("bob@example.com");
     assert_eq!(mails.len(), 2);
-    let next = mails.iter().find(|m| m.header("Message-ID").as_deref() != Some(message_id)).unwrap();
+    let next = mails
+        .iter()
+        .find(|m| m.header("Message-ID").as_deref() != Some(message_id))
+        .unwrap();
     assert_eq!(next.header("In-Reply-To").as_deref(), Some(message_id));
-    assert_eq!(next.header("References"), Some(format!("{root} {message_id}")));
+    assert_eq!(
+        next.header("References"),
+        Some(format!("{root} {message_id}"))
+    );
 }
 
 /// D4: marking the message seen inside the window suppresses the email, and the log says `seen`;
@@ -125,17 +158,25 @@ async fn d4_seen_inside_the_window_sends_nothing() {
     }
     assert!(!recipient(&d, bob)["seen_at"].is_null());
     assert!(env.mails_to("cat@example.com").is_empty());
-    let log = env.ok("GET", &format!("/email-log?message_id={message}"), None).await;
+    let log = env
+        .ok("GET", &format!("/email-log?message_id={message}"), None)
+        .await;
     let log = log.as_array().unwrap();
     assert_eq!(log.len(), 2, "{log:?}");
-    assert!(log.iter().all(|row| row["status"] == "skipped" && row["reason"] == "seen"));
+    assert!(
+        log.iter()
+            .all(|row| row["status"] == "skipped" && row["reason"] == "seen")
+    );
     // Bob has not seen Cat's answer: it is unread in his inbox and emailed to him.
     let inbox = env.ok("GET", &format!("/people/{bob}/inbox"), None).await;
     assert_eq!(inbox["conversations"][0]["unread"], 1, "{inbox}");
     let to_bob = env.mails_to("bob@example.com");
     assert_eq!(to_bob.len(), 1, "only Cat's answer should reach Bob");
     let text = to_bob[0].parsed().body_text(0).unwrap().to_string();
-    assert!(text.contains("On it") && !text.contains("Read me"), "{text}");
+    assert!(
+        text.contains("On it") && !text.contains("Read me"),
+        "{text}"
+    );
 }
 
 /// D5: a customer following the conversation gets nothing for an internal message and one
@@ -153,11 +194,17 @@ async fn d5_customer_gets_external_messages_only() {
     env.add_participant(conv, customer).await;
 
     let internal = env.post(conv, agent, "Internal: she is a VIP", true).await;
-    let external = env.post(conv, agent, "Hello Cleo, we are on it", false).await;
+    let external = env
+        .post(conv, agent, "Hello Cleo, we are on it", false)
+        .await;
     let di = env.settled(internal, SETTLE).await;
     let de = env.settled(external, SETTLE).await;
 
-    assert_eq!(recipient_ids(&di), vec![lead], "customer notified of an internal message");
+    assert_eq!(
+        recipient_ids(&di),
+        vec![lead],
+        "customer notified of an internal message"
+    );
     let mut ext = recipient_ids(&de);
     ext.sort();
     assert_eq!(ext, vec![lead, customer]);
@@ -207,7 +254,8 @@ async fn duplicate_due_batches_send_each_email_once() {
 
     let topology = env.topology();
     let (conn, channel) = env.channel().await;
-    let payload = serde_json::to_vec(&json!({"message_id": message, "notification_ids": ids})).unwrap();
+    let payload =
+        serde_json::to_vec(&json!({"message_id": message, "notification_ids": ids})).unwrap();
     for _ in 0..3 {
         channel
             .basic_publish(
@@ -228,9 +276,15 @@ async fn duplicate_due_batches_send_each_email_once() {
     // Let the original batch come due too and be processed.
     tokio::time::sleep(env.window + Duration::from_secs(2)).await;
     for name in ["r1", "r2", "r3", "r4"] {
-        assert_eq!(env.mails_to(&format!("{name}@example.com")).len(), 1, "{name}");
+        assert_eq!(
+            env.mails_to(&format!("{name}@example.com")).len(),
+            1,
+            "{name}"
+        );
     }
-    let log = env.ok("GET", &format!("/email-log?message_id={message}"), None).await;
+    let log = env
+        .ok("GET", &format!("/email-log?message_id={message}"), None)
+        .await;
     assert_eq!(log.as_array().unwrap().len(), 4, "{log}");
     let _ = conn.close(200, "bye".into()).await;
 }
@@ -269,7 +323,11 @@ async fn d2_nothing_is_sent_before_the_window() {
     let _tidings = env.spawn(&["all"]);
     env.wait_for_api().await;
     let author = env.user("Author").await;
-    let readers = [env.user("A1").await, env.user("A2").await, env.user("A3").await];
+    let readers = [
+        env.user("A1").await,
+        env.user("A2").await,
+        env.user("A3").await,
+    ];
     let (_, item, conv) = env.ticket("Timing").await;
     for r in readers {
         env.follow_item(item, r).await;
@@ -281,7 +339,10 @@ async fn d2_nothing_is_sent_before_the_window() {
     assert_eq!(mails.len(), 3);
     for mail in mails {
         let waited = mail.received.duration_since(before_post).unwrap();
-        assert!(waited >= Duration::from_secs(2), "sent after only {waited:?}");
+        assert!(
+            waited >= Duration::from_secs(2),
+            "sent after only {waited:?}"
+        );
     }
 }
 
@@ -289,7 +350,11 @@ async fn d2_nothing_is_sent_before_the_window() {
 /// the server recovers; a 5xx ends as `failed` with the server's reply and is not retried.
 #[tokio::test(flavor = "multi_thread")]
 async fn smtp_4xx_is_retried_and_5xx_fails() {
-    let mut env = Env::with("1s", &[("TIDINGS_RETRY_TIERS", "1s,1s,1s")], &["-r", "RCPT"]);
+    let mut env = Env::with(
+        "1s",
+        &[("TIDINGS_RETRY_TIERS", "1s,1s,1s")],
+        &["-r", "RCPT"],
+    );
     let _tidings = env.spawn(&["all"]);
     env.wait_for_api().await;
     let author = env.user("Author").await;
@@ -300,11 +365,21 @@ async fn smtp_4xx_is_retried_and_5xx_fails() {
     // Wait for at least one deferral, then let the server recover.
     let deadline = std::time::Instant::now() + SETTLE;
     loop {
-        let log = env.ok("GET", &format!("/email-log?message_id={message}"), None).await;
-        if log.as_array().unwrap().iter().any(|r| r["status"] == "deferred") {
+        let log = env
+            .ok("GET", &format!("/email-log?message_id={message}"), None)
+            .await;
+        if log
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["status"] == "deferred")
+        {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "never deferred: {log}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never deferred: {log}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (port, dir) = (env.sink.port, env.sink.dir.clone());
@@ -312,7 +387,12 @@ async fn smtp_4xx_is_retried_and_5xx_fails() {
     env.sink = support::Sink::start(port, &dir, &[]);
     let d = env.settled(message, SETTLE).await;
     assert_eq!(recipient(&d, reader)["email_state"], "sent", "{d}");
-    assert!(recipient(&d, reader)["smtp_reply"].as_str().unwrap().starts_with("250"));
+    assert!(
+        recipient(&d, reader)["smtp_reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("250")
+    );
     assert_eq!(env.mails_to("reader@example.com").len(), 1);
 
     // Now a server that refuses permanently.
@@ -323,7 +403,14 @@ async fn smtp_4xx_is_retried_and_5xx_fails() {
     let row = recipient(&d, reader);
     assert_eq!(row["email_state"], "failed", "{d}");
     assert!(row["smtp_reply"].as_str().unwrap().contains("500"), "{row}");
-    let log = env.ok("GET", &format!("/email-log?message_id={refused}"), None).await;
-    let statuses: Vec<&str> = log.as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    let log = env
+        .ok("GET", &format!("/email-log?message_id={refused}"), None)
+        .await;
+    let statuses: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
     assert_eq!(statuses, vec!["failed"], "a 5xx must not be retried");
 }

@@ -20,7 +20,11 @@ const DATABASE_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}_{:08x}", std::process::id(), rand::random::<u32>())
+    format!(
+        "{prefix}_{}_{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 fn free_port() -> u16 {
@@ -71,10 +75,15 @@ impl Sink {
             .arg("256")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let child = cmd.spawn().expect("smtp-sink (Debian package postfix) must be installed");
+        let child = cmd
+            .spawn()
+            .expect("smtp-sink (Debian package postfix) must be installed");
         let deadline = Instant::now() + Duration::from_secs(5);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "smtp-sink did not start on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "smtp-sink did not start on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Sink {
@@ -146,7 +155,11 @@ impl Process {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "tidings {} did not stop after SIGTERM", self.roles);
+            assert!(
+                Instant::now() < deadline,
+                "tidings {} did not stop after SIGTERM",
+                self.roles
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -183,9 +196,15 @@ impl Env {
         let sink = Sink::start(free_port(), &root.join("mail"), sink_args);
         let http_port = free_port();
         let mut map: HashMap<String, String> = [
-            ("TIDINGS_DATABASE_URL", format!("{DATABASE_SERVER}/{database}")),
+            (
+                "TIDINGS_DATABASE_URL",
+                format!("{DATABASE_SERVER}/{database}"),
+            ),
             ("TIDINGS_AMQP_URL", AMQP_URL.to_string()),
-            ("TIDINGS_SMTP_URL", format!("smtp://127.0.0.1:{}", sink.port)),
+            (
+                "TIDINGS_SMTP_URL",
+                format!("smtp://127.0.0.1:{}", sink.port),
+            ),
             ("TIDINGS_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
             ("TIDINGS_API_TOKEN", TOKEN.to_string()),
             ("TIDINGS_TOKEN_SECRET", SECRET.to_string()),
@@ -205,7 +224,8 @@ impl Env {
         for (k, v) in vars {
             map.insert(k.to_string(), v.to_string());
         }
-        let window = tidings_common::config::parse_positive_duration(&map["TIDINGS_SEEN_WINDOW"]).unwrap();
+        let window =
+            tidings_common::config::parse_positive_duration(&map["TIDINGS_SEEN_WINDOW"]).unwrap();
         let env = Env {
             database,
             prefix,
@@ -217,7 +237,11 @@ impl Env {
             root,
         };
         let out = env.command(&["migrate"]).output().unwrap();
-        assert!(out.status.success(), "migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "migrate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         env
     }
 
@@ -258,7 +282,8 @@ impl Env {
     }
 
     pub fn log_of(&self, roles: &[&str]) -> String {
-        std::fs::read_to_string(self.root.join(format!("{}.log", roles.join("-")))).unwrap_or_default()
+        std::fs::read_to_string(self.root.join(format!("{}.log", roles.join("-"))))
+            .unwrap_or_default()
     }
 
     pub fn base(&self) -> String {
@@ -269,7 +294,13 @@ impl Env {
     pub async fn wait_for_api(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if self.http.get(self.base() + "/people/0").send().await.is_ok() {
+            if self
+                .http
+                .get(self.base() + "/people/0")
+                .send()
+                .await
+                .is_ok()
+            {
                 return;
             }
             assert!(Instant::now() < deadline, "api did not start");
@@ -280,7 +311,10 @@ impl Env {
     /// Calls the api with the token; returns the status and JSON body.
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.http.request(method, self.base() + path).bearer_auth(TOKEN);
+        let mut req = self
+            .http
+            .request(method, self.base() + path)
+            .bearer_auth(TOKEN);
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -293,7 +327,10 @@ impl Env {
     /// Calls the api and expects success; returns the body.
     pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let (status, value) = self.call(method, path, body).await;
-        assert!((200..300).contains(&status), "{method} {path}: {status} {value}");
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {value}"
+        );
         value
     }
 
@@ -308,14 +345,20 @@ impl Env {
     async fn person(&self, kind: &str, name: &str) -> i64 {
         let email = format!("{}@example.com", name.to_lowercase());
         let v = self
-            .ok("POST", &format!("/{kind}"), Some(json!({"name": name, "email": email})))
+            .ok(
+                "POST",
+                &format!("/{kind}"),
+                Some(json!({"name": name, "email": email})),
+            )
             .await;
         v["id"].as_i64().unwrap()
     }
 
     /// A project with a ticket and its conversation; returns (project, item, conversation).
     pub async fn ticket(&self, subject: &str) -> (i64, i64, i64) {
-        let project = self.ok("POST", "/projects", Some(json!({"name": "Support"}))).await;
+        let project = self
+            .ok("POST", "/projects", Some(json!({"name": "Support"})))
+            .await;
         let project = project["id"].as_i64().unwrap();
         let item = self
             .ok(
@@ -326,18 +369,27 @@ impl Env {
             .await;
         let item = item["id"].as_i64().unwrap();
         let conv = self
-            .ok("POST", "/conversations", Some(json!({"subject": subject, "item_id": item})))
+            .ok(
+                "POST",
+                "/conversations",
+                Some(json!({"subject": subject, "item_id": item})),
+            )
             .await;
         (project, item, conv["id"].as_i64().unwrap())
     }
 
     pub async fn follow_item(&self, item: i64, person: i64) {
-        self.ok("PUT", &format!("/items/{item}/followers/{person}"), None).await;
+        self.ok("PUT", &format!("/items/{item}/followers/{person}"), None)
+            .await;
     }
 
     pub async fn add_participant(&self, conversation: i64, person: i64) {
-        self.ok("PUT", &format!("/conversations/{conversation}/participants/{person}"), None)
-            .await;
+        self.ok(
+            "PUT",
+            &format!("/conversations/{conversation}/participants/{person}"),
+            None,
+        )
+        .await;
     }
 
     pub async fn post(&self, conversation: i64, author: i64, body: &str, internal: bool) -> i64 {
@@ -352,7 +404,8 @@ impl Env {
     }
 
     pub async fn deliveries(&self, message: i64) -> Value {
-        self.ok("GET", &format!("/messages/{message}/deliveries"), None).await
+        self.ok("GET", &format!("/messages/{message}/deliveries"), None)
+            .await
     }
 
     /// Waits until the message is dispatched and every notification is sent, skipped or failed.
@@ -362,12 +415,18 @@ impl Env {
             let d = self.deliveries(message).await;
             let done = d["dispatched"] == json!(true)
                 && d["recipients"].as_array().unwrap().iter().all(|r| {
-                    matches!(r["email_state"].as_str(), Some("sent" | "skipped" | "failed"))
+                    matches!(
+                        r["email_state"].as_str(),
+                        Some("sent" | "skipped" | "failed")
+                    )
                 });
             if done {
                 return d;
             }
-            assert!(Instant::now() < deadline, "message {message} not settled: {d}");
+            assert!(
+                Instant::now() < deadline,
+                "message {message} not settled: {d}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -380,7 +439,10 @@ impl Env {
             if d["dispatched"] == json!(true) {
                 return d;
             }
-            assert!(Instant::now() < deadline, "message {message} not dispatched: {d}");
+            assert!(
+                Instant::now() < deadline,
+                "message {message} not dispatched: {d}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -411,7 +473,10 @@ impl Env {
     }
 
     pub fn mails_to(&self, address: &str) -> Vec<SunkMail> {
-        self.mails().into_iter().filter(|m| m.rcpt == address).collect()
+        self.mails()
+            .into_iter()
+            .filter(|m| m.rcpt == address)
+            .collect()
     }
 
     /// A broker channel for publishing or inspecting this test's queues directly.
@@ -436,10 +501,14 @@ impl Drop for Env {
         let database = self.database.clone();
         // Clean up from a thread with its own runtime: Drop may run inside or outside one.
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 if let Ok(conn) =
-                    lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default()).await
+                    lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
+                        .await
                 {
                     if let Ok(channel) = conn.create_channel().await {
                         let _ = topology.delete(&channel).await;
