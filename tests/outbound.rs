@@ -11,7 +11,7 @@ use tidings_common::mail::ReplyToken;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
-fn recipient<'a>(deliveries: &'a serde_json::Value, person: i64) -> &'a serde_json::Value {
+fn recipient(deliveries: &serde_json::Value, person: i64) -> &serde_json::Value {
     deliveries["recipients"]
         .as_array()
         .unwrap()

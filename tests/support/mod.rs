@@ -130,7 +130,7 @@ impl SunkMail {
         let parsed = self.parsed();
         parsed
             .header_raw(name)
-            .map(|v| v.trim().split_whitespace().collect::<Vec<_>>().join(" "))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
     }
 }
 
