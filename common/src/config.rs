@@ -9,6 +9,7 @@
 //! | `TIDINGS_AMQP_URL` | `amqp://guest:guest@127.0.0.1:5672/%2f` | RabbitMQ connection URL |
 //! | `TIDINGS_SMTP_URL` | `smtp://127.0.0.1:2525` | outbound SMTP server (`smtp://`, `smtps://`, `smtp://…?tls=required`) |
 //! | `TIDINGS_HTTP_ADDR` | `127.0.0.1:8080` | address the api role listens on |
+//! | `TIDINGS_PUBLIC_URL` | `http://<TIDINGS_HTTP_ADDR>` | base URL of the api as recipients reach it (unsubscribe links) |
 //! | `TIDINGS_API_TOKEN` | `tidings-dev-token` | bearer token every API call must carry |
 //! | `TIDINGS_SEEN_WINDOW` | `60s` | how long a notification waits for the recipient to see it before it is emailed |
 //! | `TIDINGS_REPLY_DOMAIN` | `reply.tidings.localhost` | domain of reply addresses and outbound Message-IDs |
@@ -62,6 +63,8 @@ pub struct Config {
     pub amqp_url: String,
     pub smtp_url: String,
     pub http_addr: SocketAddr,
+    /// Base URL of the api as email recipients reach it, without a trailing slash.
+    pub public_url: String,
     /// Bearer token every API request must present.
     pub api_token: String,
     /// Time a notification waits for the recipient to see it (SPEC D2).
@@ -116,6 +119,18 @@ impl Config {
             v.parse::<SocketAddr>()
                 .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:8080".to_string())
         })?;
+        let public_url = parse_with(
+            get("TIDINGS_PUBLIC_URL", &format!("http://{http_addr}")),
+            |v| {
+                if (v.starts_with("http://") || v.starts_with("https://"))
+                    && !v.contains(char::is_whitespace)
+                {
+                    Ok(v.trim_end_matches('/').to_string())
+                } else {
+                    Err("expected an http:// or https:// URL".to_string())
+                }
+            },
+        )?;
         let (_, api_token) = get("TIDINGS_API_TOKEN", DEV_API_TOKEN);
         let seen_window = parse_with(get("TIDINGS_SEEN_WINDOW", "60s"), parse_positive_duration)?;
         let reply_domain = parse_with(
@@ -191,6 +206,7 @@ impl Config {
             amqp_url,
             smtp_url,
             http_addr,
+            public_url,
             api_token,
             seen_window,
             reply_domain,
@@ -323,6 +339,7 @@ mod tests {
             ("TIDINGS_PREFETCH", "0"),
             ("TIDINGS_MAIL_FROM", "not an address"),
             ("TIDINGS_QUEUE_PREFIX", "has space"),
+            ("TIDINGS_PUBLIC_URL", "ftp://x"),
         ];
         for (variable, value) in cases {
             let err = config_with(&[(variable, value)]).unwrap_err();

@@ -2,6 +2,7 @@
 //! publishing, delivery rules, outbound mail building and templates.
 
 pub mod amqp;
+pub mod audience;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -72,6 +72,83 @@ impl ReplyToken {
     }
 }
 
+/// What one unsubscribe link turns off: a kind of email for a user, or one conversation's
+/// emails for a customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsubscribeScope {
+    UserKind(crate::rules::MessageKind),
+    CustomerConversation(i64),
+}
+
+/// The signed, per-recipient token of a one-click unsubscribe link (RFC 8058).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnsubscribeToken {
+    pub person_id: i64,
+    pub scope: UnsubscribeScope,
+    /// Last day (days since the Unix epoch) the link works.
+    pub expires_day: i64,
+}
+
+/// Why an unsubscribe link was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnsubscribeError {
+    #[error("unsubscribe link is malformed")]
+    Malformed,
+    #[error("unsubscribe link signature does not match")]
+    BadSignature,
+    #[error("unsubscribe link expired")]
+    Expired,
+}
+
+/// How long an unsubscribe link keeps working after the email was sent.
+pub const UNSUBSCRIBE_LINK_DAYS: i64 = 90;
+
+impl UnsubscribeToken {
+    pub fn encode(&self, secret: &[u8]) -> String {
+        let scope = match self.scope {
+            UnsubscribeScope::UserKind(kind) => format!("u.{}", kind.as_str()),
+            UnsubscribeScope::CustomerConversation(id) => format!("c.{id}"),
+        };
+        let body = format!("unsub.{}.{scope}.{}", self.person_id, self.expires_day);
+        format!("{}.{}", &body["unsub.".len()..], mac(secret, &body))
+    }
+
+    /// Verifies the signature, then the expiry against `today` (days since the Unix epoch).
+    pub fn decode(token: &str, secret: &[u8], today: i64) -> Result<Self, UnsubscribeError> {
+        let (body, given) = token.rsplit_once('.').ok_or(UnsubscribeError::Malformed)?;
+        let parts: Vec<&str> = body.split('.').collect();
+        let [person, scope, value, expires] = parts[..] else {
+            return Err(UnsubscribeError::Malformed);
+        };
+        let expected = mac(secret, &format!("unsub.{body}"));
+        if !constant_time_eq(expected.as_bytes(), given.as_bytes()) {
+            return Err(UnsubscribeError::BadSignature);
+        }
+        let number = |s: &str| s.parse::<i64>().map_err(|_| UnsubscribeError::Malformed);
+        let scope = match scope {
+            "u" => UnsubscribeScope::UserKind(
+                crate::rules::MessageKind::parse(value).ok_or(UnsubscribeError::Malformed)?,
+            ),
+            "c" => UnsubscribeScope::CustomerConversation(number(value)?),
+            _ => return Err(UnsubscribeError::Malformed),
+        };
+        let token = UnsubscribeToken {
+            person_id: number(person)?,
+            scope,
+            expires_day: number(expires)?,
+        };
+        if token.expires_day < today {
+            return Err(UnsubscribeError::Expired);
+        }
+        Ok(token)
+    }
+}
+
+/// Days since the Unix epoch, the unit of token issue and expiry dates.
+pub fn epoch_day(at: chrono::DateTime<chrono::Utc>) -> i64 {
+    at.timestamp().div_euclid(86_400)
+}
+
 fn mac(secret: &[u8], body: &str) -> String {
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
     mac.update(body.as_bytes());
@@ -126,6 +203,8 @@ pub struct OutboundEmail {
     pub message_id: String,
     /// Earlier Message-IDs of the thread, oldest first; the last is the one replied to.
     pub references: Vec<String>,
+    /// One-click unsubscribe URL (RFC 8058); absent for critical mail.
+    pub unsubscribe_url: Option<String>,
     pub content: RenderedEmail,
 }
 
@@ -152,6 +231,17 @@ pub fn build_email(email: &OutboundEmail) -> Result<Email> {
             HeaderName::new_from_ascii_str("X-Auto-Response-Suppress"),
             "All".into(),
         ));
+    if let Some(url) = &email.unsubscribe_url {
+        builder = builder
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                format!("<{url}>"),
+            ))
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                "List-Unsubscribe=One-Click".into(),
+            ));
+    }
     if let Some(parent) = email.references.last() {
         builder = builder
             .in_reply_to(parent.clone())
@@ -242,6 +332,7 @@ mod tests {
             reply_to: "reply+1-2-3-abc@reply.example.com".into(),
             message_id: "<b@reply.example.com>".into(),
             references: vec!["<root@x>".into(), "<a@x>".into()],
+            unsubscribe_url: Some("https://t.example.com/unsubscribe/abc".into()),
             content: RenderedEmail {
                 subject: "S".into(),
                 text: "t".into(),
@@ -257,8 +348,48 @@ mod tests {
             "X-Auto-Response-Suppress: All",
             "Reply-To: reply+1-2-3-abc@reply.example.com",
             "multipart/alternative",
+            "List-Unsubscribe: <https://t.example.com/unsubscribe/abc>",
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
         ] {
             assert!(raw.contains(header), "missing {header} in\n{raw}");
+        }
+    }
+
+    #[test]
+    fn unsubscribe_token_round_trips_and_refuses_forgery_and_expiry() {
+        use crate::rules::MessageKind;
+        let token = UnsubscribeToken {
+            person_id: 7,
+            scope: UnsubscribeScope::UserKind(MessageKind::ToCustomer),
+            expires_day: 100,
+        };
+        let encoded = token.encode(SECRET);
+        assert_eq!(UnsubscribeToken::decode(&encoded, SECRET, 100), Ok(token));
+        assert_eq!(
+            UnsubscribeToken::decode(&encoded, SECRET, 101),
+            Err(UnsubscribeError::Expired)
+        );
+        let forged = encoded.replacen("7.", "8.", 1);
+        assert_eq!(
+            UnsubscribeToken::decode(&forged, SECRET, 1),
+            Err(UnsubscribeError::BadSignature)
+        );
+        let later = encoded.replacen(".100.", ".999.", 1);
+        assert_eq!(
+            UnsubscribeToken::decode(&later, SECRET, 1),
+            Err(UnsubscribeError::BadSignature)
+        );
+        let customer = UnsubscribeToken {
+            person_id: 3,
+            scope: UnsubscribeScope::CustomerConversation(42),
+            expires_day: 5,
+        };
+        assert_eq!(
+            UnsubscribeToken::decode(&customer.encode(SECRET), SECRET, 5),
+            Ok(customer)
+        );
+        for bad in ["", "x", "1.u.internal.5", "1.q.x.5.abc"] {
+            assert!(UnsubscribeToken::decode(bad, SECRET, 0).is_err(), "{bad}");
         }
     }
 

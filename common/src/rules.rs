@@ -1,204 +1,567 @@
-//! Who is notified about a message, and whether a notification has been seen: pure functions
-//! over facts read from the database.
+//! Who is notified about a message and who is emailed: pure functions over facts read from the
+//! database. Every verdict names the rule that decided it, so any (message, person) pair can
+//! be explained.
+//!
+//! The order of the checks is the order of precedence: a person who may not see a conversation
+//! (P1) is never notified, whatever their other preferences say.
+
+use serde::Serialize;
 
 use crate::db::models::PersonKind;
 
-/// A person who follows the conversation (SPEC F1), with their kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Candidate {
-    pub person_id: i64,
-    pub kind: PersonKind,
+/// P1: which conversations a user may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    /// Only conversations in projects the user follows (plus ones they were added to).
+    FollowedProjects,
+    AllProjects,
 }
 
-/// Recipients of a new message among the conversation's followers: never the author (D3),
-/// never a bot, and no customer for an internal message (D5). Sorted and without repeats.
-pub fn recipients(candidates: &[Candidate], author_id: i64, internal: bool) -> Vec<i64> {
-    let mut ids: Vec<i64> = candidates
-        .iter()
-        .filter(|c| c.person_id != author_id)
-        .filter(|c| match c.kind {
-            PersonKind::Bot => false,
-            PersonKind::Customer => !internal,
-            PersonKind::User => true,
-        })
-        .map(|c| c.person_id)
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
+/// P3: new messages from customers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FromCustomers {
+    /// Every new customer message.
+    All,
+    /// Customer messages in conversations the user follows.
+    Mine,
+    None,
 }
 
-/// Why a notification's email was not sent; the text is what the log and API show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SkipReason {
-    /// The recipient saw the message in the app within the window (D2, D4).
-    Seen,
-    /// The recipient wrote the message (D3).
-    OwnMessage,
-    /// A customer and an internal message (D5).
-    InternalMessage,
-    /// The message was deleted during the window (D9).
-    Deleted,
-    /// The recipient has no email address.
-    NoAddress,
+/// P4: messages from users and bots to customers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FromUsers {
+    /// Every message from a user or bot to a customer.
+    All,
+    /// Only in conversations the user follows.
+    Followed,
+    None,
 }
 
-impl SkipReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SkipReason::Seen => "seen",
-            SkipReason::OwnMessage => "own message",
-            SkipReason::InternalMessage => "internal message",
-            SkipReason::Deleted => "deleted",
-            SkipReason::NoAddress => "no email address",
+macro_rules! text_enum {
+    ($ty:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        impl $ty {
+            pub const ALLOWED: &'static [&'static str] = &[$($text),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $text),+ }
+            }
+            pub fn parse(value: &str) -> Option<Self> {
+                match value { $($text => Some($ty::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+text_enum!(Visibility { FollowedProjects = "followed_projects", AllProjects = "all_projects" });
+text_enum!(FromCustomers { All = "all", Mine = "mine", None = "none" });
+text_enum!(FromUsers { All = "all", Followed = "followed", None = "none" });
+
+/// A user's notification and email preferences (SPEC P1–P5, plus per-kind email switches
+/// that one-click unsubscribe turns off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Preferences {
+    /// P1
+    pub see_conversations: Visibility,
+    /// P2
+    pub show_customer_conversations: bool,
+    /// P3
+    pub from_customers: FromCustomers,
+    /// P4
+    pub from_users: FromUsers,
+    /// P5
+    pub followed_internal: bool,
+    /// Email (not in-app) for customer messages.
+    pub email_customer_messages: bool,
+    /// Email (not in-app) for replies to customers.
+    pub email_replies: bool,
+    /// Email (not in-app) for internal messages.
+    pub email_internal: bool,
+}
+
+impl Default for Preferences {
+    /// A new user: the SPEC's "support team member" (mine / followed / on), allowed to see
+    /// every project, every email on.
+    fn default() -> Self {
+        Preferences {
+            see_conversations: Visibility::AllProjects,
+            show_customer_conversations: true,
+            from_customers: FromCustomers::Mine,
+            from_users: FromUsers::Followed,
+            followed_internal: true,
+            email_customer_messages: true,
+            email_replies: true,
+            email_internal: true,
         }
     }
 }
 
-/// What the mailer knows at send time about one notification.
-#[derive(Debug, Clone)]
-pub struct SendTimeFacts {
-    pub recipient_id: i64,
-    pub recipient_kind: PersonKind,
-    pub recipient_has_email: bool,
-    pub author_id: i64,
+/// What kind of message this is for the preference rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// Written by a customer (P3).
+    FromCustomer,
+    /// External, written by a user or a bot: a reply to customers (P4).
+    ToCustomer,
+    /// Internal, between users only (P5, D5).
+    Internal,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::FromCustomer => "customer_message",
+            MessageKind::ToCustomer => "reply_to_customer",
+            MessageKind::Internal => "internal",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [
+            MessageKind::FromCustomer,
+            MessageKind::ToCustomer,
+            MessageKind::Internal,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == value)
+    }
+}
+
+/// Facts about the message, read when deciding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageFacts {
     pub message_id: i64,
+    pub conversation_id: i64,
+    pub author_id: i64,
+    pub author_kind: PersonKind,
     pub internal: bool,
+    /// Deleted, or edited down to nothing.
     pub deleted: bool,
-    /// The recipient's read cursor in the conversation, if any.
+    /// A customer follows the conversation (P2 hides these).
+    pub customer_conversation: bool,
+}
+
+impl MessageFacts {
+    pub fn kind(&self) -> MessageKind {
+        if self.internal {
+            MessageKind::Internal
+        } else if self.author_kind == PersonKind::Customer {
+            MessageKind::FromCustomer
+        } else {
+            MessageKind::ToCustomer
+        }
+    }
+}
+
+/// Facts about one person in relation to the message's conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonFacts {
+    pub person_id: i64,
+    pub kind: PersonKind,
+    pub active: bool,
+    pub has_email: bool,
+    /// Users only; others use the defaults, which they never consult.
+    pub preferences: Preferences,
+    /// Follows the conversation (SPEC F1).
+    pub follows_conversation: bool,
+    /// Follows the project the conversation belongs to.
+    pub follows_project: bool,
+    /// Posted in the conversation or was added to it.
+    pub participant: bool,
+    /// A customer who unsubscribed from this conversation's emails.
+    pub muted_conversation: bool,
+    /// The person's read cursor in the conversation.
     pub seen_up_to: Option<i64>,
-    /// The newest message the recipient posted in the conversation, if any.
+    /// The newest message the person posted in the conversation.
     pub last_posted: Option<i64>,
 }
 
-/// True when the recipient has seen the message: their cursor is at or past it, or they
-/// posted later in the same conversation (D4).
+/// A decision and the rule that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub yes: bool,
+    /// The deciding rule: `D3`, `D5`, `P1`…`P5`, `F1`, `D4`, `D9`, `bot`, `unsubscribe`, `address`.
+    pub rule: &'static str,
+    /// Why, in words.
+    pub detail: String,
+    /// The short reason stored on a skipped notification and in the email log.
+    #[serde(skip)]
+    pub reason: &'static str,
+}
+
+fn no(rule: &'static str, reason: &'static str, detail: impl Into<String>) -> Verdict {
+    Verdict {
+        yes: false,
+        rule,
+        detail: detail.into(),
+        reason,
+    }
+}
+
+fn yes(rule: &'static str, detail: impl Into<String>) -> Verdict {
+    Verdict {
+        yes: true,
+        rule,
+        detail: detail.into(),
+        reason: "",
+    }
+}
+
+/// May this user see the conversation at all (P1)?
+pub fn may_see(person: &PersonFacts) -> bool {
+    person.preferences.see_conversations == Visibility::AllProjects
+        || person.follows_project
+        || person.participant
+}
+
+/// Is the person notified in the app about the message (D1)?
+pub fn notify(message: &MessageFacts, person: &PersonFacts) -> Verdict {
+    if person.person_id == message.author_id {
+        return no(
+            "D3",
+            "own message",
+            "nobody is notified about a message they sent",
+        );
+    }
+    match person.kind {
+        PersonKind::Bot => return no("bot", "bot", "bots never receive notifications"),
+        _ if !person.active => return no("D9", "deactivated", "the person is deactivated"),
+        _ if message.deleted => return no("D9", "deleted", "the message was deleted"),
+        PersonKind::Customer => {
+            return if message.internal {
+                no(
+                    "D5",
+                    "internal message",
+                    "customers are never notified about internal messages",
+                )
+            } else if person.follows_conversation {
+                yes("F1", "the customer follows the conversation")
+            } else {
+                no(
+                    "F1",
+                    "not following",
+                    "the customer does not follow the conversation",
+                )
+            };
+        }
+        PersonKind::User => {}
+    }
+    let prefs = &person.preferences;
+    if !may_see(person) {
+        return no(
+            "P1",
+            "no access",
+            "the user may only see conversations in projects they follow, and does not follow this one",
+        );
+    }
+    if message.customer_conversation && !prefs.show_customer_conversations {
+        return no("P2", "preference", "\"Show From customers\" is off");
+    }
+    let follows = person.follows_conversation;
+    match message.kind() {
+        MessageKind::Internal => match (prefs.followed_internal, follows) {
+            (true, true) => yes("P5", "internal message in a followed conversation, P5 on"),
+            (true, false) => no(
+                "P5",
+                "not following",
+                "internal messages notify followers only",
+            ),
+            (false, _) => no("P5", "preference", "\"Followed internal messages\" is off"),
+        },
+        MessageKind::FromCustomer => match (prefs.from_customers, follows) {
+            (FromCustomers::All, _) => yes("P3", "\"From customers\" is all"),
+            (FromCustomers::Mine, true) => yes(
+                "P3",
+                "\"From customers\" is mine and the user follows the conversation",
+            ),
+            (FromCustomers::Mine, false) => no(
+                "P3",
+                "not following",
+                "\"From customers\" is mine and the user does not follow the conversation",
+            ),
+            (FromCustomers::None, _) => no("P3", "preference", "\"From customers\" is none"),
+        },
+        MessageKind::ToCustomer => match (prefs.from_users, follows) {
+            (FromUsers::All, _) => yes("P4", "\"From users & bots\" is all"),
+            (FromUsers::Followed, true) => yes(
+                "P4",
+                "\"From users & bots\" is followed and the user follows the conversation",
+            ),
+            (FromUsers::Followed, false) => no(
+                "P4",
+                "not following",
+                "\"From users & bots\" is followed and the user does not follow the conversation",
+            ),
+            (FromUsers::None, _) => no("P4", "preference", "\"From users & bots\" is none"),
+        },
+    }
+}
+
+/// True when the person has seen the message: their cursor is at or past it, or they posted
+/// later in the same conversation (D4).
 pub fn has_seen(message_id: i64, seen_up_to: Option<i64>, last_posted: Option<i64>) -> bool {
     seen_up_to.is_some_and(|id| id >= message_id) || last_posted.is_some_and(|id| id > message_id)
 }
 
-/// Decides at send time whether the email goes out; `None` means send.
-pub fn skip_reason(facts: &SendTimeFacts) -> Option<SkipReason> {
-    if facts.deleted {
-        Some(SkipReason::Deleted)
-    } else if facts.recipient_id == facts.author_id {
-        Some(SkipReason::OwnMessage)
-    } else if facts.internal && facts.recipient_kind != PersonKind::User {
-        Some(SkipReason::InternalMessage)
-    } else if has_seen(facts.message_id, facts.seen_up_to, facts.last_posted) {
-        Some(SkipReason::Seen)
-    } else if !facts.recipient_has_email {
-        Some(SkipReason::NoAddress)
-    } else {
-        None
+/// Is the notification emailed now, at send time (D2, D4, D9)? Re-checks [`notify`] with the
+/// current facts first.
+pub fn email(message: &MessageFacts, person: &PersonFacts) -> Verdict {
+    let notified = notify(message, person);
+    if !notified.yes {
+        return notified;
     }
+    if has_seen(message.message_id, person.seen_up_to, person.last_posted) {
+        return no(
+            "D4",
+            "seen",
+            "the recipient saw the message in the app within the window",
+        );
+    }
+    let prefs = &person.preferences;
+    let unsubscribed = match person.kind {
+        PersonKind::Customer => person.muted_conversation,
+        _ => match message.kind() {
+            MessageKind::FromCustomer => !prefs.email_customer_messages,
+            MessageKind::ToCustomer => !prefs.email_replies,
+            MessageKind::Internal => !prefs.email_internal,
+        },
+    };
+    if unsubscribed {
+        return no(
+            "unsubscribe",
+            "unsubscribed",
+            "the recipient unsubscribed from this kind of email",
+        );
+    }
+    if !person.has_email {
+        return no(
+            "address",
+            "no email address",
+            "the recipient has no email address",
+        );
+    }
+    yes("D2", "not seen within the window")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use PersonKind::*;
 
-    fn c(person_id: i64, kind: PersonKind) -> Candidate {
-        Candidate { person_id, kind }
-    }
-
-    #[test]
-    fn d3_author_is_never_a_recipient() {
-        let people = [c(1, PersonKind::User), c(2, PersonKind::User)];
-        assert_eq!(recipients(&people, 1, false), vec![2]);
-        assert_eq!(recipients(&people, 1, true), vec![2]);
-    }
-
-    #[test]
-    fn d5_customers_get_external_messages_only() {
-        let people = [
-            c(1, PersonKind::User),
-            c(2, PersonKind::Customer),
-            c(3, PersonKind::User),
-        ];
-        assert_eq!(recipients(&people, 3, true), vec![1]);
-        assert_eq!(recipients(&people, 3, false), vec![1, 2]);
-    }
-
-    #[test]
-    fn bots_never_receive_and_duplicates_collapse() {
-        let people = [
-            c(5, PersonKind::Bot),
-            c(4, PersonKind::User),
-            c(4, PersonKind::User),
-            c(2, PersonKind::Customer),
-        ];
-        assert_eq!(recipients(&people, 9, false), vec![2, 4]);
-    }
-
-    fn facts() -> SendTimeFacts {
-        SendTimeFacts {
-            recipient_id: 2,
-            recipient_kind: PersonKind::User,
-            recipient_has_email: true,
+    fn message(author_kind: PersonKind, internal: bool) -> MessageFacts {
+        MessageFacts {
+            message_id: 100,
+            conversation_id: 1,
             author_id: 1,
-            message_id: 10,
-            internal: false,
+            author_kind,
+            internal,
             deleted: false,
+            customer_conversation: true,
+        }
+    }
+
+    fn person(
+        kind: PersonKind,
+        preferences: Preferences,
+        follows: bool,
+        follows_project: bool,
+    ) -> PersonFacts {
+        PersonFacts {
+            person_id: 2,
+            kind,
+            active: true,
+            has_email: true,
+            preferences,
+            follows_conversation: follows,
+            follows_project,
+            participant: false,
+            muted_conversation: false,
             seen_up_to: None,
             last_posted: None,
         }
     }
 
-    #[test]
-    fn d2_unseen_message_is_sent() {
-        assert_eq!(skip_reason(&facts()), None);
-        let earlier_cursor = SendTimeFacts {
-            seen_up_to: Some(9),
-            last_posted: Some(10),
-            ..facts()
-        };
-        assert_eq!(skip_reason(&earlier_cursor), None);
-    }
-
-    #[test]
-    fn d4_cursor_at_or_past_or_a_later_post_counts_as_seen() {
-        for (seen_up_to, last_posted) in [(Some(10), None), (Some(11), None), (None, Some(11))] {
-            let f = SendTimeFacts {
-                seen_up_to,
-                last_posted,
-                ..facts()
-            };
-            assert_eq!(skip_reason(&f), Some(SkipReason::Seen));
+    fn prefs(
+        from_customers: FromCustomers,
+        from_users: FromUsers,
+        internal: bool,
+        see: Visibility,
+    ) -> Preferences {
+        Preferences {
+            see_conversations: see,
+            from_customers,
+            from_users,
+            followed_internal: internal,
+            ..Preferences::default()
         }
     }
 
+    /// The SPEC's reference configurations × every message kind × both P1 permissions.
+    /// In the `followed_projects` half the conversation's project is not followed, so P1 must
+    /// win over every other preference.
     #[test]
-    fn send_time_rechecks() {
-        assert_eq!(
-            skip_reason(&SendTimeFacts {
-                deleted: true,
-                ..facts()
-            }),
-            Some(SkipReason::Deleted)
+    fn reference_configurations_table() {
+        use FromCustomers as C;
+        use FromUsers as U;
+        let configs = [
+            ("quiet", C::None, U::None, false),
+            ("support lead", C::All, U::All, true),
+            ("support team member", C::Mine, U::Followed, true),
+        ];
+        // (message kind, author, internal, conversation followed)
+        let kinds = [
+            ("customer message, followed", Customer, false, true),
+            ("customer message, unfollowed", Customer, false, false),
+            ("reply to customer, followed", User, false, true),
+            ("reply to customer, unfollowed", User, false, false),
+            ("internal, followed", User, true, true),
+            ("internal, unfollowed", User, true, false),
+            ("bot message", Bot, false, true),
+        ];
+        // Expected notifications with P1 = all projects, in `kinds` order.
+        let expected = [
+            ("quiet", [false, false, false, false, false, false, false]),
+            ("support lead", [true, true, true, true, true, false, true]),
+            (
+                "support team member",
+                [true, false, true, false, true, false, true],
+            ),
+        ];
+        let mut cases = 0;
+        for ((name, c, u, i), (expected_name, row)) in configs.iter().zip(expected) {
+            assert_eq!(*name, expected_name);
+            for ((kind, author, internal, follows), want) in kinds.iter().zip(row) {
+                for see in [Visibility::AllProjects, Visibility::FollowedProjects] {
+                    let m = message(*author, *internal);
+                    let p = person(User, prefs(*c, *u, *i, see), *follows, false);
+                    let want = want && see == Visibility::AllProjects;
+                    let got = notify(&m, &p);
+                    assert_eq!(got.yes, want, "{name} / {kind} / {see:?}: {got:?}");
+                    assert_eq!(email(&m, &p).yes, want, "{name} / {kind} / {see:?} email");
+                    if see == Visibility::FollowedProjects {
+                        assert_eq!(got.rule, "P1");
+                    }
+                    cases += 1;
+                }
+            }
+        }
+        assert_eq!(cases, 42);
+    }
+
+    #[test]
+    fn d3_author_is_never_notified() {
+        let m = message(User, false);
+        let mut p = person(
+            User,
+            prefs(
+                FromCustomers::All,
+                FromUsers::All,
+                true,
+                Visibility::AllProjects,
+            ),
+            true,
+            true,
+        );
+        p.person_id = m.author_id;
+        assert_eq!(notify(&m, &p).rule, "D3");
+    }
+
+    #[test]
+    fn d5_customers_only_get_external_messages_they_follow() {
+        let p = person(Customer, Preferences::default(), true, false);
+        assert_eq!(notify(&message(User, true), &p).rule, "D5");
+        assert!(notify(&message(User, false), &p).yes);
+        let stranger = person(Customer, Preferences::default(), false, false);
+        assert!(!notify(&message(User, false), &stranger).yes);
+    }
+
+    #[test]
+    fn bots_and_deactivated_people_get_nothing() {
+        let lead = prefs(
+            FromCustomers::All,
+            FromUsers::All,
+            true,
+            Visibility::AllProjects,
         );
         assert_eq!(
-            skip_reason(&SendTimeFacts {
-                author_id: 2,
-                ..facts()
-            }),
-            Some(SkipReason::OwnMessage)
+            notify(&message(Customer, false), &person(Bot, lead, true, true)).rule,
+            "bot"
         );
-        let customer_internal = SendTimeFacts {
-            recipient_kind: PersonKind::Customer,
-            internal: true,
-            ..facts()
-        };
+        let mut gone = person(User, lead, true, true);
+        gone.active = false;
         assert_eq!(
-            skip_reason(&customer_internal),
-            Some(SkipReason::InternalMessage)
+            notify(&message(Customer, false), &gone).reason,
+            "deactivated"
         );
+    }
+
+    #[test]
+    fn p1_participants_may_see_unfollowed_projects() {
+        let member = prefs(
+            FromCustomers::Mine,
+            FromUsers::Followed,
+            true,
+            Visibility::FollowedProjects,
+        );
+        let mut p = person(User, member, true, false);
+        assert_eq!(notify(&message(Customer, false), &p).rule, "P1");
+        p.participant = true;
+        assert!(notify(&message(Customer, false), &p).yes);
+        p.participant = false;
+        p.follows_project = true;
+        assert!(notify(&message(Customer, false), &p).yes);
+    }
+
+    #[test]
+    fn p2_hides_customer_conversations_only() {
+        let mut lead = prefs(
+            FromCustomers::All,
+            FromUsers::All,
+            true,
+            Visibility::AllProjects,
+        );
+        lead.show_customer_conversations = false;
+        let p = person(User, lead, true, true);
+        assert_eq!(notify(&message(Customer, false), &p).rule, "P2");
+        let mut internal_only = message(User, true);
+        internal_only.customer_conversation = false;
+        assert!(notify(&internal_only, &p).yes);
+    }
+
+    #[test]
+    fn d4_seen_and_unsubscribe_stop_the_email_not_the_notification() {
+        let m = message(Customer, false);
+        let mut p = person(User, Preferences::default(), true, true);
+        assert_eq!(email(&m, &p).rule, "D2");
+        for (seen_up_to, last_posted) in [(Some(100), None), (Some(101), None), (None, Some(101))] {
+            p.seen_up_to = seen_up_to;
+            p.last_posted = last_posted;
+            assert_eq!(email(&m, &p).reason, "seen");
+            assert!(notify(&m, &p).yes);
+        }
+        p.seen_up_to = Some(99);
+        p.last_posted = Some(100);
+        assert!(
+            email(&m, &p).yes,
+            "an earlier cursor or the message itself is not a later post"
+        );
+        p.preferences.email_customer_messages = false;
+        assert_eq!(email(&m, &p).reason, "unsubscribed");
+        let mut customer = person(Customer, Preferences::default(), true, false);
+        customer.muted_conversation = true;
         assert_eq!(
-            skip_reason(&SendTimeFacts {
-                recipient_has_email: false,
-                ..facts()
-            }),
-            Some(SkipReason::NoAddress)
+            email(&message(User, false), &customer).reason,
+            "unsubscribed"
         );
+    }
+
+    #[test]
+    fn d9_deleted_message_is_not_sent() {
+        let mut m = message(Customer, false);
+        m.deleted = true;
+        let p = person(User, Preferences::default(), true, true);
+        assert_eq!(email(&m, &p).reason, "deleted");
     }
 }

@@ -42,6 +42,7 @@ pub struct Person {
     pub name: String,
     pub email: Option<String>,
     pub created_at: DateTime<Utc>,
+    pub active: bool,
 }
 
 impl Person {
@@ -90,6 +91,7 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
     pub dispatched_at: Option<DateTime<Utc>>,
+    pub edited_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
@@ -109,6 +111,8 @@ pub struct Notification {
     pub sent_at: Option<DateTime<Utc>>,
     pub smtp_reply: Option<String>,
     pub updated_at: DateTime<Utc>,
+    pub rule: Option<String>,
+    pub coalesced_into: Option<i64>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
@@ -127,6 +131,7 @@ pub struct EmailLogEntry {
     pub subject: Option<String>,
     pub message_id_header: Option<String>,
     pub smtp_reply: Option<String>,
+    pub rule: Option<String>,
 }
 
 /// A row to append to the email log.
@@ -144,4 +149,5 @@ pub struct NewEmailLogEntry {
     pub subject: Option<String>,
     pub message_id_header: Option<String>,
     pub smtp_reply: Option<String>,
+    pub rule: Option<String>,
 }

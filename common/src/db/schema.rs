@@ -7,6 +7,7 @@ diesel::table! {
         name -> Text,
         email -> Nullable<Text>,
         created_at -> Timestamptz,
+        active -> Bool,
     }
 }
 
@@ -73,6 +74,7 @@ diesel::table! {
         created_at -> Timestamptz,
         deleted_at -> Nullable<Timestamptz>,
         dispatched_at -> Nullable<Timestamptz>,
+        edited_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -101,6 +103,8 @@ diesel::table! {
         sent_at -> Nullable<Timestamptz>,
         smtp_reply -> Nullable<Text>,
         updated_at -> Timestamptz,
+        rule -> Nullable<Text>,
+        coalesced_into -> Nullable<Int8>,
     }
 }
 
@@ -119,6 +123,43 @@ diesel::table! {
         subject -> Nullable<Text>,
         message_id_header -> Nullable<Text>,
         smtp_reply -> Nullable<Text>,
+        rule -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    user_preferences (person_id) {
+        person_id -> Int8,
+        see_conversations -> Text,
+        show_customer_conversations -> Bool,
+        from_customers -> Text,
+        from_users -> Text,
+        followed_internal -> Bool,
+        email_customer_messages -> Bool,
+        email_replies -> Bool,
+        email_internal -> Bool,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    conversation_mutes (person_id, conversation_id) {
+        person_id -> Int8,
+        conversation_id -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    preference_changes (id) {
+        id -> Int8,
+        person_id -> Int8,
+        conversation_id -> Nullable<Int8>,
+        field -> Text,
+        old_value -> Nullable<Text>,
+        new_value -> Text,
+        source -> Text,
+        created_at -> Timestamptz,
     }
 }
 
@@ -146,4 +187,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     seen_cursors,
     notifications,
     email_log,
+    user_preferences,
+    conversation_mutes,
+    preference_changes,
 );

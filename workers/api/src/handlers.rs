@@ -93,14 +93,23 @@ async fn create_person(
         (_, None) => return Err(ApiError::bad_field("email", "missing field `email`")),
     };
     with_db(&state, move |conn| {
-        let inserted = diesel::insert_into(people::table)
-            .values((
-                people::kind.eq(kind.as_str()),
-                people::name.eq(name),
-                people::email.eq(email.clone()),
-            ))
-            .returning(Person::as_returning())
-            .get_result(conn);
+        let inserted = conn.transaction(|conn| {
+            let person = diesel::insert_into(people::table)
+                .values((
+                    people::kind.eq(kind.as_str()),
+                    people::name.eq(name),
+                    people::email.eq(email.clone()),
+                ))
+                .returning(Person::as_returning())
+                .get_result(conn)?;
+            if kind == PersonKind::User {
+                // Preferences start at their defaults (the "support team member" profile).
+                diesel::insert_into(user_preferences::table)
+                    .values(user_preferences::person_id.eq(person.id))
+                    .execute(conn)?;
+            }
+            Ok::<_, diesel::result::Error>(person)
+        });
         match inserted {
             Ok(person) => Ok((StatusCode::CREATED, Json(person))),
             Err(diesel::result::Error::DatabaseError(
@@ -579,7 +588,14 @@ pub async fn inbox(
              JOIN conversations c ON c.id = n.conversation_id
              LEFT JOIN seen_cursors sc
                ON sc.person_id = n.recipient_id AND sc.conversation_id = n.conversation_id
+             LEFT JOIN user_preferences up ON up.person_id = n.recipient_id
              WHERE n.recipient_id = $1
+               AND (COALESCE(up.show_customer_conversations, true) OR NOT EXISTS (
+                    SELECT 1 FROM conversation_participants cp JOIN people p ON p.id = cp.person_id
+                     WHERE cp.conversation_id = c.id AND p.kind = 'customer'
+                    UNION ALL
+                    SELECT 1 FROM item_follows f JOIN people p ON p.id = f.person_id
+                     WHERE f.item_id = c.item_id AND p.kind = 'customer'))
              GROUP BY c.id, c.subject, sc.last_seen_message_id
              ORDER BY last_message_at DESC, c.id DESC",
         )
@@ -612,6 +628,10 @@ pub struct Delivery {
     #[diesel(sql_type = Nullable<Text>)]
     email_reason: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
+    email_rule: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    coalesced_into: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
     emailed_to: Option<String>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     emailed_at: Option<DateTime<Utc>>,
@@ -639,11 +659,14 @@ pub async fn deliveries(
             "SELECT n.id AS notification_id, n.recipient_id, p.name AS recipient_name,
                     p.kind AS recipient_kind, n.created_at AS notified_at,
                     CASE WHEN sc.last_seen_message_id >= n.message_id THEN sc.seen_at END AS seen_at,
-                    n.state AS email_state, n.reason AS email_reason,
-                    CASE WHEN n.state = 'sent' THEN p.email END AS emailed_to,
-                    n.sent_at AS emailed_at, n.smtp_reply, n.email_message_id, n.due_at
+                    n.state AS email_state, n.reason AS email_reason, n.rule AS email_rule,
+                    n.coalesced_into,
+                    CASE WHEN n.state = 'sent' OR n.coalesced_into IS NOT NULL THEN p.email END AS emailed_to,
+                    n.sent_at AS emailed_at, COALESCE(n.smtp_reply, carrier.smtp_reply) AS smtp_reply,
+                    COALESCE(carrier.email_message_id, n.email_message_id) AS email_message_id, n.due_at
              FROM notifications n
              JOIN people p ON p.id = n.recipient_id
+             LEFT JOIN notifications carrier ON carrier.id = n.coalesced_into
              LEFT JOIN seen_cursors sc
                ON sc.person_id = n.recipient_id AND sc.conversation_id = n.conversation_id
              WHERE n.message_id = $1
@@ -699,4 +722,118 @@ pub async fn not_found() -> ApiError {
         message: "no such endpoint".into(),
         field: None,
     }
+}
+
+// ---- people, messages: changes after the fact (SPEC D9) ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonPatch {
+    name: Option<String>,
+    active: Option<bool>,
+}
+
+/// Renames or (de)activates a person. A deactivated person receives nothing from then on,
+/// including notifications already waiting out their window.
+pub async fn update_person(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Body(patch): Body<PersonPatch>,
+) -> ApiResult<Json<Person>> {
+    let name = patch
+        .name
+        .as_deref()
+        .map(|n| required_text("name", n))
+        .transpose()?;
+    with_db(&state, move |conn| {
+        find_person(conn, id)?;
+        if let Some(name) = name {
+            diesel::update(people::table.find(id))
+                .set(people::name.eq(name))
+                .execute(conn)?;
+        }
+        if let Some(active) = patch.active {
+            diesel::update(people::table.find(id))
+                .set(people::active.eq(active))
+                .execute(conn)?;
+        }
+        find_person(conn, id).map(Json)
+    })
+    .await
+}
+
+fn find_message(conn: &mut PgConnection, id: i64) -> ApiResult<Message> {
+    let found = messages::table
+        .find(id)
+        .select(Message::as_select())
+        .first(conn)
+        .optional()?;
+    exists(found, "message", id)
+}
+
+/// Deletes a message; its pending emails are skipped with reason `deleted`.
+pub async fn delete_message(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<StatusCode> {
+    with_db(&state, move |conn| {
+        find_message(conn, id)?;
+        diesel::update(
+            messages::table
+                .find(id)
+                .filter(messages::deleted_at.is_null()),
+        )
+        .set(messages::deleted_at.eq(diesel::dsl::now))
+        .execute(conn)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagePatch {
+    body: String,
+}
+
+/// Edits a message's text. Emails not yet sent carry the new text; editing it down to nothing
+/// counts as deleting it.
+pub async fn edit_message(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Body(patch): Body<MessagePatch>,
+) -> ApiResult<Json<Message>> {
+    with_db(&state, move |conn| {
+        let message = find_message(conn, id)?;
+        if message.deleted_at.is_some() {
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                message: format!("message {id} was deleted"),
+                field: None,
+            });
+        }
+        let edited = diesel::update(messages::table.find(id))
+            .set((
+                messages::body.eq(patch.body),
+                messages::edited_at.eq(diesel::dsl::now),
+            ))
+            .returning(Message::as_returning())
+            .get_result(conn)?;
+        Ok(Json(edited))
+    })
+    .await
+}
+
+/// Why a person was or was not notified and emailed about a message, naming the deciding rule.
+pub async fn explain(
+    State(state): State<AppState>,
+    Path((message_id, person_id)): Path<(i64, i64)>,
+) -> ApiResult<Json<tidings_common::audience::Explanation>> {
+    with_db(&state, move |conn| {
+        find_message(conn, message_id)?;
+        find_person(conn, person_id)?;
+        let explanation = tidings_common::audience::explain(conn, message_id, person_id)?;
+        Ok(Json(exists(explanation, "message", message_id)?))
+    })
+    .await
 }

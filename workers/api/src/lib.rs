@@ -8,11 +8,13 @@
 mod broker;
 mod error;
 mod handlers;
+mod preferences;
+mod unsubscribe;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post, put};
+use axum::routing::{get, patch, post, put};
 use tidings_common::Config;
 use tidings_common::amqp::Topology;
 use tidings_common::db::Db;
@@ -33,11 +35,15 @@ pub struct AppState {
 /// Builds the router with every route behind the bearer-token check.
 pub fn router(state: AppState) -> Router {
     use handlers::*;
-    Router::new()
+    let private = Router::new()
         .route("/users", post(create_user))
         .route("/customers", post(create_customer))
         .route("/bots", post(create_bot))
-        .route("/people/{id}", get(get_person))
+        .route("/people/{id}", get(get_person).patch(update_person))
+        .route(
+            "/people/{id}/preferences",
+            get(preferences::get_preferences).patch(preferences::update_preferences),
+        )
         .route("/people/{id}/inbox", get(inbox))
         .route("/projects", post(create_project))
         .route(
@@ -57,14 +63,21 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/conversations/{id}/messages", post(post_message))
         .route("/conversations/{id}/seen", put(mark_seen))
+        .route("/messages/{id}", patch(edit_message).delete(delete_message))
         .route("/messages/{id}/deliveries", get(deliveries))
+        .route("/messages/{id}/explain/{person_id}", get(explain))
         .route("/email-log", get(email_log))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             error::require_bearer_token,
-        ))
-        .with_state(state)
+        ));
+    // Unsubscribe links are public: the signed token is the authorisation.
+    let public = Router::new().route(
+        "/unsubscribe/{token}",
+        get(unsubscribe::confirm_page).post(unsubscribe::unsubscribe),
+    );
+    public.merge(private).with_state(state)
 }
 
 /// Serves the API on `config.http_addr` until `shutdown` fires.

@@ -1,4 +1,5 @@
-//! The dispatch role: decides who is notified about each posted message (SPEC D1, D3, D5, F1),
+//! The dispatch role: decides who is notified about each posted message (SPEC D1, D3, D5, F1,
+//! P1–P5; see `tidings_common::rules`),
 //! writes one notification row per recipient, and publishes one batch per message into the
 //! delay, where it waits out the seen window.
 //!
@@ -9,16 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
 use lapin::message::Delivery;
 use tidings_common::amqp::{
     self, MESSAGE_POSTED, MessagePosted, NotificationBatch, Outcome, Publisher, Topology,
 };
 use tidings_common::db::Db;
-use tidings_common::db::models::{Message, PersonKind};
+use tidings_common::db::models::Message;
 use tidings_common::db::schema::{messages, notifications};
-use tidings_common::rules::{self, Candidate};
 use tidings_common::{Config, Result, mail};
+use tidings_common::{audience, rules};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
@@ -29,44 +29,6 @@ pub enum Dispatched {
     UnknownMessage,
     /// Notifications exist; this batch must ride the delay. Empty when nobody is notified.
     Batch(NotificationBatch),
-}
-
-#[derive(QueryableByName)]
-struct CandidateRow {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Text)]
-    kind: String,
-}
-
-/// Followers of a conversation (SPEC F1): participants, followers of its item or project, and
-/// the item's assignee.
-fn followers(conn: &mut PgConnection, conversation_id: i64) -> QueryResult<Vec<Candidate>> {
-    let rows: Vec<CandidateRow> = diesel::sql_query(
-        "SELECT p.id, p.kind FROM people p WHERE p.id IN (
-             SELECT person_id FROM conversation_participants WHERE conversation_id = $1
-             UNION
-             SELECT f.person_id FROM item_follows f
-               JOIN conversations c ON c.item_id = f.item_id WHERE c.id = $1
-             UNION
-             SELECT f.person_id FROM project_follows f
-               JOIN conversations c ON c.project_id = f.project_id WHERE c.id = $1
-             UNION
-             SELECT i.assignee_id FROM items i
-               JOIN conversations c ON c.item_id = i.id
-              WHERE c.id = $1 AND i.assignee_id IS NOT NULL)",
-    )
-    .bind::<BigInt, _>(conversation_id)
-    .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| {
-            PersonKind::parse(&r.kind).map(|kind| Candidate {
-                person_id: r.id,
-                kind,
-            })
-        })
-        .collect())
 }
 
 /// Writes the notifications of one message in one transaction. Running it again for the same
@@ -88,8 +50,14 @@ pub fn dispatch_message(
             return Ok(Dispatched::UnknownMessage);
         };
         if message.dispatched_at.is_none() && message.deleted_at.is_none() {
-            let candidates = followers(conn, message.conversation_id)?;
-            let recipients = rules::recipients(&candidates, message.author_id, message.internal);
+            let Some((facts, audience)) = audience::load(conn, message.id, None)? else {
+                return Ok(Dispatched::UnknownMessage);
+            };
+            let recipients: Vec<i64> = audience
+                .iter()
+                .filter(|person| rules::notify(&facts, person).yes)
+                .map(|person| person.person_id)
+                .collect();
             let due_at = chrono::Utc::now()
                 + chrono::Duration::from_std(seen_window).unwrap_or(chrono::Duration::MAX);
             let rows: Vec<_> = recipients

@@ -1,14 +1,14 @@
-//! Sending one notification: claim, re-check, render, send, record.
+//! Sending one notification: claim, re-check at send time, coalesce, render, send, record.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use lettre::AsyncTransport;
 use serde_json::{Value, json};
+use tidings_common::audience;
 use tidings_common::db::models::*;
 use tidings_common::db::schema::*;
-use tidings_common::mail::{self, OutboundEmail, ReplyToken};
-use tidings_common::rules::{self, SendTimeFacts, SkipReason};
-use tidings_common::templates::RenderedEmail;
+use tidings_common::mail::{self, OutboundEmail, ReplyToken, UnsubscribeScope, UnsubscribeToken};
+use tidings_common::rules::{self, MessageFacts, Verdict};
 use tidings_common::{Error, NOTIFICATION_TEMPLATE, Result};
 use tracing::{Instrument, info, warn};
 
@@ -29,13 +29,24 @@ struct Claim {
     claimed_at: DateTime<Utc>,
 }
 
-/// Facts read at send time for one claimed notification.
-struct Context {
-    facts: SendTimeFacts,
+/// One claimed notification with the send-time verdict on it.
+struct Checked {
+    claim: Claim,
+    message: MessageFacts,
+    verdict: Verdict,
+    /// The message as the template shows it.
+    data: Value,
+}
+
+/// Everything read at send time for one recipient in one conversation.
+struct SendContext {
     recipient: Person,
+    /// The due notification first, then the recipient's other pending notifications in the
+    /// conversation (claimed too, for coalescing).
+    checked: Vec<Checked>,
+    /// Recipient, conversation, item and project as the template shows them.
     data: Value,
     references: Vec<String>,
-    conversation_id: i64,
 }
 
 /// How a claimed notification ends, for the conditional update that records it.
@@ -43,7 +54,11 @@ enum Finish {
     Sent {
         reply: String,
     },
-    Skipped(SkipReason),
+    Skipped(Verdict),
+    /// Its message went out in the email of notification `into`.
+    Coalesced {
+        into: i64,
+    },
     Failed {
         reason: String,
         reply: Option<String>,
@@ -53,6 +68,8 @@ enum Finish {
         reply: Option<String>,
         retry_in: std::time::Duration,
     },
+    /// Back to `pending` untouched: it was claimed only to be coalesced, and the send failed.
+    Released,
 }
 
 impl Mailer {
@@ -75,82 +92,169 @@ impl Mailer {
             Err(Some(state)) if state == "sending" => return Ok(Delivered::RetryLater { tier: 0 }),
             Err(_) => return Ok(Delivered::Done),
         };
-        let id = claim.notification.id;
-        let message_id = claim.notification.message_id;
-        let recipient_id = claim.notification.recipient_id;
         let domain = self.config.reply_domain.clone();
         let context = self
             .db
-            .run(move |conn| load_context(conn, message_id, recipient_id, &domain))
+            .run(move |conn| load_context(conn, claim, &domain))
             .await?;
-        let context = match context {
-            Some(context) => context,
-            None => {
-                self.finish(
-                    &claim,
-                    None,
-                    Finish::Failed {
-                        reason: "message or recipient no longer exists".into(),
-                        reply: None,
-                    },
-                )
-                .await?;
+        let mut context = match context {
+            Ok(context) => context,
+            Err(claim) => {
+                let how = Finish::Failed {
+                    reason: "message or recipient no longer exists".into(),
+                    reply: None,
+                };
+                self.record(&claim, None, None, how).await?;
                 return Ok(Delivered::Done);
             }
         };
-        if let Some(reason) = rules::skip_reason(&context.facts) {
-            self.finish(&claim, Some(&context), Finish::Skipped(reason))
+        // Companions the rules now exclude are skipped on their own account.
+        let mut included = Vec::new();
+        for (i, checked) in std::mem::take(&mut context.checked).into_iter().enumerate() {
+            if i == 0 || checked.verdict.yes {
+                included.push(checked);
+            } else {
+                let how = Finish::Skipped(checked.verdict.clone());
+                self.record(&checked.claim, Some(&context.recipient), None, how)
+                    .await?;
+            }
+        }
+        let primary = &included[0];
+        if !primary.verdict.yes {
+            let how = Finish::Skipped(primary.verdict.clone());
+            self.record(&primary.claim, Some(&context.recipient), None, how)
                 .await?;
             return Ok(Delivered::Done);
         }
+        let result = self.send(&context, &included).await;
+        let primary = &included[0].claim;
+        let companions = included[1..].iter().map(|c| &c.claim);
+        let recipient = Some(&context.recipient);
+        match result {
+            SendResult::Sent { subject, reply } => {
+                self.record(
+                    primary,
+                    recipient,
+                    Some(subject.clone()),
+                    Finish::Sent { reply },
+                )
+                .await?;
+                for claim in companions {
+                    let how = Finish::Coalesced {
+                        into: primary.notification.id,
+                    };
+                    self.record(claim, recipient, Some(subject.clone()), how)
+                        .await?;
+                }
+                Ok(Delivered::Done)
+            }
+            SendResult::Failed {
+                subject,
+                reason,
+                reply,
+            } => {
+                self.record(
+                    primary,
+                    recipient,
+                    subject,
+                    Finish::Failed { reason, reply },
+                )
+                .await?;
+                for claim in companions {
+                    self.record(claim, recipient, None, Finish::Released)
+                        .await?;
+                }
+                Ok(Delivered::Done)
+            }
+            SendResult::Temporary {
+                subject,
+                reason,
+                reply,
+            } => {
+                for claim in companions {
+                    self.record(claim, recipient, None, Finish::Released)
+                        .await?;
+                }
+                self.retry_or_fail(primary, recipient, subject, reason, reply)
+                    .await
+            }
+        }
+    }
+
+    /// Renders and sends one email carrying every included message, oldest first.
+    async fn send(&self, context: &SendContext, included: &[Checked]) -> SendResult {
+        let primary = &included[0];
+        let recipient = &context.recipient;
+        let conversation_id = primary.message.conversation_id;
+        let today = mail::epoch_day(Utc::now());
         let reply_address = ReplyToken {
-            conversation_id: context.conversation_id,
-            person_id: recipient_id,
-            issued_day: Utc::now().timestamp().div_euclid(86_400),
+            conversation_id,
+            person_id: recipient.id,
+            issued_day: today,
         }
         .address(&self.config.token_secret, &self.config.reply_domain);
+        let scope = match recipient.kind() {
+            PersonKind::Customer => UnsubscribeScope::CustomerConversation(conversation_id),
+            _ => UnsubscribeScope::UserKind(primary.message.kind()),
+        };
+        let unsubscribe_url = format!(
+            "{}/unsubscribe/{}",
+            self.config.public_url,
+            UnsubscribeToken {
+                person_id: recipient.id,
+                scope,
+                expires_day: today + mail::UNSUBSCRIBE_LINK_DAYS,
+            }
+            .encode(&self.config.token_secret)
+        );
+        let mut messages: Vec<&Checked> = included.iter().collect();
+        messages.sort_by_key(|c| c.message.message_id);
         let mut data = context.data.clone();
+        data["message"] = primary.data.clone();
+        data["messages"] = Value::Array(messages.iter().map(|c| c.data.clone()).collect());
         data["reply_address"] = json!(reply_address);
+        data["unsubscribe_url"] = json!(unsubscribe_url);
         let content = match self.templates.render(NOTIFICATION_TEMPLATE, &data) {
             Ok(content) => content,
             Err(e) => {
                 warn!(error = %e, "template failed to render");
-                return self
-                    .retry_or_fail(&claim, &context, e.to_string(), None)
-                    .await;
+                return SendResult::Temporary {
+                    subject: None,
+                    reason: e.to_string(),
+                    reply: None,
+                };
             }
         };
+        let subject = content.subject.clone();
         let email = OutboundEmail {
             from: self.config.mail_from.clone(),
-            to_name: context.recipient.name.clone(),
-            to_address: context.recipient.email.clone().unwrap_or_default(),
+            to_name: recipient.name.clone(),
+            to_address: recipient.email.clone().unwrap_or_default(),
             reply_to: reply_address,
-            message_id: claim.notification.email_message_id.clone(),
+            message_id: primary.claim.notification.email_message_id.clone(),
             references: context.references.clone(),
-            content: content.clone(),
+            unsubscribe_url: Some(unsubscribe_url),
+            content,
         };
         let built = match mail::build_email(&email) {
             Ok(built) => built,
             Err(e) => {
-                self.finish(
-                    &claim,
-                    Some(&context),
-                    Finish::Failed {
-                        reason: e.to_string(),
-                        reply: None,
-                    },
-                )
-                .await?;
-                return Ok(Delivered::Done);
+                return SendResult::Failed {
+                    subject: Some(subject),
+                    reason: e.to_string(),
+                    reply: None,
+                };
             }
         };
-        let sent = {
-            let _slot = self
-                .smtp_slots
-                .acquire()
-                .await
-                .map_err(|e| Error::Task(e.to_string()))?;
-            self.transport.send(built).await
+        let sent = match self.smtp_slots.acquire().await {
+            Ok(_slot) => self.transport.send(built).await,
+            Err(e) => {
+                return SendResult::Temporary {
+                    subject: Some(subject),
+                    reason: e.to_string(),
+                    reply: None,
+                };
+            }
         };
         let to = mail::mask_address(&email.to_address);
         match sent {
@@ -160,34 +264,24 @@ impl Mailer {
                     response.code(),
                     response.message().collect::<Vec<_>>().join(" ")
                 );
-                info!(notification.id = id, to, "email sent");
-                self.finish_with_subject(&claim, &context, &content, Finish::Sent { reply })
-                    .await?;
-                Ok(Delivered::Done)
+                info!(to, messages = included.len(), "email sent");
+                SendResult::Sent { subject, reply }
             }
             Err(e) if e.is_permanent() => {
-                warn!(notification.id = id, to, error = %e, "email refused");
-                self.finish_with_subject(
-                    &claim,
-                    &context,
-                    &content,
-                    Finish::Failed {
-                        reason: "refused by the SMTP server".into(),
-                        reply: Some(e.to_string()),
-                    },
-                )
-                .await?;
-                Ok(Delivered::Done)
+                warn!(to, error = %e, "email refused");
+                SendResult::Failed {
+                    subject: Some(subject),
+                    reason: "refused by the SMTP server".into(),
+                    reply: Some(e.to_string()),
+                }
             }
             Err(e) => {
-                warn!(notification.id = id, to, error = %e, "email deferred");
-                self.retry_or_fail(
-                    &claim,
-                    &context,
-                    "temporary SMTP failure".into(),
-                    Some(e.to_string()),
-                )
-                .await
+                warn!(to, error = %e, "email deferred");
+                SendResult::Temporary {
+                    subject: Some(subject),
+                    reason: "temporary SMTP failure".into(),
+                    reply: Some(e.to_string()),
+                }
             }
         }
     }
@@ -196,51 +290,27 @@ impl Mailer {
     async fn retry_or_fail(
         &self,
         claim: &Claim,
-        context: &Context,
+        recipient: Option<&Person>,
+        subject: Option<String>,
         reason: String,
         reply: Option<String>,
     ) -> Result<Delivered> {
         let attempts = claim.notification.attempts as usize;
         let tiers = &self.config.retry_tiers;
         if attempts > tiers.len() {
-            self.finish(
-                claim,
-                Some(context),
-                Finish::Failed {
-                    reason: format!("{reason}; gave up after {attempts} attempts"),
-                    reply,
-                },
-            )
-            .await?;
+            let reason = format!("{reason}; gave up after {attempts} attempts");
+            self.record(claim, recipient, subject, Finish::Failed { reason, reply })
+                .await?;
             return Ok(Delivered::Done);
         }
         let tier = attempts.saturating_sub(1);
-        self.finish(
-            claim,
-            Some(context),
-            Finish::Deferred {
-                reason,
-                reply,
-                retry_in: tiers[tier],
-            },
-        )
-        .await?;
+        let how = Finish::Deferred {
+            reason,
+            reply,
+            retry_in: tiers[tier],
+        };
+        self.record(claim, recipient, subject, how).await?;
         Ok(Delivered::RetryLater { tier })
-    }
-
-    async fn finish_with_subject(
-        &self,
-        claim: &Claim,
-        context: &Context,
-        content: &RenderedEmail,
-        how: Finish,
-    ) -> Result<()> {
-        self.record(claim, Some(context), Some(content.subject.clone()), how)
-            .await
-    }
-
-    async fn finish(&self, claim: &Claim, context: Option<&Context>, how: Finish) -> Result<()> {
-        self.record(claim, context, None, how).await
     }
 
     /// Records the end of a claim: the state change (only if the claim still holds) and the
@@ -248,28 +318,52 @@ impl Mailer {
     async fn record(
         &self,
         claim: &Claim,
-        context: Option<&Context>,
+        recipient: Option<&Person>,
         subject: Option<String>,
         how: Finish,
     ) -> Result<()> {
         let n = &claim.notification;
+        let mut coalesced_into = None;
+        let mut rule = None;
         let (state, status, reason, reply, retry_in) = match how {
-            Finish::Sent { reply } => ("sent", "sent", None, Some(reply), None),
-            Finish::Skipped(r) => (
-                "skipped",
-                "skipped",
-                Some(r.as_str().to_string()),
-                None,
-                None,
-            ),
-            Finish::Failed { reason, reply } => ("failed", "failed", Some(reason), reply, None),
+            Finish::Sent { reply } => ("sent", Some("sent"), None, Some(reply), None),
+            Finish::Skipped(v) => {
+                rule = Some(v.rule.to_string());
+                (
+                    "skipped",
+                    Some("skipped"),
+                    Some(v.reason.to_string()),
+                    None,
+                    None,
+                )
+            }
+            Finish::Coalesced { into } => {
+                coalesced_into = Some(into);
+                (
+                    "skipped",
+                    Some("skipped"),
+                    Some("coalesced".to_string()),
+                    None,
+                    None,
+                )
+            }
+            Finish::Failed { reason, reply } => {
+                ("failed", Some("failed"), Some(reason), reply, None)
+            }
             Finish::Deferred {
                 reason,
                 reply,
                 retry_in,
-            } => ("pending", "deferred", Some(reason), reply, Some(retry_in)),
+            } => (
+                "pending",
+                Some("deferred"),
+                Some(reason),
+                reply,
+                Some(retry_in),
+            ),
+            Finish::Released => ("pending", None, None, None, None),
         };
-        let entry = NewEmailLogEntry {
+        let entry = status.map(|status| NewEmailLogEntry {
             direction: "outbound".into(),
             status: status.into(),
             reason: reason.clone(),
@@ -277,40 +371,52 @@ impl Mailer {
             message_id: Some(n.message_id),
             conversation_id: Some(n.conversation_id),
             mail_from: Some(self.config.mail_from.clone()),
-            rcpt_to: context.and_then(|c| c.recipient.email.clone()),
+            rcpt_to: recipient.and_then(|r| r.email.clone()),
             subject,
             message_id_header: Some(n.email_message_id.clone()),
             smtp_reply: reply.clone(),
-        };
-        let id = n.id;
-        let claimed_at = claim.claimed_at;
+            rule: rule.clone(),
+        });
+        let released = matches!(state, "pending") && entry.is_none();
+        let (id, claimed_at) = (n.id, claim.claimed_at);
         let updated = self
             .db
             .run(move |conn| {
                 conn.transaction(|conn| {
                     let now = Utc::now();
-                    let due_at = match retry_in {
-                        Some(d) => {
-                            now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-                        }
-                        None => now,
+                    let target = notifications::table
+                        .find(id)
+                        .filter(notifications::state.eq("sending"))
+                        .filter(notifications::claimed_at.eq(claimed_at));
+                    let updated = if released {
+                        diesel::update(target)
+                            .set((
+                                notifications::state.eq("pending"),
+                                notifications::updated_at.eq(now),
+                            ))
+                            .execute(conn)?
+                    } else {
+                        let due_at = match retry_in {
+                            Some(d) => {
+                                now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+                            }
+                            None => now,
+                        };
+                        let sent = matches!(state, "sent") || coalesced_into.is_some();
+                        diesel::update(target)
+                            .set((
+                                notifications::state.eq(state),
+                                notifications::reason.eq(&reason),
+                                notifications::rule.eq(&rule),
+                                notifications::smtp_reply.eq(&reply),
+                                notifications::updated_at.eq(now),
+                                notifications::due_at.eq(due_at),
+                                notifications::sent_at.eq(sent.then_some(now)),
+                                notifications::coalesced_into.eq(coalesced_into),
+                            ))
+                            .execute(conn)?
                     };
-                    let updated = diesel::update(
-                        notifications::table
-                            .find(id)
-                            .filter(notifications::state.eq("sending"))
-                            .filter(notifications::claimed_at.eq(claimed_at)),
-                    )
-                    .set((
-                        notifications::state.eq(state),
-                        notifications::reason.eq(&reason),
-                        notifications::smtp_reply.eq(&reply),
-                        notifications::updated_at.eq(now),
-                        notifications::due_at.eq(due_at),
-                        notifications::sent_at.eq((state == "sent").then_some(now)),
-                    ))
-                    .execute(conn)?;
-                    if updated == 1 {
+                    if let (1, Some(entry)) = (updated, entry) {
                         diesel::insert_into(email_log::table)
                             .values(&entry)
                             .execute(conn)?;
@@ -327,6 +433,23 @@ impl Mailer {
         }
         Ok(())
     }
+}
+
+enum SendResult {
+    Sent {
+        subject: String,
+        reply: String,
+    },
+    Failed {
+        subject: Option<String>,
+        reason: String,
+        reply: Option<String>,
+    },
+    Temporary {
+        subject: Option<String>,
+        reason: String,
+        reply: Option<String>,
+    },
 }
 
 /// Claims a notification for sending: `pending`, or `sending` whose lease ran out. Returns the
@@ -354,15 +477,11 @@ fn claim(
     .get_result(conn)
     .optional()?;
     match claimed {
-        Some(notification) => {
-            // Re-read the stored claim time: PostgreSQL keeps microseconds, so the value
-            // compared later must be the stored one, not the nanosecond original.
-            let claimed_at = notification.claimed_at.unwrap_or(now);
-            Ok(Ok(Claim {
-                notification,
-                claimed_at,
-            }))
-        }
+        // The stored claim time (microseconds) is what later conditional updates compare.
+        Some(notification) => Ok(Ok(Claim {
+            claimed_at: notification.claimed_at.unwrap_or(now),
+            notification,
+        })),
         None => {
             let state: Option<String> = notifications::table
                 .find(id)
@@ -374,33 +493,29 @@ fn claim(
     }
 }
 
-/// Reads what the send-time check and the template need. `None` if the message or a person is gone.
+/// Reads what the send-time check and the template need, and claims the recipient's other
+/// pending notifications in the conversation for coalescing. Gives the claim back when the
+/// message or the recipient is gone.
 fn load_context(
     conn: &mut PgConnection,
-    message_id: i64,
-    recipient_id: i64,
+    primary: Claim,
     reply_domain: &str,
-) -> Result<Option<Context>> {
-    let Some(message) = messages::table
-        .find(message_id)
-        .select(Message::as_select())
-        .first(conn)
-        .optional()?
-    else {
-        return Ok(None);
-    };
-    let found: Vec<Person> = people::table
-        .filter(people::id.eq_any([recipient_id, message.author_id]))
+) -> Result<Result<SendContext, Claim>> {
+    let (primary_id, message_id) = (primary.notification.id, primary.notification.message_id);
+    let (recipient_id, conversation_id) = (
+        primary.notification.recipient_id,
+        primary.notification.conversation_id,
+    );
+    let recipient: Option<Person> = people::table
+        .find(recipient_id)
         .select(Person::as_select())
-        .load(conn)?;
-    let (Some(recipient), Some(author)) = (
-        found.iter().find(|p| p.id == recipient_id).cloned(),
-        found.iter().find(|p| p.id == message.author_id).cloned(),
-    ) else {
-        return Ok(None);
+        .first(conn)
+        .optional()?;
+    let (Some(recipient), Some(checked)) = (recipient, check(conn, &primary.notification)?) else {
+        return Ok(Err(primary));
     };
     let conversation = conversations::table
-        .find(message.conversation_id)
+        .find(conversation_id)
         .select(Conversation::as_select())
         .first(conn)?;
     let item: Option<Item> = match conversation.item_id {
@@ -416,63 +531,112 @@ fn load_context(
         .map(|i| i.project_id)
         .or(conversation.project_id);
     let project: Option<Project> = match project_id {
-        Some(project_id) => projects::table
-            .find(project_id)
+        Some(id) => projects::table
+            .find(id)
             .select(Project::as_select())
             .first(conn)
             .optional()?,
         None => None,
     };
-    let seen_up_to: Option<i64> = seen_cursors::table
-        .find((recipient_id, conversation.id))
-        .select(seen_cursors::last_seen_message_id)
-        .first(conn)
-        .optional()?;
-    let last_posted: Option<i64> = messages::table
-        .filter(messages::conversation_id.eq(conversation.id))
-        .filter(messages::author_id.eq(recipient_id))
-        .select(diesel::dsl::max(messages::id))
-        .first(conn)?;
     let mut references: Vec<String> = notifications::table
         .filter(notifications::recipient_id.eq(recipient_id))
-        .filter(notifications::conversation_id.eq(conversation.id))
-        .filter(notifications::message_id.lt(message.id))
+        .filter(notifications::conversation_id.eq(conversation_id))
+        .filter(notifications::message_id.lt(message_id))
         .filter(notifications::state.eq("sent"))
         .order(notifications::message_id.desc())
         .select(notifications::email_message_id)
         .limit(10)
         .load(conn)?;
-    references.push(mail::conversation_root_id(conversation.id, reply_domain));
+    references.push(mail::conversation_root_id(conversation_id, reply_domain));
     references.reverse();
-    let facts = SendTimeFacts {
-        recipient_id,
-        recipient_kind: recipient.kind(),
-        recipient_has_email: recipient.email.is_some(),
-        author_id: author.id,
-        message_id: message.id,
-        internal: message.internal,
-        deleted: message.deleted_at.is_some(),
-        seen_up_to,
-        last_posted,
-    };
+
+    let mut all = vec![(checked, primary)];
+    if all[0].0.1.yes {
+        // Coalescing: the recipient's other unsent notifications in this conversation ride along.
+        let companions: Vec<Notification> = diesel::update(
+            notifications::table
+                .filter(notifications::recipient_id.eq(recipient_id))
+                .filter(notifications::conversation_id.eq(conversation_id))
+                .filter(notifications::state.eq("pending"))
+                .filter(notifications::id.ne(primary_id)),
+        )
+        .set((
+            notifications::state.eq("sending"),
+            notifications::claimed_at.eq(all[0].1.claimed_at),
+            notifications::updated_at.eq(Utc::now()),
+        ))
+        .returning(Notification::as_returning())
+        .get_results(conn)?;
+        for companion in companions {
+            let claimed_at = all[0].1.claimed_at;
+            match check(conn, &companion)? {
+                Some(checked) => all.push((
+                    checked,
+                    Claim {
+                        notification: companion,
+                        claimed_at,
+                    },
+                )),
+                None => {
+                    diesel::update(notifications::table.find(companion.id))
+                        .set(notifications::state.eq("pending"))
+                        .execute(conn)?;
+                }
+            }
+        }
+    }
     let data = json!({
         "recipient": { "id": recipient.id, "name": recipient.name, "email": recipient.email, "kind": recipient.kind },
-        "author": { "id": author.id, "name": author.name, "kind": author.kind },
         "conversation": { "id": conversation.id, "subject": conversation.subject },
         "item": item.as_ref().map(|i| json!({ "id": i.id, "kind": i.kind, "title": i.title })),
         "project": project.as_ref().map(|p| json!({ "id": p.id, "name": p.name })),
-        "message": {
-            "id": message.id,
-            "body": message.body,
-            "internal": message.internal,
-            "posted_at": message.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
-        },
     });
-    Ok(Some(Context {
-        facts,
+    let checked = all
+        .into_iter()
+        .map(|((message, verdict, data), claim)| Checked {
+            claim,
+            message,
+            verdict,
+            data,
+        })
+        .collect();
+    Ok(Ok(SendContext {
         recipient,
+        checked,
         data,
         references,
-        conversation_id: conversation.id,
     }))
+}
+
+type CheckedFacts = (MessageFacts, Verdict, Value);
+
+/// The send-time verdict on one notification (SPEC D2, D4, D9), with its message's template data.
+fn check(conn: &mut PgConnection, n: &Notification) -> Result<Option<CheckedFacts>> {
+    let Some((message, mut facts)) =
+        audience::load(conn, n.message_id, Some(vec![n.recipient_id]))?
+    else {
+        return Ok(None);
+    };
+    let Some(person) = facts.pop() else {
+        return Ok(None);
+    };
+    let verdict = rules::email(&message, &person);
+    let row: Option<(Message, String)> = messages::table
+        .inner_join(people::table)
+        .filter(messages::id.eq(n.message_id))
+        .select((Message::as_select(), people::name))
+        .first(conn)
+        .optional()?;
+    let Some((m, author_name)) = row else {
+        return Ok(None);
+    };
+    let data = json!({
+        "id": m.id,
+        "body": m.body,
+        "internal": m.internal,
+        "edited": m.edited_at.is_some(),
+        "posted_at": m.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+        "author": { "id": m.author_id, "name": author_name },
+    });
+    Ok(Some((message, verdict, data)))
 }
