@@ -80,11 +80,13 @@ impl Mailer {
                 }))
                 .await;
             let mut retries: BTreeMap<usize, Vec<i64>> = BTreeMap::new();
+            let mut busy = Vec::new();
             let mut temporary = None;
             for (id, result) in results {
                 match result {
                     Ok(Delivered::Done) => {}
                     Ok(Delivered::RetryLater { tier }) => retries.entry(tier).or_default().push(id),
+                    Ok(Delivered::Busy) => busy.push(id),
                     Err(e) if e.is_transient() => temporary = Some(e),
                     Err(e) => {
                         error!(notification.id = id, error = %e, "notification cannot be processed")
@@ -102,6 +104,22 @@ impl Mailer {
                     .await
                 {
                     return Outcome::Requeue(format!("retry publish failed: {e}"));
+                }
+            }
+            if !busy.is_empty() {
+                let again = NotificationBatch {
+                    message_id: batch.message_id,
+                    notification_ids: busy,
+                };
+                if let Err(e) = publisher
+                    .publish_json_retrying(
+                        &self.topology.delay_exchange(),
+                        &self.topology.delay_routing_key(),
+                        &again,
+                    )
+                    .await
+                {
+                    return Outcome::Requeue(format!("delay publish failed: {e}"));
                 }
             }
             match temporary {

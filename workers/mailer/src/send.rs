@@ -21,6 +21,8 @@ pub enum Delivered {
     Done,
     /// Try again after retry tier `tier`.
     RetryLater { tier: usize },
+    /// Claimed by another worker; look again after one seen window.
+    Busy,
 }
 
 /// A notification this worker has claimed, and the claim time that proves it still holds it.
@@ -86,16 +88,16 @@ impl Mailer {
             .db
             .run(move |conn| claim(conn, notification_id, lease))
             .await?;
-        let claim = match claim {
-            Ok(claim) => claim,
-            // Another worker holds a live claim: look again once it has had time to finish.
-            Err(Some(state)) if state == "sending" => return Ok(Delivered::RetryLater { tier: 0 }),
+        let (claim, companions) = match claim {
+            Ok(claimed) => claimed,
+            // Claimed by another worker, alone or as a companion: look again in one window.
+            Err(Some(state)) if state == "sending" => return Ok(Delivered::Busy),
             Err(_) => return Ok(Delivered::Done),
         };
         let domain = self.config.reply_domain.clone();
         let context = self
             .db
-            .run(move |conn| load_context(conn, claim, &domain))
+            .run(move |conn| load_context(conn, claim, companions, &domain))
             .await?;
         let mut context = match context {
             Ok(context) => context,
@@ -108,23 +110,30 @@ impl Mailer {
                 return Ok(Delivered::Done);
             }
         };
-        // Companions the rules now exclude are skipped on their own account.
-        let mut included = Vec::new();
-        for (i, checked) in std::mem::take(&mut context.checked).into_iter().enumerate() {
-            if i == 0 || checked.verdict.yes {
-                included.push(checked);
-            } else {
-                let how = Finish::Skipped(checked.verdict.clone());
-                self.record(&checked.claim, Some(&context.recipient), None, how)
+        let mut checked = std::mem::take(&mut context.checked).into_iter();
+        let primary = checked
+            .next()
+            .expect("the claimed notification is checked first");
+        let recipient = Some(&context.recipient);
+        if !primary.verdict.yes {
+            // The companions go back to wait for their own batches.
+            let how = Finish::Skipped(primary.verdict.clone());
+            self.record(&primary.claim, recipient, None, how).await?;
+            for companion in checked {
+                self.record(&companion.claim, recipient, None, Finish::Released)
                     .await?;
             }
-        }
-        let primary = &included[0];
-        if !primary.verdict.yes {
-            let how = Finish::Skipped(primary.verdict.clone());
-            self.record(&primary.claim, Some(&context.recipient), None, how)
-                .await?;
             return Ok(Delivered::Done);
+        }
+        // Companions the rules now exclude are skipped on their own account.
+        let mut included = vec![primary];
+        for companion in checked {
+            if companion.verdict.yes {
+                included.push(companion);
+            } else {
+                let how = Finish::Skipped(companion.verdict.clone());
+                self.record(&companion.claim, recipient, None, how).await?;
+            }
         }
         let result = self.send(&context, &included).await;
         let primary = &included[0].claim;
@@ -454,54 +463,97 @@ enum SendResult {
 
 /// Claims a notification for sending: `pending`, or `sending` whose lease ran out. Returns the
 /// current state instead when it cannot be claimed (`None` if it does not exist).
+///
+/// The recipient's other `pending` notifications in the same conversation are claimed in the
+/// same transaction, for coalescing. A transaction-scoped advisory lock per (recipient,
+/// conversation) makes batches that come due together take turns, so the first claims them
+/// all and the others find their notification already taken.
 fn claim(
     conn: &mut PgConnection,
     id: i64,
     lease: chrono::Duration,
-) -> Result<Result<Claim, Option<String>>> {
-    let now = Utc::now();
-    let claimed: Option<Notification> = diesel::update(
-        notifications::table.find(id).filter(
-            notifications::state.eq("pending").or(notifications::state
-                .eq("sending")
-                .and(notifications::claimed_at.lt(now - lease))),
-        ),
-    )
-    .set((
-        notifications::state.eq("sending"),
-        notifications::claimed_at.eq(now),
-        notifications::attempts.eq(notifications::attempts + 1),
-        notifications::updated_at.eq(now),
-    ))
-    .returning(Notification::as_returning())
-    .get_result(conn)
-    .optional()?;
-    match claimed {
-        // The stored claim time (microseconds) is what later conditional updates compare.
-        Some(notification) => Ok(Ok(Claim {
-            claimed_at: notification.claimed_at.unwrap_or(now),
-            notification,
-        })),
-        None => {
+) -> Result<Result<(Claim, Vec<Notification>), Option<String>>> {
+    conn.transaction(|conn| {
+        let key: Option<(i64, i64)> = notifications::table
+            .find(id)
+            .select((notifications::recipient_id, notifications::conversation_id))
+            .first(conn)
+            .optional()?;
+        let Some((recipient_id, conversation_id)) = key else {
+            return Ok(Err(None));
+        };
+        diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+            .bind::<diesel::sql_types::BigInt, _>(coalescing_lock_key(
+                recipient_id,
+                conversation_id,
+            ))
+            .execute(conn)?;
+        let now = Utc::now();
+        let claimed: Option<Notification> = diesel::update(
+            notifications::table.find(id).filter(
+                notifications::state.eq("pending").or(notifications::state
+                    .eq("sending")
+                    .and(notifications::claimed_at.lt(now - lease))),
+            ),
+        )
+        .set((
+            notifications::state.eq("sending"),
+            notifications::claimed_at.eq(now),
+            notifications::attempts.eq(notifications::attempts + 1),
+            notifications::updated_at.eq(now),
+        ))
+        .returning(Notification::as_returning())
+        .get_result(conn)
+        .optional()?;
+        let Some(notification) = claimed else {
             let state: Option<String> = notifications::table
                 .find(id)
                 .select(notifications::state)
                 .first(conn)
                 .optional()?;
-            Ok(Err(state))
-        }
-    }
+            return Ok(Err(state));
+        };
+        // The stored claim time (microseconds) is what later conditional updates compare.
+        let claimed_at = notification.claimed_at.unwrap_or(now);
+        let companions: Vec<Notification> = diesel::update(
+            notifications::table
+                .filter(notifications::recipient_id.eq(recipient_id))
+                .filter(notifications::conversation_id.eq(conversation_id))
+                .filter(notifications::state.eq("pending"))
+                .filter(notifications::id.ne(id)),
+        )
+        .set((
+            notifications::state.eq("sending"),
+            notifications::claimed_at.eq(claimed_at),
+            notifications::updated_at.eq(now),
+        ))
+        .returning(Notification::as_returning())
+        .get_results(conn)?;
+        Ok(Ok((
+            Claim {
+                notification,
+                claimed_at,
+            },
+            companions,
+        )))
+    })
 }
 
-/// Reads what the send-time check and the template need, and claims the recipient's other
-/// pending notifications in the conversation for coalescing. Gives the claim back when the
-/// message or the recipient is gone.
+/// One advisory-lock key per (recipient, conversation); a collision only serialises two
+/// unrelated claims.
+fn coalescing_lock_key(recipient_id: i64, conversation_id: i64) -> i64 {
+    recipient_id.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as i64) ^ conversation_id
+}
+
+/// Reads what the send-time check and the template need, for the claimed notification and its
+/// companions. Gives the claim back when the message or the recipient is gone.
 fn load_context(
     conn: &mut PgConnection,
     primary: Claim,
+    companions: Vec<Notification>,
     reply_domain: &str,
 ) -> Result<Result<SendContext, Claim>> {
-    let (primary_id, message_id) = (primary.notification.id, primary.notification.message_id);
+    let message_id = primary.notification.message_id;
     let (recipient_id, conversation_id) = (
         primary.notification.recipient_id,
         primary.notification.conversation_id,
@@ -550,38 +602,21 @@ fn load_context(
     references.push(mail::conversation_root_id(conversation_id, reply_domain));
     references.reverse();
 
+    let claimed_at = primary.claimed_at;
     let mut all = vec![(checked, primary)];
-    if all[0].0.1.yes {
-        // Coalescing: the recipient's other unsent notifications in this conversation ride along.
-        let companions: Vec<Notification> = diesel::update(
-            notifications::table
-                .filter(notifications::recipient_id.eq(recipient_id))
-                .filter(notifications::conversation_id.eq(conversation_id))
-                .filter(notifications::state.eq("pending"))
-                .filter(notifications::id.ne(primary_id)),
-        )
-        .set((
-            notifications::state.eq("sending"),
-            notifications::claimed_at.eq(all[0].1.claimed_at),
-            notifications::updated_at.eq(Utc::now()),
-        ))
-        .returning(Notification::as_returning())
-        .get_results(conn)?;
-        for companion in companions {
-            let claimed_at = all[0].1.claimed_at;
-            match check(conn, &companion)? {
-                Some(checked) => all.push((
-                    checked,
-                    Claim {
-                        notification: companion,
-                        claimed_at,
-                    },
-                )),
-                None => {
-                    diesel::update(notifications::table.find(companion.id))
-                        .set(notifications::state.eq("pending"))
-                        .execute(conn)?;
-                }
+    for companion in companions {
+        match check(conn, &companion)? {
+            Some(checked) => all.push((
+                checked,
+                Claim {
+                    notification: companion,
+                    claimed_at,
+                },
+            )),
+            None => {
+                diesel::update(notifications::table.find(companion.id))
+                    .set(notifications::state.eq("pending"))
+                    .execute(conn)?;
             }
         }
     }
