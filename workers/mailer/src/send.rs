@@ -468,11 +468,7 @@ enum SendResult {
 /// same transaction, for coalescing. A transaction-scoped advisory lock per (recipient,
 /// conversation) makes batches that come due together take turns, so the first claims them
 /// all and the others find their notification already taken.
-fn claim(
-    conn: &mut PgConnection,
-    id: i64,
-    lease: chrono::Duration,
-) -> Result<Result<(Claim, Vec<Notification>), Option<String>>> {
+fn claim(conn: &mut PgConnection, id: i64, lease: chrono::Duration) -> Result<ClaimOutcome> {
     conn.transaction(|conn| {
         let key: Option<(i64, i64)> = notifications::table
             .find(id)
@@ -538,6 +534,9 @@ fn claim(
         )))
     })
 }
+
+/// The claim and its companions, or the notification's current state (`None`: no such row).
+type ClaimOutcome = std::result::Result<(Claim, Vec<Notification>), Option<String>>;
 
 /// One advisory-lock key per (recipient, conversation); a collision only serialises two
 /// unrelated claims.
