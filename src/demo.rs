@@ -194,6 +194,10 @@ pub async fn run(base: &str, config: &Config) -> anyhow::Result<()> {
                     r["emailed_to"].as_str().unwrap_or("?"),
                     r["smtp_reply"].as_str().unwrap_or("")
                 ),
+                _ if !r["coalesced_into"].is_null() => format!(
+                    "went out in one email with the later messages, to {}",
+                    r["emailed_to"].as_str().unwrap_or("?")
+                ),
                 _ => r["smtp_reply"].as_str().unwrap_or("").to_string(),
             };
             println!(
