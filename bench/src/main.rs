@@ -25,12 +25,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::Utc;
+use diesel::Connection as _;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Nullable, Timestamptz};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use diesel::Connection as _;
 use lapin::{BasicProperties, Connection};
 use serde_json::json;
 use tidings_common::Config;
@@ -43,7 +43,10 @@ const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const CONFIRM_WINDOW: usize = 512;
 
 fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn free_port() -> u16 {
@@ -118,7 +121,9 @@ async fn baseline(conn: &Connection, topology: &Topology, count: u64) -> anyhow:
     let publisher = Publisher::open(conn).await?;
     topology.declare(publisher.channel()).await?;
     let consumer_channel = conn.create_channel().await?;
-    consumer_channel.basic_qos(1000, BasicQosOptions::default()).await?;
+    consumer_channel
+        .basic_qos(1000, BasicQosOptions::default())
+        .await?;
     let mut consumer = consumer_channel
         .basic_consume(
             topology.due_queue().into(),
@@ -153,7 +158,8 @@ async fn baseline(conn: &Connection, topology: &Topology, count: u64) -> anyhow:
     )
     .await?;
     let finished = consume.await??;
-    let elapsed = finished.duration_since(started).as_secs_f64() - topology.seen_window.as_secs_f64();
+    let elapsed =
+        finished.duration_since(started).as_secs_f64() - topology.seen_window.as_secs_f64();
     topology.delete(publisher.channel()).await?;
     Ok(count as f64 / elapsed)
 }
@@ -162,7 +168,16 @@ async fn baseline(conn: &Connection, topology: &Topology, count: u64) -> anyhow:
 fn smtp_sink_rate(port: u16, count: u64) -> anyhow::Result<f64> {
     let started = Instant::now();
     let status = Command::new(postfix_tool("smtp-source"))
-        .args(["-s", "16", "-m", &count.to_string(), "-l", "2048", "-f", "bench@127.0.0.1"])
+        .args([
+            "-s",
+            "16",
+            "-m",
+            &count.to_string(),
+            "-l",
+            "2048",
+            "-f",
+            "bench@127.0.0.1",
+        ])
         .args(["-t", "sink@127.0.0.1"])
         .arg(format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())
@@ -208,7 +223,11 @@ fn create_conversations(
 }
 
 /// Inserts one message per conversation and returns the message ids.
-fn insert_messages(conn: &mut PgConnection, author: i64, conversations: &[i64]) -> anyhow::Result<Vec<i64>> {
+fn insert_messages(
+    conn: &mut PgConnection,
+    author: i64,
+    conversations: &[i64],
+) -> anyhow::Result<Vec<i64>> {
     #[derive(QueryableByName)]
     struct Id {
         #[diesel(sql_type = BigInt)]
@@ -259,7 +278,10 @@ fn wait_terminal(
             return Ok((p.last.unwrap_or_else(Utc::now), p.sent));
         }
         if Instant::now() > deadline {
-            bail!("only {} of {expected} notifications finished in {timeout:?}", p.done);
+            bail!(
+                "only {} of {expected} notifications finished in {timeout:?}",
+                p.done
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -310,7 +332,12 @@ struct Lateness {
 }
 
 /// Phase 4: a steady `rate` notifications/s (fan-out 1) for `seconds`; lateness from the database.
-async fn delay_precision(env: &BenchEnv, conn: &Connection, rate: u64, seconds: u64) -> anyhow::Result<Lateness> {
+async fn delay_precision(
+    env: &BenchEnv,
+    conn: &Connection,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<Lateness> {
     let mut db = PgConnection::establish(&env.database_url)?;
     let total = rate * seconds;
     let conversations = create_conversations(&mut db, env.project, &env.readers, total, 1)?;
@@ -323,8 +350,13 @@ async fn delay_precision(env: &BenchEnv, conn: &Connection, rate: u64, seconds: 
     let mut next = started;
     for chunk in conversations.chunks(per_tick) {
         let ids = insert_messages(&mut db, env.author, chunk)?;
-        publish_pipelined(&channel, &env.topology.events_exchange(), MESSAGE_POSTED, ids.iter().map(|&id| event(id)))
-            .await?;
+        publish_pipelined(
+            &channel,
+            &env.topology.events_exchange(),
+            MESSAGE_POSTED,
+            ids.iter().map(|&id| event(id)),
+        )
+        .await?;
         all.extend(ids);
         next += tick;
         tokio::time::sleep_until(next.into()).await;
@@ -375,15 +407,19 @@ fn seed(database_url: &str) -> anyhow::Result<(i64, i64, Vec<i64>)> {
         #[diesel(sql_type = BigInt)]
         id: i64,
     }
-    let project: Id = diesel::sql_query("INSERT INTO projects (name) VALUES ('Bench') RETURNING id").get_result(&mut db)?;
+    let project: Id =
+        diesel::sql_query("INSERT INTO projects (name) VALUES ('Bench') RETURNING id")
+            .get_result(&mut db)?;
     let people: Vec<Id> = diesel::sql_query(
         "INSERT INTO people (kind, name, email)
          SELECT 'user', 'Reader ' || g, 'reader' || g || '@bench.example' FROM generate_series(0, 10) g
          RETURNING id",
     )
     .load(&mut db)?;
-    diesel::sql_query("INSERT INTO user_preferences (person_id) SELECT id FROM people WHERE kind = 'user'")
-        .execute(&mut db)?;
+    diesel::sql_query(
+        "INSERT INTO user_preferences (person_id) SELECT id FROM people WHERE kind = 'user'",
+    )
+    .execute(&mut db)?;
     let mut ids: Vec<i64> = people.into_iter().map(|p| p.id).collect();
     let author = ids.remove(0);
     Ok((project.id, author, ids))
@@ -391,7 +427,16 @@ fn seed(database_url: &str) -> anyhow::Result<(i64, i64, Vec<i64>)> {
 
 fn drop_database(name: &str) {
     let _ = Command::new("psql")
-        .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
+        .args([
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+        ])
         .arg(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -399,21 +444,38 @@ fn drop_database(name: &str) {
 }
 
 fn fmt_rss(kib: Option<u64>) -> String {
-    kib.map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or_else(|| "n/a".into())
+    kib.map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+        .unwrap_or_else(|| "n/a".into())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let tidings = std::env::var("BENCH_TIDINGS").map(PathBuf::from).unwrap_or_else(|_| {
-        std::env::current_exe().expect("own path").with_file_name("tidings")
-    });
+    let tidings = std::env::var("BENCH_TIDINGS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::env::current_exe()
+                .expect("own path")
+                .with_file_name("tidings")
+        });
     if !tidings.exists() {
-        bail!("{} not found; build it (cargo build --release) or set BENCH_TIDINGS", tidings.display());
+        bail!(
+            "{} not found; build it (cargo build --release) or set BENCH_TIDINGS",
+            tidings.display()
+        );
     }
-    let run = format!("{}_{:06x}", std::process::id(), rand::random::<u32>() & 0xffffff);
+    let run = format!(
+        "{}_{:06x}",
+        std::process::id(),
+        rand::random::<u32>() & 0xffffff
+    );
     let sink_port = free_port();
     let mut sink_cmd = Command::new(postfix_tool("smtp-sink"));
-    if Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false) {
+    if Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
+    {
         sink_cmd.args(["-u", "nobody"]);
     }
     let _sink = Killed(
@@ -444,12 +506,25 @@ async fn main() -> anyhow::Result<()> {
             std::env::var("TIDINGS_TEMPLATES_DIR").unwrap_or_else(|_| "templates".into()),
         ),
     ];
-    let config = Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
-    let status = Command::new(&tidings).arg("migrate").envs(vars.iter().cloned()).stdout(Stdio::null()).status()?;
+    let config =
+        Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
+    let status = Command::new(&tidings)
+        .arg("migrate")
+        .envs(vars.iter().cloned())
+        .stdout(Stdio::null())
+        .status()?;
     if !status.success() {
         bail!("tidings migrate failed");
     }
-    let result = run_phases(&tidings, &vars, &config, &database, &database_url, sink_port).await;
+    let result = run_phases(
+        &tidings,
+        &vars,
+        &config,
+        &database,
+        &database_url,
+        sink_port,
+    )
+    .await;
     drop_database(&database);
     result
 }
@@ -517,10 +592,22 @@ async fn run_phases(
     let ratio1 = fan1.rate / baseline_rate;
     let ratio10 = fan10.rate / baseline_rate;
     println!();
-    println!("Tidings benchmark ({} queues, window {WINDOW}, {} cores)", config.queue_type.as_str(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "Tidings benchmark ({} queues, window {WINDOW}, {} cores)",
+        config.queue_type.as_str(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
     println!("{:<52} {:>14} {:>10}", "measure", "value", "ratio");
-    println!("{:<52} {:>10.0} /s {:>10}", "baseline: raw AMQP through the delay", baseline_rate, "1.00x");
-    println!("{:<52} {:>10.0} /s {:>10}", "baseline: smtp-sink acceptance (smtp-source)", sink_rate, "");
+    println!(
+        "{:<52} {:>10.0} /s {:>10}",
+        "baseline: raw AMQP through the delay", baseline_rate, "1.00x"
+    );
+    println!(
+        "{:<52} {:>10.0} /s {:>10}",
+        "baseline: smtp-sink acceptance (smtp-source)", sink_rate, ""
+    );
     println!(
         "{:<52} {:>10.0} /s {:>9.2}x",
         format!("pipeline fan-out 1 ({} notifications)", fan1.notifications),
@@ -529,7 +616,10 @@ async fn run_phases(
     );
     println!(
         "{:<52} {:>10.0} /s {:>9.2}x",
-        format!("pipeline fan-out 10 ({} notifications)", fan10.notifications),
+        format!(
+            "pipeline fan-out 10 ({} notifications)",
+            fan10.notifications
+        ),
         fan10.rate,
         ratio10
     );
@@ -541,7 +631,10 @@ async fn run_phases(
     );
     println!(
         "{:<52} {:>11.1} ms",
-        format!("lateness p50 at {:.0}/s ({} notifications)", late.offered_rate, late.notifications),
+        format!(
+            "lateness p50 at {:.0}/s ({} notifications)",
+            late.offered_rate, late.notifications
+        ),
         late.p50_ms
     );
     println!("{:<52} {:>11.1} ms", "lateness p99", late.p99_ms);
@@ -549,10 +642,19 @@ async fn run_phases(
     for (role, kib) in rss {
         println!("{:<52} {:>14}", format!("peak RSS {role}"), fmt_rss(kib));
     }
-    println!("{:<52} {:>14}", "inbound (SMTP ingress to posted message)", "not built");
-    println!("{:<52} {:>14}", "reply extraction per CPU-second", "not built");
+    println!(
+        "{:<52} {:>14}",
+        "inbound (SMTP ingress to posted message)", "not built"
+    );
+    println!(
+        "{:<52} {:>14}",
+        "reply extraction per CPU-second", "not built"
+    );
     if fan1.sent != fan1.notifications || fan10.sent != fan10.notifications {
-        println!("warning: not every notification was sent ({}, {})", fan1.sent, fan10.sent);
+        println!(
+            "warning: not every notification was sent ({}, {})",
+            fan1.sent, fan10.sent
+        );
     }
     let out = std::env::var("BENCH_OUT").unwrap_or_else(|_| "bench-results.json".into());
     let report = json!({

@@ -1,5 +1,6 @@
 //! Reads the facts the rules decide on, for one message and its possible audience, in two
-//! queries. Dispatch (who is notified), the mailer (send-time re-check) and explain all use it,
+//! queries (the PL/pgSQL functions `tidings_message_facts` and `tidings_audience`, defined in
+//! the migrations, so each session plans them once). Dispatch (who is notified), the mailer (send-time re-check) and explain all use it,
 //! so the three can never disagree about the facts.
 
 use chrono::{DateTime, Utc};
@@ -12,25 +13,6 @@ use crate::error::Result;
 use crate::rules::{
     self, FromCustomers, FromUsers, MessageFacts, PersonFacts, Preferences, Verdict, Visibility,
 };
-
-/// Common table expressions naming the message (`$1`), its conversation and its followers (F1).
-const CONVERSATION_CTES: &str = "
-WITH msg AS (
-    SELECT m.id, m.conversation_id, m.author_id, a.kind AS author_kind, m.internal,
-           (m.deleted_at IS NOT NULL OR btrim(m.body) = '') AS deleted
-    FROM messages m JOIN people a ON a.id = m.author_id WHERE m.id = $1),
-conv AS (
-    SELECT c.id, c.item_id, COALESCE(i.project_id, c.project_id) AS project_id, i.assignee_id
-    FROM conversations c JOIN msg ON msg.conversation_id = c.id
-    LEFT JOIN items i ON i.id = c.item_id),
-participants AS (
-    SELECT cp.person_id FROM conversation_participants cp, conv WHERE cp.conversation_id = conv.id),
-followers AS (
-    SELECT person_id FROM participants
-    UNION SELECT f.person_id FROM item_follows f, conv WHERE f.item_id = conv.item_id
-    UNION SELECT f.person_id FROM project_follows f, conv
-          WHERE conv.item_id IS NULL AND f.project_id = conv.project_id
-    UNION SELECT assignee_id FROM conv WHERE assignee_id IS NOT NULL)";
 
 #[derive(QueryableByName)]
 struct MessageRow {
@@ -130,16 +112,10 @@ pub fn load(
     message_id: i64,
     only: Option<Vec<i64>>,
 ) -> Result<Option<(MessageFacts, Vec<PersonFacts>)>> {
-    let message: Option<MessageRow> = diesel::sql_query(format!(
-        "{CONVERSATION_CTES}
-         SELECT msg.id, msg.conversation_id, msg.author_id, msg.author_kind, msg.internal, msg.deleted,
-                EXISTS (SELECT 1 FROM followers f JOIN people p ON p.id = f.person_id
-                        WHERE p.kind = 'customer') AS customer_conversation
-         FROM msg"
-    ))
-    .bind::<BigInt, _>(message_id)
-    .get_result(conn)
-    .optional()?;
+    let message: Option<MessageRow> = diesel::sql_query("SELECT * FROM tidings_message_facts($1)")
+        .bind::<BigInt, _>(message_id)
+        .get_result(conn)
+        .optional()?;
     let Some(m) = message else {
         return Ok(None);
     };
@@ -152,31 +128,10 @@ pub fn load(
         deleted: m.deleted,
         customer_conversation: m.customer_conversation,
     };
-    let rows: Vec<PersonRow> = diesel::sql_query(format!(
-        "{CONVERSATION_CTES}
-         SELECT p.id, p.kind, p.active, p.email IS NOT NULL AS has_email,
-                p.id IN (SELECT person_id FROM followers) AS follows_conversation,
-                EXISTS (SELECT 1 FROM project_follows pf, conv
-                        WHERE pf.person_id = p.id AND pf.project_id = conv.project_id) AS follows_project,
-                p.id IN (SELECT person_id FROM participants) AS participant,
-                EXISTS (SELECT 1 FROM conversation_mutes cm, conv
-                        WHERE cm.person_id = p.id AND cm.conversation_id = conv.id) AS muted,
-                (SELECT sc.last_seen_message_id FROM seen_cursors sc, conv
-                  WHERE sc.person_id = p.id AND sc.conversation_id = conv.id) AS seen_up_to,
-                (SELECT max(m2.id) FROM messages m2, conv
-                  WHERE m2.conversation_id = conv.id AND m2.author_id = p.id) AS last_posted,
-                up.see_conversations, up.show_customer_conversations, up.from_customers,
-                up.from_users, up.followed_internal, up.email_customer_messages,
-                up.email_replies, up.email_internal
-         FROM people p LEFT JOIN user_preferences up ON up.person_id = p.id
-         WHERE CASE WHEN $2::bigint[] IS NULL
-                    THEN (p.kind = 'user' AND p.active) OR p.id IN (SELECT person_id FROM followers)
-                    ELSE p.id = ANY($2) END
-         ORDER BY p.id"
-    ))
-    .bind::<BigInt, _>(message_id)
-    .bind::<Nullable<Array<BigInt>>, _>(only)
-    .load(conn)?;
+    let rows: Vec<PersonRow> = diesel::sql_query("SELECT * FROM tidings_audience($1, $2)")
+        .bind::<BigInt, _>(message_id)
+        .bind::<Nullable<Array<BigInt>>, _>(only)
+        .load(conn)?;
     let people = rows
         .into_iter()
         .map(|r| PersonFacts {

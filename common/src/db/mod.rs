@@ -18,6 +18,9 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
 #[derive(Clone)]
 pub struct Db {
     pool: Pool<ConnectionManager<PgConnection>>,
+    /// One permit per pooled connection: callers wait here, on the async side, instead of
+    /// parking a blocking-pool thread each inside `pool.get()`.
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Db {
@@ -27,9 +30,15 @@ impl Db {
         let pool = Pool::builder()
             .max_size(size)
             .min_idle(Some(0))
+            // A broken connection surfaces as an error on use and is then dropped by the pool;
+            // testing every checkout would cost a round trip per call.
+            .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(5))
             .build_unchecked(ConnectionManager::new(url));
-        Db { pool }
+        Db {
+            pool,
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(size as usize)),
+        }
     }
 
     /// Runs blocking diesel work on the blocking thread pool, inside the caller's span.
@@ -41,6 +50,11 @@ impl Db {
     {
         let pool = self.pool.clone();
         let span = tracing::Span::current();
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?;
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             let mut conn = pool.get()?;

@@ -84,21 +84,21 @@ impl Mailer {
     async fn deliver_inner(&self, notification_id: i64) -> Result<Delivered> {
         let lease =
             chrono::Duration::from_std(self.config.send_lease).unwrap_or(chrono::Duration::MAX);
-        let claim = self
+        let domain = self.config.reply_domain.clone();
+        // Claim and read in one trip to the blocking pool.
+        let claimed = self
             .db
-            .run(move |conn| claim(conn, notification_id, lease))
+            .run(move |conn| match claim(conn, notification_id, lease)? {
+                Ok((claim, companions)) => Ok(Ok(load_context(conn, claim, companions, &domain)?)),
+                Err(state) => Ok(Err(state)),
+            })
             .await?;
-        let (claim, companions) = match claim {
-            Ok(claimed) => claimed,
+        let context = match claimed {
+            Ok(context) => context,
             // Claimed by another worker, alone or as a companion: look again in one window.
             Err(Some(state)) if state == "sending" => return Ok(Delivered::Busy),
             Err(_) => return Ok(Delivered::Done),
         };
-        let domain = self.config.reply_domain.clone();
-        let context = self
-            .db
-            .run(move |conn| load_context(conn, claim, companions, &domain))
-            .await?;
         let mut context = match context {
             Ok(context) => context,
             Err(claim) => {

@@ -1,0 +1,2 @@
+DROP FUNCTION tidings_audience(BIGINT, BIGINT[]);
+DROP FUNCTION tidings_message_facts(BIGINT);
