@@ -11,13 +11,12 @@ mod support;
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::{Env, Process};
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// SMTP transactions a mailer may have in flight; bounds the duplicates a `kill -9` can cause.
 const SMTP_CONCURRENCY: usize = 4;
@@ -252,7 +251,7 @@ async fn account(env: &Env, fault: &str, expected_messages: usize) -> Accounting
 
 /// Kills (SIGKILL) one role in the middle of the load, restarts it, and accounts.
 async fn kill_role_under_load(role: &str) {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let env = chaos_env();
     let roles = ["api", "dispatch", "mailer"];
     let mut procs: Vec<(&str, Process)> = roles.iter().map(|r| (*r, env.spawn(&[r]))).collect();
@@ -303,7 +302,7 @@ fn root() -> bool {
 
 /// Restarts a service the roles depend on in the middle of the load.
 async fn restart_service_under_load(service: &str, stop: &[&str], start: &[&str]) {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     if !root() {
         eprintln!("skipping the {service} restart: it needs root");
         return;
@@ -376,7 +375,7 @@ async fn restart_postgresql_under_load() {
 /// exits in bounded time, and its successor delivers the rest with no loss and no duplicate.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_mailer_under_load_loses_nothing() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let env = chaos_env();
     let _front = env.spawn(&["api", "dispatch"]);
     let mut mailer = env.spawn(&["mailer"]);
@@ -405,7 +404,7 @@ async fn sigterm_mailer_under_load_loses_nothing() {
 /// delivered once the server behaves.
 #[tokio::test(flavor = "multi_thread")]
 async fn smtp_connections_dropped_mid_data_are_retried() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let mut env = chaos_env();
     let (port, dir) = (env.sink.port, env.sink.dir.clone());
     env.sink.stop();
@@ -435,7 +434,7 @@ async fn smtp_connections_dropped_mid_data_are_retried() {
 /// once it is past due plus the lease, and delivered.
 #[tokio::test(flavor = "multi_thread")]
 async fn sweep_delivers_notifications_whose_batch_was_lost() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let env = chaos_env();
     let _front = env.spawn(&["api", "dispatch"]);
     env.wait_for_api().await;
