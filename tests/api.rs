@@ -155,6 +155,7 @@ async fn poison_messages_are_dead_lettered_and_workers_keep_going() {
     let env = Env::new("1s");
     let _tidings = env.spawn(&["all"]);
     env.wait_for_api().await;
+    env.wait_for_topology().await;
     let topology = env.topology();
     let (conn, channel) = env.channel().await;
     for (exchange, key, payload) in [

@@ -408,6 +408,40 @@ where
     H: Fn(Delivery) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Outcome> + Send + 'static,
 {
+    let one_by_one = move |mut group: Vec<Delivery>| {
+        let handler = handler.clone();
+        async move {
+            match group.pop() {
+                Some(delivery) => vec![handler(delivery).await],
+                None => Vec::new(),
+            }
+        }
+    };
+    consume_grouped(
+        connection, publisher, topology, queue, prefetch, 1, shutdown, one_by_one,
+    )
+    .await
+}
+
+/// Like [`consume`], but hands the handler every delivery already waiting (up to `max_group`)
+/// as one group, so it can do set-based work; it returns one outcome per delivery, in order.
+/// Under light load groups have one delivery and nothing waits; under heavy load the work per
+/// delivery shrinks.
+#[allow(clippy::too_many_arguments)]
+pub async fn consume_grouped<H, F>(
+    connection: &Connection,
+    publisher: &Publisher,
+    topology: &Topology,
+    queue: &str,
+    prefetch: u16,
+    max_group: usize,
+    shutdown: &CancellationToken,
+    handler: H,
+) -> Result<()>
+where
+    H: Fn(Vec<Delivery>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Vec<Outcome>> + Send + 'static,
+{
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
@@ -420,7 +454,7 @@ where
             FieldTable::default(),
         )
         .await?;
-    info!(queue, prefetch, "consuming");
+    info!(queue, prefetch, max_group, "consuming");
     let mut in_flight = JoinSet::new();
     let result = loop {
         tokio::select! {
@@ -431,23 +465,39 @@ where
                 }
             }
             next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
+                Some(Ok(first)) => {
+                    let mut group = vec![first];
+                    let mut failed = None;
+                    while group.len() < max_group {
+                        match consumer.next().now_or_never() {
+                            Some(Some(Ok(delivery))) => group.push(delivery),
+                            Some(Some(Err(e))) => {
+                                failed = Some(e);
+                                break;
+                            }
+                            _ => break,
+                        }
+                    }
                     let handler = handler.clone();
                     let publisher = publisher.clone();
                     let dead_exchange = topology.dead_exchange();
                     let queue = queue.to_string();
                     let span = tracing::info_span!(
                         "delivery",
-                        delivery.id = delivery.delivery_tag,
+                        delivery.id = group[0].delivery_tag,
+                        group = group.len(),
                         queue = %queue,
-                        redelivered = delivery.redelivered
+                        redelivered = group[0].redelivered
                     );
                     in_flight.spawn(
                         async move {
-                            handle_one(delivery, handler, &publisher, &dead_exchange, &queue).await
+                            handle_group(group, handler, &publisher, &dead_exchange, &queue).await
                         }
                         .instrument(span),
                     );
+                    if let Some(e) = failed {
+                        break Err(e.into());
+                    }
                 }
                 Some(Err(e)) => break Err(e.into()),
                 None => break Err(Error::Task(format!("consumer of {queue} was cancelled by the broker"))),
@@ -467,69 +517,89 @@ where
     result
 }
 
-async fn handle_one<H, F>(
-    delivery: Delivery,
+async fn handle_group<H, F>(
+    group: Vec<Delivery>,
     handler: H,
     publisher: &Publisher,
     dead_exchange: &str,
     queue: &str,
 ) where
-    H: Fn(Delivery) -> F,
-    F: Future<Output = Outcome>,
+    H: Fn(Vec<Delivery>) -> F,
+    F: Future<Output = Vec<Outcome>>,
 {
-    let acker = delivery.acker.clone();
-    let data = delivery.data.clone();
-    let outcome = match AssertUnwindSafe(handler(delivery)).catch_unwind().await {
-        Ok(outcome) => outcome,
+    let kept: Vec<(lapin::Acker, Vec<u8>)> = group
+        .iter()
+        .map(|d| (d.acker.clone(), d.data.clone()))
+        .collect();
+    let count = kept.len();
+    let outcomes = match AssertUnwindSafe(handler(group)).catch_unwind().await {
+        Ok(outcomes) if outcomes.len() == count => outcomes,
+        Ok(outcomes) => {
+            let reason = format!(
+                "handler returned {} outcomes for {count} deliveries",
+                outcomes.len()
+            );
+            (0..count)
+                .map(|_| Outcome::Requeue(reason.clone()))
+                .collect()
+        }
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Outcome::DeadLetter(format!("handler panicked: {what}"))
+            (0..count)
+                .map(|_| Outcome::DeadLetter(format!("handler panicked: {what}")))
+                .collect()
         }
     };
-    let result = match outcome {
-        Outcome::Ack => acker.ack(BasicAckOptions::default()).await,
-        Outcome::Requeue(reason) => {
-            warn!(
-                reason,
-                "temporary failure; returning the delivery to the queue"
-            );
-            tokio::time::sleep(REQUEUE_PAUSE).await;
-            acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
-        }
-        Outcome::DeadLetter(reason) => {
-            error!(reason, "dead-lettering a delivery that cannot be processed");
-            let mut headers = FieldTable::default();
-            headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
-            headers.insert(SOURCE_HEADER.into(), AMQPValue::LongString(queue.into()));
-            match publisher
-                .publish(dead_exchange, "", &data, Some(headers))
-                .await
-            {
-                Ok(()) => acker.ack(BasicAckOptions::default()).await,
-                Err(e) => {
-                    error!(error = %e, "dead-letter publish failed; returning the delivery");
+    let mut requeue_pause = false;
+    for ((acker, data), outcome) in kept.into_iter().zip(outcomes) {
+        let result = match outcome {
+            Outcome::Ack => acker.ack(BasicAckOptions::default()).await,
+            Outcome::Requeue(reason) => {
+                warn!(
+                    reason,
+                    "temporary failure; returning the delivery to the queue"
+                );
+                if !requeue_pause {
                     tokio::time::sleep(REQUEUE_PAUSE).await;
-                    acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await
+                    requeue_pause = true;
+                }
+                acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            }
+            Outcome::DeadLetter(reason) => {
+                error!(reason, "dead-lettering a delivery that cannot be processed");
+                let mut headers = FieldTable::default();
+                headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+                headers.insert(SOURCE_HEADER.into(), AMQPValue::LongString(queue.into()));
+                match publisher
+                    .publish(dead_exchange, "", &data, Some(headers))
+                    .await
+                {
+                    Ok(()) => acker.ack(BasicAckOptions::default()).await,
+                    Err(e) => {
+                        error!(error = %e, "dead-letter publish failed; returning the delivery");
+                        tokio::time::sleep(REQUEUE_PAUSE).await;
+                        acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..Default::default()
+                            })
+                            .await
+                    }
                 }
             }
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "acknowledgement failed; the broker will redeliver");
         }
-    };
-    if let Err(e) = result {
-        warn!(error = %e, "acknowledgement failed; the broker will redeliver");
     }
 }
 

@@ -488,6 +488,40 @@ impl Env {
         (conn, channel)
     }
 
+    /// Waits until the roles have declared every exchange and queue.
+    pub async fn wait_for_topology(&self) {
+        let topology = self.topology();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (conn, channel) = self.channel().await;
+            let mut ready = true;
+            for queue in [
+                topology.dead_queue(),
+                topology.due_queue(),
+                topology.dispatch_queue(),
+            ] {
+                let passive = lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                if channel
+                    .queue_declare(queue.into(), passive, Default::default())
+                    .await
+                    .is_err()
+                {
+                    ready = false;
+                    break;
+                }
+            }
+            let _ = conn.close(200, "bye".into()).await;
+            if ready {
+                return;
+            }
+            assert!(Instant::now() < deadline, "topology was not declared");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn topology(&self) -> tidings_common::amqp::Topology {
         let config = tidings_common::Config::from_lookup(|k| self.vars.get(k).cloned()).unwrap();
         tidings_common::amqp::Topology::from_config(&config)

@@ -94,7 +94,7 @@ pub struct Message {
     pub edited_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Serialize)]
 #[diesel(table_name = notifications)]
 pub struct Notification {
     pub id: i64,

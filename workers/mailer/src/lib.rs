@@ -31,6 +31,9 @@ use tracing::{Instrument, error, info, warn};
 
 pub use send::Delivered;
 
+/// Most due batches handled together as one set.
+const MAX_GROUP: usize = 64;
+
 /// Everything a mailer process shares between deliveries.
 pub struct Mailer {
     db: Db,
@@ -62,73 +65,107 @@ impl Mailer {
         })
     }
 
-    async fn handle_batch(self: Arc<Self>, publisher: Publisher, delivery: Delivery) -> Outcome {
-        let batch: NotificationBatch = match amqp::parse_payload(&delivery.data) {
-            Ok(batch) => batch,
-            Err(reason) => return Outcome::DeadLetter(reason),
-        };
-        let span = tracing::info_span!(
-            "batch",
-            message.id = batch.message_id,
-            size = batch.notification_ids.len()
-        );
-        async move {
-            let results =
-                futures_util::future::join_all(batch.notification_ids.iter().map(|&id| {
-                    let this = self.clone();
-                    async move { (id, this.deliver(id).await) }
-                }))
-                .await;
-            let mut retries: BTreeMap<usize, Vec<i64>> = BTreeMap::new();
-            let mut busy = Vec::new();
-            let mut temporary = None;
-            for (id, result) in results {
-                match result {
-                    Ok(Delivered::Done) => {}
-                    Ok(Delivered::RetryLater { tier }) => retries.entry(tier).or_default().push(id),
-                    Ok(Delivered::Busy) => busy.push(id),
-                    Err(e) if e.is_transient() => temporary = Some(e),
-                    Err(e) => {
-                        error!(notification.id = id, error = %e, "notification cannot be processed")
-                    }
+    /// Handles every due batch that arrived together, with set-based database work; returns
+    /// one outcome per delivery.
+    async fn handle_group(
+        self: Arc<Self>,
+        publisher: Publisher,
+        deliveries: Vec<Delivery>,
+    ) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(deliveries.len());
+        let mut batches = Vec::new();
+        for delivery in &deliveries {
+            match amqp::parse_payload::<NotificationBatch>(&delivery.data) {
+                Ok(batch) => {
+                    batches.push((outcomes.len(), batch));
+                    outcomes.push(None);
                 }
-            }
-            for (tier, notification_ids) in retries {
-                let retry = NotificationBatch {
-                    message_id: batch.message_id,
-                    notification_ids,
-                };
-                let key = self.topology.retry_routing_key(tier);
-                if let Err(e) = publisher
-                    .publish_json_retrying(&self.topology.retry_exchange(), &key, &retry)
-                    .await
-                {
-                    return Outcome::Requeue(format!("retry publish failed: {e}"));
-                }
-            }
-            if !busy.is_empty() {
-                let again = NotificationBatch {
-                    message_id: batch.message_id,
-                    notification_ids: busy,
-                };
-                if let Err(e) = publisher
-                    .publish_json_retrying(
-                        &self.topology.delay_exchange(),
-                        &self.topology.delay_routing_key(),
-                        &again,
-                    )
-                    .await
-                {
-                    return Outcome::Requeue(format!("delay publish failed: {e}"));
-                }
-            }
-            match temporary {
-                Some(e) => Outcome::Requeue(e.to_string()),
-                None => Outcome::Ack,
+                Err(reason) => outcomes.push(Some(Outcome::DeadLetter(reason))),
             }
         }
-        .instrument(span)
-        .await
+        let mut ids: Vec<i64> = batches
+            .iter()
+            .flat_map(|(_, b)| b.notification_ids.iter().copied())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let span = tracing::info_span!("batches", count = batches.len(), notifications = ids.len());
+        let results = if ids.is_empty() {
+            Ok(Default::default())
+        } else {
+            self.deliver_all(ids).instrument(span).await
+        };
+        match results {
+            Err(e) if e.is_transient() => {
+                for (i, _) in &batches {
+                    outcomes[*i] = Some(Outcome::Requeue(e.to_string()));
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "due batches cannot be processed");
+                for (i, _) in &batches {
+                    outcomes[*i] = Some(Outcome::DeadLetter(e.to_string()));
+                }
+            }
+            Ok(next) => {
+                for (i, batch) in batches {
+                    outcomes[i] = Some(self.follow_up(&publisher, &batch, &next).await);
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Ack))
+            .collect()
+    }
+
+    /// Sends a batch's notifications that need another look to the retry tiers (temporary SMTP
+    /// failures) or back into the delay (claimed by another worker).
+    async fn follow_up(
+        &self,
+        publisher: &Publisher,
+        batch: &NotificationBatch,
+        next: &std::collections::HashMap<i64, Delivered>,
+    ) -> Outcome {
+        let mut retries: BTreeMap<usize, Vec<i64>> = BTreeMap::new();
+        let mut busy = Vec::new();
+        for id in &batch.notification_ids {
+            match next.get(id) {
+                Some(Delivered::RetryLater { tier }) => retries.entry(*tier).or_default().push(*id),
+                Some(Delivered::Busy) => busy.push(*id),
+                _ => {}
+            }
+        }
+        let mut publishes: Vec<(String, String, Vec<i64>)> = retries
+            .into_iter()
+            .map(|(tier, ids)| {
+                (
+                    self.topology.retry_exchange(),
+                    self.topology.retry_routing_key(tier),
+                    ids,
+                )
+            })
+            .collect();
+        if !busy.is_empty() {
+            publishes.push((
+                self.topology.delay_exchange(),
+                self.topology.delay_routing_key(),
+                busy,
+            ));
+        }
+        for (exchange, key, notification_ids) in publishes {
+            let again = NotificationBatch {
+                message_id: batch.message_id,
+                notification_ids,
+            };
+            if let Err(e) = publisher
+                .publish_json_retrying(&exchange, &key, &again)
+                .await
+            {
+                return Outcome::Requeue(format!("publish to {exchange} failed: {e}"));
+            }
+        }
+        Outcome::Ack
     }
 
     /// Finds notifications past due plus the lease with no live batch (still `pending`, or
@@ -207,16 +244,17 @@ impl Mailer {
         };
         let this = self.clone();
         let handler_publisher = publisher.clone();
-        let result = amqp::consume(
+        let result = amqp::consume_grouped(
             &connection,
             &publisher,
             &self.topology,
             &self.topology.due_queue(),
             self.config.prefetch,
+            MAX_GROUP,
             shutdown,
-            move |delivery| {
+            move |deliveries| {
                 this.clone()
-                    .handle_batch(handler_publisher.clone(), delivery)
+                    .handle_group(handler_publisher.clone(), deliveries)
             },
         )
         .await;
