@@ -6,6 +6,7 @@
 //! It also sweeps for messages whose `message.posted` event never reached the broker (the api
 //! commits first and publishes after) and publishes them again; dispatching is idempotent.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,9 @@ use tidings_common::{audience, rules};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
+/// Most `message.posted` events dispatched together in one transaction.
+const MAX_GROUP: usize = 64;
+
 /// What dispatching one message produced.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Dispatched {
@@ -31,70 +35,87 @@ pub enum Dispatched {
     Batch(NotificationBatch),
 }
 
-/// Writes the notifications of one message in one transaction. Running it again for the same
-/// message writes nothing new and returns the same pending batch.
-pub fn dispatch_message(
+/// Rows per INSERT statement, well under PostgreSQL's limit on bound parameters.
+const INSERT_CHUNK: usize = 2000;
+
+/// Writes the notifications of a set of messages in one transaction. Running it again for the
+/// same messages writes nothing new and returns the same pending batches.
+pub fn dispatch_messages(
     conn: &mut PgConnection,
-    message_id: i64,
+    message_ids: &[i64],
     seen_window: Duration,
     reply_domain: &str,
-) -> Result<Dispatched> {
+) -> Result<HashMap<i64, Dispatched>> {
     conn.transaction(|conn| {
-        let Some(message) = messages::table
-            .find(message_id)
+        let found: Vec<Message> = messages::table
+            .filter(messages::id.eq_any(message_ids))
+            .order(messages::id.asc())
             .select(Message::as_select())
             .for_update()
-            .first(conn)
-            .optional()?
-        else {
-            return Ok(Dispatched::UnknownMessage);
-        };
-        if message.dispatched_at.is_none() && message.deleted_at.is_none() {
+            .load(conn)?;
+        let due_at = chrono::Utc::now()
+            + chrono::Duration::from_std(seen_window).unwrap_or(chrono::Duration::MAX);
+        let mut rows = Vec::new();
+        for message in found
+            .iter()
+            .filter(|m| m.dispatched_at.is_none() && m.deleted_at.is_none())
+        {
             let Some((facts, audience)) = audience::load(conn, message.id, None)? else {
-                return Ok(Dispatched::UnknownMessage);
+                continue;
             };
-            let recipients: Vec<i64> = audience
+            for person in audience
                 .iter()
                 .filter(|person| rules::notify(&facts, person).yes)
-                .map(|person| person.person_id)
-                .collect();
-            let due_at = chrono::Utc::now()
-                + chrono::Duration::from_std(seen_window).unwrap_or(chrono::Duration::MAX);
-            let rows: Vec<_> = recipients
-                .iter()
-                .map(|&recipient| {
-                    (
-                        notifications::message_id.eq(message.id),
-                        notifications::recipient_id.eq(recipient),
-                        notifications::conversation_id.eq(message.conversation_id),
-                        notifications::due_at.eq(due_at),
-                        notifications::email_message_id.eq(mail::new_message_id(
-                            message.id,
-                            recipient,
-                            reply_domain,
-                        )),
-                    )
-                })
-                .collect();
+            {
+                rows.push((
+                    notifications::message_id.eq(message.id),
+                    notifications::recipient_id.eq(person.person_id),
+                    notifications::conversation_id.eq(message.conversation_id),
+                    notifications::due_at.eq(due_at),
+                    notifications::email_message_id.eq(mail::new_message_id(
+                        message.id,
+                        person.person_id,
+                        reply_domain,
+                    )),
+                ));
+            }
+        }
+        for chunk in rows.chunks(INSERT_CHUNK) {
             diesel::insert_into(notifications::table)
-                .values(&rows)
+                .values(chunk)
                 .on_conflict_do_nothing()
                 .execute(conn)?;
         }
-        diesel::update(messages::table.find(message.id))
+        let found_ids: Vec<i64> = found.iter().map(|m| m.id).collect();
+        diesel::update(messages::table.filter(messages::id.eq_any(&found_ids)))
             .filter(messages::dispatched_at.is_null())
             .set(messages::dispatched_at.eq(diesel::dsl::now))
             .execute(conn)?;
-        let notification_ids: Vec<i64> = notifications::table
-            .filter(notifications::message_id.eq(message.id))
+        let pending: Vec<(i64, i64)> = notifications::table
+            .filter(notifications::message_id.eq_any(&found_ids))
             .filter(notifications::state.eq("pending"))
-            .select(notifications::id)
+            .select((notifications::message_id, notifications::id))
             .order(notifications::id.asc())
             .load(conn)?;
-        Ok(Dispatched::Batch(NotificationBatch {
-            message_id: message.id,
-            notification_ids,
-        }))
+        let mut result: HashMap<i64, Dispatched> = message_ids
+            .iter()
+            .map(|&id| (id, Dispatched::UnknownMessage))
+            .collect();
+        for id in found_ids {
+            result.insert(
+                id,
+                Dispatched::Batch(NotificationBatch {
+                    message_id: id,
+                    notification_ids: Vec::new(),
+                }),
+            );
+        }
+        for (message_id, id) in pending {
+            if let Some(Dispatched::Batch(batch)) = result.get_mut(&message_id) {
+                batch.notification_ids.push(id);
+            }
+        }
+        Ok(result)
     })
 }
 
@@ -105,52 +126,92 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    async fn handle(self: Arc<Self>, publisher: Publisher, delivery: Delivery) -> Outcome {
-        let event: MessagePosted = match amqp::parse_payload(&delivery.data) {
-            Ok(event) => event,
-            Err(reason) => return Outcome::DeadLetter(reason),
-        };
-        let span = tracing::info_span!("dispatch", message.id = event.message_id);
-        async move {
-            let window = self.config.seen_window;
-            let domain = self.config.reply_domain.clone();
-            let dispatched = self
-                .db
-                .run(move |conn| dispatch_message(conn, event.message_id, window, &domain))
-                .await;
-            let batch = match dispatched {
-                Ok(Dispatched::Batch(batch)) => batch,
-                Ok(Dispatched::UnknownMessage) => {
-                    return Outcome::DeadLetter(format!(
-                        "message {} does not exist",
-                        event.message_id
-                    ));
-                }
-                Err(e) if e.is_transient() => return Outcome::Requeue(e.to_string()),
-                Err(e) => return Outcome::DeadLetter(e.to_string()),
-            };
-            if batch.notification_ids.is_empty() {
-                debug!("nobody to notify");
-                return Outcome::Ack;
-            }
-            let recipients = batch.notification_ids.len();
-            match publisher
-                .publish_json_retrying(
-                    &self.topology.delay_exchange(),
-                    &self.topology.delay_routing_key(),
-                    &batch,
-                )
+    /// Dispatches every `message.posted` that arrived together in one transaction, then
+    /// publishes each message's batch into the delay; one outcome per delivery.
+    async fn handle_group(
+        self: Arc<Self>,
+        publisher: Publisher,
+        deliveries: Vec<Delivery>,
+    ) -> Vec<Outcome> {
+        let events: Vec<Result<MessagePosted, String>> = deliveries
+            .iter()
+            .map(|d| amqp::parse_payload(&d.data))
+            .collect();
+        let mut ids: Vec<i64> = events
+            .iter()
+            .filter_map(|e| e.as_ref().ok().map(|e| e.message_id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let span = tracing::info_span!("dispatch", messages = ids.len());
+        let window = self.config.seen_window;
+        let domain = self.config.reply_domain.clone();
+        let dispatched = if ids.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            self.db
+                .run(move |conn| dispatch_messages(conn, &ids, window, &domain))
+                .instrument(span)
                 .await
-            {
-                Ok(()) => {
-                    info!(recipients, "notifications delayed");
-                    Outcome::Ack
-                }
-                Err(e) => Outcome::Requeue(format!("delay publish failed: {e}")),
+        };
+        let dispatched = match dispatched {
+            Ok(dispatched) => dispatched,
+            Err(e) => {
+                let outcome = |_| {
+                    if e.is_transient() {
+                        Outcome::Requeue(e.to_string())
+                    } else {
+                        Outcome::DeadLetter(e.to_string())
+                    }
+                };
+                return events
+                    .into_iter()
+                    .map(|event| match event {
+                        Ok(event) => outcome(event),
+                        Err(reason) => Outcome::DeadLetter(reason),
+                    })
+                    .collect();
             }
-        }
-        .instrument(span)
-        .await
+        };
+        let publishes = events.into_iter().map(|event| {
+            let batch = event.map(|e| (e.message_id, dispatched.get(&e.message_id)));
+            let (publisher, topology) = (&publisher, &self.topology);
+            async move {
+                match batch {
+                    Err(reason) => Outcome::DeadLetter(reason),
+                    Ok((id, None | Some(Dispatched::UnknownMessage))) => {
+                        Outcome::DeadLetter(format!("message {id} does not exist"))
+                    }
+                    Ok((_, Some(Dispatched::Batch(batch))))
+                        if batch.notification_ids.is_empty() =>
+                    {
+                        debug!(message.id = batch.message_id, "nobody to notify");
+                        Outcome::Ack
+                    }
+                    Ok((_, Some(Dispatched::Batch(batch)))) => {
+                        let published = publisher
+                            .publish_json_retrying(
+                                &topology.delay_exchange(),
+                                &topology.delay_routing_key(),
+                                batch,
+                            )
+                            .await;
+                        match published {
+                            Ok(()) => {
+                                debug!(
+                                    message.id = batch.message_id,
+                                    recipients = batch.notification_ids.len(),
+                                    "notifications delayed"
+                                );
+                                Outcome::Ack
+                            }
+                            Err(e) => Outcome::Requeue(format!("delay publish failed: {e}")),
+                        }
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(publishes).await
     }
 
     /// Publishes `message.posted` again for messages older than one sweep interval that were
@@ -212,14 +273,18 @@ impl Dispatcher {
         };
         let this = self.clone();
         let handler_publisher = publisher.clone();
-        let result = amqp::consume(
+        let result = amqp::consume_grouped(
             &connection,
             &publisher,
             &self.topology,
             &self.topology.dispatch_queue(),
             self.config.prefetch,
+            MAX_GROUP,
             shutdown,
-            move |delivery| this.clone().handle(handler_publisher.clone(), delivery),
+            move |deliveries| {
+                this.clone()
+                    .handle_group(handler_publisher.clone(), deliveries)
+            },
         )
         .await;
         drop(sweeper.1);

@@ -161,9 +161,13 @@ impl Mailer {
             outcomes.extend(unit_outcomes);
         }
         for o in &outcomes {
-            result
-                .entry(o.claim.notification.id)
-                .or_insert(Delivered::Done);
+            // A released notification that was itself due in this set goes back into the delay
+            // and is looked at again in one window; its own batch is being acknowledged now.
+            let next = match o.finish {
+                Finish::Released => Delivered::Busy,
+                _ => Delivered::Done,
+            };
+            result.entry(o.claim.notification.id).or_insert(next);
         }
         self.record_all(outcomes).await?;
         Ok(result)
@@ -483,10 +487,16 @@ impl Mailer {
             rows.sent_at.push(sent_at);
             rows.coalesced_into.push(coalesced_into);
         }
-        let updated = self
-            .db
-            .run(move |conn| {
-                conn.transaction(|conn| {
+        // The emails went out already: keep trying to record that through a short database
+        // outage, or a later worker would take the claims over and send them again.
+        let mut pause = std::time::Duration::from_millis(200);
+        let deadline = std::time::Instant::now() + RECORD_PATIENCE;
+        let updated = loop {
+            let (rows, mut log) = (rows.clone(), log.clone());
+            let attempt = self
+                .db
+                .run(move |conn| {
+                    conn.transaction(|conn| {
                     #[derive(QueryableByName)]
                     struct Updated {
                         #[diesel(sql_type = BigInt)]
@@ -524,7 +534,17 @@ impl Mailer {
                     Ok::<_, Error>((updated.len(), rows.id.len()))
                 })
             })
-            .await?;
+            .await;
+            match attempt {
+                Ok(updated) => break updated,
+                Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
+                    warn!(error = %e, "recording sent emails failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if updated.0 < updated.1 {
             warn!(
                 taken_over = updated.1 - updated.0,
@@ -535,8 +555,11 @@ impl Mailer {
     }
 }
 
+/// How long the outcome of sent emails is retried through a database outage.
+const RECORD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Columns of the record statement, one array per column.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct RecordRows {
     id: Vec<i64>,
     claimed_at: Vec<DateTime<Utc>>,
