@@ -120,6 +120,8 @@ impl Mailer {
         let lease =
             chrono::Duration::from_std(self.config.send_lease).unwrap_or(chrono::Duration::MAX);
         let domain = self.config.reply_domain.clone();
+        let started = std::time::Instant::now();
+        let count = ids.len();
         let (units, gone, unclaimed) = self
             .db
             .run(move |conn| {
@@ -128,6 +130,7 @@ impl Mailer {
                 Ok((units, gone, claimed.unclaimed))
             })
             .await?;
+        let loaded = started.elapsed();
         let mut result: HashMap<i64, Delivered> = HashMap::new();
         for (id, state) in unclaimed {
             let next = match state.as_deref() {
@@ -169,7 +172,15 @@ impl Mailer {
             };
             result.entry(o.claim.notification.id).or_insert(next);
         }
+        let sent = started.elapsed();
         self.record_all(outcomes).await?;
+        tracing::debug!(
+            count,
+            load_ms = loaded.as_millis() as u64,
+            send_ms = (sent - loaded).as_millis() as u64,
+            record_ms = (started.elapsed() - sent).as_millis() as u64,
+            "set handled"
+        );
         Ok(result)
     }
 
