@@ -41,6 +41,11 @@ enum Command {
     },
     /// Check the configuration and templates, and print the effective settings.
     Check,
+    /// Inbound email tools.
+    Inbound {
+        #[command(subcommand)]
+        command: InboundCommand,
+    },
     /// Say why a person was or was not notified and emailed about a message, naming the rule
     /// that decided it.
     Explain {
@@ -51,6 +56,17 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum InboundCommand {
+    /// Run the pure inbound path (parse, classify, extract the reply, read thread hints) on
+    /// raw email files, with no database and no broker; prints one JSON object per file.
+    Inspect {
+        /// Raw RFC 5322 message files.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
     },
 }
 
@@ -90,6 +106,9 @@ fn main() -> ExitCode {
             Command::Run { roles } => run(config, roles).await,
             Command::Demo { api } => demo::run(&api, &config).await,
             Command::Check => check(&config),
+            Command::Inbound {
+                command: InboundCommand::Inspect { files },
+            } => inspect(&config, &files),
             Command::Explain {
                 message,
                 person,
@@ -114,6 +133,36 @@ fn migrate(config: &Config) -> anyhow::Result<()> {
         println!("database schema is up to date");
     } else {
         println!("applied migrations: {}", applied.join(", "));
+    }
+    Ok(())
+}
+
+fn inspect(config: &Config, files: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let context = tidings_common::inbound::InboundContext {
+        reply_domain: config.reply_domain.clone(),
+        own_address: config
+            .mail_from
+            .parse::<lettre::message::Mailbox>()
+            .ok()
+            .map(|m| m.email.to_string()),
+    };
+    let mut unreadable = 0;
+    for file in files {
+        let raw = match std::fs::read(file) {
+            Ok(raw) => raw,
+            Err(e) => {
+                eprintln!("tidings: {}: {e}", file.display());
+                unreadable += 1;
+                continue;
+            }
+        };
+        let report = tidings_common::inbound::inspect(&raw, &context);
+        let mut line = serde_json::to_value(&report)?;
+        line["file"] = serde_json::json!(file.display().to_string());
+        println!("{line}");
+    }
+    if unreadable > 0 {
+        anyhow::bail!("{unreadable} file(s) could not be read");
     }
     Ok(())
 }

@@ -396,6 +396,78 @@ async fn delay_precision(
     })
 }
 
+/// CPU time (user + system) this process has used, from /proc (clock ticks of 10 ms).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r)
+        .unwrap_or_default()
+        .split(' ')
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Phase 6: parse + classify + extract over every body in the corpora, per CPU-second.
+fn extraction_rate(corpora: &std::path::Path) -> anyhow::Result<(f64, usize)> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<(bool, Vec<u8>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                // Raw messages (.eml) go through the whole path; plain bodies (.txt under an
+                // emails folder) through the extractor alone.
+                let ext = path
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .unwrap_or_default();
+                let body = ext == "txt" && path.to_string_lossy().contains("/emails/");
+                if (ext == "eml" || body)
+                    && let Ok(bytes) = std::fs::read(&path)
+                {
+                    out.push((ext == "eml", bytes));
+                }
+            }
+        }
+    }
+    let mut bodies = Vec::new();
+    walk(corpora, &mut bodies);
+    if bodies.is_empty() {
+        bail!("no email bodies under {}", corpora.display());
+    }
+    let context = tidings_common::inbound::InboundContext {
+        reply_domain: "reply.tidings.localhost".into(),
+        own_address: None,
+    };
+    let started = cpu_seconds();
+    let wall = Instant::now();
+    let mut done = 0usize;
+    while wall.elapsed() < Duration::from_secs(3) {
+        for (is_email, bytes) in &bodies {
+            if *is_email {
+                std::hint::black_box(tidings_common::inbound::inspect(bytes, &context));
+            } else {
+                std::hint::black_box(tidings_common::inbound::split_reply(
+                    &String::from_utf8_lossy(bytes),
+                ));
+            }
+            done += 1;
+        }
+    }
+    let cpu = (cpu_seconds() - started).max(0.01);
+    Ok((done as f64 / cpu, bodies.len()))
+}
+
 struct BenchEnv {
     database: String,
     database_url: String,
@@ -559,6 +631,9 @@ async fn run_phases(
     let rate = knob("BENCH_RATE", 2_000);
     let seconds = knob("BENCH_SECONDS", 10);
     let conn = amqp::connect(AMQP_URL, "bench").await?;
+    let corpora = std::env::var("BENCH_CORPORA").unwrap_or_else(|_| "../shared/corpora".into());
+    eprintln!("bench: reply extraction over {corpora}");
+    let extraction = extraction_rate(std::path::Path::new(&corpora)).ok();
 
     eprintln!("bench: baseline, {n_baseline} raw messages through the delay topology");
     let mut raw = Topology::from_config(config);
@@ -687,7 +762,7 @@ async fn run_phases(
         "lateness_ms": {"offered_rate": late.offered_rate, "p50": late.p50_ms, "p99": late.p99_ms, "max": late.max_ms},
         "peak_rss_kib": rss.iter().map(|(r, k)| (r.to_string(), json!(k))).collect::<serde_json::Map<_, _>>(),
         "inbound": null,
-        "extraction": null,
+        "extraction_per_cpu_s": extraction.map(|(rate, _)| rate),
     });
     std::fs::write(&out, serde_json::to_vec_pretty(&report)?)?;
     println!("\nresults written to {out}");

@@ -6,6 +6,7 @@ pub mod audience;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod inbound;
 pub mod mail;
 pub mod rules;
 pub mod templates;
