@@ -28,7 +28,7 @@ enum Command {
     Migrate,
     /// Run one or more roles in this process until SIGINT or SIGTERM.
     Run {
-        /// Roles to run: api, dispatch, mailer, or all.
+        /// Roles to run: api, dispatch, mailer, inbound, or all.
         #[arg(required = true, value_enum)]
         roles: Vec<Role>,
     },
@@ -75,6 +75,7 @@ enum Role {
     Api,
     Dispatch,
     Mailer,
+    Inbound,
     /// Every role in one process (the default for a single machine).
     All,
 }
@@ -233,7 +234,7 @@ async fn explain(config: &Config, message: i64, person: i64, as_json: bool) -> a
 
 async fn run(config: Config, mut roles: Vec<Role>) -> anyhow::Result<()> {
     if roles.contains(&Role::All) {
-        roles = vec![Role::Api, Role::Dispatch, Role::Mailer];
+        roles = vec![Role::Api, Role::Dispatch, Role::Mailer, Role::Inbound];
     }
     roles.dedup();
     if config.uses_development_secrets() {
@@ -249,6 +250,7 @@ async fn run(config: Config, mut roles: Vec<Role>) -> anyhow::Result<()> {
             Role::Api => "api",
             Role::Dispatch => "dispatch",
             Role::Mailer => "mailer",
+            Role::Inbound => "inbound",
             Role::All => unreachable!("expanded above"),
         };
         // Start-up errors (a broken template, an address in use) stop the whole process.
@@ -257,6 +259,7 @@ async fn run(config: Config, mut roles: Vec<Role>) -> anyhow::Result<()> {
                 Role::Api => tidings_api::run(config, token).await,
                 Role::Dispatch => tidings_dispatch::run(config, token).await,
                 Role::Mailer => tidings_mailer::run(config, token).await,
+                Role::Inbound => tidings_inbound::run(config, token).await,
                 Role::All => Ok(()),
             };
             (name, result)

@@ -39,6 +39,12 @@ use crate::error::{Error, Result};
 
 /// Routing key of the event published after a message is committed.
 pub const MESSAGE_POSTED: &str = "message.posted";
+/// Routing key of a raw email accepted by the inbound listener.
+pub const EMAIL_RECEIVED: &str = "email.received";
+/// Header of a raw email: the envelope recipients, comma-separated.
+pub const RCPT_HEADER: &str = "x-tidings-rcpt";
+/// Header of a raw email: the envelope sender.
+pub const MAIL_FROM_HEADER: &str = "x-tidings-mail-from";
 /// Routing key inside the due exchange.
 pub const DUE_ROUTING_KEY: &str = "due";
 /// Header carrying why a payload was dead-lettered.
@@ -89,6 +95,9 @@ impl Topology {
     }
     pub fn dispatch_queue(&self) -> String {
         self.name("dispatch")
+    }
+    pub fn inbound_queue(&self) -> String {
+        self.name("inbound")
     }
     pub fn delay_exchange(&self) -> String {
         self.name("delay")
@@ -195,6 +204,12 @@ impl Topology {
                 MESSAGE_POSTED.to_string(),
             ),
             (
+                self.inbound_queue(),
+                self.queue_arguments(),
+                self.events_exchange(),
+                EMAIL_RECEIVED.to_string(),
+            ),
+            (
                 self.delay_queue(),
                 self.delayed_queue_arguments(self.seen_window),
                 self.delay_exchange(),
@@ -242,6 +257,7 @@ impl Topology {
     pub async fn delete(&self, channel: &Channel) -> Result<()> {
         let mut queues = vec![
             self.dispatch_queue(),
+            self.inbound_queue(),
             self.delay_queue(),
             self.due_queue(),
             self.dead_queue(),
@@ -371,6 +387,63 @@ impl Publisher {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// A publisher kept connected in the background, for roles that must keep serving (HTTP,
+/// SMTP) while the broker restarts. `None` while disconnected.
+#[derive(Clone, Default)]
+pub struct SharedPublisher {
+    current: std::sync::Arc<std::sync::RwLock<Option<Publisher>>>,
+}
+
+impl SharedPublisher {
+    /// The connected publisher, or an error saying the broker is not connected.
+    pub fn get(&self) -> Result<Publisher> {
+        self.current
+            .read()
+            .expect("publisher lock")
+            .clone()
+            .ok_or_else(|| Error::Task("broker not connected".into()))
+    }
+
+    fn set(&self, publisher: Option<Publisher>) {
+        *self.current.write().expect("publisher lock") = publisher;
+    }
+
+    /// Connects, declares the topology, and reconnects whenever the connection drops, until
+    /// `shutdown` fires.
+    pub async fn keep_connected(
+        &self,
+        url: &str,
+        role: &str,
+        topology: &Topology,
+        shutdown: &CancellationToken,
+    ) {
+        let _ = run_resilient(role, shutdown, || async {
+            let connection = connect(url, role).await?;
+            let publisher = Publisher::open(&connection).await?;
+            topology.declare(publisher.channel()).await?;
+            self.set(Some(publisher));
+            info!(role, "connected to the broker");
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        self.set(None);
+                        let _ = connection.close(200, "shutdown".into()).await;
+                        return Ok(());
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                        if !connection.status().connected() {
+                            self.set(None);
+                            warn!(role, "lost the broker connection");
+                            return Err(Error::Task("broker connection lost".into()));
+                        }
+                    }
+                }
+            }
+        })
+        .await;
     }
 }
 

@@ -23,6 +23,10 @@
 //! | `TIDINGS_SMTP_CONCURRENCY` | `16` | simultaneous SMTP transactions per mailer process |
 //! | `TIDINGS_PREFETCH` | `64` | unacknowledged broker deliveries per consumer |
 //! | `TIDINGS_DB_POOL_SIZE` | `10` | PostgreSQL connections per process |
+//! | `TIDINGS_INBOUND_ADDR` | `127.0.0.1:2526` | address the inbound SMTP listener binds (the MX relay delivers here) |
+//! | `TIDINGS_INBOUND_MAX_BYTES` | `26214400` | largest inbound message accepted (552 beyond) |
+//! | `TIDINGS_INBOUND_MAILBOXES` | `support` | local parts at the reply domain that accept new conversations |
+//! | `TIDINGS_INBOUND_RATE` | `10/10m` | most posts per sender and per conversation in a window; beyond it mail is logged, not posted |
 //! | `TIDINGS_SWEEP_INTERVAL` | `15s` | how often dispatch republishes messages whose event was not confirmed |
 //!
 //! Durations are written `1500ms`, `90s`, `5m`, `1h`, or a bare number of seconds.
@@ -85,6 +89,12 @@ pub struct Config {
     pub prefetch: u16,
     pub db_pool_size: u32,
     pub sweep_interval: Duration,
+    pub inbound_addr: SocketAddr,
+    pub inbound_max_bytes: usize,
+    /// Local parts at the reply domain that accept mail starting a conversation.
+    pub inbound_mailboxes: Vec<String>,
+    /// Most inbound posts per sender and per conversation within the window (loop defence).
+    pub inbound_rate: (u32, Duration),
 }
 
 pub const DEV_API_TOKEN: &str = "tidings-dev-token";
@@ -201,6 +211,36 @@ impl Config {
             get("TIDINGS_SWEEP_INTERVAL", "15s"),
             parse_positive_duration,
         )?;
+        let inbound_addr = parse_with(get("TIDINGS_INBOUND_ADDR", "127.0.0.1:2526"), |v| {
+            v.parse::<SocketAddr>()
+                .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:2526".to_string())
+        })?;
+        let inbound_max_bytes = parse_with(get("TIDINGS_INBOUND_MAX_BYTES", "26214400"), |v| {
+            parse_range(v, 1024, 1 << 30)
+        })?;
+        let inbound_mailboxes = parse_with(get("TIDINGS_INBOUND_MAILBOXES", "support"), |v| {
+            let boxes: Vec<String> = v
+                .split(',')
+                .map(|b| b.trim().to_ascii_lowercase())
+                .collect();
+            if boxes.iter().all(|b| {
+                !b.is_empty()
+                    && !b.contains('@')
+                    && !b.starts_with("reply+")
+                    && !b.contains(char::is_whitespace)
+            }) {
+                Ok(boxes)
+            } else {
+                Err("expected comma-separated local parts such as support,help".to_string())
+            }
+        })?;
+        let inbound_rate = parse_with(get("TIDINGS_INBOUND_RATE", "10/10m"), |v| {
+            let (count, window) = v
+                .split_once('/')
+                .ok_or("expected COUNT/WINDOW such as 10/10m")?;
+            let count = parse_range(count.trim(), 1, 1_000_000)? as u32;
+            Ok((count, parse_positive_duration(window.trim())?))
+        })?;
         Ok(Config {
             database_url,
             amqp_url,
@@ -221,6 +261,10 @@ impl Config {
             prefetch,
             db_pool_size,
             sweep_interval,
+            inbound_addr,
+            inbound_max_bytes,
+            inbound_mailboxes,
+            inbound_rate,
         })
     }
 
@@ -340,6 +384,8 @@ mod tests {
             ("TIDINGS_MAIL_FROM", "not an address"),
             ("TIDINGS_QUEUE_PREFIX", "has space"),
             ("TIDINGS_PUBLIC_URL", "ftp://x"),
+            ("TIDINGS_INBOUND_RATE", "ten"),
+            ("TIDINGS_INBOUND_MAILBOXES", "support@x.com"),
         ];
         for (variable, value) in cases {
             let err = config_with(&[(variable, value)]).unwrap_err();

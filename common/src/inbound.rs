@@ -48,6 +48,9 @@ pub struct InboundReport {
     pub reply_text: Option<String>,
     pub quoted_text: Option<String>,
     pub thread: ThreadHints,
+    /// Why the relay's `Authentication-Results` says the sender is not who they claim (SPF,
+    /// DKIM or DMARC fail); such mail is never posted as that person (SPEC I4).
+    pub auth_failure: Option<String>,
 }
 
 /// What the inbound path needs to know about this deployment.
@@ -85,6 +88,7 @@ fn rejected(reason: &str) -> InboundReport {
         reply_text: None,
         quoted_text: None,
         thread: ThreadHints::default(),
+        auth_failure: None,
     }
 }
 
@@ -139,6 +143,13 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
         .body_text(0)
         .map(|b| b.into_owned())
         .unwrap_or_default();
+    let auth_failure = header_text(&message, "Authentication-Results").and_then(|results| {
+        let lower = results.to_ascii_lowercase();
+        ["dmarc=fail", "spf=fail", "dkim=fail"]
+            .into_iter()
+            .find(|f| lower.contains(f))
+            .map(|f| format!("Authentication-Results: {f}"))
+    });
 
     let mut report = InboundReport {
         verdict: Verdict::Rejected,
@@ -149,6 +160,7 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
         reply_text: None,
         quoted_text: None,
         thread,
+        auth_failure,
     };
     if let Some((verdict, reason)) =
         automatic(&message, from.as_deref(), message_id.as_deref(), context)

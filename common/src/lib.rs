@@ -8,6 +8,7 @@ pub mod db;
 pub mod error;
 pub mod inbound;
 pub mod mail;
+pub mod posting;
 pub mod rules;
 pub mod templates;
 

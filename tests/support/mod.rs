@@ -175,6 +175,7 @@ pub struct Env {
     pub database: String,
     pub prefix: String,
     pub http_port: u16,
+    pub inbound_port: u16,
     pub sink: Sink,
     pub window: Duration,
     vars: HashMap<String, String>,
@@ -195,6 +196,7 @@ impl Env {
         let root = std::env::temp_dir().join(unique("tidings-test"));
         let sink = Sink::start(free_port(), &root.join("mail"), sink_args);
         let http_port = free_port();
+        let inbound_port = free_port();
         let mut map: HashMap<String, String> = [
             (
                 "TIDINGS_DATABASE_URL",
@@ -206,6 +208,7 @@ impl Env {
                 format!("smtp://127.0.0.1:{}", sink.port),
             ),
             ("TIDINGS_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+            ("TIDINGS_INBOUND_ADDR", format!("127.0.0.1:{inbound_port}")),
             ("TIDINGS_API_TOKEN", TOKEN.to_string()),
             ("TIDINGS_TOKEN_SECRET", SECRET.to_string()),
             ("TIDINGS_REPLY_DOMAIN", REPLY_DOMAIN.to_string()),
@@ -230,6 +233,7 @@ impl Env {
             database,
             prefix,
             http_port,
+            inbound_port,
             sink,
             window,
             vars: map,
@@ -477,6 +481,56 @@ impl Env {
             .into_iter()
             .filter(|m| m.rcpt == address)
             .collect()
+    }
+
+    /// Speaks SMTP to the inbound listener, as a relay would: returns each reply's first line
+    /// (greeting, EHLO, MAIL, each RCPT, DATA, and the end of data if DATA was accepted).
+    pub async fn smtp(&self, from: &str, rcpts: &[&str], message: &str) -> Vec<String> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.inbound_port))
+            .await
+            .expect("inbound listener reachable");
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let mut reply = async || {
+            let mut first = None;
+            loop {
+                let line = lines.next_line().await.unwrap().unwrap_or_default();
+                first.get_or_insert_with(|| line.clone());
+                if line.len() < 4 || line.as_bytes()[3] == b' ' {
+                    return first.unwrap();
+                }
+            }
+        };
+        let mut commands = vec!["EHLO relay.test".to_string(), format!("MAIL FROM:<{from}>")];
+        commands.extend(rcpts.iter().map(|r| format!("RCPT TO:<{r}>")));
+        commands.push("DATA".into());
+        let mut out = vec![reply().await];
+        for command in commands {
+            write
+                .write_all(format!("{command}\r\n").as_bytes())
+                .await
+                .unwrap();
+            out.push(reply().await);
+        }
+        if out.last().is_some_and(|r| r.starts_with("354")) {
+            let stuffed: Vec<String> = message
+                .replace("\r\n", "\n")
+                .split('\n')
+                .map(|l| {
+                    if l.starts_with('.') {
+                        format!(".{l}")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect();
+            let data = format!("{}\r\n.\r\n", stuffed.join("\r\n"));
+            write.write_all(data.as_bytes()).await.unwrap();
+            out.push(reply().await);
+        }
+        write.write_all(b"QUIT\r\n").await.unwrap();
+        out
     }
 
     /// A broker channel for publishing or inspecting this test's queues directly.

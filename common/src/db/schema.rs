@@ -191,3 +191,20 @@ diesel::allow_tables_to_appear_in_same_query!(
     conversation_mutes,
     preference_changes,
 );
+
+diesel::table! {
+    inbound_emails (id) {
+        id -> Int8,
+        dedupe_key -> Text,
+        message_id_header -> Nullable<Text>,
+        received_at -> Timestamptz,
+        mail_from -> Nullable<Text>,
+        rcpt_to -> Nullable<Text>,
+        sender -> Nullable<Text>,
+        verdict -> Text,
+        reason -> Nullable<Text>,
+        conversation_id -> Nullable<Int8>,
+        posted_message_id -> Nullable<Int8>,
+        quoted_text -> Nullable<Text>,
+    }
+}

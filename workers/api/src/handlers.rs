@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tidings_common::db::models::*;
 use tidings_common::db::schema::*;
+use tidings_common::posting;
 use tracing::{info, warn};
 
 use crate::AppState;
@@ -408,20 +409,6 @@ pub async fn get_conversation(
     .await
 }
 
-fn add_participant_row(
-    conn: &mut PgConnection,
-    conversation_id: i64,
-    person_id: i64,
-) -> QueryResult<usize> {
-    diesel::insert_into(conversation_participants::table)
-        .values((
-            conversation_participants::conversation_id.eq(conversation_id),
-            conversation_participants::person_id.eq(person_id),
-        ))
-        .on_conflict_do_nothing()
-        .execute(conn)
-}
-
 pub async fn add_participant(
     State(state): State<AppState>,
     Path((conversation_id, person_id)): Path<(i64, i64)>,
@@ -429,7 +416,7 @@ pub async fn add_participant(
     with_db(&state, move |conn| {
         find_conversation(conn, conversation_id)?;
         find_person(conn, person_id)?;
-        add_participant_row(conn, conversation_id, person_id)?;
+        posting::add_participant(conn, conversation_id, person_id)?;
         Ok(StatusCode::NO_CONTENT)
     })
     .await
@@ -441,26 +428,6 @@ pub struct NewMessageBody {
     author_id: i64,
     body: String,
     internal: bool,
-}
-
-/// Moves a read cursor forward (never back) to `message_id`.
-fn advance_cursor(
-    conn: &mut PgConnection,
-    person_id: i64,
-    conversation_id: i64,
-    message_id: i64,
-) -> QueryResult<usize> {
-    diesel::sql_query(
-        "INSERT INTO seen_cursors (person_id, conversation_id, last_seen_message_id, seen_at)
-         VALUES ($1, $2, $3, now())
-         ON CONFLICT (person_id, conversation_id) DO UPDATE
-           SET last_seen_message_id = EXCLUDED.last_seen_message_id, seen_at = now()
-           WHERE seen_cursors.last_seen_message_id < EXCLUDED.last_seen_message_id",
-    )
-    .bind::<BigInt, _>(person_id)
-    .bind::<BigInt, _>(conversation_id)
-    .bind::<BigInt, _>(message_id)
-    .execute(conn)
 }
 
 /// Posts a message: stores it, makes the author a participant who has seen it (D4), commits,
@@ -484,25 +451,17 @@ pub async fn post_message(
                     "internal: a customer cannot post an internal message",
                 ));
             }
-            let message = diesel::insert_into(messages::table)
-                .values((
-                    messages::conversation_id.eq(conversation_id),
-                    messages::author_id.eq(author.id),
-                    messages::body.eq(body.body),
-                    messages::internal.eq(body.internal),
-                ))
-                .returning(Message::as_returning())
-                .get_result(conn)?;
-            add_participant_row(conn, conversation_id, author.id)?;
-            advance_cursor(conn, author.id, conversation_id, message.id)?;
-            Ok(message)
+            Ok(posting::insert_message(
+                conn,
+                conversation_id,
+                author.id,
+                &body.body,
+                body.internal,
+            )?)
         })
     })
     .await?;
-    if let Err(e) = state
-        .broker
-        .message_posted(&state.topology, message.id)
-        .await
+    if let Err(e) = crate::broker::message_posted(&state.broker, &state.topology, message.id).await
     {
         warn!(message.id = message.id, error = %e, "message.posted not published; the dispatch sweep will publish it");
     } else {
@@ -545,7 +504,7 @@ pub async fn mark_seen(
             }
             Some(_) => {}
         }
-        advance_cursor(conn, body.person_id, conversation_id, body.message_id)?;
+        posting::advance_cursor(conn, body.person_id, conversation_id, body.message_id)?;
         Ok(StatusCode::NO_CONTENT)
     })
     .await

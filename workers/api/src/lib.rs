@@ -29,7 +29,7 @@ pub struct AppState {
     pub db: Db,
     pub config: Arc<Config>,
     pub topology: Arc<Topology>,
-    pub broker: broker::BrokerHandle,
+    pub broker: tidings_common::amqp::SharedPublisher,
 }
 
 /// Builds the router with every route behind the bearer-token check.
@@ -85,13 +85,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let config = Arc::new(config);
     let db = Db::new(&config.database_url, config.db_pool_size);
     let topology = Arc::new(Topology::from_config(&config));
-    let broker = broker::BrokerHandle::default();
-    let keeper = tokio::spawn(broker::keep_connected(
-        broker.clone(),
-        config.clone(),
-        topology.clone(),
-        shutdown.clone(),
-    ));
+    let broker = tidings_common::amqp::SharedPublisher::default();
+    let keeper = {
+        let (broker, config, topology, shutdown) = (
+            broker.clone(),
+            config.clone(),
+            topology.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            broker
+                .keep_connected(&config.amqp_url, "api", &topology, &shutdown)
+                .await
+        })
+    };
     let state = AppState {
         db,
         config: config.clone(),

@@ -1,0 +1,2 @@
+DROP INDEX notifications_email_message_id;
+DROP TABLE inbound_emails;

@@ -1,0 +1,308 @@
+//! Inbound email end to end on real services, speaking SMTP to the listener as the MX relay
+//! does: SPEC I1–I6 and L2.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Env, REPLY_DOMAIN};
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+async fn conversation(env: &Env, id: i64) -> Value {
+    env.ok("GET", &format!("/conversations/{id}"), None).await
+}
+
+async fn wait_for<F: AsyncFn() -> bool>(what: &str, check: F) {
+    let deadline = std::time::Instant::now() + SETTLE;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn inbound_log(env: &Env) -> Vec<Value> {
+    let log = env.ok("GET", "/email-log?limit=1000", None).await;
+    log.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["direction"] == "inbound")
+        .cloned()
+        .collect()
+}
+
+/// A conversation where Bob has been emailed once; returns (ann, bob, conversation, the
+/// reply address and Message-ID of Bob's email).
+async fn emailed_conversation(env: &Env) -> (i64, i64, i64, String, String) {
+    let ann = env.user("Ann").await;
+    let bob = env.user("Bob").await;
+    let (_, item, conv) = env.ticket("Printer").await;
+    env.follow_item(item, bob).await;
+    env.follow_item(item, ann).await;
+    let m = env.post(conv, ann, "Is the printer fixed?", false).await;
+    env.settled(m, SETTLE).await;
+    let mail = &env.mails_to("bob@example.com")[0];
+    let parsed = mail.parsed();
+    let reply_to = parsed
+        .reply_to()
+        .unwrap()
+        .first()
+        .unwrap()
+        .address()
+        .unwrap()
+        .to_string();
+    let message_id = mail.header("Message-ID").unwrap();
+    (ann, bob, conv, reply_to, message_id)
+}
+
+/// I1: foreign domains, unknown mailboxes and forged tokens are refused during the dialogue;
+/// oversized mail gets 552.
+#[tokio::test(flavor = "multi_thread")]
+async fn i1_refuses_what_is_not_ours() {
+    let env = Env::with("1s", &[("TIDINGS_INBOUND_MAX_BYTES", "2048")], &[]);
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (_, _, _, reply_to, _) = emailed_conversation(&env).await;
+    let forged = reply_to.replacen("reply+", "reply+9", 1);
+    let replies = env
+        .smtp(
+            "x@example.com",
+            &[
+                "someone@elsewhere.example",
+                &format!("nobody@{REPLY_DOMAIN}"),
+                &forged,
+                "reply+1-2-3@x",
+            ],
+            "Subject: x\n\nhello",
+        )
+        .await;
+    for (i, r) in replies[3..7].iter().enumerate() {
+        assert!(r.starts_with("550"), "recipient {i}: {r}");
+    }
+    assert!(
+        replies[7].starts_with("503"),
+        "DATA without a recipient: {}",
+        replies[7]
+    );
+    let big = format!("Subject: big\n\n{}", "x".repeat(4000));
+    let replies = env.smtp("bob@example.com", &[&reply_to], &big).await;
+    assert!(replies[3].starts_with("250"), "{replies:?}");
+    assert!(replies.last().unwrap().starts_with("552"), "{replies:?}");
+}
+
+/// I2, I3, I4, I6: a reply from the right person lands in the conversation without its quoted
+/// history and notifies the followers; the same email again is posted once; the right address
+/// from the wrong sender is not posted as that person.
+#[tokio::test(flavor = "multi_thread")]
+async fn i2_reply_is_threaded_once_and_only_from_its_owner() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (ann, bob, conv, reply_to, message_id) = emailed_conversation(&env).await;
+    let email = format!(
+        "From: Bob <bob@example.com>\nTo: {reply_to}\nSubject: Re: Printer\nMessage-ID: <reply-1@example.com>\n\
+         In-Reply-To: {message_id}\nReferences: {message_id}\n\n\
+         Yes, it prints again.\n\nOn Tue, 1 Jan 2030 at 10:00, Tidings <n@example.com> wrote:\n> Is the printer fixed?\n"
+    );
+    for _ in 0..2 {
+        let replies = env.smtp("bob@example.com", &[&reply_to], &email).await;
+        assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    }
+    wait_for("the reply to be posted", async || {
+        conversation(&env, conv).await["messages"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let messages = conversation(&env, conv).await["messages"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(messages.len(), 2, "posted once: {messages:?}");
+    assert_eq!(messages[1]["author_id"], json!(bob));
+    assert_eq!(messages[1]["body"], "Yes, it prints again.");
+    // The posted reply notifies Ann like any other message.
+    let d = env
+        .settled(messages[1]["id"].as_i64().unwrap(), SETTLE)
+        .await;
+    assert!(
+        d["recipients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["recipient_id"] == json!(ann)),
+        "{d}"
+    );
+
+    // The right reply address from someone else is not posted as Bob.
+    let spoof = email
+        .replace("bob@example.com", "mallory@example.com")
+        .replace("reply-1@", "reply-2@");
+    let replies = env.smtp("mallory@example.com", &[&reply_to], &spoof).await;
+    assert!(replies.last().unwrap().starts_with("250"));
+    wait_for("the spoof to be logged", async || {
+        inbound_log(&env)
+            .await
+            .iter()
+            .any(|r| r["status"] == "rejected")
+    })
+    .await;
+    let log = inbound_log(&env).await;
+    let rejected = log.iter().find(|r| r["status"] == "rejected").unwrap();
+    assert!(
+        rejected["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not the person"),
+        "{rejected}"
+    );
+    assert!(
+        log.iter().any(|r| r["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("duplicate"))),
+        "{log:?}"
+    );
+    assert_eq!(
+        conversation(&env, conv).await["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+/// L2 and I5: an out-of-office is logged and never posted; a customer's fresh email to the
+/// support mailbox starts a conversation.
+#[tokio::test(flavor = "multi_thread")]
+async fn l2_auto_replies_are_logged_and_i5_new_mail_starts_a_conversation() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (_, _, conv, reply_to, _) = emailed_conversation(&env).await;
+    let ooo = format!(
+        "From: Bob <bob@example.com>\nTo: {reply_to}\nSubject: Automatic reply: Printer\n\
+         Auto-Submitted: auto-replied\nMessage-ID: <ooo-1@example.com>\n\nI am away until Monday."
+    );
+    let replies = env.smtp("bob@example.com", &[&reply_to], &ooo).await;
+    assert!(replies.last().unwrap().starts_with("250"));
+    let support = format!("support@{REPLY_DOMAIN}");
+    let fresh = format!(
+        "From: Dana Customer <dana@customer.example>\nTo: {support}\nSubject: My invoice is wrong\n\
+         Message-ID: <fresh-1@customer.example>\n\nPlease check invoice 42."
+    );
+    let replies = env.smtp("dana@customer.example", &[&support], &fresh).await;
+    assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    wait_for("both emails to be processed", async || {
+        inbound_log(&env).await.len() >= 2
+    })
+    .await;
+    let log = inbound_log(&env).await;
+    let ignored = log
+        .iter()
+        .find(|r| r["status"] == "ignored")
+        .expect("the out-of-office is logged");
+    assert!(
+        ignored["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("auto_reply"),
+        "{ignored}"
+    );
+    assert_eq!(
+        conversation(&env, conv).await["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let created = log
+        .iter()
+        .find(|r| r["status"] == "created")
+        .expect("a conversation was created");
+    let new_conv = conversation(&env, created["conversation_id"].as_i64().unwrap()).await;
+    assert_eq!(new_conv["conversation"]["subject"], "My invoice is wrong");
+    assert_eq!(new_conv["messages"][0]["body"], "Please check invoice 42.");
+}
+
+/// I1: with the broker unreachable, DATA is answered 451 so the relay keeps the mail; the
+/// relay's retry, once the broker is back, is posted once.
+#[tokio::test(flavor = "multi_thread")]
+async fn i1_broker_down_during_data_gives_451_and_the_retry_is_posted() {
+    let env = Env::new("1s");
+    let _front = env.spawn(&["api", "dispatch", "mailer"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (_, bob, conv, reply_to, message_id) = emailed_conversation(&env).await;
+    let mut broken = env.command(&["run", "inbound"]);
+    broken
+        .env("TIDINGS_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut broken = broken.spawn().unwrap();
+    let email = format!(
+        "From: bob@example.com\nTo: {reply_to}\nSubject: Re: Printer\nMessage-ID: <retry-1@example.com>\n\
+         In-Reply-To: {message_id}\n\nPosted after the retry."
+    );
+    let mut replies = Vec::new();
+    for _ in 0..50 {
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(("127.0.0.1", env.inbound_port)),
+        )
+        .await
+        {
+            replies = env.smtp("bob@example.com", &[&reply_to], &email).await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        replies.last().is_some_and(|r| r.starts_with("451")),
+        "{replies:?}"
+    );
+    let _ = broken.kill();
+    let _ = broken.wait();
+    let _inbound = env.spawn(&["inbound"]);
+    let mut accepted = false;
+    for _ in 0..100 {
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(("127.0.0.1", env.inbound_port)),
+        )
+        .await
+        {
+            let replies = env.smtp("bob@example.com", &[&reply_to], &email).await;
+            if replies.last().is_some_and(|r| r.starts_with("250")) {
+                accepted = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(accepted, "the retry was not accepted");
+    wait_for("the retry to be posted", async || {
+        conversation(&env, conv).await["messages"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 2
+    })
+    .await;
+    let messages = conversation(&env, conv).await["messages"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[1]["author_id"], json!(bob));
+    assert_eq!(messages[1]["body"], "Posted after the retry.");
+}

@@ -1,0 +1,160 @@
+//! The inbound role: an SMTP listener the MX relay delivers to (accepting mail only once it is
+//! durably queued on the broker), and a consumer that parses, classifies, extracts, threads and
+//! posts each queued email (SPEC I1–I6, L2).
+
+pub mod process;
+pub mod smtp;
+
+use std::sync::Arc;
+
+use lapin::message::Delivery;
+use lapin::types::AMQPValue;
+use tidings_common::amqp::{
+    self, MAIL_FROM_HEADER, MESSAGE_POSTED, MessagePosted, Outcome, Publisher, RCPT_HEADER,
+    SharedPublisher, Topology,
+};
+use tidings_common::db::Db;
+use tidings_common::inbound::{self, InboundContext};
+use tidings_common::{Config, Result};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, warn};
+
+use process::Envelope;
+
+struct Processor {
+    db: Db,
+    config: Arc<Config>,
+    topology: Topology,
+    context: InboundContext,
+}
+
+fn header(delivery: &Delivery, name: &str) -> String {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name).cloned())
+        .and_then(|v| match v {
+            AMQPValue::LongString(s) => Some(s.to_string()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+impl Processor {
+    async fn handle(self: Arc<Self>, publisher: Publisher, delivery: Delivery) -> Outcome {
+        let envelope = Envelope {
+            mail_from: header(&delivery, MAIL_FROM_HEADER),
+            rcpts: header(&delivery, RCPT_HEADER)
+                .split(',')
+                .filter(|r| !r.is_empty())
+                .map(str::to_string)
+                .collect(),
+        };
+        let raw = delivery.data;
+        let report = inbound::inspect(&raw, &self.context);
+        let span = tracing::info_span!("inbound", verdict = ?report.verdict);
+        async move {
+            let config = self.config.clone();
+            let disposition = self
+                .db
+                .run(move |conn| process::process(conn, &config, &report, &raw, &envelope))
+                .await;
+            match disposition {
+                Ok(disposition) => {
+                    info!(?disposition, "inbound email processed");
+                    if let Some(message_id) = disposition.posted()
+                        && let Err(e) = publisher
+                            .publish_json_retrying(
+                                &self.topology.events_exchange(),
+                                MESSAGE_POSTED,
+                                &MessagePosted { message_id },
+                            )
+                            .await
+                    {
+                        // The message is committed; dispatch's sweep publishes it again.
+                        warn!(message.id = message_id, error = %e, "message.posted not published");
+                    }
+                    Outcome::Ack
+                }
+                Err(e) if e.is_transient() => Outcome::Requeue(e.to_string()),
+                Err(e) => Outcome::DeadLetter(e.to_string()),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn session(self: &Arc<Self>, shutdown: &CancellationToken) -> Result<()> {
+        let connection = amqp::connect(&self.config.amqp_url, "inbound").await?;
+        let publisher = Publisher::open(&connection).await?;
+        self.topology.declare(publisher.channel()).await?;
+        let this = self.clone();
+        let handler_publisher = publisher.clone();
+        let result = amqp::consume(
+            &connection,
+            &publisher,
+            &self.topology,
+            &self.topology.inbound_queue(),
+            self.config.prefetch,
+            shutdown,
+            move |delivery| this.clone().handle(handler_publisher.clone(), delivery),
+        )
+        .await;
+        let _ = connection.close(200, "bye".into()).await;
+        result
+    }
+}
+
+/// Runs the SMTP listener and the processing consumer until `shutdown` fires.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let topology = Topology::from_config(&config);
+    let listener = tokio::net::TcpListener::bind(config.inbound_addr)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "TIDINGS_INBOUND_ADDR {}: cannot listen: {e}",
+                config.inbound_addr
+            )
+        })?;
+    info!(addr = %config.inbound_addr, domain = %config.reply_domain, "inbound SMTP listening");
+    let publisher = SharedPublisher::default();
+    let keeper = {
+        let (publisher, config, topology, shutdown) = (
+            publisher.clone(),
+            config.clone(),
+            topology.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            publisher
+                .keep_connected(&config.amqp_url, "inbound", &topology, &shutdown)
+                .await
+        })
+    };
+    let ingress = Arc::new(smtp::Ingress {
+        config: config.clone(),
+        topology: topology.clone(),
+        publisher,
+    });
+    let server = tokio::spawn(smtp::serve(listener, ingress, shutdown.clone()));
+    let processor = Arc::new(Processor {
+        db: Db::new(&config.database_url, config.db_pool_size),
+        context: InboundContext {
+            reply_domain: config.reply_domain.clone(),
+            own_address: config
+                .mail_from
+                .rsplit_once('<')
+                .map(|(_, a)| a.trim_end_matches('>').to_string())
+                .or_else(|| Some(config.mail_from.clone())),
+        },
+        config,
+        topology,
+    });
+    amqp::run_resilient("inbound", &shutdown, || processor.session(&shutdown)).await?;
+    let _ = server.await;
+    let _ = keeper.await;
+    info!("inbound stopped");
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! The SMTP listener the MX relay delivers to (SPEC I1). Recipients outside the reply domain,
+//! or with a reply token that does not verify, are refused during the dialogue (no
+//! backscatter). DATA is answered 250 only once the raw message is confirmed by the broker;
+//! otherwise 451, so the relay keeps it and retries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::types::{AMQPValue, FieldTable};
+use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
+use smtp_proto::{Error as SmtpError, Request};
+use tidings_common::Config;
+use tidings_common::amqp::{
+    EMAIL_RECEIVED, MAIL_FROM_HEADER, RCPT_HEADER, SharedPublisher, Topology,
+};
+use tidings_common::mail::ReplyToken;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Most recipients accepted in one transaction.
+const MAX_RECIPIENTS: usize = 100;
+/// A client silent this long is disconnected.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What every SMTP session needs.
+pub struct Ingress {
+    pub config: Arc<Config>,
+    pub topology: Topology,
+    pub publisher: SharedPublisher,
+}
+
+/// Accepts SMTP sessions until `shutdown` fires.
+pub async fn serve(listener: TcpListener, ingress: Arc<Ingress>, shutdown: CancellationToken) {
+    let mut sessions = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let ingress = ingress.clone();
+                    let span = tracing::info_span!("smtp", peer = %peer);
+                    sessions.spawn(tracing::Instrument::instrument(
+                        async move {
+                            if let Err(e) = session(stream, &ingress).await {
+                                debug!(error = %e, "session ended with an error");
+                            }
+                        },
+                        span,
+                    ));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    // Sessions in the middle of DATA finish; the relay retries any that are cut.
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// Why a recipient is refused, or `None` when it is one of ours.
+pub fn refuse_recipient(address: &str, config: &Config) -> Option<&'static str> {
+    let address = address.to_ascii_lowercase();
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return Some("550 5.1.3 Bad recipient address syntax");
+    };
+    if domain != config.reply_domain {
+        return Some("550 5.7.1 Relaying denied: not a domain of this server");
+    }
+    match local.strip_prefix("reply+") {
+        Some(token) => match ReplyToken::decode(token, &config.token_secret) {
+            Ok(_) => None,
+            Err(_) => Some("550 5.1.1 No such reply address"),
+        },
+        None if config.inbound_mailboxes.iter().any(|m| m == local) => None,
+        None => Some("550 5.1.1 No such mailbox"),
+    }
+}
+
+#[derive(Default)]
+struct Transaction {
+    mail_from: Option<String>,
+    rcpts: Vec<String>,
+}
+
+async fn session(mut stream: TcpStream, ingress: &Ingress) -> std::io::Result<()> {
+    let config = &ingress.config;
+    let max = config.inbound_max_bytes;
+    let domain = config.reply_domain.clone();
+    stream
+        .write_all(format!("220 {domain} Tidings ESMTP\r\n").as_bytes())
+        .await?;
+    let mut receiver = RequestReceiver::default();
+    let mut data: Option<(DataReceiver, Vec<u8>, bool)> = None;
+    let mut transaction = Transaction::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => return Ok(()),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(e),
+        };
+        let mut bytes = buf[..n].iter();
+        loop {
+            if let Some((receiver_state, message, too_big)) = data.as_mut() {
+                let done = receiver_state.ingest(&mut bytes, message);
+                if message.len() > max {
+                    // Keep reading to the end, but keep nothing.
+                    *too_big = true;
+                    message.clear();
+                }
+                if !done {
+                    break;
+                }
+                let (_, message, too_big) = data.take().expect("in DATA");
+                let reply = if too_big {
+                    format!("552 5.3.4 Message exceeds the {max}-byte limit\r\n")
+                } else {
+                    enqueue(ingress, &transaction, message).await
+                };
+                transaction = Transaction::default();
+                stream.write_all(reply.as_bytes()).await?;
+                continue;
+            }
+            let request = match receiver.ingest(&mut bytes) {
+                Ok(request) => request,
+                Err(SmtpError::NeedsMoreData { .. }) => break,
+                Err(SmtpError::ResponseTooLong) => {
+                    stream.write_all(b"500 5.5.2 Line too long\r\n").await?;
+                    continue;
+                }
+                Err(SmtpError::UnknownCommand) => {
+                    stream.write_all(b"500 5.5.1 Unknown command\r\n").await?;
+                    continue;
+                }
+                Err(e) => {
+                    stream
+                        .write_all(format!("501 5.5.4 Syntax error: {e:?}\r\n").as_bytes())
+                        .await?;
+                    continue;
+                }
+            };
+            let reply: String = match request {
+                Request::Ehlo { .. } => {
+                    transaction = Transaction::default();
+                    format!(
+                        "250-{domain}\r\n250-SIZE {max}\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
+                    )
+                }
+                Request::Helo { .. } => {
+                    transaction = Transaction::default();
+                    format!("250 {domain}\r\n")
+                }
+                Request::Mail { from } => {
+                    if from.size > max {
+                        format!("552 5.3.4 Message size exceeds the {max}-byte limit\r\n")
+                    } else {
+                        transaction = Transaction {
+                            mail_from: Some(from.address.to_string()),
+                            rcpts: Vec::new(),
+                        };
+                        "250 2.1.0 OK\r\n".into()
+                    }
+                }
+                Request::Rcpt { to } => {
+                    if transaction.mail_from.is_none() {
+                        "503 5.5.1 MAIL first\r\n".into()
+                    } else if transaction.rcpts.len() >= MAX_RECIPIENTS {
+                        "452 4.5.3 Too many recipients\r\n".into()
+                    } else if let Some(refusal) = refuse_recipient(&to.address, config) {
+                        info!(rcpt = %tidings_common::mail::mask_address(&to.address), refusal, "recipient refused");
+                        format!("{refusal}\r\n")
+                    } else {
+                        transaction.rcpts.push(to.address.to_ascii_lowercase());
+                        "250 2.1.5 OK\r\n".into()
+                    }
+                }
+                Request::Data => {
+                    if transaction.rcpts.is_empty() {
+                        "503 5.5.1 RCPT first\r\n".into()
+                    } else {
+                        data = Some((DataReceiver::new(), Vec::new(), false));
+                        "354 End data with <CR><LF>.<CR><LF>\r\n".into()
+                    }
+                }
+                Request::Rset => {
+                    transaction = Transaction::default();
+                    "250 2.0.0 OK\r\n".into()
+                }
+                Request::Noop { .. } => "250 2.0.0 OK\r\n".into(),
+                Request::Vrfy { .. } => "252 2.5.2 Cannot verify\r\n".into(),
+                Request::Quit => {
+                    stream.write_all(b"221 2.0.0 Bye\r\n").await?;
+                    return Ok(());
+                }
+                _ => "502 5.5.1 Command not implemented\r\n".into(),
+            };
+            stream.write_all(reply.as_bytes()).await?;
+        }
+    }
+}
+
+/// Publishes the raw message with its envelope and waits for the broker's confirm.
+async fn enqueue(ingress: &Ingress, transaction: &Transaction, message: Vec<u8>) -> String {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        RCPT_HEADER.into(),
+        AMQPValue::LongString(transaction.rcpts.join(",").into()),
+    );
+    headers.insert(
+        MAIL_FROM_HEADER.into(),
+        AMQPValue::LongString(transaction.mail_from.clone().unwrap_or_default().into()),
+    );
+    let published = match ingress.publisher.get() {
+        Ok(publisher) => {
+            publisher
+                .publish(
+                    &ingress.topology.events_exchange(),
+                    EMAIL_RECEIVED,
+                    &message,
+                    Some(headers),
+                )
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match published {
+        Ok(()) => {
+            info!(
+                bytes = message.len(),
+                rcpts = transaction.rcpts.len(),
+                "email queued"
+            );
+            "250 2.0.0 OK: queued\r\n".into()
+        }
+        Err(e) => {
+            warn!(error = %e, "could not queue an email; the relay will retry");
+            "451 4.3.0 Temporarily unable to queue the message; try again later\r\n".into()
+        }
+    }
+}
