@@ -298,7 +298,7 @@ async fn d9_send_time_rechecks() {
 /// author and time; the others are logged `coalesced`.
 #[tokio::test(flavor = "multi_thread")]
 async fn coalescing_sends_one_email_with_every_unseen_message() {
-    let env = Env::new("2s");
+    let env = Env::new("3s");
     let _tidings = env.spawn(&["all"]);
     env.wait_for_api().await;
     let ann = env.user("Ann").await;
