@@ -68,6 +68,18 @@ enum InboundCommand {
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
     },
+    /// Queue one raw message from standard input, for relays that deliver through a pipe
+    /// (Postfix `pipe`: `tidings inbound enqueue --from ${sender} ${recipient}`). Exits 0 once
+    /// the broker confirmed it, 75 (EX_TEMPFAIL, the relay retries) if it could not be
+    /// queued, 67 (EX_NOUSER) for a recipient that is not ours.
+    Enqueue {
+        /// Envelope sender.
+        #[arg(long, default_value = "")]
+        from: String,
+        /// Envelope recipients.
+        #[arg(required = true)]
+        recipients: Vec<String>,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -110,6 +122,12 @@ fn main() -> ExitCode {
             Command::Inbound {
                 command: InboundCommand::Inspect { files },
             } => inspect(&config, &files),
+            Command::Inbound {
+                command: InboundCommand::Enqueue { from, recipients },
+            } => match tidings_inbound::enqueue_stdin(&config, &from, &recipients).await {
+                Ok(()) => Ok(()),
+                Err(code) => std::process::exit(code),
+            },
             Command::Explain {
                 message,
                 person,

@@ -306,3 +306,75 @@ async fn i1_broker_down_during_data_gives_451_and_the_retry_is_posted() {
     assert_eq!(messages[1]["author_id"], json!(bob));
     assert_eq!(messages[1]["body"], "Posted after the retry.");
 }
+
+/// The pipe mode for relays that deliver through a command: 0 once queued (and the reply is
+/// posted), 67 for a recipient that is not ours, 75 when the broker is unreachable.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipe_mode_queues_or_asks_the_relay_to_retry() {
+    use std::io::Write;
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (_, bob, conv, reply_to, message_id) = emailed_conversation(&env).await;
+    let email = format!(
+        "From: bob@example.com\nTo: {reply_to}\nSubject: Re: Printer\nMessage-ID: <pipe-1@example.com>\n\
+         In-Reply-To: {message_id}\n\nSent through a pipe."
+    );
+    let run = |args: &[&str], amqp: Option<&str>| {
+        let mut cmd = env.command(args);
+        if let Some(url) = amqp {
+            cmd.env("TIDINGS_AMQP_URL", url);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(email.as_bytes())
+            .unwrap();
+        child.wait().unwrap().code()
+    };
+    let forged = reply_to.replacen("reply+", "reply+7", 1);
+    assert_eq!(
+        run(
+            &["inbound", "enqueue", "--from", "bob@example.com", &forged],
+            None
+        ),
+        Some(67)
+    );
+    let down = Some("amqp://guest:guest@127.0.0.1:1/%2f");
+    assert_eq!(
+        run(
+            &["inbound", "enqueue", "--from", "bob@example.com", &reply_to],
+            down
+        ),
+        Some(75)
+    );
+    assert_eq!(
+        run(
+            &["inbound", "enqueue", "--from", "bob@example.com", &reply_to],
+            None
+        ),
+        Some(0)
+    );
+    wait_for("the piped reply to be posted", async || {
+        conversation(&env, conv).await["messages"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 2
+    })
+    .await;
+    let messages = conversation(&env, conv).await["messages"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(messages[1]["author_id"], json!(bob));
+    assert_eq!(messages[1]["body"], "Sent through a pipe.");
+}

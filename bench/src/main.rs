@@ -735,7 +735,7 @@ async fn run_phases(
     }
     println!(
         "{:<52} {:>14}",
-        "inbound (SMTP ingress to posted message)", "not built"
+        "inbound (SMTP ingress to posted message)", "not measured"
     );
     println!(
         "{:<52} {:>14}",

@@ -106,6 +106,69 @@ impl Processor {
     }
 }
 
+/// `tidings inbound enqueue`: queues one raw message read from standard input. Returns the
+/// sysexits code to exit with on failure: 67 for a recipient that is not ours, 75 for a
+/// temporary failure (the relay retries), 65 for an oversized message.
+pub async fn enqueue_stdin(
+    config: &Config,
+    from: &str,
+    recipients: &[String],
+) -> std::result::Result<(), i32> {
+    for rcpt in recipients {
+        if let Some(refusal) = smtp::refuse_recipient(rcpt, config) {
+            eprintln!("tidings: {rcpt}: {refusal}");
+            return Err(67);
+        }
+    }
+    let mut raw = Vec::new();
+    if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut raw) {
+        eprintln!("tidings: reading the message: {e}");
+        return Err(75);
+    }
+    if raw.len() > config.inbound_max_bytes {
+        eprintln!(
+            "tidings: message exceeds the {}-byte limit",
+            config.inbound_max_bytes
+        );
+        return Err(65);
+    }
+    let topology = Topology::from_config(config);
+    let queued = async {
+        let connection = amqp::connect(&config.amqp_url, "inbound enqueue").await?;
+        let publisher = Publisher::open(&connection).await?;
+        topology.declare(publisher.channel()).await?;
+        let mut headers = lapin::types::FieldTable::default();
+        let rcpts = recipients
+            .iter()
+            .map(|r| r.to_ascii_lowercase())
+            .collect::<Vec<_>>()
+            .join(",");
+        headers.insert(RCPT_HEADER.into(), AMQPValue::LongString(rcpts.into()));
+        headers.insert(MAIL_FROM_HEADER.into(), AMQPValue::LongString(from.into()));
+        publisher
+            .publish(
+                &topology.events_exchange(),
+                amqp::EMAIL_RECEIVED,
+                &raw,
+                Some(headers),
+            )
+            .await?;
+        let _ = connection.close(200, "bye".into()).await;
+        Ok::<_, tidings_common::Error>(())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(30), queued).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            eprintln!("tidings: could not queue the message: {e}");
+            Err(75)
+        }
+        Err(_) => {
+            eprintln!("tidings: timed out queueing the message");
+            Err(75)
+        }
+    }
+}
+
 /// Runs the SMTP listener and the processing consumer until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = Arc::new(config);
