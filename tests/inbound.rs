@@ -378,3 +378,86 @@ async fn pipe_mode_queues_or_asks_the_relay_to_retry() {
     assert_eq!(messages[1]["author_id"], json!(bob));
     assert_eq!(messages[1]["body"], "Sent through a pipe.");
 }
+
+/// Bounces: the DSN comes back to the bounce mailbox (our envelope sender), marks the email it
+/// reports as `bounced` with the DSN status, and a hard bounce suppresses further email to the
+/// address until it is reset.
+#[tokio::test(flavor = "multi_thread")]
+async fn hard_bounce_marks_the_email_and_suppresses_the_address() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (ann, bob, conv, _, message_id) = emailed_conversation(&env).await;
+    let sent = &env.mails_to("bob@example.com")[0];
+    let return_path = String::from_utf8_lossy(&sent.raw)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("X-Mail-Args: <")
+                .map(|a| a.split('>').next().unwrap_or_default().to_string())
+        })
+        .unwrap();
+    assert_eq!(
+        return_path,
+        format!("bounces@{REPLY_DOMAIN}"),
+        "bounces come back to us"
+    );
+    let dsn = format!(
+        "From: Mail Delivery System <MAILER-DAEMON@mx.example.com>\nTo: {return_path}\n\
+         Subject: Undelivered Mail Returned to Sender\nMessage-ID: <dsn-1@mx.example.com>\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\n\n\
+         --b\nContent-Type: text/plain\n\nThe mail could not be delivered.\n\n\
+         --b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.com\n\n\
+         Final-Recipient: rfc822; bob@example.com\nAction: failed\nStatus: 5.1.1\n\n\
+         --b\nContent-Type: text/rfc822-headers\n\nMessage-ID: {message_id}\nTo: bob@example.com\n\n--b--\n"
+    );
+    let replies = env.smtp("", &[&return_path], &dsn).await;
+    assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    wait_for("the bounce to be recorded", async || {
+        env.ok("GET", "/suppressions", None)
+            .await
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let log = env.ok("GET", "/email-log?limit=100", None).await;
+    let bounced = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["message_id_header"] == json!(message_id) && r["direction"] == "outbound")
+        .unwrap();
+    assert_eq!(
+        (bounced["status"].as_str(), bounced["smtp_reply"].as_str()),
+        (Some("bounced"), Some("DSN 5.1.1"))
+    );
+    let suppressions = env.ok("GET", "/suppressions", None).await;
+    assert_eq!(suppressions[0]["address"], "bob@example.com");
+    assert_eq!(suppressions[0]["suppressed"], true);
+
+    let next = env.post(conv, ann, "Anyone there?", false).await;
+    let d = env.settled(next, SETTLE).await;
+    let row = d["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["recipient_id"] == json!(bob))
+        .unwrap();
+    assert_eq!(
+        (row["email_state"].as_str(), row["email_reason"].as_str()),
+        (Some("skipped"), Some("suppressed"))
+    );
+    assert_eq!(env.mails_to("bob@example.com").len(), 1);
+
+    env.ok("DELETE", "/suppressions/bob@example.com", None)
+        .await;
+    let again = env.post(conv, ann, "Back again?", false).await;
+    let d = env.settled(again, SETTLE).await;
+    let row = d["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["recipient_id"] == json!(bob))
+        .unwrap();
+    assert_eq!(row["email_state"], "sent", "{row}");
+}

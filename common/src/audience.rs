@@ -70,6 +70,8 @@ struct PersonRow {
     email_replies: Option<bool>,
     #[diesel(sql_type = Nullable<Bool>)]
     email_internal: Option<bool>,
+    #[diesel(sql_type = Bool)]
+    suppressed: bool,
 }
 
 impl PersonRow {
@@ -146,6 +148,7 @@ pub fn load(
             muted_conversation: r.muted,
             seen_up_to: r.seen_up_to,
             last_posted: r.last_posted,
+            suppressed: r.suppressed,
         })
         .collect();
     Ok(Some((message, people)))

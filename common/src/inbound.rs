@@ -51,6 +51,67 @@ pub struct InboundReport {
     /// Why the relay's `Authentication-Results` says the sender is not who they claim (SPF,
     /// DKIM or DMARC fail); such mail is never posted as that person (SPEC I4).
     pub auth_failure: Option<String>,
+    /// For a bounce: what failed, as far as the report says.
+    pub bounce: Option<BounceReport>,
+}
+
+/// What a delivery status notification says.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BounceReport {
+    /// Addresses that failed (`Final-Recipient`, `X-Failed-Recipients`).
+    pub recipients: Vec<String>,
+    /// The DSN status code, e.g. `5.1.1`.
+    pub status: Option<String>,
+    /// True for a permanent failure (5.x.x, or no status at all).
+    pub permanent: bool,
+    /// The Message-ID of our email that bounced, when the report carries it.
+    pub original_message_id: Option<String>,
+}
+
+/// Reads the delivery status fields out of a bounce, from the whole raw text (the DSN and the
+/// returned headers are parts of it).
+fn bounce_report(raw: &[u8], failed_header: Option<String>, reply_domain: &str) -> BounceReport {
+    let text = String::from_utf8_lossy(raw);
+    let mut report = BounceReport::default();
+    if let Some(failed) = failed_header {
+        report.recipients.extend(
+            failed
+                .split(',')
+                .map(|a| a.trim().to_ascii_lowercase())
+                .filter(|a| a.contains('@')),
+        );
+    }
+    let suffix = format!("@{}>", reply_domain.to_ascii_lowercase());
+    for line in text.lines() {
+        let lower = line.trim().to_ascii_lowercase();
+        if let Some(rest) = lower.strip_prefix("final-recipient:") {
+            let address = rest
+                .rsplit(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .trim_matches(['<', '>'])
+                .to_string();
+            if address.contains('@') && !report.recipients.contains(&address) {
+                report.recipients.push(address);
+            }
+        } else if let Some(rest) = lower.strip_prefix("status:") {
+            let code = rest
+                .trim()
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            if report.status.is_none() && code.len() >= 5 && code.as_bytes()[1] == b'.' {
+                report.status = Some(code);
+            }
+        } else if lower.starts_with("message-id:") && lower.ends_with(&suffix) {
+            report.original_message_id =
+                Some(line.trim()["message-id:".len()..].trim().to_string());
+        }
+    }
+    report.permanent = !report.status.as_deref().is_some_and(|s| s.starts_with('4'));
+    report
 }
 
 /// What the inbound path needs to know about this deployment.
@@ -89,6 +150,7 @@ fn rejected(reason: &str) -> InboundReport {
         quoted_text: None,
         thread: ThreadHints::default(),
         auth_failure: None,
+        bounce: None,
     }
 }
 
@@ -161,10 +223,18 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
         quoted_text: None,
         thread,
         auth_failure,
+        bounce: None,
     };
     if let Some((verdict, reason)) =
         automatic(&message, from.as_deref(), message_id.as_deref(), context)
     {
+        if verdict == Verdict::Bounce {
+            report.bounce = Some(bounce_report(
+                raw,
+                header_text(&message, "X-Failed-Recipients"),
+                &context.reply_domain,
+            ));
+        }
         report.verdict = verdict;
         report.reason = Some(reason);
         return report;
@@ -696,8 +766,17 @@ mod tests {
         assert_eq!(inspect(ooo, &context()).verdict, Verdict::AutoReply);
         let list = b"From: a@b.com\r\nList-Id: <x.lists>\r\nSubject: hi\r\n\r\nnews";
         assert_eq!(inspect(list, &context()).verdict, Verdict::Bulk);
-        let bounce = b"From: MAILER-DAEMON@b.com\r\nSubject: failure\r\n\r\nx";
-        assert_eq!(inspect(bounce, &context()).verdict, Verdict::Bounce);
+        let bounce = b"From: MAILER-DAEMON@b.com\r\nSubject: failure\r\n\r\nFinal-Recipient: rfc822; Gone@x.com\r\nStatus: 5.1.1\r\n\r\nMessage-ID: <tidings.m1.p2.x@reply.example.com>\r\n";
+        let report = inspect(bounce, &context());
+        assert_eq!(report.verdict, Verdict::Bounce);
+        let b = report.bounce.unwrap();
+        assert_eq!(b.recipients, vec!["gone@x.com".to_string()]);
+        assert_eq!(b.status.as_deref(), Some("5.1.1"));
+        assert!(b.permanent);
+        assert_eq!(
+            b.original_message_id.as_deref(),
+            Some("<tidings.m1.p2.x@reply.example.com>")
+        );
         let ours = b"From: a@b.com\r\nMessage-ID: <t.1@reply.example.com>\r\n\r\nx";
         assert_eq!(inspect(ours, &context()).verdict, Verdict::Loop);
         let reply = b"From: Cleo <cleo@c.com>\r\nTo: reply+1-2-3-abc@reply.example.com\r\nSubject: Re: x\r\n\r\nok\r\n\r\nOn Mon, Ann wrote:\r\n> q\r\n";

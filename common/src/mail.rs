@@ -205,6 +205,9 @@ pub struct OutboundEmail {
     pub references: Vec<String>,
     /// One-click unsubscribe URL (RFC 8058); absent for critical mail.
     pub unsubscribe_url: Option<String>,
+    /// Envelope sender (Return-Path) when it differs from From: the bounce mailbox at the reply
+    /// domain, so the MX relay brings bounces back to the inbound listener.
+    pub envelope_from: Option<String>,
     pub content: RenderedEmail,
 }
 
@@ -247,6 +250,13 @@ pub fn build_email(email: &OutboundEmail) -> Result<Email> {
             .in_reply_to(parent.clone())
             .references(email.references.join(" "));
     }
+    if let Some(sender) = &email.envelope_from {
+        let sender: lettre::Address = sender.parse().map_err(|e| bad("envelope sender", &e))?;
+        let to: lettre::Address = email.to_address.parse().map_err(|e| bad("To", &e))?;
+        let envelope = lettre::address::Envelope::new(Some(sender), vec![to])
+            .map_err(|e| bad("envelope", &e))?;
+        builder = builder.envelope(envelope);
+    }
     builder
         .multipart(
             MultiPart::alternative()
@@ -263,6 +273,9 @@ pub fn build_email(email: &OutboundEmail) -> Result<Email> {
         )
         .map_err(|e| bad("message", &e))
 }
+
+/// Local part of the bounce mailbox at the reply domain (the envelope sender of our mail).
+pub const BOUNCE_MAILBOX: &str = "bounces";
 
 /// Masks an address for process logs: `jane.doe@example.com` → `j***@example.com`.
 pub fn mask_address(address: &str) -> String {
@@ -333,6 +346,7 @@ mod tests {
             message_id: "<b@reply.example.com>".into(),
             references: vec!["<root@x>".into(), "<a@x>".into()],
             unsubscribe_url: Some("https://t.example.com/unsubscribe/abc".into()),
+            envelope_from: Some("bounces@reply.example.com".into()),
             content: RenderedEmail {
                 subject: "S".into(),
                 text: "t".into(),

@@ -176,6 +176,8 @@ pub struct PersonFacts {
     pub seen_up_to: Option<i64>,
     /// The newest message the person posted in the conversation.
     pub last_posted: Option<i64>,
+    /// The person's address bounced (hard, or soft repeatedly) and is suppressed.
+    pub suppressed: bool,
 }
 
 /// A decision and the rule that made it.
@@ -342,6 +344,13 @@ pub fn email(message: &MessageFacts, person: &PersonFacts) -> Verdict {
             "the recipient has no email address",
         );
     }
+    if person.suppressed {
+        return no(
+            "bounce",
+            "suppressed",
+            "the recipient's address bounced and is suppressed until reset",
+        );
+    }
     yes("D2", "not seen within the window")
 }
 
@@ -380,6 +389,7 @@ mod tests {
             muted_conversation: false,
             seen_up_to: None,
             last_posted: None,
+            suppressed: false,
         }
     }
 
@@ -549,6 +559,9 @@ mod tests {
         );
         p.preferences.email_customer_messages = false;
         assert_eq!(email(&m, &p).reason, "unsubscribed");
+        p.preferences.email_customer_messages = true;
+        p.suppressed = true;
+        assert_eq!(email(&m, &p).reason, "suppressed");
         let mut customer = person(Customer, Preferences::default(), true, false);
         customer.muted_conversation = true;
         assert_eq!(

@@ -109,6 +109,7 @@ fn organisation() -> impl Strategy<Value = Organisation> {
                         muted_conversation: muted && kind == PersonKind::Customer,
                         seen_up_to,
                         last_posted,
+                        suppressed: muted && kind == PersonKind::User,
                     }
                 })
                 .collect();

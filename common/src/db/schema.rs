@@ -208,3 +208,14 @@ diesel::table! {
         quoted_text -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    email_suppressions (address) {
+        address -> Text,
+        suppressed -> Bool,
+        hard_bounces -> Int4,
+        soft_bounces -> Int4,
+        last_status -> Nullable<Text>,
+        updated_at -> Timestamptz,
+    }
+}

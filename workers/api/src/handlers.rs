@@ -796,3 +796,50 @@ pub async fn explain(
     })
     .await
 }
+
+/// Addresses whose email is suppressed after bounces.
+pub async fn suppressions(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    with_db(&state, move |conn| {
+        let rows: Vec<(String, bool, i32, i32, Option<String>, DateTime<Utc>)> =
+            email_suppressions::table
+                .order(email_suppressions::updated_at.desc())
+                .select((
+                    email_suppressions::address,
+                    email_suppressions::suppressed,
+                    email_suppressions::hard_bounces,
+                    email_suppressions::soft_bounces,
+                    email_suppressions::last_status,
+                    email_suppressions::updated_at,
+                ))
+                .load(conn)?;
+        let rows: Vec<Value> = rows
+            .into_iter()
+            .map(|(address, suppressed, hard, soft, status, at)| {
+                json!({"address": address, "suppressed": suppressed, "hard_bounces": hard,
+                       "soft_bounces": soft, "last_status": status, "updated_at": at})
+            })
+            .collect();
+        Ok(Json(json!(rows)))
+    })
+    .await
+}
+
+/// Lets email flow to an address again after it was suppressed.
+pub async fn reset_suppression(
+    State(state): State<AppState>,
+    Path(address): Path<String>,
+) -> ApiResult<StatusCode> {
+    with_db(&state, move |conn| {
+        let deleted = diesel::delete(email_suppressions::table.find(address.to_ascii_lowercase()))
+            .execute(conn)?;
+        if deleted == 0 {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: format!("{address} is not suppressed"),
+                field: None,
+            });
+        }
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}

@@ -67,6 +67,11 @@ pub fn router(state: AppState) -> Router {
         .route("/messages/{id}/deliveries", get(deliveries))
         .route("/messages/{id}/explain/{person_id}", get(explain))
         .route("/email-log", get(email_log))
+        .route("/suppressions", get(suppressions))
+        .route(
+            "/suppressions/{address}",
+            axum::routing::delete(reset_suppression),
+        )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -79,6 +79,7 @@ pub fn refuse_recipient(address: &str, config: &Config) -> Option<&'static str> 
             Ok(_) => None,
             Err(_) => Some("550 5.1.1 No such reply address"),
         },
+        None if local == tidings_common::mail::BOUNCE_MAILBOX => None,
         None if config.inbound_mailboxes.iter().any(|m| m == local) => None,
         None => Some("550 5.1.1 No such mailbox"),
     }

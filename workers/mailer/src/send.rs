@@ -330,6 +330,11 @@ impl Mailer {
             message_id: primary.claim.notification.email_message_id.clone(),
             references: unit.references.clone(),
             unsubscribe_url: Some(unsubscribe_url),
+            envelope_from: Some(format!(
+                "{}@{}",
+                mail::BOUNCE_MAILBOX,
+                self.config.reply_domain
+            )),
             content,
         };
         let built = match mail::build_email(&email) {
