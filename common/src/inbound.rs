@@ -97,7 +97,6 @@ fn bounce_report(raw: &[u8], failed_header: Option<String>, reply_domain: &str) 
             }
         } else if let Some(rest) = lower.strip_prefix("status:") {
             let code = rest
-                .trim()
                 .split_whitespace()
                 .next()
                 .unwrap_or_default()
