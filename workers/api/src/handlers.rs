@@ -797,29 +797,31 @@ pub async fn explain(
     .await
 }
 
+#[derive(Queryable, Serialize)]
+pub struct Suppression {
+    address: String,
+    suppressed: bool,
+    hard_bounces: i32,
+    soft_bounces: i32,
+    last_status: Option<String>,
+    updated_at: DateTime<Utc>,
+}
+
 /// Addresses whose email is suppressed after bounces.
-pub async fn suppressions(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+pub async fn suppressions(State(state): State<AppState>) -> ApiResult<Json<Vec<Suppression>>> {
     with_db(&state, move |conn| {
-        let rows: Vec<(String, bool, i32, i32, Option<String>, DateTime<Utc>)> =
-            email_suppressions::table
-                .order(email_suppressions::updated_at.desc())
-                .select((
-                    email_suppressions::address,
-                    email_suppressions::suppressed,
-                    email_suppressions::hard_bounces,
-                    email_suppressions::soft_bounces,
-                    email_suppressions::last_status,
-                    email_suppressions::updated_at,
-                ))
-                .load(conn)?;
-        let rows: Vec<Value> = rows
-            .into_iter()
-            .map(|(address, suppressed, hard, soft, status, at)| {
-                json!({"address": address, "suppressed": suppressed, "hard_bounces": hard,
-                       "soft_bounces": soft, "last_status": status, "updated_at": at})
-            })
-            .collect();
-        Ok(Json(json!(rows)))
+        let rows = email_suppressions::table
+            .order(email_suppressions::updated_at.desc())
+            .select((
+                email_suppressions::address,
+                email_suppressions::suppressed,
+                email_suppressions::hard_bounces,
+                email_suppressions::soft_bounces,
+                email_suppressions::last_status,
+                email_suppressions::updated_at,
+            ))
+            .load::<Suppression>(conn)?;
+        Ok(Json(rows))
     })
     .await
 }

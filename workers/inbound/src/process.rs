@@ -310,7 +310,7 @@ fn decide(
 ) -> Result<Disposition> {
     match report.verdict {
         Verdict::Reply | Verdict::NewConversation => {}
-        Verdict::Bounce => return Ok(record_bounce(conn, report)?),
+        Verdict::Bounce => return record_bounce(conn, report),
         Verdict::Rejected => {
             return Ok(Disposition::Rejected(
                 report.reason.clone().unwrap_or_else(|| "unreadable".into()),
