@@ -461,3 +461,42 @@ async fn hard_bounce_marks_the_email_and_suppresses_the_address() {
         .unwrap();
     assert_eq!(row["email_state"], "sent", "{row}");
 }
+
+/// L2: a runaway sender is stopped by the per-sender rate limit, and the log says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn l2_rate_limit_stops_a_runaway_sender() {
+    let env = Env::with("1s", &[("TIDINGS_INBOUND_RATE", "2/10m")], &[]);
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (_, _, conv, reply_to, message_id) = emailed_conversation(&env).await;
+    for i in 0..3 {
+        let email = format!(
+            "From: bob@example.com\nTo: {reply_to}\nSubject: Re: Printer\nMessage-ID: <loop-{i}@example.com>\n\
+             In-Reply-To: {message_id}\n\nReply number {i}."
+        );
+        let replies = env.smtp("bob@example.com", &[&reply_to], &email).await;
+        assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    }
+    wait_for("all three to be processed", async || {
+        inbound_log(&env).await.len() >= 3
+    })
+    .await;
+    let log = inbound_log(&env).await;
+    let limited: Vec<&Value> = log.iter().filter(|r| r["status"] == "rejected").collect();
+    assert_eq!(limited.len(), 1, "{log:?}");
+    assert!(
+        limited[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("rate limit"),
+        "{log:?}"
+    );
+    assert_eq!(
+        conversation(&env, conv).await["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}

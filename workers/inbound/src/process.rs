@@ -171,22 +171,29 @@ struct Count {
 }
 
 /// Posts recently made from this sender, or into this conversation (loop defence, SPEC L2).
+/// Takes a transaction-scoped lock on the sender or conversation first, so concurrent emails
+/// are counted one after another and cannot all slip under the limit together.
 fn recent_posts(
     conn: &mut PgConnection,
     column: &str,
     value: &str,
     window: std::time::Duration,
 ) -> QueryResult<i64> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind::<Text, _>(format!("tidings-inbound {column} {value}"))
+        .execute(conn)?;
     let sql = format!(
         "SELECT count(*) AS n FROM inbound_emails
          WHERE {column} = $1 AND posted_message_id IS NOT NULL AND received_at > now() - $2"
     );
     let window = diesel::pg::data_types::PgInterval::from_microseconds(window.as_micros() as i64);
-    Ok(diesel::sql_query(sql)
+    let n = diesel::sql_query(sql)
         .bind::<Text, _>(value)
         .bind::<Interval, _>(window)
         .get_result::<Count>(conn)?
-        .n)
+        .n;
+
+    Ok(n)
 }
 
 fn person_by_email(
