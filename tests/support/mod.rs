@@ -486,10 +486,17 @@ impl Env {
     /// Speaks SMTP to the inbound listener, as a relay would: returns each reply's first line
     /// (greeting, EHLO, MAIL, each RCPT, DATA, and the end of data if DATA was accepted).
     pub async fn smtp(&self, from: &str, rcpts: &[&str], message: &str) -> Vec<String> {
+        smtp_to(self.inbound_port, from, rcpts, message).await
+    }
+}
+
+/// Speaks SMTP to 127.0.0.1:`port` (see [`Env::smtp`]).
+pub async fn smtp_to(port: u16, from: &str, rcpts: &[&str], message: &str) -> Vec<String> {
+    {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.inbound_port))
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
-            .expect("inbound listener reachable");
+            .expect("SMTP server reachable");
         let (read, mut write) = stream.into_split();
         let mut lines = BufReader::new(read).lines();
         let mut reply = async || {
@@ -532,7 +539,9 @@ impl Env {
         write.write_all(b"QUIT\r\n").await.unwrap();
         out
     }
+}
 
+impl Env {
     /// A broker channel for publishing or inspecting this test's queues directly.
     pub async fn channel(&self) -> (lapin::Connection, lapin::Channel) {
         let conn = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())

@@ -1,0 +1,23 @@
+//! Fuzzes the pure inbound path: any bytes must yield a verdict (never a panic, never a hang),
+//! and the reply extractor must never lose or invent text.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tidings_common::inbound::{self, InboundContext};
+
+fuzz_target!(|data: &[u8]| {
+    let context = InboundContext {
+        reply_domain: "reply.tidings.localhost".into(),
+        own_address: Some("notifications@tidings.localhost".into()),
+    };
+    let report = inbound::inspect(data, &context);
+    if let (Some(reply), Some(quoted)) = (&report.reply_text, &report.quoted_text) {
+        assert!(reply.len() + quoted.len() <= data.len() * 4 + 16);
+    }
+    let text = String::from_utf8_lossy(data);
+    let parts = inbound::split_reply(&text);
+    // Every line of the result comes from the input.
+    for line in parts.reply.lines().chain(parts.quoted.lines()) {
+        assert!(text.contains(line.trim_end()), "invented line {line:?}");
+    }
+});
