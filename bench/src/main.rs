@@ -468,6 +468,66 @@ fn extraction_rate(corpora: &std::path::Path) -> anyhow::Result<(f64, usize)> {
     Ok((done as f64 / cpu, bodies.len()))
 }
 
+/// Phase 5: replies from one reader into one conversation, sent by smtp-source to the inbound
+/// listener; the rate is from the first byte sent to the last reply posted.
+fn inbound_rate(env: &BenchEnv, config: &Config, count: u64) -> anyhow::Result<f64> {
+    let mut db = PgConnection::establish(&env.database_url)?;
+    let conversation = create_conversations(&mut db, env.project, &env.readers, 1, 1)?[0];
+    let reader = env.readers[0];
+    #[derive(QueryableByName)]
+    struct Email {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        email: String,
+    }
+    let sender: Email = diesel::sql_query("SELECT email FROM people WHERE id = $1")
+        .bind::<BigInt, _>(reader)
+        .get_result(&mut db)?;
+    let token = tidings_common::mail::ReplyToken {
+        conversation_id: conversation,
+        person_id: reader,
+        issued_day: tidings_common::mail::epoch_day(Utc::now()),
+    };
+    let address = token.address(&config.token_secret, &config.reply_domain);
+    let started = Instant::now();
+    let status = Command::new(postfix_tool("smtp-source"))
+        .args([
+            "-s",
+            "8",
+            "-m",
+            &count.to_string(),
+            "-f",
+            &sender.email,
+            "-t",
+            &address,
+        ])
+        .arg(config.inbound_addr.to_string())
+        .stdout(Stdio::null())
+        .status()
+        .context("smtp-source (Debian package postfix)")?;
+    if !status.success() {
+        bail!("smtp-source to the inbound listener failed: {status}");
+    }
+    #[derive(QueryableByName)]
+    struct Posted {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let posted: Posted = diesel::sql_query(
+            "SELECT count(*) AS n FROM inbound_emails WHERE posted_message_id IS NOT NULL",
+        )
+        .get_result(&mut db)?;
+        if posted.n as u64 >= count {
+            return Ok(count as f64 / started.elapsed().as_secs_f64());
+        }
+        if Instant::now() > deadline {
+            bail!("only {} of {count} inbound replies were posted", posted.n);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 struct BenchEnv {
     database: String,
     database_url: String,
@@ -573,6 +633,9 @@ async fn main() -> anyhow::Result<()> {
         ("TIDINGS_AMQP_URL", AMQP_URL.into()),
         ("TIDINGS_SMTP_URL", format!("smtp://127.0.0.1:{sink_port}")),
         ("TIDINGS_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+        ("TIDINGS_INBOUND_ADDR", format!("127.0.0.1:{}", free_port())),
+        // The loop-defence limit would stop a benchmark's single sender.
+        ("TIDINGS_INBOUND_RATE", "100000000/1m".into()),
         ("TIDINGS_SEEN_WINDOW", WINDOW.into()),
         ("TIDINGS_QUEUE_PREFIX", format!("bench_{run}")),
         ("TIDINGS_SWEEP_INTERVAL", "10m".into()),
@@ -655,6 +718,7 @@ async fn run_phases(
     let api = spawn("api")?;
     let dispatch = spawn("dispatch")?;
     let mailer = spawn("mailer")?;
+    let inbound = spawn("inbound")?;
     let (project, author, readers) = seed(database_url)?;
     let env = BenchEnv {
         database: database.to_string(),
@@ -671,14 +735,18 @@ async fn run_phases(
     let fan10 = pipeline(&env, &conn, n_fanout10, 10).await?;
     eprintln!("bench: delay precision at {rate} notifications/s for {seconds} s");
     let late = delay_precision(&env, &conn, rate, seconds).await?;
+    let n_inbound = knob("BENCH_INBOUND", 2_000);
+    eprintln!("bench: inbound, {n_inbound} replies through the SMTP listener (smtp-source)");
+    let inbound_rate = inbound_rate(&env, config, n_inbound)?;
     let rss = [
         ("api", peak_rss_kib(api.0.id())),
         ("dispatch", peak_rss_kib(dispatch.0.id())),
         ("mailer", peak_rss_kib(mailer.0.id())),
+        ("inbound", peak_rss_kib(inbound.0.id())),
     ];
     let channel = conn.create_channel().await?;
     env.topology.delete(&channel).await?;
-    drop((api, dispatch, mailer));
+    drop((api, dispatch, mailer, inbound));
 
     let ratio1 = fan1.rate / baseline_rate;
     let ratio10 = fan10.rate / baseline_rate;
@@ -734,8 +802,10 @@ async fn run_phases(
         println!("{:<52} {:>14}", format!("peak RSS {role}"), fmt_rss(kib));
     }
     println!(
-        "{:<52} {:>14}",
-        "inbound (SMTP ingress to posted message)", "not measured"
+        "{:<52} {:>10.0} /s {:>9.2}x",
+        format!("inbound SMTP ingress to posted ({n_inbound}) vs smtp-sink"),
+        inbound_rate,
+        inbound_rate / sink_rate
     );
     println!(
         "{:<52} {:>14}",
@@ -761,7 +831,8 @@ async fn run_phases(
         "ratio_fanout10": ratio10,
         "lateness_ms": {"offered_rate": late.offered_rate, "p50": late.p50_ms, "p99": late.p99_ms, "max": late.max_ms},
         "peak_rss_kib": rss.iter().map(|(r, k)| (r.to_string(), json!(k))).collect::<serde_json::Map<_, _>>(),
-        "inbound": null,
+        "inbound_per_s": inbound_rate,
+        "ratio_inbound_vs_smtp_sink": inbound_rate / sink_rate,
         "extraction_per_cpu_s": extraction.map(|(rate, _)| rate),
     });
     std::fs::write(&out, serde_json::to_vec_pretty(&report)?)?;
