@@ -635,7 +635,7 @@ async fn main() -> anyhow::Result<()> {
         ("TIDINGS_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
         ("TIDINGS_INBOUND_ADDR", format!("127.0.0.1:{}", free_port())),
         // The loop-defence limit would stop a benchmark's single sender.
-        ("TIDINGS_INBOUND_RATE", "100000000/1m".into()),
+        ("TIDINGS_INBOUND_RATE", "1000000/1m".into()),
         ("TIDINGS_SEEN_WINDOW", WINDOW.into()),
         ("TIDINGS_QUEUE_PREFIX", format!("bench_{run}")),
         ("TIDINGS_SWEEP_INTERVAL", "10m".into()),
