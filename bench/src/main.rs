@@ -807,10 +807,17 @@ async fn run_phases(
         inbound_rate,
         inbound_rate / sink_rate
     );
-    println!(
-        "{:<52} {:>14}",
-        "reply extraction per CPU-second", "not built"
-    );
+    match extraction {
+        Some((rate, bodies)) => println!(
+            "{:<52} {:>10.0} /s",
+            format!("reply extraction per CPU-second ({bodies} bodies)"),
+            rate
+        ),
+        None => println!(
+            "{:<52} {:>14}",
+            "reply extraction per CPU-second", "no corpora"
+        ),
+    }
     if fan1.sent != fan1.notifications || fan10.sent != fan10.notifications {
         println!(
             "warning: not every notification was sent ({}, {})",
