@@ -213,12 +213,12 @@ pub async fn run(base: &str, config: &Config) -> anyhow::Result<()> {
         }
     }
     println!();
+    println!("{sent} emails sent, {skipped} notifications skipped.");
+    println!("- Cleo, a customer, was never notified of the internal message (D5).");
     println!(
-        "{sent} emails sent, {skipped} skipped. Cleo was never notified of the internal message (D5);"
+        "- Nobody is notified of their own message (D3); posting counts as seeing what came before (D4)."
     );
-    println!(
-        "authors are never notified of their own messages (D3); posting counts as seeing what came before (D4)."
-    );
+    println!("- Unseen messages in one conversation go out together in one email (coalesced).");
     let inbox = api.get(&format!("/people/{}/inbox", id(&ada))).await?;
     println!("Ada's inbox: {} unread", inbox["unread"]);
     Ok(())
