@@ -195,7 +195,7 @@ pub async fn run(base: &str, config: &Config) -> anyhow::Result<()> {
                     r["smtp_reply"].as_str().unwrap_or("")
                 ),
                 _ if !r["coalesced_into"].is_null() => format!(
-                    "went out in one email with his other unseen message, to {}",
+                    "went out in one email with their other unseen message, to {}",
                     r["emailed_to"].as_str().unwrap_or("?")
                 ),
                 _ => r["smtp_reply"].as_str().unwrap_or("").to_string(),
