@@ -126,8 +126,10 @@ impl SunkMail {
             .expect("sink file parses as email")
     }
 
+    /// A header of the message; `None` also for a file that holds no message (smtp-sink
+    /// writes a file for a transaction the client abandoned after DATA).
     pub fn header(&self, name: &str) -> Option<String> {
-        let parsed = self.parsed();
+        let parsed = mail_parser::MessageParser::default().parse(&self.raw)?;
         parsed
             .header_raw(name)
             .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
