@@ -500,3 +500,40 @@ async fn l2_rate_limit_stops_a_runaway_sender() {
         3
     );
 }
+
+/// Soft bounces (4.x.x) suppress the address only after the third.
+#[tokio::test(flavor = "multi_thread")]
+async fn third_soft_bounce_suppresses_the_address() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (_, _, _, _, message_id) = emailed_conversation(&env).await;
+    let bounces = format!("bounces@{REPLY_DOMAIN}");
+    for i in 1..=3 {
+        let dsn = format!(
+            "From: MAILER-DAEMON@mx.example.com\nTo: {bounces}\nSubject: Delivery delayed\n\
+             Message-ID: <soft-{i}@mx.example.com>\n\
+             Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\n\n\
+             --b\nContent-Type: message/delivery-status\n\n\
+             Final-Recipient: rfc822; bob@example.com\nAction: delayed\nStatus: 4.2.2\n\n\
+             --b\nContent-Type: text/rfc822-headers\n\nMessage-ID: {message_id}\n\n--b--\n"
+        );
+        let replies = env.smtp("", &[&bounces], &dsn).await;
+        assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+        wait_for("the soft bounce to be counted", async || {
+            let rows = env.ok("GET", "/suppressions", None).await;
+            rows.as_array()
+                .and_then(|a| a.first().cloned())
+                .is_some_and(|r| r["soft_bounces"] == json!(i))
+        })
+        .await;
+        let rows = env.ok("GET", "/suppressions", None).await;
+        assert_eq!(
+            rows[0]["suppressed"],
+            json!(i >= 3),
+            "after {i} soft bounces: {rows}"
+        );
+        assert_eq!(rows[0]["last_status"], "4.2.2");
+    }
+}
