@@ -4,21 +4,13 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::Env;
 
 const RELAY_PORT: u16 = 2627;
 const DOMAIN: &str = "reply.relay.test";
-
-async fn wait_until<F: AsyncFn() -> bool>(what: &str, check: F) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs the Postfix relay that scripts/relay-test starts"]
@@ -75,7 +67,7 @@ async fn replies_through_postfix_are_threaded_and_auto_replies_are_not() {
 
     let path = format!("/conversations/{conv}");
     let conversation = || env.ok("GET", &path, None);
-    wait_until("the relayed reply to be posted", async || {
+    support::wait_for("the relayed reply to be posted", async || {
         conversation().await["messages"].as_array().unwrap().len() >= 2
     })
     .await;
@@ -93,7 +85,7 @@ async fn replies_through_postfix_are_threaded_and_auto_replies_are_not() {
             .any(|r| r["recipient_id"] == json!(ann)),
         "{d}"
     );
-    wait_until("the out-of-office to be logged", async || {
+    support::wait_for("the out-of-office to be logged", async || {
         let log = env.ok("GET", "/email-log?limit=100", None).await;
         log.as_array()
             .unwrap()

@@ -19,6 +19,15 @@ pub const REPLY_DOMAIN: &str = "reply.test.localhost";
 const DATABASE_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// Polls `check` every 100 ms until it holds, failing the test after 60 s.
+pub async fn wait_for<F: AsyncFn() -> bool>(what: &str, check: F) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn unique(prefix: &str) -> String {
     format!(
         "{prefix}_{}_{:08x}",

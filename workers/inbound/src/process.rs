@@ -30,13 +30,24 @@ pub enum Disposition {
 }
 
 impl Disposition {
-    pub fn posted(&self) -> Option<i64> {
+    /// The conversation and message it was posted as, if it was posted.
+    pub fn posted_into(&self) -> Option<(i64, i64)> {
         match self {
-            Disposition::Threaded { message_id, .. } | Disposition::Created { message_id, .. } => {
-                Some(*message_id)
+            Disposition::Threaded {
+                conversation_id,
+                message_id,
             }
+            | Disposition::Created {
+                conversation_id,
+                message_id,
+            } => Some((*conversation_id, *message_id)),
             _ => None,
         }
+    }
+
+    /// The message it was posted as, if it was posted.
+    pub fn posted(&self) -> Option<i64> {
+        self.posted_into().map(|(_, message)| message)
     }
 
     fn status(&self) -> &'static str {
@@ -97,17 +108,8 @@ pub fn process(
             None => Disposition::Ignored("duplicate delivery of an email already processed".into()),
             Some(row) => {
                 let disposition = decide(conn, config, report, envelope)?;
-                let (conversation_id, message_id) = match &disposition {
-                    Disposition::Threaded {
-                        conversation_id,
-                        message_id,
-                    }
-                    | Disposition::Created {
-                        conversation_id,
-                        message_id,
-                    } => (Some(*conversation_id), Some(*message_id)),
-                    _ => (None, None),
-                };
+                let posted = disposition.posted_into();
+                let (conversation_id, message_id) = (posted.map(|p| p.0), posted.map(|p| p.1));
                 diesel::update(inbound_emails::table.find(row))
                     .set((
                         inbound_emails::conversation_id.eq(conversation_id),
@@ -117,17 +119,8 @@ pub fn process(
                 disposition
             }
         };
-        let (conversation_id, message_id) = match &disposition {
-            Disposition::Threaded {
-                conversation_id,
-                message_id,
-            }
-            | Disposition::Created {
-                conversation_id,
-                message_id,
-            } => (Some(*conversation_id), Some(*message_id)),
-            _ => (None, None),
-        };
+        let posted = disposition.posted_into();
+        let (conversation_id, message_id) = (posted.map(|p| p.0), posted.map(|p| p.1));
         let reason = match &disposition {
             Disposition::Ignored(r) | Disposition::Rejected(r) => Some(r.clone()),
             _ => None,
