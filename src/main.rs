@@ -28,7 +28,7 @@ enum Command {
     Migrate,
     /// Run one or more roles in this process until SIGINT or SIGTERM.
     Run {
-        /// Roles to run: api, dispatch, mailer, inbound, or all.
+        /// Roles to run: api, dispatch, mailer, inbound, scheduler, or all.
         #[arg(required = true, value_enum)]
         roles: Vec<Role>,
     },
@@ -41,6 +41,35 @@ enum Command {
     },
     /// Check the configuration and templates, and print the effective settings.
     Check,
+    /// Email templates: validate them, or render one with sample data.
+    Templates {
+        #[command(subcommand)]
+        command: TemplatesCommand,
+    },
+    /// The email log (SPEC L1): inbound and outbound email of the last 72 hours, newest first,
+    /// with full addresses.
+    Log {
+        /// How far back, e.g. 30m, 6h, 72h.
+        #[arg(long, default_value = "72h")]
+        since: String,
+        /// Only inbound or only outbound email.
+        #[arg(long, value_parser = ["in", "out"])]
+        direction: Option<String>,
+        /// Only this status (sent, skipped, deferred, failed, bounced, threaded, created, ignored, rejected).
+        #[arg(long)]
+        status: Option<String>,
+        /// Most rows to print.
+        #[arg(long, default_value_t = 200)]
+        limit: i64,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one scheduler job now (purge_log, expire_threading, sweep), once, whatever its schedule.
+    Schedule {
+        /// The job to run.
+        job: String,
+    },
     /// Inbound email tools.
     Inbound {
         #[command(subcommand)]
@@ -56,6 +85,32 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TemplatesCommand {
+    /// Render every template of every locale with sample data; exits 1 naming each broken
+    /// file (with line and reason).
+    Check {
+        /// Templates folder (default: TIDINGS_TEMPLATES_DIR).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Render one template with sample data: subject and text part to standard output, or
+    /// the HTML part to a file with --html.
+    Preview {
+        /// Template name, e.g. notification, welcome, password_reset.
+        name: String,
+        /// Locale, e.g. sv (falls back to the default locale).
+        #[arg(long)]
+        locale: Option<String>,
+        /// Write the HTML part to this file (e.g. preview.html) instead of printing text.
+        #[arg(long)]
+        html: Option<std::path::PathBuf>,
+        /// Templates folder (default: TIDINGS_TEMPLATES_DIR).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -88,6 +143,7 @@ enum Role {
     Dispatch,
     Mailer,
     Inbound,
+    Scheduler,
     /// Every role in one process (the default for a single machine).
     All,
 }
@@ -119,6 +175,19 @@ fn main() -> ExitCode {
             Command::Run { roles } => run(config, roles).await,
             Command::Demo { api } => demo::run(&api, &config).await,
             Command::Check => check(&config),
+            Command::Templates { command } => templates(&config, command),
+            Command::Log {
+                since,
+                direction,
+                status,
+                limit,
+                json,
+            } => log(&config, &since, direction, status, limit, json).await,
+            Command::Schedule { job } => {
+                let scheduler = tidings_scheduler::Scheduler::new(config.clone());
+                println!("{}", scheduler.run_job(&job).await?);
+                Ok(())
+            }
             Command::Inbound {
                 command: InboundCommand::Inspect { files },
             } => inspect(&config, &files),
@@ -189,13 +258,138 @@ fn inspect(config: &Config, files: &[std::path::PathBuf]) -> anyhow::Result<()> 
 fn check(config: &Config) -> anyhow::Result<()> {
     tidings_common::templates::Templates::load(
         &config.templates_dir,
-        &[tidings_common::NOTIFICATION_TEMPLATE],
+        &config.default_locale,
+        &tidings_common::REQUIRED_TEMPLATES,
     )?;
     println!("configuration and templates are valid");
     println!("seen window: {:?}", config.seen_window);
     println!("queue type: {}", config.queue_type.as_str());
     println!("queue prefix: {}", config.queue_prefix);
     println!("http: {}", config.http_addr);
+    Ok(())
+}
+
+fn templates(config: &Config, command: TemplatesCommand) -> anyhow::Result<()> {
+    use tidings_common::templates::{Templates, sample_data};
+    let folder = |dir: Option<std::path::PathBuf>| {
+        dir.unwrap_or_else(|| std::path::PathBuf::from(&config.templates_dir))
+    };
+    match command {
+        TemplatesCommand::Check { dir } => {
+            let dir = folder(dir);
+            let errors = Templates::check(
+                &dir,
+                &config.default_locale,
+                &tidings_common::REQUIRED_TEMPLATES,
+            );
+            if errors.is_empty() {
+                let t = Templates::load(
+                    &dir,
+                    &config.default_locale,
+                    &tidings_common::REQUIRED_TEMPLATES,
+                )?;
+                for (locale, names) in t.catalogue() {
+                    println!("{locale}: {}", names.join(", "));
+                }
+                println!("all templates render with sample data");
+                return Ok(());
+            }
+            for e in &errors {
+                println!("{e}");
+            }
+            anyhow::bail!("{} broken template file(s)", errors.len());
+        }
+        TemplatesCommand::Preview {
+            name,
+            locale,
+            html,
+            dir,
+        } => {
+            let t = Templates::load(folder(dir), &config.default_locale, &[])?;
+            let out = t.render(&name, locale.as_deref(), &sample_data(&name))?;
+            match html {
+                Some(file) => {
+                    std::fs::write(&file, &out.html)?;
+                    println!("wrote the HTML part of {name} ({}) to {}", out.locale, file.display());
+                }
+                None => {
+                    println!("Subject: {}", out.subject);
+                    println!("Locale: {}", out.locale);
+                    println!();
+                    print!("{}", out.text);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn log(
+    config: &Config,
+    since: &str,
+    direction: Option<String>,
+    status: Option<String>,
+    limit: i64,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    use diesel::prelude::*;
+    use tidings_common::db::models::EmailLogEntry;
+    use tidings_common::db::schema::email_log;
+    let since = tidings_common::config::parse_positive_duration(since)
+        .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+    let from = chrono::Utc::now() - chrono::Duration::from_std(since)?;
+    let db = tidings_common::db::Db::new(&config.database_url, 1);
+    let rows: Vec<EmailLogEntry> = db
+        .run(move |conn| {
+            let mut q = email_log::table
+                .filter(email_log::created_at.ge(from))
+                .select(EmailLogEntry::as_select())
+                .order(email_log::id.desc())
+                .limit(limit)
+                .into_boxed();
+            if let Some(d) = direction {
+                let d = if d == "in" { "inbound" } else { "outbound" };
+                q = q.filter(email_log::direction.eq(d));
+            }
+            if let Some(s) = status {
+                q = q.filter(email_log::status.eq(s));
+            }
+            Ok(q.load(conn)?)
+        })
+        .await?;
+    if as_json {
+        for row in &rows {
+            println!("{}", serde_json::to_string(row)?);
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<19}  {:<3}  {:<9}  {:<30}  {:<30}  {:<5}  {:<40}  detail",
+        "time", "dir", "status", "from", "to", "conv", "subject"
+    );
+    for r in &rows {
+        let detail: Vec<String> = [
+            r.reason.clone(),
+            r.action.clone(),
+            r.smtp_reply.clone(),
+            r.rule.clone().map(|rule| format!("[{rule}]")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        println!(
+            "{:<19}  {:<3}  {:<9}  {:<30}  {:<30}  {:<5}  {:<40}  {}",
+            r.created_at.format("%Y-%m-%d %H:%M:%S"),
+            if r.direction == "inbound" { "in" } else { "out" },
+            r.status,
+            r.mail_from.as_deref().unwrap_or("-"),
+            r.rcpt_to.as_deref().unwrap_or("-"),
+            r.conversation_id.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            r.subject.as_deref().unwrap_or("-").chars().take(40).collect::<String>(),
+            detail.join("; ")
+        );
+    }
+    println!("{} row(s)", rows.len());
     Ok(())
 }
 
@@ -252,7 +446,13 @@ async fn explain(config: &Config, message: i64, person: i64, as_json: bool) -> a
 
 async fn run(config: Config, mut roles: Vec<Role>) -> anyhow::Result<()> {
     if roles.contains(&Role::All) {
-        roles = vec![Role::Api, Role::Dispatch, Role::Mailer, Role::Inbound];
+        roles = vec![
+            Role::Api,
+            Role::Dispatch,
+            Role::Mailer,
+            Role::Inbound,
+            Role::Scheduler,
+        ];
     }
     roles.dedup();
     if config.uses_development_secrets() {
@@ -269,6 +469,7 @@ async fn run(config: Config, mut roles: Vec<Role>) -> anyhow::Result<()> {
             Role::Dispatch => "dispatch",
             Role::Mailer => "mailer",
             Role::Inbound => "inbound",
+            Role::Scheduler => "scheduler",
             Role::All => unreachable!("expanded above"),
         };
         // Start-up errors (a broken template, an address in use) stop the whole process.
@@ -278,6 +479,7 @@ async fn run(config: Config, mut roles: Vec<Role>) -> anyhow::Result<()> {
                 Role::Dispatch => tidings_dispatch::run(config, token).await,
                 Role::Mailer => tidings_mailer::run(config, token).await,
                 Role::Inbound => tidings_inbound::run(config, token).await,
+                Role::Scheduler => tidings_scheduler::run(config, token).await,
                 Role::All => Ok(()),
             };
             (name, result)

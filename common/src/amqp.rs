@@ -99,6 +99,14 @@ impl Topology {
     pub fn inbound_queue(&self) -> String {
         self.name("inbound")
     }
+    /// Domain events (user created, item assigned, …), consumed by dispatch.
+    pub fn domain_queue(&self) -> String {
+        self.name("domain")
+    }
+    /// Outbox emails (system notifications, automation emails), consumed by the mailer.
+    pub fn outbox_queue(&self) -> String {
+        self.name("outbox")
+    }
     pub fn delay_exchange(&self) -> String {
         self.name("delay")
     }
@@ -210,6 +218,18 @@ impl Topology {
                 EMAIL_RECEIVED.to_string(),
             ),
             (
+                self.domain_queue(),
+                self.queue_arguments(),
+                self.events_exchange(),
+                format!("{}#", crate::events::ROUTING_PREFIX),
+            ),
+            (
+                self.outbox_queue(),
+                self.queue_arguments(),
+                self.events_exchange(),
+                crate::outbox::EMAIL_QUEUED.to_string(),
+            ),
+            (
                 self.delay_queue(),
                 self.delayed_queue_arguments(self.seen_window),
                 self.delay_exchange(),
@@ -258,6 +278,8 @@ impl Topology {
         let mut queues = vec![
             self.dispatch_queue(),
             self.inbound_queue(),
+            self.domain_queue(),
+            self.outbox_queue(),
             self.delay_queue(),
             self.due_queue(),
             self.dead_queue(),

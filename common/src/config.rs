@@ -28,8 +28,17 @@
 //! | `TIDINGS_INBOUND_MAILBOXES` | `support` | local parts at the reply domain that accept new conversations |
 //! | `TIDINGS_INBOUND_RATE` | `10/10m` | most posts per sender and per conversation in a window; beyond it mail is logged, not posted |
 //! | `TIDINGS_SWEEP_INTERVAL` | `15s` | how often dispatch republishes messages whose event was not confirmed |
+//! | `TIDINGS_DEFAULT_LOCALE` | `en` | locale of emails to people without one, and the fallback of every other |
+//! | `TIDINGS_TEMPLATES_RELOAD` | `2s` | how often running roles look for edited template files |
+//! | `TIDINGS_AUTOMATION_LIMITS` | `3/10m,20/24h` | most runs of one automation per item and recipient in each window (loop cap) |
+//! | `TIDINGS_LOG_RETENTION` | `72h` | age after which the scheduler purges email log rows |
+//! | `TIDINGS_THREADING_RETENTION` | `365d` | lifetime of reply addresses and stored Message-IDs of received mail |
+//! | `TIDINGS_SCHEDULE_PURGE_LOG` | `0 */5 * * * *` | cron (with seconds) of the email log purge |
+//! | `TIDINGS_SCHEDULE_EXPIRE_THREADING` | `0 30 3 * * *` | cron of expiring threading data past its lifetime |
+//! | `TIDINGS_SCHEDULE_SWEEP` | `*/30 * * * * *` | cron of the sweep republishing stuck notifications, emails and events |
 //!
-//! Durations are written `1500ms`, `90s`, `5m`, `1h`, or a bare number of seconds.
+//! Durations are written `1500ms`, `90s`, `5m`, `1h`, `7d`, or a bare number of seconds. Cron
+//! expressions have six fields, seconds first (`sec min hour day-of-month month day-of-week`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -95,6 +104,16 @@ pub struct Config {
     pub inbound_mailboxes: Vec<String>,
     /// Most inbound posts per sender and per conversation within the window (loop defence).
     pub inbound_rate: (u32, Duration),
+    pub default_locale: String,
+    pub templates_reload: Duration,
+    /// Loop cap of automations: at most `count` runs per automation, item and recipient in
+    /// each `window`.
+    pub automation_limits: Vec<(u32, Duration)>,
+    pub log_retention: Duration,
+    pub threading_retention: Duration,
+    pub schedule_purge_log: String,
+    pub schedule_expire_threading: String,
+    pub schedule_sweep: String,
 }
 
 pub const DEV_API_TOKEN: &str = "tidings-dev-token";
@@ -234,14 +253,49 @@ impl Config {
                 Err("expected comma-separated local parts such as support,help".to_string())
             }
         })?;
-        let inbound_rate = parse_with(get("TIDINGS_INBOUND_RATE", "10/10m"), |v| {
-            let (count, window) = v
-                .split_once('/')
-                .ok_or("expected COUNT/WINDOW such as 10/10m")?;
-            let count = parse_range(count.trim(), 1, 1_000_000)? as u32;
-            Ok((count, parse_positive_duration(window.trim())?))
+        let inbound_rate = parse_with(get("TIDINGS_INBOUND_RATE", "10/10m"), parse_rate)?;
+        let default_locale = parse_with(get("TIDINGS_DEFAULT_LOCALE", "en"), |v| {
+            let ok = v.len() <= 16
+                && v.split('-').enumerate().all(|(i, p)| {
+                    (2..=8).contains(&p.len())
+                        && p.chars().all(|c| c.is_ascii_alphanumeric())
+                        && (i > 0 || p.chars().all(|c| c.is_ascii_lowercase()))
+                });
+            if ok {
+                Ok(v.to_string())
+            } else {
+                Err("expected a locale such as en, sv or pt-BR".to_string())
+            }
         })?;
+        let templates_reload = parse_with(
+            get("TIDINGS_TEMPLATES_RELOAD", "2s"),
+            parse_positive_duration,
+        )?;
+        let automation_limits = parse_with(
+            get("TIDINGS_AUTOMATION_LIMITS", "3/10m,20/24h"),
+            |v| v.split(',').map(|part| parse_rate(part.trim())).collect(),
+        )?;
+        let log_retention = parse_with(get("TIDINGS_LOG_RETENTION", "72h"), parse_positive_duration)?;
+        let threading_retention = parse_with(
+            get("TIDINGS_THREADING_RETENTION", "365d"),
+            parse_positive_duration,
+        )?;
+        let schedule_purge_log =
+            parse_with(get("TIDINGS_SCHEDULE_PURGE_LOG", "0 */5 * * * *"), parse_cron)?;
+        let schedule_expire_threading = parse_with(
+            get("TIDINGS_SCHEDULE_EXPIRE_THREADING", "0 30 3 * * *"),
+            parse_cron,
+        )?;
+        let schedule_sweep = parse_with(get("TIDINGS_SCHEDULE_SWEEP", "*/30 * * * * *"), parse_cron)?;
         Ok(Config {
+            default_locale,
+            templates_reload,
+            automation_limits,
+            log_retention,
+            threading_retention,
+            schedule_purge_log,
+            schedule_expire_threading,
+            schedule_sweep,
             database_url,
             amqp_url,
             smtp_url,
@@ -304,6 +358,22 @@ fn require_scheme(
     }
 }
 
+/// Parses `COUNT/WINDOW` such as `10/10m`.
+fn parse_rate(v: &str) -> Result<(u32, Duration), String> {
+    let (count, window) = v
+        .split_once('/')
+        .ok_or("expected COUNT/WINDOW such as 10/10m")?;
+    let count = parse_range(count.trim(), 1, 1_000_000)? as u32;
+    Ok((count, parse_positive_duration(window.trim())?))
+}
+
+/// Checks a six-field cron expression (seconds first).
+pub fn parse_cron(v: &str) -> Result<String, String> {
+    v.parse::<cron::Schedule>()
+        .map(|_| v.to_string())
+        .map_err(|e| format!("not a cron expression with seconds (sec min hour dom mon dow): {e}"))
+}
+
 fn parse_range(value: &str, min: usize, max: usize) -> Result<usize, String> {
     match value.parse::<usize>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
@@ -324,6 +394,7 @@ pub fn parse_positive_duration(value: &str) -> Result<Duration, String> {
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86_400),
         _ => return Err(bad()),
     };
     if duration.is_zero() {
@@ -386,6 +457,11 @@ mod tests {
             ("TIDINGS_PUBLIC_URL", "ftp://x"),
             ("TIDINGS_INBOUND_RATE", "ten"),
             ("TIDINGS_INBOUND_MAILBOXES", "support@x.com"),
+            ("TIDINGS_DEFAULT_LOCALE", "Swedish"),
+            ("TIDINGS_AUTOMATION_LIMITS", "3/10m,lots"),
+            ("TIDINGS_LOG_RETENTION", "three days"),
+            ("TIDINGS_SCHEDULE_PURGE_LOG", "*/5 * * * *"),
+            ("TIDINGS_SCHEDULE_SWEEP", "every minute"),
         ];
         for (variable, value) in cases {
             let err = config_with(&[(variable, value)]).unwrap_err();

@@ -6,10 +6,13 @@ pub mod audience;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod inbound;
 pub mod mail;
+pub mod outbox;
 pub mod posting;
 pub mod rules;
+pub mod sweep;
 pub mod templates;
 
 pub use config::Config;
@@ -17,3 +20,15 @@ pub use error::{Error, Result};
 
 /// Name of the template used for message notifications.
 pub const NOTIFICATION_TEMPLATE: &str = "notification";
+
+/// Templates the default locale must have: message notifications and the system
+/// notifications (SPEC M4, E1–E3).
+pub const REQUIRED_TEMPLATES: [&str; 7] = [
+    NOTIFICATION_TEMPLATE,
+    "welcome",
+    "password_reset",
+    "invitation",
+    "assignment",
+    "unassignment",
+    "project_member_added",
+];

@@ -1,13 +1,35 @@
-//! Email templates: handlebars files admins edit, `<dir>/<name>/{subject,text,html}.hbs`
-//! plus shared partials in `<dir>/partials/*.hbs`.
+//! Email templates: handlebars files admins edit (SPEC M5).
+//!
+//! ```text
+//! templates/
+//!   partials/*.hbs                      shared partials (the HTML layout, the footer)
+//!   <name>/{subject,text,html}.hbs      templates of the default locale
+//!   <locale>/<name>/{subject,text,html}.hbs
+//!   <locale>/partials/*.hbs             a locale's own partials, overriding the shared ones
+//! ```
+//!
+//! A folder holding `subject.hbs` is a template; `partials` holds partials; any other folder is
+//! a locale (`en`, `sv`, `pt-BR`). A locale sees every template of the default locale unless it
+//! has its own, so a missing translation falls back to the default locale.
 //!
 //! Strict mode is on, so a misspelt variable is an error rather than an empty string. The HTML
-//! part is HTML-escaped; the subject and the text part are not.
+//! part is HTML-escaped; the subject and the text part are not. Loading validates everything:
+//! each file must parse, and each template must render with sample data of its kind
+//! ([`sample_data`]), so a broken file is caught before any email needs it.
+//!
+//! [`TemplateStore`] serves the last good set and reloads it when a file changes; a broken
+//! edit is logged with its file, line and reason, and the previous version keeps serving.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use handlebars::Handlebars;
 use serde::Serialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
 
 /// The three parts every email template has.
 pub const PARTS: [&str; 3] = ["subject", "text", "html"];
@@ -21,101 +43,254 @@ pub struct TemplateError {
     pub reason: String,
 }
 
+impl TemplateError {
+    fn new(file: &Path, line: Option<usize>, reason: impl Into<String>) -> Self {
+        TemplateError {
+            file: file.to_path_buf(),
+            line,
+            reason: reason.into(),
+        }
+    }
+}
+
 /// An email rendered from a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedEmail {
     pub subject: String,
     pub text: String,
     pub html: String,
+    /// The locale whose files rendered it (after fallback).
+    pub locale: String,
+}
+
+/// The templates of one locale: the default locale's, overlaid with the locale's own.
+struct Locale {
+    html: Handlebars<'static>,
+    plain: Handlebars<'static>,
+    /// Template name → the folder its files came from.
+    sources: BTreeMap<String, PathBuf>,
 }
 
 /// Every template under one folder, parsed and validated.
 pub struct Templates {
-    dir: PathBuf,
-    html: Handlebars<'static>,
-    plain: Handlebars<'static>,
+    default_locale: String,
+    locales: BTreeMap<String, Locale>,
+}
+
+/// What one folder of the templates tree holds.
+#[derive(Default)]
+struct Tree {
+    partials: Vec<PathBuf>,
+    templates: BTreeMap<String, PathBuf>,
+}
+
+fn scan(dir: &Path, top: bool) -> Result<(Tree, BTreeMap<String, Tree>), TemplateError> {
+    let mut tree = Tree::default();
+    let mut locales = BTreeMap::new();
+    for path in sorted_entries(dir)? {
+        if !path.is_dir() {
+            continue;
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name == "partials" {
+            tree.partials = sorted_entries(&path)?
+                .into_iter()
+                .filter(|p| hbs_stem(p).is_some())
+                .collect();
+        } else if path.join("subject.hbs").exists() {
+            tree.templates.insert(name, path);
+        } else if top && is_locale_name(&name) {
+            locales.insert(name, scan(&path, false)?.0);
+        } else {
+            return Err(TemplateError::new(
+                &path,
+                None,
+                "neither a template (no subject.hbs), nor partials, nor a locale folder",
+            ));
+        }
+    }
+    Ok((tree, locales))
+}
+
+/// `en`, `sv`, `pt-BR`, `zh-Hant`.
+fn is_locale_name(name: &str) -> bool {
+    let mut parts = name.split('-');
+    let language = parts.next().unwrap_or_default();
+    (2..=3).contains(&language.len())
+        && language.chars().all(|c| c.is_ascii_lowercase())
+        && parts.all(|p| (2..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()))
 }
 
 impl Templates {
-    /// Loads every template under `dir`; `required` names templates that must exist.
-    pub fn load(dir: impl AsRef<Path>, required: &[&str]) -> Result<Self, TemplateError> {
-        let dir = dir.as_ref().to_path_buf();
-        let mut html = Handlebars::new();
-        html.set_strict_mode(true);
-        let mut plain = Handlebars::new();
-        plain.set_strict_mode(true);
-        plain.register_escape_fn(handlebars::no_escape);
-
-        let entries = std::fs::read_dir(&dir).map_err(|e| TemplateError {
-            file: dir.clone(),
-            line: None,
-            reason: format!("cannot read the templates folder: {e}"),
-        })?;
-        let mut names = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if !path.is_dir() {
-                continue;
-            }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name == "partials" {
-                for partial in sorted_files(&path)? {
-                    let Some(stem) = hbs_stem(&partial) else {
-                        continue;
-                    };
-                    let source = read(&partial)?;
-                    for registry in [&mut html, &mut plain] {
-                        registry
-                            .register_partial(&stem, &source)
-                            .map_err(|e| syntax_error(&partial, e))?;
-                    }
-                }
-            } else {
-                names.push((name, path));
-            }
+    /// Loads and validates every template under `dir`. `default_locale` is the locale of the
+    /// top-level template folders and the fallback of every other; `required` names templates
+    /// the default locale must have.
+    pub fn load(
+        dir: impl AsRef<Path>,
+        default_locale: &str,
+        required: &[&str],
+    ) -> Result<Self, TemplateError> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(TemplateError::new(dir, None, "the templates folder does not exist"));
         }
-        for (name, path) in &names {
-            for part in PARTS {
-                let file = path.join(format!("{part}.hbs"));
-                let source = read(&file)?;
-                let registry = if part == "html" {
-                    &mut html
-                } else {
-                    &mut plain
-                };
-                registry
-                    .register_template_string(&format!("{name}/{part}"), source)
-                    .map_err(|e| syntax_error(&file, e))?;
-            }
+        let templates = Templates::load_unchecked(dir, default_locale, required)?;
+        match templates.render_samples().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(templates),
         }
-        for name in required {
-            if !names.iter().any(|(n, _)| n == name) {
-                return Err(TemplateError {
-                    file: dir.join(name),
-                    line: None,
-                    reason: "required template folder is missing".into(),
-                });
-            }
-        }
-        Ok(Templates { dir, html, plain })
     }
 
-    /// Renders the template `name` with `data`.
+    /// Every problem in the templates under `dir`, one per broken file where possible: each
+    /// file's syntax on its own first, then each template rendered with its sample data.
+    pub fn check(dir: impl AsRef<Path>, default_locale: &str, required: &[&str]) -> Vec<TemplateError> {
+        let dir = dir.as_ref();
+        let mut errors = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        let mut files = Vec::new();
+        while let Some(d) = stack.pop() {
+            for path in sorted_entries(&d).unwrap_or_default() {
+                if path.is_dir() {
+                    stack.push(path);
+                } else if hbs_stem(&path).is_some() {
+                    files.push(path);
+                }
+            }
+        }
+        files.sort();
+        for file in files {
+            match read(&file) {
+                Ok(source) => {
+                    if let Err(e) = handlebars::Template::compile(&source) {
+                        errors.push(syntax_error(&file, e));
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return errors;
+        }
+        let mut strict = Vec::new();
+        match Templates::load_unchecked(dir, default_locale, required) {
+            Err(e) => errors.push(e),
+            Ok(t) => strict = t.render_samples(),
+        }
+        for e in strict {
+            if !errors.iter().any(|seen: &TemplateError| seen.file == e.file) {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+
+    /// Parses and registers every file, without rendering the samples.
+    fn load_unchecked(dir: &Path, default_locale: &str, required: &[&str]) -> Result<Self, TemplateError> {
+        let (top, mut trees) = scan(dir, true)?;
+        let default_tree = trees.remove(default_locale).unwrap_or_default();
+        let mut base_templates = top.templates.clone();
+        base_templates.extend(default_tree.templates);
+        let mut base_partials = top.partials.clone();
+        base_partials.extend(default_tree.partials);
+        for name in required {
+            if !base_templates.contains_key(*name) {
+                return Err(TemplateError::new(
+                    &dir.join(name),
+                    None,
+                    format!("required template is missing for the default locale {default_locale}"),
+                ));
+            }
+        }
+        let mut locales = BTreeMap::new();
+        locales.insert(default_locale.to_string(), build_locale(&base_partials, &base_templates)?);
+        for (locale, tree) in trees {
+            let mut partials = base_partials.clone();
+            partials.extend(tree.partials);
+            let mut templates = base_templates.clone();
+            templates.extend(tree.templates);
+            locales.insert(locale, build_locale(&partials, &templates)?);
+        }
+        Ok(Templates {
+            default_locale: default_locale.to_string(),
+            locales,
+        })
+    }
+
+    /// Renders every template of every locale with its sample data; returns the failures.
+    fn render_samples(&self) -> Vec<TemplateError> {
+        let mut errors = Vec::new();
+        for (locale, l) in &self.locales {
+            for name in l.sources.keys() {
+                if let Err(e) = self.render(name, Some(locale), &sample_data(name))
+                    && !errors.iter().any(|seen: &TemplateError| seen.file == e.file)
+                {
+                    errors.push(e);
+                }
+            }
+        }
+        errors
+    }
+
+    /// The locale `requested` resolves to: itself, its language (`sv-FI` → `sv`), or the
+    /// default locale.
+    pub fn resolve_locale(&self, requested: Option<&str>) -> &str {
+        let Some(requested) = requested else {
+            return &self.default_locale;
+        };
+        let language = requested.split('-').next().unwrap_or_default();
+        for candidate in [requested, language] {
+            if let Some((key, _)) = self.locales.get_key_value(candidate) {
+                return key;
+            }
+        }
+        &self.default_locale
+    }
+
+    /// Every locale and the templates it has (its own and inherited).
+    pub fn catalogue(&self) -> BTreeMap<String, Vec<String>> {
+        self.locales
+            .iter()
+            .map(|(locale, l)| (locale.clone(), l.sources.keys().cloned().collect()))
+            .collect()
+    }
+
+    /// Whether the default locale has a template called `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.locales
+            .get(&self.default_locale)
+            .is_some_and(|l| l.sources.contains_key(name))
+    }
+
+    /// Renders the template `name` in `locale` (with fallback) with `data`.
     pub fn render(
         &self,
         name: &str,
+        locale: Option<&str>,
         data: &impl Serialize,
     ) -> Result<RenderedEmail, TemplateError> {
+        let locale = self.resolve_locale(locale).to_string();
+        let l = &self.locales[&locale];
+        let Some(folder) = l.sources.get(name) else {
+            return Err(TemplateError::new(
+                Path::new(name),
+                None,
+                "no such template",
+            ));
+        };
         let part = |part: &str| {
-            let registry = if part == "html" {
-                &self.html
-            } else {
-                &self.plain
-            };
+            let registry = if part == "html" { &l.html } else { &l.plain };
             registry
                 .render(&format!("{name}/{part}"), data)
                 .map_err(|e| TemplateError {
-                    file: self.dir.join(name).join(format!("{part}.hbs")),
+                    file: e
+                        .template_name
+                        .as_deref()
+                        .filter(|t| !t.contains('/'))
+                        .map(|partial| PathBuf::from(format!("partials/{partial}.hbs")))
+                        .unwrap_or_else(|| folder.join(format!("{part}.hbs"))),
                     line: e.line_no,
                     reason: e.reason().to_string(),
                 })
@@ -125,24 +300,55 @@ impl Templates {
             subject: subject.split_whitespace().collect::<Vec<_>>().join(" "),
             text: part("text")?,
             html: part("html")?,
+            locale,
         })
     }
 }
 
-fn read(file: &Path) -> Result<String, TemplateError> {
-    std::fs::read_to_string(file).map_err(|e| TemplateError {
-        file: file.to_path_buf(),
-        line: None,
-        reason: format!("cannot read: {e}"),
+fn build_locale(
+    partials: &[PathBuf],
+    templates: &BTreeMap<String, PathBuf>,
+) -> Result<Locale, TemplateError> {
+    let mut html = Handlebars::new();
+    html.set_strict_mode(true);
+    let mut plain = Handlebars::new();
+    plain.set_strict_mode(true);
+    plain.register_escape_fn(handlebars::no_escape);
+    for partial in partials {
+        let Some(stem) = hbs_stem(partial) else {
+            continue;
+        };
+        let source = read(partial)?;
+        for registry in [&mut html, &mut plain] {
+            registry
+                .register_partial(&stem, &source)
+                .map_err(|e| syntax_error(partial, e))?;
+        }
+    }
+    for (name, folder) in templates {
+        for part in PARTS {
+            let file = folder.join(format!("{part}.hbs"));
+            let source = read(&file)?;
+            let registry = if part == "html" { &mut html } else { &mut plain };
+            registry
+                .register_template_string(&format!("{name}/{part}"), source)
+                .map_err(|e| syntax_error(&file, e))?;
+        }
+    }
+    Ok(Locale {
+        html,
+        plain,
+        sources: templates.clone(),
     })
 }
 
-fn sorted_files(dir: &Path) -> Result<Vec<PathBuf>, TemplateError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| TemplateError {
-        file: dir.to_path_buf(),
-        line: None,
-        reason: format!("cannot read: {e}"),
-    })?;
+fn read(file: &Path) -> Result<String, TemplateError> {
+    std::fs::read_to_string(file).map_err(|e| TemplateError::new(file, None, format!("cannot read: {e}")))
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, TemplateError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| TemplateError::new(dir, None, format!("cannot read: {e}")))?;
     let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
     files.sort();
     Ok(files)
@@ -154,17 +360,178 @@ fn hbs_stem(path: &Path) -> Option<String> {
 }
 
 fn syntax_error(file: &Path, e: handlebars::TemplateError) -> TemplateError {
-    TemplateError {
-        file: file.to_path_buf(),
-        line: e.pos().map(|(line, _)| line),
-        reason: e.reason().to_string(),
+    TemplateError::new(file, e.pos().map(|(line, _)| line), e.reason().to_string())
+}
+
+/// Sample data of the right shape for template `name`: what `templates check` and loading
+/// render with. Templates not named here are automation emails ([`automation_sample`]).
+pub fn sample_data(name: &str) -> Value {
+    let recipient = json!({"id": 7, "name": "Ada Lovelace", "email": "ada@example.com", "kind": "user"});
+    let project = json!({"id": 3, "name": "Billing"});
+    let item = json!({"id": 42, "kind": "ticket", "title": "Invoice is wrong", "status": "open"});
+    let base = json!({"recipient": recipient, "app_url": "https://tidings.example.com"});
+    let extra = match name {
+        crate::NOTIFICATION_TEMPLATE => {
+            let message = json!({
+                "id": 101, "body": "Could you check the <b>VAT</b> line?", "internal": false,
+                "edited": false, "posted_at": "2026-11-25 09:30 UTC",
+                "author": {"id": 9, "name": "Grace Hopper"},
+            });
+            json!({
+                "conversation": {"id": 12, "subject": "Invoice is wrong"},
+                "item": item, "project": project,
+                "message": message, "messages": [message],
+                "reply_address": "reply+12.7.20000.abcdef@reply.example.com",
+                "unsubscribe_url": "https://tidings.example.com/unsubscribe/token",
+            })
+        }
+        "welcome" => json!({}),
+        "password_reset" => json!({
+            "reset_url": "https://tidings.example.com/password-reset/token", "expires_in_minutes": 60,
+        }),
+        "invitation" => json!({
+            "project": project, "accept_url": "https://tidings.example.com/invitations/token",
+        }),
+        "assignment" | "unassignment" => json!({"item": item, "project": project}),
+        "project_member_added" => json!({
+            "project": project, "member": {"id": 8, "name": "Alan Turing", "kind": "user"},
+        }),
+        _ => automation_sample(&item, &project),
+    };
+    let mut data = base;
+    if let (Some(data), Value::Object(extra)) = (data.as_object_mut(), extra) {
+        data.extend(extra);
     }
+    data
+}
+
+/// What an automation email's template is given: the item, its project, the automation and
+/// the event that triggered it.
+fn automation_sample(item: &Value, project: &Value) -> Value {
+    json!({
+        "item": item, "project": project,
+        "automation": {"id": 5, "name": "Tell the requester the ticket is closed"},
+        "event": {"kind": "item_closed", "status": "closed"},
+    })
+}
+
+// ---- hot reload ----
+
+/// The current good set of templates, reloaded when files change.
+pub struct TemplateStore {
+    dir: PathBuf,
+    default_locale: String,
+    required: Vec<String>,
+    current: RwLock<Arc<Templates>>,
+    /// Fingerprint of the files last looked at, and whether they were good.
+    seen: Mutex<u64>,
+}
+
+impl TemplateStore {
+    /// Loads the templates; fails on a broken set (a role must not start without good templates).
+    pub fn open(
+        dir: impl AsRef<Path>,
+        default_locale: &str,
+        required: &[&str],
+    ) -> Result<Self, TemplateError> {
+        let dir = dir.as_ref().to_path_buf();
+        let fingerprint = fingerprint(&dir);
+        let templates = Templates::load(&dir, default_locale, required)?;
+        Ok(TemplateStore {
+            dir,
+            default_locale: default_locale.to_string(),
+            required: required.iter().map(|s| s.to_string()).collect(),
+            current: RwLock::new(Arc::new(templates)),
+            seen: Mutex::new(fingerprint),
+        })
+    }
+
+    /// The set serving now.
+    pub fn current(&self) -> Arc<Templates> {
+        self.current
+            .read()
+            .map(|t| t.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Looks for changed files; loads them if so. Returns `None` when nothing changed,
+    /// `Some(Ok)` when a new set now serves, `Some(Err)` when the change was rejected and the
+    /// previous set keeps serving. A rejected change is reported once, not on every look.
+    pub fn reload_if_changed(&self) -> Option<Result<(), TemplateError>> {
+        let now = fingerprint(&self.dir);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == now {
+                return None;
+            }
+            *seen = now;
+        }
+        let required: Vec<&str> = self.required.iter().map(String::as_str).collect();
+        Some(
+            Templates::load(&self.dir, &self.default_locale, &required).map(|templates| {
+                let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+                *current = Arc::new(templates);
+            }),
+        )
+    }
+
+    /// Watches the folder every `interval` until `shutdown`, logging each reload or rejection.
+    pub fn watch(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                let this = self.clone();
+                let outcome = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
+                match outcome {
+                    Ok(Some(Ok(()))) => info!(dir = %self.dir.display(), "templates reloaded"),
+                    Ok(Some(Err(e))) => error!(
+                        file = %e.file.display(),
+                        line = e.line,
+                        reason = %e.reason,
+                        "template change rejected; the last good version keeps serving"
+                    ),
+                    _ => {}
+                }
+            }
+        });
+    }
+}
+
+/// A hash of every file's path, size and modification time under `dir`.
+fn fingerprint(dir: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = BTreeSet::new();
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(path);
+            } else {
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .unwrap_or_default();
+                files.insert((path, meta.len(), modified));
+            }
+        }
+    }
+    files.hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn folder(files: &[(&str, &str)]) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -172,68 +539,150 @@ mod tests {
             std::process::id(),
             rand::random::<u64>()
         ));
+        write(&dir, files);
+        dir
+    }
+
+    fn write(dir: &Path, files: &[(&str, &str)]) {
         for (path, content) in files {
             let path = dir.join(path);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, content).unwrap();
         }
-        dir
     }
+
+    const WELCOME: [(&str, &str); 4] = [
+        ("partials/footer.hbs", "-- {{recipient.name}}"),
+        ("welcome/subject.hbs", "Welcome {{recipient.name}}\n"),
+        ("welcome/text.hbs", "Hello {{recipient.name}}\n{{> footer}}"),
+        ("welcome/html.hbs", "<p>Hello {{recipient.name}}</p>"),
+    ];
 
     #[test]
     fn m5_html_is_escaped_text_is_not() {
-        let dir = folder(&[
-            ("partials/footer.hbs", "-- {{product}}"),
-            ("note/subject.hbs", "Hi {{name}}\n"),
-            ("note/text.hbs", "{{body}}\n{{> footer}}"),
-            ("note/html.hbs", "<p>{{body}}</p>"),
-        ]);
-        let t = Templates::load(&dir, &["note"]).unwrap();
+        let dir = folder(&WELCOME);
+        let t = Templates::load(&dir, "en", &["welcome"]).unwrap();
         let out = t
-            .render(
-                "note",
-                &json!({"name": "A & B", "body": "<b>x</b>", "product": "T"}),
-            )
+            .render("welcome", None, &json!({"recipient": {"name": "A & <B>"}}))
             .unwrap();
-        assert_eq!(out.subject, "Hi A & B");
-        assert_eq!(out.text, "<b>x</b>\n-- T");
-        assert_eq!(out.html, "<p>&lt;b&gt;x&lt;/b&gt;</p>");
+        assert_eq!(out.subject, "Welcome A & <B>");
+        assert_eq!(out.text, "Hello A & <B>\n-- A & <B>");
+        assert_eq!(out.html, "<p>Hello A &amp; &lt;B&gt;</p>");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn m5_broken_file_is_named_with_its_line() {
-        let dir = folder(&[
-            ("note/subject.hbs", "ok"),
-            ("note/text.hbs", "line one\n{{#if x}}never closed\n"),
-            ("note/html.hbs", "ok"),
-        ]);
-        let err = Templates::load(&dir, &["note"]).err().unwrap();
-        assert!(err.file.ends_with("note/text.hbs"), "{err}");
+        let dir = folder(&WELCOME);
+        write(&dir, &[("welcome/text.hbs", "line one\n{{#if x}}never closed\n")]);
+        let err = Templates::load(&dir, "en", &[]).err().unwrap();
+        assert!(err.file.ends_with("welcome/text.hbs"), "{err}");
         assert!(err.line.is_some(), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
-    fn missing_part_or_template_is_an_error() {
-        let dir = folder(&[("note/subject.hbs", "ok"), ("note/text.hbs", "ok")]);
-        let err = Templates::load(&dir, &["note"]).err().unwrap();
-        assert!(err.file.ends_with("note/html.hbs"), "{err}");
-        let err = Templates::load(&dir, &["other"]).err().unwrap();
-        assert!(err.to_string().contains("html.hbs") || err.to_string().contains("other"));
+    fn m5_unknown_variable_is_caught_at_load() {
+        let dir = folder(&WELCOME);
+        write(
+            &dir,
+            &[
+                ("sv/welcome/subject.hbs", "Välkommen {{recipient.nmae}}"),
+                ("sv/welcome/text.hbs", "Hej"),
+                ("sv/welcome/html.hbs", "Hej"),
+            ],
+        );
+        let err = Templates::load(&dir, "en", &[]).err().unwrap();
+        assert!(err.file.ends_with("sv/welcome/subject.hbs"), "{err}");
+        assert!(err.reason.contains("nmae"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
-    fn strict_mode_rejects_unknown_variables() {
-        let dir = folder(&[
-            ("note/subject.hbs", "{{subjetc}}"),
-            ("note/text.hbs", "ok"),
-            ("note/html.hbs", "ok"),
-        ]);
-        let t = Templates::load(&dir, &[]).unwrap();
-        let err = t.render("note", &json!({"subject": "x"})).unwrap_err();
-        assert!(err.file.ends_with("note/subject.hbs"), "{err}");
+    fn missing_part_or_required_template_is_an_error() {
+        let dir = folder(&[("welcome/subject.hbs", "ok"), ("welcome/text.hbs", "ok")]);
+        let err = Templates::load(&dir, "en", &[]).err().unwrap();
+        assert!(err.file.ends_with("welcome/html.hbs"), "{err}");
+        std::fs::write(dir.join("welcome/html.hbs"), "ok").unwrap();
+        let err = Templates::load(&dir, "en", &["other"]).err().unwrap();
+        assert!(err.file.ends_with("other"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn m5_locale_falls_back_to_language_then_default() {
+        let dir = folder(&WELCOME);
+        write(
+            &dir,
+            &[
+                ("sv/welcome/subject.hbs", "Välkommen {{recipient.name}}"),
+                ("sv/welcome/text.hbs", "Hej {{recipient.name}}\n{{> footer}}"),
+                ("sv/welcome/html.hbs", "<p>Hej {{recipient.name}}</p>"),
+                ("sv/partials/footer.hbs", "-- hälsningar"),
+                ("sv/other/subject.hbs", "Bara svenska"),
+                ("sv/other/text.hbs", "x"),
+                ("sv/other/html.hbs", "x"),
+            ],
+        );
+        let t = Templates::load(&dir, "en", &["welcome"]).unwrap();
+        let data = json!({"recipient": {"name": "Ada"}});
+        let sv = t.render("welcome", Some("sv"), &data).unwrap();
+        assert_eq!((sv.subject.as_str(), sv.locale.as_str()), ("Välkommen Ada", "sv"));
+        assert_eq!(sv.text, "Hej Ada\n-- hälsningar");
+        let sv_fi = t.render("welcome", Some("sv-FI"), &data).unwrap();
+        assert_eq!(sv_fi.locale, "sv");
+        let de = t.render("welcome", Some("de"), &data).unwrap();
+        assert_eq!((de.subject.as_str(), de.locale.as_str()), ("Welcome Ada", "en"));
+        assert_eq!(de.text, "Hello Ada\n-- Ada");
+        // A template only Swedish has is not served to other locales.
+        assert!(t.render("other", Some("sv"), &data).is_ok());
+        assert!(t.render("other", Some("en"), &data).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn m5_broken_edit_keeps_the_last_good_version_serving() {
+        let dir = folder(&WELCOME);
+        let store = TemplateStore::open(&dir, "en", &["welcome"]).unwrap();
+        let data = json!({"recipient": {"name": "Ada"}});
+        assert_eq!(store.reload_if_changed().map(|r| r.is_ok()), None);
+
+        // A good edit takes effect without a restart.
+        std::fs::write(dir.join("welcome/subject.hbs"), "Hi {{recipient.name}}, welcome").unwrap();
+        assert!(matches!(store.reload_if_changed(), Some(Ok(()))));
+        let out = store.current().render("welcome", None, &data).unwrap();
+        assert_eq!(out.subject, "Hi Ada, welcome");
+
+        // A broken edit is rejected with its file and line; the previous version serves on.
+        std::fs::write(dir.join("welcome/html.hbs"), "<p>\n{{#each}}</p>").unwrap();
+        let err = store.reload_if_changed().unwrap().unwrap_err();
+        assert!(err.file.ends_with("welcome/html.hbs"), "{err}");
+        assert_eq!(err.line, Some(2), "{err}");
+        let out = store.current().render("welcome", None, &data).unwrap();
+        assert_eq!(out.html, "<p>Hello Ada</p>");
+        assert_eq!(out.subject, "Hi Ada, welcome");
+        // Reported once, not on every look.
+        assert!(store.reload_if_changed().is_none());
+
+        // Fixing it takes effect.
+        std::fs::write(dir.join("welcome/html.hbs"), "<p>Hi {{recipient.name}}</p>").unwrap();
+        assert!(matches!(store.reload_if_changed(), Some(Ok(()))));
+        let out = store.current().render("welcome", None, &data).unwrap();
+        assert_eq!(out.html, "<p>Hi Ada</p>");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn shipped_templates_load_in_every_locale() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
+        let t = Templates::load(&dir, "en", &crate::REQUIRED_TEMPLATES).unwrap();
+        let catalogue = t.catalogue();
+        assert!(catalogue.contains_key("sv"), "{catalogue:?}");
+        for name in crate::REQUIRED_TEMPLATES {
+            let en = t.render(name, Some("en"), &sample_data(name)).unwrap();
+            let sv = t.render(name, Some("sv"), &sample_data(name)).unwrap();
+            assert_eq!(sv.locale, "sv");
+            assert_ne!(en.subject, sv.subject, "{name} has no Swedish subject");
+        }
     }
 }

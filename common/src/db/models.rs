@@ -43,6 +43,8 @@ pub struct Person {
     pub email: Option<String>,
     pub created_at: DateTime<Utc>,
     pub active: bool,
+    /// Preferred language of emails (`en`, `sv`, …); unset means the default locale.
+    pub locale: Option<String>,
 }
 
 impl Person {
@@ -68,6 +70,9 @@ pub struct Item {
     pub title: String,
     pub assignee_id: Option<i64>,
     pub created_at: DateTime<Utc>,
+    pub status: String,
+    /// The customer (or user) who asked for the item; automations can email them.
+    pub requester_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
@@ -132,6 +137,9 @@ pub struct EmailLogEntry {
     pub message_id_header: Option<String>,
     pub smtp_reply: Option<String>,
     pub rule: Option<String>,
+    pub outbox_id: Option<i64>,
+    /// For inbound email: what it caused (posted a message, started a conversation, …).
+    pub action: Option<String>,
 }
 
 /// A row to append to the email log.
@@ -150,4 +158,57 @@ pub struct NewEmailLogEntry {
     pub message_id_header: Option<String>,
     pub smtp_reply: Option<String>,
     pub rule: Option<String>,
+    pub outbox_id: Option<i64>,
+    pub action: Option<String>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = automations)]
+pub struct Automation {
+    pub id: i64,
+    pub name: String,
+    pub trigger: String,
+    pub condition: Option<serde_json::Value>,
+    pub action: String,
+    pub template: Option<String>,
+    pub body: Option<String>,
+    pub audience: Option<String>,
+    pub bot_id: Option<i64>,
+    pub enabled: bool,
+    pub critical: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = system_notifications)]
+pub struct SystemNotification {
+    pub event: String,
+    pub template: String,
+    pub description: String,
+    pub enabled: bool,
+    pub can_disable: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = outbox_emails)]
+pub struct OutboxEmail {
+    pub id: i64,
+    pub template: String,
+    pub source: String,
+    pub system_event: Option<String>,
+    pub automation_id: Option<i64>,
+    pub recipient_id: i64,
+    pub conversation_id: Option<i64>,
+    pub data: serde_json::Value,
+    pub state: String,
+    pub reason: Option<String>,
+    pub attempts: i32,
+    pub due_at: DateTime<Utc>,
+    pub claimed_at: Option<DateTime<Utc>>,
+    pub email_message_id: String,
+    pub smtp_reply: Option<String>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
 }

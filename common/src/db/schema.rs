@@ -8,6 +8,7 @@ diesel::table! {
         email -> Nullable<Text>,
         created_at -> Timestamptz,
         active -> Bool,
+        locale -> Nullable<Text>,
     }
 }
 
@@ -27,6 +28,8 @@ diesel::table! {
         title -> Text,
         assignee_id -> Nullable<Int8>,
         created_at -> Timestamptz,
+        status -> Text,
+        requester_id -> Nullable<Int8>,
     }
 }
 
@@ -124,6 +127,8 @@ diesel::table! {
         message_id_header -> Nullable<Text>,
         smtp_reply -> Nullable<Text>,
         rule -> Nullable<Text>,
+        outbox_id -> Nullable<Int8>,
+        action -> Nullable<Text>,
     }
 }
 
@@ -139,6 +144,9 @@ diesel::table! {
         email_replies -> Bool,
         email_internal -> Bool,
         updated_at -> Timestamptz,
+        email_assignments -> Bool,
+        email_project_members -> Bool,
+        accept_all_invitations -> Bool,
     }
 }
 
@@ -219,3 +227,106 @@ diesel::table! {
         updated_at -> Timestamptz,
     }
 }
+
+diesel::table! {
+    domain_events (id) {
+        id -> Int8,
+        kind -> Text,
+        payload -> Jsonb,
+        created_at -> Timestamptz,
+        handled_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    system_notifications (event) {
+        event -> Text,
+        template -> Text,
+        description -> Text,
+        enabled -> Bool,
+        can_disable -> Bool,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    automations (id) {
+        id -> Int8,
+        name -> Text,
+        trigger -> Text,
+        condition -> Nullable<Jsonb>,
+        action -> Text,
+        template -> Nullable<Text>,
+        body -> Nullable<Text>,
+        audience -> Nullable<Text>,
+        bot_id -> Nullable<Int8>,
+        enabled -> Bool,
+        critical -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    automation_runs (id) {
+        id -> Int8,
+        automation_id -> Int8,
+        event_id -> Int8,
+        item_id -> Int8,
+        recipient_id -> Int8,
+        capped -> Bool,
+        message_id -> Nullable<Int8>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    outbox_emails (id) {
+        id -> Int8,
+        template -> Text,
+        source -> Text,
+        system_event -> Nullable<Text>,
+        automation_id -> Nullable<Int8>,
+        recipient_id -> Int8,
+        conversation_id -> Nullable<Int8>,
+        data -> Jsonb,
+        state -> Text,
+        reason -> Nullable<Text>,
+        attempts -> Int4,
+        due_at -> Timestamptz,
+        claimed_at -> Nullable<Timestamptz>,
+        email_message_id -> Text,
+        smtp_reply -> Nullable<Text>,
+        sent_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    project_invitations (id) {
+        id -> Int8,
+        project_id -> Int8,
+        person_id -> Int8,
+        status -> Text,
+        created_at -> Timestamptz,
+        accepted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    scheduler_runs (job, tick) {
+        job -> Text,
+        tick -> Timestamptz,
+        runner -> Text,
+        started_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+        outcome -> Nullable<Text>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    automations,
+    automation_runs,
+    outbox_emails,
+    system_notifications,
+);

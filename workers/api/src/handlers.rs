@@ -60,6 +60,24 @@ fn find_person(conn: &mut PgConnection, id: i64) -> ApiResult<Person> {
 pub struct NewPersonBody {
     name: String,
     email: Option<String>,
+    /// Language of their emails (`en`, `sv`, …); unset means the default locale.
+    locale: Option<String>,
+}
+
+fn valid_locale(locale: &Option<String>) -> ApiResult<()> {
+    match locale {
+        Some(l)
+            if l.is_empty()
+                || l.len() > 16
+                || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+        {
+            Err(ApiError::bad_field(
+                "locale",
+                format!("locale: {l:?} is not a locale such as en, sv or pt-BR"),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn valid_email(value: &str) -> bool {
@@ -79,6 +97,8 @@ async fn create_person(
     body: NewPersonBody,
 ) -> ApiResult<(StatusCode, Json<Person>)> {
     let name = required_text("name", &body.name)?;
+    valid_locale(&body.locale)?;
+    let locale = body.locale;
     let email = match (kind, body.email) {
         (_, Some(email)) => {
             let email = email.trim().to_string();
@@ -93,26 +113,34 @@ async fn create_person(
         (PersonKind::Bot, None) => None,
         (_, None) => return Err(ApiError::bad_field("email", "missing field `email`")),
     };
-    with_db(&state, move |conn| {
+    let (created, recorded) = with_db(&state, move |conn| {
         let inserted = conn.transaction(|conn| {
             let person = diesel::insert_into(people::table)
                 .values((
                     people::kind.eq(kind.as_str()),
                     people::name.eq(name),
                     people::email.eq(email.clone()),
+                    people::locale.eq(locale),
                 ))
                 .returning(Person::as_returning())
                 .get_result(conn)?;
+            let mut recorded = Vec::new();
             if kind == PersonKind::User {
                 // Preferences start at their defaults (the "support team member" profile).
                 diesel::insert_into(user_preferences::table)
                     .values(user_preferences::person_id.eq(person.id))
                     .execute(conn)?;
+                // The welcome email (SPEC M4).
+                recorded.push(tidings_common::events::record(
+                    conn,
+                    tidings_common::events::USER_CREATED,
+                    json!({"person_id": person.id}),
+                )?);
             }
-            Ok::<_, diesel::result::Error>(person)
+            Ok::<_, diesel::result::Error>((person, recorded))
         });
         match inserted {
-            Ok(person) => Ok((StatusCode::CREATED, Json(person))),
+            Ok((person, recorded)) => Ok(((StatusCode::CREATED, Json(person)), recorded)),
             Err(diesel::result::Error::DatabaseError(
                 diesel::result::DatabaseErrorKind::UniqueViolation,
                 _,
@@ -128,7 +156,9 @@ async fn create_person(
             Err(e) => Err(e.into()),
         }
     })
-    .await
+    .await?;
+    crate::center::publish(&state, recorded).await;
+    Ok(created)
 }
 
 pub async fn create_user(
@@ -189,6 +219,8 @@ pub struct NewItemBody {
     kind: String,
     title: String,
     assignee_id: Option<i64>,
+    /// Who asked for it (the customer who opened a ticket); they follow the item.
+    requester_id: Option<i64>,
 }
 
 pub async fn create_item(
@@ -202,8 +234,17 @@ pub async fn create_item(
         ));
     }
     let title = required_text("title", &body.title)?;
-    with_db(&state, move |conn| {
+    let (created, recorded) = with_db(&state, move |conn| {
         conn.transaction(|conn| {
+            if let Some(requester) = body.requester_id {
+                let person = find_person(conn, requester)?;
+                if person.kind() == PersonKind::Bot {
+                    return Err(ApiError::bad_field(
+                        "requester_id",
+                        format!("requester_id: person {requester} is a bot"),
+                    ));
+                }
+            }
             let project: Option<i64> = projects::table
                 .find(body.project_id)
                 .select(projects::id)
@@ -228,13 +269,38 @@ pub async fn create_item(
                     items::kind.eq(body.kind),
                     items::title.eq(title),
                     items::assignee_id.eq(body.assignee_id),
+                    items::requester_id.eq(body.requester_id),
                 ))
                 .returning(Item::as_returning())
                 .get_result(conn)?;
-            Ok((StatusCode::CREATED, Json(item)))
+            if let Some(requester) = body.requester_id {
+                diesel::insert_into(item_follows::table)
+                    .values((
+                        item_follows::item_id.eq(item.id),
+                        item_follows::person_id.eq(requester),
+                    ))
+                    .on_conflict_do_nothing()
+                    .execute(conn)?;
+            }
+            use tidings_common::events;
+            let mut recorded = vec![events::record(
+                conn,
+                events::ITEM_CREATED,
+                json!({"item_id": item.id}),
+            )?];
+            if item.assignee_id.is_some() {
+                recorded.push(events::record(
+                    conn,
+                    events::ITEM_ASSIGNED,
+                    json!({"item_id": item.id, "assignee_id": item.assignee_id, "previous_id": null}),
+                )?);
+            }
+            Ok(((StatusCode::CREATED, Json(item)), recorded))
         })
     })
-    .await
+    .await?;
+    crate::center::publish(&state, recorded).await;
+    Ok(created)
 }
 
 pub async fn follow_project(
@@ -647,6 +713,11 @@ pub async fn deliveries(
 pub struct LogQuery {
     message_id: Option<i64>,
     limit: Option<i64>,
+    /// How far back, e.g. `72h` (default: the whole log, which the scheduler keeps to 72 h).
+    since: Option<String>,
+    /// `in` or `out`.
+    direction: Option<String>,
+    status: Option<String>,
 }
 
 /// The email log, newest first; `?message_id=` narrows it to one message.
@@ -661,6 +732,24 @@ pub async fn email_log(
             "limit: must be from 1 to 10000",
         ));
     }
+    let since = match &query.since {
+        None => None,
+        Some(v) => Some(
+            tidings_common::config::parse_positive_duration(v)
+                .map_err(|e| ApiError::bad_field("since", format!("since: {e}")))?,
+        ),
+    };
+    let direction = match query.direction.as_deref() {
+        None => None,
+        Some("in" | "inbound") => Some("inbound"),
+        Some("out" | "outbound") => Some("outbound"),
+        Some(other) => {
+            return Err(ApiError::bad_field(
+                "direction",
+                format!("direction: {other:?} is not one of in, out"),
+            ));
+        }
+    };
     with_db(&state, move |conn| {
         let mut q = email_log::table
             .select(EmailLogEntry::as_select())
@@ -669,6 +758,16 @@ pub async fn email_log(
             .into_boxed();
         if let Some(message_id) = query.message_id {
             q = q.filter(email_log::message_id.eq(message_id));
+        }
+        if let Some(since) = since {
+            let from = Utc::now() - chrono::Duration::from_std(since).unwrap_or(chrono::Duration::MAX);
+            q = q.filter(email_log::created_at.ge(from));
+        }
+        if let Some(direction) = direction {
+            q = q.filter(email_log::direction.eq(direction));
+        }
+        if let Some(status) = query.status {
+            q = q.filter(email_log::status.eq(status));
         }
         Ok(Json(q.load(conn)?))
     })
@@ -690,6 +789,7 @@ pub async fn not_found() -> ApiError {
 pub struct PersonPatch {
     name: Option<String>,
     active: Option<bool>,
+    locale: Option<String>,
 }
 
 /// Renames or (de)activates a person. A deactivated person receives nothing from then on,
@@ -704,8 +804,14 @@ pub async fn update_person(
         .as_deref()
         .map(|n| required_text("name", n))
         .transpose()?;
+    valid_locale(&patch.locale)?;
     with_db(&state, move |conn| {
         find_person(conn, id)?;
+        if let Some(locale) = patch.locale {
+            diesel::update(people::table.find(id))
+                .set(people::locale.eq(locale))
+                .execute(conn)?;
+        }
         if let Some(name) = name {
             diesel::update(people::table.find(id))
                 .set(people::name.eq(name))

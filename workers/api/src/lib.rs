@@ -6,6 +6,7 @@
 //! token, 404 for an unknown id.
 
 mod broker;
+mod center;
 mod error;
 mod handlers;
 mod preferences;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub topology: Arc<Topology>,
     pub broker: tidings_common::amqp::SharedPublisher,
+    /// The templates, for listing them and checking automations name one that exists.
+    pub templates: Arc<tidings_common::templates::TemplateStore>,
 }
 
 /// Builds the router with every route behind the bearer-token check.
@@ -67,6 +70,35 @@ pub fn router(state: AppState) -> Router {
         .route("/messages/{id}/deliveries", get(deliveries))
         .route("/messages/{id}/explain/{person_id}", get(explain))
         .route("/email-log", get(email_log))
+        .route("/items/{id}", axum::routing::patch(center::update_item))
+        .route(
+            "/people/{id}/password-reset",
+            post(center::request_password_reset),
+        )
+        .route(
+            "/projects/{id}/members/{person_id}",
+            put(center::add_project_member),
+        )
+        .route("/projects/{id}/invitations", post(center::invite))
+        .route(
+            "/system-notifications",
+            get(center::list_system_notifications),
+        )
+        .route(
+            "/system-notifications/{event}",
+            patch(center::update_system_notification),
+        )
+        .route(
+            "/automations",
+            get(center::list_automations).post(center::create_automation),
+        )
+        .route(
+            "/automations/{id}",
+            get(center::get_automation)
+                .patch(center::update_automation)
+                .delete(center::delete_automation),
+        )
+        .route("/templates", get(center::list_templates))
         .route("/suppressions", get(suppressions))
         .route(
             "/suppressions/{address}",
@@ -78,10 +110,15 @@ pub fn router(state: AppState) -> Router {
             error::require_bearer_token,
         ));
     // Unsubscribe links are public: the signed token is the authorisation.
-    let public = Router::new().route(
-        "/unsubscribe/{token}",
-        get(unsubscribe::confirm_page).post(unsubscribe::unsubscribe),
-    );
+    let public = Router::new()
+        .route(
+            "/unsubscribe/{token}",
+            get(unsubscribe::confirm_page).post(unsubscribe::unsubscribe),
+        )
+        .route(
+            "/invitations/{token}",
+            get(center::invitation_page).post(center::accept_invitation),
+        );
     public.merge(private).with_state(state)
 }
 
@@ -104,11 +141,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 .await
         })
     };
+    let templates = Arc::new(tidings_common::templates::TemplateStore::open(
+        &config.templates_dir,
+        &config.default_locale,
+        &tidings_common::REQUIRED_TEMPLATES,
+    )?);
+    templates
+        .clone()
+        .watch(config.templates_reload, shutdown.clone());
     let state = AppState {
         db,
         config: config.clone(),
         topology,
         broker,
+        templates,
     };
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await

@@ -23,13 +23,29 @@ const FIELDS: &[(&str, Option<&[&str]>)] = &[
     ("email_customer_messages", None),
     ("email_replies", None),
     ("email_internal", None),
+    ("email_assignments", None),
+    ("email_project_members", None),
+    ("accept_all_invitations", None),
 ];
 
-type Row = (String, bool, String, String, bool, bool, bool, bool);
+type Row = (
+    String,
+    bool,
+    String,
+    String,
+    bool,
+    bool,
+    bool,
+    bool,
+    (bool, bool, bool),
+);
 
 fn to_json(row: Row) -> Value {
-    let (see, show, from_customers, from_users, internal, email_c, email_r, email_i) = row;
+    let (see, show, from_customers, from_users, internal, email_c, email_r, email_i, e) = row;
     json!({
+        "email_assignments": e.0,
+        "email_project_members": e.1,
+        "accept_all_invitations": e.2,
         "see_conversations": see,
         "show_customer_conversations": show,
         "from_customers": from_customers,
@@ -77,6 +93,11 @@ fn load(conn: &mut PgConnection, person_id: i64) -> Result<Value, ApiError> {
             user_preferences::email_customer_messages,
             user_preferences::email_replies,
             user_preferences::email_internal,
+            (
+                user_preferences::email_assignments,
+                user_preferences::email_project_members,
+                user_preferences::accept_all_invitations,
+            ),
         ))
         .first(conn)?;
     Ok(to_json(row))
@@ -195,6 +216,15 @@ pub fn apply(
             .execute(conn),
         "email_internal" => diesel::update(target)
             .set((up::email_internal.eq(flag()), now))
+            .execute(conn),
+        "email_assignments" => diesel::update(target)
+            .set((up::email_assignments.eq(flag()), now))
+            .execute(conn),
+        "email_project_members" => diesel::update(target)
+            .set((up::email_project_members.eq(flag()), now))
+            .execute(conn),
+        "accept_all_invitations" => diesel::update(target)
+            .set((up::accept_all_invitations.eq(flag()), now))
             .execute(conn),
         _ => Ok(0),
     }

@@ -3,8 +3,13 @@
 //! writes one notification row per recipient, and publishes one batch per message into the
 //! delay, where it waits out the seen window.
 //!
+//! It also handles domain events (see [`domain`]): system notifications, assignment and
+//! project-member emails, and automations.
+//!
 //! It also sweeps for messages whose `message.posted` event never reached the broker (the api
 //! commits first and publishes after) and publishes them again; dispatching is idempotent.
+
+pub mod domain;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +23,9 @@ use tidings_common::amqp::{
 use tidings_common::db::Db;
 use tidings_common::db::models::Message;
 use tidings_common::db::schema::{messages, notifications};
+use tidings_common::events::EventRecorded;
+use tidings_common::sweep;
+use tidings_common::outbox::{self, OutboxBatch};
 use tidings_common::{Config, Result, mail};
 use tidings_common::{audience, rules};
 use tokio_util::sync::CancellationToken;
@@ -40,12 +48,15 @@ const INSERT_CHUNK: usize = 2000;
 
 /// Writes the notifications of a set of messages in one transaction. Running it again for the
 /// same messages writes nothing new and returns the same pending batches.
+///
+/// Messages in an item's conversation also get a `message_posted` domain event when an
+/// automation listens for it; the ids of those events are returned, to publish.
 pub fn dispatch_messages(
     conn: &mut PgConnection,
     message_ids: &[i64],
     seen_window: Duration,
     reply_domain: &str,
-) -> Result<HashMap<i64, Dispatched>> {
+) -> Result<(HashMap<i64, Dispatched>, Vec<(i64, String)>)> {
     conn.transaction(|conn| {
         let found: Vec<Message> = messages::table
             .filter(messages::id.eq_any(message_ids))
@@ -86,6 +97,12 @@ pub fn dispatch_messages(
                 .on_conflict_do_nothing()
                 .execute(conn)?;
         }
+        let fresh: Vec<i64> = found
+            .iter()
+            .filter(|m| m.dispatched_at.is_none() && m.deleted_at.is_none())
+            .map(|m| m.id)
+            .collect();
+        let events = automation_events(conn, &fresh)?;
         let found_ids: Vec<i64> = found.iter().map(|m| m.id).collect();
         diesel::update(messages::table.filter(messages::id.eq_any(&found_ids)))
             .filter(messages::dispatched_at.is_null())
@@ -115,8 +132,42 @@ pub fn dispatch_messages(
                 batch.notification_ids.push(id);
             }
         }
-        Ok(result)
+        Ok((result, events))
     })
+}
+
+/// Records a `message_posted` domain event for each message in an item's conversation, if
+/// any enabled automation is triggered by new messages (one cheap query when none is).
+fn automation_events(conn: &mut PgConnection, message_ids: &[i64]) -> Result<Vec<(i64, String)>> {
+    use tidings_common::db::schema::{automations, conversations};
+    if message_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let listening: bool = diesel::select(diesel::dsl::exists(
+        automations::table
+            .filter(automations::trigger.eq("message_posted"))
+            .filter(automations::enabled.eq(true))
+            .filter(automations::critical.eq(false)),
+    ))
+    .get_result(conn)?;
+    if !listening {
+        return Ok(Vec::new());
+    }
+    let linked: Vec<(i64, Option<i64>)> = messages::table
+        .inner_join(conversations::table)
+        .filter(messages::id.eq_any(message_ids))
+        .filter(conversations::item_id.is_not_null())
+        .select((messages::id, conversations::item_id))
+        .load(conn)?;
+    let mut ids = Vec::new();
+    for (message_id, item_id) in linked {
+        ids.push(tidings_common::events::record(
+            conn,
+            tidings_common::events::MESSAGE_POSTED,
+            serde_json::json!({"message_id": message_id, "item_id": item_id}),
+        )?);
+    }
+    Ok(ids)
 }
 
 struct Dispatcher {
@@ -147,7 +198,7 @@ impl Dispatcher {
         let window = self.config.seen_window;
         let domain = self.config.reply_domain.clone();
         let dispatched = if ids.is_empty() {
-            Ok(HashMap::new())
+            Ok((HashMap::new(), Vec::new()))
         } else {
             self.db
                 .run(move |conn| dispatch_messages(conn, &ids, window, &domain))
@@ -155,7 +206,13 @@ impl Dispatcher {
                 .await
         };
         let dispatched = match dispatched {
-            Ok(dispatched) => dispatched,
+            Ok((dispatched, events)) => {
+                if let Err(e) = sweep::publish_events(&publisher, &self.topology, &events).await {
+                    // The sweep of unhandled events publishes them later.
+                    warn!(error = %e, "publishing domain events failed");
+                }
+                dispatched
+            }
             Err(e) => {
                 let outcome = |_| {
                     if e.is_transient() {
@@ -214,39 +271,37 @@ impl Dispatcher {
         futures_util::future::join_all(publishes).await
     }
 
-    /// Publishes `message.posted` again for messages older than one sweep interval that were
-    /// never dispatched.
-    async fn sweep(&self, publisher: &Publisher) -> Result<usize> {
-        let age =
-            chrono::Duration::from_std(self.config.sweep_interval).unwrap_or(chrono::Duration::MAX);
-        let stale: Vec<i64> = self
+    /// Handles one domain event, then announces what it produced: outbox emails to the
+    /// mailer, automation messages to dispatch.
+    async fn handle_event(self: Arc<Self>, publisher: Publisher, delivery: Delivery) -> Outcome {
+        let event = match amqp::parse_payload::<EventRecorded>(&delivery.data) {
+            Ok(event) => event,
+            Err(reason) => return Outcome::DeadLetter(reason),
+        };
+        let config = self.config.clone();
+        let handled = self
             .db
-            .run(move |conn| {
-                Ok(messages::table
-                    .filter(messages::dispatched_at.is_null())
-                    .filter(messages::created_at.lt(chrono::Utc::now() - age))
-                    .select(messages::id)
-                    .order(messages::id.asc())
-                    .limit(1000)
-                    .load(conn)?)
-            })
-            .await?;
-        for &message_id in &stale {
-            publisher
-                .publish_json(
-                    &self.topology.events_exchange(),
-                    MESSAGE_POSTED,
-                    &MessagePosted { message_id },
-                )
-                .await?;
+            .run(move |conn| domain::handle_event(conn, &config, event.event_id))
+            .await;
+        let handled = match handled {
+            Ok(Some(handled)) => handled,
+            Ok(None) => return Outcome::DeadLetter(format!("domain event {} does not exist", event.event_id)),
+            Err(e) if e.is_transient() => return Outcome::Requeue(e.to_string()),
+            Err(e) => return Outcome::DeadLetter(e.to_string()),
+        };
+        if let Err(e) = announce(&publisher, &self.topology, &handled.outbox_ids, &handled.messages).await {
+            // Committed already: the sweeps republish what did not reach the broker.
+            warn!(error = %e, "announcing the results of a domain event failed");
         }
-        if !stale.is_empty() {
-            warn!(
-                count = stale.len(),
-                "republished message.posted for undispatched messages"
-            );
-        }
-        Ok(stale.len())
+        Outcome::Ack
+    }
+
+    /// Publishes again messages and domain events older than one sweep interval that were
+    /// never dispatched or handled.
+    async fn sweep(&self, publisher: &Publisher) -> Result<usize> {
+        let (db, topology, age) = (&self.db, &self.topology, self.config.sweep_interval);
+        Ok(sweep::undispatched_messages(db, publisher, topology, age).await?
+            + sweep::unhandled_events(db, publisher, topology, age).await?)
     }
 
     async fn session(self: &Arc<Self>, shutdown: &CancellationToken) -> Result<()> {
@@ -273,25 +328,78 @@ impl Dispatcher {
         };
         let this = self.clone();
         let handler_publisher = publisher.clone();
-        let result = amqp::consume_grouped(
-            &connection,
-            &publisher,
-            &self.topology,
-            &self.topology.dispatch_queue(),
-            self.config.prefetch,
-            MAX_GROUP,
-            shutdown,
-            move |deliveries| {
-                this.clone()
-                    .handle_group(handler_publisher.clone(), deliveries)
-            },
-        )
-        .await;
+        let stop = shutdown.child_token();
+        let messages = async {
+            let result = amqp::consume_grouped(
+                &connection,
+                &publisher,
+                &self.topology,
+                &self.topology.dispatch_queue(),
+                self.config.prefetch,
+                MAX_GROUP,
+                &stop,
+                move |deliveries| {
+                    this.clone()
+                        .handle_group(handler_publisher.clone(), deliveries)
+                },
+            )
+            .await;
+            stop.cancel();
+            result
+        };
+        let this = self.clone();
+        let handler_publisher = publisher.clone();
+        let domain_events = async {
+            let result = amqp::consume(
+                &connection,
+                &publisher,
+                &self.topology,
+                &self.topology.domain_queue(),
+                self.config.prefetch,
+                &stop,
+                move |delivery| this.clone().handle_event(handler_publisher.clone(), delivery),
+            )
+            .await;
+            stop.cancel();
+            result
+        };
+        let (a, b) = tokio::join!(messages, domain_events);
+        let result = a.and(b);
         drop(sweeper.1);
         let _ = sweeper.0.await;
         let _ = connection.close(200, "bye".into()).await;
         result
     }
+}
+
+/// Announces outbox emails to the mailer and posted messages to dispatch.
+pub async fn announce(
+    publisher: &Publisher,
+    topology: &Topology,
+    outbox_ids: &[i64],
+    messages: &[i64],
+) -> Result<()> {
+    if !outbox_ids.is_empty() {
+        publisher
+            .publish_json(
+                &topology.events_exchange(),
+                outbox::EMAIL_QUEUED,
+                &OutboxBatch {
+                    outbox_ids: outbox_ids.to_vec(),
+                },
+            )
+            .await?;
+    }
+    for &message_id in messages {
+        publisher
+            .publish_json(
+                &topology.events_exchange(),
+                MESSAGE_POSTED,
+                &MessagePosted { message_id },
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// Runs the dispatch role until `shutdown` fires, reconnecting after broker or database failures.

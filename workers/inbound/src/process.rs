@@ -50,6 +50,22 @@ impl Disposition {
         self.posted_into().map(|(_, message)| message)
     }
 
+    /// What the email caused, as the email log shows it (SPEC L1).
+    pub fn action(&self) -> String {
+        match self {
+            Disposition::Threaded {
+                conversation_id,
+                message_id,
+            } => format!("posted message {message_id} into conversation {conversation_id}"),
+            Disposition::Created {
+                conversation_id,
+                message_id,
+            } => format!("started conversation {conversation_id} with message {message_id}"),
+            Disposition::Ignored(_) => "nothing posted (logged only)".into(),
+            Disposition::Rejected(_) => "nothing posted (rejected)".into(),
+        }
+    }
+
     fn status(&self) -> &'static str {
         match self {
             Disposition::Threaded { .. } => "threaded",
@@ -139,6 +155,8 @@ pub fn process(
                 message_id_header: report.message_id.clone(),
                 smtp_reply: None,
                 rule: Some(verdict_name(report.verdict).into()),
+                action: Some(disposition.action()),
+                ..Default::default()
             })
             .execute(conn)?;
         Ok(disposition)
@@ -222,7 +240,8 @@ fn record_bounce(conn: &mut PgConnection, report: &InboundReport) -> Result<Disp
             email_log::smtp_reply.eq(format!("DSN {status}")),
         ))
         .execute(conn)?;
-        let bounced: Vec<Option<String>> = diesel::update(
+        use tidings_common::db::schema::outbox_emails as o;
+        let mut recipients: Vec<i64> = diesel::update(
             notifications::table
                 .filter(notifications::email_message_id.eq(original))
                 .filter(notifications::state.eq("sent")),
@@ -232,8 +251,22 @@ fn record_bounce(conn: &mut PgConnection, report: &InboundReport) -> Result<Disp
             notifications::smtp_reply.eq(format!("DSN {status}")),
         ))
         .returning(notifications::recipient_id)
-        .get_results::<i64>(conn)?
-        .into_iter()
+        .get_results::<i64>(conn)?;
+        recipients.extend(
+            diesel::update(
+                o::table
+                    .filter(o::email_message_id.eq(original))
+                    .filter(o::state.eq("sent")),
+            )
+            .set((
+                o::reason.eq("bounced"),
+                o::smtp_reply.eq(format!("DSN {status}")),
+            ))
+            .returning(o::recipient_id)
+            .get_results::<i64>(conn)?,
+        );
+        let bounced: Vec<Option<String>> = recipients
+            .into_iter()
         .map(|id| {
             people::table
                 .find(id)
@@ -355,6 +388,14 @@ fn decide(
             let token = local.strip_prefix("reply+").unwrap_or(local);
             ReplyToken::decode(token, &config.token_secret).ok()
         });
+    let lifetime_days = (config.threading_retention.as_secs() / 86_400) as i64;
+    if let Some(token) = &token
+        && tidings_common::mail::epoch_day(chrono::Utc::now()) - token.issued_day > lifetime_days
+    {
+        return Ok(Disposition::Rejected(format!(
+            "the reply address has expired (older than {lifetime_days} days)"
+        )));
+    }
     let target: Option<(i64, i64)> = if let Some(token) = token {
         let owner: Option<(i64, Option<String>)> = people::table
             .find(token.person_id)

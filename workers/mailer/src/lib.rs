@@ -8,23 +8,24 @@
 //! it is `failed`. A periodic sweep re-publishes notifications that are past due with no batch
 //! in flight (for example a purged queue, or a worker that died mid-send).
 
+mod outbox;
 mod send;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use diesel::prelude::*;
 use lapin::message::Delivery;
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use tidings_common::amqp::{
-    self, DUE_ROUTING_KEY, NotificationBatch, Outcome, Publisher, Topology,
+    self, NotificationBatch, Outcome, Publisher, Topology,
 };
 use tidings_common::db::Db;
-use tidings_common::db::schema::notifications;
-use tidings_common::templates::Templates;
-use tidings_common::{Config, NOTIFICATION_TEMPLATE, Result};
+use tidings_common::outbox::OutboxBatch;
+use tidings_common::sweep;
+use tidings_common::templates::TemplateStore;
+use tidings_common::{Config, REQUIRED_TEMPLATES, Result};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, warn};
@@ -39,7 +40,7 @@ pub struct Mailer {
     db: Db,
     config: Config,
     topology: Topology,
-    templates: Templates,
+    templates: Arc<TemplateStore>,
     transport: AsyncSmtpTransport<Tokio1Executor>,
     /// Bounds simultaneous SMTP transactions (lettre's pool only bounds idle connections).
     smtp_slots: Semaphore,
@@ -49,7 +50,11 @@ impl Mailer {
     /// Loads templates and builds the SMTP transport; fails with a clear error on a broken
     /// template or SMTP URL.
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let templates = Templates::load(&config.templates_dir, &[NOTIFICATION_TEMPLATE])?;
+        let templates = Arc::new(TemplateStore::open(
+            &config.templates_dir,
+            &config.default_locale,
+            &REQUIRED_TEMPLATES,
+        )?);
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.smtp_url)
             .map_err(|e| anyhow::anyhow!("TIDINGS_SMTP_URL: {e}"))?
             .pool_config(PoolConfig::new().max_size(config.smtp_concurrency as u32))
@@ -168,57 +173,12 @@ impl Mailer {
         Outcome::Ack
     }
 
-    /// Finds notifications past due plus the lease with no live batch (still `pending`, or
-    /// `sending` by a worker whose lease ran out), pushes their due time forward by one lease
-    /// so the next sweep leaves them alone, and publishes them to the due exchange.
+    /// Re-publishes notifications and outbox emails stuck past their due time.
     async fn sweep(&self, publisher: &Publisher) -> Result<usize> {
-        let lease =
-            chrono::Duration::from_std(self.config.send_lease).unwrap_or(chrono::Duration::MAX);
-        let stuck: Vec<(i64, i64)> = self
-            .db
-            .run(move |conn| {
-                let now = chrono::Utc::now();
-                let ids: Vec<i64> = notifications::table
-                    .filter(notifications::due_at.lt(now - lease))
-                    .filter(
-                        notifications::state.eq("pending").or(notifications::state
-                            .eq("sending")
-                            .and(notifications::claimed_at.lt(now - lease))),
-                    )
-                    .select(notifications::id)
-                    .limit(5000)
-                    .load(conn)?;
-                Ok(
-                    diesel::update(notifications::table.filter(notifications::id.eq_any(ids)))
-                        .set(notifications::due_at.eq(now))
-                        .returning((notifications::message_id, notifications::id))
-                        .get_results(conn)?,
-                )
-            })
-            .await?;
-        let mut batches: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-        for (message_id, id) in &stuck {
-            batches.entry(*message_id).or_default().push(*id);
-        }
-        for (message_id, notification_ids) in batches {
-            publisher
-                .publish_json(
-                    &self.topology.due_exchange(),
-                    DUE_ROUTING_KEY,
-                    &NotificationBatch {
-                        message_id,
-                        notification_ids,
-                    },
-                )
-                .await?;
-        }
-        if !stuck.is_empty() {
-            warn!(
-                count = stuck.len(),
-                "re-published notifications stuck past their due time"
-            );
-        }
-        Ok(stuck.len())
+        let lease = self.config.send_lease;
+        let (db, topology) = (&self.db, &self.topology);
+        Ok(sweep::stuck_notifications(db, publisher, topology, lease).await?
+            + sweep::stuck_outbox(db, publisher, topology, lease).await?)
     }
 
     async fn session(self: &Arc<Self>, shutdown: &CancellationToken) -> Result<()> {
@@ -244,20 +204,55 @@ impl Mailer {
         };
         let this = self.clone();
         let handler_publisher = publisher.clone();
-        let result = amqp::consume_grouped(
-            &connection,
-            &publisher,
-            &self.topology,
-            &self.topology.due_queue(),
-            self.config.prefetch,
-            MAX_GROUP,
-            shutdown,
-            move |deliveries| {
-                this.clone()
-                    .handle_group(handler_publisher.clone(), deliveries)
-            },
-        )
-        .await;
+        let consumers = shutdown.child_token();
+        let due = async {
+            let result = amqp::consume_grouped(
+                &connection,
+                &publisher,
+                &self.topology,
+                &self.topology.due_queue(),
+                self.config.prefetch,
+                MAX_GROUP,
+                &consumers,
+                move |deliveries| {
+                    this.clone()
+                        .handle_group(handler_publisher.clone(), deliveries)
+                },
+            )
+            .await;
+            consumers.cancel();
+            result
+        };
+        let this = self.clone();
+        let outbox = async {
+            let result = amqp::consume(
+                &connection,
+                &publisher,
+                &self.topology,
+                &self.topology.outbox_queue(),
+                self.config.prefetch,
+                &consumers,
+                move |delivery| {
+                    let this = this.clone();
+                    async move {
+                        let batch = match amqp::parse_payload::<OutboxBatch>(&delivery.data) {
+                            Ok(batch) => batch,
+                            Err(reason) => return Outcome::DeadLetter(reason),
+                        };
+                        match this.deliver_outbox(batch.outbox_ids).await {
+                            Ok(_) => Outcome::Ack,
+                            Err(e) if e.is_transient() => Outcome::Requeue(e.to_string()),
+                            Err(e) => Outcome::DeadLetter(e.to_string()),
+                        }
+                    }
+                },
+            )
+            .await;
+            consumers.cancel();
+            result
+        };
+        let (a, b) = tokio::join!(due, outbox);
+        let result = a.and(b);
         stop.cancel();
         let _ = sweeper.await;
         let _ = connection.close(200, "bye".into()).await;
@@ -268,6 +263,10 @@ impl Mailer {
 /// Runs the mailer role until `shutdown` fires, reconnecting after broker or database failures.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mailer = Arc::new(Mailer::new(config)?);
+    mailer
+        .templates
+        .clone()
+        .watch(mailer.config.templates_reload, shutdown.clone());
     info!(
         window_ms = mailer.config.seen_window.as_millis() as u64,
         "mailer starting"

@@ -310,7 +310,12 @@ impl Mailer {
         data["messages"] = Value::Array(messages.iter().map(|c| c.data.clone()).collect());
         data["reply_address"] = json!(reply_address);
         data["unsubscribe_url"] = json!(unsubscribe_url);
-        let content = match self.templates.render(NOTIFICATION_TEMPLATE, &data) {
+        let rendered = self.templates.current().render(
+            NOTIFICATION_TEMPLATE,
+            recipient.locale.as_deref(),
+            &data,
+        );
+        let content = match rendered {
             Ok(content) => content,
             Err(e) => {
                 warn!(error = %e, "template failed to render");
@@ -490,6 +495,7 @@ impl Mailer {
                         message_id_header: Some(n.email_message_id.clone()),
                         smtp_reply: reply.clone(),
                         rule: rule.clone(),
+                        ..Default::default()
                     },
                 );
             }

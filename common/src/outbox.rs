@@ -1,0 +1,83 @@
+//! The outbox of emails that are not message notifications: system notifications (SPEC M4,
+//! E1–E3) and automation emails (M3). Rows are written in the transaction that decides on
+//! them; the mailer claims, re-checks, renders, sends and records each one once.
+
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::db::schema::outbox_emails;
+
+/// Routing key announcing outbox rows to the mailer.
+pub const EMAIL_QUEUED: &str = "email.queued";
+
+/// The AMQP payload announcing outbox rows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxBatch {
+    pub outbox_ids: Vec<i64>,
+}
+
+/// An email to queue.
+#[derive(Debug, Clone)]
+pub struct NewOutboxEmail {
+    pub template: String,
+    /// `system:<event>` or `automation:<id>`: what asked for it.
+    pub source: String,
+    pub system_event: Option<String>,
+    pub automation_id: Option<i64>,
+    pub recipient_id: i64,
+    pub conversation_id: Option<i64>,
+    /// What the template is given, besides `recipient` (added at send time).
+    pub data: Value,
+    /// Set to queue it already `skipped` with this reason, so the log shows why it never went.
+    pub skipped: Option<String>,
+}
+
+/// Writes the rows; returns the ids of those to send.
+pub fn enqueue(
+    conn: &mut PgConnection,
+    emails: Vec<NewOutboxEmail>,
+    reply_domain: &str,
+) -> QueryResult<Vec<i64>> {
+    let mut ids = Vec::new();
+    for email in emails {
+        let salt: u64 = rand::random();
+        let message_id = format!(
+            "<tidings.o.p{}.{salt:016x}@{reply_domain}>",
+            email.recipient_id
+        );
+        let state = if email.skipped.is_some() { "skipped" } else { "pending" };
+        let id: i64 = diesel::insert_into(outbox_emails::table)
+            .values((
+                outbox_emails::template.eq(&email.template),
+                outbox_emails::source.eq(&email.source),
+                outbox_emails::system_event.eq(&email.system_event),
+                outbox_emails::automation_id.eq(email.automation_id),
+                outbox_emails::recipient_id.eq(email.recipient_id),
+                outbox_emails::conversation_id.eq(email.conversation_id),
+                outbox_emails::data.eq(&email.data),
+                outbox_emails::state.eq(state),
+                outbox_emails::reason.eq(&email.skipped),
+                outbox_emails::email_message_id.eq(message_id),
+            ))
+            .returning(outbox_emails::id)
+            .get_result(conn)?;
+        if let Some(reason) = email.skipped {
+            use crate::db::schema::email_log;
+            diesel::insert_into(email_log::table)
+                .values((
+                    email_log::direction.eq("outbound"),
+                    email_log::status.eq("skipped"),
+                    email_log::reason.eq(reason),
+                    email_log::outbox_id.eq(id),
+                    email_log::conversation_id.eq(email.conversation_id),
+                    email_log::rule.eq(&email.source),
+                ))
+                .execute(conn)?;
+        } else {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}

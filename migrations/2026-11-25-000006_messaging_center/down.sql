@@ -1,0 +1,16 @@
+DROP TABLE scheduler_runs;
+ALTER TABLE email_log DROP COLUMN action;
+ALTER TABLE email_log DROP COLUMN outbox_id;
+DROP TABLE project_invitations;
+DROP TABLE outbox_emails;
+DROP TABLE automation_runs;
+DROP TABLE automations;
+DELETE FROM people WHERE kind = 'bot' AND name = 'Tidings automations';
+DROP TABLE system_notifications;
+DROP TABLE domain_events;
+ALTER TABLE items DROP COLUMN requester_id;
+ALTER TABLE items DROP COLUMN status;
+ALTER TABLE user_preferences DROP COLUMN accept_all_invitations;
+ALTER TABLE user_preferences DROP COLUMN email_project_members;
+ALTER TABLE user_preferences DROP COLUMN email_assignments;
+ALTER TABLE people DROP COLUMN locale;

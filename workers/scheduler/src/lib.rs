@@ -1,0 +1,240 @@
+//! The scheduler role: runs housekeeping jobs on cron schedules from the configuration.
+//!
+//! | job | default schedule | does |
+//! |---|---|---|
+//! | `purge_log` | every 5 minutes | deletes email log rows (and handled domain events, job records, old automation runs) older than `TIDINGS_LOG_RETENTION` (72 h) |
+//! | `expire_threading` | daily 03:30 | deletes threading data older than `TIDINGS_THREADING_RETENTION` (365 d): stored Message-IDs of received mail and finished outbox rows; reply addresses that old are refused by the inbound role |
+//! | `sweep` | every 30 s | republishes stuck notifications and outbox emails, undispatched messages and unhandled domain events |
+//!
+//! Several scheduler processes may run: each tick of each job runs once across all of them.
+//! The first process to insert the `(job, tick)` row into `scheduler_runs` runs it; the
+//! others find the row taken and skip the tick.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::Interval;
+use tidings_common::amqp::{SharedPublisher, Topology};
+use tidings_common::db::Db;
+use tidings_common::db::schema::scheduler_runs;
+use tidings_common::{Config, Error, Result, sweep};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Every job the scheduler knows, by name.
+pub const JOBS: [&str; 3] = ["purge_log", "expire_threading", "sweep"];
+
+/// The context a job runs in.
+pub struct Scheduler {
+    db: Db,
+    config: Config,
+    topology: Topology,
+    broker: SharedPublisher,
+    runner: String,
+}
+
+impl Scheduler {
+    pub fn new(config: Config) -> Self {
+        Scheduler {
+            db: Db::new(&config.database_url, 2),
+            topology: Topology::from_config(&config),
+            broker: SharedPublisher::default(),
+            runner: format!(
+                "{}:{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "scheduler".into()),
+                std::process::id()
+            ),
+            config,
+        }
+    }
+
+    fn schedule(&self, job: &str) -> &str {
+        match job {
+            "purge_log" => &self.config.schedule_purge_log,
+            "expire_threading" => &self.config.schedule_expire_threading,
+            _ => &self.config.schedule_sweep,
+        }
+    }
+
+    /// Runs `job` now, whatever its schedule; returns what it did.
+    pub async fn run_job(&self, job: &str) -> Result<String> {
+        match job {
+            "purge_log" => {
+                let retention = interval(self.config.log_retention);
+                let oldest_window = self
+                    .config
+                    .automation_limits
+                    .iter()
+                    .map(|(_, w)| *w)
+                    .max()
+                    .unwrap_or_default()
+                    .max(self.config.log_retention);
+                let runs = interval(oldest_window);
+                self.db
+                    .run(move |conn| {
+                        let mut counts = Vec::new();
+                        for (what, sql, keep) in [
+                            ("email log rows", "DELETE FROM email_log WHERE created_at < now() - $1", retention),
+                            ("handled domain events", "DELETE FROM domain_events WHERE handled_at IS NOT NULL AND created_at < now() - $1", retention),
+                            ("job records", "DELETE FROM scheduler_runs WHERE started_at < now() - $1", retention),
+                            ("automation runs", "DELETE FROM automation_runs WHERE created_at < now() - $1", runs),
+                        ] {
+                            let n = diesel::sql_query(sql).bind::<Interval, _>(keep).execute(conn)?;
+                            counts.push(format!("{n} {what}"));
+                        }
+                        Ok(format!("purged {}", counts.join(", ")))
+                    })
+                    .await
+            }
+            "expire_threading" => {
+                let lifetime = interval(self.config.threading_retention);
+                self.db
+                    .run(move |conn| {
+                        let received = diesel::sql_query(
+                            "DELETE FROM inbound_emails WHERE received_at < now() - $1",
+                        )
+                        .bind::<Interval, _>(lifetime)
+                        .execute(conn)?;
+                        let outbox = diesel::sql_query(
+                            "DELETE FROM outbox_emails WHERE state IN ('sent', 'skipped', 'failed')
+                             AND created_at < now() - $1",
+                        )
+                        .bind::<Interval, _>(lifetime)
+                        .execute(conn)?;
+                        Ok(format!(
+                            "expired {received} received Message-IDs, {outbox} finished outbox emails"
+                        ))
+                    })
+                    .await
+            }
+            "sweep" => {
+                let publisher = self.broker.get()?;
+                let (db, topology) = (&self.db, &self.topology);
+                let lease = self.config.send_lease;
+                let age = self.config.sweep_interval;
+                let n = sweep::stuck_notifications(db, &publisher, topology, lease).await?
+                    + sweep::stuck_outbox(db, &publisher, topology, lease).await?
+                    + sweep::undispatched_messages(db, &publisher, topology, age).await?
+                    + sweep::unhandled_events(db, &publisher, topology, age).await?;
+                Ok(format!("republished {n}"))
+            }
+            other => Err(Error::Task(format!(
+                "unknown job {other:?}; jobs are {}",
+                JOBS.join(", ")
+            ))),
+        }
+    }
+
+    /// Claims tick `tick` of `job` for this process; false if another process has it.
+    async fn claim(&self, job: &'static str, tick: DateTime<Utc>) -> Result<bool> {
+        let runner = self.runner.clone();
+        self.db
+            .run(move |conn| {
+                Ok(diesel::insert_into(scheduler_runs::table)
+                    .values((
+                        scheduler_runs::job.eq(job),
+                        scheduler_runs::tick.eq(tick),
+                        scheduler_runs::runner.eq(runner),
+                    ))
+                    .on_conflict_do_nothing()
+                    .execute(conn)?
+                    == 1)
+            })
+            .await
+    }
+
+    async fn finish(&self, job: &'static str, tick: DateTime<Utc>, outcome: String) -> Result<()> {
+        self.db
+            .run(move |conn| {
+                diesel::update(scheduler_runs::table.find((job, tick)))
+                    .set((
+                        scheduler_runs::finished_at.eq(diesel::dsl::now),
+                        scheduler_runs::outcome.eq(outcome),
+                    ))
+                    .execute(conn)?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Runs tick `tick` of `job` if no other process has.
+    async fn tick(&self, job: &'static str, tick: DateTime<Utc>) {
+        match self.claim(job, tick).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                warn!(job, error = %e, "cannot claim the job's tick; skipped");
+                return;
+            }
+        }
+        let outcome = match self.run_job(job).await {
+            Ok(done) => {
+                info!(job, tick = %tick, done, "job ran");
+                done
+            }
+            Err(e) => {
+                warn!(job, tick = %tick, error = %e, "job failed");
+                format!("failed: {e}")
+            }
+        };
+        if let Err(e) = self.finish(job, tick, outcome).await {
+            warn!(job, error = %e, "cannot record the job's outcome");
+        }
+    }
+}
+
+fn interval(d: Duration) -> diesel::pg::data_types::PgInterval {
+    diesel::pg::data_types::PgInterval::from_microseconds(d.as_micros() as i64)
+}
+
+/// Runs the scheduler role until `shutdown` fires.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let scheduler = std::sync::Arc::new(Scheduler::new(config));
+    let mut schedules = Vec::new();
+    for job in JOBS {
+        let expression = scheduler.schedule(job);
+        let schedule = cron::Schedule::from_str(expression)
+            .map_err(|e| anyhow::anyhow!("schedule of {job} ({expression:?}): {e}"))?;
+        schedules.push((job, schedule));
+    }
+    {
+        let scheduler = scheduler.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            scheduler
+                .broker
+                .keep_connected(
+                    &scheduler.config.amqp_url,
+                    "scheduler",
+                    &scheduler.topology,
+                    &shutdown,
+                )
+                .await;
+        });
+    }
+    info!(runner = scheduler.runner, "scheduler starting");
+    let mut next: Vec<Option<DateTime<Utc>>> = schedules
+        .iter()
+        .map(|(_, s)| s.after(&Utc::now()).next())
+        .collect();
+    loop {
+        let Some(soonest) = next.iter().flatten().min().copied() else {
+            break;
+        };
+        let wait = (soonest - Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        for (i, (job, schedule)) in schedules.iter().enumerate() {
+            if let Some(tick) = next[i].filter(|t| *t <= Utc::now()) {
+                scheduler.tick(job, tick).await;
+                next[i] = schedule.after(&tick).next();
+            }
+        }
+    }
+    info!("scheduler stopped");
+    Ok(())
+}
