@@ -155,6 +155,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,lapin=warn,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let config = match Config::from_env() {
@@ -310,7 +311,11 @@ fn templates(config: &Config, command: TemplatesCommand) -> anyhow::Result<()> {
             match html {
                 Some(file) => {
                     std::fs::write(&file, &out.html)?;
-                    println!("wrote the HTML part of {name} ({}) to {}", out.locale, file.display());
+                    println!(
+                        "wrote the HTML part of {name} ({}) to {}",
+                        out.locale,
+                        file.display()
+                    );
                 }
                 None => {
                     println!("Subject: {}", out.subject);
@@ -380,12 +385,23 @@ async fn log(
         println!(
             "{:<19}  {:<3}  {:<9}  {:<30}  {:<30}  {:<5}  {:<40}  {}",
             r.created_at.format("%Y-%m-%d %H:%M:%S"),
-            if r.direction == "inbound" { "in" } else { "out" },
+            if r.direction == "inbound" {
+                "in"
+            } else {
+                "out"
+            },
             r.status,
             r.mail_from.as_deref().unwrap_or("-"),
             r.rcpt_to.as_deref().unwrap_or("-"),
-            r.conversation_id.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-            r.subject.as_deref().unwrap_or("-").chars().take(40).collect::<String>(),
+            r.conversation_id
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.subject
+                .as_deref()
+                .unwrap_or("-")
+                .chars()
+                .take(40)
+                .collect::<String>(),
             detail.join("; ")
         );
     }

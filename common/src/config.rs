@@ -271,22 +271,26 @@ impl Config {
             get("TIDINGS_TEMPLATES_RELOAD", "2s"),
             parse_positive_duration,
         )?;
-        let automation_limits = parse_with(
-            get("TIDINGS_AUTOMATION_LIMITS", "3/10m,20/24h"),
-            |v| v.split(',').map(|part| parse_rate(part.trim())).collect(),
-        )?;
-        let log_retention = parse_with(get("TIDINGS_LOG_RETENTION", "72h"), parse_positive_duration)?;
+        let automation_limits =
+            parse_with(get("TIDINGS_AUTOMATION_LIMITS", "3/10m,20/24h"), |v| {
+                v.split(',').map(|part| parse_rate(part.trim())).collect()
+            })?;
+        let log_retention =
+            parse_with(get("TIDINGS_LOG_RETENTION", "72h"), parse_positive_duration)?;
         let threading_retention = parse_with(
             get("TIDINGS_THREADING_RETENTION", "365d"),
             parse_positive_duration,
         )?;
-        let schedule_purge_log =
-            parse_with(get("TIDINGS_SCHEDULE_PURGE_LOG", "0 */5 * * * *"), parse_cron)?;
+        let schedule_purge_log = parse_with(
+            get("TIDINGS_SCHEDULE_PURGE_LOG", "0 */5 * * * *"),
+            parse_cron,
+        )?;
         let schedule_expire_threading = parse_with(
             get("TIDINGS_SCHEDULE_EXPIRE_THREADING", "0 30 3 * * *"),
             parse_cron,
         )?;
-        let schedule_sweep = parse_with(get("TIDINGS_SCHEDULE_SWEEP", "*/30 * * * * *"), parse_cron)?;
+        let schedule_sweep =
+            parse_with(get("TIDINGS_SCHEDULE_SWEEP", "*/30 * * * * *"), parse_cron)?;
         Ok(Config {
             default_locale,
             templates_reload,

@@ -35,7 +35,10 @@ pub fn routing_key(kind: &str) -> String {
 /// Writes an event row; publish it after the transaction commits.
 pub fn record(conn: &mut PgConnection, kind: &str, payload: Value) -> QueryResult<(i64, String)> {
     let id = diesel::insert_into(domain_events::table)
-        .values((domain_events::kind.eq(kind), domain_events::payload.eq(payload)))
+        .values((
+            domain_events::kind.eq(kind),
+            domain_events::payload.eq(payload),
+        ))
         .returning(domain_events::id)
         .get_result(conn)?;
     Ok((id, kind.to_string()))

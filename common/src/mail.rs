@@ -331,7 +331,10 @@ mod tests {
     #[test]
     fn link_tokens_are_bound_to_purpose_and_expiry() {
         let token = sign_link(b"secret-secret-secret", "invite", 42, 1_000);
-        assert_eq!(verify_link(b"secret-secret-secret", "invite", &token, 999), Ok(42));
+        assert_eq!(
+            verify_link(b"secret-secret-secret", "invite", &token, 999),
+            Ok(42)
+        );
         assert_eq!(
             verify_link(b"secret-secret-secret", "reset", &token, 999),
             Err(LinkError::BadSignature)

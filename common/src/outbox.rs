@@ -47,7 +47,11 @@ pub fn enqueue(
             "<tidings.o.p{}.{salt:016x}@{reply_domain}>",
             email.recipient_id
         );
-        let state = if email.skipped.is_some() { "skipped" } else { "pending" };
+        let state = if email.skipped.is_some() {
+            "skipped"
+        } else {
+            "pending"
+        };
         let id: i64 = diesel::insert_into(outbox_emails::table)
             .values((
                 outbox_emails::template.eq(&email.template),

@@ -11,7 +11,9 @@ use diesel::prelude::*;
 use tracing::warn;
 
 use crate::Result;
-use crate::amqp::{DUE_ROUTING_KEY, MESSAGE_POSTED, MessagePosted, NotificationBatch, Publisher, Topology};
+use crate::amqp::{
+    DUE_ROUTING_KEY, MESSAGE_POSTED, MessagePosted, NotificationBatch, Publisher, Topology,
+};
 use crate::db::Db;
 use crate::db::schema::{domain_events, messages, notifications, outbox_emails};
 use crate::events::{EventRecorded, routing_key};

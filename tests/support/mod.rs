@@ -257,7 +257,41 @@ impl Env {
             "migrate failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Welcome emails would add one mail per created user to every test's mailbox; the
+        // messaging-center tests switch them back on through the API.
+        env.sql("UPDATE system_notifications SET enabled = false WHERE event = 'user_created'");
         env
+    }
+
+    /// Runs SQL on this test's database with psql; returns its unaligned output.
+    pub fn sql(&self, query: &str) -> String {
+        let out = Command::new("psql")
+            .args([
+                "-qAt",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                &self.database,
+                "-c",
+                query,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{query}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The root folder of this test's files.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     pub fn var(&self, name: &str) -> &str {

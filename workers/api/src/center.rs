@@ -161,7 +161,14 @@ const TRIGGERS: [&str; 5] = [
 ];
 const ACTIONS: [&str; 2] = ["post_message", "send_email"];
 const AUDIENCES: [&str; 3] = ["followers", "assignee", "requester"];
-const CONDITION_FIELDS: [&str; 6] = ["id", "kind", "status", "title", "assignee_id", "requester_id"];
+const CONDITION_FIELDS: [&str; 6] = [
+    "id",
+    "kind",
+    "status",
+    "title",
+    "assignee_id",
+    "requester_id",
+];
 
 fn automation_json(conn: &mut PgConnection, a: &Automation) -> QueryResult<Value> {
     let mut v = serde_json::to_value(a).unwrap_or_default();
@@ -272,10 +279,16 @@ fn validate_automation(state: &AppState, a: &Automation, conn: &mut PgConnection
         "post_message" => {
             let body = a.body.as_deref().unwrap_or_default();
             if body.trim().is_empty() {
-                return Err(ApiError::bad_field("body", "body: a post_message automation needs a message body"));
+                return Err(ApiError::bad_field(
+                    "body",
+                    "body: a post_message automation needs a message body",
+                ));
             }
             if let Err(e) = handlebars::Template::compile(body) {
-                return Err(ApiError::bad_field("body", format!("body: not a valid template: {e}")));
+                return Err(ApiError::bad_field(
+                    "body",
+                    format!("body: not a valid template: {e}"),
+                ));
             }
             if let Some(bot) = a.bot_id {
                 let p = person(conn, bot)?;
@@ -297,7 +310,11 @@ fn validate_automation(state: &AppState, a: &Automation, conn: &mut PgConnection
                     ),
                 ));
             }
-            one_of("audience", a.audience.as_deref().unwrap_or_default(), &AUDIENCES)?;
+            one_of(
+                "audience",
+                a.audience.as_deref().unwrap_or_default(),
+                &AUDIENCES,
+            )?;
         }
         other => one_of("action", other, &ACTIONS)?,
     }
@@ -509,7 +526,11 @@ pub async fn request_password_reset(
 // ---- projects: members (E2) and invitations (E3) ----
 
 /// Adds `person` to the project (as a follower) and records `project_member_added`, once.
-fn add_member(conn: &mut PgConnection, project: i64, person: i64) -> ApiResult<Option<(i64, String)>> {
+fn add_member(
+    conn: &mut PgConnection,
+    project: i64,
+    person: i64,
+) -> ApiResult<Option<(i64, String)>> {
     let added = diesel::insert_into(project_follows::table)
         .values((
             project_follows::project_id.eq(project),
@@ -533,7 +554,9 @@ fn require_project(conn: &mut PgConnection, id: i64) -> ApiResult<()> {
         .select(projects::id)
         .first(conn)
         .optional()?;
-    found.map(|_| ()).ok_or_else(|| ApiError::not_found("project", id))
+    found
+        .map(|_| ())
+        .ok_or_else(|| ApiError::not_found("project", id))
 }
 
 /// Adds a user to a project: they follow it, and followers with E2 on are emailed.
@@ -549,7 +572,11 @@ pub async fn add_project_member(
         })
     })
     .await?;
-    let status = if recorded.is_some() { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if recorded.is_some() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     publish(&state, recorded.into_iter().collect()).await;
     Ok(status)
 }
@@ -585,7 +612,10 @@ pub async fn invite(
                 .optional()?;
             if let Some(status) = existing {
                 return Err(conflict(
-                    format!("person {} was already invited to project {project} (invitation {status})", p.id),
+                    format!(
+                        "person {} was already invited to project {project} (invitation {status})",
+                        p.id
+                    ),
                     Some("person_id"),
                 ));
             }
@@ -595,22 +625,29 @@ pub async fn invite(
                 .first(conn)
                 .optional()?
                 .unwrap_or(true);
-            let status = if accept_all { "accepted_automatically" } else { "pending" };
+            let status = if accept_all {
+                "accepted_automatically"
+            } else {
+                "pending"
+            };
             let (id, accepted_at): (i64, Option<chrono::DateTime<chrono::Utc>>) =
                 diesel::insert_into(project_invitations::table)
                     .values((
                         project_invitations::project_id.eq(project),
                         project_invitations::person_id.eq(p.id),
                         project_invitations::status.eq(status),
-                        project_invitations::accepted_at
-                            .eq(accept_all.then(chrono::Utc::now)),
+                        project_invitations::accepted_at.eq(accept_all.then(chrono::Utc::now)),
                     ))
                     .returning((project_invitations::id, project_invitations::accepted_at))
                     .get_result(conn)?;
             let mut recorded = Vec::new();
             if accept_all {
-                info!(invitation.id = id, person.id = p.id, project.id = project,
-                      "invitation accepted automatically (E3: accept all invitations is on)");
+                info!(
+                    invitation.id = id,
+                    person.id = p.id,
+                    project.id = project,
+                    "invitation accepted automatically (E3: accept all invitations is on)"
+                );
                 recorded.extend(add_member(conn, project, p.id)?);
             } else {
                 let expires = chrono::Utc::now().timestamp() + INVITATION_DAYS * 86_400;
@@ -633,15 +670,20 @@ pub async fn invite(
 }
 
 fn verify_invitation(state: &AppState, token: &str) -> ApiResult<i64> {
-    mail::verify_link(&state.config.token_secret, "invite", token, chrono::Utc::now().timestamp())
-        .map_err(|e| ApiError {
-            status: match e {
-                mail::LinkError::Expired => StatusCode::GONE,
-                _ => StatusCode::BAD_REQUEST,
-            },
-            message: format!("{e}; nothing was changed"),
-            field: None,
-        })
+    mail::verify_link(
+        &state.config.token_secret,
+        "invite",
+        token,
+        chrono::Utc::now().timestamp(),
+    )
+    .map_err(|e| ApiError {
+        status: match e {
+            mail::LinkError::Expired => StatusCode::GONE,
+            _ => StatusCode::BAD_REQUEST,
+        },
+        message: format!("{e}; nothing was changed"),
+        field: None,
+    })
 }
 
 /// The accept link's page: GET changes nothing (mail scanners follow links).
@@ -675,7 +717,8 @@ pub async fn accept_invitation(
                 .for_update()
                 .first(conn)
                 .optional()?;
-            let (project, person, status) = found.ok_or_else(|| ApiError::not_found("invitation", id))?;
+            let (project, person, status) =
+                found.ok_or_else(|| ApiError::not_found("invitation", id))?;
             if status != "pending" {
                 return Ok((json!({"invitation_id": id, "status": status}), Vec::new()));
             }
@@ -686,8 +729,10 @@ pub async fn accept_invitation(
                 ))
                 .execute(conn)?;
             let recorded = add_member(conn, project, person)?;
-            Ok((json!({"invitation_id": id, "status": "accepted", "project_id": project}),
-                recorded.into_iter().collect()))
+            Ok((
+                json!({"invitation_id": id, "status": "accepted", "project_id": project}),
+                recorded.into_iter().collect(),
+            ))
         })
     })
     .await?;

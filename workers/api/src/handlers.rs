@@ -760,7 +760,8 @@ pub async fn email_log(
             q = q.filter(email_log::message_id.eq(message_id));
         }
         if let Some(since) = since {
-            let from = Utc::now() - chrono::Duration::from_std(since).unwrap_or(chrono::Duration::MAX);
+            let from =
+                Utc::now() - chrono::Duration::from_std(since).unwrap_or(chrono::Duration::MAX);
             q = q.filter(email_log::created_at.ge(from));
         }
         if let Some(direction) = direction {

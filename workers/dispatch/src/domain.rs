@@ -23,7 +23,11 @@ pub struct Handled {
 }
 
 /// Handles event `event_id`; `None` if there is no such event (a poison delivery).
-pub fn handle_event(conn: &mut PgConnection, config: &Config, event_id: i64) -> Result<Option<Handled>> {
+pub fn handle_event(
+    conn: &mut PgConnection,
+    config: &Config,
+    event_id: i64,
+) -> Result<Option<Handled>> {
     conn.transaction(|conn| {
         let claimed: Option<(String, Value)> = diesel::update(
             domain_events::table
@@ -35,8 +39,9 @@ pub fn handle_event(conn: &mut PgConnection, config: &Config, event_id: i64) -> 
         .get_result(conn)
         .optional()?;
         let Some((kind, payload)) = claimed else {
-            let exists: bool = diesel::select(diesel::dsl::exists(domain_events::table.find(event_id)))
-                .get_result(conn)?;
+            let exists: bool =
+                diesel::select(diesel::dsl::exists(domain_events::table.find(event_id)))
+                    .get_result(conn)?;
             return Ok(exists.then(Handled::default));
         };
         let mut work = Work {
@@ -102,7 +107,11 @@ pub fn handle_event(conn: &mut PgConnection, config: &Config, event_id: i64) -> 
                     work.automations("message_posted", item, &payload)?;
                 }
             }
-            other => warn!(event.id = event_id, kind = other, "unknown domain event kind; ignored"),
+            other => warn!(
+                event.id = event_id,
+                kind = other,
+                "unknown domain event kind; ignored"
+            ),
         }
         let Work {
             conn,
@@ -142,7 +151,10 @@ impl Work<'_> {
     fn system(&mut self, event: &str, person: i64, data: Value) -> Result<()> {
         let (template, enabled): (String, bool) = system_notifications::table
             .find(event)
-            .select((system_notifications::template, system_notifications::enabled))
+            .select((
+                system_notifications::template,
+                system_notifications::enabled,
+            ))
             .first(self.conn)?;
         self.emails.push(NewOutboxEmail {
             template,
@@ -158,15 +170,29 @@ impl Work<'_> {
     }
 
     /// E1: the new assignee and the previous one, each if their assignment emails are on.
-    fn assignment(&mut self, item: i64, previous: Option<i64>, assignee: Option<i64>) -> Result<()> {
-        let Some(item) = items::table.find(item).select(Item::as_select()).first(self.conn).optional()? else {
+    fn assignment(
+        &mut self,
+        item: i64,
+        previous: Option<i64>,
+        assignee: Option<i64>,
+    ) -> Result<()> {
+        let Some(item) = items::table
+            .find(item)
+            .select(Item::as_select())
+            .first(self.conn)
+            .optional()?
+        else {
             return Ok(());
         };
-        let data = json!({"item": item_json(&item), "project": project_json(self.conn, item.project_id)?});
+        let data =
+            json!({"item": item_json(&item), "project": project_json(self.conn, item.project_id)?});
         if assignee == previous {
             return Ok(());
         }
-        for (person, event) in [(assignee, events::ITEM_ASSIGNED), (previous, "item_unassigned")] {
+        for (person, event) in [
+            (assignee, events::ITEM_ASSIGNED),
+            (previous, "item_unassigned"),
+        ] {
             if let Some(person) = person
                 && user_pref(self.conn, person, "email_assignments")?
             {
@@ -216,13 +242,23 @@ impl Work<'_> {
         if found.is_empty() {
             return Ok(());
         }
-        let Some(item) = items::table.find(item_id).select(Item::as_select()).first(self.conn).optional()? else {
+        let Some(item) = items::table
+            .find(item_id)
+            .select(Item::as_select())
+            .first(self.conn)
+            .optional()?
+        else {
             return Ok(());
         };
+        let mut item_now = item_json(&item);
+        // The item as the event saw it: a later change must not make an earlier event match.
+        if let Some(status) = payload.get("status").filter(|s| s.is_string()) {
+            item_now["status"] = status.clone();
+        }
         let context = json!({
-            "item": item_json(&item),
+            "item": item_now,
             "project": project_json(self.conn, item.project_id)?,
-            "event": {"kind": trigger, "status": item.status},
+            "event": {"kind": trigger},
         });
         for automation in found {
             if !condition_holds(automation.condition.as_ref(), &context["item"]) {
@@ -251,13 +287,17 @@ impl Work<'_> {
                 _ => {}
             }
         }
-        let _ = payload;
         Ok(())
     }
 
     /// M1: a message from the automation's bot in the item's conversation (created if the
     /// item has none), which then goes through the same pipeline as any other message.
-    fn post_message(&mut self, automation: &Automation, item: &Item, context: &Value) -> Result<()> {
+    fn post_message(
+        &mut self,
+        automation: &Automation,
+        item: &Item,
+        context: &Value,
+    ) -> Result<()> {
         let (Some(body), Some(bot)) = (&automation.body, automation.bot_id) else {
             return Ok(());
         };
@@ -284,7 +324,10 @@ impl Work<'_> {
         let conversation = match conversation {
             Some(c) => c,
             None => diesel::insert_into(conversations::table)
-                .values((conversations::item_id.eq(item.id), conversations::subject.eq(&item.title)))
+                .values((
+                    conversations::item_id.eq(item.id),
+                    conversations::subject.eq(&item.title),
+                ))
                 .returning(conversations::id)
                 .get_result(self.conn)?,
         };
@@ -297,7 +340,12 @@ impl Work<'_> {
         )
         .set(automation_runs::message_id.eq(message))
         .execute(self.conn)?;
-        info!(automation.id = automation.id, item.id = item.id, message.id = message, "automation posted a message");
+        info!(
+            automation.id = automation.id,
+            item.id = item.id,
+            message.id = message,
+            "automation posted a message"
+        );
         self.handled.messages.push(message);
         Ok(())
     }
@@ -312,11 +360,15 @@ impl Work<'_> {
             n: i64,
         }
         diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind::<Text, _>(format!("tidings-automation {} {item} {recipient}", automation.id))
+            .bind::<Text, _>(format!(
+                "tidings-automation {} {item} {recipient}",
+                automation.id
+            ))
             .execute(self.conn)?;
         let mut capped = None;
         for (limit, window) in &self.config.automation_limits {
-            let window = diesel::pg::data_types::PgInterval::from_microseconds(window.as_micros() as i64);
+            let window =
+                diesel::pg::data_types::PgInterval::from_microseconds(window.as_micros() as i64);
             let n = diesel::sql_query(
                 "SELECT count(*) AS n FROM automation_runs WHERE automation_id = $1 AND item_id = $2
                  AND recipient_id = $3 AND NOT capped AND created_at > now() - $4",
@@ -364,17 +416,30 @@ impl Work<'_> {
 pub fn condition_holds(condition: Option<&Value>, item: &Value) -> bool {
     match condition {
         None | Some(Value::Null) => true,
-        Some(Value::Object(fields)) => fields.iter().all(|(field, want)| item.get(field) == Some(want)),
+        Some(Value::Object(fields)) => fields
+            .iter()
+            .all(|(field, want)| item.get(field) == Some(want)),
         Some(_) => false,
     }
 }
 
 /// The item fields a condition may name.
-pub const CONDITION_FIELDS: [&str; 6] = ["kind", "status", "title", "assignee_id", "requester_id", "id"];
+pub const CONDITION_FIELDS: [&str; 6] = [
+    "kind",
+    "status",
+    "title",
+    "assignee_id",
+    "requester_id",
+    "id",
+];
 
 /// Recipients of an automation email: the item's followers (with its assignee and
 /// requester), its assignee, or its requester; active people with an address only.
-fn audience(conn: &mut PgConnection, automation: &Automation, item: &Item) -> QueryResult<Vec<i64>> {
+fn audience(
+    conn: &mut PgConnection,
+    automation: &Automation,
+    item: &Item,
+) -> QueryResult<Vec<i64>> {
     let mut ids: Vec<i64> = match automation.audience.as_deref() {
         Some("assignee") => item.assignee_id.into_iter().collect(),
         Some("requester") => item.requester_id.into_iter().collect(),

@@ -24,8 +24,8 @@ use tidings_common::db::Db;
 use tidings_common::db::models::Message;
 use tidings_common::db::schema::{messages, notifications};
 use tidings_common::events::EventRecorded;
-use tidings_common::sweep;
 use tidings_common::outbox::{self, OutboxBatch};
+use tidings_common::sweep;
 use tidings_common::{Config, Result, mail};
 use tidings_common::{audience, rules};
 use tokio_util::sync::CancellationToken;
@@ -285,11 +285,23 @@ impl Dispatcher {
             .await;
         let handled = match handled {
             Ok(Some(handled)) => handled,
-            Ok(None) => return Outcome::DeadLetter(format!("domain event {} does not exist", event.event_id)),
+            Ok(None) => {
+                return Outcome::DeadLetter(format!(
+                    "domain event {} does not exist",
+                    event.event_id
+                ));
+            }
             Err(e) if e.is_transient() => return Outcome::Requeue(e.to_string()),
             Err(e) => return Outcome::DeadLetter(e.to_string()),
         };
-        if let Err(e) = announce(&publisher, &self.topology, &handled.outbox_ids, &handled.messages).await {
+        if let Err(e) = announce(
+            &publisher,
+            &self.topology,
+            &handled.outbox_ids,
+            &handled.messages,
+        )
+        .await
+        {
             // Committed already: the sweeps republish what did not reach the broker.
             warn!(error = %e, "announcing the results of a domain event failed");
         }
@@ -300,8 +312,10 @@ impl Dispatcher {
     /// never dispatched or handled.
     async fn sweep(&self, publisher: &Publisher) -> Result<usize> {
         let (db, topology, age) = (&self.db, &self.topology, self.config.sweep_interval);
-        Ok(sweep::undispatched_messages(db, publisher, topology, age).await?
-            + sweep::unhandled_events(db, publisher, topology, age).await?)
+        Ok(
+            sweep::undispatched_messages(db, publisher, topology, age).await?
+                + sweep::unhandled_events(db, publisher, topology, age).await?,
+        )
     }
 
     async fn session(self: &Arc<Self>, shutdown: &CancellationToken) -> Result<()> {
@@ -357,7 +371,10 @@ impl Dispatcher {
                 &self.topology.domain_queue(),
                 self.config.prefetch,
                 &stop,
-                move |delivery| this.clone().handle_event(handler_publisher.clone(), delivery),
+                move |delivery| {
+                    this.clone()
+                        .handle_event(handler_publisher.clone(), delivery)
+                },
             )
             .await;
             stop.cancel();

@@ -267,15 +267,15 @@ fn record_bounce(conn: &mut PgConnection, report: &InboundReport) -> Result<Disp
         );
         let bounced: Vec<Option<String>> = recipients
             .into_iter()
-        .map(|id| {
-            people::table
-                .find(id)
-                .select(people::email)
-                .first(conn)
-                .ok()
-                .flatten()
-        })
-        .collect();
+            .map(|id| {
+                people::table
+                    .find(id)
+                    .select(people::email)
+                    .first(conn)
+                    .ok()
+                    .flatten()
+            })
+            .collect();
         if addresses.is_empty() {
             addresses.extend(
                 bounced

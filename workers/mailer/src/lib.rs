@@ -18,9 +18,7 @@ use std::time::Duration;
 use lapin::message::Delivery;
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
-use tidings_common::amqp::{
-    self, NotificationBatch, Outcome, Publisher, Topology,
-};
+use tidings_common::amqp::{self, NotificationBatch, Outcome, Publisher, Topology};
 use tidings_common::db::Db;
 use tidings_common::outbox::OutboxBatch;
 use tidings_common::sweep;
@@ -177,8 +175,10 @@ impl Mailer {
     async fn sweep(&self, publisher: &Publisher) -> Result<usize> {
         let lease = self.config.send_lease;
         let (db, topology) = (&self.db, &self.topology);
-        Ok(sweep::stuck_notifications(db, publisher, topology, lease).await?
-            + sweep::stuck_outbox(db, publisher, topology, lease).await?)
+        Ok(
+            sweep::stuck_notifications(db, publisher, topology, lease).await?
+                + sweep::stuck_outbox(db, publisher, topology, lease).await?,
+        )
     }
 
     async fn session(self: &Arc<Self>, shutdown: &CancellationToken) -> Result<()> {

@@ -139,7 +139,12 @@ impl Mailer {
         let to = mail::mask_address(&email.to_address);
         match sent {
             Ok(response) => {
-                info!(outbox.id = c.email.id, to, source = c.email.source, "email sent");
+                info!(
+                    outbox.id = c.email.id,
+                    to,
+                    source = c.email.source,
+                    "email sent"
+                );
                 done.state = "sent";
                 done.log_status = "sent";
                 done.reason = None;
@@ -158,7 +163,11 @@ impl Mailer {
             }
             Err(e) => {
                 warn!(outbox.id = c.email.id, to, error = %e, "email deferred");
-                retry(&mut done, "temporary SMTP failure".into(), Some(e.to_string()));
+                retry(
+                    &mut done,
+                    "temporary SMTP failure".into(),
+                    Some(e.to_string()),
+                );
             }
         }
         done
@@ -192,8 +201,7 @@ impl Mailer {
                                     outbox_emails::reason.eq(&f.reason),
                                     outbox_emails::smtp_reply.eq(&f.smtp_reply),
                                     outbox_emails::sent_at.eq(sent_at),
-                                    outbox_emails::due_at
-                                        .eq(f.retry_at.unwrap_or_else(Utc::now)),
+                                    outbox_emails::due_at.eq(f.retry_at.unwrap_or_else(Utc::now)),
                                 ))
                                 .returning(outbox_emails::conversation_id)
                                 .get_result(conn)
