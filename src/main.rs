@@ -68,6 +68,7 @@ enum Command {
     /// Run one scheduler job now (purge_log, expire_threading, sweep), once, whatever its schedule.
     Schedule {
         /// The job to run.
+        #[arg(value_parser = tidings_scheduler::JOBS)]
         job: String,
     },
     /// Inbound email tools.

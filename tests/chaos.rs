@@ -452,6 +452,30 @@ async fn sweep_delivers_notifications_whose_batch_was_lost() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (_conn, channel) = env.channel().await;
+    // Dispatch commits before it publishes: wait until the three batches are in the delay.
+    let delay = env.topology().delay_queue();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let queue = channel
+            .queue_declare(
+                delay.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        if queue.message_count() >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the batches never reached the delay"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let purged = channel
         .queue_purge(env.topology().delay_queue().into(), Default::default())
         .await

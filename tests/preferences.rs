@@ -520,6 +520,8 @@ async fn preferences_api_p2_and_explain() {
             "see_conversations": "all_projects", "show_customer_conversations": true,
             "from_customers": "mine", "from_users": "followed", "followed_internal": true,
             "email_customer_messages": true, "email_replies": true, "email_internal": true,
+            "email_assignments": true, "email_project_members": false,
+            "accept_all_invitations": true,
         })
     );
     let (status, err) = env

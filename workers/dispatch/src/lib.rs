@@ -43,6 +43,9 @@ pub enum Dispatched {
     Batch(NotificationBatch),
 }
 
+/// A domain event written by a transaction, to publish after commit: its id and kind.
+pub type RecordedEvent = (i64, String);
+
 /// Rows per INSERT statement, well under PostgreSQL's limit on bound parameters.
 const INSERT_CHUNK: usize = 2000;
 
@@ -56,7 +59,7 @@ pub fn dispatch_messages(
     message_ids: &[i64],
     seen_window: Duration,
     reply_domain: &str,
-) -> Result<(HashMap<i64, Dispatched>, Vec<(i64, String)>)> {
+) -> Result<(HashMap<i64, Dispatched>, Vec<RecordedEvent>)> {
     conn.transaction(|conn| {
         let found: Vec<Message> = messages::table
             .filter(messages::id.eq_any(message_ids))
@@ -138,7 +141,7 @@ pub fn dispatch_messages(
 
 /// Records a `message_posted` domain event for each message in an item's conversation, if
 /// any enabled automation is triggered by new messages (one cheap query when none is).
-fn automation_events(conn: &mut PgConnection, message_ids: &[i64]) -> Result<Vec<(i64, String)>> {
+fn automation_events(conn: &mut PgConnection, message_ids: &[i64]) -> Result<Vec<RecordedEvent>> {
     use tidings_common::db::schema::{automations, conversations};
     if message_ids.is_empty() {
         return Ok(Vec::new());

@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::Interval;
-use tidings_common::amqp::{SharedPublisher, Topology};
+use tidings_common::amqp::{self, Publisher, SharedPublisher, Topology};
 use tidings_common::db::Db;
 use tidings_common::db::schema::scheduler_runs;
 use tidings_common::{Config, Error, Result, sweep};
@@ -110,7 +110,18 @@ impl Scheduler {
                     .await
             }
             "sweep" => {
-                let publisher = self.broker.get()?;
+                // The role keeps a connection; a one-off run (`tidings schedule sweep`) opens one.
+                let mut connection = None;
+                let publisher = match self.broker.get() {
+                    Ok(publisher) => publisher,
+                    Err(_) => {
+                        let c = amqp::connect(&self.config.amqp_url, "scheduler").await?;
+                        let publisher = Publisher::open(&c).await?;
+                        self.topology.declare(publisher.channel()).await?;
+                        connection = Some(c);
+                        publisher
+                    }
+                };
                 let (db, topology) = (&self.db, &self.topology);
                 let lease = self.config.send_lease;
                 let age = self.config.sweep_interval;
@@ -118,6 +129,9 @@ impl Scheduler {
                     + sweep::stuck_outbox(db, &publisher, topology, lease).await?
                     + sweep::undispatched_messages(db, &publisher, topology, age).await?
                     + sweep::unhandled_events(db, &publisher, topology, age).await?;
+                if let Some(c) = connection {
+                    let _ = c.close(200, "done".into()).await;
+                }
                 Ok(format!("republished {n}"))
             }
             other => Err(Error::Task(format!(
@@ -219,10 +233,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .iter()
         .map(|(_, s)| s.after(&Utc::now()).next())
         .collect();
-    loop {
-        let Some(soonest) = next.iter().flatten().min().copied() else {
-            break;
-        };
+    while let Some(soonest) = next.iter().flatten().min().copied() {
         let wait = (soonest - Utc::now()).to_std().unwrap_or_default();
         tokio::select! {
             _ = shutdown.cancelled() => break,
