@@ -60,6 +60,15 @@ async fn project(env: &Env, name: &str) -> i64 {
         .unwrap()
 }
 
+async fn invite(env: &Env, project: i64, person: i64) -> Value {
+    env.ok(
+        "POST",
+        &format!("/projects/{project}/invitations"),
+        Some(json!({ "person_id": person })),
+    )
+    .await
+}
+
 /// A copy of the shipped templates, for tests that edit them.
 fn own_templates() -> std::path::PathBuf {
     let to = std::env::temp_dir().join(format!(
@@ -672,13 +681,7 @@ async fn e2_e3_project_members_and_invitations() {
 
     // E3 on (the default): accepted at once, logged, and the project's E2 followers hear of it.
     let dee = env.user("Dee").await;
-    let inv = env
-        .ok(
-            "POST",
-            &format!("/projects/{p}/invitations"),
-            Some(json!({"person_id": dee})),
-        )
-        .await;
+    let inv = invite(&env, p, dee).await;
     assert_eq!(inv["status"], "accepted_automatically");
     let got = mails(&env, "bob@example.com", 1).await;
     assert_eq!(subject(&got[0]), "Dee joined Billing");
@@ -691,13 +694,7 @@ async fn e2_e3_project_members_and_invitations() {
     // E3 off: an invitation email with a signed accept link.
     let eve = env.user("Eve").await;
     set_preference(&env, eve, "accept_all_invitations", json!(false)).await;
-    let inv = env
-        .ok(
-            "POST",
-            &format!("/projects/{p}/invitations"),
-            Some(json!({"person_id": eve})),
-        )
-        .await;
+    let inv = invite(&env, p, eve).await;
     assert_eq!(inv["status"], "pending");
     let got = mails(&env, "eve@example.com", 1).await;
     assert_eq!(subject(&got[0]), "You are invited to the project Billing");

@@ -42,15 +42,7 @@ pub async fn undispatched_messages(
                 .load(conn)?)
         })
         .await?;
-    for &message_id in &stale {
-        publisher
-            .publish_json(
-                &topology.events_exchange(),
-                MESSAGE_POSTED,
-                &MessagePosted { message_id },
-            )
-            .await?;
-    }
+    publish_messages(publisher, topology, &stale).await?;
     if !stale.is_empty() {
         warn!(
             count = stale.len(),
@@ -84,6 +76,40 @@ pub async fn unhandled_events(
         warn!(count = stale.len(), "republished unhandled domain events");
     }
     Ok(stale.len())
+}
+
+/// Publishes `message.posted` for messages a committed transaction wrote.
+pub async fn publish_messages(
+    publisher: &Publisher,
+    topology: &Topology,
+    ids: &[i64],
+) -> Result<()> {
+    for &message_id in ids {
+        publisher
+            .publish_json(
+                &topology.events_exchange(),
+                MESSAGE_POSTED,
+                &MessagePosted { message_id },
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Announces outbox emails a committed transaction wrote to the mailer.
+pub async fn publish_outbox(publisher: &Publisher, topology: &Topology, ids: &[i64]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    publisher
+        .publish_json(
+            &topology.events_exchange(),
+            EMAIL_QUEUED,
+            &OutboxBatch {
+                outbox_ids: ids.to_vec(),
+            },
+        )
+        .await
 }
 
 /// Publishes domain events recorded by a committed transaction.
@@ -187,16 +213,6 @@ pub async fn stuck_outbox(
                 .load(conn)?)
         })
         .await?;
-    if !ids.is_empty() {
-        publisher
-            .publish_json(
-                &topology.events_exchange(),
-                EMAIL_QUEUED,
-                &OutboxBatch {
-                    outbox_ids: ids.clone(),
-                },
-            )
-            .await?;
-    }
+    publish_outbox(publisher, topology, &ids).await?;
     Ok(ids.len())
 }

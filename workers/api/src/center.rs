@@ -321,6 +321,37 @@ fn validate_automation(state: &AppState, a: &Automation, conn: &mut PgConnection
     Ok(())
 }
 
+/// The editable columns of an automation.
+#[derive(Insertable, AsChangeset)]
+#[diesel(table_name = automations, treat_none_as_null = true)]
+struct AutomationRow<'a> {
+    name: &'a str,
+    trigger: &'a str,
+    condition: Option<&'a Value>,
+    action: &'a str,
+    template: Option<&'a str>,
+    body: Option<&'a str>,
+    audience: Option<&'a str>,
+    bot_id: Option<i64>,
+    enabled: bool,
+}
+
+impl<'a> AutomationRow<'a> {
+    fn of(a: &'a Automation) -> Self {
+        AutomationRow {
+            name: &a.name,
+            trigger: &a.trigger,
+            condition: a.condition.as_ref(),
+            action: &a.action,
+            template: a.template.as_deref(),
+            body: a.body.as_deref(),
+            audience: a.audience.as_deref(),
+            bot_id: a.bot_id,
+            enabled: a.enabled,
+        }
+    }
+}
+
 fn default_bot(conn: &mut PgConnection) -> QueryResult<Option<i64>> {
     people::table
         .filter(people::kind.eq("bot"))
@@ -360,17 +391,7 @@ pub async fn create_automation(
         }
         validate_automation(&st, &a, conn)?;
         let created: Automation = diesel::insert_into(automations::table)
-            .values((
-                automations::name.eq(&a.name),
-                automations::trigger.eq(&a.trigger),
-                automations::condition.eq(&a.condition),
-                automations::action.eq(&a.action),
-                automations::template.eq(&a.template),
-                automations::body.eq(&a.body),
-                automations::audience.eq(&a.audience),
-                automations::bot_id.eq(a.bot_id),
-                automations::enabled.eq(a.enabled),
-            ))
+            .values(AutomationRow::of(&a))
             .returning(Automation::as_returning())
             .get_result(conn)?;
         info!(automation.id = created.id, "automation created");
@@ -421,15 +442,7 @@ pub async fn update_automation(
         }
         let updated: Automation = diesel::update(automations::table.find(id))
             .set((
-                automations::name.eq(&a.name),
-                automations::trigger.eq(&a.trigger),
-                automations::condition.eq(&a.condition),
-                automations::action.eq(&a.action),
-                automations::template.eq(&a.template),
-                automations::body.eq(&a.body),
-                automations::audience.eq(&a.audience),
-                automations::bot_id.eq(a.bot_id),
-                automations::enabled.eq(a.enabled),
+                AutomationRow::of(&a),
                 automations::updated_at.eq(diesel::dsl::now),
             ))
             .returning(Automation::as_returning())

@@ -17,14 +17,11 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use lapin::message::Delivery;
-use tidings_common::amqp::{
-    self, MESSAGE_POSTED, MessagePosted, NotificationBatch, Outcome, Publisher, Topology,
-};
+use tidings_common::amqp::{self, MessagePosted, NotificationBatch, Outcome, Publisher, Topology};
 use tidings_common::db::Db;
 use tidings_common::db::models::Message;
 use tidings_common::db::schema::{messages, notifications};
 use tidings_common::events::EventRecorded;
-use tidings_common::outbox::{self, OutboxBatch};
 use tidings_common::sweep;
 use tidings_common::{Config, Result, mail};
 use tidings_common::{audience, rules};
@@ -399,27 +396,8 @@ pub async fn announce(
     outbox_ids: &[i64],
     messages: &[i64],
 ) -> Result<()> {
-    if !outbox_ids.is_empty() {
-        publisher
-            .publish_json(
-                &topology.events_exchange(),
-                outbox::EMAIL_QUEUED,
-                &OutboxBatch {
-                    outbox_ids: outbox_ids.to_vec(),
-                },
-            )
-            .await?;
-    }
-    for &message_id in messages {
-        publisher
-            .publish_json(
-                &topology.events_exchange(),
-                MESSAGE_POSTED,
-                &MessagePosted { message_id },
-            )
-            .await?;
-    }
-    Ok(())
+    sweep::publish_outbox(publisher, topology, outbox_ids).await?;
+    sweep::publish_messages(publisher, topology, messages).await
 }
 
 /// Runs the dispatch role until `shutdown` fires, reconnecting after broker or database failures.
