@@ -883,3 +883,70 @@ async fn two_schedulers_run_each_tick_once() {
         env.sql("SELECT count(DISTINCT tick) FROM scheduler_runs WHERE job = 'purge_log'")
     );
 }
+
+#[tokio::test]
+async fn l1_old_reply_addresses_and_threading_data_expire() {
+    let env = Env::with("1s", &[("TIDINGS_THREADING_RETENTION", "30d")], &[]);
+    let _all = started(&env, &["all"]).await;
+    let bob = env.user("Bob").await;
+    let (_, _, conv) = env.ticket("Printer").await;
+    let today = tidings_common::mail::epoch_day(chrono::Utc::now());
+    let address = |issued_day| {
+        tidings_common::mail::ReplyToken {
+            conversation_id: conv,
+            person_id: bob,
+            issued_day,
+        }
+        .address(support::SECRET.as_bytes(), support::REPLY_DOMAIN)
+    };
+    for (n, to) in [(1, address(today - 31)), (2, address(today - 1))] {
+        let mail = format!(
+            "From: Bob <bob@example.com>\r\nTo: {to}\r\nSubject: Re: Printer\r\nMessage-ID: <old-{n}@example.com>\r\n\r\nReply number {n}.\r\n"
+        );
+        // A relay retries a 4xx; so does this test while the listener connects to the broker.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let replies = env.smtp("bob@example.com", &[&to], &mail).await;
+            if replies.last().unwrap().starts_with("250") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{replies:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    support::wait_for("both replies to be logged", async || {
+        env.ok("GET", "/email-log?direction=in", None)
+            .await
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+    let log = env.ok("GET", "/email-log?direction=in", None).await;
+    let status = |n: usize| log[n]["status"].as_str().unwrap().to_string();
+    // Newest first: the fresh address threads, the 31-day-old one is refused.
+    assert_eq!(status(0), "threaded", "{log}");
+    assert_eq!(status(1), "rejected", "{log}");
+    assert!(
+        log[1]["reason"].as_str().unwrap().contains("expired"),
+        "{log}"
+    );
+
+    // Threading data past its lifetime goes; the conversation stays.
+    env.sql("UPDATE inbound_emails SET received_at = now() - interval '40 days' WHERE message_id_header = '<old-1@example.com>'");
+    let out = env
+        .command(&["schedule", "expire_threading"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("expired 1 received Message-IDs"), "{said}");
+    assert_eq!(env.sql("SELECT count(*) FROM inbound_emails"), "1");
+    let messages = env.ok("GET", &format!("/conversations/{conv}"), None).await["messages"].clone();
+    assert_eq!(messages.as_array().unwrap().len(), 1, "{messages}");
+}

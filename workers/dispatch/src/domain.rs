@@ -423,16 +423,6 @@ pub fn condition_holds(condition: Option<&Value>, item: &Value) -> bool {
     }
 }
 
-/// The item fields a condition may name.
-pub const CONDITION_FIELDS: [&str; 6] = [
-    "kind",
-    "status",
-    "title",
-    "assignee_id",
-    "requester_id",
-    "id",
-];
-
 /// Recipients of an automation email: the item's followers (with its assignee and
 /// requester), its assignee, or its requester; active people with an address only.
 fn audience(
@@ -480,4 +470,28 @@ fn user_pref(conn: &mut PgConnection, person: i64, column: &str) -> QueryResult<
     .get_result::<Flag>(conn)
     .optional()?
     .is_some_and(|f| f.flag))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn m1_conditions_match_item_fields() {
+        let item = json!({"id": 4, "kind": "ticket", "status": "closed", "assignee_id": null});
+        assert!(condition_holds(None, &item));
+        assert!(condition_holds(Some(&Value::Null), &item));
+        assert!(condition_holds(Some(&json!({"status": "closed"})), &item));
+        assert!(condition_holds(
+            Some(&json!({"status": "closed", "kind": "ticket"})),
+            &item
+        ));
+        assert!(!condition_holds(
+            Some(&json!({"status": "closed", "kind": "task"})),
+            &item
+        ));
+        assert!(condition_holds(Some(&json!({"assignee_id": null})), &item));
+        assert!(!condition_holds(Some(&json!({"priority": "high"})), &item));
+        assert!(!condition_holds(Some(&json!(["status"])), &item));
+    }
 }

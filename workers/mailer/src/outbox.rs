@@ -195,7 +195,7 @@ impl Mailer {
                                 .filter(outbox_emails::state.eq("sending"))
                                 .filter(outbox_emails::claimed_at.eq(f.claimed_at));
                             let sent_at = (f.state == "sent").then(Utc::now);
-                            let updated: Option<Option<i64>> = diesel::update(o)
+                            let updated: Option<(Option<i64>, String, String)> = diesel::update(o)
                                 .set((
                                     outbox_emails::state.eq(f.state),
                                     outbox_emails::reason.eq(&f.reason),
@@ -203,20 +203,17 @@ impl Mailer {
                                     outbox_emails::sent_at.eq(sent_at),
                                     outbox_emails::due_at.eq(f.retry_at.unwrap_or_else(Utc::now)),
                                 ))
-                                .returning(outbox_emails::conversation_id)
+                                .returning((
+                                    outbox_emails::conversation_id,
+                                    outbox_emails::source,
+                                    outbox_emails::email_message_id,
+                                ))
                                 .get_result(conn)
                                 .optional()?;
-                            let Some(conversation_id) = updated else {
+                            // Not updated: the claim was taken over; its new owner records it.
+                            let Some((conversation_id, source, message_id_header)) = updated else {
                                 continue;
                             };
-                            let source: String = outbox_emails::table
-                                .find(f.id)
-                                .select(outbox_emails::source)
-                                .first(conn)?;
-                            let message_id_header: String = outbox_emails::table
-                                .find(f.id)
-                                .select(outbox_emails::email_message_id)
-                                .first(conn)?;
                             diesel::insert_into(email_log::table)
                                 .values((
                                     email_log::direction.eq("outbound"),

@@ -242,7 +242,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         for (i, (job, schedule)) in schedules.iter().enumerate() {
             if let Some(tick) = next[i].filter(|t| *t <= Utc::now()) {
                 scheduler.tick(job, tick).await;
-                next[i] = schedule.after(&tick).next();
+                // Ticks missed while this one ran are left to other schedulers, not replayed.
+                next[i] = schedule.after(&tick.max(Utc::now())).next();
             }
         }
     }
