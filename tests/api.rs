@@ -170,6 +170,21 @@ async fn poison_messages_are_dead_lettered_and_workers_keep_going() {
             &b"{\"message_id\": 987654}"[..],
         ),
         (topology.due_exchange(), "due", &b"\xff\xfe garbage"[..]),
+        (
+            topology.events_exchange(),
+            "domain.user_created",
+            &b"{\"event_id\": 987654}"[..],
+        ),
+        (
+            topology.events_exchange(),
+            "domain.item_assigned",
+            &b"not json"[..],
+        ),
+        (
+            topology.events_exchange(),
+            "email.queued",
+            &b"{\"outbox_ids\": \"all\"}"[..],
+        ),
     ] {
         channel
             .basic_publish(
@@ -194,7 +209,7 @@ async fn poison_messages_are_dead_lettered_and_workers_keep_going() {
         .await
         .unwrap();
     let mut reasons = Vec::new();
-    while reasons.len() < 3 {
+    while reasons.len() < 6 {
         let delivery = tokio::time::timeout(Duration::from_secs(20), consumer.next())
             .await
             .expect("dead letters arrive")
@@ -219,12 +234,18 @@ async fn poison_messages_are_dead_lettered_and_workers_keep_going() {
             .any(|r| r.contains("message 987654 does not exist")),
         "{reasons:?}"
     );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("domain event 987654 does not exist")),
+        "{reasons:?}"
+    );
     assert_eq!(
         reasons
             .iter()
             .filter(|r| r.contains("malformed payload"))
             .count(),
-        2,
+        4,
         "{reasons:?}"
     );
 
