@@ -221,5 +221,34 @@ pub async fn run(base: &str, config: &Config) -> anyhow::Result<()> {
     println!("- Unseen messages in one conversation go out together in one email (coalesced).");
     let inbox = api.get(&format!("/people/{}/inbox", id(&ada))).await?;
     println!("Ada's inbox: {} unread", inbox["unread"]);
+    let log = api.get("/email-log?direction=out&limit=1000").await?;
+    let system: Vec<&Value> = log
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter(|r| r["rule"].as_str().is_some_and(|s| s.starts_with("system:")))
+                .filter(|r| {
+                    r["rcpt_to"]
+                        .as_str()
+                        .is_some_and(|to| to.contains(&format!("+{run}@")))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !system.is_empty() {
+        println!();
+        println!("System emails (messaging center; see `tidings log`):");
+        for r in system.iter().rev() {
+            println!(
+                "  {:<8} {:<30} {}",
+                r["status"].as_str().unwrap_or("?"),
+                r["rcpt_to"].as_str().unwrap_or("-"),
+                r["subject"]
+                    .as_str()
+                    .or(r["reason"].as_str())
+                    .unwrap_or("-")
+            );
+        }
+    }
     Ok(())
 }
