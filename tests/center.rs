@@ -745,6 +745,32 @@ async fn e2_e3_project_members_and_invitations() {
     let got = mails(&env, "bob@example.com", 2).await;
     assert_eq!(subject(&got[1]), "Eve joined Billing");
     assert!(env.mails_to("ann@example.com").is_empty(), "Ann has E2 off");
+    // A team joining counts too: one email about the team, none to its members.
+    let fay = env.user("Fay").await;
+    set_preference(&env, fay, "email_project_members", json!(true)).await;
+    let team = env
+        .ok("POST", "/teams", Some(json!({"name": "Night shift"})))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    env.ok("PUT", &format!("/teams/{team}/members/{fay}"), None)
+        .await;
+    env.ok("PUT", &format!("/projects/{p}/teams/{team}"), None)
+        .await;
+    let got = mails(&env, "bob@example.com", 3).await;
+    assert_eq!(subject(&got[2]), "Night shift joined Billing");
+    assert_eq!(
+        env.sql(&format!(
+            "SELECT count(*) FROM project_follows WHERE person_id = {fay} AND project_id = {p}"
+        )),
+        "1"
+    );
+    assert!(env.mails_to("fay@example.com").is_empty());
+    let (status, _) = env
+        .call("PUT", &format!("/projects/{p}/teams/777"), None)
+        .await;
+    assert_eq!(status, 404);
+
     let (status, _) = env
         .call(
             "POST",

@@ -330,3 +330,26 @@ diesel::allow_tables_to_appear_in_same_query!(
     outbox_emails,
     system_notifications,
 );
+
+diesel::table! {
+    teams (id) {
+        id -> Int8,
+        name -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    team_members (team_id, person_id) {
+        team_id -> Int8,
+        person_id -> Int8,
+    }
+}
+
+diesel::table! {
+    project_teams (project_id, team_id) {
+        project_id -> Int8,
+        team_id -> Int8,
+        created_at -> Timestamptz,
+    }
+}

@@ -596,6 +596,107 @@ pub async fn add_project_member(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct TeamBody {
+    name: String,
+}
+
+/// Creates a team (a group of users).
+pub async fn create_team(
+    State(state): State<AppState>,
+    Body(body): Body<TeamBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let name = body.name.trim().to_string();
+    if name.is_empty() {
+        return Err(ApiError::bad_field("name", "name: must not be empty"));
+    }
+    with_db(&state, move |conn| {
+        let id: i64 = diesel::insert_into(teams::table)
+            .values(teams::name.eq(&name))
+            .returning(teams::id)
+            .get_result(conn)?;
+        Ok((StatusCode::CREATED, Json(json!({"id": id, "name": name}))))
+    })
+    .await
+}
+
+fn require_team(conn: &mut PgConnection, id: i64) -> ApiResult<()> {
+    let found: Option<i64> = teams::table
+        .find(id)
+        .select(teams::id)
+        .first(conn)
+        .optional()?;
+    found
+        .map(|_| ())
+        .ok_or_else(|| ApiError::not_found("team", id))
+}
+
+/// Adds a user to a team.
+pub async fn add_team_member(
+    State(state): State<AppState>,
+    Path((team, person)): Path<(i64, i64)>,
+) -> ApiResult<StatusCode> {
+    with_db(&state, move |conn| {
+        require_team(conn, team)?;
+        require_user(conn, person, "person_id")?;
+        diesel::insert_into(team_members::table)
+            .values((
+                team_members::team_id.eq(team),
+                team_members::person_id.eq(person),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+/// Adds a team to a project: its members follow the project, and the project's followers
+/// with E2 on are emailed once about the team.
+pub async fn add_project_team(
+    State(state): State<AppState>,
+    Path((project, team)): Path<(i64, i64)>,
+) -> ApiResult<StatusCode> {
+    let recorded = with_db(&state, move |conn| {
+        conn.transaction(|conn| {
+            require_project(conn, project)?;
+            require_team(conn, team)?;
+            let added = diesel::insert_into(project_teams::table)
+                .values((
+                    project_teams::project_id.eq(project),
+                    project_teams::team_id.eq(team),
+                ))
+                .on_conflict_do_nothing()
+                .execute(conn)?;
+            if added == 0 {
+                return Ok(None);
+            }
+            diesel::sql_query(
+                "INSERT INTO project_follows (project_id, person_id)
+                 SELECT $1, person_id FROM team_members WHERE team_id = $2
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(project)
+            .bind::<diesel::sql_types::BigInt, _>(team)
+            .execute(conn)?;
+            Ok(Some(events::record(
+                conn,
+                events::PROJECT_MEMBER_ADDED,
+                json!({"project_id": project, "team_id": team}),
+            )?))
+        })
+    })
+    .await?;
+    let status = if recorded.is_some() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    publish(&state, recorded.into_iter().collect()).await;
+    Ok(status)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InvitationBody {
     person_id: i64,
 }

@@ -80,6 +80,15 @@ pub fn router(state: AppState) -> Router {
             put(center::add_project_member),
         )
         .route("/projects/{id}/invitations", post(center::invite))
+        .route("/teams", post(center::create_team))
+        .route(
+            "/teams/{id}/members/{person_id}",
+            put(center::add_team_member),
+        )
+        .route(
+            "/projects/{id}/teams/{team_id}",
+            put(center::add_project_team),
+        )
         .route(
             "/system-notifications",
             get(center::list_system_notifications),

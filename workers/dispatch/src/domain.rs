@@ -77,8 +77,14 @@ pub fn handle_event(
                 }
             }
             events::PROJECT_MEMBER_ADDED => {
-                if let (Some(member), Some(project)) = (id("person_id"), id("project_id")) {
-                    work.project_member_added(project, member)?;
+                match (id("project_id"), id("person_id"), id("team_id")) {
+                    (Some(project), Some(person), _) => {
+                        work.project_member_added(project, Joined::User(person))?
+                    }
+                    (Some(project), None, Some(team)) => {
+                        work.project_member_added(project, Joined::Team(team))?
+                    }
+                    _ => {}
                 }
             }
             events::ITEM_ASSIGNED => {
@@ -122,6 +128,12 @@ pub fn handle_event(
         handled.outbox_ids = outbox::enqueue(conn, emails, &config.reply_domain)?;
         Ok(Some(handled))
     })
+}
+
+/// Who joined a project.
+enum Joined {
+    User(i64),
+    Team(i64),
 }
 
 struct Work<'a> {
@@ -202,14 +214,32 @@ impl Work<'_> {
         Ok(())
     }
 
-    /// E2: every user following the project whose "new users and teams" emails are on.
-    fn project_member_added(&mut self, project: i64, member: i64) -> Result<()> {
-        let member_json = people::table
-            .find(member)
-            .select(Person::as_select())
-            .first(self.conn)
-            .optional()?
-            .map(|p| json!({"id": p.id, "name": p.name, "kind": p.kind}));
+    /// E2: every user following the project whose "new users and teams" emails are on, other
+    /// than whoever joined.
+    fn project_member_added(&mut self, project: i64, joined: Joined) -> Result<()> {
+        let (member_json, joiners): (Option<Value>, Vec<i64>) = match joined {
+            Joined::User(person) => (
+                people::table
+                    .find(person)
+                    .select(Person::as_select())
+                    .first(self.conn)
+                    .optional()?
+                    .map(|p| json!({"id": p.id, "name": p.name, "kind": p.kind})),
+                vec![person],
+            ),
+            Joined::Team(team) => (
+                teams::table
+                    .find(team)
+                    .select(teams::name)
+                    .first::<String>(self.conn)
+                    .optional()?
+                    .map(|name| json!({"id": team, "name": name, "kind": "team"})),
+                team_members::table
+                    .filter(team_members::team_id.eq(team))
+                    .select(team_members::person_id)
+                    .load(self.conn)?,
+            ),
+        };
         let Some(member_json) = member_json else {
             return Ok(());
         };
@@ -219,7 +249,7 @@ impl Work<'_> {
             .filter(project_follows::project_id.eq(project))
             .filter(people::kind.eq("user"))
             .filter(people::active.eq(true))
-            .filter(people::id.ne(member))
+            .filter(people::id.ne_all(joiners))
             .filter(user_preferences::email_project_members.eq(true))
             .select(people::id)
             .load(self.conn)?;
