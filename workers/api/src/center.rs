@@ -19,16 +19,9 @@ use tracing::{info, warn};
 
 use crate::AppState;
 use crate::error::{ApiError, Body};
+use crate::handlers::{find_person, with_db};
 
 type ApiResult<T> = Result<T, ApiError>;
-
-async fn with_db<T, F>(state: &AppState, work: F) -> ApiResult<T>
-where
-    T: Send + 'static,
-    F: FnOnce(&mut PgConnection) -> ApiResult<T> + Send + 'static,
-{
-    state.db.run(move |conn| Ok(work(conn))).await?
-}
 
 fn conflict(message: impl Into<String>, field: Option<&str>) -> ApiError {
     ApiError {
@@ -54,17 +47,8 @@ pub async fn publish(state: &AppState, recorded: Vec<(i64, String)>) {
     }
 }
 
-fn person(conn: &mut PgConnection, id: i64) -> ApiResult<Person> {
-    people::table
-        .find(id)
-        .select(Person::as_select())
-        .first(conn)
-        .optional()?
-        .ok_or_else(|| ApiError::not_found("person", id))
-}
-
 fn require_user(conn: &mut PgConnection, id: i64, field: &str) -> ApiResult<Person> {
-    let p = person(conn, id)?;
+    let p = find_person(conn, id)?;
     if p.kind() != PersonKind::User {
         return Err(ApiError::bad_field(
             field,
@@ -291,7 +275,7 @@ fn validate_automation(state: &AppState, a: &Automation, conn: &mut PgConnection
                 ));
             }
             if let Some(bot) = a.bot_id {
-                let p = person(conn, bot)?;
+                let p = find_person(conn, bot)?;
                 if p.kind() != PersonKind::Bot {
                     return Err(ApiError::bad_field(
                         "bot_id",
@@ -562,13 +546,10 @@ fn add_member(
 }
 
 fn require_project(conn: &mut PgConnection, id: i64) -> ApiResult<()> {
-    let found: Option<i64> = projects::table
-        .find(id)
-        .select(projects::id)
-        .first(conn)
-        .optional()?;
+    let found: bool =
+        diesel::select(diesel::dsl::exists(projects::table.find(id))).get_result(conn)?;
     found
-        .map(|_| ())
+        .then_some(())
         .ok_or_else(|| ApiError::not_found("project", id))
 }
 
@@ -620,13 +601,10 @@ pub async fn create_team(
 }
 
 fn require_team(conn: &mut PgConnection, id: i64) -> ApiResult<()> {
-    let found: Option<i64> = teams::table
-        .find(id)
-        .select(teams::id)
-        .first(conn)
-        .optional()?;
+    let found: bool =
+        diesel::select(diesel::dsl::exists(teams::table.find(id))).get_result(conn)?;
     found
-        .map(|_| ())
+        .then_some(())
         .ok_or_else(|| ApiError::not_found("team", id))
 }
 

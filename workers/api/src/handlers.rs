@@ -19,7 +19,7 @@ use crate::error::{ApiError, Body};
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Runs `work` on the pool, mapping its errors (including [`ApiError`]s it raises) to responses.
-async fn with_db<T, F>(state: &AppState, work: F) -> ApiResult<T>
+pub(crate) async fn with_db<T, F>(state: &AppState, work: F) -> ApiResult<T>
 where
     T: Send + 'static,
     F: FnOnce(&mut PgConnection) -> ApiResult<T> + Send + 'static,
@@ -44,7 +44,7 @@ fn required_text(field: &str, value: &str) -> ApiResult<String> {
     }
 }
 
-fn find_person(conn: &mut PgConnection, id: i64) -> ApiResult<Person> {
+pub(crate) fn find_person(conn: &mut PgConnection, id: i64) -> ApiResult<Person> {
     let person = people::table
         .find(id)
         .select(Person::as_select())
