@@ -545,6 +545,18 @@ fn add_member(
     )?))
 }
 
+/// Publishes the event of a join, if there was one: 201 when someone joined, 200 when they
+/// were already in.
+async fn announce_join(state: &AppState, recorded: Option<(i64, String)>) -> StatusCode {
+    let joined = recorded.is_some();
+    publish(state, recorded.into_iter().collect()).await;
+    if joined {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
 fn require_project(conn: &mut PgConnection, id: i64) -> ApiResult<()> {
     let found: bool =
         diesel::select(diesel::dsl::exists(projects::table.find(id))).get_result(conn)?;
@@ -566,13 +578,7 @@ pub async fn add_project_member(
         })
     })
     .await?;
-    let status = if recorded.is_some() {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    publish(&state, recorded.into_iter().collect()).await;
-    Ok(status)
+    Ok(announce_join(&state, recorded).await)
 }
 
 #[derive(Deserialize)]
@@ -664,13 +670,7 @@ pub async fn add_project_team(
         })
     })
     .await?;
-    let status = if recorded.is_some() {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    publish(&state, recorded.into_iter().collect()).await;
-    Ok(status)
+    Ok(announce_join(&state, recorded).await)
 }
 
 #[derive(Deserialize)]
