@@ -135,7 +135,9 @@ impl Mailer {
         for (id, state) in unclaimed {
             let next = match state.as_deref() {
                 // Claimed by another worker, alone or as a companion: look again in one window.
-                Some("sending") => Delivered::Busy,
+                // `pending` here means that worker released it between this claim's update and
+                // its read of the states (a released companion); it too needs another look.
+                Some("sending" | "pending") => Delivered::Busy,
                 _ => Delivered::Done,
             };
             result.insert(id, next);
