@@ -11,9 +11,11 @@ use support::{Env, SunkMail};
 
 /// Waits until `address` has received `count` emails; returns them, oldest first.
 async fn mails(env: &Env, address: &str, count: usize) -> Vec<SunkMail> {
-    support::wait_for(&format!("{count} email(s) to {address}"), async || {
-        env.mails_to(address).len() >= count
-    })
+    support::wait_for(
+        env.root(),
+        &format!("{count} email(s) to {address}"),
+        async || env.mails_to(address).len() >= count,
+    )
     .await;
     env.mails_to(address)
 }
@@ -185,7 +187,7 @@ async fn m5_a_broken_edit_keeps_the_last_good_template_serving() {
         "Edited: {{conversation.subject}}",
     )
     .unwrap();
-    support::wait_for("the edit to be picked up", async || {
+    support::wait_for(env.root(), "the edit to be picked up", async || {
         env.log_of(&["all"]).contains("templates reloaded")
     })
     .await;
@@ -202,7 +204,7 @@ async fn m5_a_broken_edit_keeps_the_last_good_template_serving() {
         "{{#> layout}}\n<p>{{#each messages}}</p>\n{{/layout}}",
     )
     .unwrap();
-    support::wait_for("the broken edit to be rejected", async || {
+    support::wait_for(env.root(), "the broken edit to be rejected", async || {
         env.log_of(&["all"]).contains("template change rejected")
     })
     .await;
@@ -284,7 +286,7 @@ async fn m4_system_notifications_password_reset_cannot_be_disabled() {
     )
     .await;
     user_with(&env, "Quiet", json!({})).await;
-    support::wait_for("the skipped welcome to be logged", async || {
+    support::wait_for(env.root(), "the skipped welcome to be logged", async || {
         env.ok("GET", "/email-log?status=skipped", None)
             .await
             .as_array()
@@ -450,7 +452,7 @@ async fn m1_an_automation_message_notifies_followers() {
     )
     .await;
     let conversation = format!("/conversations/{conv}");
-    support::wait_for("the automation's message", async || {
+    support::wait_for(env.root(), "the automation's message", async || {
         env.ok("GET", &conversation, None).await["messages"]
             .as_array()
             .is_some_and(|m| !m.is_empty())
@@ -513,7 +515,7 @@ async fn m1_an_automation_loop_is_capped() {
     let (_, _, conv) = env.ticket("Printer").await;
     env.post(conv, ann, "Hello?", false).await;
     let path = format!("/automations/{}", a["id"]);
-    support::wait_for("the cap to bite", async || {
+    support::wait_for(env.root(), "the cap to bite", async || {
         env.ok("GET", &path, None).await["recent_capped_runs"] == json!(1)
     })
     .await;
@@ -586,7 +588,7 @@ async fn m3_an_automation_emails_the_requester_until_disabled() {
         Some(json!({"status": "closed"})),
     )
     .await;
-    support::wait_for("the second close to be handled", async || {
+    support::wait_for(env.root(), "the second close to be handled", async || {
         env.sql("SELECT count(*) FROM domain_events WHERE handled_at IS NULL") == "0"
     })
     .await;
@@ -629,7 +631,7 @@ async fn e1_assignment_and_unassignment_emails() {
         subject(&got[1]),
         format!("No longer assigned to you: [task #{item}] Order toner")
     );
-    support::wait_for("the events to be handled", async || {
+    support::wait_for(env.root(), "the events to be handled", async || {
         env.sql("SELECT count(*) FROM domain_events WHERE handled_at IS NULL") == "0"
     })
     .await;
@@ -839,7 +841,7 @@ async fn l1_log_purge_keeps_threading_data() {
         )
         .await;
     assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
-    support::wait_for("the reply to be threaded", async || {
+    support::wait_for(env.root(), "the reply to be threaded", async || {
         env.ok("GET", "/email-log?direction=in", None)
             .await
             .as_array()
@@ -873,7 +875,7 @@ async fn two_schedulers_run_each_tick_once() {
     );
     let a = env.spawn(&["scheduler"]);
     let b = env.spawn(&["scheduler", "scheduler"]);
-    support::wait_for("six purge ticks", async || {
+    support::wait_for(env.root(), "six purge ticks", async || {
         env.sql("SELECT count(*) FROM scheduler_runs WHERE job = 'purge_log' AND finished_at IS NOT NULL")
             .parse::<i64>()
             .unwrap_or(0)
@@ -916,7 +918,7 @@ async fn l1_old_reply_addresses_and_threading_data_expire() {
     let _all = started(&env, &["all"]).await;
     let bob = env.user("Bob").await;
     let (_, _, conv) = env.ticket("Printer").await;
-    let today = tidings_common::mail::epoch_day(chrono::Utc::now());
+    let today = tidings_common::mail::epoch_day(tidings_common::clock::now());
     let address = |issued_day| {
         tidings_common::mail::ReplyToken {
             conversation_id: conv,
@@ -940,7 +942,7 @@ async fn l1_old_reply_addresses_and_threading_data_expire() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    support::wait_for("both replies to be logged", async || {
+    support::wait_for(env.root(), "both replies to be logged", async || {
         env.ok("GET", "/email-log?direction=in", None)
             .await
             .as_array()

@@ -103,7 +103,7 @@ async fn i2_reply_is_threaded_once_and_only_from_its_owner() {
         let replies = env.smtp("bob@example.com", &[&reply_to], &email).await;
         assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
     }
-    support::wait_for("the reply to be posted", async || {
+    support::wait_for(env.root(), "the reply to be posted", async || {
         conversation(&env, conv).await["messages"]
             .as_array()
             .unwrap()
@@ -138,7 +138,7 @@ async fn i2_reply_is_threaded_once_and_only_from_its_owner() {
         .replace("reply-1@", "reply-2@");
     let replies = env.smtp("mallory@example.com", &[&reply_to], &spoof).await;
     assert!(replies.last().unwrap().starts_with("250"));
-    support::wait_for("the spoof to be logged", async || {
+    support::wait_for(env.root(), "the spoof to be logged", async || {
         inbound_log(&env)
             .await
             .iter()
@@ -191,7 +191,7 @@ async fn l2_auto_replies_are_logged_and_i5_new_mail_starts_a_conversation() {
     );
     let replies = env.smtp("dana@customer.example", &[&support], &fresh).await;
     assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
-    support::wait_for("both emails to be processed", async || {
+    support::wait_for(env.root(), "both emails to be processed", async || {
         inbound_log(&env).await.len() >= 2
     })
     .await;
@@ -279,7 +279,7 @@ async fn i1_broker_down_during_data_gives_451_and_the_retry_is_posted() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(accepted, "the retry was not accepted");
-    support::wait_for("the retry to be posted", async || {
+    support::wait_for(env.root(), "the retry to be posted", async || {
         conversation(&env, conv).await["messages"]
             .as_array()
             .unwrap()
@@ -352,7 +352,7 @@ async fn pipe_mode_queues_or_asks_the_relay_to_retry() {
         ),
         Some(0)
     );
-    support::wait_for("the piped reply to be posted", async || {
+    support::wait_for(env.root(), "the piped reply to be posted", async || {
         conversation(&env, conv).await["messages"]
             .as_array()
             .unwrap()
@@ -402,7 +402,7 @@ async fn hard_bounce_marks_the_email_and_suppresses_the_address() {
     );
     let replies = env.smtp("", &[&return_path], &dsn).await;
     assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
-    support::wait_for("the bounce to be recorded", async || {
+    support::wait_for(env.root(), "the bounce to be recorded", async || {
         env.ok("GET", "/suppressions", None)
             .await
             .as_array()
@@ -467,7 +467,7 @@ async fn l2_rate_limit_stops_a_runaway_sender() {
         let replies = env.smtp("bob@example.com", &[&reply_to], &email).await;
         assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
     }
-    support::wait_for("all three to be processed", async || {
+    support::wait_for(env.root(), "all three to be processed", async || {
         inbound_log(&env).await.len() >= 3
     })
     .await;
@@ -510,7 +510,7 @@ async fn third_soft_bounce_suppresses_the_address() {
         );
         let replies = env.smtp("", &[&bounces], &dsn).await;
         assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
-        support::wait_for("the soft bounce to be counted", async || {
+        support::wait_for(env.root(), "the soft bounce to be counted", async || {
             let rows = env.ok("GET", "/suppressions", None).await;
             rows.as_array()
                 .and_then(|a| a.first().cloned())

@@ -67,7 +67,7 @@ async fn replies_through_postfix_are_threaded_and_auto_replies_are_not() {
 
     let path = format!("/conversations/{conv}");
     let conversation = || env.ok("GET", &path, None);
-    support::wait_for("the relayed reply to be posted", async || {
+    support::wait_for(env.root(), "the relayed reply to be posted", async || {
         conversation().await["messages"].as_array().unwrap().len() >= 2
     })
     .await;
@@ -85,7 +85,7 @@ async fn replies_through_postfix_are_threaded_and_auto_replies_are_not() {
             .any(|r| r["recipient_id"] == json!(ann)),
         "{d}"
     );
-    support::wait_for("the out-of-office to be logged", async || {
+    support::wait_for(env.root(), "the out-of-office to be logged", async || {
         let log = env.ok("GET", "/email-log?limit=100", None).await;
         log.as_array()
             .unwrap()

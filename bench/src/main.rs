@@ -275,7 +275,7 @@ fn wait_terminal(
         .bind::<diesel::sql_types::Array<BigInt>, _>(messages)
         .get_result(conn)?;
         if p.done >= expected {
-            return Ok((p.last.unwrap_or_else(Utc::now), p.sent));
+            return Ok((p.last.unwrap_or_else(tidings_common::clock::now), p.sent));
         }
         if Instant::now() > deadline {
             bail!(
@@ -305,7 +305,7 @@ async fn pipeline(
     let ids = insert_messages(&mut db, env.author, &conversations)?;
     let channel = conn.create_channel().await?;
     channel.confirm_select(Default::default()).await?;
-    let started = Utc::now();
+    let started = tidings_common::clock::now();
     publish_pipelined(
         &channel,
         &env.topology.events_exchange(),
@@ -352,7 +352,7 @@ async fn delay_precision(
     let started = Instant::now();
     let mut next = started;
     for chunk in ids.chunks(per_tick) {
-        let at = Utc::now();
+        let at = tidings_common::clock::now();
         publish_pipelined(
             &channel,
             &env.topology.events_exchange(),
@@ -485,7 +485,7 @@ fn inbound_rate(env: &BenchEnv, config: &Config, count: u64) -> anyhow::Result<f
     let token = tidings_common::mail::ReplyToken {
         conversation_id: conversation,
         person_id: reader,
-        issued_day: tidings_common::mail::epoch_day(Utc::now()),
+        issued_day: tidings_common::mail::epoch_day(tidings_common::clock::now()),
     };
     let address = token.address(&config.token_secret, &config.reply_domain);
     let started = Instant::now();
@@ -826,7 +826,7 @@ async fn run_phases(
     }
     let out = std::env::var("BENCH_OUT").unwrap_or_else(|_| "bench-results.json".into());
     let report = json!({
-        "when": Utc::now(),
+        "when": tidings_common::clock::now(),
         "database": env.database,
         "queue_type": config.queue_type.as_str(),
         "window_ms": env.topology.seen_window.as_millis() as u64,

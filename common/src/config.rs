@@ -326,6 +326,20 @@ impl Config {
         })
     }
 
+    /// Our own sender address: the address part of `TIDINGS_MAIL_FROM`.
+    pub fn own_address(&self) -> String {
+        self.mail_from
+            .parse::<lettre::message::Mailbox>()
+            .map(|m| m.email.to_string())
+            .unwrap_or_else(|_| self.mail_from.clone())
+    }
+
+    /// The envelope sender of our mail: the bounce mailbox at the reply domain, so the MX
+    /// relay brings bounces back to the inbound listener.
+    pub fn bounce_address(&self) -> String {
+        format!("{}@{}", crate::mail::BOUNCE_MAILBOX, self.reply_domain)
+    }
+
     /// True when the API token or reply secret is the shipped development value.
     pub fn uses_development_secrets(&self) -> bool {
         self.api_token == DEV_API_TOKEN || self.token_secret == DEV_TOKEN_SECRET.as_bytes()

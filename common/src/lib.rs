@@ -2,7 +2,9 @@
 //! publishing, delivery rules, outbound mail building and templates.
 
 pub mod amqp;
+pub mod announce;
 pub mod audience;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;

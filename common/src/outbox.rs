@@ -3,20 +3,12 @@
 //! them; the mailer claims, re-checks, renders, sends and records each one once.
 
 use diesel::prelude::*;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::db::email_log;
+use crate::db::models::NewEmailLogEntry;
 use crate::db::schema::outbox_emails;
-
-/// Routing key announcing outbox rows to the mailer.
-pub const EMAIL_QUEUED: &str = "email.queued";
-
-/// The AMQP payload announcing outbox rows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutboxBatch {
-    pub outbox_ids: Vec<i64>,
-}
+use crate::db::states::{LogStatus, OutboxState};
 
 /// An email to queue.
 #[derive(Debug, Clone)]
@@ -48,9 +40,9 @@ pub fn enqueue(
             email.recipient_id
         );
         let state = if email.skipped.is_some() {
-            "skipped"
+            OutboxState::Skipped
         } else {
-            "pending"
+            OutboxState::Pending
         };
         let id: i64 = diesel::insert_into(outbox_emails::table)
             .values((
@@ -68,17 +60,14 @@ pub fn enqueue(
             .returning(outbox_emails::id)
             .get_result(conn)?;
         if let Some(reason) = email.skipped {
-            use crate::db::schema::email_log;
-            diesel::insert_into(email_log::table)
-                .values((
-                    email_log::direction.eq("outbound"),
-                    email_log::status.eq("skipped"),
-                    email_log::reason.eq(reason),
-                    email_log::outbox_id.eq(id),
-                    email_log::conversation_id.eq(email.conversation_id),
-                    email_log::rule.eq(&email.source),
-                ))
-                .execute(conn)?;
+            let entry = NewEmailLogEntry {
+                reason: Some(reason),
+                outbox_id: Some(id),
+                conversation_id: email.conversation_id,
+                rule: Some(email.source),
+                ..NewEmailLogEntry::outbound(LogStatus::Skipped)
+            };
+            email_log::write(conn, &[entry])?;
         } else {
             ids.push(id);
         }

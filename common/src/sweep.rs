@@ -2,217 +2,178 @@
 //! again. Every consumer is idempotent, so a sweep that overlaps a live delivery is harmless.
 //! The dispatch and mailer roles run their sweeps on an interval; the scheduler role runs all
 //! of them on a cron schedule, once per tick across the fleet.
+//!
+//! Each [`Sweep`] only finds what to announce; [`crate::announce`] publishes it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::Utc;
+use crate::db::states::claimable;
 use diesel::prelude::*;
 use tracing::warn;
 
 use crate::Result;
-use crate::amqp::{
-    DUE_ROUTING_KEY, MESSAGE_POSTED, MessagePosted, NotificationBatch, Publisher, Topology,
-};
+use crate::amqp::{NotificationBatch, Publisher, Topology};
+use crate::announce::Announcements;
+use crate::clock;
 use crate::db::Db;
 use crate::db::schema::{domain_events, messages, notifications, outbox_emails};
-use crate::events::{EventRecorded, routing_key};
-use crate::outbox::{EMAIL_QUEUED, OutboxBatch};
+use crate::events::RecordedEvent;
 
-fn chrono_duration(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+/// Most rows one sweep announces again; the next sweep takes the rest.
+const SWEEP_LIMIT: i64 = 1000;
+
+/// One kind of lost work to look for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweep {
+    /// Messages never dispatched: `message.posted` again.
+    UndispatchedMessages,
+    /// Domain events never handled: announced again.
+    UnhandledEvents,
+    /// Notifications past due plus the lease with no live batch (still `pending`, or
+    /// `sending` by a worker whose lease ran out): straight to the due exchange.
+    StuckNotifications,
+    /// Outbox emails past due with no live claim (a lost announcement, a retry whose time
+    /// came, a worker that died mid-send): announced to the mailer again.
+    StuckOutbox,
 }
 
-/// Messages older than `age` never dispatched: publishes `message.posted` again.
-pub async fn undispatched_messages(
-    db: &Db,
-    publisher: &Publisher,
-    topology: &Topology,
-    age: Duration,
-) -> Result<usize> {
-    let age = chrono_duration(age);
-    let stale: Vec<i64> = db
-        .run(move |conn| {
-            Ok(messages::table
-                .filter(messages::dispatched_at.is_null())
-                .filter(messages::created_at.lt(Utc::now() - age))
-                .select(messages::id)
-                .order(messages::id.asc())
-                .limit(1000)
-                .load(conn)?)
-        })
-        .await?;
-    publish_messages(publisher, topology, &stale).await?;
-    if !stale.is_empty() {
-        warn!(
-            count = stale.len(),
-            "republished message.posted for undispatched messages"
-        );
+/// How old work must be before a sweep takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepAges {
+    /// Undispatched messages and unhandled events older than this are announced again.
+    pub unannounced: Duration,
+    /// A send claim older than this has lapsed (its worker died or stalled).
+    pub lease: Duration,
+}
+
+impl Sweep {
+    pub const MAILER: [Sweep; 2] = [Sweep::StuckNotifications, Sweep::StuckOutbox];
+    pub const DISPATCH: [Sweep; 2] = [Sweep::UndispatchedMessages, Sweep::UnhandledEvents];
+    pub const ALL: [Sweep; 4] = [
+        Sweep::StuckNotifications,
+        Sweep::StuckOutbox,
+        Sweep::UndispatchedMessages,
+        Sweep::UnhandledEvents,
+    ];
+
+    /// Finds what this sweep must announce again.
+    fn find(self, conn: &mut PgConnection, ages: SweepAges) -> Result<Announcements> {
+        let old = clock::before(ages.unannounced);
+        let lapsed = clock::before(ages.lease);
+        let mut found = Announcements::default();
+        match self {
+            Sweep::UndispatchedMessages => {
+                found.messages = messages::table
+                    .filter(messages::dispatched_at.is_null())
+                    .filter(messages::created_at.lt(old))
+                    .select(messages::id)
+                    .order(messages::id.asc())
+                    .limit(SWEEP_LIMIT)
+                    .load(conn)?;
+            }
+            Sweep::UnhandledEvents => {
+                let rows: Vec<(i64, String)> = domain_events::table
+                    .filter(domain_events::handled_at.is_null())
+                    .filter(domain_events::created_at.lt(old))
+                    .select((domain_events::id, domain_events::kind))
+                    .order(domain_events::id.asc())
+                    .limit(SWEEP_LIMIT)
+                    .load(conn)?;
+                found.events = rows
+                    .into_iter()
+                    .map(|(id, kind)| RecordedEvent { id, kind })
+                    .collect();
+            }
+            Sweep::StuckNotifications => found.due = stuck_notifications(conn, lapsed)?,
+            Sweep::StuckOutbox => {
+                found.outbox = outbox_emails::table
+                    .filter(outbox_emails::due_at.lt(clock::before(Duration::from_secs(2))))
+                    .filter(claimable::outbox_emails(lapsed))
+                    .select(outbox_emails::id)
+                    .order(outbox_emails::id.asc())
+                    .limit(SWEEP_LIMIT)
+                    .load(conn)?;
+            }
+        }
+        Ok(found)
     }
-    Ok(stale.len())
 }
 
-/// Domain events older than `age` never handled: publishes them again.
-pub async fn unhandled_events(
-    db: &Db,
-    publisher: &Publisher,
-    topology: &Topology,
-    age: Duration,
-) -> Result<usize> {
-    let age = chrono_duration(age);
-    let stale: Vec<(i64, String)> = db
-        .run(move |conn| {
-            Ok(domain_events::table
-                .filter(domain_events::handled_at.is_null())
-                .filter(domain_events::created_at.lt(Utc::now() - age))
-                .select((domain_events::id, domain_events::kind))
-                .order(domain_events::id.asc())
-                .limit(1000)
-                .load(conn)?)
-        })
-        .await?;
-    publish_events(publisher, topology, &stale).await?;
-    if !stale.is_empty() {
-        warn!(count = stale.len(), "republished unhandled domain events");
-    }
-    Ok(stale.len())
-}
-
-/// Publishes `message.posted` for messages a committed transaction wrote.
-pub async fn publish_messages(
-    publisher: &Publisher,
-    topology: &Topology,
-    ids: &[i64],
-) -> Result<()> {
-    for &message_id in ids {
-        publisher
-            .publish_json(
-                &topology.events_exchange(),
-                MESSAGE_POSTED,
-                &MessagePosted { message_id },
-            )
-            .await?;
-    }
-    Ok(())
-}
-
-/// Announces outbox emails a committed transaction wrote to the mailer.
-pub async fn publish_outbox(publisher: &Publisher, topology: &Topology, ids: &[i64]) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    publisher
-        .publish_json(
-            &topology.events_exchange(),
-            EMAIL_QUEUED,
-            &OutboxBatch {
-                outbox_ids: ids.to_vec(),
-            },
-        )
-        .await
-}
-
-/// Publishes domain events recorded by a committed transaction.
-pub async fn publish_events(
-    publisher: &Publisher,
-    topology: &Topology,
-    events: &[(i64, String)],
-) -> Result<()> {
-    for (event_id, kind) in events {
-        publisher
-            .publish_json(
-                &topology.events_exchange(),
-                &routing_key(kind),
-                &EventRecorded {
-                    event_id: *event_id,
-                },
-            )
-            .await?;
-    }
-    Ok(())
-}
-
-/// Notifications past due plus the lease with no live batch (still `pending`, or `sending` by
-/// a worker whose lease ran out): pushes their due time forward so the next sweep leaves them
-/// alone, and publishes them to the due exchange.
-pub async fn stuck_notifications(
-    db: &Db,
-    publisher: &Publisher,
-    topology: &Topology,
-    lease: Duration,
-) -> Result<usize> {
-    let lease = chrono_duration(lease);
-    let stuck: Vec<(i64, i64)> = db
-        .run(move |conn| {
-            let now = Utc::now();
-            let ids: Vec<i64> = notifications::table
-                .filter(notifications::due_at.lt(now - lease))
-                .filter(
-                    notifications::state.eq("pending").or(notifications::state
-                        .eq("sending")
-                        .and(notifications::claimed_at.lt(now - lease))),
-                )
-                .select(notifications::id)
-                .limit(5000)
-                .load(conn)?;
-            Ok(
-                diesel::update(notifications::table.filter(notifications::id.eq_any(ids)))
-                    .set(notifications::due_at.eq(now))
-                    .returning((notifications::message_id, notifications::id))
-                    .get_results(conn)?,
-            )
-        })
-        .await?;
+/// Stuck notifications, with their due time pushed forward so the next sweep leaves them
+/// alone while their batch is in flight; one batch per message.
+fn stuck_notifications(
+    conn: &mut PgConnection,
+    lapsed: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<NotificationBatch>> {
+    let ids: Vec<i64> = notifications::table
+        .filter(notifications::due_at.lt(lapsed))
+        .filter(claimable::notifications(lapsed))
+        .select(notifications::id)
+        .limit(5 * SWEEP_LIMIT)
+        .load(conn)?;
+    let stuck: Vec<(i64, i64)> =
+        diesel::update(notifications::table.filter(notifications::id.eq_any(ids)))
+            .set(notifications::due_at.eq(clock::now()))
+            .returning((notifications::message_id, notifications::id))
+            .get_results(conn)?;
     let mut batches: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-    for (message_id, id) in &stuck {
-        batches.entry(*message_id).or_default().push(*id);
+    for (message_id, id) in stuck {
+        batches.entry(message_id).or_default().push(id);
     }
-    for (message_id, notification_ids) in batches {
-        publisher
-            .publish_json(
-                &topology.due_exchange(),
-                DUE_ROUTING_KEY,
-                &NotificationBatch {
-                    message_id,
-                    notification_ids,
-                },
-            )
-            .await?;
-    }
-    if !stuck.is_empty() {
-        warn!(
-            count = stuck.len(),
-            "re-published notifications stuck past their due time"
-        );
-    }
-    Ok(stuck.len())
+    Ok(batches
+        .into_iter()
+        .map(|(message_id, notification_ids)| NotificationBatch {
+            message_id,
+            notification_ids,
+        })
+        .collect())
 }
 
-/// Outbox emails past due with no live claim (a lost announcement, a retry whose time came,
-/// a worker that died mid-send): announces them to the mailer again.
-pub async fn stuck_outbox(
+/// Runs `sweeps` and announces what they found; returns how many rows or batches that was.
+pub async fn run(
     db: &Db,
     publisher: &Publisher,
     topology: &Topology,
-    lease: Duration,
+    sweeps: &[Sweep],
+    ages: SweepAges,
 ) -> Result<usize> {
-    let lease = chrono_duration(lease);
-    let ids: Vec<i64> = db
-        .run(move |conn| {
-            let now = Utc::now();
-            Ok(outbox_emails::table
-                .filter(outbox_emails::due_at.lt(now - chrono::Duration::seconds(2)))
-                .filter(
-                    outbox_emails::state.eq("pending").or(outbox_emails::state
-                        .eq("sending")
-                        .and(outbox_emails::claimed_at.lt(now - lease))),
-                )
-                .select(outbox_emails::id)
-                .order(outbox_emails::id.asc())
-                .limit(1000)
-                .load(conn)?)
-        })
-        .await?;
-    publish_outbox(publisher, topology, &ids).await?;
-    Ok(ids.len())
+    let mut total = 0;
+    for &sweep in sweeps {
+        let found = db.run(move |conn| sweep.find(conn, ages)).await?;
+        if found.is_empty() {
+            continue;
+        }
+        warn!(
+            sweep = ?sweep,
+            count = found.len(),
+            "announcing again work the broker lost or never got"
+        );
+        found.publish(publisher, topology).await?;
+        total += found.len();
+    }
+    Ok(total)
+}
+
+/// Runs `sweeps` every `interval` until `stop` fires; a failed sweep is logged and tried
+/// again at the next interval.
+#[allow(clippy::too_many_arguments)]
+pub async fn every(
+    interval: Duration,
+    stop: &tokio_util::sync::CancellationToken,
+    db: &Db,
+    publisher: &Publisher,
+    topology: &Topology,
+    sweeps: &[Sweep],
+    ages: SweepAges,
+) -> Result<()> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if let Err(e) = run(db, publisher, topology, sweeps, ages).await {
+            warn!(error = %e, sweeps = ?sweeps, "sweep failed");
+        }
+    }
 }

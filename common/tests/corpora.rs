@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tidings_common::inbound::{self, InboundContext, Verdict};
+use tidings_common::inbound::{self, InboundContext, InboundVerdict};
 
 fn corpora() -> PathBuf {
     std::env::var("TIDINGS_CORPORA")
@@ -108,7 +108,10 @@ fn chatwoot_automatic_mail_is_never_posted() {
         let raw = std::fs::read(dir.join("emails").join(&file)).unwrap();
         let report = inbound::inspect(&raw, &context());
         total += 1;
-        if !matches!(report.verdict, Verdict::Reply | Verdict::NewConversation) {
+        if !matches!(
+            report.verdict,
+            InboundVerdict::Reply | InboundVerdict::NewConversation
+        ) {
             hits += 1;
         } else {
             println!(

@@ -19,11 +19,16 @@ pub const REPLY_DOMAIN: &str = "reply.test.localhost";
 const DATABASE_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-/// Polls `check` every 100 ms until it holds, failing the test after 60 s.
-pub async fn wait_for<F: AsyncFn() -> bool>(what: &str, check: F) {
+/// Polls `check` every 100 ms until it holds, failing the test after 60 s with the last
+/// lines of every role's log under `logs`.
+pub async fn wait_for<F: AsyncFn() -> bool>(logs: &Path, what: &str, check: F) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}{}",
+            log_tails(logs, 40)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -36,11 +41,50 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// A port no other test of this run was given and nothing listens on. Ports come from a
+/// counter in 20000–31999, below the kernel's ephemeral range (so no outgoing connection
+/// holds one), starting at an offset of this process's id (so test binaries running side by
+/// side start far apart); each is checked by binding it before it is handed out.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = (std::process::id() * 97) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN);
+}
+
+/// The last `lines` lines of every role's log under `root`, for failure messages.
+pub fn log_tails(root: &Path, lines: usize) -> String {
+    let mut out = String::new();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return out;
+    };
+    let mut logs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let tail = &all[all.len().saturating_sub(lines)..];
+        out.push_str(&format!(
+            "\n--- last {} lines of {} ---\n{}",
+            tail.len(),
+            log.display(),
+            tail.join("\n")
+        ));
+    }
+    out
 }
 
 fn smtp_sink_path() -> PathBuf {
@@ -149,6 +193,8 @@ impl SunkMail {
 pub struct Process {
     child: Child,
     pub roles: String,
+    /// The test folder holding this process's log.
+    root: PathBuf,
 }
 
 impl Process {
@@ -168,8 +214,9 @@ impl Process {
             }
             assert!(
                 Instant::now() < deadline,
-                "tidings {} did not stop after SIGTERM",
-                self.roles
+                "tidings {} did not stop after SIGTERM{}",
+                self.roles,
+                log_tails(&self.root, 40)
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -327,7 +374,11 @@ impl Env {
             .stderr(log)
             .spawn()
             .unwrap();
-        Process { child, roles: name }
+        Process {
+            child,
+            roles: name,
+            root: self.root.clone(),
+        }
     }
 
     pub fn log_of(&self, roles: &[&str]) -> String {
@@ -352,7 +403,12 @@ impl Env {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "api did not start");
+            assert!(
+                Instant::now() < deadline,
+                "api did not start on port {}{}",
+                self.http_port,
+                log_tails(&self.root, 40)
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -474,7 +530,8 @@ impl Env {
             }
             assert!(
                 Instant::now() < deadline,
-                "message {message} not settled: {d}"
+                "message {message} not settled: {d}{}",
+                log_tails(&self.root, 40)
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -490,7 +547,8 @@ impl Env {
             }
             assert!(
                 Instant::now() < deadline,
-                "message {message} not dispatched: {d}"
+                "message {message} not dispatched: {d}{}",
+                log_tails(&self.root, 40)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -625,7 +683,11 @@ impl Env {
             if ready {
                 return;
             }
-            assert!(Instant::now() < deadline, "topology was not declared");
+            assert!(
+                Instant::now() < deadline,
+                "topology was not declared{}",
+                log_tails(&self.root, 40)
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

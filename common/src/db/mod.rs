@@ -1,7 +1,9 @@
 //! PostgreSQL access: the connection pool, the blocking-call helper and embedded migrations.
 
+pub mod email_log;
 pub mod models;
 pub mod schema;
+pub mod states;
 
 use std::time::Duration;
 

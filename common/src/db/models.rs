@@ -5,52 +5,19 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::schema::*;
-
-/// Kind of person; stored as text in `people.kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PersonKind {
-    User,
-    Customer,
-    Bot,
-}
-
-impl PersonKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PersonKind::User => "user",
-            PersonKind::Customer => "customer",
-            PersonKind::Bot => "bot",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "user" => Some(PersonKind::User),
-            "customer" => Some(PersonKind::Customer),
-            "bot" => Some(PersonKind::Bot),
-            _ => None,
-        }
-    }
-}
+pub use super::states::{Direction, LogStatus, NotificationState, OutboxState, PersonKind};
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
 #[diesel(table_name = people)]
 pub struct Person {
     pub id: i64,
-    pub kind: String,
+    pub kind: PersonKind,
     pub name: String,
     pub email: Option<String>,
     pub created_at: DateTime<Utc>,
     pub active: bool,
     /// Preferred language of emails (`en`, `sv`, …); unset means the default locale.
     pub locale: Option<String>,
-}
-
-impl Person {
-    pub fn kind(&self) -> PersonKind {
-        PersonKind::parse(&self.kind).unwrap_or(PersonKind::Bot)
-    }
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
@@ -106,7 +73,7 @@ pub struct Notification {
     pub message_id: i64,
     pub recipient_id: i64,
     pub conversation_id: i64,
-    pub state: String,
+    pub state: NotificationState,
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub due_at: DateTime<Utc>,
@@ -125,8 +92,8 @@ pub struct Notification {
 pub struct EmailLogEntry {
     pub id: i64,
     pub created_at: DateTime<Utc>,
-    pub direction: String,
-    pub status: String,
+    pub direction: Direction,
+    pub status: LogStatus,
     pub reason: Option<String>,
     pub notification_id: Option<i64>,
     pub message_id: Option<i64>,
@@ -142,12 +109,12 @@ pub struct EmailLogEntry {
     pub action: Option<String>,
 }
 
-/// A row to append to the email log.
-#[derive(Debug, Clone, Default, Insertable)]
+/// A row to append to the email log; see [`crate::db::email_log`].
+#[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = email_log)]
 pub struct NewEmailLogEntry {
-    pub direction: String,
-    pub status: String,
+    pub direction: Direction,
+    pub status: LogStatus,
     pub reason: Option<String>,
     pub notification_id: Option<i64>,
     pub message_id: Option<i64>,
@@ -202,7 +169,7 @@ pub struct OutboxEmail {
     pub recipient_id: i64,
     pub conversation_id: Option<i64>,
     pub data: serde_json::Value,
-    pub state: String,
+    pub state: OutboxState,
     pub reason: Option<String>,
     pub attempts: i32,
     pub due_at: DateTime<Utc>,

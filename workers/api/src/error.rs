@@ -10,7 +10,10 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::error;
 
-use crate::AppState;
+use crate::state::AppState;
+
+/// What every handler returns.
+pub type ApiResult<T> = Result<T, ApiError>;
 
 /// An error answered to the client as `{"error": ..., "field": ...}`.
 #[derive(Debug)]
@@ -26,6 +29,15 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
             field: Some(field.to_string()),
+        }
+    }
+
+    /// 409: the request conflicts with the state of the resource.
+    pub fn conflict(message: impl Into<String>, field: Option<&str>) -> Self {
+        ApiError {
+            status: StatusCode::CONFLICT,
+            message: message.into(),
+            field: field.map(str::to_string),
         }
     }
 
@@ -139,4 +151,13 @@ pub async fn require_bearer_token(
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The answer to a path no route matches.
+pub async fn no_such_endpoint() -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: "no such endpoint".into(),
+        field: None,
+    }
 }

@@ -2,22 +2,24 @@
 //! durably queued on the broker), and a consumer that parses, classifies, extracts, threads and
 //! posts each queued email (SPEC I1–I6, L2).
 
+mod bounce;
 pub mod process;
 pub mod smtp;
+mod thread;
 
 use std::sync::Arc;
 
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
 use tidings_common::amqp::{
-    self, MAIL_FROM_HEADER, MESSAGE_POSTED, MessagePosted, Outcome, Publisher, RCPT_HEADER,
-    SharedPublisher, Topology,
+    self, MAIL_FROM_HEADER, Outcome, Publisher, RCPT_HEADER, Session, SharedPublisher, Topology,
 };
+use tidings_common::announce::Announcements;
 use tidings_common::db::Db;
 use tidings_common::inbound::{self, InboundContext};
 use tidings_common::{Config, Result};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, info};
 
 use process::Envelope;
 
@@ -60,48 +62,36 @@ impl Processor {
                 .db
                 .run(move |conn| process::process(conn, &config, &report, &raw, &envelope))
                 .await;
-            match disposition {
-                Ok(disposition) => {
-                    info!(?disposition, "inbound email processed");
-                    if let Some(message_id) = disposition.posted()
-                        && let Err(e) = publisher
-                            .publish_json_retrying(
-                                &self.topology.events_exchange(),
-                                MESSAGE_POSTED,
-                                &MessagePosted { message_id },
-                            )
-                            .await
-                    {
-                        // The message is committed; dispatch's sweep publishes it again.
-                        warn!(message.id = message_id, error = %e, "message.posted not published");
-                    }
-                    Outcome::Ack
+            if let Ok(disposition) = &disposition {
+                info!(?disposition, "inbound email processed");
+                if let Some(message_id) = disposition.posted() {
+                    Announcements::message(message_id)
+                        .publish_or_leave_to_sweep(Ok(publisher), &self.topology)
+                        .await;
                 }
-                Err(e) if e.is_transient() => Outcome::Requeue(e.to_string()),
-                Err(e) => Outcome::DeadLetter(e.to_string()),
             }
+            Outcome::of(&disposition)
         }
         .instrument(span)
         .await
     }
 
     async fn session(self: &Arc<Self>, shutdown: &CancellationToken) -> Result<()> {
-        let connection = amqp::connect(&self.config.amqp_url, "inbound").await?;
-        let publisher = Publisher::open(&connection).await?;
-        self.topology.declare(publisher.channel()).await?;
-        let this = self.clone();
-        let handler_publisher = publisher.clone();
-        let result = amqp::consume(
-            &connection,
-            &publisher,
+        let session = Session::open(&self.config.amqp_url, "inbound", &self.topology).await?;
+        let (this, handler_publisher) = (self.clone(), session.publisher.clone());
+        let queue = self.topology.inbound_queue();
+        let stop = shutdown.child_token();
+        let consumer = amqp::consume(
+            &session.connection,
+            &session.publisher,
             &self.topology,
-            &self.topology.inbound_queue(),
+            &queue,
             self.config.prefetch,
-            shutdown,
+            &stop,
             move |delivery| this.clone().handle(handler_publisher.clone(), delivery),
-        )
-        .await;
-        let _ = connection.close(200, "bye".into()).await;
+        );
+        let result = session.serve(&stop, vec![Box::pin(consumer)]).await;
+        session.close().await;
         result
     }
 }
@@ -134,9 +124,7 @@ pub async fn enqueue_stdin(
     }
     let topology = Topology::from_config(config);
     let queued = async {
-        let connection = amqp::connect(&config.amqp_url, "inbound enqueue").await?;
-        let publisher = Publisher::open(&connection).await?;
-        topology.declare(publisher.channel()).await?;
+        let session = Session::open(&config.amqp_url, "inbound enqueue", &topology).await?;
         let mut headers = lapin::types::FieldTable::default();
         let rcpts = recipients
             .iter()
@@ -145,7 +133,8 @@ pub async fn enqueue_stdin(
             .join(",");
         headers.insert(RCPT_HEADER.into(), AMQPValue::LongString(rcpts.into()));
         headers.insert(MAIL_FROM_HEADER.into(), AMQPValue::LongString(from.into()));
-        publisher
+        session
+            .publisher
             .publish(
                 &topology.events_exchange(),
                 amqp::EMAIL_RECEIVED,
@@ -153,7 +142,7 @@ pub async fn enqueue_stdin(
                 Some(headers),
             )
             .await?;
-        let _ = connection.close(200, "bye".into()).await;
+        session.close().await;
         Ok::<_, tidings_common::Error>(())
     };
     match tokio::time::timeout(std::time::Duration::from_secs(30), queued).await {
@@ -206,11 +195,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         db: Db::new(&config.database_url, config.db_pool_size),
         context: InboundContext {
             reply_domain: config.reply_domain.clone(),
-            own_address: config
-                .mail_from
-                .rsplit_once('<')
-                .map(|(_, a)| a.trim_end_matches('>').to_string())
-                .or_else(|| Some(config.mail_from.clone())),
+            own_address: Some(config.own_address()),
         },
         config,
         topology,

@@ -1,34 +1,35 @@
-//! The mailer role: when a notification batch comes due, re-checks each notification at send
-//! time (seen, own message, internal, deleted), renders the notification template and sends it
-//! over SMTP, logging every send and skip.
+//! The mailer role: one send pipeline ([`pipeline`]) fed by two sources. When a notification
+//! batch comes due ([`notify`]) it re-checks each notification at send time (seen, own
+//! message, internal, deleted), coalesces one email per recipient and conversation, renders
+//! and sends it; outbox emails ([`outbox`]: system notifications, automation emails) are
+//! checked and sent one by one. Every send and skip is logged.
 //!
-//! Each notification moves `pending → sending → sent | skipped | failed` by conditional updates,
-//! so a redelivered or duplicated batch never sends twice. A temporary SMTP failure returns the
-//! notification to `pending` and sends its id through the next retry tier; after the last tier
-//! it is `failed`. A periodic sweep re-publishes notifications that are past due with no batch
-//! in flight (for example a purged queue, or a worker that died mid-send).
+//! Each row moves `pending → sending → sent | skipped | failed` by conditional updates, so a
+//! redelivered or duplicated batch never sends twice. A temporary SMTP failure returns the row
+//! to `pending` for the next retry tier ([`retry`]); after the last tier it is `failed`. A
+//! periodic sweep re-publishes rows past due with no batch in flight (a purged queue, a worker
+//! that died mid-send).
 
+mod notify;
 mod outbox;
-mod send;
+mod pipeline;
+mod retry;
+mod smtp;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use lapin::message::Delivery;
-use lettre::transport::smtp::PoolConfig;
-use lettre::{AsyncSmtpTransport, Tokio1Executor};
-use tidings_common::amqp::{self, NotificationBatch, Outcome, Publisher, Topology};
+use tidings_common::amqp::{self, NotificationBatch, Outcome, Publisher, Session, Topology};
+use tidings_common::announce::OutboxBatch;
 use tidings_common::db::Db;
-use tidings_common::outbox::OutboxBatch;
-use tidings_common::sweep;
+use tidings_common::sweep::{self, Sweep, SweepAges};
 use tidings_common::templates::TemplateStore;
 use tidings_common::{Config, REQUIRED_TEMPLATES, Result};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, warn};
+use tracing::{Instrument, error, info};
 
-pub use send::Delivered;
+pub use notify::Delivered;
 
 /// Most due batches handled together as one set.
 const MAX_GROUP: usize = 64;
@@ -39,9 +40,7 @@ pub struct Mailer {
     config: Config,
     topology: Topology,
     templates: Arc<TemplateStore>,
-    transport: AsyncSmtpTransport<Tokio1Executor>,
-    /// Bounds simultaneous SMTP transactions (lettre's pool only bounds idle connections).
-    smtp_slots: Semaphore,
+    smtp: smtp::Smtp,
 }
 
 impl Mailer {
@@ -53,73 +52,53 @@ impl Mailer {
             &config.default_locale,
             &REQUIRED_TEMPLATES,
         )?);
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.smtp_url)
-            .map_err(|e| anyhow::anyhow!("TIDINGS_SMTP_URL: {e}"))?
-            .pool_config(PoolConfig::new().max_size(config.smtp_concurrency as u32))
-            .timeout(Some(Duration::from_secs(30)))
-            .build();
         Ok(Mailer {
             db: Db::new(&config.database_url, config.db_pool_size),
             topology: Topology::from_config(&config),
             templates,
-            transport,
-            smtp_slots: Semaphore::new(config.smtp_concurrency),
+            smtp: smtp::Smtp::from_config(&config)?,
             config,
         })
     }
 
     /// Handles every due batch that arrived together, with set-based database work; returns
     /// one outcome per delivery.
-    async fn handle_group(
+    async fn handle_due(
         self: Arc<Self>,
         publisher: Publisher,
         deliveries: Vec<Delivery>,
     ) -> Vec<Outcome> {
-        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(deliveries.len());
-        let mut batches = Vec::new();
-        for delivery in &deliveries {
-            match amqp::parse_payload::<NotificationBatch>(&delivery.data) {
-                Ok(batch) => {
-                    batches.push((outcomes.len(), batch));
-                    outcomes.push(None);
-                }
-                Err(reason) => outcomes.push(Some(Outcome::DeadLetter(reason))),
-            }
-        }
-        let mut ids: Vec<i64> = batches
+        let parsed: Vec<std::result::Result<NotificationBatch, String>> = deliveries
             .iter()
-            .flat_map(|(_, b)| b.notification_ids.iter().copied())
+            .map(|d| amqp::parse_payload(&d.data))
+            .collect();
+        let mut ids: Vec<i64> = parsed
+            .iter()
+            .flatten()
+            .flat_map(|b| b.notification_ids.iter().copied())
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        let span = tracing::info_span!("batches", count = batches.len(), notifications = ids.len());
+        let span = tracing::info_span!("batches", count = parsed.len(), notifications = ids.len());
         let results = if ids.is_empty() {
-            Ok(Default::default())
+            Ok(HashMap::new())
         } else {
             self.deliver_all(ids).instrument(span).await
         };
-        match results {
-            Err(e) if e.is_transient() => {
-                for (i, _) in &batches {
-                    outcomes[*i] = Some(Outcome::Requeue(e.to_string()));
-                }
-            }
-            Err(e) => {
-                error!(error = %e, "due batches cannot be processed");
-                for (i, _) in &batches {
-                    outcomes[*i] = Some(Outcome::DeadLetter(e.to_string()));
-                }
-            }
-            Ok(next) => {
-                for (i, batch) in batches {
-                    outcomes[i] = Some(self.follow_up(&publisher, &batch, &next).await);
-                }
-            }
+        if let Err(e) = &results
+            && !e.is_transient()
+        {
+            error!(error = %e, "due batches cannot be processed");
+        }
+        let mut outcomes = Vec::with_capacity(parsed.len());
+        for batch in parsed {
+            outcomes.push(match (batch, &results) {
+                (Err(reason), _) => Outcome::DeadLetter(reason),
+                (Ok(_), Err(e)) => Outcome::from_error(e),
+                (Ok(batch), Ok(next)) => self.follow_up(&publisher, &batch, next).await,
+            });
         }
         outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or(Outcome::Ack))
-            .collect()
     }
 
     /// Sends a batch's notifications that need another look to the retry tiers (temporary SMTP
@@ -128,7 +107,7 @@ impl Mailer {
         &self,
         publisher: &Publisher,
         batch: &NotificationBatch,
-        next: &std::collections::HashMap<i64, Delivered>,
+        next: &HashMap<i64, Delivered>,
     ) -> Outcome {
         let mut retries: BTreeMap<usize, Vec<i64>> = BTreeMap::new();
         let mut busy = Vec::new();
@@ -171,91 +150,63 @@ impl Mailer {
         Outcome::Ack
     }
 
-    /// Re-publishes notifications and outbox emails stuck past their due time.
-    async fn sweep(&self, publisher: &Publisher) -> Result<usize> {
-        let lease = self.config.send_lease;
-        let (db, topology) = (&self.db, &self.topology);
-        Ok(
-            sweep::stuck_notifications(db, publisher, topology, lease).await?
-                + sweep::stuck_outbox(db, publisher, topology, lease).await?,
-        )
+    /// Handles one outbox announcement.
+    async fn handle_outbox(self: Arc<Self>, delivery: Delivery) -> Outcome {
+        match amqp::parse_payload::<OutboxBatch>(&delivery.data) {
+            Ok(batch) => Outcome::of(&self.deliver_outbox(batch.outbox_ids).await),
+            Err(reason) => Outcome::DeadLetter(reason),
+        }
     }
 
     async fn session(self: &Arc<Self>, shutdown: &CancellationToken) -> Result<()> {
-        let connection = amqp::connect(&self.config.amqp_url, "mailer").await?;
-        let publisher = Publisher::open(&connection).await?;
-        self.topology.declare(publisher.channel()).await?;
+        let session = Session::open(&self.config.amqp_url, "mailer", &self.topology).await?;
+        let (connection, publisher) = (&session.connection, &session.publisher);
         let stop = shutdown.child_token();
-        let sweeper = {
-            let this = self.clone();
-            let publisher = publisher.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(this.config.sweep_interval) => {}
-                    }
-                    if let Err(e) = this.sweep(&publisher).await {
-                        warn!(error = %e, "mailer sweep failed");
-                    }
-                }
-            })
-        };
+        let (due_queue, outbox_queue) = (self.topology.due_queue(), self.topology.outbox_queue());
+        let (this, handler_publisher) = (self.clone(), publisher.clone());
+        let due = amqp::consume_grouped(
+            connection,
+            publisher,
+            &self.topology,
+            &due_queue,
+            self.config.prefetch,
+            MAX_GROUP,
+            &stop,
+            move |deliveries| {
+                this.clone()
+                    .handle_due(handler_publisher.clone(), deliveries)
+            },
+        );
         let this = self.clone();
-        let handler_publisher = publisher.clone();
-        let consumers = shutdown.child_token();
-        let due = async {
-            let result = amqp::consume_grouped(
-                &connection,
-                &publisher,
-                &self.topology,
-                &self.topology.due_queue(),
-                self.config.prefetch,
-                MAX_GROUP,
-                &consumers,
-                move |deliveries| {
-                    this.clone()
-                        .handle_group(handler_publisher.clone(), deliveries)
-                },
+        let outbox = amqp::consume(
+            connection,
+            publisher,
+            &self.topology,
+            &outbox_queue,
+            self.config.prefetch,
+            &stop,
+            move |delivery| this.clone().handle_outbox(delivery),
+        );
+        let ages = SweepAges {
+            unannounced: self.config.sweep_interval,
+            lease: self.config.send_lease,
+        };
+        let sweeper = sweep::every(
+            self.config.sweep_interval,
+            &stop,
+            &self.db,
+            publisher,
+            &self.topology,
+            &Sweep::MAILER,
+            ages,
+        );
+        let result = session
+            .serve(
+                &stop,
+                vec![Box::pin(due), Box::pin(outbox), Box::pin(sweeper)],
             )
             .await;
-            consumers.cancel();
-            result
-        };
-        let this = self.clone();
-        let outbox = async {
-            let result = amqp::consume(
-                &connection,
-                &publisher,
-                &self.topology,
-                &self.topology.outbox_queue(),
-                self.config.prefetch,
-                &consumers,
-                move |delivery| {
-                    let this = this.clone();
-                    async move {
-                        let batch = match amqp::parse_payload::<OutboxBatch>(&delivery.data) {
-                            Ok(batch) => batch,
-                            Err(reason) => return Outcome::DeadLetter(reason),
-                        };
-                        match this.deliver_outbox(batch.outbox_ids).await {
-                            Ok(_) => Outcome::Ack,
-                            Err(e) if e.is_transient() => Outcome::Requeue(e.to_string()),
-                            Err(e) => Outcome::DeadLetter(e.to_string()),
-                        }
-                    }
-                },
-            )
-            .await;
-            consumers.cancel();
-            result
-        };
-        let (a, b) = tokio::join!(due, outbox);
-        let result = a.and(b);
-        stop.cancel();
-        let _ = sweeper.await;
-        let _ = connection.close(200, "bye".into()).await;
+        session.close().await;
         result
     }
 }

@@ -16,10 +16,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::Interval;
-use tidings_common::amqp::{self, Publisher, SharedPublisher, Topology};
+use tidings_common::amqp::{Session, SharedPublisher, Topology};
 use tidings_common::db::Db;
-use tidings_common::db::schema::scheduler_runs;
-use tidings_common::{Config, Error, Result, sweep};
+use tidings_common::db::models::OutboxState;
+use tidings_common::db::schema::{outbox_emails, scheduler_runs};
+use tidings_common::sweep::{self, Sweep, SweepAges};
+use tidings_common::{Config, Error, Result, clock};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -61,84 +63,87 @@ impl Scheduler {
     /// Runs `job` now, whatever its schedule; returns what it did.
     pub async fn run_job(&self, job: &str) -> Result<String> {
         match job {
-            "purge_log" => {
-                let retention = interval(self.config.log_retention);
-                let oldest_window = self
-                    .config
-                    .automation_limits
-                    .iter()
-                    .map(|(_, w)| *w)
-                    .max()
-                    .unwrap_or_default()
-                    .max(self.config.log_retention);
-                let runs = interval(oldest_window);
-                self.db
-                    .run(move |conn| {
-                        let mut counts = Vec::new();
-                        for (what, sql, keep) in [
-                            ("email log rows", "DELETE FROM email_log WHERE created_at < now() - $1", retention),
-                            ("handled domain events", "DELETE FROM domain_events WHERE handled_at IS NOT NULL AND created_at < now() - $1", retention),
-                            ("job records", "DELETE FROM scheduler_runs WHERE started_at < now() - $1", retention),
-                            ("automation runs", "DELETE FROM automation_runs WHERE created_at < now() - $1", runs),
-                        ] {
-                            let n = diesel::sql_query(sql).bind::<Interval, _>(keep).execute(conn)?;
-                            counts.push(format!("{n} {what}"));
-                        }
-                        Ok(format!("purged {}", counts.join(", ")))
-                    })
-                    .await
-            }
-            "expire_threading" => {
-                let lifetime = interval(self.config.threading_retention);
-                self.db
-                    .run(move |conn| {
-                        let received = diesel::sql_query(
-                            "DELETE FROM inbound_emails WHERE received_at < now() - $1",
-                        )
-                        .bind::<Interval, _>(lifetime)
-                        .execute(conn)?;
-                        let outbox = diesel::sql_query(
-                            "DELETE FROM outbox_emails WHERE state IN ('sent', 'skipped', 'failed')
-                             AND created_at < now() - $1",
-                        )
-                        .bind::<Interval, _>(lifetime)
-                        .execute(conn)?;
-                        Ok(format!(
-                            "expired {received} received Message-IDs, {outbox} finished outbox emails"
-                        ))
-                    })
-                    .await
-            }
-            "sweep" => {
-                // The role keeps a connection; a one-off run (`tidings schedule sweep`) opens one.
-                let mut connection = None;
-                let publisher = match self.broker.get() {
-                    Ok(publisher) => publisher,
-                    Err(_) => {
-                        let c = amqp::connect(&self.config.amqp_url, "scheduler").await?;
-                        let publisher = Publisher::open(&c).await?;
-                        self.topology.declare(publisher.channel()).await?;
-                        connection = Some(c);
-                        publisher
-                    }
-                };
-                let (db, topology) = (&self.db, &self.topology);
-                let lease = self.config.send_lease;
-                let age = self.config.sweep_interval;
-                let n = sweep::stuck_notifications(db, &publisher, topology, lease).await?
-                    + sweep::stuck_outbox(db, &publisher, topology, lease).await?
-                    + sweep::undispatched_messages(db, &publisher, topology, age).await?
-                    + sweep::unhandled_events(db, &publisher, topology, age).await?;
-                if let Some(c) = connection {
-                    let _ = c.close(200, "done".into()).await;
-                }
-                Ok(format!("republished {n}"))
-            }
+            "purge_log" => self.purge_log().await,
+            "expire_threading" => self.expire_threading().await,
+            "sweep" => self.sweep().await,
             other => Err(Error::Task(format!(
                 "unknown job {other:?}; jobs are {}",
                 JOBS.join(", ")
             ))),
         }
+    }
+
+    /// Deletes log rows, handled events, job records and automation runs past retention.
+    async fn purge_log(&self) -> Result<String> {
+        let retention = interval(self.config.log_retention);
+        let oldest_window = self
+            .config
+            .automation_limits
+            .iter()
+            .map(|(_, w)| *w)
+            .max()
+            .unwrap_or_default()
+            .max(self.config.log_retention);
+        let runs = interval(oldest_window);
+        self.db
+            .run(move |conn| {
+                let mut counts = Vec::new();
+                for (what, sql, keep) in [
+                    ("email log rows", "DELETE FROM email_log WHERE created_at < now() - $1", retention),
+                    ("handled domain events", "DELETE FROM domain_events WHERE handled_at IS NOT NULL AND created_at < now() - $1", retention),
+                    ("job records", "DELETE FROM scheduler_runs WHERE started_at < now() - $1", retention),
+                    ("automation runs", "DELETE FROM automation_runs WHERE created_at < now() - $1", runs),
+                ] {
+                    let n = diesel::sql_query(sql).bind::<Interval, _>(keep).execute(conn)?;
+                    counts.push(format!("{n} {what}"));
+                }
+                Ok(format!("purged {}", counts.join(", ")))
+            })
+            .await
+    }
+
+    /// Deletes threading data past its retention.
+    async fn expire_threading(&self) -> Result<String> {
+        let lifetime = interval(self.config.threading_retention);
+        let before = clock::before(self.config.threading_retention);
+        self.db
+            .run(move |conn| {
+                let received =
+                    diesel::sql_query("DELETE FROM inbound_emails WHERE received_at < now() - $1")
+                        .bind::<Interval, _>(lifetime)
+                        .execute(conn)?;
+                let finished = [OutboxState::Sent, OutboxState::Skipped, OutboxState::Failed];
+                let outbox = diesel::delete(
+                    outbox_emails::table
+                        .filter(outbox_emails::state.eq_any(finished))
+                        .filter(outbox_emails::created_at.lt(before)),
+                )
+                .execute(conn)?;
+                Ok(format!(
+                    "expired {received} received Message-IDs, {outbox} finished outbox emails"
+                ))
+            })
+            .await
+    }
+
+    /// Runs every sweep once.
+    async fn sweep(&self) -> Result<String> {
+        let ages = SweepAges {
+            unannounced: self.config.sweep_interval,
+            lease: self.config.send_lease,
+        };
+        let (db, topology) = (&self.db, &self.topology);
+        // The role keeps a connection; a one-off run (`tidings schedule sweep`) opens one.
+        let n = match self.broker.get() {
+            Ok(publisher) => sweep::run(db, &publisher, topology, &Sweep::ALL, ages).await?,
+            Err(_) => {
+                let session = Session::open(&self.config.amqp_url, "scheduler", topology).await?;
+                let n = sweep::run(db, &session.publisher, topology, &Sweep::ALL, ages).await;
+                session.close().await;
+                n?
+            }
+        };
+        Ok(format!("republished {n}"))
     }
 
     /// Claims tick `tick` of `job` for this process; false if another process has it.
@@ -231,19 +236,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     info!(runner = scheduler.runner, "scheduler starting");
     let mut next: Vec<Option<DateTime<Utc>>> = schedules
         .iter()
-        .map(|(_, s)| s.after(&Utc::now()).next())
+        .map(|(_, s)| s.after(&clock::now()).next())
         .collect();
     while let Some(soonest) = next.iter().flatten().min().copied() {
-        let wait = (soonest - Utc::now()).to_std().unwrap_or_default();
+        let wait = (soonest - clock::now()).to_std().unwrap_or_default();
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
         }
         for (i, (job, schedule)) in schedules.iter().enumerate() {
-            if let Some(tick) = next[i].filter(|t| *t <= Utc::now()) {
+            if let Some(tick) = next[i].filter(|t| *t <= clock::now()) {
                 scheduler.tick(job, tick).await;
                 // Ticks missed while this one ran are left to other schedulers, not replayed.
-                next[i] = schedule.after(&tick.max(Utc::now())).next();
+                next[i] = schedule.after(&tick.max(clock::now())).next();
             }
         }
     }

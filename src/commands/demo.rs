@@ -66,7 +66,7 @@ pub async fn run(base: &str, config: &Config) -> anyhow::Result<()> {
         token: config.api_token.clone(),
         http: reqwest::Client::new(),
     };
-    let run = chrono::Utc::now().format("%H%M%S").to_string();
+    let run = tidings_common::clock::now().format("%H%M%S").to_string();
     let person = |kind: &str, name: &str, local: &str| {
         let email = format!("{local}+{run}@example.com");
         (format!("/{kind}"), json!({ "name": name, "email": email }))

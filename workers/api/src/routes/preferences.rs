@@ -3,9 +3,9 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use diesel::prelude::*;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use tidings_common::db::models::PersonKind;
 use tidings_common::db::schema::{people, preference_changes, user_preferences};
 use tidings_common::rules::{FromCustomers, FromUsers, Visibility};
@@ -28,79 +28,71 @@ const FIELDS: &[(&str, Option<&[&str]>)] = &[
     ("accept_all_invitations", None),
 ];
 
-type Row = (
-    String,
-    bool,
-    String,
-    String,
-    bool,
-    bool,
-    bool,
-    bool,
-    (bool, bool, bool),
-);
+/// Every preference of a user: read as one row, written as one changeset (only the fields
+/// a patch names change).
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = user_preferences)]
+struct Preferences {
+    see_conversations: String,
+    show_customer_conversations: bool,
+    from_customers: String,
+    from_users: String,
+    followed_internal: bool,
+    email_customer_messages: bool,
+    email_replies: bool,
+    email_internal: bool,
+    email_assignments: bool,
+    email_project_members: bool,
+    accept_all_invitations: bool,
+}
 
-fn to_json(row: Row) -> Value {
-    let (see, show, from_customers, from_users, internal, email_c, email_r, email_i, e) = row;
-    json!({
-        "email_assignments": e.0,
-        "email_project_members": e.1,
-        "accept_all_invitations": e.2,
-        "see_conversations": see,
-        "show_customer_conversations": show,
-        "from_customers": from_customers,
-        "from_users": from_users,
-        "followed_internal": internal,
-        "email_customer_messages": email_c,
-        "email_replies": email_r,
-        "email_internal": email_i,
-    })
+/// A partial change: the fields it names, each already validated.
+#[derive(Debug, Clone, Default, AsChangeset, Deserialize)]
+#[diesel(table_name = user_preferences)]
+pub struct PreferencesPatch {
+    see_conversations: Option<String>,
+    show_customer_conversations: Option<bool>,
+    from_customers: Option<String>,
+    from_users: Option<String>,
+    followed_internal: Option<bool>,
+    email_customer_messages: Option<bool>,
+    email_replies: Option<bool>,
+    email_internal: Option<bool>,
+    email_assignments: Option<bool>,
+    email_project_members: Option<bool>,
+    accept_all_invitations: Option<bool>,
 }
 
 fn load(conn: &mut PgConnection, person_id: i64) -> Result<Value, ApiError> {
-    let kind: Option<String> = people::table
+    let kind: Option<PersonKind> = people::table
         .find(person_id)
         .select(people::kind)
         .first(conn)
         .optional()?;
-    match kind.as_deref().and_then(PersonKind::parse) {
+    match kind {
         None => return Err(ApiError::not_found("person", person_id)),
         Some(PersonKind::User) => {}
         Some(other) => {
-            return Err(ApiError {
-                status: StatusCode::CONFLICT,
-                message: format!(
-                    "person {person_id} is a {}; preferences belong to users",
-                    other.as_str()
-                ),
-                field: None,
-            });
+            return Err(ApiError::conflict(
+                format!("person {person_id} is a {other}; preferences belong to users"),
+                None,
+            ));
         }
     }
-    // A user created before preferences existed gets the defaults now.
+    ensure_row(conn, person_id)?;
+    let row: Preferences = user_preferences::table
+        .find(person_id)
+        .select(Preferences::as_select())
+        .first(conn)?;
+    Ok(serde_json::to_value(row).unwrap_or_default())
+}
+
+/// A user created before preferences existed gets the defaults now.
+fn ensure_row(conn: &mut PgConnection, person_id: i64) -> QueryResult<usize> {
     diesel::insert_into(user_preferences::table)
         .values(user_preferences::person_id.eq(person_id))
         .on_conflict_do_nothing()
-        .execute(conn)?;
-    let row: Row = user_preferences::table
-        .find(person_id)
-        .select((
-            user_preferences::see_conversations,
-            user_preferences::show_customer_conversations,
-            user_preferences::from_customers,
-            user_preferences::from_users,
-            user_preferences::followed_internal,
-            user_preferences::email_customer_messages,
-            user_preferences::email_replies,
-            user_preferences::email_internal,
-            (
-                user_preferences::email_assignments,
-                user_preferences::email_project_members,
-                user_preferences::accept_all_invitations,
-            ),
-        ))
-        .first(conn)?;
-    Ok(to_json(row))
+        .execute(conn)
 }
 
 pub async fn get_preferences(
@@ -160,8 +152,12 @@ pub async fn update_preferences(
         .run(move |conn| {
             Ok(conn.transaction(|conn| {
                 let before = load(conn, person_id)?;
+                let values: serde_json::Map<String, Value> = changes
+                    .iter()
+                    .map(|(field, value)| (field.to_string(), value.clone()))
+                    .collect();
+                apply(conn, person_id, Value::Object(values))?;
                 for (field, value) in &changes {
-                    apply(conn, person_id, field, value)?;
                     if before[*field] != *value {
                         diesel::insert_into(preference_changes::table)
                             .values((
@@ -180,52 +176,12 @@ pub async fn update_preferences(
         .await?
 }
 
-/// Writes one validated preference value.
-pub fn apply(
-    conn: &mut PgConnection,
-    person_id: i64,
-    field: &str,
-    value: &Value,
-) -> QueryResult<usize> {
-    use user_preferences as up;
-    let target = up::table.find(person_id);
-    let text = || value.as_str().unwrap_or_default().to_string();
-    let flag = || value.as_bool().unwrap_or_default();
-    let now = up::updated_at.eq(diesel::dsl::now);
-    match field {
-        "see_conversations" => diesel::update(target)
-            .set((up::see_conversations.eq(text()), now))
-            .execute(conn),
-        "show_customer_conversations" => diesel::update(target)
-            .set((up::show_customer_conversations.eq(flag()), now))
-            .execute(conn),
-        "from_customers" => diesel::update(target)
-            .set((up::from_customers.eq(text()), now))
-            .execute(conn),
-        "from_users" => diesel::update(target)
-            .set((up::from_users.eq(text()), now))
-            .execute(conn),
-        "followed_internal" => diesel::update(target)
-            .set((up::followed_internal.eq(flag()), now))
-            .execute(conn),
-        "email_customer_messages" => diesel::update(target)
-            .set((up::email_customer_messages.eq(flag()), now))
-            .execute(conn),
-        "email_replies" => diesel::update(target)
-            .set((up::email_replies.eq(flag()), now))
-            .execute(conn),
-        "email_internal" => diesel::update(target)
-            .set((up::email_internal.eq(flag()), now))
-            .execute(conn),
-        "email_assignments" => diesel::update(target)
-            .set((up::email_assignments.eq(flag()), now))
-            .execute(conn),
-        "email_project_members" => diesel::update(target)
-            .set((up::email_project_members.eq(flag()), now))
-            .execute(conn),
-        "accept_all_invitations" => diesel::update(target)
-            .set((up::accept_all_invitations.eq(flag()), now))
-            .execute(conn),
-        _ => Ok(0),
-    }
+/// Writes validated preference values (a JSON object of field names and values).
+pub fn apply(conn: &mut PgConnection, person_id: i64, values: Value) -> Result<usize, ApiError> {
+    let patch: PreferencesPatch = serde_json::from_value(values)
+        .map_err(|e| ApiError::bad_field("preferences", format!("preferences: {e}")))?;
+    ensure_row(conn, person_id)?;
+    Ok(diesel::update(user_preferences::table.find(person_id))
+        .set((&patch, user_preferences::updated_at.eq(diesel::dsl::now)))
+        .execute(conn)?)
 }

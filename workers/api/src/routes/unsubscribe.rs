@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use diesel::prelude::*;
 use serde_json::json;
+use tidings_common::clock;
 use tidings_common::db::schema::{conversation_mutes, people, preference_changes};
 use tidings_common::mail::{self, UnsubscribeError, UnsubscribeScope, UnsubscribeToken};
 use tidings_common::rules::MessageKind;
@@ -17,7 +18,7 @@ use crate::AppState;
 use crate::error::ApiError;
 
 fn verify(state: &AppState, token: &str) -> Result<UnsubscribeToken, ApiError> {
-    let today = mail::epoch_day(chrono::Utc::now());
+    let today = mail::epoch_day(clock::now());
     UnsubscribeToken::decode(token, &state.config.token_secret, today).map_err(|e| ApiError {
         status: match e {
             UnsubscribeError::Expired => StatusCode::GONE,
@@ -86,14 +87,7 @@ pub async fn unsubscribe(
                 let (field, conversation_id) = match token.scope {
                     UnsubscribeScope::UserKind(kind) => {
                         let field = email_field(kind);
-                        diesel::insert_into(tidings_common::db::schema::user_preferences::table)
-                            .values(
-                                tidings_common::db::schema::user_preferences::person_id
-                                    .eq(person_id),
-                            )
-                            .on_conflict_do_nothing()
-                            .execute(conn)?;
-                        crate::preferences::apply(conn, person_id, field, &json!(false))?;
+                        super::preferences::apply(conn, person_id, json!({ field: false }))?;
                         (field, None)
                     }
                     UnsubscribeScope::CustomerConversation(conversation_id) => {

@@ -1,0 +1,138 @@
+//! The one home of every publish-after-commit. A transaction writes rows (a message, domain
+//! events, outbox emails); once it commits, what it wrote is announced on the broker so the
+//! next role picks it up. A failed announcement loses nothing: the rows stay unhandled and the
+//! sweeps (see [`crate::sweep`]) find them and announce them again.
+
+use tracing::warn;
+
+use crate::Result;
+use crate::amqp::{
+    DUE_ROUTING_KEY, MESSAGE_POSTED, MessagePosted, NotificationBatch, Publisher, Topology,
+};
+use crate::events::{EventRecorded, RecordedEvent};
+
+/// Routing key announcing outbox rows to the mailer.
+pub const EMAIL_QUEUED: &str = "email.queued";
+
+/// The AMQP payload announcing outbox rows.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxBatch {
+    pub outbox_ids: Vec<i64>,
+}
+
+/// What one or more committed transactions need announced.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Announcements {
+    /// Messages to dispatch (`message.posted`).
+    pub messages: Vec<i64>,
+    /// Domain events to handle.
+    pub events: Vec<RecordedEvent>,
+    /// Outbox emails to send.
+    pub outbox: Vec<i64>,
+    /// Notification batches due now (straight to the due exchange, past the delay).
+    pub due: Vec<NotificationBatch>,
+}
+
+impl Announcements {
+    pub fn message(id: i64) -> Self {
+        Announcements {
+            messages: vec![id],
+            ..Default::default()
+        }
+    }
+
+    pub fn events(events: Vec<RecordedEvent>) -> Self {
+        Announcements {
+            events,
+            ..Default::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many rows are announced.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+            + self.events.len()
+            + self.outbox.len()
+            + self
+                .due
+                .iter()
+                .map(|b| b.notification_ids.len())
+                .sum::<usize>()
+    }
+
+    /// Adds what `other` announces.
+    pub fn extend(&mut self, other: Announcements) {
+        self.messages.extend(other.messages);
+        self.events.extend(other.events);
+        self.outbox.extend(other.outbox);
+        self.due.extend(other.due);
+    }
+
+    /// Publishes every announcement with a confirm, retrying a broker hiccup a few times.
+    pub async fn publish(&self, publisher: &Publisher, topology: &Topology) -> Result<()> {
+        let events_exchange = topology.events_exchange();
+        for &message_id in &self.messages {
+            publisher
+                .publish_json_retrying(
+                    &events_exchange,
+                    MESSAGE_POSTED,
+                    &MessagePosted { message_id },
+                )
+                .await?;
+        }
+        for event in &self.events {
+            publisher
+                .publish_json_retrying(
+                    &events_exchange,
+                    &event.routing_key(),
+                    &EventRecorded { event_id: event.id },
+                )
+                .await?;
+        }
+        if !self.outbox.is_empty() {
+            let batch = OutboxBatch {
+                outbox_ids: self.outbox.clone(),
+            };
+            publisher
+                .publish_json_retrying(&events_exchange, EMAIL_QUEUED, &batch)
+                .await?;
+        }
+        for batch in &self.due {
+            publisher
+                .publish_json_retrying(&topology.due_exchange(), DUE_ROUTING_KEY, batch)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes like [`Announcements::publish`] when a publisher is at hand; otherwise, or
+    /// on failure, logs that the sweeps will announce them later. The rows are committed, so
+    /// nothing is lost either way.
+    pub async fn publish_or_leave_to_sweep(
+        &self,
+        publisher: Result<Publisher>,
+        topology: &Topology,
+    ) {
+        if self.is_empty() {
+            return;
+        }
+        let published = match publisher {
+            Ok(publisher) => self.publish(&publisher, topology).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = published {
+            warn!(
+                error = %e,
+                messages = ?self.messages,
+                events = self.events.len(),
+                outbox = self.outbox.len(),
+                "not announced; the sweep will announce it again"
+            );
+        }
+    }
+}

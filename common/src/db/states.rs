@@ -1,0 +1,202 @@
+//! The states and kinds stored as text columns, as Rust enums that map to them. No state
+//! string is written by hand anywhere else: queries compare against these values, and a row
+//! holding a value not listed here fails to load with an error naming the column's type.
+
+use diesel::deserialize::{self, FromSql, FromSqlRow};
+use diesel::expression::AsExpression;
+use diesel::pg::{Pg, PgValue};
+use diesel::serialize::{self, Output, ToSql};
+use diesel::sql_types::Text;
+use serde::{Deserialize, Serialize};
+
+/// Declares an enum stored as text: its variants and their column values.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+            AsExpression, FromSqlRow, Serialize, Deserialize,
+        )]
+        #[diesel(sql_type = Text)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The value stored in the column.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// The variant stored as `value`, if any.
+            pub fn parse(value: &str) -> Option<Self> {
+                match value {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ToSql<Text, Pg> for $name {
+            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+                <str as ToSql<Text, Pg>>::to_sql(self.as_str(), out)
+            }
+        }
+
+        impl FromSql<Text, Pg> for $name {
+            fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+                let text = <String as FromSql<Text, Pg>>::from_sql(bytes)?;
+                $name::parse(&text).ok_or_else(|| {
+                    format!("{:?} is not a {}", text, stringify!($name)).into()
+                })
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// Where an email to send stands, for a notification and for an outbox email alike:
+    /// `pending → sending → sent | skipped | failed`, each step a conditional update.
+    SendState {
+        /// Waiting for its window to end (or for a retry tier).
+        Pending => "pending",
+        /// Claimed by a mailer; `claimed_at` is the lease.
+        Sending => "sending",
+        Sent => "sent",
+        /// Not emailed, for the reason recorded beside it (seen, preference, coalesced, …).
+        Skipped => "skipped",
+        Failed => "failed",
+    }
+}
+
+/// `notifications.state`.
+pub type NotificationState = SendState;
+/// `outbox_emails.state`.
+pub type OutboxState = SendState;
+
+text_enum! {
+    /// Status of one email-log row (SPEC L1).
+    LogStatus {
+        Sent => "sent",
+        Skipped => "skipped",
+        /// A temporary failure; another attempt is scheduled.
+        Deferred => "deferred",
+        Failed => "failed",
+        /// Sent, then bounced back.
+        Bounced => "bounced",
+        /// Inbound: posted into an existing conversation.
+        Threaded => "threaded",
+        /// Inbound: started a new conversation.
+        Created => "created",
+        /// Inbound: automatic mail (auto-reply, bounce, list) recorded and dropped.
+        Ignored => "ignored",
+        /// Inbound: refused, with the reason beside it.
+        Rejected => "rejected",
+    }
+}
+
+text_enum! {
+    /// Which way an email in the log went.
+    Direction {
+        Inbound => "inbound",
+        Outbound => "outbound",
+    }
+}
+
+text_enum! {
+    /// Kind of person, stored in `people.kind`.
+    PersonKind {
+        User => "user",
+        Customer => "customer",
+        Bot => "bot",
+    }
+}
+
+impl Direction {
+    /// Reads the short forms users type (`in`, `out`) as well as the stored names.
+    pub fn parse_loose(value: &str) -> Option<Self> {
+        match value {
+            "in" => Some(Direction::Inbound),
+            "out" => Some(Direction::Outbound),
+            other => Direction::parse(other),
+        }
+    }
+}
+
+impl From<SendState> for LogStatus {
+    /// The log status of an email whose send attempt left it in `state` (`pending` after an
+    /// attempt means it was deferred).
+    fn from(state: SendState) -> Self {
+        match state {
+            SendState::Sent => LogStatus::Sent,
+            SendState::Skipped => LogStatus::Skipped,
+            SendState::Failed => LogStatus::Failed,
+            SendState::Pending | SendState::Sending => LogStatus::Deferred,
+        }
+    }
+}
+
+/// Filters selecting the rows a mailer may claim: `pending`, or `sending` under a lease
+/// that lapsed before `lapsed`. The same rule for notifications and outbox emails, used by
+/// the claims and the sweeps alike.
+pub mod claimable {
+    use chrono::{DateTime, Utc};
+    use diesel::pg::Pg;
+    use diesel::prelude::*;
+    use diesel::sql_types::{Bool, Nullable};
+
+    use super::SendState;
+    use crate::db::schema::{notifications, outbox_emails};
+
+    pub fn notifications(
+        lapsed: DateTime<Utc>,
+    ) -> Box<dyn BoxableExpression<notifications::table, Pg, SqlType = Nullable<Bool>>> {
+        use notifications::{claimed_at, state};
+        Box::new(
+            state
+                .eq(SendState::Pending)
+                .or(state.eq(SendState::Sending).and(claimed_at.lt(lapsed))),
+        )
+    }
+
+    pub fn outbox_emails(
+        lapsed: DateTime<Utc>,
+    ) -> Box<dyn BoxableExpression<outbox_emails::table, Pg, SqlType = Nullable<Bool>>> {
+        use outbox_emails::{claimed_at, state};
+        Box::new(
+            state
+                .eq(SendState::Pending)
+                .or(state.eq(SendState::Sending).and(claimed_at.lt(lapsed))),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_round_trips_through_its_text() {
+        for s in SendState::ALL {
+            assert_eq!(SendState::parse(s.as_str()), Some(*s));
+        }
+        for s in LogStatus::ALL {
+            assert_eq!(LogStatus::parse(s.as_str()), Some(*s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(Direction::parse_loose("in"), Some(Direction::Inbound));
+        assert_eq!(Direction::parse_loose("sideways"), None);
+        assert_eq!(PersonKind::parse("robot"), None);
+    }
+}

@@ -1,0 +1,310 @@
+//! The pure inbound path: parse a raw email, classify it (human reply, new conversation,
+//! automatic mail, bounce, bulk, our own mail coming back, rejected), extract the new text of a
+//! reply from its quoted history and signature, and read what the mail itself says about its
+//! thread. No database, no broker: any input, however malformed, yields a verdict.
+//!
+//! - [`classify`]: automatic mail, bounces, bulk mail and loops (RFC 3834 and its variants);
+//! - [`bounce`]: what a delivery status notification says failed;
+//! - [`reply`]: the new text of a reply, apart from its quoted history and signature.
+
+pub mod bounce;
+pub mod classify;
+pub mod reply;
+
+use std::panic::AssertUnwindSafe;
+
+use mail_parser::{Address, HeaderValue, MessageParser};
+use serde::Serialize;
+
+pub use bounce::BounceReport;
+pub use reply::{ReplyParts, split_reply};
+
+/// What kind of mail this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboundVerdict {
+    /// A person answering one of our emails: post it into the conversation.
+    Reply,
+    /// A person writing afresh: a customer's mail starts a conversation.
+    NewConversation,
+    /// An auto-reply or out-of-office: logged, never posted.
+    AutoReply,
+    /// A delivery status notification: logged, matched to what bounced.
+    Bounce,
+    /// List or bulk mail: logged, never posted.
+    Bulk,
+    /// Our own mail coming back: logged, never posted.
+    Loop,
+    /// Cannot be processed; the reason says why.
+    Rejected,
+}
+
+impl InboundVerdict {
+    /// The verdict's name, as stored and logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboundVerdict::Reply => "reply",
+            InboundVerdict::NewConversation => "new_conversation",
+            InboundVerdict::AutoReply => "auto_reply",
+            InboundVerdict::Bounce => "bounce",
+            InboundVerdict::Bulk => "bulk",
+            InboundVerdict::Loop => "loop",
+            InboundVerdict::Rejected => "rejected",
+        }
+    }
+}
+
+/// What the mail says about its thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ThreadHints {
+    /// The token of a `reply+<token>@<reply domain>` recipient, unverified.
+    pub token: Option<String>,
+    pub in_reply_to: Option<String>,
+    pub references: Vec<String>,
+}
+
+/// The outcome of the pure inbound path for one email.
+#[derive(Debug, Clone, Serialize)]
+pub struct InboundReport {
+    pub verdict: InboundVerdict,
+    pub reason: Option<String>,
+    pub from: Option<String>,
+    pub subject: Option<String>,
+    pub message_id: Option<String>,
+    pub reply_text: Option<String>,
+    pub quoted_text: Option<String>,
+    pub thread: ThreadHints,
+    /// Why the relay's `Authentication-Results` says the sender is not who they claim (SPF,
+    /// DKIM or DMARC fail); such mail is never posted as that person (SPEC I4).
+    pub auth_failure: Option<String>,
+    /// For a bounce: what failed, as far as the report says.
+    pub bounce: Option<BounceReport>,
+}
+
+/// What the inbound path needs to know about this deployment.
+#[derive(Debug, Clone)]
+pub struct InboundContext {
+    /// Domain of reply addresses and of our Message-IDs.
+    pub reply_domain: String,
+    /// Our own sender address (From of notification mail).
+    pub own_address: Option<String>,
+}
+
+/// Runs the whole pure path on a raw message. Never panics: a panic inside the parser becomes
+/// a `rejected` verdict.
+pub fn inspect(raw: &[u8], context: &InboundContext) -> InboundReport {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| inspect_parsed(raw, context))) {
+        Ok(report) => report,
+        Err(_) => rejected("the message could not be parsed (parser panic)"),
+    }
+}
+
+fn rejected(reason: &str) -> InboundReport {
+    InboundReport {
+        verdict: InboundVerdict::Rejected,
+        reason: Some(reason.to_string()),
+        from: None,
+        subject: None,
+        message_id: None,
+        reply_text: None,
+        quoted_text: None,
+        thread: ThreadHints::default(),
+        auth_failure: None,
+        bounce: None,
+    }
+}
+
+pub(crate) fn header_text(message: &mail_parser::Message<'_>, name: &str) -> Option<String> {
+    message.header_raw(name).map(|v| v.trim().to_string())
+}
+
+fn addresses(address: Option<&Address<'_>>) -> Vec<String> {
+    address
+        .map(|a| {
+            a.iter()
+                .filter_map(|addr| addr.address().map(|s| s.to_ascii_lowercase()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
+    let Some(message) = MessageParser::default().parse(raw) else {
+        return rejected("the message could not be parsed");
+    };
+    let from = addresses(message.from()).into_iter().next();
+    let subject = message.subject().map(str::to_string);
+    let message_id = message.message_id().map(|id| format!("<{id}>"));
+    let mut recipients = addresses(message.to());
+    recipients.extend(addresses(message.cc()));
+    for name in ["Delivered-To", "X-Original-To", "Envelope-To"] {
+        if let Some(value) = header_text(&message, name) {
+            recipients.push(value.trim_matches(['<', '>', ' ']).to_ascii_lowercase());
+        }
+    }
+    let domain = context.reply_domain.to_ascii_lowercase();
+    let token = recipients.iter().find_map(|r| {
+        let (local, host) = r.rsplit_once('@')?;
+        (host == domain).then(|| local.strip_prefix("reply+").map(str::to_string))?
+    });
+    let ids = |value: &HeaderValue<'_>| -> Vec<String> {
+        match value {
+            HeaderValue::Text(t) => vec![format!("<{t}>")],
+            HeaderValue::TextList(list) => list.iter().map(|t| format!("<{t}>")).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let in_reply_to = ids(message.in_reply_to()).into_iter().next();
+    let references = ids(message.references());
+    let thread = ThreadHints {
+        token,
+        in_reply_to,
+        references,
+    };
+    let body = message
+        .body_text(0)
+        .map(|b| b.into_owned())
+        .unwrap_or_default();
+    let auth_failure = header_text(&message, "Authentication-Results").and_then(|results| {
+        let lower = results.to_ascii_lowercase();
+        ["dmarc=fail", "spf=fail", "dkim=fail"]
+            .into_iter()
+            .find(|f| lower.contains(f))
+            .map(|f| format!("Authentication-Results: {f}"))
+    });
+
+    let mut report = InboundReport {
+        verdict: InboundVerdict::Rejected,
+        reason: None,
+        from: from.clone(),
+        subject: subject.clone(),
+        message_id: message_id.clone(),
+        reply_text: None,
+        quoted_text: None,
+        thread,
+        auth_failure,
+        bounce: None,
+    };
+    if let Some((verdict, reason)) =
+        classify::automatic(&message, from.as_deref(), message_id.as_deref(), context)
+    {
+        if verdict == InboundVerdict::Bounce {
+            report.bounce = Some(bounce::report(
+                raw,
+                header_text(&message, "X-Failed-Recipients"),
+                &context.reply_domain,
+            ));
+        }
+        report.verdict = verdict;
+        report.reason = Some(reason);
+        return report;
+    }
+    if from.is_none() {
+        report.reason = Some("no sender address".into());
+        return report;
+    }
+    let parts = split_reply(&body);
+    report.reply_text = Some(parts.reply);
+    report.quoted_text = Some(parts.quoted);
+    let hints = &report.thread;
+    report.verdict =
+        if hints.token.is_some() || hints.in_reply_to.is_some() || !hints.references.is_empty() {
+            InboundVerdict::Reply
+        } else {
+            InboundVerdict::NewConversation
+        };
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> InboundContext {
+        InboundContext {
+            reply_domain: "reply.example.com".into(),
+            own_address: Some("n@example.com".into()),
+        }
+    }
+
+    #[test]
+    fn gmail_style_reply_is_split() {
+        let body = "Thanks, that fixed it!\n\nOn Mon, Jan 1, 2024 at 10:00 AM Ann <ann@example.com> wrote:\n> Try turning it off.\n";
+        let parts = split_reply(body);
+        assert_eq!(parts.reply, "Thanks, that fixed it!");
+        assert!(parts.quoted.starts_with("On Mon"));
+    }
+
+    #[test]
+    fn wrapped_wrote_line_signatures_and_outlook_blocks() {
+        let parts = split_reply(
+            "Yes.\n\nOn Mon, Jan 1, 2024 at 10:00 AM Ann Example\n<ann@example.com> wrote:\n> x\n",
+        );
+        assert_eq!(parts.reply, "Yes.");
+        let parts = split_reply("Sure thing\n\nSent from my iPhone\n");
+        assert_eq!(parts.reply, "Sure thing");
+        let outlook = "Done.\n\n________________________________\nFrom: Bob\nSent: Monday\nTo: Ann\nSubject: Re: x\n\nold text\n";
+        assert_eq!(split_reply(outlook).reply, "Done.");
+        let sig = "See you\n-- \nJohn\nACME Inc.\n";
+        assert_eq!(split_reply(sig).reply, "See you");
+    }
+
+    #[test]
+    fn leading_and_inline_quotes_are_kept() {
+        let body = "> This is a quote.\n\nAnd this is some text.\n";
+        assert_eq!(
+            split_reply(body).reply,
+            "> This is a quote.\n\nAnd this is some text."
+        );
+    }
+
+    #[test]
+    fn every_input_yields_a_verdict() {
+        for raw in [
+            &b""[..],
+            b"\xff\xfe\x00",
+            b"Subject: x\r\n\r\nbody",
+            b"From: <>\r\n\r\n",
+        ] {
+            let report = inspect(raw, &context());
+            assert!(
+                report.verdict == InboundVerdict::Rejected || report.from.is_some(),
+                "{report:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn classifies_automatic_mail_and_threads() {
+        let auto = b"From: a@b.com\r\nAuto-Submitted: auto-replied\r\nSubject: hi\r\n\r\naway";
+        assert_eq!(inspect(auto, &context()).verdict, InboundVerdict::AutoReply);
+        let ooo = b"From: a@b.com\r\nSubject: Out of Office: hi\r\n\r\naway";
+        assert_eq!(inspect(ooo, &context()).verdict, InboundVerdict::AutoReply);
+        let list = b"From: a@b.com\r\nList-Id: <x.lists>\r\nSubject: hi\r\n\r\nnews";
+        assert_eq!(inspect(list, &context()).verdict, InboundVerdict::Bulk);
+        let bounce = b"From: MAILER-DAEMON@b.com\r\nSubject: failure\r\n\r\nFinal-Recipient: rfc822; Gone@x.com\r\nStatus: 5.1.1\r\n\r\nMessage-ID: <tidings.m1.p2.x@reply.example.com>\r\n";
+        let report = inspect(bounce, &context());
+        assert_eq!(report.verdict, InboundVerdict::Bounce);
+        let b = report.bounce.unwrap();
+        assert_eq!(b.recipients, vec!["gone@x.com".to_string()]);
+        assert_eq!(b.status.as_deref(), Some("5.1.1"));
+        assert!(b.permanent);
+        assert_eq!(
+            b.original_message_id.as_deref(),
+            Some("<tidings.m1.p2.x@reply.example.com>")
+        );
+        let ours = b"From: a@b.com\r\nMessage-ID: <t.1@reply.example.com>\r\n\r\nx";
+        assert_eq!(inspect(ours, &context()).verdict, InboundVerdict::Loop);
+        let reply = b"From: Cleo <cleo@c.com>\r\nTo: reply+1-2-3-abc@reply.example.com\r\nSubject: Re: x\r\n\r\nok\r\n\r\nOn Mon, Ann wrote:\r\n> q\r\n";
+        let report = inspect(reply, &context());
+        assert_eq!(report.verdict, InboundVerdict::Reply);
+        assert_eq!(report.thread.token.as_deref(), Some("1-2-3-abc"));
+        assert_eq!(report.reply_text.as_deref(), Some("ok"));
+        let fresh =
+            b"From: Cleo <cleo@c.com>\r\nTo: help@example.com\r\nSubject: help\r\n\r\nmy printer";
+        assert_eq!(
+            inspect(fresh, &context()).verdict,
+            InboundVerdict::NewConversation
+        );
+    }
+}

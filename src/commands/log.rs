@@ -1,0 +1,78 @@
+//! `tidings log`: the email log (SPEC L1) of the last hours, as a table or JSON lines.
+
+use tidings_common::Config;
+
+pub async fn log(
+    config: &Config,
+    since: &str,
+    direction: Option<String>,
+    status: Option<String>,
+    limit: i64,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    use tidings_common::db::email_log::{self, LogFilter};
+    use tidings_common::db::models::{Direction, EmailLogEntry, LogStatus};
+    let since = tidings_common::config::parse_positive_duration(since)
+        .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+    let status = status
+        .map(|s| {
+            LogStatus::parse(&s)
+                .ok_or_else(|| anyhow::anyhow!("--status: {s:?} is not a log status"))
+        })
+        .transpose()?;
+    let filter = LogFilter {
+        message_id: None,
+        since: Some(tidings_common::clock::before(since)),
+        direction: direction.as_deref().and_then(Direction::parse_loose),
+        status,
+        limit,
+    };
+    let db = tidings_common::db::Db::new(&config.database_url, 1);
+    let rows: Vec<EmailLogEntry> = db
+        .run(move |conn| Ok(email_log::query(conn, &filter)?))
+        .await?;
+    if as_json {
+        for row in &rows {
+            println!("{}", serde_json::to_string(row)?);
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<19}  {:<3}  {:<9}  {:<30}  {:<30}  {:<5}  {:<40}  detail",
+        "time", "dir", "status", "from", "to", "conv", "subject"
+    );
+    for r in &rows {
+        let detail: Vec<String> = [
+            r.reason.clone(),
+            r.action.clone(),
+            r.smtp_reply.clone(),
+            r.rule.clone().map(|rule| format!("[{rule}]")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        println!(
+            "{:<19}  {:<3}  {:<9}  {:<30}  {:<30}  {:<5}  {:<40}  {}",
+            r.created_at.format("%Y-%m-%d %H:%M:%S"),
+            match r.direction {
+                Direction::Inbound => "in",
+                Direction::Outbound => "out",
+            },
+            r.status,
+            r.mail_from.as_deref().unwrap_or("-"),
+            r.rcpt_to.as_deref().unwrap_or("-"),
+            r.conversation_id
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.subject
+                .as_deref()
+                .unwrap_or("-")
+                .chars()
+                .take(40)
+                .collect::<String>(),
+            detail.join("; ")
+        );
+    }
+    println!("{} row(s)", rows.len());
+    Ok(())
+}

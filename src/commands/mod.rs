@@ -1,0 +1,10 @@
+//! One module per `tidings` subcommand.
+
+pub mod check;
+pub mod demo;
+pub mod explain;
+pub mod inbound;
+pub mod log;
+pub mod migrate;
+pub mod run;
+pub mod templates;

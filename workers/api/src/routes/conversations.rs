@@ -1,0 +1,181 @@
+//! Conversations: creating and reading them, participants, posting messages and marking them seen
+//! (SPEC D4).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use diesel::prelude::*;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tidings_common::announce::Announcements;
+use tidings_common::db::models::*;
+use tidings_common::db::schema::*;
+use tidings_common::posting;
+use tracing::info;
+
+use crate::error::{ApiError, ApiResult, Body};
+use crate::lookup::*;
+use crate::state::{AppState, with_db};
+use crate::validate::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewConversationBody {
+    subject: String,
+    item_id: Option<i64>,
+    project_id: Option<i64>,
+}
+
+pub async fn create_conversation(
+    State(state): State<AppState>,
+    Body(body): Body<NewConversationBody>,
+) -> ApiResult<(StatusCode, Json<Conversation>)> {
+    let subject = required_text("subject", &body.subject)?;
+    if body.item_id.is_some() && body.project_id.is_some() {
+        return Err(ApiError::bad_field(
+            "project_id",
+            "project_id: a conversation links to an item or a project, not both",
+        ));
+    }
+    with_db(&state, move |conn| {
+        if let Some(item_id) = body.item_id {
+            require_item(conn, item_id)?;
+        }
+        if let Some(project_id) = body.project_id {
+            require_project(conn, project_id)?;
+        }
+        let conversation = diesel::insert_into(conversations::table)
+            .values((
+                conversations::subject.eq(subject),
+                conversations::item_id.eq(body.item_id),
+                conversations::project_id.eq(body.project_id),
+            ))
+            .returning(Conversation::as_returning())
+            .get_result(conn)?;
+        Ok((StatusCode::CREATED, Json(conversation)))
+    })
+    .await
+}
+
+pub async fn get_conversation(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Value>> {
+    with_db(&state, move |conn| {
+        let conversation = find_conversation(conn, id)?;
+        let messages: Vec<Message> = messages::table
+            .filter(messages::conversation_id.eq(id))
+            .filter(messages::deleted_at.is_null())
+            .order(messages::id.asc())
+            .select(Message::as_select())
+            .load(conn)?;
+        let participants: Vec<i64> = conversation_participants::table
+            .filter(conversation_participants::conversation_id.eq(id))
+            .select(conversation_participants::person_id)
+            .order(conversation_participants::person_id.asc())
+            .load(conn)?;
+        Ok(Json(json!({
+            "conversation": conversation,
+            "participants": participants,
+            "messages": messages,
+        })))
+    })
+    .await
+}
+
+pub async fn add_participant(
+    State(state): State<AppState>,
+    Path((conversation_id, person_id)): Path<(i64, i64)>,
+) -> ApiResult<StatusCode> {
+    with_db(&state, move |conn| {
+        find_conversation(conn, conversation_id)?;
+        find_person(conn, person_id)?;
+        posting::add_participant(conn, conversation_id, person_id)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessageBody {
+    author_id: i64,
+    body: String,
+    internal: bool,
+}
+
+/// Posts a message: stores it, makes the author a participant who has seen it (D4), commits,
+/// then publishes `message.posted`. If the publish fails the message is still stored, and
+/// dispatch's sweep publishes it later.
+pub async fn post_message(
+    State(state): State<AppState>,
+    Path(conversation_id): Path<i64>,
+    Body(body): Body<NewMessageBody>,
+) -> ApiResult<(StatusCode, Json<Message>)> {
+    if body.body.trim().is_empty() {
+        return Err(ApiError::bad_field("body", "body: must not be empty"));
+    }
+    let message = with_db(&state, move |conn| {
+        conn.transaction(|conn| {
+            find_conversation(conn, conversation_id)?;
+            let author = find_person(conn, body.author_id)?;
+            if body.internal && author.kind == PersonKind::Customer {
+                return Err(ApiError::bad_field(
+                    "internal",
+                    "internal: a customer cannot post an internal message",
+                ));
+            }
+            Ok(posting::insert_message(
+                conn,
+                conversation_id,
+                author.id,
+                &body.body,
+                body.internal,
+            )?)
+        })
+    })
+    .await?;
+    info!(message.id = message.id, "message posted");
+    state.announce(Announcements::message(message.id)).await;
+    Ok((StatusCode::CREATED, Json(message)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeenBody {
+    person_id: i64,
+    message_id: i64,
+}
+
+/// Marks every message of the conversation up to `message_id` seen by `person_id`.
+pub async fn mark_seen(
+    State(state): State<AppState>,
+    Path(conversation_id): Path<i64>,
+    Body(body): Body<SeenBody>,
+) -> ApiResult<StatusCode> {
+    with_db(&state, move |conn| {
+        find_conversation(conn, conversation_id)?;
+        find_person(conn, body.person_id)?;
+        let message_conversation: Option<i64> = messages::table
+            .find(body.message_id)
+            .select(messages::conversation_id)
+            .first(conn)
+            .optional()?;
+        match message_conversation {
+            None => return Err(ApiError::not_found("message", body.message_id)),
+            Some(c) if c != conversation_id => {
+                return Err(ApiError::bad_field(
+                    "message_id",
+                    format!(
+                        "message_id: message {} belongs to conversation {c}, not {conversation_id}",
+                        body.message_id
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        posting::advance_cursor(conn, body.person_id, conversation_id, body.message_id)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}

@@ -1,0 +1,80 @@
+//! The email log (SPEC L1) over HTTP.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use tidings_common::clock;
+use tidings_common::db::email_log::{self, LogFilter};
+use tidings_common::db::models::{Direction, EmailLogEntry, LogStatus};
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::{AppState, with_db};
+
+#[derive(Deserialize)]
+pub struct LogQuery {
+    message_id: Option<i64>,
+    limit: Option<i64>,
+    /// How far back, e.g. `72h` (default: the whole log, which the scheduler keeps to 72 h).
+    since: Option<String>,
+    /// `in` or `out`.
+    direction: Option<String>,
+    status: Option<String>,
+}
+
+impl LogQuery {
+    /// The filter this query asks for, or 400 naming the bad parameter.
+    fn filter(self) -> ApiResult<LogFilter> {
+        let limit = self.limit.unwrap_or(200);
+        if !(1..=10_000).contains(&limit) {
+            return Err(ApiError::bad_field(
+                "limit",
+                "limit: must be from 1 to 10000",
+            ));
+        }
+        let since = match &self.since {
+            None => None,
+            Some(v) => Some(clock::before(
+                tidings_common::config::parse_positive_duration(v)
+                    .map_err(|e| ApiError::bad_field("since", format!("since: {e}")))?,
+            )),
+        };
+        let direction = match self.direction.as_deref() {
+            None => None,
+            Some(v) => Some(Direction::parse_loose(v).ok_or_else(|| {
+                ApiError::bad_field(
+                    "direction",
+                    format!("direction: {v:?} is not one of in, out"),
+                )
+            })?),
+        };
+        let status = match self.status.as_deref() {
+            None => None,
+            Some(v) => Some(LogStatus::parse(v).ok_or_else(|| {
+                let known: Vec<&str> = LogStatus::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::bad_field(
+                    "status",
+                    format!("status: {v:?} is not one of {}", known.join(", ")),
+                )
+            })?),
+        };
+        Ok(LogFilter {
+            message_id: self.message_id,
+            since,
+            direction,
+            status,
+            limit,
+        })
+    }
+}
+
+/// The email log, newest first; `?message_id=` narrows it to one message.
+pub async fn email_log(
+    State(state): State<AppState>,
+    Query(query): Query<LogQuery>,
+) -> ApiResult<Json<Vec<EmailLogEntry>>> {
+    let filter = query.filter()?;
+    with_db(&state, move |conn| {
+        Ok(Json(email_log::query(conn, &filter)?))
+    })
+    .await
+}

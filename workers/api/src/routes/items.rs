@@ -1,0 +1,221 @@
+//! Items (tickets and tasks): creating them, following them, assignment and status (E1,
+//! automation triggers).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use diesel::prelude::*;
+use serde::Deserialize;
+use serde_json::Value;
+use tidings_common::announce::Announcements;
+use tidings_common::db::models::*;
+use tidings_common::db::schema::*;
+use tidings_common::events::{self, DomainEvent};
+
+use crate::error::{ApiError, ApiResult, Body};
+use crate::lookup::*;
+use crate::state::{AppState, with_db};
+use crate::validate::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewItemBody {
+    project_id: i64,
+    kind: String,
+    title: String,
+    assignee_id: Option<i64>,
+    /// Who asked for it (the customer who opened a ticket); they follow the item.
+    requester_id: Option<i64>,
+}
+
+pub async fn create_item(
+    State(state): State<AppState>,
+    Body(body): Body<NewItemBody>,
+) -> ApiResult<(StatusCode, Json<Item>)> {
+    if !matches!(body.kind.as_str(), "ticket" | "task") {
+        return Err(ApiError::bad_field(
+            "kind",
+            format!("kind: {:?} is not one of ticket, task", body.kind),
+        ));
+    }
+    let title = required_text("title", &body.title)?;
+    let (created, recorded) = with_db(&state, move |conn| {
+        conn.transaction(|conn| {
+            if let Some(requester) = body.requester_id {
+                let person = find_person(conn, requester)?;
+                if person.kind == PersonKind::Bot {
+                    return Err(ApiError::bad_field(
+                        "requester_id",
+                        format!("requester_id: person {requester} is a bot"),
+                    ));
+                }
+            }
+            require_project(conn, body.project_id)?;
+            if let Some(assignee) = body.assignee_id {
+                let person = find_person(conn, assignee)?;
+                if person.kind != PersonKind::User {
+                    return Err(ApiError::bad_field(
+                        "assignee_id",
+                        format!(
+                            "assignee_id: person {assignee} is a {}, not a user",
+                            person.kind
+                        ),
+                    ));
+                }
+            }
+            let item = diesel::insert_into(items::table)
+                .values((
+                    items::project_id.eq(body.project_id),
+                    items::kind.eq(body.kind),
+                    items::title.eq(title),
+                    items::assignee_id.eq(body.assignee_id),
+                    items::requester_id.eq(body.requester_id),
+                ))
+                .returning(Item::as_returning())
+                .get_result(conn)?;
+            if let Some(requester) = body.requester_id {
+                diesel::insert_into(item_follows::table)
+                    .values((
+                        item_follows::item_id.eq(item.id),
+                        item_follows::person_id.eq(requester),
+                    ))
+                    .on_conflict_do_nothing()
+                    .execute(conn)?;
+            }
+            use tidings_common::events;
+            let mut recorded = vec![events::record(
+                conn,
+                &DomainEvent::ItemCreated { item_id: item.id },
+            )?];
+            if item.assignee_id.is_some() {
+                recorded.push(events::record(
+                    conn,
+                    &DomainEvent::ItemAssigned {
+                        item_id: item.id,
+                        assignee_id: item.assignee_id,
+                        previous_id: None,
+                    },
+                )?);
+            }
+            Ok(((StatusCode::CREATED, Json(item)), recorded))
+        })
+    })
+    .await?;
+    state.announce(Announcements::events(recorded)).await;
+    Ok(created)
+}
+
+pub async fn follow_item(
+    State(state): State<AppState>,
+    Path((item_id, person_id)): Path<(i64, i64)>,
+) -> ApiResult<StatusCode> {
+    with_db(&state, move |conn| {
+        require_item(conn, item_id)?;
+        find_person(conn, person_id)?;
+        diesel::insert_into(item_follows::table)
+            .values((
+                item_follows::item_id.eq(item_id),
+                item_follows::person_id.eq(person_id),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+pub async fn unfollow_item(
+    State(state): State<AppState>,
+    Path((item_id, person_id)): Path<(i64, i64)>,
+) -> ApiResult<StatusCode> {
+    with_db(&state, move |conn| {
+        let deleted =
+            diesel::delete(item_follows::table.find((item_id, person_id))).execute(conn)?;
+        if deleted == 0 {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: format!("person {person_id} does not follow item {item_id}"),
+                field: None,
+            });
+        }
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemPatch {
+    #[serde(default, deserialize_with = "some_value")]
+    assignee_id: Option<Value>,
+    status: Option<String>,
+    title: Option<String>,
+}
+
+/// Item statuses; `closed` also fires the item-closed trigger.
+const STATUSES: [&str; 4] = ["open", "pending", "resolved", "closed"];
+
+pub async fn update_item(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Body(patch): Body<ItemPatch>,
+) -> ApiResult<Json<Item>> {
+    if let Some(status) = &patch.status {
+        one_of("status", status, &STATUSES)?;
+    }
+    let assignee: Option<Option<i64>> = match patch.assignee_id {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(v) => Some(Some(v.as_i64().ok_or_else(|| {
+            ApiError::bad_field("assignee_id", "assignee_id: expected a person id or null")
+        })?)),
+    };
+    let (item, recorded) = with_db(&state, move |conn| {
+        conn.transaction(|conn| {
+            let before = lock_item(conn, id)?;
+            if let Some(Some(a)) = assignee {
+                require_user(conn, a, "assignee_id")?;
+            }
+            let title = match patch.title {
+                Some(t) if t.trim().is_empty() => {
+                    return Err(ApiError::bad_field("title", "title: must not be empty"));
+                }
+                Some(t) => t.trim().to_string(),
+                None => before.title.clone(),
+            };
+            let after: Item = diesel::update(items::table.find(id))
+                .set((
+                    items::assignee_id.eq(assignee.unwrap_or(before.assignee_id)),
+                    items::status.eq(patch.status.clone().unwrap_or(before.status.clone())),
+                    items::title.eq(title),
+                ))
+                .returning(Item::as_returning())
+                .get_result(conn)?;
+            let mut recorded = Vec::new();
+            if after.assignee_id != before.assignee_id {
+                recorded.push(events::record(
+                    conn,
+                    &DomainEvent::ItemAssigned {
+                        item_id: id,
+                        assignee_id: after.assignee_id,
+                        previous_id: before.assignee_id,
+                    },
+                )?);
+            }
+            if after.status != before.status {
+                recorded.push(events::record(
+                    conn,
+                    &DomainEvent::ItemStatusChanged {
+                        item_id: id,
+                        status: after.status.clone(),
+                        previous: before.status.clone(),
+                    },
+                )?);
+            }
+            Ok((after, recorded))
+        })
+    })
+    .await?;
+    state.announce(Announcements::events(recorded)).await;
+    Ok(Json(item))
+}

@@ -1,0 +1,159 @@
+//! Messages after the fact (SPEC D9): edits and deletions, delivery status (D8) and the
+//! explanation of a decision.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tidings_common::db::models::*;
+use tidings_common::db::schema::*;
+
+use crate::error::{ApiError, ApiResult, Body};
+use crate::lookup::*;
+use crate::state::{AppState, with_db};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagePatch {
+    body: String,
+}
+
+/// Edits a message's text. Emails not yet sent carry the new text; editing it down to nothing
+/// counts as deleting it.
+pub async fn edit_message(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Body(patch): Body<MessagePatch>,
+) -> ApiResult<Json<Message>> {
+    with_db(&state, move |conn| {
+        let message = find_message(conn, id)?;
+        if message.deleted_at.is_some() {
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                message: format!("message {id} was deleted"),
+                field: None,
+            });
+        }
+        let edited = diesel::update(messages::table.find(id))
+            .set((
+                messages::body.eq(patch.body),
+                messages::edited_at.eq(diesel::dsl::now),
+            ))
+            .returning(Message::as_returning())
+            .get_result(conn)?;
+        Ok(Json(edited))
+    })
+    .await
+}
+
+/// Deletes a message; its pending emails are skipped with reason `deleted`.
+pub async fn delete_message(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<StatusCode> {
+    with_db(&state, move |conn| {
+        find_message(conn, id)?;
+        diesel::update(
+            messages::table
+                .find(id)
+                .filter(messages::deleted_at.is_null()),
+        )
+        .set(messages::deleted_at.eq(diesel::dsl::now))
+        .execute(conn)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+#[derive(Debug, QueryableByName, Serialize)]
+pub struct Delivery {
+    #[diesel(sql_type = BigInt)]
+    notification_id: i64,
+    #[diesel(sql_type = BigInt)]
+    recipient_id: i64,
+    #[diesel(sql_type = Text)]
+    recipient_name: String,
+    #[diesel(sql_type = Text)]
+    recipient_kind: String,
+    #[diesel(sql_type = Timestamptz)]
+    notified_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    seen_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Text)]
+    email_state: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    email_reason: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    email_rule: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    coalesced_into: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    emailed_to: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    emailed_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    smtp_reply: Option<String>,
+    #[diesel(sql_type = Text)]
+    email_message_id: String,
+    #[diesel(sql_type = Timestamptz)]
+    due_at: DateTime<Utc>,
+}
+
+/// Delivery status of one message per recipient (D8): notified, seen, emailed or skipped.
+pub async fn deliveries(
+    State(state): State<AppState>,
+    Path(message_id): Path<i64>,
+) -> ApiResult<Json<Value>> {
+    with_db(&state, move |conn| {
+        let message = messages::table
+            .find(message_id)
+            .select(Message::as_select())
+            .first(conn)
+            .optional()?;
+        let message = found(message, "message", message_id)?;
+        let rows: Vec<Delivery> = diesel::sql_query(
+            "SELECT n.id AS notification_id, n.recipient_id, p.name AS recipient_name,
+                    p.kind AS recipient_kind, n.created_at AS notified_at,
+                    CASE WHEN sc.last_seen_message_id >= n.message_id THEN sc.seen_at END AS seen_at,
+                    n.state AS email_state, n.reason AS email_reason, n.rule AS email_rule,
+                    n.coalesced_into,
+                    CASE WHEN n.state = 'sent' OR n.coalesced_into IS NOT NULL THEN p.email END AS emailed_to,
+                    n.sent_at AS emailed_at, COALESCE(n.smtp_reply, carrier.smtp_reply) AS smtp_reply,
+                    COALESCE(carrier.email_message_id, n.email_message_id) AS email_message_id, n.due_at
+             FROM notifications n
+             JOIN people p ON p.id = n.recipient_id
+             LEFT JOIN notifications carrier ON carrier.id = n.coalesced_into
+             LEFT JOIN seen_cursors sc
+               ON sc.person_id = n.recipient_id AND sc.conversation_id = n.conversation_id
+             WHERE n.message_id = $1
+             ORDER BY n.recipient_id",
+        )
+        .bind::<BigInt, _>(message_id)
+        .load(conn)?;
+        Ok(Json(json!({
+            "message_id": message_id,
+            "conversation_id": message.conversation_id,
+            "dispatched": message.dispatched_at.is_some(),
+            "recipients": rows,
+        })))
+    })
+    .await
+}
+
+/// Why a person was or was not notified and emailed about a message, naming the deciding rule.
+pub async fn explain(
+    State(state): State<AppState>,
+    Path((message_id, person_id)): Path<(i64, i64)>,
+) -> ApiResult<Json<tidings_common::audience::Explanation>> {
+    with_db(&state, move |conn| {
+        find_message(conn, message_id)?;
+        find_person(conn, person_id)?;
+        let explanation = tidings_common::audience::explain(conn, message_id, person_id)?;
+        Ok(Json(found(explanation, "message", message_id)?))
+    })
+    .await
+}

@@ -1,0 +1,126 @@
+//! The api's routes, one file per resource. [`router`] maps every path to its handler; all
+//! but the signed-link pages need the API token.
+
+pub mod automations;
+pub mod conversations;
+pub mod email_log;
+pub mod invitations;
+pub mod items;
+pub mod messages;
+pub mod people;
+pub mod preferences;
+pub mod projects;
+pub mod suppressions;
+pub mod system_notifications;
+pub mod teams;
+pub mod templates;
+pub mod unsubscribe;
+
+use axum::Router;
+use axum::routing::{delete, get, patch, post, put};
+
+use crate::state::AppState;
+
+/// Builds the router with every route behind the bearer-token check.
+pub fn router(state: AppState) -> Router {
+    let private = Router::new()
+        .route("/users", post(people::create_user))
+        .route("/customers", post(people::create_customer))
+        .route("/bots", post(people::create_bot))
+        .route(
+            "/people/{id}",
+            get(people::get_person).patch(people::update_person),
+        )
+        .route(
+            "/people/{id}/preferences",
+            get(preferences::get_preferences).patch(preferences::update_preferences),
+        )
+        .route("/people/{id}/inbox", get(people::inbox))
+        .route("/projects", post(projects::create_project))
+        .route(
+            "/projects/{id}/followers/{person_id}",
+            put(projects::follow_project).delete(projects::unfollow_project),
+        )
+        .route("/items", post(items::create_item))
+        .route(
+            "/items/{id}/followers/{person_id}",
+            put(items::follow_item).delete(items::unfollow_item),
+        )
+        .route("/conversations", post(conversations::create_conversation))
+        .route("/conversations/{id}", get(conversations::get_conversation))
+        .route(
+            "/conversations/{id}/participants/{person_id}",
+            put(conversations::add_participant),
+        )
+        .route(
+            "/conversations/{id}/messages",
+            post(conversations::post_message),
+        )
+        .route("/conversations/{id}/seen", put(conversations::mark_seen))
+        .route(
+            "/messages/{id}",
+            patch(messages::edit_message).delete(messages::delete_message),
+        )
+        .route("/messages/{id}/deliveries", get(messages::deliveries))
+        .route("/messages/{id}/explain/{person_id}", get(messages::explain))
+        .route("/email-log", get(email_log::email_log))
+        .route("/items/{id}", patch(items::update_item))
+        .route(
+            "/people/{id}/password-reset",
+            post(people::request_password_reset),
+        )
+        .route(
+            "/projects/{id}/members/{person_id}",
+            put(projects::add_project_member),
+        )
+        .route("/projects/{id}/invitations", post(invitations::invite))
+        .route("/teams", post(teams::create_team))
+        .route(
+            "/teams/{id}/members/{person_id}",
+            put(teams::add_team_member),
+        )
+        .route(
+            "/projects/{id}/teams/{team_id}",
+            put(projects::add_project_team),
+        )
+        .route(
+            "/system-notifications",
+            get(system_notifications::list_system_notifications),
+        )
+        .route(
+            "/system-notifications/{event}",
+            patch(system_notifications::update_system_notification),
+        )
+        .route(
+            "/automations",
+            get(automations::list_automations).post(automations::create_automation),
+        )
+        .route(
+            "/automations/{id}",
+            get(automations::get_automation)
+                .patch(automations::update_automation)
+                .delete(automations::delete_automation),
+        )
+        .route("/templates", get(templates::list_templates))
+        .route("/suppressions", get(suppressions::suppressions))
+        .route(
+            "/suppressions/{address}",
+            delete(suppressions::reset_suppression),
+        )
+        .fallback(crate::error::no_such_endpoint)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::error::require_bearer_token,
+        ));
+    // Unsubscribe links are public: the signed token is the authorisation.
+    let public = Router::new()
+        .route(
+            "/unsubscribe/{token}",
+            get(unsubscribe::confirm_page).post(unsubscribe::unsubscribe),
+        )
+        .route(
+            "/invitations/{token}",
+            get(invitations::invitation_page).post(invitations::accept_invitation),
+        );
+    public.merge(private).with_state(state)
+}

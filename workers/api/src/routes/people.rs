@@ -1,0 +1,259 @@
+//! People: users, customers and bots, their inbox, and password resets (SPEC M4).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tidings_common::announce::Announcements;
+use tidings_common::db::models::*;
+use tidings_common::db::schema::*;
+use tidings_common::events::{self, DomainEvent};
+use tidings_common::{clock, mail};
+
+use crate::error::{ApiError, ApiResult, Body};
+use crate::lookup::*;
+use crate::state::{AppState, with_db};
+use crate::validate::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPersonBody {
+    name: String,
+    email: Option<String>,
+    /// Language of their emails (`en`, `sv`, …); unset means the default locale.
+    locale: Option<String>,
+}
+
+async fn create_person(
+    state: AppState,
+    kind: PersonKind,
+    body: NewPersonBody,
+) -> ApiResult<(StatusCode, Json<Person>)> {
+    let name = required_text("name", &body.name)?;
+    valid_locale(&body.locale)?;
+    let locale = body.locale;
+    let email = match (kind, body.email) {
+        (_, Some(email)) => {
+            let email = email.trim().to_string();
+            if !valid_email(&email) {
+                return Err(ApiError::bad_field(
+                    "email",
+                    format!("email: {email:?} is not an email address"),
+                ));
+            }
+            Some(email)
+        }
+        (PersonKind::Bot, None) => None,
+        (_, None) => return Err(ApiError::bad_field("email", "missing field `email`")),
+    };
+    let (created, recorded) = with_db(&state, move |conn| {
+        let inserted = conn.transaction(|conn| {
+            let person = diesel::insert_into(people::table)
+                .values((
+                    people::kind.eq(kind.as_str()),
+                    people::name.eq(name),
+                    people::email.eq(email.clone()),
+                    people::locale.eq(locale),
+                ))
+                .returning(Person::as_returning())
+                .get_result(conn)?;
+            let mut recorded = Vec::new();
+            if kind == PersonKind::User {
+                // Preferences start at their defaults (the "support team member" profile).
+                diesel::insert_into(user_preferences::table)
+                    .values(user_preferences::person_id.eq(person.id))
+                    .execute(conn)?;
+                // The welcome email (SPEC M4).
+                recorded.push(events::record(
+                    conn,
+                    &DomainEvent::UserCreated {
+                        person_id: person.id,
+                    },
+                )?);
+            }
+            Ok::<_, diesel::result::Error>((person, recorded))
+        });
+        match inserted {
+            Ok((person, recorded)) => Ok(((StatusCode::CREATED, Json(person)), recorded)),
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            )) => Err(ApiError {
+                status: StatusCode::CONFLICT,
+                message: format!(
+                    "a {} with email {:?} already exists",
+                    kind.as_str(),
+                    email.unwrap_or_default()
+                ),
+                field: Some("email".into()),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await?;
+    state.announce(Announcements::events(recorded)).await;
+    Ok(created)
+}
+
+pub async fn create_user(
+    State(state): State<AppState>,
+    Body(body): Body<NewPersonBody>,
+) -> ApiResult<(StatusCode, Json<Person>)> {
+    create_person(state, PersonKind::User, body).await
+}
+
+pub async fn create_customer(
+    State(state): State<AppState>,
+    Body(body): Body<NewPersonBody>,
+) -> ApiResult<(StatusCode, Json<Person>)> {
+    create_person(state, PersonKind::Customer, body).await
+}
+
+pub async fn create_bot(
+    State(state): State<AppState>,
+    Body(body): Body<NewPersonBody>,
+) -> ApiResult<(StatusCode, Json<Person>)> {
+    create_person(state, PersonKind::Bot, body).await
+}
+
+pub async fn get_person(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Person>> {
+    with_db(&state, move |conn| find_person(conn, id).map(Json)).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonPatch {
+    name: Option<String>,
+    active: Option<bool>,
+    locale: Option<String>,
+}
+
+/// Renames or (de)activates a person. A deactivated person receives nothing from then on,
+/// including notifications already waiting out their window.
+pub async fn update_person(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Body(patch): Body<PersonPatch>,
+) -> ApiResult<Json<Person>> {
+    let name = patch
+        .name
+        .as_deref()
+        .map(|n| required_text("name", n))
+        .transpose()?;
+    valid_locale(&patch.locale)?;
+    with_db(&state, move |conn| {
+        find_person(conn, id)?;
+        if let Some(locale) = patch.locale {
+            diesel::update(people::table.find(id))
+                .set(people::locale.eq(locale))
+                .execute(conn)?;
+        }
+        if let Some(name) = name {
+            diesel::update(people::table.find(id))
+                .set(people::name.eq(name))
+                .execute(conn)?;
+        }
+        if let Some(active) = patch.active {
+            diesel::update(people::table.find(id))
+                .set(people::active.eq(active))
+                .execute(conn)?;
+        }
+        find_person(conn, id).map(Json)
+    })
+    .await
+}
+
+#[derive(Debug, QueryableByName, Serialize)]
+pub struct InboxEntry {
+    #[diesel(sql_type = BigInt)]
+    conversation_id: i64,
+    #[diesel(sql_type = Text)]
+    subject: String,
+    #[diesel(sql_type = BigInt)]
+    unread: i64,
+    #[diesel(sql_type = BigInt)]
+    last_message_id: i64,
+    #[diesel(sql_type = Timestamptz)]
+    last_message_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    seen_up_to: Option<i64>,
+}
+
+/// A person's inbox (D1): every conversation they were notified in, with its unread count,
+/// the conversation with the newest message first.
+pub async fn inbox(
+    State(state): State<AppState>,
+    Path(person_id): Path<i64>,
+) -> ApiResult<Json<Value>> {
+    with_db(&state, move |conn| {
+        find_person(conn, person_id)?;
+        let entries: Vec<InboxEntry> = diesel::sql_query(
+            "SELECT c.id AS conversation_id, c.subject,
+                    COUNT(*) FILTER (WHERE m.deleted_at IS NULL
+                                       AND m.id > COALESCE(sc.last_seen_message_id, 0)) AS unread,
+                    MAX(m.id) AS last_message_id, MAX(m.created_at) AS last_message_at,
+                    sc.last_seen_message_id AS seen_up_to
+             FROM notifications n
+             JOIN messages m ON m.id = n.message_id
+             JOIN conversations c ON c.id = n.conversation_id
+             LEFT JOIN seen_cursors sc
+               ON sc.person_id = n.recipient_id AND sc.conversation_id = n.conversation_id
+             LEFT JOIN user_preferences up ON up.person_id = n.recipient_id
+             WHERE n.recipient_id = $1
+               AND (COALESCE(up.show_customer_conversations, true) OR NOT EXISTS (
+                    SELECT 1 FROM conversation_participants cp JOIN people p ON p.id = cp.person_id
+                     WHERE cp.conversation_id = c.id AND p.kind = 'customer'
+                    UNION ALL
+                    SELECT 1 FROM item_follows f JOIN people p ON p.id = f.person_id
+                     WHERE f.item_id = c.item_id AND p.kind = 'customer'))
+             GROUP BY c.id, c.subject, sc.last_seen_message_id
+             ORDER BY last_message_at DESC, c.id DESC",
+        )
+        .bind::<BigInt, _>(person_id)
+        .load(conn)?;
+        let total: i64 = entries.iter().map(|e| e.unread).sum();
+        Ok(Json(
+            json!({ "person_id": person_id, "unread": total, "conversations": entries }),
+        ))
+    })
+    .await
+}
+
+/// Minutes a password reset link stays valid.
+const RESET_MINUTES: i64 = 60;
+
+pub async fn request_password_reset(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let secret = state.config.token_secret.clone();
+    let base = state.config.public_url.clone();
+    let recorded = with_db(&state, move |conn| {
+        conn.transaction(|conn| {
+            let p = require_user(conn, id, "id")?;
+            let expires = clock::now().timestamp() + RESET_MINUTES * 60;
+            let token = mail::sign_link(&secret, "reset", p.id, expires);
+            Ok(events::record(
+                conn,
+                &DomainEvent::PasswordResetRequested {
+                    person_id: p.id,
+                    reset_url: format!("{base}/password-reset/{token}"),
+                    expires_in_minutes: RESET_MINUTES,
+                },
+            )?)
+        })
+    })
+    .await?;
+    state.announce(Announcements::events(vec![recorded])).await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"queued": "password_reset", "person_id": id})),
+    ))
+}

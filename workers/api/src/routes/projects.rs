@@ -1,0 +1,171 @@
+//! Projects, their followers and members (E2), and the teams added to them.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use diesel::prelude::*;
+use serde::Deserialize;
+use tidings_common::announce::Announcements;
+use tidings_common::db::models::*;
+use tidings_common::db::schema::*;
+use tidings_common::events::{self, DomainEvent, Joined, RecordedEvent};
+
+use crate::error::{ApiError, ApiResult, Body};
+use crate::lookup::*;
+use crate::state::{AppState, with_db};
+use crate::validate::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProjectBody {
+    name: String,
+}
+
+pub async fn create_project(
+    State(state): State<AppState>,
+    Body(body): Body<NewProjectBody>,
+) -> ApiResult<(StatusCode, Json<Project>)> {
+    let name = required_text("name", &body.name)?;
+    with_db(&state, move |conn| {
+        let project = diesel::insert_into(projects::table)
+            .values(projects::name.eq(name))
+            .returning(Project::as_returning())
+            .get_result(conn)?;
+        Ok((StatusCode::CREATED, Json(project)))
+    })
+    .await
+}
+
+pub async fn follow_project(
+    State(state): State<AppState>,
+    Path((project_id, person_id)): Path<(i64, i64)>,
+) -> ApiResult<StatusCode> {
+    with_db(&state, move |conn| {
+        require_project(conn, project_id)?;
+        find_person(conn, person_id)?;
+        diesel::insert_into(project_follows::table)
+            .values((
+                project_follows::project_id.eq(project_id),
+                project_follows::person_id.eq(person_id),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+pub async fn unfollow_project(
+    State(state): State<AppState>,
+    Path((project_id, person_id)): Path<(i64, i64)>,
+) -> ApiResult<StatusCode> {
+    with_db(&state, move |conn| {
+        let deleted =
+            diesel::delete(project_follows::table.find((project_id, person_id))).execute(conn)?;
+        if deleted == 0 {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: format!("person {person_id} does not follow project {project_id}"),
+                field: None,
+            });
+        }
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+/// Adds `person` to the project (as a follower) and records `project_member_added`, once.
+pub(crate) fn add_member(
+    conn: &mut PgConnection,
+    project: i64,
+    person: i64,
+) -> ApiResult<Option<RecordedEvent>> {
+    let added = diesel::insert_into(project_follows::table)
+        .values((
+            project_follows::project_id.eq(project),
+            project_follows::person_id.eq(person),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)?;
+    if added == 0 {
+        return Ok(None);
+    }
+    Ok(Some(events::record(
+        conn,
+        &DomainEvent::ProjectMemberAdded {
+            project_id: project,
+            joined: Joined::User { person_id: person },
+        },
+    )?))
+}
+
+/// Publishes the event of a join, if there was one: 201 when someone joined, 200 when they
+/// were already in.
+async fn announce_join(state: &AppState, recorded: Option<RecordedEvent>) -> StatusCode {
+    let joined = recorded.is_some();
+    state
+        .announce(Announcements::events(recorded.into_iter().collect()))
+        .await;
+    if joined {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// Adds a user to a project: they follow it, and followers with E2 on are emailed.
+pub async fn add_project_member(
+    State(state): State<AppState>,
+    Path((project, person_id)): Path<(i64, i64)>,
+) -> ApiResult<StatusCode> {
+    let recorded = with_db(&state, move |conn| {
+        conn.transaction(|conn| {
+            require_project(conn, project)?;
+            require_user(conn, person_id, "person_id")?;
+            add_member(conn, project, person_id)
+        })
+    })
+    .await?;
+    Ok(announce_join(&state, recorded).await)
+}
+
+/// Adds a team to a project: its members follow the project, and the project's followers
+/// with E2 on are emailed once about the team.
+pub async fn add_project_team(
+    State(state): State<AppState>,
+    Path((project, team)): Path<(i64, i64)>,
+) -> ApiResult<StatusCode> {
+    let recorded = with_db(&state, move |conn| {
+        conn.transaction(|conn| {
+            require_project(conn, project)?;
+            require_team(conn, team)?;
+            let added = diesel::insert_into(project_teams::table)
+                .values((
+                    project_teams::project_id.eq(project),
+                    project_teams::team_id.eq(team),
+                ))
+                .on_conflict_do_nothing()
+                .execute(conn)?;
+            if added == 0 {
+                return Ok(None);
+            }
+            diesel::sql_query(
+                "INSERT INTO project_follows (project_id, person_id)
+                 SELECT $1, person_id FROM team_members WHERE team_id = $2
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(project)
+            .bind::<diesel::sql_types::BigInt, _>(team)
+            .execute(conn)?;
+            Ok(Some(events::record(
+                conn,
+                &DomainEvent::ProjectMemberAdded {
+                    project_id: project,
+                    joined: Joined::Team { team_id: team },
+                },
+            )?))
+        })
+    })
+    .await?;
+    Ok(announce_join(&state, recorded).await)
+}

@@ -1,0 +1,61 @@
+//! Checks of request fields that answer 400 naming the field.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{ApiError, ApiResult};
+
+pub fn required_text(field: &str, value: &str) -> ApiResult<String> {
+    let value = value.trim();
+    if value.is_empty() {
+        Err(ApiError::bad_field(
+            field,
+            format!("{field}: must not be empty"),
+        ))
+    } else {
+        Ok(value.to_string())
+    }
+}
+
+pub fn valid_locale(locale: &Option<String>) -> ApiResult<()> {
+    match locale {
+        Some(l)
+            if l.is_empty()
+                || l.len() > 16
+                || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+        {
+            Err(ApiError::bad_field(
+                "locale",
+                format!("locale: {l:?} is not a locale such as en, sv or pt-BR"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+pub fn valid_email(value: &str) -> bool {
+    let Some((local, domain)) = value.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && value.parse::<lettre::Address>().is_ok()
+}
+
+pub fn one_of(field: &str, value: &str, allowed: &[&str]) -> ApiResult<()> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_field(
+            field,
+            format!("{field}: {value:?} is not one of {}", allowed.join(", ")),
+        ))
+    }
+}
+
+/// Keeps an explicit `null` as `Some(Null)`, so a condition can be removed.
+pub fn some_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}

@@ -1,0 +1,248 @@
+//! Reading what the send-time checks and the template need for every claimed group, with one
+//! query per table (and the audience function once per message for the rules' facts).
+
+use std::collections::HashMap;
+
+use diesel::prelude::*;
+use serde_json::{Value, json};
+use tidings_common::Result;
+use tidings_common::audience;
+use tidings_common::db::models::*;
+use tidings_common::db::schema::*;
+use tidings_common::mail;
+use tidings_common::rules::{self, MessageFacts, Verdict};
+
+use super::{Checked, Claim, SendUnit};
+
+/// Earlier emails of a thread kept in References, besides the conversation's root id.
+const REFERENCES_KEPT: usize = 10;
+
+/// The rows every unit of a set draws on, keyed by id.
+struct Context {
+    verdicts: HashMap<(i64, i64), (MessageFacts, Verdict)>,
+    messages: HashMap<i64, Value>,
+    recipients: HashMap<i64, Person>,
+    conversations: HashMap<i64, Conversation>,
+    items: HashMap<i64, Item>,
+    projects: HashMap<i64, Project>,
+    /// (recipient, conversation, message, Message-ID) of earlier emails, oldest first.
+    sent: Vec<(i64, i64, i64, String)>,
+}
+
+fn sorted_unique(mut ids: Vec<i64>) -> Vec<i64> {
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Loads the units of `groups`. Returns them, and the claims whose message or recipient no
+/// longer exists.
+pub(super) fn load_units(
+    conn: &mut PgConnection,
+    groups: Vec<Vec<Claim>>,
+    reply_domain: &str,
+) -> Result<(Vec<SendUnit>, Vec<Claim>)> {
+    if groups.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let context = Context::load(conn, &groups)?;
+    let mut units = Vec::new();
+    let mut gone = Vec::new();
+    for group in groups {
+        let (unit, lost) = context.unit(group, reply_domain);
+        units.extend(unit);
+        gone.extend(lost);
+    }
+    Ok((units, gone))
+}
+
+impl Context {
+    fn load(conn: &mut PgConnection, groups: &[Vec<Claim>]) -> Result<Self> {
+        let all: Vec<&Notification> = groups.iter().flatten().map(|c| &c.notification).collect();
+        let people = sorted_unique(all.iter().map(|n| n.recipient_id).collect());
+        let message_ids = sorted_unique(all.iter().map(|n| n.message_id).collect());
+        let conversation_ids = sorted_unique(all.iter().map(|n| n.conversation_id).collect());
+        let verdicts = verdicts(conn, &all, &message_ids)?;
+        let messages = message_data(conn, &message_ids)?;
+        let recipients: HashMap<i64, Person> = people::table
+            .filter(people::id.eq_any(&people))
+            .select(Person::as_select())
+            .load(conn)?
+            .into_iter()
+            .map(|p| (p.id, p))
+            .collect();
+        let conversations: HashMap<i64, Conversation> = conversations::table
+            .filter(conversations::id.eq_any(&conversation_ids))
+            .select(Conversation::as_select())
+            .load(conn)?
+            .into_iter()
+            .map(|c| (c.id, c))
+            .collect();
+        let item_ids: Vec<i64> = conversations.values().filter_map(|c| c.item_id).collect();
+        let items: HashMap<i64, Item> = items::table
+            .filter(items::id.eq_any(&item_ids))
+            .select(Item::as_select())
+            .load(conn)?
+            .into_iter()
+            .map(|i| (i.id, i))
+            .collect();
+        let project_ids: Vec<i64> = conversations
+            .values()
+            .filter_map(|c| project_of(c, &items))
+            .collect();
+        let projects: HashMap<i64, Project> = projects::table
+            .filter(projects::id.eq_any(&project_ids))
+            .select(Project::as_select())
+            .load(conn)?
+            .into_iter()
+            .map(|p| (p.id, p))
+            .collect();
+        let sent = notifications::table
+            .filter(notifications::recipient_id.eq_any(&people))
+            .filter(notifications::conversation_id.eq_any(&conversation_ids))
+            .filter(notifications::state.eq(NotificationState::Sent))
+            .order(notifications::message_id.asc())
+            .select((
+                notifications::recipient_id,
+                notifications::conversation_id,
+                notifications::message_id,
+                notifications::email_message_id,
+            ))
+            .load(conn)?;
+        Ok(Context {
+            verdicts,
+            messages,
+            recipients,
+            conversations,
+            items,
+            projects,
+            sent,
+        })
+    }
+
+    /// The unit of one group (`None` when nothing in it is left to decide), and the claims
+    /// whose message or recipient is gone.
+    fn unit(&self, group: Vec<Claim>, reply_domain: &str) -> (Option<SendUnit>, Vec<Claim>) {
+        let lead = &group[0].notification;
+        let (Some(recipient), Some(conversation)) = (
+            self.recipients.get(&lead.recipient_id),
+            self.conversations.get(&lead.conversation_id),
+        ) else {
+            return (None, group);
+        };
+        let mut checked = Vec::new();
+        let mut gone = Vec::new();
+        for claim in group {
+            let n = &claim.notification;
+            let key = (n.message_id, n.recipient_id);
+            match (self.verdicts.get(&key), self.messages.get(&key.0)) {
+                (Some((message, verdict)), Some(data)) => checked.push(Checked {
+                    claim,
+                    message: message.clone(),
+                    verdict: verdict.clone(),
+                    data: data.clone(),
+                }),
+                _ => gone.push(claim),
+            }
+        }
+        if checked.is_empty() {
+            return (None, gone);
+        }
+        let primary = checked.remove(0);
+        let references = self.references(recipient.id, conversation.id, &primary, reply_domain);
+        let item = conversation.item_id.and_then(|i| self.items.get(&i));
+        let project = project_of(conversation, &self.items).and_then(|p| self.projects.get(&p));
+        let data = json!({
+            "recipient": { "id": recipient.id, "name": recipient.name, "email": recipient.email, "kind": recipient.kind },
+            "conversation": { "id": conversation.id, "subject": conversation.subject },
+            "item": item.map(|i| json!({ "id": i.id, "kind": i.kind, "title": i.title })),
+            "project": project.map(|p| json!({ "id": p.id, "name": p.name })),
+        });
+        let unit = SendUnit {
+            recipient: recipient.clone(),
+            primary,
+            companions: checked,
+            data,
+            references,
+        };
+        (Some(unit), gone)
+    }
+
+    /// The conversation's root id, then the last earlier emails to this recipient there.
+    fn references(
+        &self,
+        recipient: i64,
+        conversation: i64,
+        primary: &Checked,
+        reply_domain: &str,
+    ) -> Vec<String> {
+        let before = primary.claim.notification.message_id;
+        let mut references: Vec<String> = self
+            .sent
+            .iter()
+            .filter(|(r, c, m, _)| *r == recipient && *c == conversation && *m < before)
+            .map(|(_, _, _, id)| id.clone())
+            .collect();
+        let keep_from = references.len().saturating_sub(REFERENCES_KEPT);
+        references.drain(..keep_from);
+        references.insert(0, mail::conversation_root_id(conversation, reply_domain));
+        references
+    }
+}
+
+/// The project a conversation belongs to, through its item or directly.
+fn project_of(conversation: &Conversation, items: &HashMap<i64, Item>) -> Option<i64> {
+    conversation
+        .item_id
+        .and_then(|i| items.get(&i))
+        .map(|i| i.project_id)
+        .or(conversation.project_id)
+}
+
+/// The rules' verdicts per (message, recipient), from the audience function, once per message
+/// for the recipients concerned.
+fn verdicts(
+    conn: &mut PgConnection,
+    all: &[&Notification],
+    message_ids: &[i64],
+) -> Result<HashMap<(i64, i64), (MessageFacts, Verdict)>> {
+    let mut verdicts = HashMap::new();
+    for &message_id in message_ids {
+        let recipients = sorted_unique(
+            all.iter()
+                .filter(|n| n.message_id == message_id)
+                .map(|n| n.recipient_id)
+                .collect(),
+        );
+        if let Some((message, people)) = audience::load(conn, message_id, Some(recipients))? {
+            for person in people {
+                let verdict = rules::email(&message, &person);
+                verdicts.insert((message_id, person.person_id), (message.clone(), verdict));
+            }
+        }
+    }
+    Ok(verdicts)
+}
+
+/// Each message as the template shows it.
+fn message_data(conn: &mut PgConnection, message_ids: &[i64]) -> QueryResult<HashMap<i64, Value>> {
+    let rows: Vec<(Message, String)> = messages::table
+        .inner_join(people::table)
+        .filter(messages::id.eq_any(message_ids))
+        .select((Message::as_select(), people::name))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(m, author)| {
+            let data = json!({
+                "id": m.id,
+                "body": m.body,
+                "internal": m.internal,
+                "edited": m.edited_at.is_some(),
+                "posted_at": m.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+                "author": { "id": m.author_id, "name": author },
+            });
+            (m.id, data)
+        })
+        .collect())
+}

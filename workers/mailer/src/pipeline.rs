@@ -1,0 +1,123 @@
+//! The one send pipeline both sources feed (notifications, and outbox emails): render the
+//! template for the recipient, build the email with its threading, anti-loop and envelope
+//! headers, send it over SMTP and say how it went. Each source claims, decides and records on
+//! its own; everything between a decided email and its SMTP reply happens here.
+
+use serde_json::Value;
+use tidings_common::db::models::Person;
+use tidings_common::mail::{self, OutboundEmail};
+use tracing::{info, warn};
+
+use crate::Mailer;
+use crate::smtp::SmtpOutcome;
+
+/// One decided email.
+pub struct Letter<'a> {
+    pub recipient: &'a Person,
+    pub template: &'a str,
+    /// What the template is given.
+    pub data: Value,
+    /// This email's Message-ID, chosen when its row was written.
+    pub message_id: String,
+    /// Earlier Message-IDs of its thread, oldest first.
+    pub references: Vec<String>,
+    pub reply_to: String,
+    /// One-click unsubscribe link; `None` for mail that must not be unsubscribed from.
+    pub unsubscribe_url: Option<String>,
+}
+
+/// How sending one email ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// Accepted by the SMTP server, with its reply.
+    Accepted { reply: String },
+    /// It can never go: a refused address, an email that cannot be built.
+    Failed {
+        reason: String,
+        reply: Option<String>,
+    },
+    /// Worth another attempt later: a temporary SMTP failure, a template that does not render.
+    Temporary {
+        reason: String,
+        reply: Option<String>,
+    },
+}
+
+/// The result of the pipeline: the subject, once rendered, and how the send ended.
+pub struct Posted {
+    pub subject: Option<String>,
+    pub sent: Sent,
+}
+
+impl Mailer {
+    /// Renders, builds and sends `letter`. Logs inside the caller's span, which names the row.
+    pub async fn post(&self, letter: Letter<'_>) -> Posted {
+        let recipient = letter.recipient;
+        let rendered = self.templates.current().render(
+            letter.template,
+            recipient.locale.as_deref(),
+            &letter.data,
+        );
+        let content = match rendered {
+            Ok(content) => content,
+            Err(e) => {
+                warn!(error = %e, "template failed to render");
+                return Posted {
+                    subject: None,
+                    sent: Sent::Temporary {
+                        reason: e.to_string(),
+                        reply: None,
+                    },
+                };
+            }
+        };
+        let subject = Some(content.subject.clone());
+        let email = OutboundEmail {
+            from: self.config.mail_from.clone(),
+            to_name: recipient.name.clone(),
+            to_address: recipient.email.clone().unwrap_or_default(),
+            reply_to: letter.reply_to,
+            message_id: letter.message_id,
+            references: letter.references,
+            unsubscribe_url: letter.unsubscribe_url,
+            envelope_from: Some(self.config.bounce_address()),
+            content,
+        };
+        let built = match mail::build_email(&email) {
+            Ok(built) => built,
+            Err(e) => {
+                warn!(error = %e, "email cannot be built");
+                let reason = e.to_string();
+                return Posted {
+                    subject,
+                    sent: Sent::Failed {
+                        reason,
+                        reply: None,
+                    },
+                };
+            }
+        };
+        let to = mail::mask_address(&email.to_address);
+        let sent = match self.smtp.send(built).await {
+            SmtpOutcome::Accepted(reply) => {
+                info!(to, "email sent");
+                Sent::Accepted { reply }
+            }
+            SmtpOutcome::Refused(reply) => {
+                warn!(to, error = %reply, "email refused");
+                Sent::Failed {
+                    reason: "refused by the SMTP server".into(),
+                    reply: Some(reply),
+                }
+            }
+            SmtpOutcome::Deferred(reply) => {
+                warn!(to, error = %reply, "email deferred");
+                Sent::Temporary {
+                    reason: "temporary SMTP failure".into(),
+                    reply: Some(reply),
+                }
+            }
+        };
+        Posted { subject, sent }
+    }
+}
