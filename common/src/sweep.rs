@@ -47,6 +47,17 @@ pub struct SweepAges {
     pub lease: Duration,
 }
 
+impl SweepAges {
+    /// The ages the configuration sets: one sweep interval for unannounced work, and the
+    /// send lease.
+    pub fn from_config(config: &crate::Config) -> Self {
+        SweepAges {
+            unannounced: config.sweep_interval,
+            lease: config.send_lease,
+        }
+    }
+}
+
 impl Sweep {
     pub const MAILER: [Sweep; 2] = [Sweep::StuckNotifications, Sweep::StuckOutbox];
     pub const DISPATCH: [Sweep; 2] = [Sweep::UndispatchedMessages, Sweep::UnhandledEvents];
@@ -155,22 +166,21 @@ pub async fn run(
     Ok(total)
 }
 
-/// Runs `sweeps` every `interval` until `stop` fires; a failed sweep is logged and tried
+/// Runs `sweeps` every sweep interval until `stop` fires; a failed sweep is logged and tried
 /// again at the next interval.
-#[allow(clippy::too_many_arguments)]
 pub async fn every(
-    interval: Duration,
+    config: &crate::Config,
     stop: &tokio_util::sync::CancellationToken,
     db: &Db,
     publisher: &Publisher,
     topology: &Topology,
     sweeps: &[Sweep],
-    ages: SweepAges,
 ) -> Result<()> {
+    let ages = SweepAges::from_config(config);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(config.sweep_interval) => {}
         }
         if let Err(e) = run(db, publisher, topology, sweeps, ages).await {
             warn!(error = %e, sweeps = ?sweeps, "sweep failed");

@@ -41,7 +41,8 @@ pub async fn log(
         "{:<19}  {:<3}  {:<9}  {:<30}  {:<30}  {:<5}  {:<40}  detail",
         "time", "dir", "status", "from", "to", "conv", "subject"
     );
-    for r in &rows {
+    for row in &rows {
+        let r = &row.entry;
         let detail: Vec<String> = [
             r.reason.clone(),
             r.action.clone(),
@@ -53,7 +54,7 @@ pub async fn log(
         .collect();
         println!(
             "{:<19}  {:<3}  {:<9}  {:<30}  {:<30}  {:<5}  {:<40}  {}",
-            r.created_at.format("%Y-%m-%d %H:%M:%S"),
+            row.created_at.format("%Y-%m-%d %H:%M:%S"),
             match r.direction {
                 Direction::Inbound => "in",
                 Direction::Outbound => "out",

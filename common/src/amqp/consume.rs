@@ -131,18 +131,7 @@ where
             }
             next = consumer.next() => match next {
                 Some(Ok(first)) => {
-                    let mut group = vec![first];
-                    let mut failed = None;
-                    while group.len() < max_group {
-                        match consumer.next().now_or_never() {
-                            Some(Some(Ok(delivery))) => group.push(delivery),
-                            Some(Some(Err(e))) => {
-                                failed = Some(e);
-                                break;
-                            }
-                            _ => break,
-                        }
-                    }
+                    let (group, failed) = take_waiting(&mut consumer, first, max_group);
                     let handler = handler.clone();
                     let publisher = publisher.clone();
                     let dead_exchange = topology.dead_exchange();
@@ -182,6 +171,24 @@ where
     result
 }
 
+/// `first` and the deliveries already waiting behind it, up to `max_group`; and the error
+/// that stopped the consumer, if one did.
+fn take_waiting(
+    consumer: &mut lapin::Consumer,
+    first: Delivery,
+    max_group: usize,
+) -> (Vec<Delivery>, Option<lapin::Error>) {
+    let mut group = vec![first];
+    while group.len() < max_group {
+        match consumer.next().now_or_never() {
+            Some(Some(Ok(delivery))) => group.push(delivery),
+            Some(Some(Err(e))) => return (group, Some(e)),
+            _ => break,
+        }
+    }
+    (group, None)
+}
+
 async fn handle_group<H, F>(
     group: Vec<Delivery>,
     handler: H,
@@ -196,8 +203,52 @@ async fn handle_group<H, F>(
         .iter()
         .map(|d| (d.acker.clone(), d.data.clone()))
         .collect();
-    let count = kept.len();
-    let outcomes = match AssertUnwindSafe(handler(group)).catch_unwind().await {
+    let outcomes = run_handler(group, handler).await;
+    let mut paused = false;
+    for ((acker, data), outcome) in kept.into_iter().zip(outcomes) {
+        let result = match outcome {
+            Outcome::Ack => acker.ack(BasicAckOptions::default()).await,
+            Outcome::Requeue(reason) => {
+                warn!(
+                    reason,
+                    "temporary failure; returning the delivery to the queue"
+                );
+                // One pause per group, so an outage does not turn into a hot loop.
+                requeue(&acker, !std::mem::replace(&mut paused, true)).await
+            }
+            Outcome::DeadLetter(reason) => {
+                error!(reason, "dead-lettering a delivery that cannot be processed");
+                let mut headers = FieldTable::default();
+                headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+                headers.insert(SOURCE_HEADER.into(), AMQPValue::LongString(queue.into()));
+                match publisher
+                    .publish(dead_exchange, "", &data, Some(headers))
+                    .await
+                {
+                    Ok(()) => acker.ack(BasicAckOptions::default()).await,
+                    Err(e) => {
+                        error!(error = %e, "dead-letter publish failed; returning the delivery");
+                        requeue(&acker, true).await
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "acknowledgement failed; the broker will redeliver");
+        }
+    }
+}
+
+/// Runs the handler on a group; one outcome per delivery whatever it does. A panic
+/// dead-letters the whole group with the panic's message; a wrong number of outcomes
+/// returns it to the queue.
+async fn run_handler<H, F>(group: Vec<Delivery>, handler: H) -> Vec<Outcome>
+where
+    H: Fn(Vec<Delivery>) -> F,
+    F: Future<Output = Vec<Outcome>>,
+{
+    let count = group.len();
+    match AssertUnwindSafe(handler(group)).catch_unwind().await {
         Ok(outcomes) if outcomes.len() == count => outcomes,
         Ok(outcomes) => {
             let reason = format!(
@@ -218,54 +269,20 @@ async fn handle_group<H, F>(
                 .map(|_| Outcome::DeadLetter(format!("handler panicked: {what}")))
                 .collect()
         }
-    };
-    let mut requeue_pause = false;
-    for ((acker, data), outcome) in kept.into_iter().zip(outcomes) {
-        let result = match outcome {
-            Outcome::Ack => acker.ack(BasicAckOptions::default()).await,
-            Outcome::Requeue(reason) => {
-                warn!(
-                    reason,
-                    "temporary failure; returning the delivery to the queue"
-                );
-                if !requeue_pause {
-                    tokio::time::sleep(REQUEUE_PAUSE).await;
-                    requeue_pause = true;
-                }
-                acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
-            }
-            Outcome::DeadLetter(reason) => {
-                error!(reason, "dead-lettering a delivery that cannot be processed");
-                let mut headers = FieldTable::default();
-                headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
-                headers.insert(SOURCE_HEADER.into(), AMQPValue::LongString(queue.into()));
-                match publisher
-                    .publish(dead_exchange, "", &data, Some(headers))
-                    .await
-                {
-                    Ok(()) => acker.ack(BasicAckOptions::default()).await,
-                    Err(e) => {
-                        error!(error = %e, "dead-letter publish failed; returning the delivery");
-                        tokio::time::sleep(REQUEUE_PAUSE).await;
-                        acker
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                ..Default::default()
-                            })
-                            .await
-                    }
-                }
-            }
-        };
-        if let Err(e) = result {
-            warn!(error = %e, "acknowledgement failed; the broker will redeliver");
-        }
     }
+}
+
+/// Returns a delivery to its queue, after [`REQUEUE_PAUSE`] when `pause` is set.
+async fn requeue(acker: &lapin::Acker, pause: bool) -> lapin::Result<bool> {
+    if pause {
+        tokio::time::sleep(REQUEUE_PAUSE).await;
+    }
+    acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
 }
 
 /// Parses a JSON payload, or says why it cannot be processed.

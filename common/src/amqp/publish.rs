@@ -142,6 +142,18 @@ impl SharedPublisher {
         *self.current.write().expect("publisher lock") = publisher;
     }
 
+    /// Keeps this publisher connected in a background task (see [`Self::keep_connected`]).
+    pub fn spawn_keeper(
+        &self,
+        url: String,
+        role: &'static str,
+        topology: Topology,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move { this.keep_connected(&url, role, &topology, &shutdown).await })
+    }
+
     /// Connects, declares the topology, and reconnects whenever the connection drops, until
     /// `shutdown` fires.
     pub async fn keep_connected(

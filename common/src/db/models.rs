@@ -87,30 +87,19 @@ pub struct Notification {
     pub coalesced_into: Option<i64>,
 }
 
+/// A row of the email log as read back: its id and time, and what was written.
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
 #[diesel(table_name = email_log)]
 pub struct EmailLogEntry {
     pub id: i64,
     pub created_at: DateTime<Utc>,
-    pub direction: Direction,
-    pub status: LogStatus,
-    pub reason: Option<String>,
-    pub notification_id: Option<i64>,
-    pub message_id: Option<i64>,
-    pub conversation_id: Option<i64>,
-    pub mail_from: Option<String>,
-    pub rcpt_to: Option<String>,
-    pub subject: Option<String>,
-    pub message_id_header: Option<String>,
-    pub smtp_reply: Option<String>,
-    pub rule: Option<String>,
-    pub outbox_id: Option<i64>,
-    /// For inbound email: what it caused (posted a message, started a conversation, …).
-    pub action: Option<String>,
+    #[diesel(embed)]
+    #[serde(flatten)]
+    pub entry: NewEmailLogEntry,
 }
 
 /// A row to append to the email log; see [`crate::db::email_log`].
-#[derive(Debug, Clone, Insertable)]
+#[derive(Debug, Clone, Insertable, Queryable, Selectable, Serialize)]
 #[diesel(table_name = email_log)]
 pub struct NewEmailLogEntry {
     pub direction: Direction,
@@ -126,6 +115,7 @@ pub struct NewEmailLogEntry {
     pub smtp_reply: Option<String>,
     pub rule: Option<String>,
     pub outbox_id: Option<i64>,
+    /// For inbound email: what it caused (posted a message, started a conversation, …).
     pub action: Option<String>,
 }
 

@@ -128,17 +128,13 @@ fn addresses(address: Option<&Address<'_>>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
-    let Some(message) = MessageParser::default().parse(raw) else {
-        return rejected("the message could not be parsed");
-    };
-    let from = addresses(message.from()).into_iter().next();
-    let subject = message.subject().map(str::to_string);
-    let message_id = message.message_id().map(|id| format!("<{id}>"));
+/// What the mail says about its thread: a reply token among its recipients, In-Reply-To
+/// and References.
+fn thread_hints(message: &mail_parser::Message<'_>, context: &InboundContext) -> ThreadHints {
     let mut recipients = addresses(message.to());
     recipients.extend(addresses(message.cc()));
     for name in ["Delivered-To", "X-Original-To", "Envelope-To"] {
-        if let Some(value) = header_text(&message, name) {
+        if let Some(value) = header_text(message, name) {
             recipients.push(value.trim_matches(['<', '>', ' ']).to_ascii_lowercase());
         }
     }
@@ -154,24 +150,36 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
             _ => Vec::new(),
         }
     };
-    let in_reply_to = ids(message.in_reply_to()).into_iter().next();
-    let references = ids(message.references());
-    let thread = ThreadHints {
+    ThreadHints {
         token,
-        in_reply_to,
-        references,
+        in_reply_to: ids(message.in_reply_to()).into_iter().next(),
+        references: ids(message.references()),
+    }
+}
+
+/// Why the relay's `Authentication-Results` says the sender is not who they claim, if it does.
+fn auth_failure(message: &mail_parser::Message<'_>) -> Option<String> {
+    let results = header_text(message, "Authentication-Results")?;
+    let lower = results.to_ascii_lowercase();
+    ["dmarc=fail", "spf=fail", "dkim=fail"]
+        .into_iter()
+        .find(|f| lower.contains(f))
+        .map(|f| format!("Authentication-Results: {f}"))
+}
+
+fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
+    let Some(message) = MessageParser::default().parse(raw) else {
+        return rejected("the message could not be parsed");
     };
+    let from = addresses(message.from()).into_iter().next();
+    let subject = message.subject().map(str::to_string);
+    let message_id = message.message_id().map(|id| format!("<{id}>"));
+    let thread = thread_hints(&message, context);
     let body = message
         .body_text(0)
         .map(|b| b.into_owned())
         .unwrap_or_default();
-    let auth_failure = header_text(&message, "Authentication-Results").and_then(|results| {
-        let lower = results.to_ascii_lowercase();
-        ["dmarc=fail", "spf=fail", "dkim=fail"]
-            .into_iter()
-            .find(|f| lower.contains(f))
-            .map(|f| format!("Authentication-Results: {f}"))
-    });
+    let auth_failure = auth_failure(&message);
 
     let mut report = InboundReport {
         verdict: InboundVerdict::Rejected,

@@ -29,19 +29,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let db = Db::new(&config.database_url, config.db_pool_size);
     let topology = Arc::new(Topology::from_config(&config));
     let broker = tidings_common::amqp::SharedPublisher::default();
-    let keeper = {
-        let (broker, config, topology, shutdown) = (
-            broker.clone(),
-            config.clone(),
-            topology.clone(),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            broker
-                .keep_connected(&config.amqp_url, "api", &topology, &shutdown)
-                .await
-        })
-    };
+    let keeper = broker.spawn_keeper(
+        config.amqp_url.clone(),
+        "api",
+        (*topology).clone(),
+        shutdown.clone(),
+    );
     let templates = Arc::new(tidings_common::templates::TemplateStore::open(
         &config.templates_dir,
         &config.default_locale,

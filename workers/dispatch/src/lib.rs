@@ -21,7 +21,7 @@ use tidings_common::amqp::{
 use tidings_common::announce::Announcements;
 use tidings_common::db::Db;
 use tidings_common::events::EventRecorded;
-use tidings_common::sweep::{self, Sweep, SweepAges};
+use tidings_common::sweep::{self, Sweep};
 use tidings_common::{Config, Result};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info};
@@ -184,20 +184,13 @@ impl Dispatcher {
                     .handle_event(handler_publisher.clone(), delivery)
             },
         );
-        // Messages and domain events older than one sweep interval that were never dispatched
-        // or handled are published again.
-        let ages = SweepAges {
-            unannounced: self.config.sweep_interval,
-            lease: self.config.send_lease,
-        };
         let sweeper = sweep::every(
-            self.config.sweep_interval,
+            &self.config,
             &stop,
             &self.db,
             publisher,
             &self.topology,
             &Sweep::DISPATCH,
-            ages,
         );
         let result = session
             .serve(

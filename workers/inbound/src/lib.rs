@@ -172,19 +172,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         })?;
     info!(addr = %config.inbound_addr, domain = %config.reply_domain, "inbound SMTP listening");
     let publisher = SharedPublisher::default();
-    let keeper = {
-        let (publisher, config, topology, shutdown) = (
-            publisher.clone(),
-            config.clone(),
-            topology.clone(),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            publisher
-                .keep_connected(&config.amqp_url, "inbound", &topology, &shutdown)
-                .await
-        })
-    };
+    let keeper = publisher.spawn_keeper(
+        config.amqp_url.clone(),
+        "inbound",
+        topology.clone(),
+        shutdown.clone(),
+    );
     let ingress = Arc::new(smtp::Ingress {
         config: config.clone(),
         topology: topology.clone(),

@@ -23,7 +23,7 @@ use lapin::message::Delivery;
 use tidings_common::amqp::{self, NotificationBatch, Outcome, Publisher, Session, Topology};
 use tidings_common::announce::OutboxBatch;
 use tidings_common::db::Db;
-use tidings_common::sweep::{self, Sweep, SweepAges};
+use tidings_common::sweep::{self, Sweep};
 use tidings_common::templates::TemplateStore;
 use tidings_common::{Config, REQUIRED_TEMPLATES, Result};
 use tokio_util::sync::CancellationToken;
@@ -187,18 +187,13 @@ impl Mailer {
             &stop,
             move |delivery| this.clone().handle_outbox(delivery),
         );
-        let ages = SweepAges {
-            unannounced: self.config.sweep_interval,
-            lease: self.config.send_lease,
-        };
         let sweeper = sweep::every(
-            self.config.sweep_interval,
+            &self.config,
             &stop,
             &self.db,
             publisher,
             &self.topology,
             &Sweep::MAILER,
-            ages,
         );
         let result = session
             .serve(

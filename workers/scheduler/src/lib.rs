@@ -128,10 +128,7 @@ impl Scheduler {
 
     /// Runs every sweep once.
     async fn sweep(&self) -> Result<String> {
-        let ages = SweepAges {
-            unannounced: self.config.sweep_interval,
-            lease: self.config.send_lease,
-        };
+        let ages = SweepAges::from_config(&self.config);
         let (db, topology) = (&self.db, &self.topology);
         // The role keeps a connection; a one-off run (`tidings schedule sweep`) opens one.
         let n = match self.broker.get() {
@@ -218,21 +215,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .map_err(|e| anyhow::anyhow!("schedule of {job} ({expression:?}): {e}"))?;
         schedules.push((job, schedule));
     }
-    {
-        let scheduler = scheduler.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            scheduler
-                .broker
-                .keep_connected(
-                    &scheduler.config.amqp_url,
-                    "scheduler",
-                    &scheduler.topology,
-                    &shutdown,
-                )
-                .await;
-        });
-    }
+    scheduler.broker.spawn_keeper(
+        scheduler.config.amqp_url.clone(),
+        "scheduler",
+        scheduler.topology.clone(),
+        shutdown.clone(),
+    );
     info!(runner = scheduler.runner, "scheduler starting");
     let mut next: Vec<Option<DateTime<Utc>>> = schedules
         .iter()

@@ -105,44 +105,6 @@ pub async fn create_item(
     Ok(created)
 }
 
-pub async fn follow_item(
-    State(state): State<AppState>,
-    Path((item_id, person_id)): Path<(i64, i64)>,
-) -> ApiResult<StatusCode> {
-    with_db(&state, move |conn| {
-        require_item(conn, item_id)?;
-        find_person(conn, person_id)?;
-        diesel::insert_into(item_follows::table)
-            .values((
-                item_follows::item_id.eq(item_id),
-                item_follows::person_id.eq(person_id),
-            ))
-            .on_conflict_do_nothing()
-            .execute(conn)?;
-        Ok(StatusCode::NO_CONTENT)
-    })
-    .await
-}
-
-pub async fn unfollow_item(
-    State(state): State<AppState>,
-    Path((item_id, person_id)): Path<(i64, i64)>,
-) -> ApiResult<StatusCode> {
-    with_db(&state, move |conn| {
-        let deleted =
-            diesel::delete(item_follows::table.find((item_id, person_id))).execute(conn)?;
-        if deleted == 0 {
-            return Err(ApiError {
-                status: StatusCode::NOT_FOUND,
-                message: format!("person {person_id} does not follow item {item_id}"),
-                field: None,
-            });
-        }
-        Ok(StatusCode::NO_CONTENT)
-    })
-    .await
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ItemPatch {

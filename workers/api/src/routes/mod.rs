@@ -4,6 +4,7 @@
 pub mod automations;
 pub mod conversations;
 pub mod email_log;
+pub mod follows;
 pub mod invitations;
 pub mod items;
 pub mod messages;
@@ -39,12 +40,12 @@ pub fn router(state: AppState) -> Router {
         .route("/projects", post(projects::create_project))
         .route(
             "/projects/{id}/followers/{person_id}",
-            put(projects::follow_project).delete(projects::unfollow_project),
+            put(follows::follow_project).delete(follows::unfollow_project),
         )
         .route("/items", post(items::create_item))
         .route(
             "/items/{id}/followers/{person_id}",
-            put(items::follow_item).delete(items::unfollow_item),
+            put(follows::follow_item).delete(follows::unfollow_item),
         )
         .route("/conversations", post(conversations::create_conversation))
         .route("/conversations/{id}", get(conversations::get_conversation))

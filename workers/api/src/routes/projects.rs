@@ -10,7 +10,7 @@ use tidings_common::db::models::*;
 use tidings_common::db::schema::*;
 use tidings_common::events::{self, DomainEvent, Joined, RecordedEvent};
 
-use crate::error::{ApiError, ApiResult, Body};
+use crate::error::{ApiResult, Body};
 use crate::lookup::*;
 use crate::state::{AppState, with_db};
 use crate::validate::*;
@@ -32,44 +32,6 @@ pub async fn create_project(
             .returning(Project::as_returning())
             .get_result(conn)?;
         Ok((StatusCode::CREATED, Json(project)))
-    })
-    .await
-}
-
-pub async fn follow_project(
-    State(state): State<AppState>,
-    Path((project_id, person_id)): Path<(i64, i64)>,
-) -> ApiResult<StatusCode> {
-    with_db(&state, move |conn| {
-        require_project(conn, project_id)?;
-        find_person(conn, person_id)?;
-        diesel::insert_into(project_follows::table)
-            .values((
-                project_follows::project_id.eq(project_id),
-                project_follows::person_id.eq(person_id),
-            ))
-            .on_conflict_do_nothing()
-            .execute(conn)?;
-        Ok(StatusCode::NO_CONTENT)
-    })
-    .await
-}
-
-pub async fn unfollow_project(
-    State(state): State<AppState>,
-    Path((project_id, person_id)): Path<(i64, i64)>,
-) -> ApiResult<StatusCode> {
-    with_db(&state, move |conn| {
-        let deleted =
-            diesel::delete(project_follows::table.find((project_id, person_id))).execute(conn)?;
-        if deleted == 0 {
-            return Err(ApiError {
-                status: StatusCode::NOT_FOUND,
-                message: format!("person {person_id} does not follow project {project_id}"),
-                field: None,
-            });
-        }
-        Ok(StatusCode::NO_CONTENT)
     })
     .await
 }
