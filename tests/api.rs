@@ -313,3 +313,68 @@ async fn commands_migrate_config_errors_and_sigterm() {
         "tidings exited with {status} after SIGTERM"
     );
 }
+
+/// `/openapi.json` is an OpenAPI 3.1 document served without a token. Every path and method
+/// it lists is routed, and what each answers to an unknown id or an empty body is one of the
+/// responses it documents; every schema it refers to is defined.
+#[tokio::test(flavor = "multi_thread")]
+async fn openapi_document_describes_every_route() {
+    let env = Env::new("2s");
+    let _api = env.spawn(&["api"]);
+    env.wait_for_api().await;
+    let doc: serde_json::Value = reqwest::get(env.base() + "/openapi.json")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 35, "only {} paths documented", paths.len());
+    let mut calls = 0;
+    for (path, operations) in paths {
+        let concrete: String = path
+            .split('/')
+            .map(|part| {
+                if part.starts_with('{') {
+                    "999999"
+                } else {
+                    part
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        for (method, operation) in operations.as_object().unwrap() {
+            let documented: Vec<u16> = operation["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.parse().unwrap())
+                .collect();
+            let (status, body) = env.call(&method.to_uppercase(), &concrete, None).await;
+            assert_ne!(
+                body["error"], "no such endpoint",
+                "{method} {path} is documented but not routed"
+            );
+            assert!(
+                documented.contains(&status),
+                "{method} {concrete} answered {status} ({body}); documented: {documented:?}"
+            );
+            calls += 1;
+        }
+    }
+    assert!(calls >= 45, "only {calls} operations documented");
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let text = doc.to_string();
+    for reference in text.split("\"#/components/schemas/").skip(1) {
+        let name = reference.split('"').next().unwrap();
+        assert!(
+            schemas.contains_key(name),
+            "schema {name} is referred to but not defined"
+        );
+    }
+}

@@ -155,7 +155,7 @@ pub fn load(
 }
 
 /// Why a person was or was not notified and emailed about a message.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Explanation {
     pub message_id: i64,
     pub person_id: i64,
@@ -169,7 +169,7 @@ pub struct Explanation {
 }
 
 /// The stored outcome of a notification.
-#[derive(Debug, Serialize, Queryable)]
+#[derive(Debug, Serialize, Queryable, utoipa::ToSchema)]
 pub struct NotificationOutcome {
     pub notification_id: i64,
     pub state: String,

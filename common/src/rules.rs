@@ -181,7 +181,7 @@ pub struct PersonFacts {
 }
 
 /// A decision and the rule that made it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Verdict {
     pub yes: bool,
     /// The deciding rule: `D3`, `D5`, `P1`…`P5`, `F1`, `D4`, `D9`, `bot`, `unsubscribe`, `address`.

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::schema::*;
 pub use super::states::{Direction, LogStatus, NotificationState, OutboxState, PersonKind};
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = people)]
 pub struct Person {
     pub id: i64,
@@ -20,7 +20,7 @@ pub struct Person {
     pub locale: Option<String>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = projects)]
 pub struct Project {
     pub id: i64,
@@ -28,7 +28,7 @@ pub struct Project {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = items)]
 pub struct Item {
     pub id: i64,
@@ -42,7 +42,7 @@ pub struct Item {
     pub requester_id: Option<i64>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = conversations)]
 pub struct Conversation {
     pub id: i64,
@@ -52,7 +52,7 @@ pub struct Conversation {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = messages)]
 pub struct Message {
     pub id: i64,
@@ -66,7 +66,7 @@ pub struct Message {
     pub edited_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = notifications)]
 pub struct Notification {
     pub id: i64,
@@ -88,7 +88,7 @@ pub struct Notification {
 }
 
 /// A row of the email log as read back: its id and time, and what was written.
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = email_log)]
 pub struct EmailLogEntry {
     pub id: i64,
@@ -99,7 +99,7 @@ pub struct EmailLogEntry {
 }
 
 /// A row to append to the email log; see [`crate::db::email_log`].
-#[derive(Debug, Clone, Insertable, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Insertable, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = email_log)]
 pub struct NewEmailLogEntry {
     pub direction: Direction,
@@ -119,7 +119,7 @@ pub struct NewEmailLogEntry {
     pub action: Option<String>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = automations)]
 pub struct Automation {
     pub id: i64,
@@ -137,7 +137,7 @@ pub struct Automation {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = system_notifications)]
 pub struct SystemNotification {
     pub event: String,
@@ -148,7 +148,7 @@ pub struct SystemNotification {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = outbox_emails)]
 pub struct OutboxEmail {
     pub id: i64,

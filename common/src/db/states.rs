@@ -15,7 +15,7 @@ macro_rules! text_enum {
         $(#[$meta])*
         #[derive(
             Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
-            AsExpression, FromSqlRow, Serialize, Deserialize,
+            AsExpression, FromSqlRow, Serialize, Deserialize, utoipa::ToSchema,
         )]
         #[diesel(sql_type = Text)]
         pub enum $name {

@@ -7,6 +7,7 @@
 
 mod error;
 mod lookup;
+pub mod openapi;
 pub mod routes;
 mod state;
 mod validate;

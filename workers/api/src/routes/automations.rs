@@ -5,8 +5,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use diesel::prelude::*;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tidings_common::clock;
 use tidings_common::db::models::*;
 use tidings_common::db::schema::*;
@@ -35,25 +35,51 @@ const CONDITION_FIELDS: [&str; 6] = [
     "requester_id",
 ];
 
-fn automation_json(conn: &mut PgConnection, a: &Automation) -> QueryResult<Value> {
-    let mut v = serde_json::to_value(a).unwrap_or_default();
+/// An automation as the api shows it: its row, and what it did lately.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AutomationView {
+    #[serde(flatten)]
+    automation: Automation,
+    /// Messages its last 100 runs posted.
+    recent_messages: Vec<i64>,
+    /// How many of its last 100 runs the loop cap stopped.
+    recent_capped_runs: usize,
+    /// Set on the critical automation: what may and may not change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<&'static str>,
+}
+
+fn automation_json(conn: &mut PgConnection, a: &Automation) -> QueryResult<AutomationView> {
     let runs: Vec<(bool, Option<i64>)> = automation_runs::table
         .filter(automation_runs::automation_id.eq(a.id))
         .order(automation_runs::id.desc())
         .limit(100)
         .select((automation_runs::capped, automation_runs::message_id))
         .load(conn)?;
-    v["recent_messages"] = json!(runs.iter().filter_map(|r| r.1).collect::<Vec<_>>());
-    v["recent_capped_runs"] = json!(runs.iter().filter(|r| r.0).count());
-    if a.critical {
-        v["note"] = json!(
-            "critical: cannot be disabled or deleted; edit its template files (notification) to change the emails"
-        );
-    }
-    Ok(v)
+    Ok(AutomationView {
+        automation: a.clone(),
+        recent_messages: runs.iter().filter_map(|r| r.1).collect(),
+        recent_capped_runs: runs.iter().filter(|r| r.0).count(),
+        note: a.critical.then_some(
+            "critical: cannot be disabled or deleted; edit its template files (notification) to change the emails",
+        ),
+    })
 }
 
-pub async fn list_automations(State(state): State<AppState>) -> ApiResult<Json<Vec<Value>>> {
+#[utoipa::path(
+    get,
+    path = "/automations",
+    tag = "automations",
+    responses(
+        (status = 200, description = "every automation", body = Vec<AutomationView>),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn list_automations(
+    State(state): State<AppState>,
+) -> ApiResult<Json<Vec<AutomationView>>> {
     with_db(&state, move |conn| {
         let all: Vec<Automation> = automations::table
             .order(automations::id.asc())
@@ -68,10 +94,23 @@ pub async fn list_automations(State(state): State<AppState>) -> ApiResult<Json<V
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/automations/{id}",
+    tag = "automations",
+    params(("id" = i64, Path, description = "the id")),
+    responses(
+        (status = 200, description = "the automation", body = AutomationView),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get_automation(
     State(state): State<AppState>,
     Path(id): Path<i64>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AutomationView>> {
     with_db(&state, move |conn| {
         let a = find_automation(conn, id)?;
         Ok(Json(automation_json(conn, &a)?))
@@ -80,7 +119,7 @@ pub async fn get_automation(
 }
 
 /// A new automation, or the fields of one to change (all optional when editing).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AutomationBody {
     name: Option<String>,
@@ -202,10 +241,24 @@ fn default_bot(conn: &mut PgConnection) -> QueryResult<Option<i64>> {
         .optional()
 }
 
+#[utoipa::path(
+    post,
+    path = "/automations",
+    tag = "automations",
+    request_body = AutomationBody,
+    responses(
+        (status = 201, description = "the automation", body = AutomationView),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_automation(
     State(state): State<AppState>,
     Body(body): Body<AutomationBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<AutomationView>)> {
     let st = state.clone();
     with_db(&state, move |conn| {
         let required = |v: Option<String>, f: &str| {
@@ -240,11 +293,27 @@ pub async fn create_automation(
     .await
 }
 
+#[utoipa::path(
+    patch,
+    path = "/automations/{id}",
+    tag = "automations",
+    params(("id" = i64, Path, description = "the id")),
+    request_body = AutomationBody,
+    responses(
+        (status = 200, description = "the automation after the change", body = AutomationView),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 409, description = "conflicts with the current state", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn update_automation(
     State(state): State<AppState>,
     Path(id): Path<i64>,
     Body(body): Body<AutomationBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AutomationView>> {
     let st = state.clone();
     with_db(&state, move |conn| {
         let mut a = find_automation(conn, id)?;
@@ -293,6 +362,20 @@ pub async fn update_automation(
     .await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/automations/{id}",
+    tag = "automations",
+    params(("id" = i64, Path, description = "the id")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 409, description = "conflicts with the current state", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete_automation(
     State(state): State<AppState>,
     Path(id): Path<i64>,

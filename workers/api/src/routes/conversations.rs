@@ -5,8 +5,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use diesel::prelude::*;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use tidings_common::announce::Announcements;
 use tidings_common::db::models::*;
 use tidings_common::db::schema::*;
@@ -18,7 +17,7 @@ use crate::lookup::*;
 use crate::state::{AppState, with_db};
 use crate::validate::*;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewConversationBody {
     subject: String,
@@ -26,6 +25,20 @@ pub struct NewConversationBody {
     project_id: Option<i64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/conversations",
+    tag = "conversations",
+    request_body = NewConversationBody,
+    responses(
+        (status = 201, description = "the conversation", body = Conversation),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_conversation(
     State(state): State<AppState>,
     Body(body): Body<NewConversationBody>,
@@ -57,10 +70,33 @@ pub async fn create_conversation(
     .await
 }
 
+/// A conversation with its participants and messages, oldest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ConversationView {
+    conversation: Conversation,
+    /// Person ids, ascending.
+    participants: Vec<i64>,
+    /// Messages not deleted, oldest first.
+    messages: Vec<Message>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/conversations/{id}",
+    tag = "conversations",
+    params(("id" = i64, Path, description = "the id")),
+    responses(
+        (status = 200, description = "the conversation, participants and messages", body = ConversationView),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get_conversation(
     State(state): State<AppState>,
     Path(id): Path<i64>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ConversationView>> {
     with_db(&state, move |conn| {
         let conversation = find_conversation(conn, id)?;
         let messages: Vec<Message> = messages::table
@@ -74,15 +110,28 @@ pub async fn get_conversation(
             .select(conversation_participants::person_id)
             .order(conversation_participants::person_id.asc())
             .load(conn)?;
-        Ok(Json(json!({
-            "conversation": conversation,
-            "participants": participants,
-            "messages": messages,
-        })))
+        Ok(Json(ConversationView {
+            conversation,
+            participants,
+            messages,
+        }))
     })
     .await
 }
 
+#[utoipa::path(
+    put,
+    path = "/conversations/{id}/participants/{person_id}",
+    tag = "conversations",
+    params(("id" = i64, Path, description = "the id"), ("person_id" = i64, Path, description = "person id")),
+    responses(
+        (status = 204, description = "a participant"),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn add_participant(
     State(state): State<AppState>,
     Path((conversation_id, person_id)): Path<(i64, i64)>,
@@ -96,7 +145,7 @@ pub async fn add_participant(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMessageBody {
     author_id: i64,
@@ -107,6 +156,21 @@ pub struct NewMessageBody {
 /// Posts a message: stores it, makes the author a participant who has seen it (D4), commits,
 /// then publishes `message.posted`. If the publish fails the message is still stored, and
 /// dispatch's sweep publishes it later.
+#[utoipa::path(
+    post,
+    path = "/conversations/{id}/messages",
+    tag = "conversations",
+    params(("id" = i64, Path, description = "the id")),
+    request_body = NewMessageBody,
+    responses(
+        (status = 201, description = "the message; its notifications follow", body = Message),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn post_message(
     State(state): State<AppState>,
     Path(conversation_id): Path<i64>,
@@ -140,7 +204,7 @@ pub async fn post_message(
     Ok((StatusCode::CREATED, Json(message)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SeenBody {
     person_id: i64,
@@ -148,6 +212,21 @@ pub struct SeenBody {
 }
 
 /// Marks every message of the conversation up to `message_id` seen by `person_id`.
+#[utoipa::path(
+    put,
+    path = "/conversations/{id}/seen",
+    tag = "conversations",
+    params(("id" = i64, Path, description = "the id")),
+    request_body = SeenBody,
+    responses(
+        (status = 204, description = "everything up to the message is seen"),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn mark_seen(
     State(state): State<AppState>,
     Path(conversation_id): Path<i64>,

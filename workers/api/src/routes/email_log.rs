@@ -10,7 +10,8 @@ use tidings_common::db::models::{Direction, EmailLogEntry, LogStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{AppState, with_db};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     message_id: Option<i64>,
     limit: Option<i64>,
@@ -68,6 +69,19 @@ impl LogQuery {
 }
 
 /// The email log, newest first; `?message_id=` narrows it to one message.
+#[utoipa::path(
+    get,
+    path = "/email-log",
+    tag = "email-log",
+    params(LogQuery),
+    responses(
+        (status = 200, description = "log rows, newest first", body = Vec<EmailLogEntry>),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn email_log(
     State(state): State<AppState>,
     Query(query): Query<LogQuery>,

@@ -89,6 +89,19 @@ async fn change(
     .await
 }
 
+#[utoipa::path(
+    put,
+    path = "/projects/{id}/followers/{person_id}",
+    tag = "follows",
+    params(("id" = i64, Path, description = "the id"), ("person_id" = i64, Path, description = "person id")),
+    responses(
+        (status = 204, description = "following"),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn follow_project(
     State(state): State<AppState>,
     Path((id, person)): Path<(i64, i64)>,
@@ -96,6 +109,19 @@ pub async fn follow_project(
     change(state, Followed::Project, id, person, true).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/projects/{id}/followers/{person_id}",
+    tag = "follows",
+    params(("id" = i64, Path, description = "the id"), ("person_id" = i64, Path, description = "person id")),
+    responses(
+        (status = 204, description = "no longer following"),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn unfollow_project(
     State(state): State<AppState>,
     Path((id, person)): Path<(i64, i64)>,
@@ -103,6 +129,19 @@ pub async fn unfollow_project(
     change(state, Followed::Project, id, person, false).await
 }
 
+#[utoipa::path(
+    put,
+    path = "/items/{id}/followers/{person_id}",
+    tag = "follows",
+    params(("id" = i64, Path, description = "the id"), ("person_id" = i64, Path, description = "person id")),
+    responses(
+        (status = 204, description = "following"),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn follow_item(
     State(state): State<AppState>,
     Path((id, person)): Path<(i64, i64)>,
@@ -110,6 +149,19 @@ pub async fn follow_item(
     change(state, Followed::Item, id, person, true).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/items/{id}/followers/{person_id}",
+    tag = "follows",
+    params(("id" = i64, Path, description = "the id"), ("person_id" = i64, Path, description = "person id")),
+    responses(
+        (status = 204, description = "no longer following"),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn unfollow_item(
     State(state): State<AppState>,
     Path((id, person)): Path<(i64, i64)>,

@@ -5,8 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use diesel::prelude::*;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use tidings_common::announce::Announcements;
 use tidings_common::db::schema::*;
 use tidings_common::events::{self, DomainEvent};
@@ -18,10 +17,32 @@ use crate::error::{ApiError, ApiResult, Body};
 use crate::lookup::*;
 use crate::state::{AppState, with_db};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InvitationBody {
     person_id: i64,
+}
+
+/// An invitation to a project.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Invitation {
+    id: i64,
+    project_id: i64,
+    person_id: i64,
+    /// `pending`, or `accepted_automatically` when the user accepts all invitations (E3).
+    status: &'static str,
+    accepted_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The answer to following an accept link.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    invitation_id: i64,
+    /// `accepted`, or the status it already had.
+    status: String,
+    /// The project joined, when this acceptance made them a member.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    project_id: Option<i64>,
 }
 
 /// Days an invitation link stays valid.
@@ -30,11 +51,27 @@ const INVITATION_DAYS: i64 = 14;
 /// Invites a user to a project (E3): with "accept all invitations" on, they are added at once
 /// and the invitation is recorded as accepted automatically; otherwise they get an invitation
 /// email with a signed accept link.
+#[utoipa::path(
+    post,
+    path = "/projects/{id}/invitations",
+    tag = "invitations",
+    params(("id" = i64, Path, description = "the id")),
+    request_body = InvitationBody,
+    responses(
+        (status = 201, description = "the invitation (accepted at once when the user accepts all)", body = Invitation),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 409, description = "conflicts with the current state", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn invite(
     State(state): State<AppState>,
     Path(project): Path<i64>,
     Body(body): Body<InvitationBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Invitation>)> {
     let secret = state.config.token_secret.clone();
     let base = state.config.public_url.clone();
     let (invitation, recorded) = with_db(&state, move |conn| {
@@ -99,8 +136,13 @@ pub async fn invite(
                     },
                 )?);
             }
-            let invitation = json!({"id": id, "project_id": project, "person_id": p.id,
-                                    "status": status, "accepted_at": accepted_at});
+            let invitation = Invitation {
+                id,
+                project_id: project,
+                person_id: p.id,
+                status,
+                accepted_at,
+            };
             Ok((invitation, recorded))
         })
     })
@@ -127,6 +169,18 @@ fn verify_invitation(state: &AppState, token: &str) -> ApiResult<i64> {
 }
 
 /// The accept link's page: GET changes nothing (mail scanners follow links).
+#[utoipa::path(
+    get,
+    path = "/invitations/{token}",
+    tag = "invitations",
+    params(("token" = String, Path, description = "the signed link token")),
+    responses(
+        (status = 200, description = "an HTML page with the accept button; changes nothing", body = String, content_type = "text/html"),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 410, description = "the link has expired", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+)]
 pub async fn invitation_page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
     match verify_invitation(&state, &token) {
         Ok(_) => Html(
@@ -140,10 +194,23 @@ pub async fn invitation_page(State(state): State<AppState>, Path(token): Path<St
 }
 
 /// Accepts an invitation through its signed link.
+#[utoipa::path(
+    post,
+    path = "/invitations/{token}",
+    tag = "invitations",
+    params(("token" = String, Path, description = "the signed link token")),
+    responses(
+        (status = 200, description = "accepted, or the status it already had", body = Accepted),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 410, description = "the link has expired", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+)]
 pub async fn accept_invitation(
     State(state): State<AppState>,
     Path(token): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Accepted>> {
     let id = verify_invitation(&state, &token)?;
     let (result, recorded) = with_db(&state, move |conn| {
         conn.transaction(|conn| {
@@ -160,7 +227,12 @@ pub async fn accept_invitation(
             let (project, person, status) =
                 found.ok_or_else(|| ApiError::not_found("invitation", id))?;
             if status != "pending" {
-                return Ok((json!({"invitation_id": id, "status": status}), Vec::new()));
+                let answer = Accepted {
+                    invitation_id: id,
+                    status,
+                    project_id: None,
+                };
+                return Ok((answer, Vec::new()));
             }
             diesel::update(project_invitations::table.find(id))
                 .set((
@@ -170,7 +242,11 @@ pub async fn accept_invitation(
                 .execute(conn)?;
             let recorded = add_member(conn, project, person)?;
             Ok((
-                json!({"invitation_id": id, "status": "accepted", "project_id": project}),
+                Accepted {
+                    invitation_id: id,
+                    status: "accepted".into(),
+                    project_id: Some(project),
+                },
                 recorded.into_iter().collect(),
             ))
         })

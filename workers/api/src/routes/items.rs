@@ -17,7 +17,7 @@ use crate::lookup::*;
 use crate::state::{AppState, with_db};
 use crate::validate::*;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewItemBody {
     project_id: i64,
@@ -28,6 +28,20 @@ pub struct NewItemBody {
     requester_id: Option<i64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/items",
+    tag = "items",
+    request_body = NewItemBody,
+    responses(
+        (status = 201, description = "the item", body = Item),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_item(
     State(state): State<AppState>,
     Body(body): Body<NewItemBody>,
@@ -105,7 +119,7 @@ pub async fn create_item(
     Ok(created)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemPatch {
     #[serde(default, deserialize_with = "some_value")]
@@ -117,6 +131,21 @@ pub struct ItemPatch {
 /// Item statuses; `closed` also fires the item-closed trigger.
 const STATUSES: [&str; 4] = ["open", "pending", "resolved", "closed"];
 
+#[utoipa::path(
+    patch,
+    path = "/items/{id}",
+    tag = "items",
+    params(("id" = i64, Path, description = "the id")),
+    request_body = ItemPatch,
+    responses(
+        (status = 200, description = "the item after the change", body = Item),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn update_item(
     State(state): State<AppState>,
     Path(id): Path<i64>,

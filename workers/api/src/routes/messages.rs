@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use tidings_common::db::models::*;
 use tidings_common::db::schema::*;
 
@@ -16,7 +15,7 @@ use crate::error::{ApiError, ApiResult, Body};
 use crate::lookup::*;
 use crate::state::{AppState, with_db};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessagePatch {
     body: String,
@@ -24,6 +23,22 @@ pub struct MessagePatch {
 
 /// Edits a message's text. Emails not yet sent carry the new text; editing it down to nothing
 /// counts as deleting it.
+#[utoipa::path(
+    patch,
+    path = "/messages/{id}",
+    tag = "messages",
+    params(("id" = i64, Path, description = "the id")),
+    request_body = MessagePatch,
+    responses(
+        (status = 200, description = "the message after the edit", body = Message),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 409, description = "conflicts with the current state", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn edit_message(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -51,6 +66,19 @@ pub async fn edit_message(
 }
 
 /// Deletes a message; its pending emails are skipped with reason `deleted`.
+#[utoipa::path(
+    delete,
+    path = "/messages/{id}",
+    tag = "messages",
+    params(("id" = i64, Path, description = "the id")),
+    responses(
+        (status = 204, description = "deleted; its pending emails are skipped"),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete_message(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -69,7 +97,8 @@ pub async fn delete_message(
     .await
 }
 
-#[derive(Debug, QueryableByName, Serialize)]
+/// One recipient of a message: notified, seen, emailed or skipped (SPEC D8).
+#[derive(Debug, QueryableByName, Serialize, utoipa::ToSchema)]
 pub struct Delivery {
     #[diesel(sql_type = BigInt)]
     notification_id: i64,
@@ -104,10 +133,34 @@ pub struct Delivery {
 }
 
 /// Delivery status of one message per recipient (D8): notified, seen, emailed or skipped.
+/// Delivery status of one message.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Deliveries {
+    message_id: i64,
+    conversation_id: i64,
+    /// Whether dispatch has written its notifications yet.
+    dispatched: bool,
+    /// One entry per notified person, by id.
+    recipients: Vec<Delivery>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/messages/{id}/deliveries",
+    tag = "messages",
+    params(("id" = i64, Path, description = "the id")),
+    responses(
+        (status = 200, description = "per recipient: notified, seen, emailed or skipped", body = Deliveries),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn deliveries(
     State(state): State<AppState>,
     Path(message_id): Path<i64>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deliveries>> {
     with_db(&state, move |conn| {
         let message = messages::table
             .find(message_id)
@@ -134,17 +187,30 @@ pub async fn deliveries(
         )
         .bind::<BigInt, _>(message_id)
         .load(conn)?;
-        Ok(Json(json!({
-            "message_id": message_id,
-            "conversation_id": message.conversation_id,
-            "dispatched": message.dispatched_at.is_some(),
-            "recipients": rows,
-        })))
+        Ok(Json(Deliveries {
+            message_id,
+            conversation_id: message.conversation_id,
+            dispatched: message.dispatched_at.is_some(),
+            recipients: rows,
+        }))
     })
     .await
 }
 
 /// Why a person was or was not notified and emailed about a message, naming the deciding rule.
+#[utoipa::path(
+    get,
+    path = "/messages/{id}/explain/{person_id}",
+    tag = "messages",
+    params(("id" = i64, Path, description = "the id"), ("person_id" = i64, Path, description = "person id")),
+    responses(
+        (status = 200, description = "why they were or were not notified and emailed", body = tidings_common::audience::Explanation),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn explain(
     State(state): State<AppState>,
     Path((message_id, person_id)): Path<(i64, i64)>,

@@ -115,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         ));
     // Unsubscribe links are public: the signed token is the authorisation.
     let public = Router::new()
+        .route("/openapi.json", get(crate::openapi::document))
         .route(
             "/unsubscribe/{token}",
             get(unsubscribe::confirm_page).post(unsubscribe::unsubscribe),

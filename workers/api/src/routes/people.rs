@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use tidings_common::announce::Announcements;
 use tidings_common::db::models::*;
 use tidings_common::db::schema::*;
@@ -19,7 +18,7 @@ use crate::lookup::*;
 use crate::state::{AppState, with_db};
 use crate::validate::*;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPersonBody {
     name: String,
@@ -99,6 +98,20 @@ async fn create_person(
     Ok(created)
 }
 
+#[utoipa::path(
+    post,
+    path = "/users",
+    tag = "people",
+    request_body = NewPersonBody,
+    responses(
+        (status = 201, description = "the user; their welcome email is queued", body = Person),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 409, description = "conflicts with the current state", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_user(
     State(state): State<AppState>,
     Body(body): Body<NewPersonBody>,
@@ -106,6 +119,20 @@ pub async fn create_user(
     create_person(state, PersonKind::User, body).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/customers",
+    tag = "people",
+    request_body = NewPersonBody,
+    responses(
+        (status = 201, description = "the customer", body = Person),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 409, description = "conflicts with the current state", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_customer(
     State(state): State<AppState>,
     Body(body): Body<NewPersonBody>,
@@ -113,6 +140,20 @@ pub async fn create_customer(
     create_person(state, PersonKind::Customer, body).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/bots",
+    tag = "people",
+    request_body = NewPersonBody,
+    responses(
+        (status = 201, description = "the bot (email optional)", body = Person),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 409, description = "conflicts with the current state", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_bot(
     State(state): State<AppState>,
     Body(body): Body<NewPersonBody>,
@@ -120,6 +161,19 @@ pub async fn create_bot(
     create_person(state, PersonKind::Bot, body).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/people/{id}",
+    tag = "people",
+    params(("id" = i64, Path, description = "the id")),
+    responses(
+        (status = 200, description = "the person", body = Person),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get_person(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -127,7 +181,7 @@ pub async fn get_person(
     with_db(&state, move |conn| find_person(conn, id).map(Json)).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PersonPatch {
     name: Option<String>,
@@ -137,6 +191,21 @@ pub struct PersonPatch {
 
 /// Renames or (de)activates a person. A deactivated person receives nothing from then on,
 /// including notifications already waiting out their window.
+#[utoipa::path(
+    patch,
+    path = "/people/{id}",
+    tag = "people",
+    params(("id" = i64, Path, description = "the id")),
+    request_body = PersonPatch,
+    responses(
+        (status = 200, description = "the person after the change", body = Person),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn update_person(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -170,7 +239,8 @@ pub async fn update_person(
     .await
 }
 
-#[derive(Debug, QueryableByName, Serialize)]
+/// One conversation of an inbox.
+#[derive(Debug, QueryableByName, Serialize, utoipa::ToSchema)]
 pub struct InboxEntry {
     #[diesel(sql_type = BigInt)]
     conversation_id: i64,
@@ -186,12 +256,41 @@ pub struct InboxEntry {
     seen_up_to: Option<i64>,
 }
 
+/// A person's inbox: the total unread count and each conversation, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Inbox {
+    person_id: i64,
+    unread: i64,
+    conversations: Vec<InboxEntry>,
+}
+
+/// The answer to a password reset request: the email is queued.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Queued {
+    /// The email queued (`password_reset`).
+    queued: &'static str,
+    person_id: i64,
+}
+
 /// A person's inbox (D1): every conversation they were notified in, with its unread count,
 /// the conversation with the newest message first.
+#[utoipa::path(
+    get,
+    path = "/people/{id}/inbox",
+    tag = "people",
+    params(("id" = i64, Path, description = "the id")),
+    responses(
+        (status = 200, description = "unread counts, newest conversation first", body = Inbox),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn inbox(
     State(state): State<AppState>,
     Path(person_id): Path<i64>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Inbox>> {
     with_db(&state, move |conn| {
         find_person(conn, person_id)?;
         let entries: Vec<InboxEntry> = diesel::sql_query(
@@ -219,9 +318,11 @@ pub async fn inbox(
         .bind::<BigInt, _>(person_id)
         .load(conn)?;
         let total: i64 = entries.iter().map(|e| e.unread).sum();
-        Ok(Json(
-            json!({ "person_id": person_id, "unread": total, "conversations": entries }),
-        ))
+        Ok(Json(Inbox {
+            person_id,
+            unread: total,
+            conversations: entries,
+        }))
     })
     .await
 }
@@ -229,10 +330,24 @@ pub async fn inbox(
 /// Minutes a password reset link stays valid.
 const RESET_MINUTES: i64 = 60;
 
+#[utoipa::path(
+    post,
+    path = "/people/{id}/password-reset",
+    tag = "people",
+    params(("id" = i64, Path, description = "the id")),
+    responses(
+        (status = 202, description = "the reset email is queued (it cannot be disabled)", body = Queued),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn request_password_reset(
     State(state): State<AppState>,
     Path(id): Path<i64>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Queued>)> {
     let secret = state.config.token_secret.clone();
     let base = state.config.public_url.clone();
     let recorded = with_db(&state, move |conn| {
@@ -254,6 +369,9 @@ pub async fn request_password_reset(
     state.announce(Announcements::events(vec![recorded])).await;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"queued": "password_reset", "person_id": id})),
+        Json(Queued {
+            queued: "password_reset",
+            person_id: id,
+        }),
     ))
 }

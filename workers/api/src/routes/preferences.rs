@@ -30,9 +30,9 @@ const FIELDS: &[(&str, Option<&[&str]>)] = &[
 
 /// Every preference of a user: read as one row, written as one changeset (only the fields
 /// a patch names change).
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = user_preferences)]
-struct Preferences {
+pub struct Preferences {
     see_conversations: String,
     show_customer_conversations: bool,
     from_customers: String,
@@ -47,7 +47,7 @@ struct Preferences {
 }
 
 /// A partial change: the fields it names, each already validated.
-#[derive(Debug, Clone, Default, AsChangeset, Deserialize)]
+#[derive(Debug, Clone, Default, AsChangeset, Deserialize, utoipa::ToSchema)]
 #[diesel(table_name = user_preferences)]
 pub struct PreferencesPatch {
     see_conversations: Option<String>,
@@ -95,6 +95,20 @@ fn ensure_row(conn: &mut PgConnection, person_id: i64) -> QueryResult<usize> {
         .execute(conn)
 }
 
+#[utoipa::path(
+    get,
+    path = "/people/{id}/preferences",
+    tag = "preferences",
+    params(("id" = i64, Path, description = "the id")),
+    responses(
+        (status = 200, description = "every preference of the user", body = Preferences),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 409, description = "conflicts with the current state", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get_preferences(
     State(state): State<AppState>,
     Path(person_id): Path<i64>,
@@ -141,6 +155,22 @@ fn validate(patch: &Map<String, Value>) -> Result<Vec<(&'static str, Value)>, Ap
 }
 
 /// Updates some preferences (a partial JSON object) and logs each change.
+#[utoipa::path(
+    patch,
+    path = "/people/{id}/preferences",
+    tag = "preferences",
+    params(("id" = i64, Path, description = "the id")),
+    request_body = PreferencesPatch,
+    responses(
+        (status = 200, description = "every preference after the change", body = Preferences),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 409, description = "conflicts with the current state", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn update_preferences(
     State(state): State<AppState>,
     Path(person_id): Path<i64>,

@@ -15,12 +15,25 @@ use crate::lookup::*;
 use crate::state::{AppState, with_db};
 use crate::validate::*;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProjectBody {
     name: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/projects",
+    tag = "projects",
+    request_body = NewProjectBody,
+    responses(
+        (status = 201, description = "the project", body = Project),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_project(
     State(state): State<AppState>,
     Body(body): Body<NewProjectBody>,
@@ -76,6 +89,20 @@ async fn announce_join(state: &AppState, recorded: Option<RecordedEvent>) -> Sta
 }
 
 /// Adds a user to a project: they follow it, and followers with E2 on are emailed.
+#[utoipa::path(
+    put,
+    path = "/projects/{id}/members/{person_id}",
+    tag = "projects",
+    params(("id" = i64, Path, description = "the id"), ("person_id" = i64, Path, description = "person id")),
+    responses(
+        (status = 201, description = "added (200 when already a member)"),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn add_project_member(
     State(state): State<AppState>,
     Path((project, person_id)): Path<(i64, i64)>,
@@ -93,6 +120,19 @@ pub async fn add_project_member(
 
 /// Adds a team to a project: its members follow the project, and the project's followers
 /// with E2 on are emailed once about the team.
+#[utoipa::path(
+    put,
+    path = "/projects/{id}/teams/{team_id}",
+    tag = "projects",
+    params(("id" = i64, Path, description = "the id"), ("team_id" = i64, Path, description = "team id")),
+    responses(
+        (status = 201, description = "added (200 when already in)"),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn add_project_team(
     State(state): State<AppState>,
     Path((project, team)): Path<(i64, i64)>,

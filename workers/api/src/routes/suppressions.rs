@@ -11,7 +11,7 @@ use tidings_common::db::schema::*;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{AppState, with_db};
 
-#[derive(Queryable, Serialize)]
+#[derive(Queryable, Serialize, utoipa::ToSchema)]
 pub struct Suppression {
     address: String,
     suppressed: bool,
@@ -22,6 +22,17 @@ pub struct Suppression {
 }
 
 /// Addresses whose email is suppressed after bounces.
+#[utoipa::path(
+    get,
+    path = "/suppressions",
+    tag = "suppressions",
+    responses(
+        (status = 200, description = "suppressed and counted addresses", body = Vec<Suppression>),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn suppressions(State(state): State<AppState>) -> ApiResult<Json<Vec<Suppression>>> {
     with_db(&state, move |conn| {
         let rows = email_suppressions::table
@@ -41,6 +52,19 @@ pub async fn suppressions(State(state): State<AppState>) -> ApiResult<Json<Vec<S
 }
 
 /// Lets email flow to an address again after it was suppressed.
+#[utoipa::path(
+    delete,
+    path = "/suppressions/{address}",
+    tag = "suppressions",
+    params(("address" = String, Path, description = "the email address")),
+    responses(
+        (status = 204, description = "email flows to the address again"),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn reset_suppression(
     State(state): State<AppState>,
     Path(address): Path<String>,

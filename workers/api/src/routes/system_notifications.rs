@@ -4,8 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use diesel::prelude::*;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use tidings_common::db::models::*;
 use tidings_common::db::schema::*;
 use tracing::info;
@@ -13,9 +12,20 @@ use tracing::info;
 use crate::error::{ApiError, ApiResult, Body};
 use crate::state::{AppState, with_db};
 
+#[utoipa::path(
+    get,
+    path = "/system-notifications",
+    tag = "system-notifications",
+    responses(
+        (status = 200, description = "every system notification", body = Vec<SystemNotificationView>),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list_system_notifications(
     State(state): State<AppState>,
-) -> ApiResult<Json<Vec<Value>>> {
+) -> ApiResult<Json<Vec<SystemNotificationView>>> {
     with_db(&state, move |conn| {
         let rows: Vec<SystemNotification> = system_notifications::table
             .order(system_notifications::event.asc())
@@ -26,27 +36,52 @@ pub async fn list_system_notifications(
     .await
 }
 
-fn system_json(n: SystemNotification) -> Value {
-    let mut v = serde_json::to_value(&n).unwrap_or_default();
-    if !n.can_disable {
-        v["warning"] = json!(
-            "security-sensitive: cannot be disabled; edit its template with care and keep the link and its expiry"
-        );
-    }
-    v
+/// A system notification as the api shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SystemNotificationView {
+    #[serde(flatten)]
+    notification: SystemNotification,
+    /// Set on security-sensitive notifications, which cannot be disabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<&'static str>,
 }
 
-#[derive(Deserialize)]
+fn system_json(n: SystemNotification) -> SystemNotificationView {
+    SystemNotificationView {
+        warning: (!n.can_disable).then_some(
+            "security-sensitive: cannot be disabled; edit its template with care and keep the link and its expiry",
+        ),
+        notification: n,
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SystemPatch {
     enabled: bool,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/system-notifications/{event}",
+    tag = "system-notifications",
+    params(("event" = String, Path, description = "e.g. user_created")),
+    request_body = SystemPatch,
+    responses(
+        (status = 200, description = "the notification after the change", body = SystemNotificationView),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 409, description = "conflicts with the current state", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn update_system_notification(
     State(state): State<AppState>,
     Path(event): Path<String>,
     Body(patch): Body<SystemPatch>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SystemNotificationView>> {
     with_db(&state, move |conn| {
         let found: Option<SystemNotification> = system_notifications::table
             .find(&event)

@@ -4,25 +4,44 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use diesel::prelude::*;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use tidings_common::db::schema::*;
 
 use crate::error::{ApiError, ApiResult, Body};
 use crate::lookup::*;
 use crate::state::{AppState, with_db};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TeamBody {
     name: String,
 }
 
+/// A team.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Team {
+    id: i64,
+    name: String,
+}
+
 /// Creates a team (a group of users).
+#[utoipa::path(
+    post,
+    path = "/teams",
+    tag = "teams",
+    request_body = TeamBody,
+    responses(
+        (status = 201, description = "the team", body = Team),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_team(
     State(state): State<AppState>,
     Body(body): Body<TeamBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Team>)> {
     let name = body.name.trim().to_string();
     if name.is_empty() {
         return Err(ApiError::bad_field("name", "name: must not be empty"));
@@ -32,12 +51,26 @@ pub async fn create_team(
             .values(teams::name.eq(&name))
             .returning(teams::id)
             .get_result(conn)?;
-        Ok((StatusCode::CREATED, Json(json!({"id": id, "name": name}))))
+        Ok((StatusCode::CREATED, Json(Team { id, name })))
     })
     .await
 }
 
 /// Adds a user to a team.
+#[utoipa::path(
+    put,
+    path = "/teams/{id}/members/{person_id}",
+    tag = "teams",
+    params(("id" = i64, Path, description = "the id"), ("person_id" = i64, Path, description = "person id")),
+    responses(
+        (status = 204, description = "a member"),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn add_team_member(
     State(state): State<AppState>,
     Path((team, person)): Path<(i64, i64)>,

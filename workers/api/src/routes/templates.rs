@@ -3,14 +3,48 @@
 use axum::Json;
 use axum::extract::State;
 use diesel::prelude::*;
-use serde_json::{Value, json};
+use serde::Serialize;
 use tidings_common::db::schema::*;
 
 use crate::error::ApiResult;
 use crate::state::{AppState, with_db};
 
+/// Every template and what sends it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Catalogue {
+    templates: Vec<TemplateUse>,
+}
+
+/// One template: the locales that have it and who sends it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TemplateUse {
+    name: String,
+    locales: Vec<String>,
+    automations: Vec<Sender>,
+    /// Events of the system notifications that send it.
+    system_notifications: Vec<String>,
+}
+
+/// An automation that sends a template.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Sender {
+    id: i64,
+    name: String,
+}
+
 /// Every template by locale, with the automations and system notifications that send it.
-pub async fn list_templates(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    path = "/templates",
+    tag = "templates",
+    responses(
+        (status = 200, description = "templates, their locales and senders", body = Catalogue),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn list_templates(State(state): State<AppState>) -> ApiResult<Json<Catalogue>> {
     let catalogue = state.templates.current().catalogue();
     with_db(&state, move |conn| {
         let senders: Vec<(Option<String>, i64, String)> = automations::table
@@ -22,19 +56,31 @@ pub async fn list_templates(State(state): State<AppState>) -> ApiResult<Json<Val
         let mut names: Vec<&String> = catalogue.values().flatten().collect();
         names.sort();
         names.dedup();
-        let templates: Vec<Value> = names
+        let templates = names
             .into_iter()
-            .map(|name| {
-                json!({
-                    "name": name,
-                    "locales": catalogue.iter().filter(|(_, n)| n.contains(name)).map(|(l, _)| l).collect::<Vec<_>>(),
-                    "automations": senders.iter().filter(|s| s.0.as_deref() == Some(name.as_str()))
-                        .map(|s| json!({"id": s.1, "name": s.2})).collect::<Vec<_>>(),
-                    "system_notifications": system.iter().filter(|s| &s.0 == name).map(|s| &s.1).collect::<Vec<_>>(),
-                })
+            .map(|name| TemplateUse {
+                name: name.clone(),
+                locales: catalogue
+                    .iter()
+                    .filter(|(_, n)| n.contains(name))
+                    .map(|(l, _)| l.clone())
+                    .collect(),
+                automations: senders
+                    .iter()
+                    .filter(|s| s.0.as_deref() == Some(name.as_str()))
+                    .map(|s| Sender {
+                        id: s.1,
+                        name: s.2.clone(),
+                    })
+                    .collect(),
+                system_notifications: system
+                    .iter()
+                    .filter(|s| &s.0 == name)
+                    .map(|s| s.1.clone())
+                    .collect(),
             })
             .collect();
-        Ok(Json(json!({"templates": templates})))
+        Ok(Json(Catalogue { templates }))
     })
     .await
 }

@@ -53,6 +53,18 @@ fn describe(scope: UnsubscribeScope) -> String {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/unsubscribe/{token}",
+    tag = "unsubscribe",
+    params(("token" = String, Path, description = "the signed link token")),
+    responses(
+        (status = 200, description = "an HTML confirmation page; changes nothing", body = String, content_type = "text/html"),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 410, description = "the link has expired", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+)]
 pub async fn confirm_page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
     match verify(&state, &token) {
         Ok(t) => Html(format!(
@@ -66,10 +78,32 @@ pub async fn confirm_page(State(state): State<AppState>, Path(token): Path<Strin
     }
 }
 
+/// The answer to a one-click unsubscribe.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Unsubscribed {
+    unsubscribed: bool,
+    person_id: i64,
+    /// What stopped, in words.
+    stopped: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/unsubscribe/{token}",
+    tag = "unsubscribe",
+    params(("token" = String, Path, description = "the signed link token")),
+    responses(
+        (status = 200, description = "what was turned off", body = Unsubscribed),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 410, description = "the link has expired", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+)]
 pub async fn unsubscribe(
     State(state): State<AppState>,
     Path(token): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Unsubscribed>, ApiError> {
     let token = verify(&state, &token)?;
     let person_id = token.person_id;
     state
@@ -111,11 +145,11 @@ pub async fn unsubscribe(
                     ))
                     .execute(conn)?;
                 info!(person.id = person_id, field, "unsubscribed");
-                Ok(Json(json!({
-                    "unsubscribed": true,
-                    "person_id": person_id,
-                    "stopped": describe(token.scope),
-                })))
+                Ok(Json(Unsubscribed {
+                    unsubscribed: true,
+                    person_id,
+                    stopped: describe(token.scope),
+                }))
             }))
         })
         .await?

@@ -1,0 +1,80 @@
+//! The API's own description: an OpenAPI 3.1 document generated from the route code (every
+//! handler's `#[utoipa::path]`, every body's `ToSchema`), served at `/openapi.json`.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tidings",
+        description = "The notification and email pipeline of a help-desk messenger. Every route but the signed-link pages needs `Authorization: Bearer <TIDINGS_API_TOKEN>`."
+    ),
+    paths(
+        crate::routes::people::create_user,
+        crate::routes::people::create_customer,
+        crate::routes::people::create_bot,
+        crate::routes::people::get_person,
+        crate::routes::people::update_person,
+        crate::routes::people::inbox,
+        crate::routes::people::request_password_reset,
+        crate::routes::preferences::get_preferences,
+        crate::routes::preferences::update_preferences,
+        crate::routes::projects::create_project,
+        crate::routes::projects::add_project_member,
+        crate::routes::projects::add_project_team,
+        crate::routes::follows::follow_project,
+        crate::routes::follows::unfollow_project,
+        crate::routes::follows::follow_item,
+        crate::routes::follows::unfollow_item,
+        crate::routes::items::create_item,
+        crate::routes::items::update_item,
+        crate::routes::conversations::create_conversation,
+        crate::routes::conversations::get_conversation,
+        crate::routes::conversations::add_participant,
+        crate::routes::conversations::post_message,
+        crate::routes::conversations::mark_seen,
+        crate::routes::messages::edit_message,
+        crate::routes::messages::delete_message,
+        crate::routes::messages::deliveries,
+        crate::routes::messages::explain,
+        crate::routes::email_log::email_log,
+        crate::routes::suppressions::suppressions,
+        crate::routes::suppressions::reset_suppression,
+        crate::routes::system_notifications::list_system_notifications,
+        crate::routes::system_notifications::update_system_notification,
+        crate::routes::automations::list_automations,
+        crate::routes::automations::create_automation,
+        crate::routes::automations::get_automation,
+        crate::routes::automations::update_automation,
+        crate::routes::automations::delete_automation,
+        crate::routes::templates::list_templates,
+        crate::routes::teams::create_team,
+        crate::routes::teams::add_team_member,
+        crate::routes::invitations::invite,
+        crate::routes::invitations::invitation_page,
+        crate::routes::invitations::accept_invitation,
+        crate::routes::unsubscribe::confirm_page,
+        crate::routes::unsubscribe::unsubscribe
+    ),
+    modifiers(&BearerToken)
+)]
+pub struct ApiDoc;
+
+/// Declares the bearer-token scheme the routes refer to.
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The document, as JSON.
+pub async fn document() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
