@@ -378,3 +378,28 @@ async fn openapi_document_describes_every_route() {
         );
     }
 }
+
+/// `GET /conversations` lists conversations newest first, narrowed by item, within a limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn conversations_are_listed_newest_first() {
+    let env = Env::new("2s");
+    let _api = env.spawn(&["api"]);
+    env.wait_for_api().await;
+    let (_, item, first) = env.ticket("First").await;
+    let (_, _, second) = env.ticket("Second").await;
+    let all = env.ok("GET", "/conversations", None).await;
+    let ids: Vec<i64> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![second, first]);
+    let one = env
+        .ok("GET", &format!("/conversations?item_id={item}"), None)
+        .await;
+    assert_eq!(one.as_array().unwrap().len(), 1);
+    assert_eq!(one[0]["id"], first);
+    let (status, err) = env.call("GET", "/conversations?limit=0", None).await;
+    assert_eq!((status, err["field"].as_str()), (400, Some("limit")));
+}

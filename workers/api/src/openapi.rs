@@ -29,6 +29,7 @@ use utoipa::{Modify, OpenApi};
         crate::routes::follows::unfollow_item,
         crate::routes::items::create_item,
         crate::routes::items::update_item,
+        crate::routes::conversations::list_conversations,
         crate::routes::conversations::create_conversation,
         crate::routes::conversations::get_conversation,
         crate::routes::conversations::add_participant,

@@ -70,6 +70,60 @@ pub async fn create_conversation(
     .await
 }
 
+/// Which conversations to list.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConversationQuery {
+    /// Only the conversations of this item.
+    item_id: Option<i64>,
+    /// Only the conversations linked directly to this project.
+    project_id: Option<i64>,
+    /// Most conversations to return, 1 to 1000 (default 100).
+    limit: Option<i64>,
+}
+
+/// Conversations, newest first.
+#[utoipa::path(
+    get,
+    path = "/conversations",
+    tag = "conversations",
+    params(ConversationQuery),
+    responses(
+        (status = 200, description = "conversations, newest first", body = Vec<Conversation>),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
+        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn list_conversations(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<ConversationQuery>,
+) -> ApiResult<Json<Vec<Conversation>>> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_field(
+            "limit",
+            "limit: must be from 1 to 1000",
+        ));
+    }
+    with_db(&state, move |conn| {
+        let mut q = conversations::table
+            .select(Conversation::as_select())
+            .order(conversations::id.desc())
+            .limit(limit)
+            .into_boxed();
+        if let Some(item) = query.item_id {
+            q = q.filter(conversations::item_id.eq(item));
+        }
+        if let Some(project) = query.project_id {
+            q = q.filter(conversations::project_id.eq(project));
+        }
+        Ok(Json(q.load(conn)?))
+    })
+    .await
+}
+
 /// A conversation with its participants and messages, oldest first.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ConversationView {

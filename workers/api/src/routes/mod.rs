@@ -47,7 +47,10 @@ pub fn router(state: AppState) -> Router {
             "/items/{id}/followers/{person_id}",
             put(follows::follow_item).delete(follows::unfollow_item),
         )
-        .route("/conversations", post(conversations::create_conversation))
+        .route(
+            "/conversations",
+            get(conversations::list_conversations).post(conversations::create_conversation),
+        )
         .route("/conversations/{id}", get(conversations::get_conversation))
         .route(
             "/conversations/{id}/participants/{person_id}",
