@@ -146,9 +146,31 @@ pub async fn run(base: &str, config: &Config) -> anyhow::Result<()> {
         "Waiting for the seen window ({:?}) and the mailer…",
         config.seen_window
     );
-    let deadline = Instant::now() + config.seen_window + Duration::from_secs(30);
+    let reports = settle(&api, &posted, config.seen_window).await?;
+    let (sent, skipped) = print_report(&reports);
+    println!();
+    println!("{sent} emails sent, {skipped} notifications skipped.");
+    println!("- Cleo, a customer, was never notified of the internal message (D5).");
+    println!(
+        "- Nobody is notified of their own message (D3); posting counts as seeing what came before (D4)."
+    );
+    println!("- Unseen messages in one conversation go out together in one email (coalesced).");
+    let inbox = api.get(&format!("/people/{}/inbox", id(&ada))).await?;
+    println!("Ada's inbox: {} unread", inbox["unread"]);
+    print_system_emails(&api, &run).await?;
+    Ok(())
+}
+
+/// Waits until every posted message is dispatched and each of its notifications has ended;
+/// returns each message's recipients.
+async fn settle(
+    api: &Api,
+    posted: &[i64],
+    window: Duration,
+) -> anyhow::Result<Vec<(i64, Vec<Value>)>> {
+    let deadline = Instant::now() + window + Duration::from_secs(30);
     let mut reports = Vec::new();
-    for &message in &posted {
+    for &message in posted {
         loop {
             let status = api.get(&format!("/messages/{message}/deliveries")).await?;
             let recipients = status["recipients"].as_array().cloned().unwrap_or_default();
@@ -171,13 +193,18 @@ pub async fn run(base: &str, config: &Config) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+    Ok(reports)
+}
+
+/// Prints one line per recipient of each message; returns (sent, skipped).
+fn print_report(reports: &[(i64, Vec<Value>)]) -> (usize, usize) {
     println!();
     println!(
         "{:<8} {:<10} {:<9} {:<18} detail",
         "message", "recipient", "email", "reason"
     );
     let (mut sent, mut skipped) = (0, 0);
-    for (message, recipients) in &reports {
+    for (message, recipients) in reports {
         if recipients.is_empty() {
             println!("{message:<8} -          -         -                  nobody to notify");
         }
@@ -212,15 +239,11 @@ pub async fn run(base: &str, config: &Config) -> anyhow::Result<()> {
             );
         }
     }
-    println!();
-    println!("{sent} emails sent, {skipped} notifications skipped.");
-    println!("- Cleo, a customer, was never notified of the internal message (D5).");
-    println!(
-        "- Nobody is notified of their own message (D3); posting counts as seeing what came before (D4)."
-    );
-    println!("- Unseen messages in one conversation go out together in one email (coalesced).");
-    let inbox = api.get(&format!("/people/{}/inbox", id(&ada))).await?;
-    println!("Ada's inbox: {} unread", inbox["unread"]);
+    (sent, skipped)
+}
+
+/// Prints the system emails this run of the demo caused.
+async fn print_system_emails(api: &Api, run: &str) -> anyhow::Result<()> {
     let log = api.get("/email-log?direction=out&limit=1000").await?;
     let system: Vec<&Value> = log
         .as_array()

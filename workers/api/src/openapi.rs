@@ -2,6 +2,7 @@
 //! handler's `#[utoipa::path]`, every body's `ToSchema`), served at `/openapi.json`.
 
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
@@ -62,7 +63,8 @@ use utoipa::{Modify, OpenApi};
 )]
 pub struct ApiDoc;
 
-/// Declares the bearer-token scheme the routes refer to.
+/// Declares the bearer-token scheme the routes refer to, and adds the answers every route
+/// can give to each operation: 503 during an outage, and 401 where the token is needed.
 struct BearerToken;
 
 impl Modify for BearerToken {
@@ -72,7 +74,39 @@ impl Modify for BearerToken {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let answers = &mut operation.responses.responses;
+                answers.insert(
+                    "503".into(),
+                    error("a service is temporarily unavailable; try again"),
+                );
+                if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    answers.insert("401".into(), error("missing or wrong bearer token"));
+                }
+            }
+        }
     }
+}
+
+/// An error answer with the [`ErrorBody`](crate::error::ErrorBody) schema.
+fn error(description: &str) -> RefOr<Response> {
+    let content = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name("ErrorBody")))
+        .build();
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content("application/json", content)
+            .build(),
+    )
 }
 
 /// The document, as JSON.

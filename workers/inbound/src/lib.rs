@@ -125,23 +125,8 @@ pub async fn enqueue_stdin(
     let topology = Topology::from_config(config);
     let queued = async {
         let session = Session::open(&config.amqp_url, "inbound enqueue", &topology).await?;
-        let mut headers = lapin::types::FieldTable::default();
-        let rcpts = recipients
-            .iter()
-            .map(|r| r.to_ascii_lowercase())
-            .collect::<Vec<_>>()
-            .join(",");
-        headers.insert(RCPT_HEADER.into(), AMQPValue::LongString(rcpts.into()));
-        headers.insert(MAIL_FROM_HEADER.into(), AMQPValue::LongString(from.into()));
-        session
-            .publisher
-            .publish(
-                &topology.events_exchange(),
-                amqp::EMAIL_RECEIVED,
-                &raw,
-                Some(headers),
-            )
-            .await?;
+        let rcpts: Vec<String> = recipients.iter().map(|r| r.to_ascii_lowercase()).collect();
+        queue_raw(&session.publisher, &topology, from, &rcpts, &raw).await?;
         session.close().await;
         Ok::<_, tidings_common::Error>(())
     };
@@ -156,6 +141,34 @@ pub async fn enqueue_stdin(
             Err(75)
         }
     }
+}
+
+/// Queues one raw email with its envelope (in headers) and waits for the broker's confirm;
+/// the SMTP listener and `inbound enqueue` both hand mail over this way.
+pub(crate) async fn queue_raw(
+    publisher: &Publisher,
+    topology: &Topology,
+    mail_from: &str,
+    rcpts: &[String],
+    raw: &[u8],
+) -> Result<()> {
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        RCPT_HEADER.into(),
+        AMQPValue::LongString(rcpts.join(",").into()),
+    );
+    headers.insert(
+        MAIL_FROM_HEADER.into(),
+        AMQPValue::LongString(mail_from.into()),
+    );
+    publisher
+        .publish(
+            &topology.events_exchange(),
+            amqp::EMAIL_RECEIVED,
+            raw,
+            Some(headers),
+        )
+        .await
 }
 
 /// Runs the SMTP listener and the processing consumer until `shutdown` fires.

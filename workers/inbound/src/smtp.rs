@@ -6,13 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::types::{AMQPValue, FieldTable};
 use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
 use smtp_proto::{Error as SmtpError, Request};
 use tidings_common::Config;
-use tidings_common::amqp::{
-    EMAIL_RECEIVED, MAIL_FROM_HEADER, RCPT_HEADER, SharedPublisher, Topology,
-};
+use tidings_common::amqp::{SharedPublisher, Topology};
 use tidings_common::mail::ReplyToken;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -91,15 +88,27 @@ struct Transaction {
     rcpts: Vec<String>,
 }
 
+/// What to do after a command.
+enum Step {
+    Reply(String),
+    Quit,
+}
+
+/// The message being received after DATA: the receiver's state, the bytes so far, and
+/// whether it has grown past the limit (then it is read to its end and dropped).
+struct Incoming {
+    receiver: DataReceiver,
+    message: Vec<u8>,
+    too_big: bool,
+}
+
 async fn session(mut stream: TcpStream, ingress: &Ingress) -> std::io::Result<()> {
-    let config = &ingress.config;
-    let max = config.inbound_max_bytes;
-    let domain = config.reply_domain.clone();
+    let max = ingress.config.inbound_max_bytes;
     stream
-        .write_all(format!("220 {domain} Tidings ESMTP\r\n").as_bytes())
+        .write_all(format!("220 {} Tidings ESMTP\r\n", ingress.config.reply_domain).as_bytes())
         .await?;
     let mut receiver = RequestReceiver::default();
-    let mut data: Option<(DataReceiver, Vec<u8>, bool)> = None;
+    let mut data: Option<Incoming> = None;
     let mut transaction = Transaction::default();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -110,125 +119,118 @@ async fn session(mut stream: TcpStream, ingress: &Ingress) -> std::io::Result<()
         };
         let mut bytes = buf[..n].iter();
         loop {
-            if let Some((receiver_state, message, too_big)) = data.as_mut() {
-                let done = receiver_state.ingest(&mut bytes, message);
-                if message.len() > max {
+            if let Some(incoming) = data.as_mut() {
+                let done = incoming.receiver.ingest(&mut bytes, &mut incoming.message);
+                if incoming.message.len() > max {
                     // Keep reading to the end, but keep nothing.
-                    *too_big = true;
-                    message.clear();
+                    incoming.too_big = true;
+                    incoming.message.clear();
                 }
                 if !done {
                     break;
                 }
-                let (_, message, too_big) = data.take().expect("in DATA");
-                let reply = if too_big {
+                let incoming = data.take().expect("in DATA");
+                let reply = if incoming.too_big {
                     format!("552 5.3.4 Message exceeds the {max}-byte limit\r\n")
                 } else {
-                    enqueue(ingress, &transaction, message).await
+                    enqueue(ingress, &transaction, incoming.message).await
                 };
                 transaction = Transaction::default();
                 stream.write_all(reply.as_bytes()).await?;
                 continue;
             }
-            let request = match receiver.ingest(&mut bytes) {
-                Ok(request) => request,
+            let reply = match receiver.ingest(&mut bytes) {
+                Ok(request) => match answer(request, &mut transaction, &mut data, ingress) {
+                    Step::Reply(reply) => reply,
+                    Step::Quit => {
+                        stream.write_all(b"221 2.0.0 Bye\r\n").await?;
+                        return Ok(());
+                    }
+                },
                 Err(SmtpError::NeedsMoreData { .. }) => break,
-                Err(SmtpError::ResponseTooLong) => {
-                    stream.write_all(b"500 5.5.2 Line too long\r\n").await?;
-                    continue;
-                }
-                Err(SmtpError::UnknownCommand) => {
-                    stream.write_all(b"500 5.5.1 Unknown command\r\n").await?;
-                    continue;
-                }
-                Err(e) => {
-                    stream
-                        .write_all(format!("501 5.5.4 Syntax error: {e:?}\r\n").as_bytes())
-                        .await?;
-                    continue;
-                }
-            };
-            let reply: String = match request {
-                Request::Ehlo { .. } => {
-                    transaction = Transaction::default();
-                    format!(
-                        "250-{domain}\r\n250-SIZE {max}\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
-                    )
-                }
-                Request::Helo { .. } => {
-                    transaction = Transaction::default();
-                    format!("250 {domain}\r\n")
-                }
-                Request::Mail { from } => {
-                    if from.size > max {
-                        format!("552 5.3.4 Message size exceeds the {max}-byte limit\r\n")
-                    } else {
-                        transaction = Transaction {
-                            mail_from: Some(from.address.to_string()),
-                            rcpts: Vec::new(),
-                        };
-                        "250 2.1.0 OK\r\n".into()
-                    }
-                }
-                Request::Rcpt { to } => {
-                    if transaction.mail_from.is_none() {
-                        "503 5.5.1 MAIL first\r\n".into()
-                    } else if transaction.rcpts.len() >= MAX_RECIPIENTS {
-                        "452 4.5.3 Too many recipients\r\n".into()
-                    } else if let Some(refusal) = refuse_recipient(&to.address, config) {
-                        info!(rcpt = %tidings_common::mail::mask_address(&to.address), refusal, "recipient refused");
-                        format!("{refusal}\r\n")
-                    } else {
-                        transaction.rcpts.push(to.address.to_ascii_lowercase());
-                        "250 2.1.5 OK\r\n".into()
-                    }
-                }
-                Request::Data => {
-                    if transaction.rcpts.is_empty() {
-                        "503 5.5.1 RCPT first\r\n".into()
-                    } else {
-                        data = Some((DataReceiver::new(), Vec::new(), false));
-                        "354 End data with <CR><LF>.<CR><LF>\r\n".into()
-                    }
-                }
-                Request::Rset => {
-                    transaction = Transaction::default();
-                    "250 2.0.0 OK\r\n".into()
-                }
-                Request::Noop { .. } => "250 2.0.0 OK\r\n".into(),
-                Request::Vrfy { .. } => "252 2.5.2 Cannot verify\r\n".into(),
-                Request::Quit => {
-                    stream.write_all(b"221 2.0.0 Bye\r\n").await?;
-                    return Ok(());
-                }
-                _ => "502 5.5.1 Command not implemented\r\n".into(),
+                Err(SmtpError::ResponseTooLong) => "500 5.5.2 Line too long\r\n".into(),
+                Err(SmtpError::UnknownCommand) => "500 5.5.1 Unknown command\r\n".into(),
+                Err(e) => format!("501 5.5.4 Syntax error: {e:?}\r\n"),
             };
             stream.write_all(reply.as_bytes()).await?;
         }
     }
 }
 
+/// Answers one command of the dialogue, updating the transaction; DATA starts `data`.
+fn answer(
+    request: Request<std::borrow::Cow<'_, str>>,
+    transaction: &mut Transaction,
+    data: &mut Option<Incoming>,
+    ingress: &Ingress,
+) -> Step {
+    let config = &ingress.config;
+    let (max, domain) = (config.inbound_max_bytes, &config.reply_domain);
+    Step::Reply(match request {
+        Request::Ehlo { .. } => {
+            *transaction = Transaction::default();
+            format!("250-{domain}\r\n250-SIZE {max}\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n")
+        }
+        Request::Helo { .. } => {
+            *transaction = Transaction::default();
+            format!("250 {domain}\r\n")
+        }
+        Request::Mail { from } if from.size > max => {
+            format!("552 5.3.4 Message size exceeds the {max}-byte limit\r\n")
+        }
+        Request::Mail { from } => {
+            *transaction = Transaction {
+                mail_from: Some(from.address.to_string()),
+                rcpts: Vec::new(),
+            };
+            "250 2.1.0 OK\r\n".into()
+        }
+        Request::Rcpt { to } => {
+            if transaction.mail_from.is_none() {
+                "503 5.5.1 MAIL first\r\n".into()
+            } else if transaction.rcpts.len() >= MAX_RECIPIENTS {
+                "452 4.5.3 Too many recipients\r\n".into()
+            } else if let Some(refusal) = refuse_recipient(&to.address, config) {
+                info!(rcpt = %tidings_common::mail::mask_address(&to.address), refusal, "recipient refused");
+                format!("{refusal}\r\n")
+            } else {
+                transaction.rcpts.push(to.address.to_ascii_lowercase());
+                "250 2.1.5 OK\r\n".into()
+            }
+        }
+        Request::Data if transaction.rcpts.is_empty() => "503 5.5.1 RCPT first\r\n".into(),
+        Request::Data => {
+            *data = Some(Incoming {
+                receiver: DataReceiver::new(),
+                message: Vec::new(),
+                too_big: false,
+            });
+            "354 End data with <CR><LF>.<CR><LF>\r\n".into()
+        }
+        Request::Rset => {
+            *transaction = Transaction::default();
+            "250 2.0.0 OK\r\n".into()
+        }
+        Request::Noop { .. } => "250 2.0.0 OK\r\n".into(),
+        Request::Vrfy { .. } => "252 2.5.2 Cannot verify\r\n".into(),
+        Request::Quit => return Step::Quit,
+        _ => "502 5.5.1 Command not implemented\r\n".into(),
+    })
+}
+
 /// Publishes the raw message with its envelope and waits for the broker's confirm.
 async fn enqueue(ingress: &Ingress, transaction: &Transaction, message: Vec<u8>) -> String {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        RCPT_HEADER.into(),
-        AMQPValue::LongString(transaction.rcpts.join(",").into()),
-    );
-    headers.insert(
-        MAIL_FROM_HEADER.into(),
-        AMQPValue::LongString(transaction.mail_from.clone().unwrap_or_default().into()),
-    );
     let published = match ingress.publisher.get() {
         Ok(publisher) => {
-            publisher
-                .publish(
-                    &ingress.topology.events_exchange(),
-                    EMAIL_RECEIVED,
-                    &message,
-                    Some(headers),
-                )
-                .await
+            let from = transaction.mail_from.as_deref().unwrap_or_default();
+            crate::queue_raw(
+                &publisher,
+                &ingress.topology,
+                from,
+                &transaction.rcpts,
+                &message,
+            )
+            .await
         }
         Err(e) => Err(e),
     };

@@ -72,8 +72,6 @@ fn automation_json(conn: &mut PgConnection, a: &Automation) -> QueryResult<Autom
     tag = "automations",
     responses(
         (status = 200, description = "every automation", body = Vec<AutomationView>),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]
@@ -101,9 +99,7 @@ pub async fn list_automations(
     params(("id" = i64, Path, description = "the id")),
     responses(
         (status = 200, description = "the automation", body = AutomationView),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]
@@ -249,9 +245,7 @@ fn default_bot(conn: &mut PgConnection) -> QueryResult<Option<i64>> {
     responses(
         (status = 201, description = "the automation", body = AutomationView),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]
@@ -302,10 +296,8 @@ pub async fn create_automation(
     responses(
         (status = 200, description = "the automation after the change", body = AutomationView),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
         (status = 409, description = "conflicts with the current state", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]
@@ -369,10 +361,8 @@ pub async fn update_automation(
     params(("id" = i64, Path, description = "the id")),
     responses(
         (status = 204, description = "deleted"),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
         (status = 409, description = "conflicts with the current state", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]

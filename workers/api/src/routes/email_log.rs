@@ -77,8 +77,6 @@ impl LogQuery {
     responses(
         (status = 200, description = "log rows, newest first", body = Vec<EmailLogEntry>),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]

@@ -96,9 +96,7 @@ async fn change(
     params(("id" = i64, Path, description = "the id"), ("person_id" = i64, Path, description = "person id")),
     responses(
         (status = 204, description = "following"),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]
@@ -116,9 +114,7 @@ pub async fn follow_project(
     params(("id" = i64, Path, description = "the id"), ("person_id" = i64, Path, description = "person id")),
     responses(
         (status = 204, description = "no longer following"),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]
@@ -136,9 +132,7 @@ pub async fn unfollow_project(
     params(("id" = i64, Path, description = "the id"), ("person_id" = i64, Path, description = "person id")),
     responses(
         (status = 204, description = "following"),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]
@@ -156,9 +150,7 @@ pub async fn follow_item(
     params(("id" = i64, Path, description = "the id"), ("person_id" = i64, Path, description = "person id")),
     responses(
         (status = 204, description = "no longer following"),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]

@@ -60,10 +60,8 @@ const INVITATION_DAYS: i64 = 14;
     responses(
         (status = 201, description = "the invitation (accepted at once when the user accepts all)", body = Invitation),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
         (status = 409, description = "conflicts with the current state", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]
@@ -178,7 +176,6 @@ fn verify_invitation(state: &AppState, token: &str) -> ApiResult<i64> {
         (status = 200, description = "an HTML page with the accept button; changes nothing", body = String, content_type = "text/html"),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
         (status = 410, description = "the link has expired", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
 )]
 pub async fn invitation_page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
@@ -204,7 +201,6 @@ pub async fn invitation_page(State(state): State<AppState>, Path(token): Path<St
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
         (status = 410, description = "the link has expired", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
 )]
 pub async fn accept_invitation(

@@ -36,9 +36,7 @@ pub struct NewItemBody {
     responses(
         (status = 201, description = "the item", body = Item),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]
@@ -140,9 +138,7 @@ const STATUSES: [&str; 4] = ["open", "pending", "resolved", "closed"];
     responses(
         (status = 200, description = "the item after the change", body = Item),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]

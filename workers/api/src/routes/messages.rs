@@ -32,10 +32,8 @@ pub struct MessagePatch {
     responses(
         (status = 200, description = "the message after the edit", body = Message),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
         (status = 409, description = "conflicts with the current state", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]
@@ -73,9 +71,7 @@ pub async fn edit_message(
     params(("id" = i64, Path, description = "the id")),
     responses(
         (status = 204, description = "deleted; its pending emails are skipped"),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]
@@ -151,9 +147,7 @@ pub struct Deliveries {
     params(("id" = i64, Path, description = "the id")),
     responses(
         (status = 200, description = "per recipient: notified, seen, emailed or skipped", body = Deliveries),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]
@@ -205,9 +199,7 @@ pub async fn deliveries(
     params(("id" = i64, Path, description = "the id"), ("person_id" = i64, Path, description = "person id")),
     responses(
         (status = 200, description = "why they were or were not notified and emailed", body = tidings_common::audience::Explanation),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]

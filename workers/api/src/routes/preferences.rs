@@ -102,10 +102,8 @@ fn ensure_row(conn: &mut PgConnection, person_id: i64) -> QueryResult<usize> {
     params(("id" = i64, Path, description = "the id")),
     responses(
         (status = 200, description = "every preference of the user", body = Preferences),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
         (status = 409, description = "conflicts with the current state", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]
@@ -164,10 +162,8 @@ fn validate(patch: &Map<String, Value>) -> Result<Vec<(&'static str, Value)>, Ap
     responses(
         (status = 200, description = "every preference after the change", body = Preferences),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
         (status = 409, description = "conflicts with the current state", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]

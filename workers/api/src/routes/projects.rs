@@ -29,8 +29,6 @@ pub struct NewProjectBody {
     responses(
         (status = 201, description = "the project", body = Project),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]
@@ -97,9 +95,7 @@ async fn announce_join(state: &AppState, recorded: Option<RecordedEvent>) -> Sta
     responses(
         (status = 201, description = "added (200 when already a member)"),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]
@@ -127,9 +123,7 @@ pub async fn add_project_member(
     params(("id" = i64, Path, description = "the id"), ("team_id" = i64, Path, description = "team id")),
     responses(
         (status = 201, description = "added (200 when already in)"),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]

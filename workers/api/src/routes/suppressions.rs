@@ -28,8 +28,6 @@ pub struct Suppression {
     tag = "suppressions",
     responses(
         (status = 200, description = "suppressed and counted addresses", body = Vec<Suppression>),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]
@@ -59,9 +57,7 @@ pub async fn suppressions(State(state): State<AppState>) -> ApiResult<Json<Vec<S
     params(("address" = String, Path, description = "the email address")),
     responses(
         (status = 204, description = "email flows to the address again"),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]

@@ -18,8 +18,6 @@ use crate::state::{AppState, with_db};
     tag = "system-notifications",
     responses(
         (status = 200, description = "every system notification", body = Vec<SystemNotificationView>),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]
@@ -70,10 +68,8 @@ pub struct SystemPatch {
     responses(
         (status = 200, description = "the notification after the change", body = SystemNotificationView),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
         (status = 409, description = "conflicts with the current state", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]

@@ -39,8 +39,6 @@ pub struct Sender {
     tag = "templates",
     responses(
         (status = 200, description = "templates, their locales and senders", body = Catalogue),
-        (status = 401, description = "missing or wrong bearer token", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
     security(("bearer" = [])),
 )]

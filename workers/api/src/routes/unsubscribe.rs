@@ -62,7 +62,6 @@ fn describe(scope: UnsubscribeScope) -> String {
         (status = 200, description = "an HTML confirmation page; changes nothing", body = String, content_type = "text/html"),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
         (status = 410, description = "the link has expired", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
 )]
 pub async fn confirm_page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
@@ -97,7 +96,6 @@ pub struct Unsubscribed {
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
         (status = 410, description = "the link has expired", body = crate::error::ErrorBody),
-        (status = 503, description = "a service is temporarily unavailable; try again", body = crate::error::ErrorBody)
     ),
 )]
 pub async fn unsubscribe(
