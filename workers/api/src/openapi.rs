@@ -113,3 +113,75 @@ fn error(description: &str) -> RefOr<Response> {
 pub async fn document() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(ApiDoc::openapi())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every path and method the router serves, read from the router's source.
+    fn routed() -> Vec<(String, Vec<&'static str>)> {
+        let source = include_str!("routes/mod.rs");
+        let mut routes = Vec::new();
+        for chunk in source.split(".route(").skip(1) {
+            let chunk = chunk.split(".fallback(").next().unwrap_or(chunk);
+            let path = chunk.split('"').nth(1).expect("a path literal").to_string();
+            let methods = ["get", "post", "put", "patch", "delete"]
+                .into_iter()
+                .filter(|m| {
+                    chunk.match_indices(&format!("{m}(")).any(|(i, _)| {
+                        !chunk[..i]
+                            .chars()
+                            .next_back()
+                            .is_some_and(|c| c.is_alphanumeric() || c == '_')
+                    })
+                })
+                .collect();
+            routes.push((path, methods));
+        }
+        routes
+    }
+
+    #[test]
+    fn every_route_is_documented_and_nothing_else() {
+        let doc = ApiDoc::openapi();
+        let routes = routed();
+        assert!(routes.len() > 30, "router source not read: {routes:?}");
+        let mut documented = 0;
+        for (path, methods) in &routes {
+            if path == "/openapi.json" {
+                continue;
+            }
+            let item = doc
+                .paths
+                .paths
+                .get(path)
+                .unwrap_or_else(|| panic!("{path} is routed but not documented"));
+            let has = |m: &str| match m {
+                "get" => item.get.is_some(),
+                "post" => item.post.is_some(),
+                "put" => item.put.is_some(),
+                "patch" => item.patch.is_some(),
+                _ => item.delete.is_some(),
+            };
+            for method in methods {
+                assert!(has(method), "{method} {path} is routed but not documented");
+                documented += 1;
+            }
+        }
+        let operations: usize = doc
+            .paths
+            .paths
+            .values()
+            .map(|i| {
+                [&i.get, &i.post, &i.put, &i.patch, &i.delete]
+                    .iter()
+                    .filter(|o| o.is_some())
+                    .count()
+            })
+            .sum();
+        assert_eq!(
+            operations, documented,
+            "the document lists operations the router does not serve"
+        );
+    }
+}

@@ -168,7 +168,7 @@ pub async fn deliveries(
                     CASE WHEN sc.last_seen_message_id >= n.message_id THEN sc.seen_at END AS seen_at,
                     n.state AS email_state, n.reason AS email_reason, n.rule AS email_rule,
                     n.coalesced_into,
-                    CASE WHEN n.state = 'sent' OR n.coalesced_into IS NOT NULL THEN p.email END AS emailed_to,
+                    CASE WHEN n.state = $2 OR n.coalesced_into IS NOT NULL THEN p.email END AS emailed_to,
                     n.sent_at AS emailed_at, COALESCE(n.smtp_reply, carrier.smtp_reply) AS smtp_reply,
                     COALESCE(carrier.email_message_id, n.email_message_id) AS email_message_id, n.due_at
              FROM notifications n
@@ -180,6 +180,7 @@ pub async fn deliveries(
              ORDER BY n.recipient_id",
         )
         .bind::<BigInt, _>(message_id)
+        .bind::<Text, _>(NotificationState::Sent)
         .load(conn)?;
         Ok(Json(Deliveries {
             message_id,
