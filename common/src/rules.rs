@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use crate::db::models::PersonKind;
+use crate::db::models::{PersonKind, SkipReason};
 
 /// P1: which conversations a user may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -188,17 +188,17 @@ pub struct Verdict {
     pub rule: &'static str,
     /// Why, in words.
     pub detail: String,
-    /// The short reason stored on a skipped notification and in the email log.
+    /// The reason stored on a skipped notification and in the email log (`None` for yes).
     #[serde(skip)]
-    pub reason: &'static str,
+    pub reason: Option<SkipReason>,
 }
 
-fn no(rule: &'static str, reason: &'static str, detail: impl Into<String>) -> Verdict {
+fn no(rule: &'static str, reason: SkipReason, detail: impl Into<String>) -> Verdict {
     Verdict {
         yes: false,
         rule,
         detail: detail.into(),
-        reason,
+        reason: Some(reason),
     }
 }
 
@@ -207,7 +207,7 @@ fn yes(rule: &'static str, detail: impl Into<String>) -> Verdict {
         yes: true,
         rule,
         detail: detail.into(),
-        reason: "",
+        reason: None,
     }
 }
 
@@ -223,19 +223,21 @@ pub fn notify(message: &MessageFacts, person: &PersonFacts) -> Verdict {
     if person.person_id == message.author_id {
         return no(
             "D3",
-            "own message",
+            SkipReason::OwnMessage,
             "nobody is notified about a message they sent",
         );
     }
     match person.kind {
-        PersonKind::Bot => return no("bot", "bot", "bots never receive notifications"),
-        _ if !person.active => return no("D9", "deactivated", "the person is deactivated"),
-        _ if message.deleted => return no("D9", "deleted", "the message was deleted"),
+        PersonKind::Bot => return no("bot", SkipReason::Bot, "bots never receive notifications"),
+        _ if !person.active => {
+            return no("D9", SkipReason::Deactivated, "the person is deactivated");
+        }
+        _ if message.deleted => return no("D9", SkipReason::Deleted, "the message was deleted"),
         PersonKind::Customer => {
             return if message.internal {
                 no(
                     "D5",
-                    "internal message",
+                    SkipReason::InternalMessage,
                     "customers are never notified about internal messages",
                 )
             } else if person.follows_conversation {
@@ -243,7 +245,7 @@ pub fn notify(message: &MessageFacts, person: &PersonFacts) -> Verdict {
             } else {
                 no(
                     "F1",
-                    "not following",
+                    SkipReason::NotFollowing,
                     "the customer does not follow the conversation",
                 )
             };
@@ -254,12 +256,16 @@ pub fn notify(message: &MessageFacts, person: &PersonFacts) -> Verdict {
     if !may_see(person) {
         return no(
             "P1",
-            "no access",
+            SkipReason::NoAccess,
             "the user may only see conversations in projects they follow, and does not follow this one",
         );
     }
     if message.customer_conversation && !prefs.show_customer_conversations {
-        return no("P2", "preference", "\"Show From customers\" is off");
+        return no(
+            "P2",
+            SkipReason::Preference,
+            "\"Show From customers\" is off",
+        );
     }
     let follows = person.follows_conversation;
     match message.kind() {
@@ -267,10 +273,14 @@ pub fn notify(message: &MessageFacts, person: &PersonFacts) -> Verdict {
             (true, true) => yes("P5", "internal message in a followed conversation, P5 on"),
             (true, false) => no(
                 "P5",
-                "not following",
+                SkipReason::NotFollowing,
                 "internal messages notify followers only",
             ),
-            (false, _) => no("P5", "preference", "\"Followed internal messages\" is off"),
+            (false, _) => no(
+                "P5",
+                SkipReason::Preference,
+                "\"Followed internal messages\" is off",
+            ),
         },
         MessageKind::FromCustomer => match (prefs.from_customers, follows) {
             (FromCustomers::All, _) => yes("P3", "\"From customers\" is all"),
@@ -280,10 +290,12 @@ pub fn notify(message: &MessageFacts, person: &PersonFacts) -> Verdict {
             ),
             (FromCustomers::Mine, false) => no(
                 "P3",
-                "not following",
+                SkipReason::NotFollowing,
                 "\"From customers\" is mine and the user does not follow the conversation",
             ),
-            (FromCustomers::None, _) => no("P3", "preference", "\"From customers\" is none"),
+            (FromCustomers::None, _) => {
+                no("P3", SkipReason::Preference, "\"From customers\" is none")
+            }
         },
         MessageKind::ToCustomer => match (prefs.from_users, follows) {
             (FromUsers::All, _) => yes("P4", "\"From users & bots\" is all"),
@@ -293,10 +305,14 @@ pub fn notify(message: &MessageFacts, person: &PersonFacts) -> Verdict {
             ),
             (FromUsers::Followed, false) => no(
                 "P4",
-                "not following",
+                SkipReason::NotFollowing,
                 "\"From users & bots\" is followed and the user does not follow the conversation",
             ),
-            (FromUsers::None, _) => no("P4", "preference", "\"From users & bots\" is none"),
+            (FromUsers::None, _) => no(
+                "P4",
+                SkipReason::Preference,
+                "\"From users & bots\" is none",
+            ),
         },
     }
 }
@@ -317,7 +333,7 @@ pub fn email(message: &MessageFacts, person: &PersonFacts) -> Verdict {
     if has_seen(message.message_id, person.seen_up_to, person.last_posted) {
         return no(
             "D4",
-            "seen",
+            SkipReason::Seen,
             "the recipient saw the message in the app within the window",
         );
     }
@@ -333,21 +349,21 @@ pub fn email(message: &MessageFacts, person: &PersonFacts) -> Verdict {
     if unsubscribed {
         return no(
             "unsubscribe",
-            "unsubscribed",
+            SkipReason::Unsubscribed,
             "the recipient unsubscribed from this kind of email",
         );
     }
     if !person.has_email {
         return no(
             "address",
-            "no email address",
+            SkipReason::NoAddress,
             "the recipient has no email address",
         );
     }
     if person.suppressed {
         return no(
             "bounce",
-            "suppressed",
+            SkipReason::Suppressed,
             "the recipient's address bounced and is suppressed until reset",
         );
     }
@@ -503,7 +519,7 @@ mod tests {
         gone.active = false;
         assert_eq!(
             notify(&message(Customer, false), &gone).reason,
-            "deactivated"
+            Some(SkipReason::Deactivated)
         );
     }
 
@@ -548,7 +564,7 @@ mod tests {
         for (seen_up_to, last_posted) in [(Some(100), None), (Some(101), None), (None, Some(101))] {
             p.seen_up_to = seen_up_to;
             p.last_posted = last_posted;
-            assert_eq!(email(&m, &p).reason, "seen");
+            assert_eq!(email(&m, &p).reason, Some(SkipReason::Seen));
             assert!(notify(&m, &p).yes);
         }
         p.seen_up_to = Some(99);
@@ -558,15 +574,15 @@ mod tests {
             "an earlier cursor or the message itself is not a later post"
         );
         p.preferences.email_customer_messages = false;
-        assert_eq!(email(&m, &p).reason, "unsubscribed");
+        assert_eq!(email(&m, &p).reason, Some(SkipReason::Unsubscribed));
         p.preferences.email_customer_messages = true;
         p.suppressed = true;
-        assert_eq!(email(&m, &p).reason, "suppressed");
+        assert_eq!(email(&m, &p).reason, Some(SkipReason::Suppressed));
         let mut customer = person(Customer, Preferences::default(), true, false);
         customer.muted_conversation = true;
         assert_eq!(
             email(&message(User, false), &customer).reason,
-            "unsubscribed"
+            Some(SkipReason::Unsubscribed)
         );
     }
 
@@ -575,6 +591,6 @@ mod tests {
         let mut m = message(Customer, false);
         m.deleted = true;
         let p = person(User, Preferences::default(), true, true);
-        assert_eq!(email(&m, &p).reason, "deleted");
+        assert_eq!(email(&m, &p).reason, Some(SkipReason::Deleted));
     }
 }

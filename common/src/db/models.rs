@@ -5,7 +5,9 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::schema::*;
-pub use super::states::{Direction, LogStatus, NotificationState, OutboxState, PersonKind};
+pub use super::states::{
+    Direction, LogStatus, NotificationState, OutboxState, PersonKind, SendState, SkipReason,
+};
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = people)]

@@ -123,6 +123,36 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// Why a notification was not emailed, as stored on it and in the email log. The rule
+    /// that decided it is stored beside it.
+    SkipReason {
+        /// D3: nobody is notified about their own message.
+        OwnMessage => "own message",
+        Bot => "bot",
+        /// D9: the recipient was deactivated.
+        Deactivated => "deactivated",
+        /// D9: the message was deleted (or edited down to nothing).
+        Deleted => "deleted",
+        /// D5: customers never get internal messages.
+        InternalMessage => "internal message",
+        /// F1, P3–P5: the recipient does not follow the conversation.
+        NotFollowing => "not following",
+        /// P1: the recipient may not see the conversation.
+        NoAccess => "no access",
+        /// P2–P5: a preference of the recipient turns it off.
+        Preference => "preference",
+        /// D4: seen in the app within the window.
+        Seen => "seen",
+        Unsubscribed => "unsubscribed",
+        NoAddress => "no email address",
+        /// The address bounced and is suppressed.
+        Suppressed => "suppressed",
+        /// It went out inside the email of another notification.
+        Coalesced => "coalesced",
+    }
+}
+
 impl Direction {
     /// Reads the short forms users type (`in`, `out`) as well as the stored names.
     pub fn parse_loose(value: &str) -> Option<Self> {

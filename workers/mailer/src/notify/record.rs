@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz};
 use tidings_common::db::email_log;
-use tidings_common::db::models::{LogStatus, NewEmailLogEntry, Notification, NotificationState};
+use tidings_common::db::models::{
+    LogStatus, NewEmailLogEntry, Notification, NotificationState, SkipReason,
+};
 use tidings_common::{Error, Result, clock};
 use tracing::warn;
 
@@ -52,7 +54,7 @@ impl Finish {
                 ..end(
                     NotificationState::Skipped,
                     Some(LogStatus::Skipped),
-                    Some(v.reason.to_string()),
+                    v.reason.map(|r| r.to_string()),
                 )
             },
             Finish::Coalesced { into } => RowEnd {
@@ -61,7 +63,7 @@ impl Finish {
                 ..end(
                     NotificationState::Skipped,
                     Some(LogStatus::Skipped),
-                    Some("coalesced".into()),
+                    Some(SkipReason::Coalesced.to_string()),
                 )
             },
             Finish::Failed { reason, reply } => RowEnd {
