@@ -11,7 +11,6 @@ use commands::inbound::InboundCommand;
 use commands::run::Role;
 use commands::templates::TemplatesCommand;
 use tidings_common::Config;
-use tracing::error;
 
 #[derive(Parser)]
 #[command(
@@ -104,7 +103,6 @@ fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
-            error!("bad configuration: {e}");
             eprintln!("tidings: bad configuration: {e}");
             return ExitCode::from(2);
         }
@@ -143,7 +141,6 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
             eprintln!("tidings: {e:#}");
             ExitCode::FAILURE
         }

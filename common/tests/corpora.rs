@@ -1,16 +1,34 @@
-//! Conformance of the pure inbound path against email written by other projects, read from
-//! `../shared/corpora` beside the project (or `TIDINGS_CORPORA`). Prints a score per corpus;
-//! the thresholds are the scores reached, so a regression fails. File names are never
-//! special-cased.
+//! Conformance of the pure inbound path against email written by other projects: an extra
+//! suite, read from `TIDINGS_CORPORA` (default `../shared/corpora` beside the project), never
+//! copied into the repository. Prints a score per corpus; the thresholds are the scores
+//! reached, so a regression fails. File names are never special-cased.
+//!
+//! Where the corpora are missing, the suite is skipped, except under `CI=true`, where missing
+//! corpora fail it.
 
 use std::path::{Path, PathBuf};
 
 use tidings_common::inbound::{self, InboundContext, InboundVerdict};
 
-fn corpora() -> PathBuf {
-    std::env::var("TIDINGS_CORPORA")
+/// The corpora folder, or `None` (after saying so) when it is missing outside CI.
+fn corpora() -> Option<PathBuf> {
+    let dir = std::env::var("TIDINGS_CORPORA")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora"))
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora"));
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    let how = "set TIDINGS_CORPORA to a folder of the third-party corpora to run it";
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "third-party corpora not found at {} (CI=true requires them); {how}",
+        dir.display()
+    );
+    eprintln!(
+        "third-party conformance suite skipped: no corpora at {}; {how}",
+        dir.display()
+    );
+    None
 }
 
 /// The exact-match score reached on the discourse corpus; a change that lowers it fails.
@@ -79,7 +97,8 @@ fn eml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn mail_parser_corpus_always_yields_a_verdict() {
     let mut files = Vec::new();
-    eml_files(&corpora().join("mail_parser/eml"), &mut files);
+    let Some(corpora) = corpora() else { return };
+    eml_files(&corpora.join("mail_parser/eml"), &mut files);
     let mut ok = 0;
     for file in &files {
         let raw = std::fs::read(file).unwrap();
@@ -98,7 +117,8 @@ fn mail_parser_corpus_always_yields_a_verdict() {
 
 #[test]
 fn chatwoot_automatic_mail_is_never_posted() {
-    let dir = corpora().join("chatwoot");
+    let Some(corpora) = corpora() else { return };
+    let dir = corpora.join("chatwoot");
     let mut hits = 0;
     let mut total = 0;
     for (file, kind, _) in labels(&dir.join("labels.tsv")) {
@@ -125,7 +145,8 @@ fn chatwoot_automatic_mail_is_never_posted() {
 
 #[test]
 fn chatwoot_reply_first_lines() {
-    let dir = corpora().join("chatwoot");
+    let Some(corpora) = corpora() else { return };
+    let dir = corpora.join("chatwoot");
     let mut hits = 0;
     let mut total = 0;
     for (file, kind, expected) in labels(&dir.join("labels.tsv")) {
@@ -150,7 +171,8 @@ fn chatwoot_reply_first_lines() {
 
 #[test]
 fn github_reply_first_lines() {
-    let dir = corpora().join("github_email_reply_parser");
+    let Some(corpora) = corpora() else { return };
+    let dir = corpora.join("github_email_reply_parser");
     let mut hits = 0;
     let mut total = 0;
     for (file, kind, expected) in labels(&dir.join("labels.tsv")) {
@@ -173,7 +195,8 @@ fn github_reply_first_lines() {
 
 #[test]
 fn discourse_exact_match() {
-    let dir = corpora().join("discourse_email_reply_trimmer");
+    let Some(corpora) = corpora() else { return };
+    let dir = corpora.join("discourse_email_reply_trimmer");
     let mut hits = 0;
     let mut total = 0;
     let mut names: Vec<_> = std::fs::read_dir(dir.join("emails"))

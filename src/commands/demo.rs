@@ -103,7 +103,10 @@ pub async fn run(base: &str, config: &Config) -> anyhow::Result<()> {
     )
     .await?;
     println!(
-        "  users Ada (follows the ticket) and Ben (assigned), customer Cleo (opened it); conversation {conv}"
+        "  users Ada (person {}, follows the ticket) and Ben (person {}, assigned), customer Cleo (person {}, opened it); conversation {conv}",
+        id(&ada),
+        id(&ben),
+        id(&cleo)
     );
 
     let names = [(id(&ada), "Ada"), (id(&ben), "Ben"), (id(&cleo), "Cleo")];
@@ -157,6 +160,12 @@ pub async fn run(base: &str, config: &Config) -> anyhow::Result<()> {
     println!("- Unseen messages in one conversation go out together in one email (coalesced).");
     let inbox = api.get(&format!("/people/{}/inbox", id(&ada))).await?;
     println!("Ada's inbox: {} unread", inbox["unread"]);
+    if let Some(&last) = posted.last() {
+        println!(
+            "Why was someone emailed or not? `tidings explain MESSAGE PERSON`, e.g. `tidings explain {last} {}`.",
+            id(&ben)
+        );
+    }
     print_system_emails(&api, &run).await?;
     Ok(())
 }
@@ -200,13 +209,13 @@ async fn settle(
 fn print_report(reports: &[(i64, Vec<Value>)]) -> (usize, usize) {
     println!();
     println!(
-        "{:<8} {:<10} {:<9} {:<18} detail",
+        "{:<8} {:<12} {:<9} {:<18} detail",
         "message", "recipient", "email", "reason"
     );
     let (mut sent, mut skipped) = (0, 0);
     for (message, recipients) in reports {
         if recipients.is_empty() {
-            println!("{message:<8} -          -         -                  nobody to notify");
+            println!("{message:<8} -            -         -                  nobody to notify");
         }
         for r in recipients {
             let state = r["email_state"].as_str().unwrap_or("?");
@@ -227,14 +236,15 @@ fn print_report(reports: &[(i64, Vec<Value>)]) -> (usize, usize) {
                 ),
                 _ => r["smtp_reply"].as_str().unwrap_or("").to_string(),
             };
+            let name = r["recipient_name"]
+                .as_str()
+                .unwrap_or("?")
+                .split(' ')
+                .next()
+                .unwrap_or("?");
+            let recipient = format!("{name} ({})", r["recipient_id"]);
             println!(
-                "{message:<8} {:<10} {state:<9} {:<18} {detail}",
-                r["recipient_name"]
-                    .as_str()
-                    .unwrap_or("?")
-                    .split(' ')
-                    .next()
-                    .unwrap_or("?"),
+                "{message:<8} {recipient:<12} {state:<9} {:<18} {detail}",
                 r["email_reason"].as_str().unwrap_or("-"),
             );
         }

@@ -13,7 +13,7 @@ pub async fn log(
     use tidings_common::db::email_log::{self, LogFilter};
     use tidings_common::db::models::{Direction, EmailLogEntry, LogStatus};
     let since = tidings_common::config::parse_positive_duration(since)
-        .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("--since: {e}, got {since:?}"))?;
     let status = status
         .map(|s| {
             LogStatus::parse(&s)
@@ -37,8 +37,18 @@ pub async fn log(
         }
         return Ok(());
     }
+    // The address columns are as wide as their longest value, so every row lines up.
+    let width = |column: fn(&EmailLogEntry) -> Option<&str>| {
+        rows.iter()
+            .map(|r| column(r).map_or(1, |v| v.chars().count()))
+            .max()
+            .unwrap_or(1)
+            .max(4)
+    };
+    let from_w = width(|r| r.entry.mail_from.as_deref());
+    let to_w = width(|r| r.entry.rcpt_to.as_deref());
     println!(
-        "{:<19}  {:<3}  {:<9}  {:<30}  {:<30}  {:<5}  {:<40}  detail",
+        "{:<19}  {:<3}  {:<9}  {:<from_w$}  {:<to_w$}  {:<5}  {:<40}  detail",
         "time", "dir", "status", "from", "to", "conv", "subject"
     );
     for row in &rows {
@@ -53,7 +63,7 @@ pub async fn log(
         .flatten()
         .collect();
         println!(
-            "{:<19}  {:<3}  {:<9}  {:<30}  {:<30}  {:<5}  {:<40}  {}",
+            "{:<19}  {:<3}  {:<9}  {:<from_w$}  {:<to_w$}  {:<5}  {:<40}  {}",
             row.created_at.format("%Y-%m-%d %H:%M:%S"),
             match r.direction {
                 Direction::Inbound => "in",

@@ -36,7 +36,7 @@ impl LogQuery {
             None => None,
             Some(v) => Some(clock::before(
                 tidings_common::config::parse_positive_duration(v)
-                    .map_err(|e| ApiError::bad_field("since", format!("since: {e}")))?,
+                    .map_err(|e| ApiError::bad_field("since", format!("since: {e}, got {v:?}")))?,
             )),
         };
         let direction = match self.direction.as_deref() {
