@@ -167,12 +167,15 @@ impl SharedPublisher {
             let connection = connect(url, role).await?;
             let publisher = Publisher::open(&connection).await?;
             topology.declare(publisher.channel()).await?;
-            self.set(Some(publisher));
+            self.set(Some(publisher.clone()));
             info!(role, "connected to the broker");
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
                         self.set(None);
+                        // The channel first: closing the connection under an open channel
+                        // makes lapin log an error for a clean stop.
+                        let _ = publisher.channel().close(200, "shutdown".into()).await;
                         let _ = connection.close(200, "shutdown".into()).await;
                         return Ok(());
                     }

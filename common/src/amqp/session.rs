@@ -82,6 +82,7 @@ impl Session {
 
     /// Closes the connection; unacknowledged deliveries return to their queues.
     pub async fn close(self) {
+        let _ = self.publisher.channel().close(200, "bye".into()).await;
         let _ = self.connection.close(200, "bye".into()).await;
     }
 }
