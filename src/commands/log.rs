@@ -37,6 +37,14 @@ pub async fn log(
         }
         return Ok(());
     }
+    print_table(&rows);
+    println!("{} row(s)", rows.len());
+    Ok(())
+}
+
+/// Prints the rows as a table whose columns line up.
+fn print_table(rows: &[tidings_common::db::models::EmailLogEntry]) {
+    use tidings_common::db::models::{Direction, EmailLogEntry};
     // The address columns are as wide as their longest value, so every row lines up.
     let width = |column: fn(&EmailLogEntry) -> Option<&str>| {
         rows.iter()
@@ -51,7 +59,7 @@ pub async fn log(
         "{:<19}  {:<3}  {:<9}  {:<from_w$}  {:<to_w$}  {:<5}  {:<40}  detail",
         "time", "dir", "status", "from", "to", "conv", "subject"
     );
-    for row in &rows {
+    for row in rows {
         let r = &row.entry;
         let detail: Vec<String> = [
             r.reason.clone(),
@@ -84,6 +92,4 @@ pub async fn log(
             detail.join("; ")
         );
     }
-    println!("{} row(s)", rows.len());
-    Ok(())
 }
