@@ -402,4 +402,11 @@ async fn conversations_are_listed_newest_first() {
     assert_eq!(one[0]["id"], first);
     let (status, err) = env.call("GET", "/conversations?limit=0", None).await;
     assert_eq!((status, err["field"].as_str()), (400, Some("limit")));
+    // A query string that does not parse gets the same JSON error, naming the parameter.
+    let (status, err) = env.call("GET", "/conversations?item_id=abc", None).await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("item_id")),
+        "{err}"
+    );
 }

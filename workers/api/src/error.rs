@@ -136,6 +136,37 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
+/// A query string whose errors answer 400 as JSON, naming the parameter that was wrong.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Params(value)),
+            Err(rejection) => {
+                let text = rejection.body_text();
+                let detail = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text);
+                let field = detail
+                    .split_once(": ")
+                    .map(|(name, _)| name)
+                    .filter(|name| name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                Err(ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    message: format!("query string: {detail}"),
+                    field: field.map(str::to_string),
+                })
+            }
+        }
+    }
+}
+
 /// Refuses any request without `Authorization: Bearer <TIDINGS_API_TOKEN>`.
 pub async fn require_bearer_token(
     State(state): State<AppState>,

@@ -55,6 +55,19 @@ pub fn one_of(field: &str, value: &str, allowed: &[&str]) -> ApiResult<()> {
     }
 }
 
+/// A `limit` query parameter: `default` when absent, otherwise 1 to `max`.
+pub fn limit(value: Option<i64>, default: i64, max: i64) -> ApiResult<i64> {
+    let limit = value.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_field(
+            "limit",
+            format!("limit: must be from 1 to {max}"),
+        ))
+    }
+}
+
 /// Keeps an explicit `null` as `Some(Null)`, so a condition can be removed.
 pub fn some_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)

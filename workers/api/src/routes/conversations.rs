@@ -94,15 +94,9 @@ pub struct ConversationQuery {
 )]
 pub async fn list_conversations(
     State(state): State<AppState>,
-    axum::extract::Query(query): axum::extract::Query<ConversationQuery>,
+    crate::error::Params(query): crate::error::Params<ConversationQuery>,
 ) -> ApiResult<Json<Vec<Conversation>>> {
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_field(
-            "limit",
-            "limit: must be from 1 to 1000",
-        ));
-    }
+    let limit = crate::validate::limit(query.limit, 100, 1000)?;
     with_db(&state, move |conn| {
         let mut q = conversations::table
             .select(Conversation::as_select())

@@ -1,13 +1,13 @@
 //! The email log (SPEC L1) over HTTP.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use tidings_common::clock;
 use tidings_common::db::email_log::{self, LogFilter};
 use tidings_common::db::models::{Direction, EmailLogEntry, LogStatus};
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Params};
 use crate::state::{AppState, with_db};
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -25,13 +25,7 @@ pub struct LogQuery {
 impl LogQuery {
     /// The filter this query asks for, or 400 naming the bad parameter.
     fn filter(self) -> ApiResult<LogFilter> {
-        let limit = self.limit.unwrap_or(200);
-        if !(1..=10_000).contains(&limit) {
-            return Err(ApiError::bad_field(
-                "limit",
-                "limit: must be from 1 to 10000",
-            ));
-        }
+        let limit = crate::validate::limit(self.limit, 200, 10_000)?;
         let since = match &self.since {
             None => None,
             Some(v) => Some(clock::before(
@@ -82,7 +76,7 @@ impl LogQuery {
 )]
 pub async fn email_log(
     State(state): State<AppState>,
-    Query(query): Query<LogQuery>,
+    Params(query): Params<LogQuery>,
 ) -> ApiResult<Json<Vec<EmailLogEntry>>> {
     let filter = query.filter()?;
     with_db(&state, move |conn| {
