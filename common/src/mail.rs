@@ -250,7 +250,7 @@ pub fn build_email(email: &OutboundEmail) -> Result<Email> {
     let bad = |what: &str, e: &dyn std::fmt::Display| Error::EmailBuild(format!("{what}: {e}"));
     let from: Mailbox = email.from.parse().map_err(|e| bad("From", &e))?;
     let to = Mailbox::new(
-        Some(email.to_name.clone()),
+        Some(one_line(&email.to_name)),
         email.to_address.parse().map_err(|e| bad("To", &e))?,
     );
     let reply_to: Mailbox = email.reply_to.parse().map_err(|e| bad("Reply-To", &e))?;
@@ -258,7 +258,7 @@ pub fn build_email(email: &OutboundEmail) -> Result<Email> {
         .from(from)
         .to(to)
         .reply_to(reply_to)
-        .subject(email.content.subject.clone())
+        .subject(one_line(&email.content.subject))
         .message_id(Some(email.message_id.clone()))
         .raw_header(HeaderValue::new(
             HeaderName::new_from_ascii_str("Auto-Submitted"),
@@ -312,6 +312,26 @@ pub fn build_email(email: &OutboundEmail) -> Result<Email> {
 pub const BOUNCE_MAILBOX: &str = "bounces";
 
 /// Masks an address for process logs: `jane.doe@example.com` → `j***@example.com`.
+/// `text` as one header-safe line: each run of control characters (CR, LF, NUL, tabs…) and
+/// Unicode line or paragraph separators becomes one space. Names and subjects reach headers
+/// through here, whatever path wrote them.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut gap = false;
+    for c in text.chars() {
+        if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+            gap = true;
+            continue;
+        }
+        if gap && !out.is_empty() {
+            out.push(' ');
+        }
+        gap = false;
+        out.push(c);
+    }
+    out
+}
+
 pub fn mask_address(address: &str) -> String {
     match address.split_once('@') {
         Some((local, domain)) => {
@@ -327,6 +347,13 @@ mod tests {
     use super::*;
 
     const SECRET: &[u8] = b"0123456789abcdef-test";
+
+    #[test]
+    fn one_line_turns_each_run_of_control_characters_into_one_space() {
+        assert_eq!(one_line("Eve\r\nBcc: x@evil.test"), "Eve Bcc: x@evil.test");
+        assert_eq!(one_line("\r\nA\u{0}\u{2028}B\t"), "A B");
+        assert_eq!(one_line("Åsa Öberg"), "Åsa Öberg");
+    }
 
     #[test]
     fn link_tokens_are_bound_to_purpose_and_expiry() {

@@ -17,6 +17,35 @@ pub fn required_text(field: &str, value: &str) -> ApiResult<String> {
     }
 }
 
+/// Most characters in a name (of a person, project, team or automation).
+pub const NAME_MAX: usize = 200;
+/// Most characters in a subject or title.
+pub const SUBJECT_MAX: usize = 300;
+
+/// A one-line text field such as a name or subject: trimmed, not empty, at most `max`
+/// characters, and free of control characters (CR, LF, NUL, tab…) and line separators, which
+/// would otherwise reach email headers.
+pub fn single_line(field: &str, value: &str, max: usize) -> ApiResult<String> {
+    let value = required_text(field, value)?;
+    if let Some(c) = value
+        .chars()
+        .find(|&c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
+    {
+        return Err(ApiError::bad_field(
+            field,
+            format!("{field}: must be one line without control characters (found {c:?})"),
+        ));
+    }
+    let count = value.chars().count();
+    if count > max {
+        return Err(ApiError::bad_field(
+            field,
+            format!("{field}: at most {max} characters (got {count})"),
+        ));
+    }
+    Ok(value)
+}
+
 pub fn valid_locale(locale: &Option<String>) -> ApiResult<()> {
     match locale {
         Some(l)

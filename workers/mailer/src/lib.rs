@@ -83,7 +83,10 @@ impl Mailer {
         let results = if ids.is_empty() {
             Ok(HashMap::new())
         } else {
-            self.deliver_all(ids).instrument(span).await
+            retry::isolating("notification", ids, |ids| self.deliver_all(ids))
+                .instrument(span)
+                .await
+                .map(|parts| parts.into_iter().flatten().collect())
         };
         if let Err(e) = &results
             && !e.is_transient()
@@ -153,7 +156,12 @@ impl Mailer {
     /// Handles one outbox announcement.
     async fn handle_outbox(self: Arc<Self>, delivery: Delivery) -> Outcome {
         match amqp::parse_payload::<OutboxBatch>(&delivery.data) {
-            Ok(batch) => Outcome::of(&self.deliver_outbox(batch.outbox_ids).await),
+            Ok(batch) => Outcome::of(
+                &retry::isolating("outbox email", batch.outbox_ids, |ids| {
+                    self.deliver_outbox(ids)
+                })
+                .await,
+            ),
             Err(reason) => Outcome::DeadLetter(reason),
         }
     }

@@ -3,10 +3,13 @@
 //! headers, send it over SMTP and say how it went. Each source claims, decides and records on
 //! its own; everything between a decided email and its SMTP reply happens here.
 
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
 use serde_json::Value;
 use tidings_common::db::models::Person;
 use tidings_common::mail::{self, OutboundEmail};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::Mailer;
 use crate::smtp::SmtpOutcome;
@@ -51,7 +54,33 @@ pub struct Posted {
 
 impl Mailer {
     /// Renders, builds and sends `letter`. Logs inside the caller's span, which names the row.
+    ///
+    /// A panic anywhere in that (a header a library cannot format, say) fails this one email
+    /// with the reason; the emails sent beside it are not touched.
     pub async fn post(&self, letter: Letter<'_>) -> Posted {
+        match AssertUnwindSafe(self.post_unguarded(letter))
+            .catch_unwind()
+            .await
+        {
+            Ok(posted) => posted,
+            Err(panic) => {
+                let reason = format!(
+                    "this email could not be built or sent: {}",
+                    panic_text(&panic)
+                );
+                error!(reason, "email failed");
+                Posted {
+                    subject: None,
+                    sent: Sent::Failed {
+                        reason,
+                        reply: None,
+                    },
+                }
+            }
+        }
+    }
+
+    async fn post_unguarded(&self, letter: Letter<'_>) -> Posted {
         let recipient = letter.recipient;
         let rendered = self.templates.current().render(
             letter.template,
@@ -119,5 +148,16 @@ impl Mailer {
             }
         };
         Posted { subject, sent }
+    }
+}
+
+/// The message a panic carried.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        text
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text
+    } else {
+        "a panic without a message"
     }
 }

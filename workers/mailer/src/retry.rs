@@ -56,6 +56,34 @@ where
     }
 }
 
+/// Runs `work` on all of `ids` at once; if that fails for a reason that is not transient, runs
+/// it on each id alone, so one row that cannot be processed holds up none of its neighbours.
+/// A row that fails alone is logged and left to the sweep; a transient failure (the database
+/// is gone) ends the whole run, to be tried again.
+pub async fn isolating<T, F, Fut>(what: &'static str, ids: Vec<i64>, work: F) -> Result<Vec<T>>
+where
+    F: Fn(Vec<i64>) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let e = match work(ids.clone()).await {
+        Ok(done) => return Ok(vec![done]),
+        Err(e) if e.is_transient() || ids.len() < 2 => return Err(e),
+        Err(e) => e,
+    };
+    warn!(what, count = ids.len(), error = %e, "a batch failed together; trying each row alone");
+    let mut parts = Vec::with_capacity(ids.len());
+    for id in ids {
+        match work(vec![id]).await {
+            Ok(done) => parts.push(done),
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                tracing::error!(what, id, error = %e, "row cannot be processed; left to the sweep")
+            }
+        }
+    }
+    Ok(parts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

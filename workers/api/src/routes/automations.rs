@@ -132,9 +132,7 @@ pub struct AutomationBody {
 
 /// Checks the automation as it would be after the change.
 fn validate_automation(state: &AppState, a: &Automation, conn: &mut PgConnection) -> ApiResult<()> {
-    if a.name.trim().is_empty() {
-        return Err(ApiError::bad_field("name", "name: must not be empty"));
-    }
+    single_line("name", &a.name, NAME_MAX)?;
     one_of("trigger", &a.trigger, &TRIGGERS)?;
     match &a.condition {
         None | Some(Value::Null) => {}

@@ -41,7 +41,7 @@ pub async fn create_conversation(
     State(state): State<AppState>,
     Body(body): Body<NewConversationBody>,
 ) -> ApiResult<(StatusCode, Json<Conversation>)> {
-    let subject = required_text("subject", &body.subject)?;
+    let subject = single_line("subject", &body.subject, SUBJECT_MAX)?;
     if body.item_id.is_some() && body.project_id.is_some() {
         return Err(ApiError::bad_field(
             "project_id",

@@ -50,7 +50,7 @@ pub async fn create_item(
             format!("kind: {:?} is not one of ticket, task", body.kind),
         ));
     }
-    let title = required_text("title", &body.title)?;
+    let title = single_line("title", &body.title, SUBJECT_MAX)?;
     let (created, recorded) = with_db(&state, move |conn| {
         conn.transaction(|conn| {
             if let Some(requester) = body.requester_id {

@@ -32,7 +32,7 @@ async fn create_person(
     kind: PersonKind,
     body: NewPersonBody,
 ) -> ApiResult<(StatusCode, Json<Person>)> {
-    let name = required_text("name", &body.name)?;
+    let name = single_line("name", &body.name, NAME_MAX)?;
     valid_locale(&body.locale)?;
     let locale = body.locale;
     let email = match (kind, body.email) {
@@ -204,7 +204,7 @@ pub async fn update_person(
     let name = patch
         .name
         .as_deref()
-        .map(|n| required_text("name", n))
+        .map(|n| single_line("name", n, NAME_MAX))
         .transpose()?;
     valid_locale(&patch.locale)?;
     with_db(&state, move |conn| {

@@ -36,7 +36,7 @@ pub async fn create_project(
     State(state): State<AppState>,
     Body(body): Body<NewProjectBody>,
 ) -> ApiResult<(StatusCode, Json<Project>)> {
-    let name = required_text("name", &body.name)?;
+    let name = single_line("name", &body.name, NAME_MAX)?;
     with_db(&state, move |conn| {
         let project = diesel::insert_into(projects::table)
             .values(projects::name.eq(name))

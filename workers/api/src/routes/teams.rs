@@ -7,9 +7,10 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use tidings_common::db::schema::*;
 
-use crate::error::{ApiError, ApiResult, Body};
+use crate::error::{ApiResult, Body};
 use crate::lookup::*;
 use crate::state::{AppState, with_db};
+use crate::validate::{NAME_MAX, single_line};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -40,10 +41,7 @@ pub async fn create_team(
     State(state): State<AppState>,
     Body(body): Body<TeamBody>,
 ) -> ApiResult<(StatusCode, Json<Team>)> {
-    let name = body.name.trim().to_string();
-    if name.is_empty() {
-        return Err(ApiError::bad_field("name", "name: must not be empty"));
-    }
+    let name = single_line("name", &body.name, NAME_MAX)?;
     with_db(&state, move |conn| {
         let id: i64 = diesel::insert_into(teams::table)
             .values(teams::name.eq(&name))
