@@ -134,3 +134,85 @@ async fn a_name_with_line_breaks_in_the_database_fails_no_email_of_its_batch() {
     assert_eq!(env.mails_to("bob@example.com").len(), 1);
     assert_eq!(env.mails_to("cat@example.com").len(), 1);
 }
+
+/// A template whose partials include each other is refused with its file, line and reason,
+/// wherever it comes from (an automation body, a template file, a row written before the
+/// check); no render overflows the stack, and every role keeps running.
+#[tokio::test(flavor = "multi_thread")]
+async fn recursive_partials_are_refused_and_abort_nothing() {
+    let templates =
+        std::env::temp_dir().join(format!("tidings-hostile-templates-{}", std::process::id()));
+    let copied = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/templates"))
+        .arg(&templates)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let env = Env::with(
+        "1s",
+        &[
+            ("TIDINGS_TEMPLATES_DIR", templates.to_str().unwrap()),
+            ("TIDINGS_TEMPLATES_RELOAD", "200ms"),
+        ],
+        &[],
+    );
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+
+    let recursive = r#"{{#*inline "p"}}x{{> p}}{{/inline}}{{> p}}"#;
+    let (status, answer) = env
+        .call("POST", "/automations", Some(json!({"name": "Loop", "trigger": "message_posted", "action": "post_message", "body": recursive})))
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["field"], "body");
+    assert!(
+        answer["error"].as_str().unwrap().contains("p > p"),
+        "{answer}"
+    );
+
+    // A row that skipped the check (written before it existed) is refused when it would run.
+    let a = env
+        .ok("POST", "/automations", Some(json!({"name": "Echo", "trigger": "message_posted", "action": "post_message", "body": "ok"})))
+        .await;
+    env.sql(&format!(
+        "UPDATE automations SET body = '{recursive}' WHERE id = {}",
+        a["id"]
+    ));
+
+    // Two partial files including each other: the running process rejects the edit and
+    // keeps the last good set; `templates check` names the file and exits 1.
+    std::fs::write(templates.join("partials/loop_a.hbs"), "a {{> loop_b}}").unwrap();
+    std::fs::write(templates.join("partials/loop_b.hbs"), "b\n{{> loop_a}}").unwrap();
+    let check = env
+        .command(&["templates", "check", "--dir", templates.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("partials/loop_") && out.contains("include each other"),
+        "{out}"
+    );
+    support::wait_for(env.root(), "the edit to be rejected", async || {
+        env.log_of(&["all"]).contains("template change rejected")
+    })
+    .await;
+
+    // Everything still runs: a message is dispatched past the bad automation and emailed.
+    let ann = env.user("Ann").await;
+    let bob = env.user("Bob").await;
+    let (_, item, conversation) = env.ticket("Printer").await;
+    env.follow_item(item, bob).await;
+    let message = env.post(conversation, ann, "Still there?", false).await;
+    let d = env.settled(message, SETTLE).await;
+    assert_eq!(d["recipients"][0]["email_state"], "sent", "{d}");
+    let log = env.log_of(&["all"]);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("automation message body does not render") && l.contains("p > p")),
+        "{log}"
+    );
+    std::fs::remove_dir_all(&templates).unwrap();
+}

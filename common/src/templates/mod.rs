@@ -20,6 +20,7 @@
 //! [`TemplateStore`] serves the last good set and reloads it when a file changes; a broken
 //! edit is logged with its file, line and reason, and the previous version keeps serving.
 
+pub mod guard;
 mod samples;
 mod store;
 

@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use super::guard::{Bounded, PartialGraph, Unsafe};
 use super::{PARTS, RenderedEmail, TemplateError, sample_data};
 
 /// The templates of one locale: the default locale's, overlaid with the locale's own.
@@ -252,8 +253,10 @@ impl Templates {
         };
         let part = |part: &str| {
             let registry = if part == "html" { &l.html } else { &l.plain };
+            let mut out = Bounded::default();
             registry
-                .render(&format!("{name}/{part}"), data)
+                .render_to_write(&format!("{name}/{part}"), data, &mut out)
+                .map(|()| out.into_string())
                 .map_err(|e| TemplateError {
                     file: e
                         .template_name
@@ -309,11 +312,38 @@ fn build_locale(
                 .map_err(|e| syntax_error(&file, e))?;
         }
     }
+    for registry in [&html, &plain] {
+        let mut graph = PartialGraph::default();
+        for (name, template) in registry.get_templates() {
+            graph
+                .add(name, template)
+                .map_err(|e| unsafe_template(&e, templates))?;
+        }
+        if let Some(cycle) = graph.cycle() {
+            return Err(unsafe_template(&cycle, templates));
+        }
+    }
     Ok(Locale {
         html,
         plain,
         sources: templates.clone(),
     })
+}
+
+/// The file a registered template name comes from: `name/part` is a template's part, anything
+/// else a partial.
+fn file_of(name: &str, templates: &BTreeMap<String, PathBuf>) -> PathBuf {
+    match name.split_once('/') {
+        Some((template, part)) => templates
+            .get(template)
+            .map(|folder| folder.join(format!("{part}.hbs")))
+            .unwrap_or_else(|| PathBuf::from(name)),
+        None => PathBuf::from(format!("partials/{name}.hbs")),
+    }
+}
+
+fn unsafe_template(e: &Unsafe, templates: &BTreeMap<String, PathBuf>) -> TemplateError {
+    TemplateError::new(&file_of(&e.template, templates), e.line, e.reason.clone())
 }
 
 fn read(file: &Path) -> Result<String, TemplateError> {

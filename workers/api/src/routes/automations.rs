@@ -157,10 +157,11 @@ fn validate_automation(state: &AppState, a: &Automation, conn: &mut PgConnection
                     "body: a post_message automation needs a message body",
                 ));
             }
-            if let Err(e) = handlebars::Template::compile(body) {
+            if let Err(e) = tidings_common::templates::guard::check_source(body) {
+                let at = e.line.map(|l| format!(" (line {l})")).unwrap_or_default();
                 return Err(ApiError::bad_field(
                     "body",
-                    format!("body: not a valid template: {e}"),
+                    format!("body: not a valid template{at}: {}", e.reason),
                 ));
             }
             if let Some(bot) = a.bot_id {

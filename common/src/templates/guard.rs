@@ -1,0 +1,255 @@
+//! Guards against a template that would never finish rendering: partials that include each
+//! other (directly, through inline partials, or through a chain) are found before a template
+//! is accepted, and one render may write only so much.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Write};
+
+use handlebars::Template;
+use handlebars::template::{Parameter, TemplateElement};
+use serde_json::Value;
+
+/// Most bytes one render of one part may write. A template that writes more (a partial
+/// repeated exponentially, say) fails to render instead of filling memory.
+pub const RENDER_LIMIT: usize = 1 << 20;
+
+/// Partial name handlebars gives the content of a partial block.
+const PARTIAL_BLOCK: &str = "@partial-block";
+
+/// Which partial each template and inline partial includes, and on which line.
+#[derive(Debug, Default)]
+pub struct PartialGraph {
+    includes: BTreeMap<String, BTreeMap<String, usize>>,
+    /// The registered template each inline partial is written in.
+    owners: BTreeMap<String, String>,
+}
+
+/// A partial cycle or an include the guard cannot follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsafe {
+    /// The template (or inline partial) holding the include.
+    pub template: String,
+    pub line: Option<usize>,
+    pub reason: String,
+}
+
+impl PartialGraph {
+    /// Adds `template`, registered as `name`, and the inline partials it defines.
+    pub fn add(&mut self, name: &str, template: &Template) -> Result<(), Unsafe> {
+        let mut uses = BTreeMap::new();
+        self.walk(name, template, &mut uses)?;
+        self.includes
+            .entry(name.to_string())
+            .or_default()
+            .extend(uses);
+        Ok(())
+    }
+
+    fn walk(
+        &mut self,
+        name: &str,
+        template: &Template,
+        uses: &mut BTreeMap<String, usize>,
+    ) -> Result<(), Unsafe> {
+        for (i, element) in template.elements.iter().enumerate() {
+            let line = template.mapping.get(i).map(|m| m.0);
+            match element {
+                TemplateElement::PartialExpression(d) | TemplateElement::PartialBlock(d) => {
+                    let Some(partial) = d.name.as_name() else {
+                        return Err(Unsafe {
+                            template: name.to_string(),
+                            line,
+                            reason: "a partial's name must be written out, not computed".into(),
+                        });
+                    };
+                    if partial != PARTIAL_BLOCK {
+                        uses.entry(partial.to_string()).or_insert(line.unwrap_or(0));
+                    }
+                    if let Some(inner) = &d.template {
+                        self.walk(name, inner, uses)?;
+                    }
+                }
+                TemplateElement::DecoratorBlock(d) | TemplateElement::DecoratorExpression(d)
+                    if d.name.as_name() == Some("inline") =>
+                {
+                    let Some(Parameter::Literal(Value::String(inline))) = d.params.first() else {
+                        return Err(Unsafe {
+                            template: name.to_string(),
+                            line,
+                            reason: "an inline partial's name must be a quoted string".into(),
+                        });
+                    };
+                    let owner = self.owner(name);
+                    self.owners.insert(inline.clone(), owner);
+                    let mut inner_uses = BTreeMap::new();
+                    if let Some(body) = &d.template {
+                        self.walk(inline, body, &mut inner_uses)?;
+                    }
+                    self.includes
+                        .entry(inline.clone())
+                        .or_default()
+                        .extend(inner_uses);
+                }
+                TemplateElement::DecoratorBlock(d) => {
+                    if let Some(inner) = &d.template {
+                        self.walk(name, inner, uses)?;
+                    }
+                }
+                TemplateElement::HelperBlock(h) => {
+                    for inner in [&h.template, &h.inverse].into_iter().flatten() {
+                        self.walk(name, inner, uses)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The registered template `node` is written in.
+    fn owner(&self, node: &str) -> String {
+        self.owners
+            .get(node)
+            .cloned()
+            .unwrap_or_else(|| node.to_string())
+    }
+
+    /// The first cycle of partials including each other, if there is one; it names the
+    /// registered template holding the include that closes it.
+    pub fn cycle(&self) -> Option<Unsafe> {
+        let mut done = BTreeSet::new();
+        for start in self.includes.keys() {
+            let mut path = Vec::new();
+            if let Some(found) = self.visit(start, &mut path, &mut done) {
+                return Some(found);
+            }
+        }
+        None
+    }
+
+    fn visit<'a>(
+        &'a self,
+        node: &'a str,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+    ) -> Option<Unsafe> {
+        if done.contains(node) {
+            return None;
+        }
+        if let Some(at) = path.iter().position(|n| *n == node) {
+            let mut chain: Vec<&str> = path[at..].to_vec();
+            chain.push(node);
+            let from = path[path.len() - 1];
+            return Some(Unsafe {
+                template: self.owner(from),
+                line: self.includes[from].get(node).copied(),
+                reason: format!(
+                    "partials include each other without end: {}",
+                    chain.join(" > ")
+                ),
+            });
+        }
+        path.push(node);
+        for next in self.includes.get(node).into_iter().flat_map(|m| m.keys()) {
+            if let Some(found) = self.visit(next, path, done) {
+                return Some(found);
+            }
+        }
+        path.pop();
+        done.insert(node);
+        None
+    }
+}
+
+/// A template source that is safe to render on its own: it compiles and no partial it defines
+/// includes itself.
+pub fn check_source(source: &str) -> Result<Template, Unsafe> {
+    let template = Template::compile(source).map_err(|e| Unsafe {
+        template: "template".into(),
+        line: e.pos().map(|(line, _)| line),
+        reason: e.reason().to_string(),
+    })?;
+    let mut graph = PartialGraph::default();
+    graph.add("template", &template)?;
+    match graph.cycle() {
+        Some(found) => Err(found),
+        None => Ok(template),
+    }
+}
+
+/// Collects rendered output up to [`RENDER_LIMIT`] bytes.
+#[derive(Default)]
+pub struct Bounded(pub Vec<u8>);
+
+impl Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.0.len() + buf.len() > RENDER_LIMIT {
+            return Err(io::Error::other(format!(
+                "the rendered text is over {RENDER_LIMIT} bytes"
+            )));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Bounded {
+    pub fn into_string(self) -> String {
+        // Handlebars writes only UTF-8 strings, each whole.
+        String::from_utf8(self.0).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into())
+    }
+}
+
+impl std::fmt::Display for Unsafe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{} (line {line}): {}", self.template, self.reason),
+            None => write!(f, "{}: {}", self.template, self.reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recursive_inline_partial_is_found() {
+        let found = check_source(r#"{{#*inline "p"}}x{{> p}}{{/inline}}{{> p}}"#).unwrap_err();
+        assert!(found.reason.contains("p > p"), "{found}");
+    }
+
+    #[test]
+    fn partials_including_each_other_are_found_with_the_line() {
+        let mut graph = PartialGraph::default();
+        let a = Template::compile("a\n{{#if x}}{{> b}}{{/if}}").unwrap();
+        let b = Template::compile("{{#each y}}\n\n{{> a}}{{/each}}").unwrap();
+        let top = Template::compile("{{> a}}").unwrap();
+        graph.add("top", &top).unwrap();
+        graph.add("a", &a).unwrap();
+        graph.add("b", &b).unwrap();
+        let found = graph.cycle().unwrap();
+        assert_eq!(
+            found.reason,
+            "partials include each other without end: a > b > a"
+        );
+        assert_eq!((found.template.as_str(), found.line), ("b", Some(3)));
+    }
+
+    #[test]
+    fn a_partial_used_twice_is_not_a_cycle_and_a_computed_name_is_refused() {
+        assert!(check_source(r#"{{#*inline "p"}}x{{/inline}}{{> p}}{{> p}}"#).is_ok());
+        assert!(check_source(r#"{{> (lookup . "name")}}"#).is_err());
+    }
+
+    #[test]
+    fn output_over_the_limit_is_an_error() {
+        let mut out = Bounded::default();
+        assert!(out.write_all(&vec![b'x'; RENDER_LIMIT]).is_ok());
+        assert!(out.write_all(b"y").is_err());
+    }
+}
