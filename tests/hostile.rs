@@ -216,3 +216,92 @@ async fn recursive_partials_are_refused_and_abort_nothing() {
     );
     std::fs::remove_dir_all(&templates).unwrap();
 }
+
+/// A forged bounce silences nobody: mail that looks like a bounce (X-Failed-Recipients, a
+/// MAILER-DAEMON sender, an empty Return-Path, multipart/report) but was not sent back to an
+/// email's signed bounce address and cites no Message-ID we sent is logged and ignored; a
+/// forged signed address is refused in the dialogue.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_bounces_suppress_nobody() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let ann = env.user("Ann").await;
+    let bob = env.user("Bob").await;
+    let (_, item, conversation) = env.ticket("Printer").await;
+    env.follow_item(item, bob).await;
+    let first = env.post(conversation, ann, "Is it fixed?", false).await;
+    env.settled(first, SETTLE).await;
+    let reply_to = env.mails_to("bob@example.com")[0]
+        .parsed()
+        .reply_to()
+        .and_then(|r| r.first())
+        .and_then(|r| r.address())
+        .unwrap()
+        .to_string();
+    let domain = support::REPLY_DOMAIN;
+    let report = |to: &str, extra: &str| {
+        format!(
+            "From: Mail Delivery System <MAILER-DAEMON@mx.evil.test>\nTo: {to}\n{extra}\
+             Subject: Undelivered Mail Returned to Sender\nMessage-ID: <forged-{}@evil.test>\n\
+             Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\n\n\
+             --b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.evil.test\n\n\
+             Final-Recipient: rfc822; bob@example.com\nAction: failed\nStatus: 5.1.1\n\n\
+             --b\nContent-Type: text/rfc822-headers\n\n{}\n\n--b--\n",
+            to.len() + extra.len(),
+            if extra.contains("X-Cites: nothing") {
+                String::new()
+            } else {
+                format!("Message-ID: <tidings.m1.p2.guess@{domain}>")
+            }
+        )
+    };
+    let forgeries = [
+        (
+            format!("bounces@{domain}"),
+            "X-Failed-Recipients: bob@example.com\n",
+        ),
+        (
+            format!("support@{domain}"),
+            "Return-Path: <>\nX-Cites: nothing\n",
+        ),
+        (
+            reply_to.clone(),
+            "X-Failed-Recipients: bob@example.com, ann@example.com\n",
+        ),
+    ];
+    for (to, extra) in &forgeries {
+        let replies = env.smtp("", &[to], &report(to, extra)).await;
+        assert!(
+            replies.last().unwrap().starts_with("250"),
+            "{to}: {replies:?}"
+        );
+    }
+    // A signed bounce address with a forged signature is refused at RCPT.
+    let forged = format!("bounces+n{first}-aaaaaaaaaaaaaaaaaaaaaaaaaa@{domain}");
+    let replies = env.smtp("", &[&forged], &report(&forged, "")).await;
+    assert!(replies.iter().any(|r| r.starts_with("550")), "{replies:?}");
+
+    support::wait_for(env.root(), "the forged bounces to be logged", async || {
+        let log = env
+            .ok("GET", "/email-log?direction=in&limit=50", None)
+            .await;
+        log.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("nobody suppressed"))
+            })
+            .count()
+            == forgeries.len()
+    })
+    .await;
+    assert_eq!(env.ok("GET", "/suppressions", None).await, json!([]));
+    let next = env.post(conversation, ann, "Still there?", false).await;
+    let d = env.settled(next, SETTLE).await;
+    assert_eq!(d["recipients"][0]["email_state"], "sent", "{d}");
+    assert_eq!(env.mails_to("bob@example.com").len(), 2);
+}

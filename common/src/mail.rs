@@ -72,6 +72,48 @@ impl ReplyToken {
     }
 }
 
+/// The email a bounce address stands for: each email goes out with its own envelope sender
+/// (VERP), `bounces+n42-<mac>@<reply domain>`, so a bounce delivered back to it proves which of
+/// our emails failed. The MAC is over a label of its own, so no other token can stand in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SentEmail {
+    Notification(i64),
+    Outbox(i64),
+}
+
+impl SentEmail {
+    fn body(self) -> String {
+        match self {
+            SentEmail::Notification(id) => format!("n{id}"),
+            SentEmail::Outbox(id) => format!("o{id}"),
+        }
+    }
+
+    /// This email's envelope sender.
+    pub fn bounce_address(self, secret: &[u8], reply_domain: &str) -> String {
+        let body = self.body();
+        let signature = mac(secret, &format!("bounce:{body}"));
+        format!("{BOUNCE_MAILBOX}+{body}-{signature}@{reply_domain}")
+    }
+
+    /// The email a bounce address's local part (`bounces+n42-<mac>`) stands for, if its
+    /// signature holds.
+    pub fn from_bounce_local(local: &str, secret: &[u8]) -> Option<SentEmail> {
+        let local = local.to_ascii_lowercase();
+        let token = local.strip_prefix(BOUNCE_MAILBOX)?.strip_prefix('+')?;
+        let (body, given) = token.rsplit_once('-')?;
+        let id: i64 = body.get(1..)?.parse().ok()?;
+        let email = match body.as_bytes().first()? {
+            b'n' => SentEmail::Notification(id),
+            b'o' => SentEmail::Outbox(id),
+            _ => return None,
+        };
+        let expected = mac(secret, &format!("bounce:{body}"));
+        (email.body() == body && constant_time_eq(expected.as_bytes(), given.as_bytes()))
+            .then_some(email)
+    }
+}
+
 /// What one unsubscribe link turns off: a kind of email for a user, or one conversation's
 /// emails for a customer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,6 +389,48 @@ mod tests {
     use super::*;
 
     const SECRET: &[u8] = b"0123456789abcdef-test";
+
+    #[test]
+    fn a_bounce_address_names_its_email_only_with_a_good_signature() {
+        for email in [SentEmail::Notification(42), SentEmail::Outbox(7)] {
+            let address = email.bounce_address(SECRET, "reply.example.com");
+            let local = address.split('@').next().unwrap();
+            assert!(local.len() <= 64, "{local}");
+            assert_eq!(SentEmail::from_bounce_local(local, SECRET), Some(email));
+            assert_eq!(
+                SentEmail::from_bounce_local(&local.to_uppercase(), SECRET),
+                Some(email)
+            );
+            assert_eq!(SentEmail::from_bounce_local(local, b"another secret"), None);
+        }
+        let good = SentEmail::Notification(42).bounce_address(SECRET, "x");
+        let forged = good.replacen("n42", "n43", 1);
+        assert_eq!(
+            SentEmail::from_bounce_local(forged.split('@').next().unwrap(), SECRET),
+            None
+        );
+        for bad in [
+            "bounces",
+            "bounces+",
+            "bounces+n-abc",
+            "bounces+x1-abc",
+            "bounces+n042-abc",
+            "reply+n42-abc",
+        ] {
+            assert_eq!(SentEmail::from_bounce_local(bad, SECRET), None, "{bad}");
+        }
+        // A reply token's signature is no bounce signature.
+        let reply = ReplyToken {
+            conversation_id: 1,
+            person_id: 2,
+            issued_day: 3,
+        }
+        .encode(SECRET);
+        assert_eq!(
+            SentEmail::from_bounce_local(&format!("bounces+{reply}"), SECRET),
+            None
+        );
+    }
 
     #[test]
     fn one_line_turns_each_run_of_control_characters_into_one_space() {

@@ -1,43 +1,73 @@
-//! Bounces: marking the email a delivery status notification reports on as `bounced` (log and
-//! delivery status), and suppressing the address after a hard bounce or the third soft one.
+//! Bounces: marking the email a delivery status notification proves it reports on as `bounced`
+//! (log and delivery status), and suppressing the address after a hard bounce or the third soft
+//! one.
 
 use diesel::prelude::*;
-use tidings_common::Result;
 use tidings_common::db::models::{Direction, LogStatus, NotificationState, OutboxState};
-use tidings_common::db::schema::{email_log, notifications, people};
+use tidings_common::db::schema::{email_log, notifications};
 use tidings_common::inbound::InboundReport;
+use tidings_common::mail::{self, SentEmail};
+use tidings_common::{Config, Result};
 
-use crate::process::Disposition;
+use crate::process::{Disposition, Envelope};
 
-/// A bounce: marks the email it reports on as `bounced` (log and delivery status), and
-/// suppresses the address after a hard bounce or the third soft one.
+/// A bounce, honoured only when it proves which of our emails failed: it came back to that
+/// email's signed envelope sender (VERP), or it cites the Message-ID of an email we sent. Then
+/// that email is marked `bounced` (log and delivery status) and the address *it was sent to*
+/// counts a bounce (suppressed after a hard one or the third soft one). The addresses a report
+/// names are never trusted on their own: anything else that looks like a bounce is logged and
+/// suppresses nobody.
 pub(crate) fn record_bounce(
     conn: &mut PgConnection,
+    config: &Config,
     report: &InboundReport,
+    envelope: &Envelope,
 ) -> Result<Disposition> {
     let bounce = report.bounce.clone().unwrap_or_default();
     let status = bounce.status.clone().unwrap_or_else(|| "5.0.0".into());
-    let mut addresses = bounce.recipients.clone();
-    if let Some(original) = &bounce.original_message_id {
-        let bounced = mark_bounced(conn, original, &status)?;
-        if addresses.is_empty() {
-            addresses = bounced;
+    let mut originals = Vec::new();
+    for rcpt in &envelope.rcpts {
+        let Some((local, domain)) = rcpt.rsplit_once('@') else {
+            continue;
+        };
+        if !domain.eq_ignore_ascii_case(&config.reply_domain) {
+            continue;
         }
+        if let Some(email) = SentEmail::from_bounce_local(local, &config.token_secret) {
+            originals.extend(message_id_of(conn, email)?);
+        }
+    }
+    let proof = if originals.is_empty() {
+        originals.extend(bounce.original_message_id.clone());
+        "the Message-ID it cites"
+    } else {
+        "its signed bounce address"
+    };
+    if originals.is_empty() {
+        return Ok(Disposition::Ignored(
+            "looks like a bounce but proves nothing about our mail (not sent to a signed bounce address, cites no Message-ID of ours); nobody suppressed".into(),
+        ));
+    }
+    let mut addresses = Vec::new();
+    for original in &originals {
+        addresses.extend(mark_bounced(conn, original, &status)?);
+    }
+    if addresses.is_empty() {
+        return Ok(Disposition::Ignored(format!(
+            "a bounce about no email we sent (by {proof}); nobody suppressed"
+        )));
     }
     let mut suppressed = Vec::new();
     for address in &addresses {
         if count_bounce(conn, address, bounce.permanent, &status)? {
-            suppressed.push(address.clone());
+            suppressed.push(mail::mask_address(address));
         }
     }
+    let masked: Vec<String> = addresses.iter().map(|a| mail::mask_address(a)).collect();
     Ok(Disposition::Ignored(format!(
-        "bounce {status} ({}) for {}{}",
+        "bounce {status} ({}) for {}, proven by {proof}{}",
         if bounce.permanent { "hard" } else { "soft" },
-        if addresses.is_empty() {
-            "an unknown address".to_string()
-        } else {
-            addresses.join(", ")
-        },
+        masked.join(", "),
         if suppressed.is_empty() {
             String::new()
         } else {
@@ -46,23 +76,43 @@ pub(crate) fn record_bounce(
     )))
 }
 
+/// The Message-ID of the email a signed bounce address stands for.
+fn message_id_of(conn: &mut PgConnection, email: SentEmail) -> Result<Option<String>> {
+    use tidings_common::db::schema::outbox_emails as o;
+    Ok(match email {
+        SentEmail::Notification(id) => notifications::table
+            .find(id)
+            .select(notifications::email_message_id)
+            .first(conn)
+            .optional()?,
+        SentEmail::Outbox(id) => o::table
+            .find(id)
+            .select(o::email_message_id)
+            .first(conn)
+            .optional()?,
+    })
+}
+
 /// Marks the sent email with Message-ID `original` as bounced, in the log and on its
-/// notification or outbox row; returns the addresses it went to.
+/// notification or outbox row; returns the addresses it was sent to (none if we never sent it).
 fn mark_bounced(conn: &mut PgConnection, original: &str, status: &str) -> Result<Vec<String>> {
     use tidings_common::db::schema::outbox_emails as o;
     let reply = format!("DSN {status}");
+    let ours = email_log::table
+        .filter(email_log::message_id_header.eq(original))
+        .filter(email_log::direction.eq(Direction::Outbound));
+    // A later report on the same email (a delay notice, then the failure) counts again.
+    let sent_to: Vec<Option<String>> = ours
+        .filter(email_log::status.eq_any([LogStatus::Sent, LogStatus::Bounced]))
+        .select(email_log::rcpt_to)
+        .load(conn)?;
+    diesel::update(ours.filter(email_log::status.eq(LogStatus::Sent)))
+        .set((
+            email_log::status.eq(LogStatus::Bounced),
+            email_log::smtp_reply.eq(&reply),
+        ))
+        .execute(conn)?;
     diesel::update(
-        email_log::table
-            .filter(email_log::message_id_header.eq(original))
-            .filter(email_log::direction.eq(Direction::Outbound))
-            .filter(email_log::status.eq(LogStatus::Sent)),
-    )
-    .set((
-        email_log::status.eq(LogStatus::Bounced),
-        email_log::smtp_reply.eq(&reply),
-    ))
-    .execute(conn)?;
-    let mut recipients: Vec<i64> = diesel::update(
         notifications::table
             .filter(notifications::email_message_id.eq(original))
             .filter(notifications::state.eq(NotificationState::Sent)),
@@ -71,27 +121,22 @@ fn mark_bounced(conn: &mut PgConnection, original: &str, status: &str) -> Result
         notifications::reason.eq("bounced"),
         notifications::smtp_reply.eq(&reply),
     ))
-    .returning(notifications::recipient_id)
-    .get_results::<i64>(conn)?;
-    recipients.extend(
-        diesel::update(
-            o::table
-                .filter(o::email_message_id.eq(original))
-                .filter(o::state.eq(OutboxState::Sent)),
-        )
-        .set((o::reason.eq("bounced"), o::smtp_reply.eq(&reply)))
-        .returning(o::recipient_id)
-        .get_results::<i64>(conn)?,
-    );
-    let addresses: Vec<Option<String>> = people::table
-        .filter(people::id.eq_any(&recipients))
-        .select(people::email)
-        .load(conn)?;
-    Ok(addresses
+    .execute(conn)?;
+    diesel::update(
+        o::table
+            .filter(o::email_message_id.eq(original))
+            .filter(o::state.eq(OutboxState::Sent)),
+    )
+    .set((o::reason.eq("bounced"), o::smtp_reply.eq(&reply)))
+    .execute(conn)?;
+    let mut addresses: Vec<String> = sent_to
         .into_iter()
         .flatten()
         .map(|a| a.to_ascii_lowercase())
-        .collect())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    Ok(addresses)
 }
 
 /// Counts one bounce for `address`; returns whether the address is now suppressed (after a

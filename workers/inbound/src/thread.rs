@@ -71,7 +71,7 @@ pub(crate) fn decide(
 ) -> Result<Disposition> {
     match report.verdict {
         InboundVerdict::Reply | InboundVerdict::NewConversation => {}
-        InboundVerdict::Bounce => return record_bounce(conn, report),
+        InboundVerdict::Bounce => return record_bounce(conn, config, report, envelope),
         InboundVerdict::Rejected => {
             return Ok(Disposition::Rejected(
                 report.reason.clone().unwrap_or_else(|| "unreadable".into()),

@@ -8,7 +8,7 @@ use std::panic::AssertUnwindSafe;
 use futures_util::FutureExt;
 use serde_json::Value;
 use tidings_common::db::models::Person;
-use tidings_common::mail::{self, OutboundEmail};
+use tidings_common::mail::{self, OutboundEmail, SentEmail};
 use tracing::{error, info, warn};
 
 use crate::Mailer;
@@ -27,6 +27,8 @@ pub struct Letter<'a> {
     pub reply_to: String,
     /// One-click unsubscribe link; `None` for mail that must not be unsubscribed from.
     pub unsubscribe_url: Option<String>,
+    /// The row this email is sent for; its envelope sender (VERP) names it, signed.
+    pub email: SentEmail,
 }
 
 /// How sending one email ended.
@@ -109,7 +111,11 @@ impl Mailer {
             message_id: letter.message_id,
             references: letter.references,
             unsubscribe_url: letter.unsubscribe_url,
-            envelope_from: Some(self.config.bounce_address()),
+            envelope_from: Some(
+                letter
+                    .email
+                    .bounce_address(&self.config.token_secret, &self.config.reply_domain),
+            ),
             content,
         };
         let built = match mail::build_email(&email) {

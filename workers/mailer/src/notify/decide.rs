@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 use tidings_common::db::models::PersonKind;
-use tidings_common::mail::{self, ReplyToken, UnsubscribeScope, UnsubscribeToken};
+use tidings_common::mail::{self, ReplyToken, SentEmail, UnsubscribeScope, UnsubscribeToken};
 use tidings_common::{NOTIFICATION_TEMPLATE, clock};
 use tracing::Instrument;
 
@@ -150,6 +150,7 @@ impl Mailer {
             references: unit.references.clone(),
             reply_to: reply_address,
             unsubscribe_url: Some(unsubscribe_url),
+            email: SentEmail::Notification(primary.claim.notification.id),
         }
     }
 }

@@ -12,6 +12,7 @@ mod record;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tidings_common::db::models::OutboxState;
+use tidings_common::mail::SentEmail;
 use tidings_common::{Result, clock};
 use tracing::Instrument;
 
@@ -82,6 +83,7 @@ impl Mailer {
                 references: Vec::new(),
                 reply_to: self.config.mail_from.clone(),
                 unsubscribe_url: None,
+                email: SentEmail::Outbox(c.email.id),
             })
             .await;
         end.subject = posted.subject;
