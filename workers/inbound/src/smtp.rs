@@ -78,7 +78,7 @@ pub fn refuse_recipient(address: &str, config: &Config) -> Option<&'static str> 
         },
         None if local == tidings_common::mail::BOUNCE_MAILBOX => None,
         None if local.starts_with("bounces+") => {
-            match tidings_common::mail::SentEmail::from_bounce_local(&local, &config.token_secret) {
+            match tidings_common::mail::SentEmail::from_bounce_local(local, &config.token_secret) {
                 Some(_) => None,
                 None => Some("550 5.1.1 No such bounce address"),
             }
