@@ -11,6 +11,34 @@ use support::Env;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
+/// Ann posts in a ticket Bob follows and Bob is emailed; returns (ann, bob, conversation,
+/// message, Bob's reply address).
+async fn emailed(env: &Env) -> (i64, i64, i64, i64, String) {
+    let ann = env.user("Ann").await;
+    let bob = env.user("Bob").await;
+    let (_, item, conversation) = env.ticket("Printer").await;
+    env.follow_item(item, bob).await;
+    let message = env.post(conversation, ann, "Is it fixed?", false).await;
+    env.settled(message, SETTLE).await;
+    let reply_to = env.mails_to("bob@example.com")[0]
+        .parsed()
+        .reply_to()
+        .and_then(|r| r.first())
+        .and_then(|r| r.address())
+        .unwrap()
+        .to_string();
+    (ann, bob, conversation, message, reply_to)
+}
+
+/// The posted messages of a conversation.
+async fn messages(env: &Env, conversation: i64) -> Vec<serde_json::Value> {
+    env.ok("GET", &format!("/conversations/{conversation}"), None)
+        .await["messages"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
 /// Names, subjects and titles with CR, LF, NUL or other control characters, or over their
 /// length cap, are refused at the api with 400 naming the field.
 #[tokio::test(flavor = "multi_thread")]
@@ -227,19 +255,7 @@ async fn forged_bounces_suppress_nobody() {
     let _tidings = env.spawn(&["all"]);
     env.wait_for_api().await;
     env.wait_for_topology().await;
-    let ann = env.user("Ann").await;
-    let bob = env.user("Bob").await;
-    let (_, item, conversation) = env.ticket("Printer").await;
-    env.follow_item(item, bob).await;
-    let first = env.post(conversation, ann, "Is it fixed?", false).await;
-    env.settled(first, SETTLE).await;
-    let reply_to = env.mails_to("bob@example.com")[0]
-        .parsed()
-        .reply_to()
-        .and_then(|r| r.first())
-        .and_then(|r| r.address())
-        .unwrap()
-        .to_string();
+    let (ann, _, conversation, first, reply_to) = emailed(&env).await;
     let domain = support::REPLY_DOMAIN;
     let report = |to: &str, extra: &str| {
         format!(
@@ -304,4 +320,80 @@ async fn forged_bounces_suppress_nobody() {
     let d = env.settled(next, SETTLE).await;
     assert_eq!(d["recipients"][0]["email_state"], "sent", "{d}");
     assert_eq!(env.mails_to("bob@example.com").len(), 2);
+}
+
+/// I4: the sender cannot override the relay's verdict. Only the relay's topmost
+/// `Authentication-Results` (with its authserv-id) is read, so a `dkim=pass` of the sender's
+/// own below the relay's `dkim=fail` does not get the mail posted as the reply address's
+/// owner; and a mail with two From headers is rejected.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_relays_verdict_stands_and_two_froms_are_rejected() {
+    let env = Env::with(
+        "1s",
+        &[("TIDINGS_INBOUND_AUTHSERV_ID", "mx.relay.test")],
+        &[],
+    );
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (_, _, conversation, _, reply_to) = emailed(&env).await;
+    let mail = |headers: &str, n: usize| {
+        format!(
+            "{headers}To: {reply_to}\nSubject: Re: Printer\nMessage-ID: <forged-{n}@evil.test>\n\n\
+             Approve the refund to account 666.\n"
+        )
+    };
+    let forged = [
+        "Authentication-Results: mx.relay.test; dkim=fail header.d=example.com\n\
+         Authentication-Results: mx.relay.test; dkim=pass header.d=example.com\n\
+         From: bob@example.com\n",
+        "Authentication-Results: other.test; dkim=pass\n\
+         Authentication-Results: mx.relay.test; dmarc=fail header.from=example.com\n\
+         From: bob@example.com\n",
+        "From: eve@evil.test\nFrom: bob@example.com\n",
+    ];
+    for (n, headers) in forged.iter().enumerate() {
+        let replies = env
+            .smtp("bob@example.com", &[&reply_to], &mail(headers, n))
+            .await;
+        assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    }
+    support::wait_for(env.root(), "the forged mail to be rejected", async || {
+        let log = env
+            .ok("GET", "/email-log?direction=in&limit=50", None)
+            .await;
+        log.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["status"] == "rejected")
+            .count()
+            == forged.len()
+    })
+    .await;
+    let log = env
+        .ok("GET", "/email-log?direction=in&limit=50", None)
+        .await;
+    let reasons: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("dkim=fail")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("dmarc=fail")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("2 From headers")),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        messages(&env, conversation).await.len(),
+        1,
+        "nothing was posted"
+    );
 }

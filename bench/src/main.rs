@@ -448,6 +448,7 @@ fn extraction_rate(corpora: &std::path::Path) -> anyhow::Result<(f64, usize)> {
     let context = tidings_common::inbound::InboundContext {
         reply_domain: "reply.tidings.localhost".into(),
         own_address: None,
+        authserv_id: None,
     };
     let started = cpu_seconds();
     let wall = Instant::now();

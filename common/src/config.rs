@@ -100,6 +100,8 @@ pub struct Config {
     pub sweep_interval: Duration,
     pub inbound_addr: SocketAddr,
     pub inbound_max_bytes: usize,
+    /// The relay's authserv-id: only `Authentication-Results` headers it wrote are read.
+    pub inbound_authserv_id: Option<String>,
     /// Local parts at the reply domain that accept mail starting a conversation.
     pub inbound_mailboxes: Vec<String>,
     /// Most inbound posts per sender and per conversation within the window (loop defence).
@@ -237,6 +239,16 @@ impl Config {
         let inbound_max_bytes = parse_with(get("TIDINGS_INBOUND_MAX_BYTES", "26214400"), |v| {
             parse_range(v, 1024, 1 << 30)
         })?;
+        let inbound_authserv_id = parse_with(get("TIDINGS_INBOUND_AUTHSERV_ID", ""), |v| {
+            let v = v.trim();
+            if v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+            {
+                Ok((!v.is_empty()).then(|| v.to_ascii_lowercase()))
+            } else {
+                Err("an authserv-id such as mx.example.com (letters, digits, dots, dashes)".into())
+            }
+        })?;
         let inbound_mailboxes = parse_with(get("TIDINGS_INBOUND_MAILBOXES", "support"), |v| {
             let boxes: Vec<String> = v
                 .split(',')
@@ -321,6 +333,7 @@ impl Config {
             sweep_interval,
             inbound_addr,
             inbound_max_bytes,
+            inbound_authserv_id,
             inbound_mailboxes,
             inbound_rate,
         })

@@ -38,6 +38,7 @@ fn context() -> InboundContext {
     InboundContext {
         reply_domain: "reply.tidings.localhost".into(),
         own_address: None,
+        authserv_id: None,
     }
 }
 

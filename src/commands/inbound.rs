@@ -41,10 +41,7 @@ pub async fn inbound(config: &Config, command: InboundCommand) -> anyhow::Result
 }
 
 fn inspect(config: &Config, files: &[std::path::PathBuf]) -> anyhow::Result<()> {
-    let context = tidings_common::inbound::InboundContext {
-        reply_domain: config.reply_domain.clone(),
-        own_address: Some(config.own_address()),
-    };
+    let context = tidings_common::inbound::InboundContext::from_config(config);
     let mut unreadable = 0;
     for file in files {
         let raw = match std::fs::read(file) {

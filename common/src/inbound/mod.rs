@@ -88,6 +88,19 @@ pub struct InboundContext {
     pub reply_domain: String,
     /// Our own sender address (From of notification mail).
     pub own_address: Option<String>,
+    /// The relay's authserv-id (`TIDINGS_INBOUND_AUTHSERV_ID`): only the topmost
+    /// `Authentication-Results` header with it is read. Unset, the topmost header is read.
+    pub authserv_id: Option<String>,
+}
+
+impl InboundContext {
+    pub fn from_config(config: &crate::Config) -> Self {
+        InboundContext {
+            reply_domain: config.reply_domain.clone(),
+            own_address: Some(config.own_address()),
+            authserv_id: config.inbound_authserv_id.clone(),
+        }
+    }
 }
 
 /// Runs the whole pure path on a raw message. Never panics: a panic inside the parser becomes
@@ -157,9 +170,39 @@ fn thread_hints(message: &mail_parser::Message<'_>, context: &InboundContext) ->
     }
 }
 
+/// Every header called `name`, raw, top first (the order relays prepend in).
+fn raw_headers<'a>(message: &'a mail_parser::Message<'_>, name: &str) -> Vec<&'a str> {
+    message
+        .headers()
+        .iter()
+        .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
+        .filter_map(|h| {
+            message
+                .raw_message
+                .get(h.offset_start as usize..h.offset_end as usize)
+                .and_then(|raw| std::str::from_utf8(raw).ok())
+        })
+        .collect()
+}
+
+/// The authserv-id an `Authentication-Results` value starts with (RFC 8601: `id [version];`).
+fn authserv_id(results: &str) -> &str {
+    results
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+}
+
 /// Why the relay's `Authentication-Results` says the sender is not who they claim, if it does.
-fn auth_failure(message: &mail_parser::Message<'_>) -> Option<String> {
-    let results = header_text(message, "Authentication-Results")?;
+/// Only the topmost header written by the relay counts (relays prepend theirs; anything below
+/// may come from the sender), and only the relay's authserv-id when one is configured.
+fn auth_failure(message: &mail_parser::Message<'_>, relay: Option<&str>) -> Option<String> {
+    let results = raw_headers(message, "Authentication-Results")
+        .into_iter()
+        .find(|r| relay.is_none_or(|id| authserv_id(r).eq_ignore_ascii_case(id)))?;
     let lower = results.to_ascii_lowercase();
     ["dmarc=fail", "spf=fail", "dkim=fail"]
         .into_iter()
@@ -179,7 +222,7 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
         .body_text(0)
         .map(|b| b.into_owned())
         .unwrap_or_default();
-    let auth_failure = auth_failure(&message);
+    let auth_failure = auth_failure(&message, context.authserv_id.as_deref());
 
     let mut report = InboundReport {
         verdict: InboundVerdict::Rejected,
@@ -211,6 +254,13 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
         report.reason = Some("no sender address".into());
         return report;
     }
+    let froms = raw_headers(&message, "From").len();
+    if froms > 1 {
+        report.reason = Some(format!(
+            "{froms} From headers; a message has exactly one (RFC 5322)"
+        ));
+        return report;
+    }
     let parts = split_reply(&body);
     report.reply_text = Some(parts.reply);
     report.quoted_text = Some(parts.quoted);
@@ -232,7 +282,49 @@ mod tests {
         InboundContext {
             reply_domain: "reply.example.com".into(),
             own_address: Some("n@example.com".into()),
+            authserv_id: None,
         }
+    }
+
+    #[test]
+    fn only_the_relays_topmost_authentication_results_count() {
+        let mail = |headers: &str| {
+            format!(
+                "{headers}From: ann@example.com\r\nTo: reply+x@reply.example.com\r\nSubject: Re: x\r\nIn-Reply-To: <a@reply.example.com>\r\n\r\nHello\r\n"
+            )
+        };
+        // The relay prepends its verdict; a sender's own header below it changes nothing.
+        let forged = mail(
+            "Authentication-Results: mx.relay.test; dkim=fail header.d=example.com\r\nAuthentication-Results: mx.relay.test; dkim=pass header.d=example.com\r\n",
+        );
+        let report = inspect(forged.as_bytes(), &context());
+        assert_eq!(
+            report.auth_failure.as_deref(),
+            Some("Authentication-Results: dkim=fail")
+        );
+        // With the relay's id configured, headers of other ids are not read at all.
+        let relay = InboundContext {
+            authserv_id: Some("mx.relay.test".into()),
+            ..context()
+        };
+        let other_on_top = mail(
+            "Authentication-Results: evil.test 1; dkim=pass\r\nAuthentication-Results: mx.relay.test; spf=fail smtp.mailfrom=example.com\r\n",
+        );
+        let report = inspect(other_on_top.as_bytes(), &relay);
+        assert_eq!(
+            report.auth_failure.as_deref(),
+            Some("Authentication-Results: spf=fail")
+        );
+        let only_others = mail("Authentication-Results: evil.test; dkim=fail\r\n");
+        assert_eq!(inspect(only_others.as_bytes(), &relay).auth_failure, None);
+    }
+
+    #[test]
+    fn a_message_with_two_from_headers_is_rejected() {
+        let raw = b"From: ann@example.com\r\nFrom: ceo@example.com\r\nTo: support@reply.example.com\r\nSubject: hi\r\n\r\nPay this invoice\r\n";
+        let report = inspect(raw, &context());
+        assert_eq!(report.verdict, InboundVerdict::Rejected);
+        assert!(report.reason.unwrap().contains("2 From headers"));
     }
 
     #[test]

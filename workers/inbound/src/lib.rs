@@ -199,10 +199,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let server = tokio::spawn(smtp::serve(listener, ingress, shutdown.clone()));
     let processor = Arc::new(Processor {
         db: Db::new(&config.database_url, config.db_pool_size),
-        context: InboundContext {
-            reply_domain: config.reply_domain.clone(),
-            own_address: Some(config.own_address()),
-        },
+        context: InboundContext::from_config(&config),
         config,
         topology,
     });
