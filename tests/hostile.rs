@@ -397,3 +397,99 @@ async fn the_relays_verdict_stands_and_two_froms_are_rejected() {
         "nothing was posted"
     );
 }
+
+/// SPEC D5: a user's emailed answer to a notification about an internal message stays
+/// internal (the customer is neither notified nor emailed); a customer's reply is external;
+/// a user's reply that answers none of our emails is internal.
+#[tokio::test(flavor = "multi_thread")]
+async fn d5_a_staff_reply_to_an_internal_note_stays_internal() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let ann = env.user("Ann").await;
+    let bob = env.user("Bob").await;
+    let carol = env.customer("Carol").await;
+    let (_, item, conversation) = env.ticket("Refund").await;
+    env.follow_item(item, bob).await;
+    env.add_participant(conversation, carol).await;
+    let note = env
+        .post(conversation, ann, "Internal: do not refund yet", true)
+        .await;
+    env.settled(note, SETTLE).await;
+    let mail = &env.mails_to("bob@example.com")[0];
+    let reply_to = mail
+        .parsed()
+        .reply_to()
+        .and_then(|r| r.first())
+        .and_then(|r| r.address())
+        .unwrap()
+        .to_string();
+    let answered = mail.header("Message-ID").unwrap();
+    let reply = format!(
+        "From: bob@example.com\nTo: {reply_to}\nSubject: Re: Refund\nMessage-ID: <bob-1@example.com>\n\
+         In-Reply-To: {answered}\nReferences: {answered}\n\nAgreed, the customer is lying.\n"
+    );
+    let replies = env.smtp("bob@example.com", &[&reply_to], &reply).await;
+    assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    // The same answer without any header naming what it answers is internal too.
+    let bare = format!(
+        "From: bob@example.com\nTo: {reply_to}\nSubject: Re: Refund\nMessage-ID: <bob-2@example.com>\n\n\
+         Second thought: still no refund.\n"
+    );
+    env.smtp("bob@example.com", &[&reply_to], &bare).await;
+    support::wait_for(env.root(), "both replies to be posted", async || {
+        messages(&env, conversation).await.len() == 3
+    })
+    .await;
+    let posted = messages(&env, conversation).await;
+    for m in &posted[1..] {
+        assert_eq!(m["author_id"], json!(bob));
+        assert_eq!(m["internal"], json!(true), "{m}");
+        let d = env.dispatched(m["id"].as_i64().unwrap()).await;
+        assert!(
+            !d["recipients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["recipient_id"] == json!(carol)),
+            "the customer was notified of staff discussion: {d}"
+        );
+    }
+    assert!(env.mails_to("carol@example.com").is_empty());
+}
+
+/// A deactivated person's old reply address no longer posts anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deactivated_person_cannot_post_by_email() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (_, bob, conversation, _, reply_to) = emailed(&env).await;
+    env.ok(
+        "PATCH",
+        &format!("/people/{bob}"),
+        Some(json!({"active": false})),
+    )
+    .await;
+    let reply = format!(
+        "From: bob@example.com\nTo: {reply_to}\nSubject: Re: Printer\nMessage-ID: <late@example.com>\n\n\
+         I left the company, but here is my opinion anyway.\n"
+    );
+    let replies = env.smtp("bob@example.com", &[&reply_to], &reply).await;
+    assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    support::wait_for(env.root(), "the reply to be rejected", async || {
+        let log = env
+            .ok("GET", "/email-log?direction=in&limit=10", None)
+            .await;
+        log.as_array().unwrap().iter().any(|r| {
+            r["status"] == "rejected"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("deactivated"))
+        })
+    })
+    .await;
+    assert_eq!(messages(&env, conversation).await.len(), 1);
+}

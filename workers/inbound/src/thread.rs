@@ -116,7 +116,7 @@ pub(crate) fn decide(
     match target {
         Err(rejected) => Ok(rejected),
         Ok(Some((conversation_id, person))) => {
-            post_into(conn, config, conversation_id, person, &text)
+            post_into(conn, config, report, conversation_id, person, &text)
         }
         Ok(None) => start_conversation(conn, config, report, envelope, sender, &text),
     }
@@ -157,13 +157,18 @@ fn reply_token(
 
 /// The conversation a reply token names, if the sender is the person it was issued to.
 fn by_token(conn: &mut PgConnection, token: &ReplyToken, sender: &str) -> QueryResult<Target> {
-    let owner: Option<(i64, Option<String>)> = people::table
+    let owner: Option<(i64, Option<String>, bool)> = people::table
         .find(token.person_id)
-        .select((people::id, people::email))
+        .select((people::id, people::email, people::active))
         .first(conn)
         .optional()?;
     Ok(match owner {
-        Some((id, Some(email))) if email.eq_ignore_ascii_case(sender) => {
+        Some((_, Some(email), false)) if email.eq_ignore_ascii_case(sender) => {
+            Err(Disposition::Rejected(
+                "the person this reply address was issued to is deactivated".into(),
+            ))
+        }
+        Some((id, Some(email), true)) if email.eq_ignore_ascii_case(sender) => {
             Ok(Some((token.conversation_id, id)))
         }
         Some(_) => Err(Disposition::Rejected(
@@ -232,6 +237,7 @@ fn by_headers(
 fn post_into(
     conn: &mut PgConnection,
     config: &Config,
+    report: &InboundReport,
     conversation_id: i64,
     person: i64,
     text: &str,
@@ -253,11 +259,47 @@ fn post_into(
             "rate limit: {count} posts into conversation {conversation_id} within {window:?}"
         )));
     }
-    let message = posting::insert_message(conn, conversation_id, person, text, false)?;
+    let internal = reply_is_internal(conn, report, conversation_id, person)?;
+    let message = posting::insert_message(conn, conversation_id, person, text, internal)?;
     Ok(Disposition::Threaded {
         conversation_id,
         message_id: message.id,
     })
+}
+
+/// Whether a reply by email is posted internal (SPEC D5). A customer's reply is always external.
+/// A user's reply keeps the visibility of the message whose notification it answers
+/// (In-Reply-To, then References); when it answers none of our emails, it is internal, so staff
+/// discussion never reaches a customer by accident.
+fn reply_is_internal(
+    conn: &mut PgConnection,
+    report: &InboundReport,
+    conversation_id: i64,
+    person: i64,
+) -> QueryResult<bool> {
+    use tidings_common::db::schema::messages;
+    let kind: PersonKind = people::table
+        .find(person)
+        .select(people::kind)
+        .first(conn)?;
+    if kind == PersonKind::Customer {
+        return Ok(false);
+    }
+    let mut answered: Vec<String> = report.thread.in_reply_to.iter().cloned().collect();
+    answered.extend(report.thread.references.iter().rev().cloned());
+    for id in &answered {
+        let internal: Option<bool> = notifications::table
+            .inner_join(messages::table.on(messages::id.eq(notifications::message_id)))
+            .filter(notifications::email_message_id.eq(id))
+            .filter(notifications::conversation_id.eq(conversation_id))
+            .select(messages::internal)
+            .first(conn)
+            .optional()?;
+        if let Some(internal) = internal {
+            return Ok(internal);
+        }
+    }
+    Ok(true)
 }
 
 /// Last choice: a customer writing afresh to a support mailbox starts a conversation (SPEC I5).
