@@ -30,6 +30,19 @@ async fn emailed(env: &Env) -> (i64, i64, i64, i64, String) {
     (ann, bob, conversation, message, reply_to)
 }
 
+/// Sends like a relay: a temporary refusal (451 while the listener's broker connection comes
+/// up) is tried again, for a bounded time.
+async fn deliver(env: &Env, from: &str, to: &str, mail: &str) -> Vec<String> {
+    for _ in 0..50 {
+        let replies = env.smtp(from, &[to], mail).await;
+        if !replies.last().is_some_and(|r| r.starts_with('4')) {
+            return replies;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{to} refused the mail temporarily for 10 s")
+}
+
 /// The posted messages of a conversation.
 async fn messages(env: &Env, conversation: i64) -> Vec<serde_json::Value> {
     env.ok("GET", &format!("/conversations/{conversation}"), None)
@@ -492,4 +505,109 @@ async fn a_deactivated_person_cannot_post_by_email() {
     })
     .await;
     assert_eq!(messages(&env, conversation).await.len(), 1);
+}
+
+/// Mail with NUL bytes (raw, or quoted-printable `=00`) is never lost: it is posted with each
+/// NUL replaced, and logged. The api refuses `\u0000` in any JSON string with 400 naming the
+/// field.
+#[tokio::test(flavor = "multi_thread")]
+async fn nul_bytes_lose_no_mail_and_are_refused_by_the_api() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (ann, _, conversation, _, reply_to) = emailed(&env).await;
+    let raw = format!(
+        "From: bob@example.com\nTo: {reply_to}\nSubject: Re: Printer\0 =?utf-8?q?x=00y?=\n\
+         Message-ID: <nul-1@example.com>\nContent-Type: text/plain; charset=utf-8\n\
+         Content-Transfer-Encoding: quoted-printable\n\nIt works=00 now,\0 thanks.\n"
+    );
+    let replies = env.smtp("bob@example.com", &[&reply_to], &raw).await;
+    assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    support::wait_for(env.root(), "the reply to be posted", async || {
+        messages(&env, conversation).await.len() == 2
+    })
+    .await;
+    let body = messages(&env, conversation).await[1]["body"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(body, "It works\u{FFFD} now,\u{FFFD} thanks.");
+    let log = env
+        .ok("GET", "/email-log?direction=in&limit=10", None)
+        .await;
+    assert_eq!(log[0]["status"], "threaded", "{log}");
+
+    for (path, body, field) in [
+        (
+            format!("/conversations/{conversation}/messages"),
+            json!({"author_id": ann, "body": "a\u{0}b", "internal": false}),
+            "body",
+        ),
+        (
+            "/automations".to_string(),
+            json!({"name": "n", "trigger": "message_posted", "action": "post_message", "body": "ok", "condition": {"status\u{0}": "x"}}),
+            "condition.status\\u0000",
+        ),
+    ] {
+        let (status, answer) = env.call("POST", &path, Some(body)).await;
+        assert_eq!(status, 400, "{path}: {answer}");
+        assert_eq!(answer["field"], field, "{answer}");
+    }
+    // A body over the size limit is 413, as JSON.
+    let (status, answer) = env
+        .call(
+            "POST",
+            "/users",
+            Some(json!({"name": "x".repeat(3 << 20), "email": "x@example.com"})),
+        )
+        .await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer["error"].is_string(), "{answer}");
+}
+
+/// Two senders using the same Message-ID are two emails; only a redelivery from the same
+/// sender is a duplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_message_id_from_another_sender_is_not_a_duplicate() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let support = format!("support@{}", support::REPLY_DOMAIN);
+    for from in ["carol@example.com", "dave@example.com", "carol@example.com"] {
+        let mail = format!(
+            "From: {from}\nTo: {support}\nSubject: Help\nMessage-ID: <same@example.com>\n\nMy printer is broken.\n"
+        );
+        let replies = deliver(&env, from, &support, &mail).await;
+        assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    }
+    support::wait_for(env.root(), "all three to be logged", async || {
+        env.ok("GET", "/email-log?direction=in&limit=10", None)
+            .await
+            .as_array()
+            .unwrap()
+            .len()
+            == 3
+    })
+    .await;
+    let log = env
+        .ok("GET", "/email-log?direction=in&limit=10", None)
+        .await;
+    let statuses: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "created").count(),
+        2,
+        "{log}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "ignored").count(),
+        1,
+        "{log}"
+    );
 }

@@ -106,9 +106,51 @@ impl InboundContext {
 /// Runs the whole pure path on a raw message. Never panics: a panic inside the parser becomes
 /// a `rejected` verdict.
 pub fn inspect(raw: &[u8], context: &InboundContext) -> InboundReport {
-    match std::panic::catch_unwind(AssertUnwindSafe(|| inspect_parsed(raw, context))) {
-        Ok(report) => report,
-        Err(_) => rejected("the message could not be parsed (parser panic)"),
+    let mut report =
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inspect_parsed(raw, context))) {
+            Ok(report) => report,
+            Err(_) => rejected("the message could not be parsed (parser panic)"),
+        };
+    report.scrub();
+    report
+}
+
+/// `text` without NUL characters (raw, or decoded from `=00` or base64), which no text column
+/// can store: each becomes U+FFFD, so the mail is kept rather than refused by the database.
+pub fn without_nul(text: &mut String) {
+    if text.contains('\0') {
+        *text = text.replace('\0', "\u{FFFD}");
+    }
+}
+
+impl InboundReport {
+    fn scrub(&mut self) {
+        let bounce = self.bounce.iter_mut().flat_map(|b| {
+            b.recipients
+                .iter_mut()
+                .chain(b.status.iter_mut())
+                .chain(b.original_message_id.iter_mut())
+        });
+        let thread = self
+            .thread
+            .token
+            .iter_mut()
+            .chain(self.thread.in_reply_to.iter_mut())
+            .chain(self.thread.references.iter_mut());
+        for text in self
+            .reason
+            .iter_mut()
+            .chain(self.from.iter_mut())
+            .chain(self.subject.iter_mut())
+            .chain(self.message_id.iter_mut())
+            .chain(self.reply_text.iter_mut())
+            .chain(self.quoted_text.iter_mut())
+            .chain(self.auth_failure.iter_mut())
+            .chain(thread)
+            .chain(bounce)
+        {
+            without_nul(text);
+        }
     }
 }
 

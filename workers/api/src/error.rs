@@ -106,10 +106,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError {
-                status: StatusCode::BAD_REQUEST,
+                // 413 for a body over the size limit.
+                status: e.status(),
                 message: format!("cannot read the request body: {e}"),
                 field: None,
             })?;
+        if let Some(field) = field_with_nul(&bytes) {
+            return Err(ApiError::bad_field(
+                &field,
+                format!("{field}: must not contain NUL characters (\\u0000)"),
+            ));
+        }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(&mut de)
             .map(Body)
@@ -134,6 +141,44 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
                 }
             })
     }
+}
+
+/// The path of the first string (or key) in a JSON body holding a NUL character, which no text
+/// column can store. JSON can only carry one as the escape `\u0000`, so bodies without it are
+/// not parsed twice.
+fn field_with_nul(bytes: &[u8]) -> Option<String> {
+    fn walk(value: &serde_json::Value, path: &str) -> Option<String> {
+        let here = |key: &str| {
+            if path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{path}.{key}")
+            }
+        };
+        match value {
+            serde_json::Value::String(s) if s.contains('\0') => Some(if path.is_empty() {
+                ".".into()
+            } else {
+                path.into()
+            }),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| walk(v, &format!("{path}[{i}]"))),
+            serde_json::Value::Object(fields) => fields.iter().find_map(|(k, v)| {
+                if k.contains('\0') {
+                    Some(here(&k.replace('\0', "\\u0000")))
+                } else {
+                    walk(v, &here(k))
+                }
+            }),
+            _ => None,
+        }
+    }
+    if !bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+        return None;
+    }
+    walk(&serde_json::from_slice(bytes).ok()?, "")
 }
 
 /// A query string whose errors answer 400 as JSON, naming the parameter that was wrong.

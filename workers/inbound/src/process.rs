@@ -92,7 +92,8 @@ fn sha256_hex(raw: &[u8]) -> String {
     })
 }
 
-/// Threads and posts one inspected email, in one transaction, exactly once per Message-ID.
+/// Threads and posts one inspected email, in one transaction, exactly once per Message-ID and
+/// sender.
 pub fn process(
     conn: &mut PgConnection,
     config: &Config,
@@ -100,12 +101,21 @@ pub fn process(
     raw: &[u8],
     envelope: &Envelope,
 ) -> Result<Disposition> {
+    let mut mail_from = envelope.mail_from.clone();
+    tidings_common::inbound::without_nul(&mut mail_from);
+    let mut rcpts = envelope.rcpts.clone();
+    rcpts
+        .iter_mut()
+        .for_each(tidings_common::inbound::without_nul);
+    let envelope = &Envelope { mail_from, rcpts };
     conn.transaction(|conn| {
-        let dedupe_key = report
-            .message_id
-            .clone()
-            .unwrap_or_else(|| format!("sha256:{}", sha256_hex(raw)));
+        // A redelivery repeats the Message-ID *and* the sender; another sender reusing the
+        // id is a different email.
         let sender = report.from.clone();
+        let dedupe_key = match &report.message_id {
+            Some(id) => format!("{id} from {}", sender.as_deref().unwrap_or("<no sender>")),
+            None => format!("sha256:{}", sha256_hex(raw)),
+        };
         let inserted: Option<i64> = diesel::insert_into(inbound_emails::table)
             .values((
                 inbound_emails::dedupe_key.eq(&dedupe_key),
