@@ -611,3 +611,33 @@ async fn a_reused_message_id_from_another_sender_is_not_a_duplicate() {
         "{log}"
     );
 }
+
+/// With a development secret, no listener starts beyond loopback unless explicitly allowed;
+/// an empty or one-character token is refused, naming the variable.
+#[tokio::test(flavor = "multi_thread")]
+async fn development_secrets_refuse_to_listen_beyond_loopback() {
+    let env = Env::new("1s");
+    let run = |vars: &[(&str, &str)], remove: &[&str]| {
+        let mut command = env.command(&["run", "api"]);
+        command.env("TIDINGS_HTTP_ADDR", "0.0.0.0:0");
+        for name in remove {
+            command.env_remove(name);
+        }
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        let out = command.stdin(std::process::Stdio::null()).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = run(&[], &["TIDINGS_API_TOKEN"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("refusing to listen on 0.0.0.0:0"), "{err}");
+    for token in ["", "x"] {
+        let (code, err) = run(&[("TIDINGS_API_TOKEN", token)], &[]);
+        assert_eq!(code, Some(2), "a configuration error: {err}");
+        assert!(err.contains("TIDINGS_API_TOKEN"), "{err}");
+    }
+}

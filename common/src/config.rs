@@ -102,6 +102,8 @@ pub struct Config {
     pub inbound_max_bytes: usize,
     /// The relay's authserv-id: only `Authentication-Results` headers it wrote are read.
     pub inbound_authserv_id: Option<String>,
+    /// `TIDINGS_ALLOW_DEV_SECRETS=yes`: listen beyond loopback even with development secrets.
+    pub allow_dev_secrets: bool,
     /// Local parts at the reply domain that accept mail starting a conversation.
     pub inbound_mailboxes: Vec<String>,
     /// Most inbound posts per sender and per conversation within the window (loop defence).
@@ -120,6 +122,8 @@ pub struct Config {
 
 pub const DEV_API_TOKEN: &str = "tidings-dev-token";
 pub const DEV_TOKEN_SECRET: &str = "tidings-dev-secret";
+/// Fewest characters in the API token and the token secret.
+pub const SECRET_MIN: usize = 16;
 
 impl Config {
     /// Reads the process environment.
@@ -162,7 +166,22 @@ impl Config {
                 }
             },
         )?;
-        let (_, api_token) = get("TIDINGS_API_TOKEN", DEV_API_TOKEN);
+        // A secret set to nothing is a mistake, not a request for the development default.
+        let secret = |name: &'static str, default: &str| match lookup(name) {
+            Some(v) => (name, v),
+            None => (name, default.to_string()),
+        };
+        let api_token = parse_with(secret("TIDINGS_API_TOKEN", DEV_API_TOKEN), |v| {
+            if v.chars().count() < SECRET_MIN
+                || v.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                Err(format!(
+                    "must be at least {SECRET_MIN} characters without spaces (unset it for the development default)"
+                ))
+            } else {
+                Ok(v.to_string())
+            }
+        })?;
         let seen_window = parse_with(get("TIDINGS_SEEN_WINDOW", "60s"), parse_positive_duration)?;
         let reply_domain = parse_with(
             get("TIDINGS_REPLY_DOMAIN", "reply.tidings.localhost"),
@@ -179,9 +198,11 @@ impl Config {
                 }
             },
         )?;
-        let token_secret = parse_with(get("TIDINGS_TOKEN_SECRET", DEV_TOKEN_SECRET), |v| {
-            if v.len() < 16 {
-                Err("must be at least 16 characters".to_string())
+        let token_secret = parse_with(secret("TIDINGS_TOKEN_SECRET", DEV_TOKEN_SECRET), |v| {
+            if v.len() < SECRET_MIN {
+                Err(format!(
+                    "must be at least {SECRET_MIN} characters (unset it for the development default)"
+                ))
             } else {
                 Ok(v.as_bytes().to_vec())
             }
@@ -238,6 +259,11 @@ impl Config {
         })?;
         let inbound_max_bytes = parse_with(get("TIDINGS_INBOUND_MAX_BYTES", "26214400"), |v| {
             parse_range(v, 1024, 1 << 30)
+        })?;
+        let allow_dev_secrets = parse_with(get("TIDINGS_ALLOW_DEV_SECRETS", "no"), |v| match v {
+            "yes" | "true" | "1" => Ok(true),
+            "no" | "false" | "0" => Ok(false),
+            _ => Err("expected yes or no".to_string()),
         })?;
         let inbound_authserv_id = parse_with(get("TIDINGS_INBOUND_AUTHSERV_ID", ""), |v| {
             let v = v.trim();
@@ -334,6 +360,7 @@ impl Config {
             inbound_addr,
             inbound_max_bytes,
             inbound_authserv_id,
+            allow_dev_secrets,
             inbound_mailboxes,
             inbound_rate,
         })
@@ -356,6 +383,28 @@ impl Config {
     /// True when the API token or reply secret is the shipped development value.
     pub fn uses_development_secrets(&self) -> bool {
         self.api_token == DEV_API_TOKEN || self.token_secret == DEV_TOKEN_SECRET.as_bytes()
+    }
+
+    /// Why starting listeners on `addrs` would be unsafe: one is reachable beyond this machine
+    /// while a secret still has its development value (anyone could call the api or forge
+    /// reply addresses). `TIDINGS_ALLOW_DEV_SECRETS=yes` allows it, for development only.
+    pub fn exposure_problem(&self, addrs: &[SocketAddr]) -> Option<String> {
+        if !self.uses_development_secrets() || self.allow_dev_secrets {
+            return None;
+        }
+        let exposed: Vec<String> = addrs
+            .iter()
+            .filter(|a| !a.ip().is_loopback())
+            .map(|a| a.to_string())
+            .collect();
+        (!exposed.is_empty()).then(|| {
+            format!(
+                "refusing to listen on {} with the development TIDINGS_API_TOKEN or TIDINGS_TOKEN_SECRET: \
+                 set both (at least {SECRET_MIN} characters), bind to 127.0.0.1, or set \
+                 TIDINGS_ALLOW_DEV_SECRETS=yes for development",
+                exposed.join(", ")
+            )
+        })
     }
 }
 
@@ -457,6 +506,24 @@ mod tests {
     }
 
     #[test]
+    fn development_secrets_never_listen_beyond_loopback_unless_allowed() {
+        let loopback: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let dev = config_with(&[]).unwrap();
+        assert_eq!(dev.exposure_problem(&[loopback]), None);
+        let problem = dev.exposure_problem(&[loopback, public]).unwrap();
+        assert!(problem.contains("0.0.0.0:8080"), "{problem}");
+        let allowed = config_with(&[("TIDINGS_ALLOW_DEV_SECRETS", "yes")]).unwrap();
+        assert_eq!(allowed.exposure_problem(&[public]), None);
+        let set = config_with(&[
+            ("TIDINGS_API_TOKEN", "a-real-token-0123456789"),
+            ("TIDINGS_TOKEN_SECRET", "a-real-secret-0123456789"),
+        ])
+        .unwrap();
+        assert_eq!(set.exposure_problem(&[public]), None);
+    }
+
+    #[test]
     fn durations_parse_in_every_unit() {
         assert_eq!(
             parse_positive_duration("1500ms"),
@@ -480,6 +547,12 @@ mod tests {
             ("TIDINGS_AMQP_URL", "127.0.0.1:5672"),
             ("TIDINGS_SMTP_URL", "http://x"),
             ("TIDINGS_TOKEN_SECRET", "short"),
+            ("TIDINGS_TOKEN_SECRET", ""),
+            ("TIDINGS_API_TOKEN", "x"),
+            ("TIDINGS_API_TOKEN", ""),
+            ("TIDINGS_API_TOKEN", "a token with spaces in it"),
+            ("TIDINGS_ALLOW_DEV_SECRETS", "maybe"),
+            ("TIDINGS_INBOUND_AUTHSERV_ID", "mx relay"),
             ("TIDINGS_REPLY_DOMAIN", "no_dots"),
             ("TIDINGS_RETRY_TIERS", "1m,,5m"),
             ("TIDINGS_PREFETCH", "0"),

@@ -27,6 +27,16 @@ pub async fn run(config: Config, mut roles: Vec<Role>) -> anyhow::Result<()> {
         ];
     }
     roles.dedup();
+    let mut listeners = Vec::new();
+    if roles.contains(&Role::Api) {
+        listeners.push(config.http_addr);
+    }
+    if roles.contains(&Role::Inbound) {
+        listeners.push(config.inbound_addr);
+    }
+    if let Some(problem) = config.exposure_problem(&listeners) {
+        anyhow::bail!(problem);
+    }
     if config.uses_development_secrets() {
         warn!(
             "TIDINGS_API_TOKEN or TIDINGS_TOKEN_SECRET has its development default; set both in production"

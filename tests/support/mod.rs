@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-pub const TOKEN: &str = "test-api-token";
+pub const TOKEN: &str = "test-api-token-0123456789";
 pub const SECRET: &str = "test-secret-0123456789";
 pub const REPLY_DOMAIN: &str = "reply.test.localhost";
 
