@@ -641,3 +641,160 @@ async fn development_secrets_refuse_to_listen_beyond_loopback() {
         assert!(err.contains("TIDINGS_API_TOKEN"), "{err}");
     }
 }
+
+/// Reads one SMTP reply (all its lines) from `stream`.
+async fn smtp_reply(stream: &mut tokio::io::BufReader<tokio::net::TcpStream>) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut reply = String::new();
+    loop {
+        let mut line = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_line(&mut line))
+            .await
+            .expect("an SMTP reply within 10 s")
+            .unwrap();
+        reply.push_str(&line);
+        if read == 0 || line.as_bytes().get(3) != Some(&b'-') {
+            return reply;
+        }
+    }
+}
+
+async fn smtp_open(env: &Env) -> tokio::io::BufReader<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", env.inbound_port))
+        .await
+        .unwrap();
+    let mut stream = tokio::io::BufReader::new(stream);
+    assert!(smtp_reply(&mut stream).await.starts_with("220"));
+    stream
+}
+
+async fn smtp_say(stream: &mut tokio::io::BufReader<tokio::net::TcpStream>, line: &[u8]) -> String {
+    use tokio::io::AsyncWriteExt;
+    stream.get_mut().write_all(line).await.unwrap();
+    smtp_reply(stream).await
+}
+
+/// The SMTP listener's bounds: sessions past the cap get 421 at once; a session past its time
+/// limit is closed with 421; messages being received at once share a memory budget (452 past
+/// it, and the next try succeeds); an over-long command line is refused whole, never run in
+/// pieces.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_smtp_listener_bounds_sessions_time_memory_and_lines() {
+    use tokio::io::AsyncWriteExt;
+    let env = Env::with(
+        "1s",
+        &[
+            ("TIDINGS_INBOUND_MAX_SESSIONS", "3"),
+            ("TIDINGS_INBOUND_SESSION_TIMEOUT", "3s"),
+            ("TIDINGS_INBOUND_MAX_BYTES", "900000"),
+            ("TIDINGS_INBOUND_MEMORY", "1048576"),
+        ],
+        &[],
+    );
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let support = format!("support@{}", support::REPLY_DOMAIN);
+
+    // Line splitting: the rest of an over-long line is not a command.
+    let mut s = smtp_open(&env).await;
+    let mut long = b"NOOP ".to_vec();
+    long.extend(std::iter::repeat_n(b'A', 16379));
+    long.extend(b"QUIT\r\n");
+    assert!(smtp_say(&mut s, &long).await.starts_with("500"));
+    assert!(
+        smtp_say(&mut s, b"NOOP\r\n").await.starts_with("250"),
+        "the session goes on"
+    );
+
+    // Memory: one message holds 700 kB of the 1 MiB budget, so a second one of that size
+    // waits its turn (452); once the first is done, the second goes through.
+    let mut first = smtp_open(&env).await;
+    for line in [
+        "EHLO a\r\n".to_string(),
+        "MAIL FROM:<carol@example.com>\r\n".into(),
+        format!("RCPT TO:<{support}>\r\n"),
+    ] {
+        assert!(
+            smtp_say(&mut first, line.as_bytes()).await.starts_with('2'),
+            "{line}"
+        );
+    }
+    assert!(smtp_say(&mut first, b"DATA\r\n").await.starts_with("354"));
+    let body = "x".repeat(999) + "\r\n";
+    let big: String = format!("From: carol@example.com\r\nTo: {support}\r\nSubject: big\r\n\r\n")
+        + &body.repeat(700);
+    first.get_mut().write_all(big.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut second = smtp_open(&env).await;
+    for line in [
+        "EHLO b\r\n".to_string(),
+        "MAIL FROM:<dave@example.com>\r\n".into(),
+        format!("RCPT TO:<{support}>\r\n"),
+    ] {
+        assert!(
+            smtp_say(&mut second, line.as_bytes())
+                .await
+                .starts_with('2'),
+            "{line}"
+        );
+    }
+    assert!(smtp_say(&mut second, b"DATA\r\n").await.starts_with("354"));
+    let refused = smtp_say(
+        &mut second,
+        (big.replace("carol", "dave") + "\r\n.\r\n").as_bytes(),
+    )
+    .await;
+    assert!(refused.starts_with("452"), "{refused}");
+    let accepted = smtp_say(&mut first, b"\r\n.\r\n").await;
+    assert!(accepted.starts_with("250"), "{accepted}");
+    drop(first);
+    assert!(
+        smtp_say(&mut second, b"MAIL FROM:<dave@example.com>\r\n")
+            .await
+            .starts_with("250")
+    );
+
+    // Sessions: three are open (s, second, and this one); a fourth is refused at once.
+    // (The first session ends once the listener reads its close: that may take a moment.)
+    let mut third = None;
+    for _ in 0..50 {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", env.inbound_port))
+            .await
+            .unwrap();
+        let mut stream = tokio::io::BufReader::new(stream);
+        if smtp_reply(&mut stream).await.starts_with("220") {
+            third = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _third = third.expect("a third session once the first has ended");
+    let fourth = tokio::net::TcpStream::connect(("127.0.0.1", env.inbound_port))
+        .await
+        .unwrap();
+    let mut fourth = tokio::io::BufReader::new(fourth);
+    assert!(smtp_reply(&mut fourth).await.starts_with("421"));
+
+    // Time: a client dripping a command is closed once its session is over the limit.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if s.get_mut().write_all(b"N").await.is_err() {
+                return String::new();
+            }
+            let mut peek = [0u8; 64];
+            match tokio::time::timeout(
+                Duration::from_millis(300),
+                tokio::io::AsyncReadExt::read(s.get_mut(), &mut peek),
+            )
+            .await
+            {
+                Ok(Ok(n)) => return String::from_utf8_lossy(&peek[..n]).to_string(),
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("the session was closed within 10 s");
+    assert!(closed.is_empty() || closed.starts_with("421"), "{closed}");
+}

@@ -100,6 +100,10 @@ pub struct Config {
     pub sweep_interval: Duration,
     pub inbound_addr: SocketAddr,
     pub inbound_max_bytes: usize,
+    /// Bounds of the SMTP listener: concurrent sessions, the length of one session, the lowest
+    /// average rate a client may send at (after a grace period), and the bytes of all messages
+    /// being received at once.
+    pub inbound_limits: InboundLimits,
     /// The relay's authserv-id: only `Authentication-Results` headers it wrote are read.
     pub inbound_authserv_id: Option<String>,
     /// `TIDINGS_ALLOW_DEV_SECRETS=yes`: listen beyond loopback even with development secrets.
@@ -122,6 +126,21 @@ pub struct Config {
 
 pub const DEV_API_TOKEN: &str = "tidings-dev-token";
 pub const DEV_TOKEN_SECRET: &str = "tidings-dev-secret";
+/// Bounds of the inbound SMTP listener (see [`Config::inbound_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundLimits {
+    /// `TIDINGS_INBOUND_MAX_SESSIONS`: more concurrent sessions get 421 at once.
+    pub max_sessions: usize,
+    /// `TIDINGS_INBOUND_SESSION_TIMEOUT`: a session is closed (421) after this long.
+    pub session_timeout: Duration,
+    /// `TIDINGS_INBOUND_MIN_RATE`: bytes per second a client must average once the grace
+    /// period is over, or be closed (421).
+    pub min_rate: usize,
+    /// `TIDINGS_INBOUND_MEMORY`: bytes of all messages being received at once; a message that
+    /// would go over gets 452 (try again later).
+    pub memory: usize,
+}
+
 /// Fewest characters in the API token and the token secret.
 pub const SECRET_MIN: usize = 16;
 
@@ -260,6 +279,28 @@ impl Config {
         let inbound_max_bytes = parse_with(get("TIDINGS_INBOUND_MAX_BYTES", "26214400"), |v| {
             parse_range(v, 1024, 1 << 30)
         })?;
+        let inbound_limits = InboundLimits {
+            max_sessions: parse_with(get("TIDINGS_INBOUND_MAX_SESSIONS", "100"), |v| {
+                parse_range(v, 1, 100_000)
+            })?,
+            session_timeout: parse_with(
+                get("TIDINGS_INBOUND_SESSION_TIMEOUT", "10m"),
+                parse_positive_duration,
+            )?,
+            min_rate: parse_with(get("TIDINGS_INBOUND_MIN_RATE", "1024"), |v| {
+                parse_range(v, 1, 1 << 30)
+            })?,
+            memory: parse_with(get("TIDINGS_INBOUND_MEMORY", "268435456"), |v| {
+                let memory = parse_range(v, 1 << 20, 1 << 40)?;
+                if memory < inbound_max_bytes {
+                    Err(format!(
+                        "must be at least TIDINGS_INBOUND_MAX_BYTES ({inbound_max_bytes})"
+                    ))
+                } else {
+                    Ok(memory)
+                }
+            })?,
+        };
         let allow_dev_secrets = parse_with(get("TIDINGS_ALLOW_DEV_SECRETS", "no"), |v| match v {
             "yes" | "true" | "1" => Ok(true),
             "no" | "false" | "0" => Ok(false),
@@ -359,6 +400,7 @@ impl Config {
             sweep_interval,
             inbound_addr,
             inbound_max_bytes,
+            inbound_limits,
             inbound_authserv_id,
             allow_dev_secrets,
             inbound_mailboxes,
@@ -552,6 +594,10 @@ mod tests {
             ("TIDINGS_API_TOKEN", ""),
             ("TIDINGS_API_TOKEN", "a token with spaces in it"),
             ("TIDINGS_ALLOW_DEV_SECRETS", "maybe"),
+            ("TIDINGS_INBOUND_MAX_SESSIONS", "0"),
+            ("TIDINGS_INBOUND_SESSION_TIMEOUT", "forever"),
+            ("TIDINGS_INBOUND_MIN_RATE", "fast"),
+            ("TIDINGS_INBOUND_MEMORY", "2048"),
             ("TIDINGS_INBOUND_AUTHSERV_ID", "mx relay"),
             ("TIDINGS_REPLY_DOMAIN", "no_dots"),
             ("TIDINGS_RETRY_TIERS", "1m,,5m"),

@@ -191,11 +191,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         topology.clone(),
         shutdown.clone(),
     );
-    let ingress = Arc::new(smtp::Ingress {
-        config: config.clone(),
-        topology: topology.clone(),
+    let ingress = Arc::new(smtp::Ingress::new(
+        config.clone(),
+        topology.clone(),
         publisher,
-    });
+    ));
     let server = tokio::spawn(smtp::serve(listener, ingress, shutdown.clone()));
     let processor = Arc::new(Processor {
         db: Db::new(&config.database_url, config.db_pool_size),

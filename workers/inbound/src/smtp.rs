@@ -13,6 +13,8 @@ use tidings_common::amqp::{SharedPublisher, Topology};
 use tidings_common::mail::ReplyToken;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -20,12 +22,36 @@ use tracing::{debug, info, warn};
 const MAX_RECIPIENTS: usize = 100;
 /// A client silent this long is disconnected.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A command line must be complete this long after its first byte.
+const LINE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A message is received for this long before its rate is checked.
+const RATE_GRACE: Duration = Duration::from_secs(10);
+/// Unit of the memory budget (the semaphore counts these).
+const MEMORY_UNIT: usize = 1024;
 
 /// What every SMTP session needs.
 pub struct Ingress {
     pub config: Arc<Config>,
     pub topology: Topology,
     pub publisher: SharedPublisher,
+    /// One permit per session that may run at once.
+    sessions: Arc<Semaphore>,
+    /// The bytes of messages being received at once, in [`MEMORY_UNIT`]s.
+    memory: Arc<Semaphore>,
+}
+
+impl Ingress {
+    pub fn new(config: Arc<Config>, topology: Topology, publisher: SharedPublisher) -> Self {
+        let limits = config.inbound_limits;
+        let units = (limits.memory / MEMORY_UNIT).min(Semaphore::MAX_PERMITS);
+        Ingress {
+            sessions: Arc::new(Semaphore::new(limits.max_sessions)),
+            memory: Arc::new(Semaphore::new(units)),
+            config,
+            topology,
+            publisher,
+        }
+    }
 }
 
 /// Accepts SMTP sessions until `shutdown` fires.
@@ -35,14 +61,23 @@ pub async fn serve(listener: TcpListener, ingress: Arc<Ingress>, shutdown: Cance
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
+                Ok((mut stream, peer)) => {
                     let ingress = ingress.clone();
                     let span = tracing::info_span!("smtp", peer = %peer);
+                    let Ok(permit) = ingress.sessions.clone().try_acquire_owned() else {
+                        warn!(parent: &span, limit = ingress.config.inbound_limits.max_sessions, "too many SMTP sessions; refused");
+                        sessions.spawn(async move {
+                            let refusal = b"421 4.3.2 Too many connections, try again later\r\n";
+                            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(refusal)).await;
+                        });
+                        continue;
+                    };
                     sessions.spawn(tracing::Instrument::instrument(
                         async move {
-                            if let Err(e) = session(stream, &ingress).await {
+                            if let Err(e) = bounded_session(stream, &ingress).await {
                                 debug!(error = %e, "session ended with an error");
                             }
+                            drop(permit);
                         },
                         span,
                     ));
@@ -100,16 +135,81 @@ enum Step {
     Quit,
 }
 
-/// The message being received after DATA: the receiver's state, the bytes so far, and
-/// whether it has grown past the limit (then it is read to its end and dropped).
+/// The message being received after DATA: the receiver's state, the bytes so far, the share
+/// of the memory budget they hold, and whether it has grown past the size limit or the budget
+/// (then it is read to its end and dropped).
 struct Incoming {
     receiver: DataReceiver,
     message: Vec<u8>,
     too_big: bool,
+    no_room: bool,
+    held: Option<OwnedSemaphorePermit>,
+    started: Instant,
+    received: usize,
 }
 
-async fn session(mut stream: TcpStream, ingress: &Ingress) -> std::io::Result<()> {
+impl Incoming {
+    fn new() -> Self {
+        Incoming {
+            receiver: DataReceiver::new(),
+            message: Vec::new(),
+            too_big: false,
+            no_room: false,
+            held: None,
+            started: Instant::now(),
+            received: 0,
+        }
+    }
+
+    /// Holds budget for the bytes received so far; false when the budget has no room.
+    fn reserve(&mut self, memory: &Arc<Semaphore>) -> bool {
+        let held = self.held.as_ref().map_or(0, |p| p.num_permits());
+        let needed = self.message.len().div_ceil(MEMORY_UNIT);
+        if needed <= held {
+            return true;
+        }
+        // Reserve ahead, so a growing message asks rarely.
+        let more = (needed - held).max(64);
+        match memory.clone().try_acquire_many_owned(more as u32) {
+            Ok(permit) => {
+                match self.held.as_mut() {
+                    Some(held) => held.merge(permit),
+                    None => self.held = Some(permit),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// A session within the configured bounds: closed with 421 when it runs past the session
+/// time limit.
+async fn bounded_session(mut stream: TcpStream, ingress: &Ingress) -> std::io::Result<()> {
+    let limit = ingress.config.inbound_limits.session_timeout;
+    match tokio::time::timeout(limit, session(&mut stream, ingress)).await {
+        Ok(ended) => ended,
+        Err(_) => {
+            info!(?limit, "SMTP session over its time limit; closed");
+            let reply = b"421 4.4.2 Session time limit reached, closing\r\n";
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply)).await;
+            Ok(())
+        }
+    }
+}
+
+/// Whether a DATA transfer runs below the lowest allowed average rate.
+fn too_slow(incoming: &Incoming, min_rate: usize) -> bool {
+    let elapsed = incoming.started.elapsed();
+    elapsed > RATE_GRACE && (incoming.received as f64) < min_rate as f64 * elapsed.as_secs_f64()
+}
+
+async fn session(stream: &mut TcpStream, ingress: &Ingress) -> std::io::Result<()> {
     let max = ingress.config.inbound_max_bytes;
+    let min_rate = ingress.config.inbound_limits.min_rate;
+    // The rest of a line refused as too long is skipped, not read as a command.
+    let mut skipping_line = false;
+    let mut line_started: Option<Instant> = None;
     stream
         .write_all(format!("220 {} Tidings ESMTP\r\n", ingress.config.reply_domain).as_bytes())
         .await?;
@@ -123,13 +223,31 @@ async fn session(mut stream: TcpStream, ingress: &Ingress) -> std::io::Result<()
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return Err(e),
         };
+        if line_started.is_some_and(|t| t.elapsed() > LINE_TIMEOUT)
+            || data.as_ref().is_some_and(|d| too_slow(d, min_rate))
+        {
+            info!("SMTP client sending too slowly; closed");
+            stream.write_all(b"421 4.4.2 Too slow, closing\r\n").await?;
+            return Ok(());
+        }
         let mut bytes = buf[..n].iter();
         loop {
             if let Some(incoming) = data.as_mut() {
+                let before = bytes.len();
                 let done = incoming.receiver.ingest(&mut bytes, &mut incoming.message);
+                incoming.received += before - bytes.len();
                 if incoming.message.len() > max {
                     // Keep reading to the end, but keep nothing.
                     incoming.too_big = true;
+                    incoming.message.clear();
+                } else if !incoming.no_room && !incoming.reserve(&ingress.memory) {
+                    warn!(
+                        bytes = incoming.message.len(),
+                        "inbound memory budget full; message deferred"
+                    );
+                    incoming.no_room = true;
+                }
+                if incoming.no_room {
                     incoming.message.clear();
                 }
                 if !done {
@@ -138,6 +256,8 @@ async fn session(mut stream: TcpStream, ingress: &Ingress) -> std::io::Result<()
                 let incoming = data.take().expect("in DATA");
                 let reply = if incoming.too_big {
                     format!("552 5.3.4 Message exceeds the {max}-byte limit\r\n")
+                } else if incoming.no_room {
+                    "452 4.3.1 Insufficient system storage, try again later\r\n".into()
                 } else {
                     enqueue(ingress, &transaction, incoming.message).await
                 };
@@ -145,16 +265,33 @@ async fn session(mut stream: TcpStream, ingress: &Ingress) -> std::io::Result<()
                 stream.write_all(reply.as_bytes()).await?;
                 continue;
             }
+            if skipping_line {
+                match bytes.position(|&b| b == b'\n') {
+                    Some(_) => skipping_line = false,
+                    None => break,
+                }
+            }
             let reply = match receiver.ingest(&mut bytes) {
-                Ok(request) => match answer(request, &mut transaction, &mut data, ingress) {
-                    Step::Reply(reply) => reply,
-                    Step::Quit => {
-                        stream.write_all(b"221 2.0.0 Bye\r\n").await?;
-                        return Ok(());
+                Ok(request) => {
+                    line_started = None;
+                    match answer(request, &mut transaction, &mut data, ingress) {
+                        Step::Reply(reply) => reply,
+                        Step::Quit => {
+                            stream.write_all(b"221 2.0.0 Bye\r\n").await?;
+                            return Ok(());
+                        }
                     }
-                },
-                Err(SmtpError::NeedsMoreData { .. }) => break,
-                Err(SmtpError::ResponseTooLong) => "500 5.5.2 Line too long\r\n".into(),
+                }
+                Err(SmtpError::NeedsMoreData { .. }) => {
+                    line_started.get_or_insert_with(Instant::now);
+                    break;
+                }
+                Err(SmtpError::ResponseTooLong) => {
+                    line_started = None;
+                    receiver = RequestReceiver::default();
+                    skipping_line = true;
+                    "500 5.5.2 Line too long\r\n".into()
+                }
                 Err(SmtpError::UnknownCommand) => "500 5.5.1 Unknown command\r\n".into(),
                 Err(e) => format!("501 5.5.4 Syntax error: {e:?}\r\n"),
             };
@@ -206,11 +343,7 @@ fn answer(
         }
         Request::Data if transaction.rcpts.is_empty() => "503 5.5.1 RCPT first\r\n".into(),
         Request::Data => {
-            *data = Some(Incoming {
-                receiver: DataReceiver::new(),
-                message: Vec::new(),
-                too_big: false,
-            });
+            *data = Some(Incoming::new());
             "354 End data with <CR><LF>.<CR><LF>\r\n".into()
         }
         Request::Rset => {
@@ -253,5 +386,21 @@ async fn enqueue(ingress: &Ingress, transaction: &Transaction, message: Vec<u8>)
             warn!(error = %e, "could not queue an email; the relay will retry");
             "451 4.3.0 Temporarily unable to queue the message; try again later\r\n".into()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transfer_below_the_lowest_rate_is_too_slow_only_after_the_grace() {
+        let mut incoming = Incoming::new();
+        incoming.received = 10;
+        assert!(!too_slow(&incoming, 1024), "within the grace period");
+        incoming.started = Instant::now() - RATE_GRACE * 2;
+        assert!(too_slow(&incoming, 1024));
+        incoming.received = 1024 * 60;
+        assert!(!too_slow(&incoming, 1024));
     }
 }
