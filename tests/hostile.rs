@@ -798,3 +798,77 @@ async fn the_smtp_listener_bounds_sessions_time_memory_and_lines() {
     .expect("the session was closed within 10 s");
     assert!(closed.is_empty() || closed.starts_with("421"), "{closed}");
 }
+
+/// The HTTP listener's bounds: a client dripping its headers, or idling on a keep-alive
+/// connection, is closed after the header timeout; connections over the cap wait for a free
+/// slot; path and method errors are JSON; a `since` too large is 400, not a panic.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_listener_bounds_slow_clients_and_answers_json() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::with(
+        "1s",
+        &[
+            ("TIDINGS_HTTP_HEADER_TIMEOUT", "1s"),
+            ("TIDINGS_HTTP_MAX_CONNECTIONS", "2"),
+        ],
+        &[],
+    );
+    let _tidings = env.spawn(&["api"]);
+    env.wait_for_api().await;
+
+    for (path, status) in [
+        ("/people/abc", 400),
+        ("/email-log?since=100000000d", 400),
+        ("/email-log?since=213503982334602d", 400),
+    ] {
+        let (got, answer) = env.call("GET", path, None).await;
+        assert_eq!(got, status, "{path}: {answer}");
+        assert!(answer["error"].is_string(), "{path}: {answer}");
+    }
+    let (got, answer) = env.call("PUT", "/openapi.json", None).await;
+    assert_eq!(got, 405, "{answer}");
+    assert!(answer["error"].is_string(), "{answer}");
+
+    // A header drip and an idle connection are both closed after about a second.
+    let mut drip = tokio::net::TcpStream::connect(("127.0.0.1", env.http_port))
+        .await
+        .unwrap();
+    drip.write_all(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let idle = tokio::net::TcpStream::connect(("127.0.0.1", env.http_port))
+        .await
+        .unwrap();
+    // Both slots are taken: a third request waits (here: past its 300 ms client timeout).
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert!(
+        quick
+            .get(env.base() + "/openapi.json")
+            .send()
+            .await
+            .is_err(),
+        "served over the cap"
+    );
+    let started = std::time::Instant::now();
+    for mut stream in [drip, idle] {
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 1024];
+            loop {
+                let _ = stream.write_all(b"X").await;
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a slow client was never cut off");
+    }
+    assert!(started.elapsed() < Duration::from_secs(8));
+    // With the slots free again, requests are served.
+    let (status, _) = env.call("GET", "/openapi.json", None).await;
+    assert_eq!(status, 200);
+}

@@ -76,6 +76,8 @@ pub struct Config {
     pub amqp_url: String,
     pub smtp_url: String,
     pub http_addr: SocketAddr,
+    /// Bounds of the HTTP listener.
+    pub http_limits: HttpLimits,
     /// Base URL of the api as email recipients reach it, without a trailing slash.
     pub public_url: String,
     /// Bearer token every API request must present.
@@ -126,6 +128,18 @@ pub struct Config {
 
 pub const DEV_API_TOKEN: &str = "tidings-dev-token";
 pub const DEV_TOKEN_SECRET: &str = "tidings-dev-secret";
+/// Bounds of the HTTP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// `TIDINGS_HTTP_MAX_CONNECTIONS`: open connections; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// `TIDINGS_HTTP_HEADER_TIMEOUT`: a request's headers must arrive within this, and an idle
+    /// keep-alive connection is closed after it.
+    pub header_timeout: Duration,
+    /// `TIDINGS_HTTP_REQUEST_TIMEOUT`: the longest a request may take, body included (503).
+    pub request_timeout: Duration,
+}
+
 /// Bounds of the inbound SMTP listener (see [`Config::inbound_limits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboundLimits {
@@ -173,6 +187,19 @@ impl Config {
             v.parse::<SocketAddr>()
                 .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:8080".to_string())
         })?;
+        let http_limits = HttpLimits {
+            max_connections: parse_with(get("TIDINGS_HTTP_MAX_CONNECTIONS", "1024"), |v| {
+                parse_range(v, 1, 1_000_000)
+            })?,
+            header_timeout: parse_with(
+                get("TIDINGS_HTTP_HEADER_TIMEOUT", "10s"),
+                parse_positive_duration,
+            )?,
+            request_timeout: parse_with(
+                get("TIDINGS_HTTP_REQUEST_TIMEOUT", "30s"),
+                parse_positive_duration,
+            )?,
+        };
         let public_url = parse_with(
             get("TIDINGS_PUBLIC_URL", &format!("http://{http_addr}")),
             |v| {
@@ -401,6 +428,7 @@ impl Config {
             inbound_addr,
             inbound_max_bytes,
             inbound_limits,
+            http_limits,
             inbound_authserv_id,
             allow_dev_secrets,
             inbound_mailboxes,
@@ -503,7 +531,11 @@ fn parse_range(value: &str, min: usize, max: usize) -> Result<usize, String> {
     }
 }
 
-/// Parses `1500ms`, `90s`, `5m`, `1h` or a bare number of seconds; zero is refused.
+/// The longest duration any setting or query takes: 100 years.
+const MAX_DURATION_MS: u64 = 36_500 * 86_400_000;
+
+/// Parses `1500ms`, `90s`, `5m`, `1h`, `2d` or a bare number of seconds; zero, and anything
+/// over 100 years, is refused.
 pub fn parse_positive_duration(value: &str) -> Result<Duration, String> {
     let bad = || "expected a duration such as 1500ms, 90s, 5m or 1h".to_string();
     let split = value
@@ -511,18 +543,22 @@ pub fn parse_positive_duration(value: &str) -> Result<Duration, String> {
         .unwrap_or(value.len());
     let (digits, unit) = value.split_at(split);
     let n: u64 = digits.parse().map_err(|_| bad())?;
-    let duration = match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86_400),
+    let millis_per_unit: u64 = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return Err(bad()),
     };
-    if duration.is_zero() {
+    let millis = n
+        .checked_mul(millis_per_unit)
+        .filter(|&ms| ms <= MAX_DURATION_MS)
+        .ok_or_else(|| "must be at most 100 years (36500d)".to_string())?;
+    if millis == 0 {
         return Err("must be greater than zero".to_string());
     }
-    Ok(duration)
+    Ok(Duration::from_millis(millis))
 }
 
 #[cfg(test)]
@@ -577,6 +613,13 @@ mod tests {
         assert!(parse_positive_duration("0s").is_err());
         assert!(parse_positive_duration("soon").is_err());
         assert!(parse_positive_duration("5 days").is_err());
+        assert_eq!(
+            parse_positive_duration("36500d"),
+            Ok(Duration::from_secs(36_500 * 86_400))
+        );
+        assert!(parse_positive_duration("36501d").is_err());
+        assert!(parse_positive_duration("213503982334602d").is_err());
+        assert!(parse_positive_duration("99999999999999999999").is_err());
     }
 
     #[test]
@@ -595,6 +638,9 @@ mod tests {
             ("TIDINGS_API_TOKEN", "a token with spaces in it"),
             ("TIDINGS_ALLOW_DEV_SECRETS", "maybe"),
             ("TIDINGS_INBOUND_MAX_SESSIONS", "0"),
+            ("TIDINGS_HTTP_MAX_CONNECTIONS", "none"),
+            ("TIDINGS_HTTP_HEADER_TIMEOUT", "0s"),
+            ("TIDINGS_HTTP_REQUEST_TIMEOUT", "long"),
             ("TIDINGS_INBOUND_SESSION_TIMEOUT", "forever"),
             ("TIDINGS_INBOUND_MIN_RATE", "fast"),
             ("TIDINGS_INBOUND_MEMORY", "2048"),

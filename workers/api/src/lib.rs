@@ -9,6 +9,7 @@ mod error;
 mod lookup;
 pub mod openapi;
 pub mod routes;
+mod serve;
 mod state;
 mod validate;
 
@@ -57,10 +58,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             anyhow::anyhow!("TIDINGS_HTTP_ADDR {}: cannot listen: {e}", config.http_addr)
         })?;
     info!(addr = %config.http_addr, "api listening");
-    let stop = shutdown.clone();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+    serve::serve(listener, router(state), config.http_limits, &shutdown).await;
     shutdown.cancel();
     let _ = keeper.await;
     info!("api stopped");
