@@ -872,3 +872,62 @@ async fn the_http_listener_bounds_slow_clients_and_answers_json() {
     let (status, _) = env.call("GET", "/openapi.json", None).await;
     assert_eq!(status, 200);
 }
+
+/// Process logs never hold a full email address: not when an email is sent, not in a bounce's
+/// disposition, not in an inbound reply's.
+#[tokio::test(flavor = "multi_thread")]
+async fn process_logs_mask_every_address() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (_, _, conversation, _, reply_to) = emailed(&env).await;
+    let sent = &env.mails_to("bob@example.com")[0];
+    let return_path = String::from_utf8_lossy(&sent.raw)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("X-Mail-Args: <")
+                .map(|a| a.split('>').next().unwrap_or_default().to_string())
+        })
+        .unwrap();
+    let message_id = sent.header("Message-ID").unwrap();
+    let dsn = format!(
+        "From: MAILER-DAEMON@mx.example.com\nTo: {return_path}\nSubject: failure\n\
+         Message-ID: <dsn@mx.example.com>\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\n\n\
+         --b\nContent-Type: message/delivery-status\n\n\
+         Final-Recipient: rfc822; bob@example.com\nAction: failed\nStatus: 5.1.1\n\n\
+         --b\nContent-Type: text/rfc822-headers\n\nMessage-ID: {message_id}\n\n--b--\n"
+    );
+    assert!(
+        env.smtp("", &[&return_path], &dsn)
+            .await
+            .last()
+            .unwrap()
+            .starts_with("250")
+    );
+    let reply = format!(
+        "From: bob@example.com\nTo: {reply_to}\nSubject: Re: Printer\nMessage-ID: <r@example.com>\n\nThanks\n"
+    );
+    assert!(
+        env.smtp("bob@example.com", &[&reply_to], &reply)
+            .await
+            .last()
+            .unwrap()
+            .starts_with("250")
+    );
+    support::wait_for(env.root(), "the bounce and the reply", async || {
+        !env.ok("GET", "/suppressions", None)
+            .await
+            .as_array()
+            .unwrap()
+            .is_empty()
+            && messages(&env, conversation).await.len() == 2
+    })
+    .await;
+    let log = env.log_of(&["all"]);
+    assert!(log.contains("b***@example.com"), "{log}");
+    for address in ["bob@example.com", "ann@example.com"] {
+        assert!(!log.contains(address), "{address} in the log:\n{log}");
+    }
+}

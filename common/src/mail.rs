@@ -384,6 +384,30 @@ pub fn mask_address(address: &str) -> String {
     }
 }
 
+/// `text` (an SMTP reply, a reason) with every email address in it masked, for process logs.
+pub fn mask_addresses(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains('@') {
+            out.push_str(&mask_address(word));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_whitespace() || "<>,;:\"'()[]".contains(c) {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,6 +454,15 @@ mod tests {
             SentEmail::from_bounce_local(&format!("bounces+{reply}"), SECRET),
             None
         );
+    }
+
+    #[test]
+    fn every_address_in_a_text_is_masked() {
+        assert_eq!(
+            mask_addresses("550 5.1.1 <bob@example.com>: Recipient address rejected; cc ann@x.org"),
+            "550 5.1.1 <b***@example.com>: Recipient address rejected; cc a***@x.org"
+        );
+        assert_eq!(mask_addresses("no address here"), "no address here");
     }
 
     #[test]

@@ -63,7 +63,10 @@ impl Processor {
                 .run(move |conn| process::process(conn, &config, &report, &raw, &envelope))
                 .await;
             if let Ok(disposition) = &disposition {
-                info!(?disposition, "inbound email processed");
+                info!(
+                    disposition = %tidings_common::mail::mask_addresses(&format!("{disposition:?}")),
+                    "inbound email processed"
+                );
                 if let Some(message_id) = disposition.posted() {
                     Announcements::message(message_id)
                         .publish_or_leave_to_sweep(Ok(publisher), &self.topology)

@@ -70,7 +70,7 @@ impl Mailer {
                     "this email could not be built or sent: {}",
                     panic_text(&panic)
                 );
-                error!(reason, "email failed");
+                error!(reason = %mail::mask_addresses(&reason), "email failed");
                 Posted {
                     subject: None,
                     sent: Sent::Failed {
@@ -121,7 +121,7 @@ impl Mailer {
         let built = match mail::build_email(&email) {
             Ok(built) => built,
             Err(e) => {
-                warn!(error = %e, "email cannot be built");
+                warn!(error = %mail::mask_addresses(&e.to_string()), "email cannot be built");
                 let reason = e.to_string();
                 return Posted {
                     subject,
@@ -135,18 +135,18 @@ impl Mailer {
         let to = mail::mask_address(&email.to_address);
         let sent = match self.smtp.send(built).await {
             SmtpOutcome::Accepted(reply) => {
-                info!(to, "email sent");
+                info!(to, reply = %mail::mask_addresses(&reply), "email sent");
                 Sent::Accepted { reply }
             }
             SmtpOutcome::Refused(reply) => {
-                warn!(to, error = %reply, "email refused");
+                warn!(to, error = %mail::mask_addresses(&reply), "email refused");
                 Sent::Failed {
                     reason: "refused by the SMTP server".into(),
                     reply: Some(reply),
                 }
             }
             SmtpOutcome::Deferred(reply) => {
-                warn!(to, error = %reply, "email deferred");
+                warn!(to, error = %mail::mask_addresses(&reply), "email deferred");
                 Sent::Temporary {
                     reason: "temporary SMTP failure".into(),
                     reply: Some(reply),
