@@ -212,6 +212,23 @@ fn thread_hints(message: &mail_parser::Message<'_>, context: &InboundContext) ->
     }
 }
 
+/// Whether a sender address as parsed is one mail could come from: a local part and a dotted
+/// domain, with no spaces or control characters (a quoted local part the parser could not
+/// read comes out as `@domain`).
+fn plausible_address(address: &str) -> bool {
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !address.chars().any(|c| c.is_whitespace() || c.is_control())
+        && domain
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '.' || c == '-')
+}
+
 /// Every header called `name`, raw, top first (the order relays prepend in).
 fn raw_headers<'a>(message: &'a mail_parser::Message<'_>, name: &str) -> Vec<&'a str> {
     message
@@ -296,6 +313,14 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
         report.reason = Some("no sender address".into());
         return report;
     }
+    if let Some(bad) = from.as_deref().filter(|f| !plausible_address(f)) {
+        report.reason = Some(format!(
+            "the From address {:?} is not a valid address",
+            crate::mail::mask_address(bad)
+        ));
+        report.from = None;
+        return report;
+    }
     let froms = raw_headers(&message, "From").len();
     if froms > 1 {
         report.reason = Some(format!(
@@ -359,6 +384,27 @@ mod tests {
         );
         let only_others = mail("Authentication-Results: evil.test; dkim=fail\r\n");
         assert_eq!(inspect(only_others.as_bytes(), &relay).auth_failure, None);
+    }
+
+    #[test]
+    fn a_sender_address_that_does_not_parse_is_rejected() {
+        for from in [
+            "\"alice\"@evil.test",
+            "ali\rce@evil.test",
+            "alice@evil",
+            "alice@ev il.test",
+        ] {
+            let raw = format!(
+                "From: {from}\r\nTo: support@reply.example.com\r\nSubject: hi\r\n\r\nHello\r\n"
+            );
+            let report = inspect(raw.as_bytes(), &context());
+            assert_eq!(
+                report.verdict,
+                InboundVerdict::Rejected,
+                "{from}: {report:?}"
+            );
+            assert!(report.from.is_none(), "{from}: {report:?}");
+        }
     }
 
     #[test]
