@@ -9,11 +9,15 @@
 //! | `TIDINGS_AMQP_URL` | `amqp://guest:guest@127.0.0.1:5672/%2f` | RabbitMQ connection URL |
 //! | `TIDINGS_SMTP_URL` | `smtp://127.0.0.1:2525` | outbound SMTP server (`smtp://`, `smtps://`, `smtp://…?tls=required`) |
 //! | `TIDINGS_HTTP_ADDR` | `127.0.0.1:8080` | address the api role listens on |
+//! | `TIDINGS_HTTP_MAX_CONNECTIONS` | `1024` | open HTTP connections at once |
+//! | `TIDINGS_HTTP_HEADER_TIMEOUT` | `10s` | headers must arrive within this; idle keep-alive connections close after it |
+//! | `TIDINGS_HTTP_REQUEST_TIMEOUT` | `30s` | longest request (503 beyond) |
 //! | `TIDINGS_PUBLIC_URL` | `http://<TIDINGS_HTTP_ADDR>` | base URL of the api as recipients reach it (unsubscribe links) |
 //! | `TIDINGS_API_TOKEN` | `tidings-dev-token` | bearer token every API call must carry |
 //! | `TIDINGS_SEEN_WINDOW` | `60s` | how long a notification waits for the recipient to see it before it is emailed |
 //! | `TIDINGS_REPLY_DOMAIN` | `reply.tidings.localhost` | domain of reply addresses and outbound Message-IDs |
-//! | `TIDINGS_TOKEN_SECRET` | `tidings-dev-secret` | HMAC secret signing reply addresses |
+//! | `TIDINGS_TOKEN_SECRET` | `tidings-dev-secret` | HMAC secret signing reply and bounce addresses |
+//! | `TIDINGS_ALLOW_DEV_SECRETS` | `no` | `yes`: listen beyond loopback even with a development secret |
 //! | `TIDINGS_QUEUE_TYPE` | `quorum` | `quorum` or `classic` RabbitMQ queues |
 //! | `TIDINGS_QUEUE_PREFIX` | `tidings` | prefix of every exchange and queue name |
 //! | `TIDINGS_MAIL_FROM` | `Tidings <notifications@tidings.localhost>` | From of outbound notification mail |
@@ -25,6 +29,11 @@
 //! | `TIDINGS_DB_POOL_SIZE` | `10` | PostgreSQL connections per process |
 //! | `TIDINGS_INBOUND_ADDR` | `127.0.0.1:2526` | address the inbound SMTP listener binds (the MX relay delivers here) |
 //! | `TIDINGS_INBOUND_MAX_BYTES` | `26214400` | largest inbound message accepted (552 beyond) |
+//! | `TIDINGS_INBOUND_MAX_SESSIONS` | `100` | concurrent SMTP sessions (421 beyond) |
+//! | `TIDINGS_INBOUND_SESSION_TIMEOUT` | `10m` | longest SMTP session |
+//! | `TIDINGS_INBOUND_MIN_RATE` | `1024` | bytes per second a message must average after 10 s |
+//! | `TIDINGS_INBOUND_MEMORY` | `268435456` | bytes of all messages being received at once (452 beyond) |
+//! | `TIDINGS_INBOUND_AUTHSERV_ID` | unset | the relay's authserv-id; only its topmost `Authentication-Results` is read |
 //! | `TIDINGS_INBOUND_MAILBOXES` | `support` | local parts at the reply domain that accept new conversations |
 //! | `TIDINGS_INBOUND_RATE` | `10/10m` | most posts per sender and per conversation in a window; beyond it mail is logged, not posted |
 //! | `TIDINGS_SWEEP_INTERVAL` | `15s` | how often dispatch republishes messages whose event was not confirmed |
