@@ -931,3 +931,37 @@ async fn process_logs_mask_every_address() {
         assert!(!log.contains(address), "{address} in the log:\n{log}");
     }
 }
+
+/// SPEC L1: every log row names its recipient, a system email skipped because it is switched
+/// off included.
+#[tokio::test(flavor = "multi_thread")]
+async fn l1_a_skipped_system_email_names_its_recipient() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    // The welcome email is switched off in every test environment.
+    env.user("Ann").await;
+    support::wait_for(
+        env.root(),
+        "the skipped welcome email to be logged",
+        async || {
+            let log = env
+                .ok("GET", "/email-log?direction=out&status=skipped", None)
+                .await;
+            !log.as_array().unwrap().is_empty()
+        },
+    )
+    .await;
+    let log = env
+        .ok("GET", "/email-log?direction=out&status=skipped", None)
+        .await;
+    assert_eq!(log[0]["rcpt_to"], "ann@example.com", "{log}");
+    assert!(
+        log[0]["mail_from"]
+            .as_str()
+            .is_some_and(|f| f.contains('@')),
+        "{log}"
+    );
+    assert!(log[0]["reason"].is_string(), "{log}");
+}

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::db::email_log;
 use crate::db::models::NewEmailLogEntry;
-use crate::db::schema::outbox_emails;
+use crate::db::schema::{outbox_emails, people};
 use crate::db::states::{LogStatus, OutboxState};
 
 /// An email to queue.
@@ -26,11 +26,13 @@ pub struct NewOutboxEmail {
     pub skipped: Option<String>,
 }
 
-/// Writes the rows; returns the ids of those to send.
+/// Writes the rows; returns the ids of those to send. A row queued already skipped gets its
+/// email log row here, naming its recipient and sender like every other.
 pub fn enqueue(
     conn: &mut PgConnection,
     emails: Vec<NewOutboxEmail>,
     reply_domain: &str,
+    mail_from: &str,
 ) -> QueryResult<Vec<i64>> {
     let mut ids = Vec::new();
     for email in emails {
@@ -60,8 +62,16 @@ pub fn enqueue(
             .returning(outbox_emails::id)
             .get_result(conn)?;
         if let Some(reason) = email.skipped {
+            let rcpt_to: Option<String> = people::table
+                .find(email.recipient_id)
+                .select(people::email)
+                .first::<Option<String>>(conn)
+                .optional()?
+                .flatten();
             let entry = NewEmailLogEntry {
                 reason: Some(reason),
+                rcpt_to,
+                mail_from: Some(mail_from.to_string()),
                 outbox_id: Some(id),
                 conversation_id: email.conversation_id,
                 rule: Some(email.source),

@@ -58,7 +58,7 @@ pub fn handle_event(
             mut handled,
             ..
         } = work;
-        handled.outbox = outbox::enqueue(conn, emails, &config.reply_domain)?;
+        handled.outbox = outbox::enqueue(conn, emails, &config.reply_domain, &config.mail_from)?;
         Ok(Some(handled))
     })
 }
