@@ -965,3 +965,53 @@ async fn l1_a_skipped_system_email_names_its_recipient() {
     );
     assert!(log[0]["reason"].is_string(), "{log}");
 }
+
+/// A password reset link verifies once, through the api call the host application's reset
+/// page makes; a second use, a forged token or another purpose's token is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_reset_link_verifies_once() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let ann = env.user("Ann").await;
+    env.ok("POST", &format!("/people/{ann}/password-reset"), None)
+        .await;
+    support::wait_for(env.root(), "the reset email", async || {
+        !env.mails_to("ann@example.com").is_empty()
+    })
+    .await;
+    let mail = &env.mails_to("ann@example.com")[0];
+    let text = mail.parsed().body_text(0).unwrap().to_string();
+    let token = text
+        .split("/password-reset/")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let verify = |token: String| {
+        let env = &env;
+        async move {
+            env.call(
+                "POST",
+                "/password-resets/verify",
+                Some(json!({"token": token})),
+            )
+            .await
+        }
+    };
+    let (status, answer) = verify(token.clone()).await;
+    assert_eq!(
+        (status, answer["person_id"].as_i64()),
+        (200, Some(ann)),
+        "{answer}"
+    );
+    let (status, answer) = verify(token.clone()).await;
+    assert_eq!(status, 410, "a second use: {answer}");
+    assert_eq!(answer["field"], "token");
+    let forged = token.replacen(|c: char| c.is_ascii_digit(), "9", 1);
+    let (status, answer) = verify(forged).await;
+    assert_eq!(status, 400, "{answer}");
+    let (status, _) = verify("not a token".into()).await;
+    assert_eq!(status, 400);
+}

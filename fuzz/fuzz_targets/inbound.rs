@@ -9,6 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let context = InboundContext {
         reply_domain: "reply.tidings.localhost".into(),
         own_address: Some("notifications@tidings.localhost".into()),
+        authserv_id: None,
     };
     let report = inbound::inspect(data, &context);
     if let (Some(reply), Some(quoted)) = (&report.reply_text, &report.quoted_text) {

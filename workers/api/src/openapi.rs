@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
         crate::routes::people::update_person,
         crate::routes::people::inbox,
         crate::routes::people::request_password_reset,
+        crate::routes::people::verify_password_reset,
         crate::routes::preferences::get_preferences,
         crate::routes::preferences::update_preferences,
         crate::routes::projects::create_project,

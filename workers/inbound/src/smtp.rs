@@ -11,8 +11,8 @@ use smtp_proto::{Error as SmtpError, Request};
 use tidings_common::Config;
 use tidings_common::amqp::{SharedPublisher, Topology};
 use tidings_common::mail::ReplyToken;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -184,8 +184,11 @@ impl Incoming {
 }
 
 /// A session within the configured bounds: closed with 421 when it runs past the session
-/// time limit.
-async fn bounded_session(mut stream: TcpStream, ingress: &Ingress) -> std::io::Result<()> {
+/// time limit. Any byte stream will do (the fuzz target talks over an in-memory pipe).
+pub async fn bounded_session<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    ingress: &Ingress,
+) -> std::io::Result<()> {
     let limit = ingress.config.inbound_limits.session_timeout;
     match tokio::time::timeout(limit, session(&mut stream, ingress)).await {
         Ok(ended) => ended,
@@ -204,7 +207,10 @@ fn too_slow(incoming: &Incoming, min_rate: usize) -> bool {
     elapsed > RATE_GRACE && (incoming.received as f64) < min_rate as f64 * elapsed.as_secs_f64()
 }
 
-async fn session(stream: &mut TcpStream, ingress: &Ingress) -> std::io::Result<()> {
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    ingress: &Ingress,
+) -> std::io::Result<()> {
     let max = ingress.config.inbound_max_bytes;
     let min_rate = ingress.config.inbound_limits.min_rate;
     // The rest of a line refused as too long is skipped, not read as a command.

@@ -74,6 +74,10 @@ pub fn router(state: AppState) -> Router {
             post(people::request_password_reset),
         )
         .route(
+            "/password-resets/verify",
+            post(people::verify_password_reset),
+        )
+        .route(
             "/projects/{id}/members/{person_id}",
             put(projects::add_project_member),
         )

@@ -317,6 +317,86 @@ pub async fn inbox(
 
 /// Minutes a password reset link stays valid.
 const RESET_MINUTES: i64 = 60;
+/// What reset link tokens are signed for.
+const RESET_PURPOSE: &str = "reset";
+
+#[derive(diesel::QueryableByName)]
+struct ResetRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = BigInt)]
+    person_id: i64,
+}
+
+/// A reset link's token, as the host application's page received it.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct ResetToken {
+    token: String,
+}
+
+/// Whose password a verified reset link lets the host application set.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct VerifiedReset {
+    person_id: i64,
+}
+
+/// Verifies a password reset link's token, once: the host application's reset page calls this
+/// before letting the person choose a password. A token verifies a single time and only
+/// within its hour.
+#[utoipa::path(
+    post,
+    path = "/password-resets/verify",
+    tag = "people",
+    request_body = ResetToken,
+    responses(
+        (status = 200, description = "the token is good; this was its one use", body = VerifiedReset),
+        (status = 400, description = "not a reset token", body = crate::error::ErrorBody),
+        (status = 410, description = "the link has expired or was used already", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn verify_password_reset(
+    State(state): State<AppState>,
+    Body(body): Body<ResetToken>,
+) -> ApiResult<Json<VerifiedReset>> {
+    let now = clock::now();
+    let id = mail::verify_link(
+        &state.config.token_secret,
+        RESET_PURPOSE,
+        body.token.trim(),
+        now.timestamp(),
+    )
+    .map_err(|e| ApiError {
+        status: match e {
+            mail::LinkError::Expired => StatusCode::GONE,
+            _ => StatusCode::BAD_REQUEST,
+        },
+        message: format!("token: {e}"),
+        field: Some("token".into()),
+    })?;
+    with_db(&state, move |conn| {
+        let used: Option<ResetRow> = diesel::sql_query(
+            "UPDATE password_resets SET used_at = $2
+             WHERE id = $1 AND used_at IS NULL AND expires_at > $2
+             RETURNING id, person_id",
+        )
+        .bind::<BigInt, _>(id)
+        .bind::<diesel::sql_types::Timestamptz, _>(now)
+        .get_result(conn)
+        .optional()?;
+        match used {
+            Some(reset) => Ok(Json(VerifiedReset {
+                person_id: reset.person_id,
+            })),
+            None => Err(ApiError {
+                status: StatusCode::GONE,
+                message: "token: this reset link was used already (or has expired)".into(),
+                field: Some("token".into()),
+            }),
+        }
+    })
+    .await
+}
 
 #[utoipa::path(
     post,
@@ -339,8 +419,15 @@ pub async fn request_password_reset(
     let recorded = with_db(&state, move |conn| {
         conn.transaction(|conn| {
             let p = require_user(conn, id, "id")?;
-            let expires = clock::now().timestamp() + RESET_MINUTES * 60;
-            let token = mail::sign_link(&secret, "reset", p.id, expires);
+            let expires = clock::now() + chrono::Duration::minutes(RESET_MINUTES);
+            let reset: ResetRow = diesel::sql_query(
+                "INSERT INTO password_resets (person_id, expires_at) VALUES ($1, $2)
+                 RETURNING id, person_id",
+            )
+            .bind::<BigInt, _>(p.id)
+            .bind::<diesel::sql_types::Timestamptz, _>(expires)
+            .get_result(conn)?;
+            let token = mail::sign_link(&secret, RESET_PURPOSE, reset.id, expires.timestamp());
             Ok(events::record(
                 conn,
                 &DomainEvent::PasswordResetRequested {
