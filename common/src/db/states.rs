@@ -19,7 +19,7 @@ macro_rules! text_enum {
         )]
         #[diesel(sql_type = Text)]
         pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+            $($(#[$vmeta])* #[serde(rename = $text)] #[schema(rename = $text)] $variant),+
         }
 
         impl $name {

@@ -92,6 +92,13 @@ impl Modify for BearerToken {
                 if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
                     answers.insert("401".into(), error("missing or wrong bearer token"));
                 }
+                // Every route takes a path, a query or a body that can fail to parse.
+                answers.entry("400".into()).or_insert_with(|| {
+                    error("a path parameter, query or body that does not parse; the error names it")
+                });
+                answers
+                    .entry("413".into())
+                    .or_insert_with(|| error("the request body is over the size limit"));
             }
         }
     }

@@ -93,7 +93,8 @@ async fn announce_join(state: &AppState, recorded: Option<RecordedEvent>) -> Sta
     tag = "projects",
     params(("id" = i64, Path, description = "the id"), ("person_id" = i64, Path, description = "person id")),
     responses(
-        (status = 201, description = "added (200 when already a member)"),
+        (status = 201, description = "added"),
+        (status = 200, description = "already a member"),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
     ),
@@ -122,7 +123,8 @@ pub async fn add_project_member(
     tag = "projects",
     params(("id" = i64, Path, description = "the id"), ("team_id" = i64, Path, description = "team id")),
     responses(
-        (status = 201, description = "added (200 when already in)"),
+        (status = 201, description = "added"),
+        (status = 200, description = "already in"),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
     ),
     security(("bearer" = [])),
