@@ -161,20 +161,39 @@ impl PartialGraph {
     }
 }
 
+/// The name a template source rendered on its own is registered under, so an include of that
+/// name is seen as the template including itself.
+const LONE: &str = "template";
+
 /// A template source that is safe to render on its own: it compiles and no partial it defines
-/// includes itself.
+/// includes itself, nor does it include itself.
 pub fn check_source(source: &str) -> Result<Template, Unsafe> {
     let template = Template::compile(source).map_err(|e| Unsafe {
-        template: "template".into(),
+        template: LONE.into(),
         line: e.pos().map(|(line, _)| line),
         reason: e.reason().to_string(),
     })?;
     let mut graph = PartialGraph::default();
-    graph.add("template", &template)?;
+    graph.add(LONE, &template)?;
     match graph.cycle() {
         Some(found) => Err(found),
         None => Ok(template),
     }
+}
+
+/// Renders a template source on its own (an automation's message body): checked by
+/// [`check_source`], strict, without HTML escaping, and bounded by [`RENDER_LIMIT`].
+pub fn render_source(source: &str, data: &impl serde::Serialize) -> Result<String, String> {
+    let template = check_source(source).map_err(|e| e.to_string())?;
+    let mut registry = handlebars::Handlebars::new();
+    registry.set_strict_mode(true);
+    registry.register_escape_fn(handlebars::no_escape);
+    registry.register_template(LONE, template);
+    let mut out = Bounded::default();
+    registry
+        .render_to_write(LONE, data, &mut out)
+        .map_err(|e| e.to_string())?;
+    Ok(out.into_string())
 }
 
 /// Collects rendered output up to [`RENDER_LIMIT`] bytes.
@@ -244,6 +263,15 @@ mod tests {
     fn a_partial_used_twice_is_not_a_cycle_and_a_computed_name_is_refused() {
         assert!(check_source(r#"{{#*inline "p"}}x{{/inline}}{{> p}}{{> p}}"#).is_ok());
         assert!(check_source(r#"{{> (lookup . "name")}}"#).is_err());
+    }
+
+    #[test]
+    fn a_template_including_itself_by_its_own_name_is_refused() {
+        // Found by fuzzing: the name the source is registered under is a partial name too.
+        let found = check_source(r#"x{{> template}}"#).unwrap_err();
+        assert!(found.reason.contains("template > template"), "{found}");
+        assert!(render_source(r#"{{#*inline "p"}}{{> template}}{{/inline}}{{> p}}"#, &()).is_err());
+        assert_eq!(render_source("Hi {{name}}", &serde_json::json!({"name": "Ann"})).unwrap(), "Hi Ann");
     }
 
     #[test]

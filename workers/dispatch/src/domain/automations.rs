@@ -244,17 +244,7 @@ fn audience(
 /// Renders an automation's message body. The body is checked again here (a row written before
 /// the api checked for partial cycles must not overflow the stack) and its output is bounded.
 fn render_body(source: &str, context: &Value) -> std::result::Result<String, String> {
-    use tidings_common::templates::guard::{Bounded, check_source};
-    let template = check_source(source).map_err(|e| e.to_string())?;
-    let mut registry = handlebars::Handlebars::new();
-    registry.set_strict_mode(true);
-    registry.register_escape_fn(handlebars::no_escape);
-    registry.register_template("body", template);
-    let mut out = Bounded::default();
-    registry
-        .render_to_write("body", context, &mut out)
-        .map_err(|e| e.to_string())?;
-    Ok(out.into_string())
+    tidings_common::templates::guard::render_source(source, context)
 }
 
 #[cfg(test)]
