@@ -883,13 +883,7 @@ async fn process_logs_mask_every_address() {
     env.wait_for_topology().await;
     let (_, _, conversation, _, reply_to) = emailed(&env).await;
     let sent = &env.mails_to("bob@example.com")[0];
-    let return_path = String::from_utf8_lossy(&sent.raw)
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("X-Mail-Args: <")
-                .map(|a| a.split('>').next().unwrap_or_default().to_string())
-        })
-        .unwrap();
+    let return_path = sent.return_path();
     let message_id = sent.header("Message-ID").unwrap();
     let dsn = format!(
         "From: MAILER-DAEMON@mx.example.com\nTo: {return_path}\nSubject: failure\n\

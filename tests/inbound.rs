@@ -379,13 +379,7 @@ async fn hard_bounce_marks_the_email_and_suppresses_the_address() {
     env.wait_for_topology().await;
     let (ann, bob, conv, _, message_id) = emailed_conversation(&env).await;
     let sent = &env.mails_to("bob@example.com")[0];
-    let return_path = String::from_utf8_lossy(&sent.raw)
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("X-Mail-Args: <")
-                .map(|a| a.split('>').next().unwrap_or_default().to_string())
-        })
-        .unwrap();
+    let return_path = sent.return_path();
     assert!(
         return_path.starts_with("bounces+n") && return_path.ends_with(&format!("@{REPLY_DOMAIN}")),
         "bounces come back to us, to this email's own signed address: {return_path}"

@@ -179,6 +179,17 @@ impl SunkMail {
             .expect("sink file parses as email")
     }
 
+    /// The envelope sender (MAIL FROM) smtp-sink recorded for the message.
+    pub fn return_path(&self) -> String {
+        String::from_utf8_lossy(&self.raw)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("X-Mail-Args: <")
+                    .map(|a| a.split('>').next().unwrap_or_default().to_string())
+            })
+            .expect("smtp-sink records the envelope sender")
+    }
+
     /// A header of the message; `None` also for a file that holds no message (smtp-sink
     /// writes a file for a transaction the client abandoned after DATA).
     pub fn header(&self, name: &str) -> Option<String> {

@@ -271,7 +271,10 @@ mod tests {
         let found = check_source(r#"x{{> template}}"#).unwrap_err();
         assert!(found.reason.contains("template > template"), "{found}");
         assert!(render_source(r#"{{#*inline "p"}}{{> template}}{{/inline}}{{> p}}"#, &()).is_err());
-        assert_eq!(render_source("Hi {{name}}", &serde_json::json!({"name": "Ann"})).unwrap(), "Hi Ann");
+        assert_eq!(
+            render_source("Hi {{name}}", &serde_json::json!({"name": "Ann"})).unwrap(),
+            "Hi Ann"
+        );
     }
 
     #[test]
