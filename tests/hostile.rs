@@ -1009,3 +1009,38 @@ async fn a_password_reset_link_verifies_once() {
     let (status, _) = verify("not a token".into()).await;
     assert_eq!(status, 400);
 }
+
+/// A row whose processing stops its worker every time (still `sending` under a lapsed lease,
+/// claimed again and again) is given up as failed, with a log row, instead of being retried
+/// by every sweep for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_that_never_finishes_is_given_up() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (_, bob, _, message, _) = emailed(&env).await;
+    env.sql(&format!(
+        "UPDATE notifications SET state = 'sending', attempts = 10, \
+         claimed_at = now() - interval '1 hour', due_at = now() - interval '1 hour' \
+         WHERE message_id = {message} AND recipient_id = {bob}"
+    ));
+    support::wait_for(env.root(), "the row to be given up", async || {
+        let d = env.deliveries(message).await;
+        d["recipients"][0]["email_state"] == "failed"
+    })
+    .await;
+    let d = env.deliveries(message).await;
+    assert!(
+        d["recipients"][0]["email_reason"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 10 claims"),
+        "{d}"
+    );
+    let log = env
+        .ok("GET", "/email-log?direction=out&status=failed", None)
+        .await;
+    assert_eq!(log.as_array().unwrap().len(), 1, "{log}");
+    assert_eq!(env.mails_to("bob@example.com").len(), 1, "not sent again");
+}

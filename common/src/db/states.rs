@@ -189,6 +189,43 @@ pub mod claimable {
     use super::SendState;
     use crate::db::schema::{notifications, outbox_emails};
 
+    /// Claims after which a row still `sending` under a lapsed lease is given up as failed: a
+    /// row whose processing stops its worker every time would otherwise be retried forever.
+    pub const MAX_UNFINISHED_CLAIMS: i32 = 10;
+
+    /// Why a row is given up.
+    pub fn gave_up_reason() -> String {
+        format!(
+            "gave up after {MAX_UNFINISHED_CLAIMS} claims that never finished (its worker stopped each time)"
+        )
+    }
+
+    /// Rows to give up: `sending` under a lapsed lease, claimed too often.
+    pub fn poisoned_notifications(
+        lapsed: DateTime<Utc>,
+    ) -> Box<dyn BoxableExpression<notifications::table, Pg, SqlType = Bool>> {
+        use notifications::{attempts, claimed_at, state};
+        Box::new(
+            state
+                .eq(SendState::Sending)
+                .and(claimed_at.lt(lapsed).assume_not_null())
+                .and(attempts.ge(MAX_UNFINISHED_CLAIMS)),
+        )
+    }
+
+    /// Outbox rows to give up, as [`poisoned_notifications`].
+    pub fn poisoned_outbox_emails(
+        lapsed: DateTime<Utc>,
+    ) -> Box<dyn BoxableExpression<outbox_emails::table, Pg, SqlType = Bool>> {
+        use outbox_emails::{attempts, claimed_at, state};
+        Box::new(
+            state
+                .eq(SendState::Sending)
+                .and(claimed_at.lt(lapsed).assume_not_null())
+                .and(attempts.ge(MAX_UNFINISHED_CLAIMS)),
+        )
+    }
+
     pub fn notifications(
         lapsed: DateTime<Utc>,
     ) -> Box<dyn BoxableExpression<notifications::table, Pg, SqlType = Nullable<Bool>>> {

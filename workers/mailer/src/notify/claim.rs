@@ -7,7 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
-use tidings_common::db::models::{Notification, NotificationState};
+use tidings_common::db::email_log;
+use tidings_common::db::models::{LogStatus, NewEmailLogEntry, Notification, NotificationState};
 use tidings_common::db::schema::notifications;
 use tidings_common::db::states::claimable;
 use tidings_common::{Result, clock};
@@ -32,6 +33,7 @@ pub(super) fn claim_all(conn: &mut PgConnection, ids: &[i64], lease: Duration) -
     conn.transaction(|conn| {
         lock_conversations(conn, ids)?;
         let now = clock::now();
+        give_up_poisoned(conn, ids, now, clock::before(lease))?;
         let claimed = claim_due(conn, ids, now, clock::before(lease))?;
         let unclaimed = unclaimed_states(conn, ids, &claimed)?;
         let Some(first) = claimed.first() else {
@@ -58,6 +60,46 @@ fn lock_conversations(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize
     )
     .bind::<Array<BigInt>, _>(ids)
     .execute(conn)
+}
+
+/// Fails the ones of `ids` that were claimed too often without ever finishing, with a log row
+/// each; they are then no longer claimable, so they can never hold up a batch or a sweep.
+fn give_up_poisoned(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    now: DateTime<Utc>,
+    lapsed: DateTime<Utc>,
+) -> QueryResult<()> {
+    let reason = claimable::gave_up_reason();
+    let failed: Vec<Notification> = diesel::update(
+        notifications::table
+            .filter(notifications::id.eq_any(ids))
+            .filter(claimable::poisoned_notifications(lapsed)),
+    )
+    .set((
+        notifications::state.eq(NotificationState::Failed),
+        notifications::reason.eq(&reason),
+        notifications::updated_at.eq(now),
+    ))
+    .returning(Notification::as_returning())
+    .get_results(conn)?;
+    if failed.is_empty() {
+        return Ok(());
+    }
+    tracing::error!(count = failed.len(), reason, "notifications given up");
+    let entries: Vec<NewEmailLogEntry> = failed
+        .iter()
+        .map(|n| NewEmailLogEntry {
+            reason: Some(reason.clone()),
+            notification_id: Some(n.id),
+            message_id: Some(n.message_id),
+            conversation_id: Some(n.conversation_id),
+            message_id_header: Some(n.email_message_id.clone()),
+            ..NewEmailLogEntry::outbound(LogStatus::Failed)
+        })
+        .collect();
+    email_log::write(conn, &entries)?;
+    Ok(())
 }
 
 /// Moves the claimable ones of `ids` to `sending`, stamped `now`.

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use tidings_common::db::models::{OutboxEmail, OutboxState, Person};
+use tidings_common::db::email_log;
+use tidings_common::db::models::{LogStatus, NewEmailLogEntry, OutboxEmail, OutboxState, Person};
 use tidings_common::db::schema::*;
 use tidings_common::db::states::claimable;
 use tidings_common::{Result, clock};
@@ -23,6 +24,36 @@ pub(super) fn claim(conn: &mut PgConnection, ids: &[i64], lease: Duration) -> Re
     conn.transaction(|conn| {
         let now = clock::now();
         let lapsed = clock::before(lease);
+        let reason = claimable::gave_up_reason();
+        let failed: Vec<(i64, Option<i64>, String)> = diesel::update(
+            outbox_emails::table
+                .filter(outbox_emails::id.eq_any(ids))
+                .filter(claimable::poisoned_outbox_emails(lapsed)),
+        )
+        .set((
+            outbox_emails::state.eq(OutboxState::Failed),
+            outbox_emails::reason.eq(&reason),
+        ))
+        .returning((
+            outbox_emails::id,
+            outbox_emails::conversation_id,
+            outbox_emails::email_message_id,
+        ))
+        .get_results(conn)?;
+        if !failed.is_empty() {
+            tracing::error!(count = failed.len(), reason, "outbox emails given up");
+            let entries: Vec<NewEmailLogEntry> = failed
+                .into_iter()
+                .map(|(id, conversation_id, message_id)| NewEmailLogEntry {
+                    reason: Some(reason.clone()),
+                    outbox_id: Some(id),
+                    conversation_id,
+                    message_id_header: Some(message_id),
+                    ..NewEmailLogEntry::outbound(LogStatus::Failed)
+                })
+                .collect();
+            email_log::write(conn, &entries)?;
+        }
         let rows: Vec<OutboxEmail> = diesel::update(
             outbox_emails::table
                 .filter(outbox_emails::id.eq_any(ids))
