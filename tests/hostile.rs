@@ -211,6 +211,16 @@ async fn recursive_partials_are_refused_and_abort_nothing() {
         answer["error"].as_str().unwrap().contains("p > p"),
         "{answer}"
     );
+    // Blocks nested thousands deep would overflow the stack while parsing: refused first.
+    let deep = "{{#if a}}".repeat(5000) + &"{{/if}}".repeat(5000);
+    let (status, answer) = env
+        .call("POST", "/automations", Some(json!({"name": "Deep", "trigger": "message_posted", "action": "post_message", "body": deep})))
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("deeper than 64"),
+        "{answer}"
+    );
 
     // A row that skipped the check (written before it existed) is refused when it would run.
     let a = env

@@ -165,9 +165,52 @@ impl PartialGraph {
 /// name is seen as the template including itself.
 const LONE: &str = "template";
 
-/// A template source that is safe to render on its own: it compiles and no partial it defines
-/// includes itself, nor does it include itself.
+/// Deepest nesting of blocks a template may have: parsing and rendering recurse once per
+/// level, and a few thousand levels overflow a thread's stack.
+pub const MAX_NESTING: usize = 64;
+
+/// Refuses a source whose blocks nest deeper than [`MAX_NESTING`], before it is parsed. Every
+/// `{{#`, `{{^` (not `{{^}}`) and `{{~#` opens a level and every `{{/` closes one; counting a
+/// little generously only ever refuses more.
+pub fn check_nesting(name: &str, source: &str) -> Result<(), Unsafe> {
+    let bytes = source.as_bytes();
+    let (mut depth, mut line, mut i) = (0usize, 1usize, 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\n' => line += 1,
+            b'{' if bytes[i..].starts_with(b"{{") => {
+                let mut j = i + 2;
+                if bytes.get(j) == Some(&b'~') {
+                    j += 1;
+                }
+                match bytes.get(j) {
+                    Some(b'#') => depth += 1,
+                    Some(b'^') if !bytes[j..].starts_with(b"^}}") => depth += 1,
+                    Some(b'/') => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+                if depth > MAX_NESTING {
+                    return Err(Unsafe {
+                        template: name.to_string(),
+                        line: Some(line),
+                        reason: format!("blocks nest deeper than {MAX_NESTING} levels"),
+                    });
+                }
+                i = j;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// A template source that is safe to render on its own: its blocks nest at most
+/// [`MAX_NESTING`] deep, it compiles, and no partial it defines includes itself, nor does it
+/// include itself.
 pub fn check_source(source: &str) -> Result<Template, Unsafe> {
+    check_nesting(LONE, source)?;
     let template = Template::compile(source).map_err(|e| Unsafe {
         template: LONE.into(),
         line: e.pos().map(|(line, _)| line),
@@ -275,6 +318,28 @@ mod tests {
             render_source("Hi {{name}}", &serde_json::json!({"name": "Ann"})).unwrap(),
             "Hi Ann"
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_it_can_overflow_the_stack() {
+        let nested = |n: usize| "{{#each items}}".repeat(n) + "x" + &"{{/each}}".repeat(n);
+        assert!(check_source(&nested(MAX_NESTING)).is_ok());
+        // The deepest allowed template renders all the way down on a 2 MiB stack (a tokio
+        // worker's), in a debug build.
+        let deepest = "{{#if a}}".repeat(MAX_NESTING) + "x" + &"{{/if}}".repeat(MAX_NESTING);
+        let rendered = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || render_source(&deepest, &serde_json::json!({"a": true})))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(rendered.as_deref(), Ok("x"));
+        let found = check_source(&("\n".to_string() + &nested(5000))).unwrap_err();
+        assert_eq!(found.line, Some(2));
+        assert!(found.reason.contains("deeper than 64"), "{found}");
+        // Siblings are not nesting, and an else is no block.
+        let siblings = "{{#if a}}x{{else}}y{{/if}}{{^}}".repeat(500);
+        assert!(check_nesting("t", &siblings).is_ok());
     }
 
     #[test]

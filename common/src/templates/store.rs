@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use super::guard::{Bounded, PartialGraph, Unsafe};
+use super::guard::{Bounded, PartialGraph, Unsafe, check_nesting};
 use super::{PARTS, RenderedEmail, TemplateError, sample_data};
 
 /// The templates of one locale: the default locale's, overlaid with the locale's own.
@@ -292,6 +292,7 @@ fn build_locale(
             continue;
         };
         let source = read(partial)?;
+        check_nesting(&stem, &source).map_err(|e| TemplateError::new(partial, e.line, e.reason))?;
         for registry in [&mut html, &mut plain] {
             registry
                 .register_partial(&stem, &source)
@@ -302,6 +303,8 @@ fn build_locale(
         for part in PARTS {
             let file = folder.join(format!("{part}.hbs"));
             let source = read(&file)?;
+            check_nesting(name, &source)
+                .map_err(|e| TemplateError::new(&file, e.line, e.reason))?;
             let registry = if part == "html" {
                 &mut html
             } else {
