@@ -1054,3 +1054,53 @@ async fn a_row_that_never_finishes_is_given_up() {
     assert_eq!(log.as_array().unwrap().len(), 1, "{log}");
     assert_eq!(env.mails_to("bob@example.com").len(), 1, "not sent again");
 }
+
+/// SPEC L1: an email waiting out its seen window is in the log as `queued` (id 0, read from
+/// its notification), and once decided it is there as what it became.
+#[tokio::test(flavor = "multi_thread")]
+async fn l1_a_waiting_email_is_queued_in_the_log() {
+    let env = Env::new("4s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let ann = env.user("Ann").await;
+    let bob = env.user("Bob").await;
+    let (_, item, conversation) = env.ticket("Printer").await;
+    env.follow_item(item, bob).await;
+    let message = env.post(conversation, ann, "Is it fixed?", false).await;
+    env.dispatched(message).await;
+    let log = env.ok("GET", "/email-log?status=queued", None).await;
+    let queued = log.as_array().unwrap();
+    assert_eq!(queued.len(), 1, "{log}");
+    assert_eq!(queued[0]["id"], 0);
+    assert_eq!(queued[0]["rcpt_to"], "bob@example.com");
+    assert_eq!(queued[0]["message_id"], json!(message));
+    assert!(
+        queued[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("queued, due at"),
+        "{log}"
+    );
+    // Listed with the rest, newest first; inbound-only lists leave it out.
+    let all = env.ok("GET", "/email-log", None).await;
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["status"] == "queued"),
+        "{all}"
+    );
+    let inbound = env.ok("GET", "/email-log?direction=in", None).await;
+    assert_eq!(inbound, json!([]));
+    env.settled(message, SETTLE).await;
+    let log = env.ok("GET", "/email-log?direction=out", None).await;
+    let statuses: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert!(!statuses.contains(&"queued"), "{log}");
+    assert!(statuses.contains(&"sent"), "{log}");
+}

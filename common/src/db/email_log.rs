@@ -61,8 +61,28 @@ pub struct LogFilter {
     pub limit: i64,
 }
 
-/// Rows of the log matching `filter`, newest first.
+/// Rows of the log matching `filter`, newest first. An email still waiting to go (a
+/// notification in its seen window or waiting for a retry, an outbox email not yet sent) has
+/// no row yet: it is listed as `queued`, read from its own row, with id 0. Nothing is written
+/// for it, so the hot path pays nothing for the listing.
 pub fn query(conn: &mut PgConnection, filter: &LogFilter) -> QueryResult<Vec<EmailLogEntry>> {
+    let mut rows = if filter.status == Some(LogStatus::Queued) {
+        Vec::new()
+    } else {
+        logged(conn, filter)?
+    };
+    let wants_queued = filter.direction != Some(Direction::Inbound)
+        && filter.status.is_none_or(|s| s == LogStatus::Queued);
+    if wants_queued {
+        rows.extend(queued(conn, filter)?);
+        rows.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        rows.truncate(usize::try_from(filter.limit).unwrap_or(0));
+    }
+    Ok(rows)
+}
+
+/// The rows written to the log.
+fn logged(conn: &mut PgConnection, filter: &LogFilter) -> QueryResult<Vec<EmailLogEntry>> {
     let mut q = email_log::table
         .select(EmailLogEntry::as_select())
         .order(email_log::id.desc())
@@ -81,4 +101,143 @@ pub fn query(conn: &mut PgConnection, filter: &LogFilter) -> QueryResult<Vec<Ema
         q = q.filter(email_log::status.eq(status));
     }
     q.load(conn)
+}
+
+/// Emails waiting to go, as `queued` rows: pending notifications and outbox emails.
+fn queued(conn: &mut PgConnection, filter: &LogFilter) -> QueryResult<Vec<EmailLogEntry>> {
+    use super::schema::{conversations, notifications, outbox_emails, people};
+    use super::states::SendState;
+    let mut waiting = notifications::table
+        .inner_join(people::table.on(people::id.eq(notifications::recipient_id)))
+        .inner_join(conversations::table.on(conversations::id.eq(notifications::conversation_id)))
+        .filter(notifications::state.eq(SendState::Pending))
+        .select((
+            notifications::id,
+            notifications::created_at,
+            notifications::due_at,
+            notifications::attempts,
+            notifications::message_id,
+            notifications::conversation_id,
+            notifications::email_message_id,
+            people::email,
+            conversations::subject,
+        ))
+        .order(notifications::id.desc())
+        .limit(filter.limit)
+        .into_boxed();
+    if let Some(message_id) = filter.message_id {
+        waiting = waiting.filter(notifications::message_id.eq(message_id));
+    }
+    if let Some(since) = filter.since {
+        waiting = waiting.filter(notifications::created_at.ge(since));
+    }
+    type Waiting = (
+        i64,
+        DateTime<Utc>,
+        DateTime<Utc>,
+        i32,
+        i64,
+        i64,
+        String,
+        Option<String>,
+        String,
+    );
+    let mut rows: Vec<EmailLogEntry> = waiting
+        .load::<Waiting>(conn)?
+        .into_iter()
+        .map(
+            |(
+                id,
+                created_at,
+                due_at,
+                attempts,
+                message_id,
+                conversation_id,
+                header,
+                rcpt_to,
+                subject,
+            )| {
+                EmailLogEntry {
+                    id: 0,
+                    created_at,
+                    entry: NewEmailLogEntry {
+                        reason: Some(waiting_reason(attempts, due_at)),
+                        notification_id: Some(id),
+                        message_id: Some(message_id),
+                        conversation_id: Some(conversation_id),
+                        rcpt_to,
+                        subject: Some(subject),
+                        message_id_header: Some(header),
+                        ..NewEmailLogEntry::outbound(LogStatus::Queued)
+                    },
+                }
+            },
+        )
+        .collect();
+    if filter.message_id.is_none() {
+        type Outboxed = (
+            i64,
+            DateTime<Utc>,
+            DateTime<Utc>,
+            i32,
+            Option<i64>,
+            String,
+            String,
+            i64,
+        );
+        let mut pending = outbox_emails::table
+            .filter(outbox_emails::state.eq(SendState::Pending))
+            .into_boxed();
+        if let Some(since) = filter.since {
+            pending = pending.filter(outbox_emails::created_at.ge(since));
+        }
+        let outboxed: Vec<Outboxed> = pending
+            .select((
+                outbox_emails::id,
+                outbox_emails::created_at,
+                outbox_emails::due_at,
+                outbox_emails::attempts,
+                outbox_emails::conversation_id,
+                outbox_emails::email_message_id,
+                outbox_emails::source,
+                outbox_emails::recipient_id,
+            ))
+            .order(outbox_emails::id.desc())
+            .limit(filter.limit)
+            .load(conn)?;
+        let recipients: Vec<i64> = outboxed.iter().map(|o| o.7).collect();
+        let addresses: std::collections::HashMap<i64, Option<String>> = people::table
+            .filter(people::id.eq_any(&recipients))
+            .select((people::id, people::email))
+            .load::<(i64, Option<String>)>(conn)?
+            .into_iter()
+            .collect();
+        rows.extend(outboxed.into_iter().map(
+            |(id, created_at, due_at, attempts, conversation_id, header, source, recipient)| {
+                EmailLogEntry {
+                    id: 0,
+                    created_at,
+                    entry: NewEmailLogEntry {
+                        reason: Some(waiting_reason(attempts, due_at)),
+                        outbox_id: Some(id),
+                        conversation_id,
+                        rcpt_to: addresses.get(&recipient).cloned().flatten(),
+                        message_id_header: Some(header),
+                        rule: Some(source),
+                        ..NewEmailLogEntry::outbound(LogStatus::Queued)
+                    },
+                }
+            },
+        ));
+    }
+    Ok(rows)
+}
+
+fn waiting_reason(attempts: i32, due_at: DateTime<Utc>) -> String {
+    let due = due_at.format("%Y-%m-%d %H:%M:%S UTC");
+    if attempts == 0 {
+        format!("queued, due at {due}")
+    } else {
+        format!("queued for attempt {}, due at {due}", attempts + 1)
+    }
 }

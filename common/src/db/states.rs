@@ -92,6 +92,9 @@ text_enum! {
         Skipped => "skipped",
         /// A temporary failure; another attempt is scheduled.
         Deferred => "deferred",
+        /// Waiting to go (its seen window, or a retry); never stored, read from the
+        /// notification or outbox row itself (see `email_log::query`).
+        Queued => "queued",
         Failed => "failed",
         /// Sent, then bounced back.
         Bounced => "bounced",
