@@ -138,6 +138,21 @@ impl SharedPublisher {
             .ok_or_else(|| Error::Task("broker not connected".into()))
     }
 
+    /// Waits until the keeper has connected, for at most `limit`; true when it has. A role that
+    /// serves clients waits for this before it listens, so at an ordinary start nothing it
+    /// accepts has to wait for a sweep; with the broker down it starts anyway when the limit
+    /// is reached, and the sweeps announce what it accepted meanwhile.
+    pub async fn wait_connected(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.get().is_err() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     fn set(&self, publisher: Option<Publisher>) {
         *self.current.write().expect("publisher lock") = publisher;
     }

@@ -19,7 +19,10 @@ use tidings_common::Config;
 use tidings_common::amqp::Topology;
 use tidings_common::db::Db;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
+
+/// How long the api waits for its broker connection before it listens.
+const BROKER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub use error::ApiError;
 pub use routes::router;
@@ -52,6 +55,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         broker,
         templates,
     };
+    if !state.broker.wait_connected(BROKER_WAIT).await {
+        warn!(
+            wait = ?BROKER_WAIT,
+            "the broker is not reachable yet; listening anyway (the sweeps announce what is accepted meanwhile)"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|e| {

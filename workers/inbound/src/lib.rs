@@ -19,7 +19,7 @@ use tidings_common::db::Db;
 use tidings_common::inbound::{self, InboundContext};
 use tidings_common::{Config, Result};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info};
+use tracing::{Instrument, info, warn};
 
 use process::Envelope;
 
@@ -194,6 +194,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         topology.clone(),
         shutdown.clone(),
     );
+    // Sessions are accepted once the broker is connected (or after the wait), so an ordinary
+    // start does not answer its first mail with 451.
+    if !publisher
+        .wait_connected(std::time::Duration::from_secs(10))
+        .await
+    {
+        warn!("the broker is not reachable yet; accepting mail anyway (451 until it is)");
+    }
     let ingress = Arc::new(smtp::Ingress::new(
         config.clone(),
         topology.clone(),
