@@ -121,25 +121,10 @@ async fn post_all(env: &Env, load: &Load, over: Duration) {
 /// since guessing "no" would post a second message.
 async fn already_posted(env: &Env, conv: i64) -> bool {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let sql = format!("SELECT count(*) FROM messages WHERE conversation_id = {conv}");
     loop {
-        let out = Command::new("psql")
-            .args([
-                "-At",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                &env.database,
-                "-c",
-            ])
-            .arg(format!(
-                "SELECT count(*) FROM messages WHERE conversation_id = {conv}"
-            ))
-            .output()
-            .unwrap();
-        if out.status.success() {
-            return String::from_utf8_lossy(&out.stdout).trim() != "0";
+        if let Some(count) = try_psql(env, &sql) {
+            return count != "0";
         }
         assert!(
             Instant::now() < deadline,
@@ -149,7 +134,8 @@ async fn already_posted(env: &Env, conv: i64) -> bool {
     }
 }
 
-fn psql(env: &Env, sql: &str) -> String {
+/// Runs `sql` on the test's database; `None` when psql fails (the database is down).
+fn try_psql(env: &Env, sql: &str) -> Option<String> {
     let out = Command::new("psql")
         .args([
             "-At",
@@ -164,7 +150,13 @@ fn psql(env: &Env, sql: &str) -> String {
         ])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn psql(env: &Env, sql: &str) -> String {
+    try_psql(env, sql).unwrap_or_default()
 }
 
 /// The accounting after a fault.

@@ -11,6 +11,15 @@ use support::Env;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
+/// A fresh environment with every role running and the broker topology declared.
+async fn running(window: &str) -> (Env, support::Process) {
+    let env = Env::new(window);
+    let tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    (env, tidings)
+}
+
 /// Ann posts in a ticket Bob follows and Bob is emailed; returns (ann, bob, conversation,
 /// message, Bob's reply address).
 async fn emailed(env: &Env) -> (i64, i64, i64, i64, String) {
@@ -274,10 +283,7 @@ async fn recursive_partials_are_refused_and_abort_nothing() {
 /// forged signed address is refused in the dialogue.
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_bounces_suppress_nobody() {
-    let env = Env::new("1s");
-    let _tidings = env.spawn(&["all"]);
-    env.wait_for_api().await;
-    env.wait_for_topology().await;
+    let (env, _tidings) = running("1s").await;
     let (ann, _, conversation, first, reply_to) = emailed(&env).await;
     let domain = support::REPLY_DOMAIN;
     let report = |to: &str, extra: &str| {
@@ -426,10 +432,7 @@ async fn the_relays_verdict_stands_and_two_froms_are_rejected() {
 /// a user's reply that answers none of our emails is internal.
 #[tokio::test(flavor = "multi_thread")]
 async fn d5_a_staff_reply_to_an_internal_note_stays_internal() {
-    let env = Env::new("1s");
-    let _tidings = env.spawn(&["all"]);
-    env.wait_for_api().await;
-    env.wait_for_topology().await;
+    let (env, _tidings) = running("1s").await;
     let ann = env.user("Ann").await;
     let bob = env.user("Bob").await;
     let carol = env.customer("Carol").await;
@@ -485,10 +488,7 @@ async fn d5_a_staff_reply_to_an_internal_note_stays_internal() {
 /// A deactivated person's old reply address no longer posts anything.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deactivated_person_cannot_post_by_email() {
-    let env = Env::new("1s");
-    let _tidings = env.spawn(&["all"]);
-    env.wait_for_api().await;
-    env.wait_for_topology().await;
+    let (env, _tidings) = running("1s").await;
     let (_, bob, conversation, _, reply_to) = emailed(&env).await;
     env.ok(
         "PATCH",
@@ -522,10 +522,7 @@ async fn a_deactivated_person_cannot_post_by_email() {
 /// field.
 #[tokio::test(flavor = "multi_thread")]
 async fn nul_bytes_lose_no_mail_and_are_refused_by_the_api() {
-    let env = Env::new("1s");
-    let _tidings = env.spawn(&["all"]);
-    env.wait_for_api().await;
-    env.wait_for_topology().await;
+    let (env, _tidings) = running("1s").await;
     let (ann, _, conversation, _, reply_to) = emailed(&env).await;
     let raw = format!(
         "From: bob@example.com\nTo: {reply_to}\nSubject: Re: Printer\0 =?utf-8?q?x=00y?=\n\
@@ -580,10 +577,7 @@ async fn nul_bytes_lose_no_mail_and_are_refused_by_the_api() {
 /// sender is a duplicate.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reused_message_id_from_another_sender_is_not_a_duplicate() {
-    let env = Env::new("1s");
-    let _tidings = env.spawn(&["all"]);
-    env.wait_for_api().await;
-    env.wait_for_topology().await;
+    let (env, _tidings) = running("1s").await;
     let support = format!("support@{}", support::REPLY_DOMAIN);
     for from in ["carol@example.com", "dave@example.com", "carol@example.com"] {
         let mail = format!(
@@ -887,10 +881,7 @@ async fn the_http_listener_bounds_slow_clients_and_answers_json() {
 /// disposition, not in an inbound reply's.
 #[tokio::test(flavor = "multi_thread")]
 async fn process_logs_mask_every_address() {
-    let env = Env::new("1s");
-    let _tidings = env.spawn(&["all"]);
-    env.wait_for_api().await;
-    env.wait_for_topology().await;
+    let (env, _tidings) = running("1s").await;
     let (_, _, conversation, _, reply_to) = emailed(&env).await;
     let sent = &env.mails_to("bob@example.com")[0];
     let return_path = sent.return_path();
@@ -940,10 +931,7 @@ async fn process_logs_mask_every_address() {
 /// off included.
 #[tokio::test(flavor = "multi_thread")]
 async fn l1_a_skipped_system_email_names_its_recipient() {
-    let env = Env::new("1s");
-    let _tidings = env.spawn(&["all"]);
-    env.wait_for_api().await;
-    env.wait_for_topology().await;
+    let (env, _tidings) = running("1s").await;
     // The welcome email is switched off in every test environment.
     env.user("Ann").await;
     support::wait_for(
@@ -974,10 +962,7 @@ async fn l1_a_skipped_system_email_names_its_recipient() {
 /// page makes; a second use, a forged token or another purpose's token is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_password_reset_link_verifies_once() {
-    let env = Env::new("1s");
-    let _tidings = env.spawn(&["all"]);
-    env.wait_for_api().await;
-    env.wait_for_topology().await;
+    let (env, _tidings) = running("1s").await;
     let ann = env.user("Ann").await;
     env.ok("POST", &format!("/people/{ann}/password-reset"), None)
         .await;
@@ -1025,10 +1010,7 @@ async fn a_password_reset_link_verifies_once() {
 /// by every sweep for ever.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_row_that_never_finishes_is_given_up() {
-    let env = Env::new("1s");
-    let _tidings = env.spawn(&["all"]);
-    env.wait_for_api().await;
-    env.wait_for_topology().await;
+    let (env, _tidings) = running("1s").await;
     let (_, bob, _, message, _) = emailed(&env).await;
     env.sql(&format!(
         "UPDATE notifications SET state = 'sending', attempts = 10, \
