@@ -633,3 +633,143 @@ async fn preferences_api_p2_and_explain() {
         .await;
     assert_eq!(status, 404);
 }
+
+/// D1, P1–P5, F1: the audience read for dispatch leaves out only people every rule refuses.
+/// In seeded worlds of users with every combination of settings, customers and a bot, with
+/// follows of every kind, the people notified from the narrowed audience of each message are
+/// exactly those notified when every (message, person) pair is decided.
+#[tokio::test]
+async fn narrowed_audience_notifies_exactly_whom_every_pair_would() {
+    use diesel::prelude::*;
+    use std::collections::BTreeSet;
+    use tidings_common::{audience, rules};
+
+    let env = Env::new("1s");
+    // 36 users (every P1 × P3 × P4 setting, P2 and P5 alternating, every fifth deactivated),
+    // 3 customers, 1 bot; a project with an item conversation, a project conversation and a
+    // bare customer conversation; follows of every kind spread by a fixed pattern.
+    let people: Vec<i64> = env
+        .sql(
+            "INSERT INTO people (kind, name, email, active)
+             SELECT 'user', 'U' || g, 'u' || g || '@world.example', g % 5 <> 0
+             FROM generate_series(1, 36) g;
+             INSERT INTO user_preferences (person_id, see_conversations, from_customers,
+                 from_users, show_customer_conversations, followed_internal)
+             SELECT id, (ARRAY['followed_projects', 'all_projects'])[1 + id % 2],
+                    (ARRAY['all', 'mine', 'none'])[1 + (id / 2) % 3],
+                    (ARRAY['all', 'followed', 'none'])[1 + (id / 6) % 3],
+                    id % 4 <> 1, id % 3 <> 2
+             FROM people WHERE email LIKE '%@world.example';
+             INSERT INTO people (kind, name, email)
+             SELECT 'customer', 'C' || g, 'c' || g || '@world.example' FROM generate_series(1, 3) g;
+             INSERT INTO people (kind, name) VALUES ('bot', 'B');
+             SELECT id FROM people WHERE email LIKE '%@world.example' OR kind = 'bot'
+             ORDER BY CASE kind WHEN 'user' THEN 0 WHEN 'customer' THEN 1 ELSE 2 END, id",
+        )
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let list = |ids: &[i64]| {
+        ids.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (users, customers, bot) = (&people[..36], &people[36..39], people[39]);
+    let project: i64 = env
+        .sql("INSERT INTO projects (name) VALUES ('World') RETURNING id")
+        .parse()
+        .unwrap();
+    let item: i64 = env
+        .sql(&format!(
+            "INSERT INTO items (project_id, kind, title, assignee_id)
+             VALUES ({project}, 'ticket', 'T', {}) RETURNING id",
+            users[7]
+        ))
+        .parse()
+        .unwrap();
+    let conversations: Vec<i64> = env
+        .sql(&format!(
+            "INSERT INTO conversations (item_id, project_id, subject) VALUES
+             ({item}, NULL, 'item'), (NULL, {project}, 'project'), (NULL, NULL, 'bare')
+             RETURNING id"
+        ))
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let followers = |every: usize, from: usize| -> Vec<i64> {
+        users.iter().copied().skip(from).step_by(every).collect()
+    };
+    env.sql(&format!(
+        "INSERT INTO item_follows (item_id, person_id) SELECT {item}, unnest(ARRAY[{}]::bigint[]);
+         INSERT INTO project_follows (project_id, person_id) SELECT {project}, unnest(ARRAY[{}]::bigint[]);
+         INSERT INTO conversation_participants (conversation_id, person_id)
+         SELECT c, p FROM unnest(ARRAY[{}]::bigint[]) c, unnest(ARRAY[{}]::bigint[]) p;
+         INSERT INTO conversation_participants (conversation_id, person_id)
+         VALUES ({}, {}), ({}, {}), ({}, {});",
+        list(&followers(3, 0)),
+        list(&followers(4, 1)),
+        list(&conversations),
+        list(&followers(7, 2)),
+        conversations[0],
+        customers[0],
+        conversations[1],
+        customers[1],
+        conversations[2],
+        customers[2],
+    ));
+    // In each conversation: from a customer, to customers by a user, by the bot, internal,
+    // and one deleted.
+    let mut messages = Vec::new();
+    for (i, conversation) in conversations.iter().enumerate() {
+        for (author, internal, deleted) in [
+            (customers[i], false, false),
+            (users[3], false, false),
+            (bot, false, false),
+            (users[10], true, false),
+            (users[11], false, true),
+        ] {
+            let deleted_at = if deleted { "now()" } else { "NULL" };
+            let id: i64 = env
+                .sql(&format!(
+                    "INSERT INTO messages (conversation_id, author_id, body, internal, deleted_at)
+                     VALUES ({conversation}, {author}, 'hello', {internal}, {deleted_at}) RETURNING id"
+                ))
+                .parse()
+                .unwrap();
+            messages.push(id);
+        }
+    }
+    let mut db = PgConnection::establish(env.var("TIDINGS_DATABASE_URL")).unwrap();
+    let narrowed: BTreeSet<(i64, i64)> = audience::audiences(&mut db, &messages)
+        .unwrap()
+        .into_iter()
+        .flat_map(|(message, people)| {
+            people
+                .into_iter()
+                .filter(|p| rules::notify(&message, p).yes)
+                .map(|p| (message.message_id, p.person_id))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let every_pair: Vec<(i64, i64)> = messages
+        .iter()
+        .flat_map(|m| people.iter().map(move |p| (*m, *p)))
+        .collect();
+    let full = audience::pairs(&mut db, &every_pair).unwrap();
+    assert_eq!(full.len(), every_pair.len(), "every pair has its facts");
+    let decided: BTreeSet<(i64, i64)> = full
+        .iter()
+        .filter(|(_, (message, person))| rules::notify(message, person).yes)
+        .map(|(key, _)| *key)
+        .collect();
+    assert_eq!(narrowed, decided);
+    // The worlds are not trivial: people are notified through every path, including users
+    // who follow nothing but whose P3 or P4 setting is `all`.
+    let follows_nothing =
+        |person: i64, message: i64| !full[&(message, person)].1.follows_conversation;
+    assert!(decided.len() > 40, "{} notified", decided.len());
+    assert!(decided.iter().any(|(m, p)| follows_nothing(*p, *m)));
+    assert!(decided.iter().any(|(m, p)| !follows_nothing(*p, *m)));
+    assert!(decided.iter().any(|(_, p)| customers.contains(p)));
+}

@@ -1,7 +1,14 @@
-//! Reads the facts the rules decide on, for one message and its possible audience, in two
-//! queries (the PL/pgSQL functions `tidings_message_facts` and `tidings_audience`, defined in
-//! the migrations, so each session plans them once). Dispatch (who is notified), the mailer (send-time re-check) and explain all use it,
-//! so the three can never disagree about the facts.
+//! Reads the facts the rules decide on, for a whole set of messages and their possible
+//! audiences, in two queries (the PL/pgSQL functions `tidings_messages_facts` and
+//! `tidings_audiences`, defined in the migrations, so each session plans them once). Dispatch
+//! (who is notified), the mailer (send-time re-check) and explain all use it, so the three can
+//! never disagree about the facts.
+//!
+//! Only people some rule could notify are read: the followers of the conversation, and the
+//! users whose P3 or P4 setting is `all` for that kind of message. Every other person is
+//! refused by every rule (see `rules::notify`), so leaving them out changes no verdict.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -34,6 +41,8 @@ struct MessageRow {
 
 #[derive(QueryableByName)]
 struct PersonRow {
+    #[diesel(sql_type = BigInt)]
+    message_id: i64,
     #[diesel(sql_type = BigInt)]
     id: i64,
     #[diesel(sql_type = Text)]
@@ -106,52 +115,109 @@ impl PersonRow {
     }
 }
 
-/// Loads the message's facts and those of `only` (or, when `None`, of everyone who could be
-/// notified: every active user and every follower of the conversation). `None` when the
-/// message does not exist.
-pub fn load(
+impl MessageRow {
+    fn facts(self) -> MessageFacts {
+        MessageFacts {
+            message_id: self.id,
+            conversation_id: self.conversation_id,
+            author_id: self.author_id,
+            author_kind: PersonKind::parse(&self.author_kind).unwrap_or(PersonKind::Bot),
+            internal: self.internal,
+            deleted: self.deleted,
+            customer_conversation: self.customer_conversation,
+        }
+    }
+}
+
+impl PersonRow {
+    fn facts(self) -> PersonFacts {
+        PersonFacts {
+            preferences: self.preferences(),
+            person_id: self.id,
+            kind: PersonKind::parse(&self.kind).unwrap_or(PersonKind::Bot),
+            active: self.active,
+            has_email: self.has_email,
+            follows_conversation: self.follows_conversation,
+            follows_project: self.follows_project,
+            participant: self.participant,
+            muted_conversation: self.muted,
+            seen_up_to: self.seen_up_to,
+            last_posted: self.last_posted,
+            suppressed: self.suppressed,
+        }
+    }
+}
+
+/// The facts of each existing message of `message_ids`, by id.
+fn message_facts(
     conn: &mut PgConnection,
-    message_id: i64,
-    only: Option<Vec<i64>>,
-) -> Result<Option<(MessageFacts, Vec<PersonFacts>)>> {
-    let message: Option<MessageRow> = diesel::sql_query("SELECT * FROM tidings_message_facts($1)")
-        .bind::<BigInt, _>(message_id)
-        .get_result(conn)
-        .optional()?;
-    let Some(m) = message else {
-        return Ok(None);
-    };
-    let message = MessageFacts {
-        message_id: m.id,
-        conversation_id: m.conversation_id,
-        author_id: m.author_id,
-        author_kind: PersonKind::parse(&m.author_kind).unwrap_or(PersonKind::Bot),
-        internal: m.internal,
-        deleted: m.deleted,
-        customer_conversation: m.customer_conversation,
-    };
-    let rows: Vec<PersonRow> = diesel::sql_query("SELECT * FROM tidings_audience($1, $2)")
-        .bind::<BigInt, _>(message_id)
-        .bind::<Nullable<Array<BigInt>>, _>(only)
+    message_ids: &[i64],
+) -> Result<HashMap<i64, MessageFacts>> {
+    let rows: Vec<MessageRow> = diesel::sql_query("SELECT * FROM tidings_messages_facts($1)")
+        .bind::<Array<BigInt>, _>(message_ids)
         .load(conn)?;
-    let people = rows
-        .into_iter()
-        .map(|r| PersonFacts {
-            person_id: r.id,
-            kind: PersonKind::parse(&r.kind).unwrap_or(PersonKind::Bot),
-            active: r.active,
-            has_email: r.has_email,
-            preferences: r.preferences(),
-            follows_conversation: r.follows_conversation,
-            follows_project: r.follows_project,
-            participant: r.participant,
-            muted_conversation: r.muted,
-            seen_up_to: r.seen_up_to,
-            last_posted: r.last_posted,
-            suppressed: r.suppressed,
+    Ok(rows.into_iter().map(|r| (r.id, r.facts())).collect())
+}
+
+/// The people rows of `tidings_audiences`: the possible audience of each message, or only the
+/// given (message, person) pairs.
+fn people_rows(
+    conn: &mut PgConnection,
+    message_ids: &[i64],
+    people: Option<&[i64]>,
+) -> Result<Vec<PersonRow>> {
+    Ok(diesel::sql_query("SELECT * FROM tidings_audiences($1, $2)")
+        .bind::<Array<BigInt>, _>(message_ids)
+        .bind::<Nullable<Array<BigInt>>, _>(people)
+        .load(conn)?)
+}
+
+/// Each existing message of `message_ids` with everyone who could be notified about it, in
+/// two queries for the whole set. Unknown ids are left out.
+pub fn audiences(
+    conn: &mut PgConnection,
+    message_ids: &[i64],
+) -> Result<Vec<(MessageFacts, Vec<PersonFacts>)>> {
+    if message_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let facts = message_facts(conn, message_ids)?;
+    let mut people: HashMap<i64, Vec<PersonFacts>> = HashMap::new();
+    for row in people_rows(conn, message_ids, None)? {
+        people.entry(row.message_id).or_default().push(row.facts());
+    }
+    let mut result: Vec<(MessageFacts, Vec<PersonFacts>)> = facts
+        .into_values()
+        .map(|m| {
+            let audience = people.remove(&m.message_id).unwrap_or_default();
+            (m, audience)
         })
         .collect();
-    Ok(Some((message, people)))
+    result.sort_by_key(|(m, _)| m.message_id);
+    Ok(result)
+}
+
+/// The facts of each (message, person) pair of `pairs`, in two queries for the whole set.
+/// Pairs whose message or person does not exist are left out.
+pub fn pairs(
+    conn: &mut PgConnection,
+    pairs: &[(i64, i64)],
+) -> Result<HashMap<(i64, i64), (MessageFacts, PersonFacts)>> {
+    if pairs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (messages, people): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
+    let mut unique = messages.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    let facts = message_facts(conn, &unique)?;
+    let mut result = HashMap::with_capacity(pairs.len());
+    for row in people_rows(conn, &messages, Some(&people))? {
+        if let Some(message) = facts.get(&row.message_id) {
+            result.insert((row.message_id, row.id), (message.clone(), row.facts()));
+        }
+    }
+    Ok(result)
 }
 
 /// Why a person was or was not notified and emailed about a message.
@@ -188,12 +254,12 @@ pub fn explain(
     person_id: i64,
 ) -> Result<Option<Explanation>> {
     use crate::db::schema::notifications as n;
-    let Some((message, people)) = load(conn, message_id, Some(vec![person_id]))? else {
+    let Some((message, person)) =
+        pairs(conn, &[(message_id, person_id)])?.remove(&(message_id, person_id))
+    else {
         return Ok(None);
     };
-    let Some(person) = people.first() else {
-        return Ok(None);
-    };
+    let person = &person;
     let notification = n::table
         .filter(n::message_id.eq(message_id))
         .filter(n::recipient_id.eq(person_id))

@@ -82,15 +82,31 @@ where
             }
         }
     };
+    let grouping = Grouping {
+        max_group: 1,
+        in_flight: usize::from(prefetch),
+    };
     consume_grouped(
-        connection, publisher, topology, queue, prefetch, 1, shutdown, one_by_one,
+        connection, publisher, topology, queue, prefetch, grouping, shutdown, one_by_one,
     )
     .await
 }
 
-/// Like [`consume`], but hands the handler every delivery already waiting (up to `max_group`)
-/// as one group, so it can do set-based work; it returns one outcome per delivery, in order.
-/// Under light load groups have one delivery and nothing waits; under heavy load the work per
+/// How [`consume_grouped`] forms groups.
+#[derive(Debug, Clone, Copy)]
+pub struct Grouping {
+    /// Most deliveries in one group.
+    pub max_group: usize,
+    /// Most groups handled at once. While that many are in flight, new deliveries wait in the
+    /// prefetch buffer and form the next, larger group: under load the work per delivery
+    /// shrinks instead of the groups multiplying.
+    pub in_flight: usize,
+}
+
+/// Like [`consume`], but hands the handler every delivery already waiting (up to
+/// `grouping.max_group`) as one group, so it can do set-based work; it returns one outcome per
+/// delivery, in order. Under light load groups have one delivery and nothing waits; under
+/// heavy load the groups grow (at most `grouping.in_flight` run at once) and the work per
 /// delivery shrinks.
 #[allow(clippy::too_many_arguments)]
 pub async fn consume_grouped<H, F>(
@@ -99,7 +115,7 @@ pub async fn consume_grouped<H, F>(
     topology: &Topology,
     queue: &str,
     prefetch: u16,
-    max_group: usize,
+    grouping: Grouping,
     shutdown: &CancellationToken,
     handler: H,
 ) -> Result<()>
@@ -119,7 +135,12 @@ where
             FieldTable::default(),
         )
         .await?;
-    info!(queue, prefetch, max_group, "consuming");
+    let Grouping {
+        max_group,
+        in_flight: max_in_flight,
+    } = grouping;
+    let max_in_flight = max_in_flight.max(1);
+    info!(queue, prefetch, max_group, max_in_flight, "consuming");
     let mut in_flight = JoinSet::new();
     let result = loop {
         tokio::select! {
@@ -129,7 +150,7 @@ where
                     error!(error = %e, "delivery task failed");
                 }
             }
-            next = consumer.next() => match next {
+            next = consumer.next(), if in_flight.len() < max_in_flight => match next {
                 Some(Ok(first)) => {
                     let (group, failed) = take_waiting(&mut consumer, first, max_group);
                     let handler = handler.clone();

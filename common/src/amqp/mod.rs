@@ -19,7 +19,7 @@ mod consume;
 mod publish;
 mod session;
 
-pub use consume::{Outcome, consume, consume_grouped, parse_payload};
+pub use consume::{Grouping, Outcome, consume, consume_grouped, parse_payload};
 pub use publish::{Publisher, SharedPublisher, connect};
 pub use session::{Session, Task, run_resilient};
 
@@ -65,6 +65,16 @@ pub struct MessagePosted {
 pub struct NotificationBatch {
     pub message_id: i64,
     pub notification_ids: Vec<i64>,
+}
+
+impl NotificationBatch {
+    /// The batch of a message nobody is notified about (yet).
+    pub fn empty(message_id: i64) -> Self {
+        NotificationBatch {
+            message_id,
+            notification_ids: Vec::new(),
+        }
+    }
 }
 
 /// Names and arguments of every exchange and queue.

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Bool};
 use tidings_common::amqp::NotificationBatch;
-use tidings_common::db::models::{Message, NotificationState};
+use tidings_common::db::models::NotificationState;
 use tidings_common::db::schema::{messages, notifications};
 use tidings_common::events::{self, DomainEvent, RecordedEvent};
 use tidings_common::{Result, audience, clock, mail, rules};
@@ -24,8 +25,18 @@ pub enum Dispatched {
 /// Rows per INSERT statement, well under PostgreSQL's limit on bound parameters.
 const INSERT_CHUNK: usize = 2000;
 
-/// Writes the notifications of a set of messages in one transaction. Running it again for the
-/// same messages writes nothing new and returns the same pending batches.
+/// A message this call marked dispatched (it had not been yet).
+#[derive(QueryableByName)]
+struct Fresh {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Bool)]
+    deleted: bool,
+}
+
+/// Writes the notifications of a set of messages in one transaction, with a fixed number of
+/// statements whatever the size of the set. Running it again for the same messages writes
+/// nothing new and returns the same pending batches.
 ///
 /// Messages in an item's conversation also get a `message_posted` domain event when an
 /// automation listens for it; the ids of those events are returned, to publish.
@@ -36,102 +47,114 @@ pub fn dispatch_messages(
     reply_domain: &str,
 ) -> Result<(HashMap<i64, Dispatched>, Vec<RecordedEvent>)> {
     conn.transaction(|conn| {
-        let found: Vec<Message> = messages::table
-            .filter(messages::id.eq_any(message_ids))
-            .order(messages::id.asc())
-            .select(Message::as_select())
-            .for_update()
-            .load(conn)?;
-        let fresh: Vec<i64> = found
+        // Marks the messages not dispatched yet, locked in id order, so that two dispatchers
+        // given the same message take turns and the second finds it done.
+        let fresh: Vec<Fresh> = diesel::sql_query(
+            "WITH todo AS (
+                 SELECT id FROM messages WHERE id = ANY($1) AND dispatched_at IS NULL
+                 ORDER BY id FOR UPDATE)
+             UPDATE messages m SET dispatched_at = now() FROM todo WHERE m.id = todo.id
+             RETURNING m.id, m.deleted_at IS NOT NULL AS deleted",
+        )
+        .bind::<Array<BigInt>, _>(message_ids)
+        .load(conn)?;
+        let mut result: HashMap<i64, Dispatched> = message_ids
             .iter()
-            .filter(|m| m.dispatched_at.is_none() && m.deleted_at.is_none())
-            .map(|m| m.id)
+            .map(|&id| (id, Dispatched::UnknownMessage))
             .collect();
-        write_notifications(
-            conn,
-            &found,
-            &fresh,
-            clock::after(seen_window),
-            reply_domain,
-        )?;
-        let events = automation_events(conn, &fresh)?;
-        let found_ids: Vec<i64> = found.iter().map(|m| m.id).collect();
-        diesel::update(messages::table.filter(messages::id.eq_any(&found_ids)))
-            .filter(messages::dispatched_at.is_null())
-            .set(messages::dispatched_at.eq(diesel::dsl::now))
-            .execute(conn)?;
-        Ok((pending_batches(conn, message_ids, &found_ids)?, events))
+        let live: Vec<&Fresh> = fresh.iter().filter(|m| !m.deleted).collect();
+        for m in &fresh {
+            result.insert(m.id, Dispatched::Batch(NotificationBatch::empty(m.id)));
+        }
+        let written = write_notifications(conn, &live, clock::after(seen_window), reply_domain)?;
+        for (message_id, id) in written {
+            if let Some(Dispatched::Batch(batch)) = result.get_mut(&message_id) {
+                batch.notification_ids.push(id);
+            }
+        }
+        let live_ids: Vec<i64> = live.iter().map(|m| m.id).collect();
+        let events = automation_events(conn, &live_ids)?;
+        // Ids this call did not mark: dispatched before (a redelivery), or unknown.
+        let others: Vec<i64> = message_ids
+            .iter()
+            .copied()
+            .filter(|id| !fresh.iter().any(|m| m.id == *id))
+            .collect();
+        if !others.is_empty() {
+            pending_batches(conn, &others, &mut result)?;
+        }
+        Ok((result, events))
     })
 }
 
-/// Writes a notification for everyone the rules notify about each fresh message.
+/// Writes a notification for everyone the rules notify about each message; returns the
+/// (message, notification) ids written.
 fn write_notifications(
     conn: &mut PgConnection,
-    found: &[Message],
-    fresh: &[i64],
+    messages: &[&Fresh],
     due_at: chrono::DateTime<chrono::Utc>,
     reply_domain: &str,
-) -> Result<()> {
+) -> Result<Vec<(i64, i64)>> {
+    let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
     let mut rows = Vec::new();
-    for message in found.iter().filter(|m| fresh.contains(&m.id)) {
-        let Some((facts, audience)) = audience::load(conn, message.id, None)? else {
-            continue;
-        };
+    for (facts, audience) in audience::audiences(conn, &ids)? {
         for person in audience
             .iter()
             .filter(|person| rules::notify(&facts, person).yes)
         {
             rows.push((
-                notifications::message_id.eq(message.id),
+                notifications::message_id.eq(facts.message_id),
                 notifications::recipient_id.eq(person.person_id),
-                notifications::conversation_id.eq(message.conversation_id),
+                notifications::conversation_id.eq(facts.conversation_id),
                 notifications::due_at.eq(due_at),
                 notifications::email_message_id.eq(mail::new_message_id(
-                    message.id,
+                    facts.message_id,
                     person.person_id,
                     reply_domain,
                 )),
             ));
         }
     }
+    let mut written = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(INSERT_CHUNK) {
-        diesel::insert_into(notifications::table)
-            .values(chunk)
-            .on_conflict_do_nothing()
-            .execute(conn)?;
+        written.extend(
+            diesel::insert_into(notifications::table)
+                .values(chunk)
+                .on_conflict_do_nothing()
+                .returning((notifications::message_id, notifications::id))
+                .get_results::<(i64, i64)>(conn)?,
+        );
     }
-    Ok(())
+    written.sort_unstable();
+    Ok(written)
 }
 
-/// The batch of pending notifications of each found message; unknown ids are marked so.
+/// Fills in the batch of pending notifications of each of `message_ids` that exists (they
+/// were dispatched before); the others stay unknown.
 fn pending_batches(
     conn: &mut PgConnection,
     message_ids: &[i64],
-    found_ids: &[i64],
-) -> QueryResult<HashMap<i64, Dispatched>> {
+    result: &mut HashMap<i64, Dispatched>,
+) -> QueryResult<()> {
+    let found: Vec<i64> = messages::table
+        .filter(messages::id.eq_any(message_ids))
+        .select(messages::id)
+        .load(conn)?;
+    for &id in &found {
+        result.insert(id, Dispatched::Batch(NotificationBatch::empty(id)));
+    }
     let pending: Vec<(i64, i64)> = notifications::table
-        .filter(notifications::message_id.eq_any(found_ids))
+        .filter(notifications::message_id.eq_any(&found))
         .filter(notifications::state.eq(NotificationState::Pending))
         .select((notifications::message_id, notifications::id))
         .order(notifications::id.asc())
         .load(conn)?;
-    let mut result: HashMap<i64, Dispatched> = message_ids
-        .iter()
-        .map(|&id| (id, Dispatched::UnknownMessage))
-        .collect();
-    for &id in found_ids {
-        let batch = NotificationBatch {
-            message_id: id,
-            notification_ids: Vec::new(),
-        };
-        result.insert(id, Dispatched::Batch(batch));
-    }
     for (message_id, id) in pending {
         if let Some(Dispatched::Batch(batch)) = result.get_mut(&message_id) {
             batch.notification_ids.push(id);
         }
     }
-    Ok(result)
+    Ok(())
 }
 
 /// Records a `message_posted` domain event for each message in an item's conversation, if

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use lapin::message::Delivery;
 use tidings_common::amqp::{
-    self, MessagePosted, NotificationBatch, Outcome, Publisher, Session, Topology,
+    self, Grouping, MessagePosted, NotificationBatch, Outcome, Publisher, Session, Topology,
 };
 use tidings_common::announce::Announcements;
 use tidings_common::db::Db;
@@ -28,8 +28,12 @@ use tracing::{Instrument, debug, info};
 
 pub use fanout::{Dispatched, dispatch_messages};
 
-/// Most `message.posted` events dispatched together in one transaction.
-const MAX_GROUP: usize = 64;
+/// `message.posted` events dispatched together in one transaction (at most 64), and how many
+/// such transactions run at once; under load the events waiting meanwhile form the next group.
+const GROUPING: Grouping = Grouping {
+    max_group: 64,
+    in_flight: 4,
+};
 
 struct Dispatcher {
     db: Db,
@@ -164,7 +168,7 @@ impl Dispatcher {
             &self.topology,
             &messages_queue,
             self.config.prefetch,
-            MAX_GROUP,
+            GROUPING,
             &stop,
             move |deliveries| {
                 this.clone()

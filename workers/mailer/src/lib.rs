@@ -20,7 +20,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use lapin::message::Delivery;
-use tidings_common::amqp::{self, NotificationBatch, Outcome, Publisher, Session, Topology};
+use tidings_common::amqp::{
+    self, Grouping, NotificationBatch, Outcome, Publisher, Session, Topology,
+};
 use tidings_common::announce::OutboxBatch;
 use tidings_common::db::Db;
 use tidings_common::sweep::{self, Sweep};
@@ -31,8 +33,17 @@ use tracing::{Instrument, error, info};
 
 pub use notify::Delivered;
 
-/// Most due batches handled together as one set.
-const MAX_GROUP: usize = 64;
+/// Due batches handled together as one set (at most 64), and how many sets run at once; under
+/// load the batches waiting meanwhile form the next set. This also bounds the emails held in
+/// memory at once.
+const GROUPING: Grouping = Grouping {
+    max_group: 64,
+    in_flight: 4,
+};
+
+/// Most notifications claimed and sent together as one set; a group of due batches with more
+/// is handled a slice at a time.
+const MAX_SET: usize = 256;
 
 /// Everything a mailer process shares between deliveries.
 pub struct Mailer {
@@ -80,14 +91,20 @@ impl Mailer {
         ids.sort_unstable();
         ids.dedup();
         let span = tracing::info_span!("batches", count = parsed.len(), notifications = ids.len());
-        let results = if ids.is_empty() {
-            Ok(HashMap::new())
-        } else {
-            retry::isolating("notification", ids, |ids| self.deliver_all(ids))
-                .instrument(span)
-                .await
-                .map(|parts| parts.into_iter().flatten().collect())
-        };
+        let results = async {
+            // Notifications of many recipients are handled a slice at a time, so what a set
+            // holds in memory is bounded whatever the fan-out of its batches.
+            let mut results = HashMap::with_capacity(ids.len());
+            for slice in ids.chunks(MAX_SET) {
+                let parts =
+                    retry::isolating("notification", slice.to_vec(), |ids| self.deliver_all(ids))
+                        .await?;
+                results.extend(parts.into_iter().flatten());
+            }
+            Ok::<_, tidings_common::Error>(results)
+        }
+        .instrument(span)
+        .await;
         if let Err(e) = &results
             && !e.is_transient()
         {
@@ -178,7 +195,7 @@ impl Mailer {
             &self.topology,
             &due_queue,
             self.config.prefetch,
-            MAX_GROUP,
+            GROUPING,
             &stop,
             move |deliveries| {
                 this.clone()

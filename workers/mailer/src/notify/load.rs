@@ -1,5 +1,5 @@
 //! Reading what the send-time checks and the template need for every claimed group, with one
-//! query per table (and the audience function once per message for the rules' facts).
+//! query per table (and the audience functions once for the rules' facts).
 
 use std::collections::HashMap;
 
@@ -62,7 +62,7 @@ impl Context {
         let people = sorted_unique(all.iter().map(|n| n.recipient_id).collect());
         let message_ids = sorted_unique(all.iter().map(|n| n.message_id).collect());
         let conversation_ids = sorted_unique(all.iter().map(|n| n.conversation_id).collect());
-        let verdicts = verdicts(conn, &all, &message_ids)?;
+        let verdicts = verdicts(conn, &all)?;
         let messages = message_data(conn, &message_ids)?;
         let recipients: HashMap<i64, Person> = people::table
             .filter(people::id.eq_any(&people))
@@ -199,29 +199,22 @@ fn project_of(conversation: &Conversation, items: &HashMap<i64, Item>) -> Option
         .or(conversation.project_id)
 }
 
-/// The rules' verdicts per (message, recipient), from the audience function, once per message
-/// for the recipients concerned.
+/// The rules' verdicts per (message, recipient), from the facts of every pair of the set read
+/// at once.
 fn verdicts(
     conn: &mut PgConnection,
     all: &[&Notification],
-    message_ids: &[i64],
 ) -> Result<HashMap<(i64, i64), (MessageFacts, Verdict)>> {
-    let mut verdicts = HashMap::new();
-    for &message_id in message_ids {
-        let recipients = sorted_unique(
-            all.iter()
-                .filter(|n| n.message_id == message_id)
-                .map(|n| n.recipient_id)
-                .collect(),
-        );
-        if let Some((message, people)) = audience::load(conn, message_id, Some(recipients))? {
-            for person in people {
-                let verdict = rules::email(&message, &person);
-                verdicts.insert((message_id, person.person_id), (message.clone(), verdict));
-            }
-        }
-    }
-    Ok(verdicts)
+    let mut pairs: Vec<(i64, i64)> = all.iter().map(|n| (n.message_id, n.recipient_id)).collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    Ok(audience::pairs(conn, &pairs)?
+        .into_iter()
+        .map(|(key, (message, person))| {
+            let verdict = rules::email(&message, &person);
+            (key, (message, verdict))
+        })
+        .collect())
 }
 
 /// Each message as the template shows it.

@@ -14,6 +14,7 @@ mod record;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use serde_json::Value;
 use tidings_common::Result;
 use tidings_common::db::models::{Notification, NotificationState, Person};
@@ -137,8 +138,12 @@ impl Mailer {
             .map(|(id, state)| (id, Delivered::unclaimed(state)))
             .collect();
         let mut ended: Vec<Ended> = gone.into_iter().map(Ended::gone).collect();
-        let sends = units.into_iter().map(|unit| self.decide_and_send(unit));
-        for (unit_ended, retry) in futures_util::future::join_all(sends).await {
+        // As many units at once as there are SMTP slots: an email is rendered only when it
+        // can go, so memory holds the emails in flight, not the whole set.
+        let mut sends = futures_util::stream::iter(units)
+            .map(|unit| self.decide_and_send(unit))
+            .buffer_unordered(self.config.smtp_concurrency.max(1));
+        while let Some((unit_ended, retry)) = sends.next().await {
             next.extend(retry);
             ended.extend(unit_ended);
         }
