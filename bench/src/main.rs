@@ -276,14 +276,19 @@ fn wait_terminal(
         #[diesel(sql_type = Nullable<Timestamptz>)]
         last: Option<chrono::DateTime<Utc>>,
     }
+    let first = messages.iter().copied().min().unwrap_or(0);
+    let last = messages.iter().copied().max().unwrap_or(0);
     let deadline = Instant::now() + timeout;
     loop {
+        // The phase's messages were inserted by one statement: their ids are one range,
+        // which is much cheaper to read than a list of thousands of ids.
         let p: Progress = diesel::sql_query(
             "SELECT count(*) FILTER (WHERE state IN ('sent', 'skipped', 'failed')) AS done,
                     count(*) FILTER (WHERE state = 'sent') AS sent, max(sent_at) AS last
-             FROM notifications WHERE message_id = ANY($1)",
+             FROM notifications WHERE message_id BETWEEN $1 AND $2",
         )
-        .bind::<diesel::sql_types::Array<BigInt>, _>(messages)
+        .bind::<BigInt, _>(first)
+        .bind::<BigInt, _>(last)
         .get_result(conn)?;
         if p.done >= expected {
             return Ok((p.last.unwrap_or_else(tidings_common::clock::now), p.sent));
@@ -294,7 +299,7 @@ fn wait_terminal(
                 p.done
             );
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
@@ -450,6 +455,49 @@ fn statements_run(conn: &mut PgConnection) -> Option<i64> {
     .calls
 }
 
+/// The statements of the benchmark database that took the most time so far (with
+/// `pg_stat_statements`): calls, total and mean milliseconds, and the start of the text.
+fn top_statements(conn: &mut PgConnection, limit: i64) -> Vec<(i64, f64, f64, String)> {
+    #[derive(QueryableByName)]
+    struct Statement {
+        #[diesel(sql_type = BigInt)]
+        calls: i64,
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        total_ms: f64,
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        mean_ms: f64,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        query: String,
+    }
+    diesel::sql_query(
+        "SELECT calls, total_exec_time AS total_ms, mean_exec_time AS mean_ms,
+                left(regexp_replace(query, '\\s+', ' ', 'g'), 100) AS query
+         FROM pg_stat_statements
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+         ORDER BY total_exec_time DESC LIMIT $1",
+    )
+    .bind::<BigInt, _>(limit)
+    .load::<Statement>(conn)
+    .map(|rows| {
+        rows.into_iter()
+            .map(|r| (r.calls, r.total_ms, r.mean_ms, r.query))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Percentiles (p50, p99) of a list of milliseconds.
+fn p50_p99(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| {
+        values
+            .get(((values.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    (pick(0.5), pick(0.99))
+}
+
 /// Lateness of a steady phase: email accepted (the mailer's `sent_at`) − message published −
 /// window, over every notification.
 #[derive(Debug, Clone)]
@@ -580,6 +628,11 @@ async fn steady(
             .copied()
             .unwrap_or(f64::NAN)
     };
+    let stages = stages(&mut db, &ids, &at)?;
+    eprintln!(
+        "bench:   stages p50/p99 ms: published→dispatched {:.0}/{:.0}, due→claimed {:.0}/{:.0}, claimed→recorded {:.0}/{:.0}",
+        stages[0].0, stages[0].1, stages[1].0, stages[1].1, stages[2].0, stages[2].1
+    );
     Ok(Lateness {
         asked_rate: rate,
         offered_rate,
@@ -588,6 +641,49 @@ async fn steady(
         max_ms: late.last().copied().unwrap_or(f64::NAN),
         notifications: late.len() as i64,
     })
+}
+
+/// Where a steady phase's lateness went, as (p50, p99) milliseconds of three stages: event
+/// published → message dispatched (dispatch's queue and transaction), notification due →
+/// claimed by the mailer (the delay's dead-lettering and the mailer's queue), claimed →
+/// recorded as sent (rendering, SMTP and the recording transaction).
+fn stages(
+    db: &mut PgConnection,
+    ids: &[i64],
+    published: &std::collections::HashMap<i64, chrono::DateTime<Utc>>,
+) -> anyhow::Result<[(f64, f64); 3]> {
+    use tidings_common::db::schema::{messages, notifications};
+    let rows: Vec<(
+        i64,
+        Option<chrono::DateTime<Utc>>,
+        chrono::DateTime<Utc>,
+        Option<chrono::DateTime<Utc>>,
+        Option<chrono::DateTime<Utc>>,
+    )> = notifications::table
+        .inner_join(messages::table)
+        .filter(notifications::message_id.eq_any(ids))
+        .select((
+            notifications::message_id,
+            messages::dispatched_at,
+            notifications::due_at,
+            notifications::claimed_at,
+            notifications::sent_at,
+        ))
+        .load(db)?;
+    let ms = |d: chrono::TimeDelta| d.as_seconds_f64() * 1000.0;
+    let (mut dispatch, mut delay, mut send) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, dispatched, due, claimed, sent) in rows {
+        if let (Some(at), Some(dispatched)) = (published.get(&id), dispatched) {
+            dispatch.push(ms(dispatched - *at));
+        }
+        if let Some(claimed) = claimed {
+            delay.push(ms(claimed - due));
+            if let Some(sent) = sent {
+                send.push(ms(sent - claimed));
+            }
+        }
+    }
+    Ok([p50_p99(dispatch), p50_p99(delay), p50_p99(send)])
 }
 
 /// Phase 4: the highest steady rate held on time at `fanout`, stepping from 0.8× the burst
@@ -1059,6 +1155,11 @@ async fn run_phases(
     let fan1 = pipeline(&env, &conn, &processes, n_fanout1, 1).await?;
     eprintln!("bench: pipeline at fan-out 10, {n_fanout10} messages");
     let fan10 = pipeline(&env, &conn, &processes, n_fanout10, 10).await?;
+    let top = if statements {
+        top_statements(&mut PgConnection::establish(database_url)?, 10)
+    } else {
+        Vec::new()
+    };
     let (held1, tried1) = sustained(&env, &conn, 1, fan1.rate, step_seconds, steps).await?;
     let (held10, tried10) = sustained(&env, &conn, 10, fan10.rate, step_seconds, steps).await?;
     let n_inbound = knob("BENCH_INBOUND", 2_000);
@@ -1168,6 +1269,12 @@ async fn run_phases(
             );
         }
     }
+    if !top.is_empty() {
+        println!("database time by statement over both pipeline phases (calls, total ms, mean ms):");
+        for (calls, total, mean, query) in &top {
+            println!("  {calls:>7} {total:>9.0} {mean:>8.3}  {query}");
+        }
+    }
     for (role, kib) in &rss {
         row(format!("peak RSS {role}"), fmt_rss(*kib), String::new());
     }
@@ -1226,6 +1333,7 @@ async fn run_phases(
         "cpu_ms_per_notification_fanout10": cost_json(&fan10.cost),
         "statements_per_notification_fanout1": fan1.statements,
         "statements_per_notification_fanout10": fan10.statements,
+        "top_statements": top.iter().map(|(c, t, m, q)| json!({"calls": c, "total_ms": t, "mean_ms": m, "query": q})).collect::<Vec<_>>(),
         "peak_rss_kib": rss.iter().map(|(r, k)| (r.to_string(), json!(k))).collect::<serde_json::Map<_, _>>(),
         "inbound_per_s": inbound_rate,
         "ratio_inbound_vs_smtp_sink": inbound_rate / sink_rate,

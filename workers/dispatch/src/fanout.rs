@@ -48,12 +48,15 @@ pub fn dispatch_messages(
 ) -> Result<(HashMap<i64, Dispatched>, Vec<RecordedEvent>)> {
     conn.transaction(|conn| {
         // Marks the messages not dispatched yet, locked in id order, so that two dispatchers
-        // given the same message take turns and the second finds it done.
+        // given the same message take turns and the second finds it done. No condition on
+        // `dispatched_at` reaches the planner: it would pick the partial index of undispatched
+        // messages and read all of them, which under a backlog is every message waiting.
         let fresh: Vec<Fresh> = diesel::sql_query(
-            "WITH todo AS (
-                 SELECT id FROM messages WHERE id = ANY($1) AND dispatched_at IS NULL
+            "WITH locked AS (
+                 SELECT id, dispatched_at IS NULL AS fresh FROM messages WHERE id = ANY($1)
                  ORDER BY id FOR UPDATE)
-             UPDATE messages m SET dispatched_at = now() FROM todo WHERE m.id = todo.id
+             UPDATE messages m SET dispatched_at = now() FROM locked
+             WHERE m.id = locked.id AND locked.fresh
              RETURNING m.id, m.deleted_at IS NOT NULL AS deleted",
         )
         .bind::<Array<BigInt>, _>(message_ids)

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Text};
 use serde_json::{Value, json};
 use tidings_common::Result;
 use tidings_common::audience;
@@ -97,18 +98,7 @@ impl Context {
             .into_iter()
             .map(|p| (p.id, p))
             .collect();
-        let sent = notifications::table
-            .filter(notifications::recipient_id.eq_any(&people))
-            .filter(notifications::conversation_id.eq_any(&conversation_ids))
-            .filter(notifications::state.eq(NotificationState::Sent))
-            .order(notifications::message_id.asc())
-            .select((
-                notifications::recipient_id,
-                notifications::conversation_id,
-                notifications::message_id,
-                notifications::email_message_id,
-            ))
-            .load(conn)?;
+        let sent = earlier_emails(conn, groups)?;
         Ok(Context {
             verdicts,
             messages,
@@ -188,6 +178,58 @@ impl Context {
         references.insert(0, mail::conversation_root_id(conversation, reply_domain));
         references
     }
+}
+
+/// (recipient, conversation, message, Message-ID) of the last emails sent to each group's
+/// recipient in its conversation before the group's messages, oldest first: one index lookup
+/// per group, however long the history.
+fn earlier_emails(
+    conn: &mut PgConnection,
+    groups: &[Vec<Claim>],
+) -> QueryResult<Vec<(i64, i64, i64, String)>> {
+    #[derive(QueryableByName)]
+    struct Earlier {
+        #[diesel(sql_type = BigInt)]
+        recipient_id: i64,
+        #[diesel(sql_type = BigInt)]
+        conversation_id: i64,
+        #[diesel(sql_type = BigInt)]
+        message_id: i64,
+        #[diesel(sql_type = Text)]
+        email_message_id: String,
+    }
+    let (mut recipients, mut conversations, mut before) = (Vec::new(), Vec::new(), Vec::new());
+    let mut most = 0;
+    for group in groups {
+        let lead = &group[0].notification;
+        recipients.push(lead.recipient_id);
+        conversations.push(lead.conversation_id);
+        before.push(group.iter().map(|c| c.notification.message_id).max().unwrap_or(0));
+        most = most.max(group.len());
+    }
+    let rows: Vec<Earlier> = diesel::sql_query(
+        "SELECT g.recipient_id, g.conversation_id, e.message_id, e.email_message_id
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
+              AS g(recipient_id, conversation_id, before)
+         CROSS JOIN LATERAL (
+             SELECT n.message_id, n.email_message_id FROM notifications n
+             WHERE n.recipient_id = g.recipient_id AND n.conversation_id = g.conversation_id
+               AND n.message_id < g.before AND n.state = $4
+             ORDER BY n.message_id DESC LIMIT $5) e
+         ORDER BY e.message_id",
+    )
+    .bind::<Array<BigInt>, _>(&recipients)
+    .bind::<Array<BigInt>, _>(&conversations)
+    .bind::<Array<BigInt>, _>(&before)
+    .bind::<Text, _>(NotificationState::Sent)
+    // The primary may come after other messages of its group: enough to keep
+    // REFERENCES_KEPT before it.
+    .bind::<BigInt, _>((REFERENCES_KEPT + most) as i64)
+    .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.recipient_id, r.conversation_id, r.message_id, r.email_message_id))
+        .collect())
 }
 
 /// The project a conversation belongs to, through its item or directly.
