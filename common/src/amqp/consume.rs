@@ -85,6 +85,7 @@ where
     let grouping = Grouping {
         max_group: 1,
         in_flight: usize::from(prefetch),
+        linger: Duration::ZERO,
     };
     consume_grouped(
         connection, publisher, topology, queue, prefetch, grouping, shutdown, one_by_one,
@@ -101,6 +102,10 @@ pub struct Grouping {
     /// prefetch buffer and form the next, larger group: under load the work per delivery
     /// shrinks instead of the groups multiplying.
     pub in_flight: usize,
+    /// How long a group that is not full waits for more deliveries before it starts. A few
+    /// milliseconds at a steady rate turn groups of one into groups of dozens, which is most of
+    /// the difference between the database work per delivery at a steady rate and in a burst.
+    pub linger: Duration,
 }
 
 /// Like [`consume`], but hands the handler every delivery already waiting (up to
@@ -138,6 +143,7 @@ where
     let Grouping {
         max_group,
         in_flight: max_in_flight,
+        linger,
     } = grouping;
     let max_in_flight = max_in_flight.max(1);
     info!(queue, prefetch, max_group, max_in_flight, "consuming");
@@ -152,7 +158,7 @@ where
             }
             next = consumer.next(), if in_flight.len() < max_in_flight => match next {
                 Some(Ok(first)) => {
-                    let (group, failed) = take_waiting(&mut consumer, first, max_group);
+                    let (group, failed) = take_waiting(&mut consumer, first, max_group, linger).await;
                     let handler = handler.clone();
                     let publisher = publisher.clone();
                     let dead_exchange = topology.dead_exchange();
@@ -192,19 +198,30 @@ where
     result
 }
 
-/// `first` and the deliveries already waiting behind it, up to `max_group`; and the error
-/// that stopped the consumer, if one did.
-fn take_waiting(
+/// `first` and the deliveries already waiting behind it, up to `max_group`, waiting up to
+/// `linger` for more while the group is not full; and the error that stopped the consumer, if
+/// one did.
+async fn take_waiting(
     consumer: &mut lapin::Consumer,
     first: Delivery,
     max_group: usize,
+    linger: Duration,
 ) -> (Vec<Delivery>, Option<lapin::Error>) {
+    let deadline = tokio::time::Instant::now() + linger;
     let mut group = vec![first];
     while group.len() < max_group {
-        match consumer.next().now_or_never() {
-            Some(Some(Ok(delivery))) => group.push(delivery),
-            Some(Some(Err(e))) => return (group, Some(e)),
-            _ => break,
+        let next = match consumer.next().now_or_never() {
+            Some(next) => next,
+            None if linger.is_zero() => break,
+            None => match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+        };
+        match next {
+            Some(Ok(delivery)) => group.push(delivery),
+            Some(Err(e)) => return (group, Some(e)),
+            None => break,
         }
     }
     (group, None)

@@ -251,11 +251,17 @@ impl Templates {
                 "no such template",
             ));
         };
+        // One copy of the data for all three parts (each render_to_write would copy it).
+        let context = handlebars::Context::wraps(data).map_err(|e| TemplateError {
+            file: folder.clone(),
+            line: None,
+            reason: e.reason().to_string(),
+        })?;
         let part = |part: &str| {
             let registry = if part == "html" { &l.html } else { &l.plain };
             let mut out = Bounded::default();
             registry
-                .render_to_write(&format!("{name}/{part}"), data, &mut out)
+                .render_with_context_to_write(&format!("{name}/{part}"), &context, &mut out)
                 .map(|()| out.into_string())
                 .map_err(|e| TemplateError {
                     file: e

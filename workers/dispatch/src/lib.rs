@@ -13,6 +13,7 @@ pub mod fanout;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::message::Delivery;
 use tidings_common::amqp::{
@@ -28,11 +29,13 @@ use tracing::{Instrument, debug, info};
 
 pub use fanout::{Dispatched, dispatch_messages};
 
-/// `message.posted` events dispatched together in one transaction (at most 64), and how many
-/// such transactions run at once; under load the events waiting meanwhile form the next group.
+/// `message.posted` events dispatched together in one transaction (at most 64, gathered for
+/// up to 10 ms), and how many such transactions run at once; under load the events waiting
+/// meanwhile form the next group.
 const GROUPING: Grouping = Grouping {
     max_group: 64,
     in_flight: 4,
+    linger: Duration::from_millis(10),
 };
 
 struct Dispatcher {

@@ -18,6 +18,7 @@ mod smtp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::message::Delivery;
 use tidings_common::amqp::{
@@ -33,12 +34,13 @@ use tracing::{Instrument, error, info};
 
 pub use notify::Delivered;
 
-/// Due batches handled together as one set (at most 64), and how many sets run at once; under
-/// load the batches waiting meanwhile form the next set. This also bounds the emails held in
-/// memory at once.
+/// Due batches handled together as one set (at most 64, gathered for up to 20 ms), and how
+/// many sets run at once; under load the batches waiting meanwhile form the next set. This
+/// also bounds the emails held in memory at once.
 const GROUPING: Grouping = Grouping {
     max_group: 64,
     in_flight: 4,
+    linger: Duration::from_millis(20),
 };
 
 /// Most notifications claimed and sent together as one set; a group of due batches with more
