@@ -508,6 +508,8 @@ struct Lateness {
     p99_ms: f64,
     max_ms: f64,
     notifications: i64,
+    /// CPU milliseconds per notification over the step, as in [`cpu_cost`].
+    cost: Vec<(String, f64)>,
 }
 
 /// p99 under this is "on time".
@@ -573,6 +575,7 @@ async fn paced_publisher(
 async fn steady(
     env: &BenchEnv,
     conn: &Connection,
+    processes: &Processes,
     fanout: usize,
     rate: f64,
     seconds: u64,
@@ -581,6 +584,7 @@ async fn steady(
     let messages = ((rate * seconds as f64) / fanout as f64).round().max(1.0) as u64;
     let conversations = create_conversations(&mut db, env.project, &env.readers, messages, fanout)?;
     let ids = insert_messages(&mut db, env.author, &conversations)?;
+    let cpu_before = processes.sample();
     let mut tasks = Vec::new();
     for p in 0..PUBLISHERS {
         let channel = conn.create_channel().await?;
@@ -607,6 +611,7 @@ async fn steady(
     let offered_rate = (ids.len().saturating_sub(1) * fanout) as f64 / span.max(1e-3);
     let expected = (ids.len() * fanout) as i64;
     wait_terminal(&mut db, &ids, expected, Duration::from_secs(600))?;
+    let cost = cpu_cost(&cpu_before, &processes.sample(), expected);
     let sent: Vec<(i64, Option<chrono::DateTime<Utc>>)> =
         tidings_common::db::schema::notifications::table
             .filter(tidings_common::db::schema::notifications::message_id.eq_any(&ids))
@@ -640,6 +645,7 @@ async fn steady(
         p99_ms: pick(0.99),
         max_ms: late.last().copied().unwrap_or(f64::NAN),
         notifications: late.len() as i64,
+        cost,
     })
 }
 
@@ -687,11 +693,12 @@ fn stages(
 }
 
 /// Phase 4: the highest steady rate held on time at `fanout`, stepping from 0.8× the burst
-/// rate: up by 1.25× while it holds, down by 0.7× until it does; at most `steps` rates.
+/// rate: up by 1.25× while it holds, down by 0.85× until it does; at most `steps` rates.
 /// Returns the best rate held (if any) and every step tried.
 async fn sustained(
     env: &BenchEnv,
     conn: &Connection,
+    processes: &Processes,
     fanout: usize,
     burst: f64,
     seconds: u64,
@@ -702,7 +709,7 @@ async fn sustained(
     let mut best: Option<Lateness> = None;
     for _ in 0..steps {
         eprintln!("bench: steady {rate:.0} notifications/s at fan-out {fanout} for {seconds} s");
-        let step = steady(env, conn, fanout, rate, seconds).await?;
+        let step = steady(env, conn, processes, fanout, rate, seconds).await?;
         eprintln!(
             "bench:   offered {:.0}/s, p50 {:.1} ms, p99 {:.1} ms -> {}",
             step.offered_rate,
@@ -719,7 +726,7 @@ async fn sustained(
         } else if best.is_some() {
             break;
         } else {
-            rate *= 0.7;
+            rate *= 0.85;
         }
         // Going down from a failure: the first rate that holds is the answer.
         if held && !first && tried.iter().any(|t| !t.held()) {
@@ -1160,8 +1167,10 @@ async fn run_phases(
     } else {
         Vec::new()
     };
-    let (held1, tried1) = sustained(&env, &conn, 1, fan1.rate, step_seconds, steps).await?;
-    let (held10, tried10) = sustained(&env, &conn, 10, fan10.rate, step_seconds, steps).await?;
+    let (held1, tried1) =
+        sustained(&env, &conn, &processes, 1, fan1.rate, step_seconds, steps).await?;
+    let (held10, tried10) =
+        sustained(&env, &conn, &processes, 10, fan10.rate, step_seconds, steps).await?;
     let n_inbound = knob("BENCH_INBOUND", 2_000);
     eprintln!("bench: inbound, {n_inbound} replies through the SMTP listener (smtp-source)");
     let inbound_rate = inbound_rate(&env, config, n_inbound)?;
@@ -1304,7 +1313,7 @@ async fn run_phases(
     let steps_json = |tried: &[Lateness]| {
         tried
             .iter()
-            .map(|l| json!({"asked": l.asked_rate, "offered": l.offered_rate, "p50_ms": l.p50_ms, "p99_ms": l.p99_ms, "max_ms": l.max_ms, "held": l.held()}))
+            .map(|l| json!({"asked": l.asked_rate, "offered": l.offered_rate, "p50_ms": l.p50_ms, "p99_ms": l.p99_ms, "max_ms": l.max_ms, "held": l.held(), "cpu_ms_per_notification": l.cost.iter().map(|(g, ms)| (g.clone(), json!(ms))).collect::<serde_json::Map<_, _>>()}))
             .collect::<Vec<_>>()
     };
     let cost_json = |cost: &[(String, f64)]| {

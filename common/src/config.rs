@@ -24,7 +24,7 @@
 //! | `TIDINGS_TEMPLATES_DIR` | `templates` | folder holding the handlebars templates |
 //! | `TIDINGS_RETRY_TIERS` | `1m,5m,30m` | back-off delays after a temporary SMTP failure; after the last the send fails |
 //! | `TIDINGS_SEND_LEASE` | `2m` | after this long a send claimed by a worker that vanished may be claimed again |
-//! | `TIDINGS_SMTP_CONCURRENCY` | `16` | simultaneous SMTP transactions per mailer process |
+//! | `TIDINGS_SMTP_CONCURRENCY` | `32` | simultaneous SMTP transactions per mailer process |
 //! | `TIDINGS_PREFETCH` | `256` | unacknowledged broker deliveries per consumer (grouped roles handle up to 4 groups of 64 at once) |
 //! | `TIDINGS_DB_POOL_SIZE` | `10` | PostgreSQL connections per process |
 //! | `TIDINGS_INBOUND_ADDR` | `127.0.0.1:2526` | address the inbound SMTP listener binds (the MX relay delivers here) |
@@ -295,7 +295,7 @@ impl Config {
                 .collect::<Result<Vec<_>, _>>()
         })?;
         let send_lease = parse_with(get("TIDINGS_SEND_LEASE", "2m"), parse_positive_duration)?;
-        let smtp_concurrency = parse_with(get("TIDINGS_SMTP_CONCURRENCY", "16"), |v| {
+        let smtp_concurrency = parse_with(get("TIDINGS_SMTP_CONCURRENCY", "32"), |v| {
             parse_range(v, 1, 1024)
         })?;
         let prefetch = parse_with(get("TIDINGS_PREFETCH", "256"), |v| {
