@@ -428,3 +428,33 @@ async fn smtp_4xx_is_retried_and_5xx_fails() {
         .collect();
     assert_eq!(statuses, vec!["failed"], "a 5xx must not be retried");
 }
+
+/// D2: the mailer keeps its SMTP connections open between emails; when the server closed an
+/// idle one meanwhile (here: restarted), the mailer notices before using it, so the next email
+/// goes out at once on a new connection instead of waiting for a retry tier (1 h here).
+#[tokio::test(flavor = "multi_thread")]
+async fn smtp_server_restart_between_emails_delays_nothing() {
+    let mut env = Env::with("1s", &[("TIDINGS_RETRY_TIERS", "1h")], &[]);
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    let ann = env.user("Ann").await;
+    let bob = env.user("Bob").await;
+    let (_, item, conv) = env.ticket("Restart").await;
+    env.follow_item(item, bob).await;
+
+    let first = env.post(conv, ann, "before the restart", false).await;
+    let d = env.settled(first, SETTLE).await;
+    assert_eq!(recipient(&d, bob)["email_state"], "sent");
+
+    let (port, dir) = (env.sink.port, env.sink.dir.clone());
+    env.sink.stop();
+    env.sink = support::Sink::start(port, &dir, &[]);
+    // Longer than the idle time after which a pooled connection is checked before use.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let second = env.post(conv, ann, "after the restart", false).await;
+    let d = env.settled(second, SETTLE).await;
+    let row = recipient(&d, bob);
+    assert_eq!(row["email_state"], "sent", "{d}");
+    assert_eq!(env.mails_to("bob@example.com").len(), 2);
+}

@@ -204,7 +204,13 @@ fn earlier_emails(
         let lead = &group[0].notification;
         recipients.push(lead.recipient_id);
         conversations.push(lead.conversation_id);
-        before.push(group.iter().map(|c| c.notification.message_id).max().unwrap_or(0));
+        before.push(
+            group
+                .iter()
+                .map(|c| c.notification.message_id)
+                .max()
+                .unwrap_or(0),
+        );
         most = most.max(group.len());
     }
     let rows: Vec<Earlier> = diesel::sql_query(
@@ -228,7 +234,14 @@ fn earlier_emails(
     .load(conn)?;
     Ok(rows
         .into_iter()
-        .map(|r| (r.recipient_id, r.conversation_id, r.message_id, r.email_message_id))
+        .map(|r| {
+            (
+                r.recipient_id,
+                r.conversation_id,
+                r.message_id,
+                r.email_message_id,
+            )
+        })
         .collect())
 }
 
