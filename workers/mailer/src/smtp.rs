@@ -33,9 +33,9 @@ pub enum SmtpOutcome {
 
 /// Longest connect, greeting, STARTTLS and login together, and longest transaction.
 const TIMEOUT: Duration = Duration::from_secs(30);
-/// An idle connection unused for longer than this is checked with NOOP before it is reused:
-/// a server may have closed it meanwhile, and an email sent on a dead connection is deferred
-/// to the next retry tier. Under load connections are reused within milliseconds, unchecked.
+/// An `smtps://` connection unused for longer than this is checked with NOOP before it is
+/// reused (plain and STARTTLS connections are checked on every reuse, for free: see
+/// [`Pooled::alive`]).
 const CHECK_AFTER: Duration = Duration::from_secs(2);
 /// An idle connection unused for longer than this is closed instead of reused.
 const IDLE_LIMIT: Duration = Duration::from_secs(120);
@@ -115,7 +115,8 @@ impl Server {
     }
 
     /// Opens, greets, secures and logs in one connection.
-    async fn connect(&self) -> Result<AsyncSmtpConnection, String> {
+    async fn connect(&self) -> Result<Pooled, String> {
+        let mut probe = None;
         let mut conn = match self.security {
             Security::Wrapper => AsyncSmtpConnection::connect_tokio1(
                 (self.host.as_str(), self.port),
@@ -131,6 +132,11 @@ impl Server {
                     .await
                     .map_err(|e| format!("connecting to {}:{}: {e}", self.host, self.port))?;
                 stream.set_nodelay(true).map_err(|e| e.to_string())?;
+                // A second handle on the same socket, to see whether the server closed it
+                // while it sat idle (see `Pooled::alive`).
+                let std = stream.into_std().map_err(|e| e.to_string())?;
+                probe = Some(std.try_clone().map_err(|e| e.to_string())?);
+                let stream = TcpStream::from_std(std).map_err(|e| e.to_string())?;
                 AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
                     .await
                     .map_err(|e| e.to_string())?
@@ -154,13 +160,38 @@ impl Server {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        Ok(conn)
+        Ok(Pooled { conn, probe })
+    }
+}
+
+/// One connection of the pool.
+struct Pooled {
+    conn: AsyncSmtpConnection,
+    /// The same TCP socket, non-blocking, for [`Pooled::alive`]; `None` for `smtps://`.
+    probe: Option<std::net::TcpStream>,
+}
+
+impl Pooled {
+    /// Whether the connection can carry another transaction. A server that closed it while
+    /// it was idle (a restart, an idle timeout, a 421 notice) has left an end-of-file or bytes
+    /// on the socket, which a non-blocking peek sees without a round trip. An email sent on a
+    /// dead connection would be deferred to the next retry tier; one that has sent nothing
+    /// since its last reply is alive. `smtps://` connections, which have no probe, are asked
+    /// with NOOP once idle for [`CHECK_AFTER`].
+    async fn alive(&mut self, idle: Duration) -> bool {
+        match &self.probe {
+            Some(probe) => matches!(
+                probe.peek(&mut [0u8; 1]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+            ),
+            None => idle <= CHECK_AFTER || self.conn.test_connected().await,
+        }
     }
 }
 
 /// A connection waiting for its next transaction.
 struct Idle {
-    conn: AsyncSmtpConnection,
+    conn: Pooled,
     since: Instant,
 }
 
@@ -185,16 +216,16 @@ impl Smtp {
     }
 
     /// A connection to use: the most recently used idle one that is still fit, or a new one.
-    async fn checkout(&self) -> Result<AsyncSmtpConnection, String> {
+    async fn checkout(&self) -> Result<Pooled, String> {
         loop {
             let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let Some(Idle { mut conn, since }) = idle else {
                 break;
             };
             let age = since.elapsed();
-            if age > IDLE_LIMIT || (age > CHECK_AFTER && !conn.test_connected().await) {
+            if age > IDLE_LIMIT || !conn.alive(age).await {
                 debug!("closing a stale SMTP connection");
-                conn.abort().await;
+                conn.conn.abort().await;
                 continue;
             }
             return Ok(conn);
@@ -224,9 +255,9 @@ impl Smtp {
             Ok(conn) => conn,
             Err(e) => return SmtpOutcome::Deferred(e),
         };
-        match conn.send(envelope, bytes).await {
+        match conn.conn.send(envelope, bytes).await {
             Ok(response) => {
-                if !conn.has_broken() {
+                if !conn.conn.has_broken() {
                     let idle = Idle {
                         conn,
                         since: Instant::now(),
