@@ -174,6 +174,10 @@ fn people_rows(
 
 /// Each existing message of `message_ids` with everyone who could be notified about it, in
 /// two queries for the whole set. Unknown ids are left out.
+///
+/// The facts are those [`rules::notify`] decides on; the ones only [`rules::email`] reads
+/// (`muted_conversation`, `seen_up_to`, `last_posted`, `suppressed`) are not read and come
+/// back false or `None`. Use [`pairs`] for an email decision.
 pub fn audiences(
     conn: &mut PgConnection,
     message_ids: &[i64],

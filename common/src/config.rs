@@ -25,7 +25,7 @@
 //! | `TIDINGS_RETRY_TIERS` | `1m,5m,30m` | back-off delays after a temporary SMTP failure; after the last the send fails |
 //! | `TIDINGS_SEND_LEASE` | `2m` | after this long a send claimed by a worker that vanished may be claimed again |
 //! | `TIDINGS_SMTP_CONCURRENCY` | `32` | simultaneous SMTP transactions per mailer process |
-//! | `TIDINGS_PREFETCH` | `512` | unacknowledged broker deliveries per consumer (the mailer handles up to 8 sets of 64 at once) |
+//! | `TIDINGS_PREFETCH` | `256` | unacknowledged broker deliveries per consumer (dispatch and the mailer handle up to 4 groups of 64 at once) |
 //! | `TIDINGS_DB_POOL_SIZE` | `10` | PostgreSQL connections per process |
 //! | `TIDINGS_INBOUND_ADDR` | `127.0.0.1:2526` | address the inbound SMTP listener binds (the MX relay delivers here) |
 //! | `TIDINGS_INBOUND_MAX_BYTES` | `26214400` | largest inbound message accepted (552 beyond) |
@@ -298,7 +298,7 @@ impl Config {
         let smtp_concurrency = parse_with(get("TIDINGS_SMTP_CONCURRENCY", "32"), |v| {
             parse_range(v, 1, 1024)
         })?;
-        let prefetch = parse_with(get("TIDINGS_PREFETCH", "512"), |v| {
+        let prefetch = parse_with(get("TIDINGS_PREFETCH", "256"), |v| {
             parse_range(v, 1, 65535).map(|n| n as u16)
         })?;
         let db_pool_size = parse_with(get("TIDINGS_DB_POOL_SIZE", "10"), |v| {

@@ -35,13 +35,12 @@ use tracing::{Instrument, error, info};
 pub use notify::Delivered;
 
 /// Due batches handled together as one set (at most 64, gathered for up to 20 ms), and how
-/// many sets run at once (8: a set spends most of its time waiting on the database and the
-/// SMTP server, so more sets in flight shorten the queue without adding work); under load the
-/// batches waiting meanwhile form the next set. Emails held in memory are bounded by the SMTP
-/// slots per set.
+/// many sets run at once; under load the batches waiting meanwhile form the next set. Emails
+/// held in memory are bounded by the SMTP slots per set. (8 sets at once did not raise the
+/// sustained rate and took the mailer's peak RSS from 49 to 67 MiB.)
 const GROUPING: Grouping = Grouping {
     max_group: 64,
-    in_flight: 8,
+    in_flight: 4,
     linger: Duration::from_millis(20),
 };
 
