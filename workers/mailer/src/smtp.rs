@@ -306,6 +306,17 @@ mod tests {
         assert_eq!(wrapped.hello, ClientId::Domain("relay.example".into()));
         let v6 = Server::parse("smtp://[::1]:25").unwrap();
         assert_eq!(v6.host, "::1");
+        // No SMTP command can be smuggled through the EHLO name: escaped line breaks stay
+        // escaped, raw ones are dropped by the URL parser.
+        for url in [
+            "smtp://mail.example/a%0D%0ARCPT",
+            "smtp://mail.example/a\r\nRCPT",
+        ] {
+            let ClientId::Domain(name) = Server::parse(url).unwrap().hello else {
+                panic!("{url}: no EHLO name");
+            };
+            assert!(!name.contains(['\r', '\n']), "{url}: {name:?}");
+        }
     }
 
     #[test]

@@ -18,6 +18,9 @@ use super::{Checked, Claim, SendUnit};
 /// Earlier emails of a thread kept in References, besides the conversation's root id.
 const REFERENCES_KEPT: usize = 10;
 
+/// (message, Message-ID) of earlier emails, oldest first, by (recipient, conversation).
+type EarlierEmails = HashMap<(i64, i64), Vec<(i64, String)>>;
+
 /// The rows every unit of a set draws on, keyed by id.
 struct Context {
     verdicts: HashMap<(i64, i64), (MessageFacts, Verdict)>,
@@ -26,8 +29,8 @@ struct Context {
     conversations: HashMap<i64, Conversation>,
     items: HashMap<i64, Item>,
     projects: HashMap<i64, Project>,
-    /// (recipient, conversation, message, Message-ID) of earlier emails, oldest first.
-    sent: Vec<(i64, i64, i64, String)>,
+    /// (message, Message-ID) of earlier emails per (recipient, conversation), oldest first.
+    sent: EarlierEmails,
 }
 
 fn sorted_unique(mut ids: Vec<i64>) -> Vec<i64> {
@@ -169,9 +172,11 @@ impl Context {
         let before = primary.claim.notification.message_id;
         let mut references: Vec<String> = self
             .sent
-            .iter()
-            .filter(|(r, c, m, _)| *r == recipient && *c == conversation && *m < before)
-            .map(|(_, _, _, id)| id.clone())
+            .get(&(recipient, conversation))
+            .into_iter()
+            .flatten()
+            .filter(|(m, _)| *m < before)
+            .map(|(_, id)| id.clone())
             .collect();
         let keep_from = references.len().saturating_sub(REFERENCES_KEPT);
         references.drain(..keep_from);
@@ -180,13 +185,10 @@ impl Context {
     }
 }
 
-/// (recipient, conversation, message, Message-ID) of the last emails sent to each group's
-/// recipient in its conversation before the group's messages, oldest first: one index lookup
-/// per group, however long the history.
-fn earlier_emails(
-    conn: &mut PgConnection,
-    groups: &[Vec<Claim>],
-) -> QueryResult<Vec<(i64, i64, i64, String)>> {
+/// (message, Message-ID) of the last emails sent to each group's recipient in its
+/// conversation before the group's messages, oldest first, by (recipient, conversation): one
+/// index lookup per group, however long the history.
+fn earlier_emails(conn: &mut PgConnection, groups: &[Vec<Claim>]) -> QueryResult<EarlierEmails> {
     #[derive(QueryableByName)]
     struct Earlier {
         #[diesel(sql_type = BigInt)]
@@ -232,17 +234,13 @@ fn earlier_emails(
     // REFERENCES_KEPT before it.
     .bind::<BigInt, _>((REFERENCES_KEPT + most) as i64)
     .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            (
-                r.recipient_id,
-                r.conversation_id,
-                r.message_id,
-                r.email_message_id,
-            )
-        })
-        .collect())
+    let mut sent = EarlierEmails::new();
+    for r in rows {
+        sent.entry((r.recipient_id, r.conversation_id))
+            .or_default()
+            .push((r.message_id, r.email_message_id));
+    }
+    Ok(sent)
 }
 
 /// The project a conversation belongs to, through its item or directly.
