@@ -622,17 +622,14 @@ async fn steady(
             .load(&mut db)?;
     let at: std::collections::HashMap<i64, chrono::DateTime<Utc>> = published.into_iter().collect();
     let window_ms = env.topology.seen_window.as_secs_f64() * 1000.0;
-    let mut late: Vec<f64> = sent
+    let late: Vec<f64> = sent
         .iter()
         .filter_map(|(id, sent_at)| Some((*sent_at)? - *at.get(id)?))
         .map(|d| d.as_seconds_f64() * 1000.0 - window_ms)
         .collect();
-    late.sort_by(|a, b| a.total_cmp(b));
-    let pick = |q: f64| {
-        late.get(((late.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let notifications = late.len() as i64;
+    let max_ms = late.iter().copied().reduce(f64::max).unwrap_or(f64::NAN);
+    let (p50_ms, p99_ms) = p50_p99(late);
     let stages = stages(&mut db, &ids, &at)?;
     eprintln!(
         "bench:   stages p50/p99 ms: published→dispatched {:.0}/{:.0}, due→claimed {:.0}/{:.0}, claimed→recorded {:.0}/{:.0}",
@@ -641,10 +638,10 @@ async fn steady(
     Ok(Lateness {
         asked_rate: rate,
         offered_rate,
-        p50_ms: pick(0.5),
-        p99_ms: pick(0.99),
-        max_ms: late.last().copied().unwrap_or(f64::NAN),
-        notifications: late.len() as i64,
+        p50_ms,
+        p99_ms,
+        max_ms,
+        notifications,
         cost,
     })
 }
