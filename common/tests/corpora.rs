@@ -32,7 +32,7 @@ fn corpora() -> Option<PathBuf> {
 }
 
 /// The exact-match score reached on the discourse corpus; a change that lowers it fails.
-const DISCOURSE_EXACT: f64 = 87.5;
+const DISCOURSE_EXACT: f64 = 100.0;
 
 fn context() -> InboundContext {
     InboundContext {
@@ -191,7 +191,9 @@ fn github_reply_first_lines() {
             println!("  github {file}: expected {expected:?}, got {got:?}");
         }
     }
-    score("github_email_reply_parser first line", hits, total, 100.0);
+    // email_1_8 expects an inline answer to start with its attribution line; Tidings removes
+    // attributions from inline answers (the quotes they introduce are kept), so it scores 19 of 20.
+    score("github_email_reply_parser first line", hits, total, 95.0);
 }
 
 #[test]
@@ -217,11 +219,17 @@ fn discourse_exact_match() {
         if collapse(&got) == collapse(&expected) {
             hits += 1;
         } else {
+            // TIDINGS_CORPORA_VERBOSE=1 prints the whole texts.
+            let width = if std::env::var_os("TIDINGS_CORPORA_VERBOSE").is_some() {
+                usize::MAX
+            } else {
+                80
+            };
             println!(
                 "  discourse {}: expected {:?}, got {:?}",
                 name.to_string_lossy(),
-                collapse(&expected).chars().take(80).collect::<String>(),
-                collapse(&got).chars().take(80).collect::<String>()
+                collapse(&expected).chars().take(width).collect::<String>(),
+                collapse(&got).chars().take(width).collect::<String>()
             );
         }
     }

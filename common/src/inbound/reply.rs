@@ -1,6 +1,16 @@
-//! Extracting the new text of a reply: each line is read as text, quote, attribution ("On …
-//! wrote:"), history header block, delimiter or signature, and the reply is what comes before
-//! the quoted history and the signature.
+//! Extracting the new text of a reply. Each line is read as text, quote, attribution ("On …
+//! wrote:", over up to five lines, in any of the languages below), the start of unquoted history
+//! (an "Original Message" separator or an Outlook header block), delimiter or signature. Then
+//! the blocks decide the form of the reply:
+//!
+//! - **top post**: new text, then the attribution and quoted history: the text is the reply;
+//! - **bottom post**: attribution and quotes, then new text: the text below is the reply;
+//! - **inline answers**: text between quotes: the text and the quotes it answers are kept,
+//!   the attribution and the trailing quotes are removed.
+//!
+//! Quotes without an attribution before them (the writer quoting something) are kept unless
+//! they trail the text. Nothing here depends on a line being adjacent to a blank line.
+//! Everything removed is returned as the quoted part, so nothing is lost.
 
 /// A reply split into the new text and what was removed (quoted history, signature).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,26 +27,52 @@ enum Line {
     Delimiter,
     /// A client's "Sent from my …" line.
     Signature,
-    /// The start of quoted or forwarded history ("On … wrote:", an Outlook header block…).
-    Header,
-    /// A `>` quoted line.
+    /// A line of an attribution ("On … wrote:"), which introduces quoted history.
+    Attribution,
+    /// The start of unquoted history: a separator such as "-----Original Message-----", a
+    /// forward, or an Outlook-style header block. Everything after it is history.
+    History,
+    /// A quoted line (`>`, `|`, or a supercite `AB>` prefix).
     Quote,
     Text,
 }
 
-fn is_delimiter(line: &str) -> bool {
-    let t = line.trim();
-    if t == "--" || line.trim_end_matches(['\r']) == "-- " || t == "ᐧ" {
-        return true;
+/// Lines longer than this are never attributions, headers or signatures (and are not
+/// lowercased).
+const SHORT: usize = 300;
+
+fn is_quote(t: &str) -> bool {
+    let b = t.as_bytes();
+    match b.first() {
+        Some(b'>') => true,
+        // "| quoted" as some clients quote; not a Markdown table row ("| a | b |").
+        Some(b'|') => !(t.len() > 1 && t.ends_with('|') && t[1..t.len() - 1].contains('|')),
+        // Supercite: "AB> quoted".
+        Some(c) if c.is_ascii_alphabetic() => b
+            .iter()
+            .take(13)
+            .position(|c| *c == b'>')
+            .is_some_and(|p| p > 0 && b[..p].iter().all(u8::is_ascii_alphabetic)),
+        _ => false,
     }
-    t.len() >= 2
-        && t.chars()
-            .all(|c| matches!(c, '-' | '_' | '=' | '*' | '#' | '~' | '+'))
-        && t.chars().collect::<std::collections::BTreeSet<_>>().len() == 1
 }
 
-fn is_signature(line: &str) -> bool {
-    let l = line.trim().to_lowercase();
+/// The text of a quoted line without its quote markers.
+fn unquoted(t: &str) -> &str {
+    t.trim_start_matches(|c: char| c == '>' || c == '|' || c == ' ')
+}
+
+fn is_delimiter(line: &str, t: &str) -> bool {
+    if t == "--" || line == "-- " || t == "ᐧ" {
+        return true;
+    }
+    let b = t.as_bytes();
+    b.len() >= 2
+        && matches!(b[0], b'-' | b'_' | b'=' | b'*' | b'#' | b'~' | b'+')
+        && b.iter().all(|c| *c == b[0])
+}
+
+fn is_signature(lower: &str) -> bool {
     const STARTS: &[&str] = &[
         "sent from ",
         "sent with ",
@@ -55,62 +91,201 @@ fn is_signature(line: &str) -> bool {
         "enviado desde",
         "enviado de meu",
         "enviado do meu",
+        "enviado con ",
         "inviato da",
         "verzonden met",
         "verzonden vanaf",
         "verstuurd vanaf",
         "skickat från",
         "sendt fra",
+        "lähetetty ",
         "wysłane z",
         "отправлено с",
+        "надіслано з",
+        "iphone'umdan gönderildi",
+        "从我的",
+        "iphoneから送信",
     ];
-    l.len() < 120 && STARTS.iter().any(|s| l.starts_with(s))
+    lower.len() < 120 && STARTS.iter().any(|s| lower.starts_with(s))
 }
 
-/// Words that introduce quoted history after a date and a name, by language.
-fn is_wrote_line(line: &str) -> bool {
-    let l = line.replace('\u{a0}', " ").trim().to_lowercase();
-    if l.is_empty() || l.len() > 300 {
+/// Verbs that end an attribution ("… wrote:"), by language, without the colon.
+const VERBS: &[&str] = &[
+    "wrote",
+    "writes",
+    "écrit",
+    "ecrit",
+    "schrieb",
+    "geschrieben",
+    "escribió",
+    "escribio",
+    "scritto",
+    "scrisse",
+    "schreef",
+    "geschreven",
+    "skrev",
+    "skrevet",
+    "skrivit",
+    "pisze",
+    "napisał",
+    "napisała",
+    "napisał(a)",
+    "napsal",
+    "napsala",
+    "napísal",
+    "napisal",
+    "napisala",
+    "escreveu",
+    "написал",
+    "написала",
+    "написал(а)",
+    "написав",
+    "написала:",
+    "пише",
+    "写道",
+    "寫道",
+    "kirjoitti",
+    "írta",
+    "yazdı",
+    "a scris",
+    "έγραψε",
+    "כתב",
+    "كتب",
+    "書きました",
+    "작성",
+    "viết",
+    "menulis",
+    "kirjutas",
+    "rašė",
+    "rakstīja",
+    "skrifaði",
+];
+
+/// Words an attribution starts with, by language ("On", "Le", "Am", "El", "Il", "Op", "Den",
+/// "Em", "W dniu", "Dne", "В"…).
+const OPENERS: &[&str] = &[
+    "on ", "le ", "am ", "el ", "il ", "op ", "den ", "em ", "w dniu", "dne ", "в ", "у ", "pe ",
+    "în ", "στις", "tanggal", "vào", "op ", "på ", "fra: ", "quoting ", "citando ",
+];
+
+fn has_year(t: &str) -> bool {
+    t.as_bytes()
+        .windows(4)
+        .any(|w| w.iter().all(u8::is_ascii_digit) && (w[0] == b'1' || w[0] == b'2'))
+}
+
+fn has_digit(t: &str) -> bool {
+    t.bytes().any(|b| b.is_ascii_digit())
+}
+
+/// `lower` without a trailing colon (ASCII or full-width) and the spaces around it, if it has one.
+fn without_colon(lower: &str) -> Option<&str> {
+    let t = lower.trim_end();
+    t.strip_suffix(':')
+        .or_else(|| t.strip_suffix('：'))
+        .map(str::trim_end)
+}
+
+/// Whether one (joined) lowercased line is an attribution.
+fn is_attribution(lower: &str) -> bool {
+    if lower.len() > SHORT * 2 {
         return false;
     }
-    let ends = [
-        "wrote:",
-        "wrote :",
-        "a écrit :",
-        "a écrit:",
-        "schrieb:",
-        "schrieb :",
-        "escribió:",
-        "ha scritto:",
-        "schreef:",
-        "skrev:",
-        "pisze:",
-        "napisał:",
-        "escreveu:",
-        "написал:",
-        "написала:",
-        "написал(а):",
-        "написав:",
-        "пише:",
-        "写道：",
-        "写道:",
-        "kirjoitti:",
-        "írta:",
-        "yazdı:",
-    ];
-    if ends.iter().any(|e| l.ends_with(e)) {
+    // "---- On … wrote ----" (Zoho) reads as "On … wrote:".
+    let framed = lower.len() > 8 && lower.starts_with("--") && lower.ends_with("--");
+    let lower = if framed {
+        lower.trim_matches(|c: char| c == '-' || c == ' ')
+    } else {
+        lower
+    };
+    let Some(head) = without_colon(lower).or(framed.then_some(lower)) else {
+        return false;
+    };
+    let opener = OPENERS.iter().any(|o| lower.starts_with(o));
+    let dated = has_digit(lower) || lower.contains('@');
+    // "<date>, <name> <verb>:" in any language.
+    if VERBS.iter().any(|v| head.ends_with(v)) && (opener || dated) {
         return true;
     }
     // "Am 12.03.2016 um 10:00 schrieb Jane Doe <jane@example.com>:" and similar.
-    let trimmed = l.trim_end_matches(':').trim_end();
-    (l.ends_with(':')
-        && (l.contains(" schrieb ") || l.contains(" wrote ") || l.contains(" skrev ")))
-        || (l.starts_with("on ") && trimmed.ends_with(" wrote"))
+    if (lower.contains(" schrieb ")
+        || lower.contains(" wrote ")
+        || lower.contains(" skrev ")
+        || lower.contains(" geschreven "))
+        && (lower.contains('@') || has_year(lower))
+    {
+        return true;
+    }
+    // "<date> <name> <address>:" without a verb (Gmail in several locales).
+    (lower.contains('@') && (has_year(lower) || lower.contains('<')))
+        || (has_year(lower) && lower.contains('"'))
+}
+
+/// "2013/7/20 Sam <sam@example.com>" or "2016-03-03 17:21 GMT+01:00 Some One <…>" (Gmail's
+/// older attribution): a date, then a name and address, with or without a colon.
+fn is_dated_address_line(lower: &str) -> bool {
+    let b = lower.as_bytes();
+    b.len() >= 8
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && matches!(b[4], b'-' | b'/' | b'.')
+        && lower.contains('@')
+        && (lower.ends_with('>') || lower.ends_with(">:") || lower.ends_with(':'))
+}
+
+/// "2016-03-03 17:21 GMT+01:00 Some One": a Gmail attribution that starts with an ISO date
+/// and a time, in several locales.
+fn starts_with_iso_timestamp(lower: &str) -> bool {
+    let b = lower.as_bytes();
+    b.len() >= 16
+        && b.len() < 120
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5..7].iter().all(u8::is_ascii_digit)
+        && b[7] == b'-'
+        && b[8..10].iter().all(u8::is_ascii_digit)
+        && b[10] == b' '
+        && has_time(std::str::from_utf8(&b[10..16]).unwrap_or_default())
+}
+
+/// Could this line begin an attribution that continues on the next lines? It starts with an
+/// attribution word or carries a date or an address, and it does not end a sentence.
+fn opens_attribution(lower: &str) -> bool {
+    !ends_sentence(lower)
+        && (starts_firmly(lower) || has_year(lower) || has_time(lower) || lower.contains('@'))
+}
+
+/// Whether a line ends a sentence: `!`, `?`, `;`, an ellipsis, or a full stop after a word
+/// (not after a number or an abbreviated day or month, as "28." and "déc." are).
+fn ends_sentence(lower: &str) -> bool {
+    if lower.ends_with(['!', '?', ';']) || lower.ends_with("..") || lower.ends_with('…') {
+        return true;
+    }
+    let Some(head) = lower.strip_suffix('.') else {
+        return false;
+    };
+    let word = head
+        .rsplit(|c: char| !c.is_alphabetic())
+        .next()
+        .unwrap_or_default();
+    word.chars().count() >= 4
+}
+
+/// An attribution word or a digit first: the line is the attribution's own start, not text
+/// that happens to sit above one.
+fn starts_firmly(lower: &str) -> bool {
+    OPENERS.iter().any(|o| lower.starts_with(o)) || lower.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// "10:58" somewhere in the line.
+fn has_time(lower: &str) -> bool {
+    lower.as_bytes().windows(4).any(|w| {
+        w[0].is_ascii_digit() && w[1] == b':' && w[2].is_ascii_digit() && w[3].is_ascii_digit()
+    })
 }
 
 /// Outlook-style header labels: From, Sent/Date, To, Subject in several languages, optionally bold.
-fn header_label(line: &str) -> Option<&'static str> {
-    let l = line.trim().trim_start_matches('*').to_lowercase();
+fn header_label(lower: &str) -> Option<&'static str> {
+    let l = lower.trim_start_matches('*');
     const LABELS: &[(&str, &str)] = &[
         ("from:", "from"),
         ("de :", "from"),
@@ -121,7 +296,14 @@ fn header_label(line: &str) -> Option<&'static str> {
         ("fra:", "from"),
         ("od:", "from"),
         ("от:", "from"),
+        ("від:", "from"),
         ("da:", "from"),
+        ("lähettäjä:", "from"),
+        ("feladó:", "from"),
+        ("kimden:", "from"),
+        ("发件人:", "from"),
+        ("发件人：", "from"),
+        ("差出人:", "from"),
         ("sent:", "date"),
         ("date:", "date"),
         ("envoyé :", "date"),
@@ -132,12 +314,23 @@ fn header_label(line: &str) -> Option<&'static str> {
         ("skickat:", "date"),
         ("sendt:", "date"),
         ("enviado:", "date"),
+        ("enviada em:", "date"),
         ("fecha:", "date"),
         ("inviato:", "date"),
+        ("data:", "date"),
         ("wysłano:", "date"),
+        ("wysłane:", "date"),
         ("отправлено:", "date"),
+        ("надіслано:", "date"),
+        ("lähetetty:", "date"),
+        ("elküldve:", "date"),
+        ("gönderildi:", "date"),
+        ("发送时间:", "date"),
+        ("发送时间：", "date"),
+        ("送信日時:", "date"),
         ("to:", "to"),
         ("à :", "to"),
+        ("à:", "to"),
         ("an:", "to"),
         ("aan:", "to"),
         ("till:", "to"),
@@ -146,8 +339,16 @@ fn header_label(line: &str) -> Option<&'static str> {
         ("a:", "to"),
         ("do:", "to"),
         ("кому:", "to"),
+        ("vastaanottaja:", "to"),
+        ("címzett:", "to"),
+        ("kime:", "to"),
+        ("收件人:", "to"),
+        ("收件人：", "to"),
+        ("宛先:", "to"),
+        ("cc:", "to"),
         ("subject:", "subject"),
         ("objet :", "subject"),
+        ("objet:", "subject"),
         ("betreff:", "subject"),
         ("onderwerp:", "subject"),
         ("ämne:", "subject"),
@@ -157,191 +358,438 @@ fn header_label(line: &str) -> Option<&'static str> {
         ("oggetto:", "subject"),
         ("temat:", "subject"),
         ("тема:", "subject"),
+        ("aihe:", "subject"),
+        ("tárgy:", "subject"),
+        ("konu:", "subject"),
+        ("主题:", "subject"),
+        ("主题：", "subject"),
+        ("件名:", "subject"),
     ];
-    let l = l.replace(":*", ":");
     LABELS
         .iter()
-        .find(|(p, _)| l.starts_with(p))
+        .find(|(p, _)| {
+            l.starts_with(p)
+                || p.strip_suffix(':').is_some_and(|word| {
+                    // "*From:*" and "From*:" as bold labels are written in plain text.
+                    l.strip_prefix(word)
+                        .is_some_and(|rest| rest.starts_with(":*") || rest.starts_with("*:"))
+                })
+        })
         .map(|(_, k)| *k)
 }
 
-/// A line that starts with an ISO date and a time, as Gmail writes "2016-03-03 17:21 GMT+01:00
-/// Some One <…>:" in several locales.
-fn starts_with_iso_timestamp(line: &str) -> bool {
-    let b = line.trim().as_bytes();
-    b.len() >= 16
-        && b[..4].iter().all(u8::is_ascii_digit)
-        && b[4] == b'-'
-        && b[5..7].iter().all(u8::is_ascii_digit)
-        && b[7] == b'-'
-        && b[8..10].iter().all(u8::is_ascii_digit)
-        && b[10] == b' '
-        && b[11].is_ascii_digit()
-        && line.trim()[11..].contains(':')
-}
-
-/// "<date>, <name> <address> <verb>:" written over up to three lines without a known verb:
-/// ends with a colon and names an address or a year.
-fn is_attribution(joined: &str) -> bool {
-    let t = joined.trim();
-    if t.len() > 300 || !(t.ends_with(':') || t.ends_with('：')) {
-        return false;
-    }
-    let has_year = t
-        .as_bytes()
-        .windows(4)
-        .any(|w| w.iter().all(u8::is_ascii_digit) && (w[0] == b'1' || w[0] == b'2'));
-    (t.contains('@') && (has_year || t.contains('<'))) || (has_year && t.contains('"'))
-}
-
-/// Does line `i` start quoted or forwarded history: a separator such as "-----Original
-/// Message-----", an attribution ("On … wrote:", over up to three lines), or an Outlook-style
-/// header block (From followed closely by two more header labels)?
-fn is_history_header(lines: &[&str], i: usize) -> bool {
-    let t = lines[i].trim();
-    let lower = t.to_lowercase();
-    let separator = lower.contains("original message")
+/// A separator that starts forwarded or quoted history.
+fn is_separator(lower: &str) -> bool {
+    (lower.contains("original message")
         && lower
             .trim_matches(|c: char| c == '-' || c == ' ' || c == '_')
             .len()
-            < 40
+            < 40)
         || lower.starts_with("---------- forwarded message")
         || lower.starts_with("-------- forwarded message")
         || lower.starts_with("begin forwarded message")
-        || lower.contains("-----ursprüngliche nachricht-----")
-        || lower.contains("-----message d'origine-----")
-        || lower.contains("-----oorspronkelijk bericht-----")
-        || lower.contains("-----mensaje original-----");
-    let attribution = is_wrote_line(t)
-        || starts_with_iso_timestamp(t)
-        || is_attribution(t)
-        || (1..=2).any(|extra| {
-            i + extra < lines.len()
-                && lines[i + 1..=i + extra]
-                    .iter()
-                    .all(|l| !l.trim().is_empty())
-                && is_attribution(
-                    &std::iter::once(t)
-                        .chain(lines[i + 1..=i + extra].iter().map(|l| l.trim()))
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                )
-        })
-        || (i + 1 < lines.len()
-            && lower.starts_with("on ")
-            && !lower.ends_with('.')
-            && is_wrote_line(&format!("{t} {}", lines[i + 1].trim())));
-    let outlook_block = header_label(t) == Some("from")
-        && lines[i + 1..]
-            .iter()
-            .take(6)
-            .filter_map(|l| header_label(l))
-            .filter(|k| *k != "from")
-            .count()
-            >= 2;
-    separator || attribution || outlook_block
+        || lower.starts_with("-------- weitergeleitete nachricht")
+        || lower.starts_with("---------- message transféré")
+        || lower.starts_with("-------- message transféré")
+        || [
+            "-----ursprüngliche nachricht-----",
+            "-----message d'origine-----",
+            "-----oorspronkelijk bericht-----",
+            "-----mensaje original-----",
+            "-----messaggio originale-----",
+            "-----mensagem original-----",
+            "-----ursprungligt meddelande-----",
+            "-----opprinnelig melding-----",
+            "-----oprindelig meddelelse-----",
+            "-----исходное сообщение-----",
+            "-----wiadomość oryginalna-----",
+            "-----původní zpráva-----",
+        ]
+        .iter()
+        .any(|s| lower.contains(s))
 }
 
-fn classify(lines: &[&str]) -> Vec<Line> {
-    let mut kinds = Vec::with_capacity(lines.len());
-    for (i, line) in lines.iter().enumerate() {
-        let t = line.trim();
-        let kind = if t.is_empty() {
-            Line::Empty
-        } else if t.starts_with('>') {
-            Line::Quote
-        } else if is_history_header(lines, i) {
-            Line::Header
-        } else if is_delimiter(line) {
-            Line::Delimiter
-        } else if is_signature(t) {
-            Line::Signature
-        } else {
-            Line::Text
-        };
-        kinds.push(kind);
+struct Lines<'a> {
+    lines: Vec<&'a str>,
+    /// Trimmed and lowercased, for lines that are neither empty, quoted nor long.
+    lower: Vec<Option<String>>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(body: &'a str) -> Self {
+        let lines: Vec<&str> = body
+            .split('\n')
+            .map(|l| l.strip_suffix('\r').unwrap_or(l))
+            .collect();
+        let lower = lines
+            .iter()
+            .map(|l| {
+                let t = l.trim();
+                (!t.is_empty() && t.len() <= SHORT && !t.starts_with('>')).then(|| {
+                    let mut s = t.to_lowercase();
+                    if s.contains('\u{a0}') {
+                        s = s.replace('\u{a0}', " ");
+                    }
+                    s
+                })
+            })
+            .collect();
+        Lines { lines, lower }
     }
-    kinds
+
+    fn lower(&self, i: usize) -> Option<&str> {
+        self.lower.get(i).and_then(|l| l.as_deref())
+    }
+
+    /// How many lines the attribution starting at `i` spans, if one does.
+    fn attribution(&self, i: usize, nested: bool) -> Option<usize> {
+        let lower = self.lower(i)?;
+        if is_attribution(lower) {
+            return Some(1);
+        }
+        if (is_dated_address_line(lower) && self.next_is_quote(i + 1))
+            || starts_with_iso_timestamp(lower)
+        {
+            return Some(1);
+        }
+        if !opens_attribution(lower) {
+            return None;
+        }
+        // Wrapped over up to five lines (a client may break the address onto its own lines,
+        // with blank lines between, and even quote the verb); never when the next line starts
+        // an attribution of its own.
+        if !nested && !starts_firmly(lower) && self.attribution(i + 1, true).is_some() {
+            return None;
+        }
+        let mut joined = lower.to_string();
+        for extra in 1..=4 {
+            let j = i + extra;
+            let Some(line) = self.lines.get(j) else { break };
+            let t = line.trim();
+            if t.is_empty() {
+                continue;
+            }
+            let part = if t.starts_with('>') { unquoted(t) } else { t };
+            if part.len() > SHORT || joined.len() > SHORT * 2 {
+                break;
+            }
+            let part = part.to_lowercase();
+            // A line that starts an attribution of its own is tried on its own; a sentence
+            // never ends inside an attribution.
+            if starts_firmly(&part) || ends_sentence(joined.as_str()) {
+                break;
+            }
+            joined.push(' ');
+            joined.push_str(&part);
+            if is_attribution(&joined) {
+                return Some(extra + 1);
+            }
+            if t.starts_with('>') {
+                break;
+            }
+        }
+        None
+    }
+
+    fn next_is_quote(&self, from: usize) -> bool {
+        self.lines[from.min(self.lines.len())..]
+            .iter()
+            .map(|l| l.trim())
+            .find(|t| !t.is_empty())
+            .is_some_and(is_quote)
+    }
+
+    /// Whether an Outlook-style header block starts at `i`: From, then two more labels within
+    /// six lines.
+    fn header_block(&self, i: usize) -> bool {
+        self.lower(i).and_then(header_label) == Some("from")
+            && (i + 1..(i + 7).min(self.lines.len()))
+                .filter_map(|j| self.lower(j).and_then(header_label))
+                .filter(|k| *k != "from")
+                .count()
+                >= 2
+    }
+
+    fn classify(&self) -> Vec<Line> {
+        let mut kinds = vec![Line::Text; self.lines.len()];
+        let mut i = 0;
+        let mut code = false;
+        while i < self.lines.len() {
+            let line = self.lines[i];
+            let t = line.trim();
+            // A fenced code block is text, whatever its lines look like.
+            if t.starts_with("```") {
+                code = !code;
+            }
+            kinds[i] = if code || t.starts_with("```") {
+                Line::Text
+            } else if t.is_empty() {
+                Line::Empty
+            } else if let Some(span) = self.attribution(i, false) {
+                for k in &mut kinds[i..i + span] {
+                    *k = Line::Attribution;
+                }
+                i += span;
+                continue;
+            } else if is_quote(t) {
+                Line::Quote
+            } else if let Some(lower) = self.lower(i) {
+                if is_separator(lower) || self.header_block(i) {
+                    Line::History
+                } else if is_delimiter(line, t) {
+                    Line::Delimiter
+                } else if is_signature(lower) {
+                    Line::Signature
+                } else {
+                    Line::Text
+                }
+            } else {
+                Line::Text
+            };
+            i += 1;
+        }
+        kinds
+    }
+}
+
+/// A run of lines of one kind (empty lines between lines of a kind belong to the run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Text,
+    /// Quotes that are history: after an attribution, or holding a quoted attribution.
+    History,
+    /// Quotes the writer quoted themselves (no attribution introduces them).
+    OwnQuote,
+    Attribution,
 }
 
 /// Splits a plain-text body into the new text of the reply and what was removed: quoted or
-/// forwarded history, the signature, and trailing quotes. Leading and inline quotes the
-/// writer answered between are kept.
+/// forwarded history, attributions, the signature, and trailing quotes.
 pub fn split_reply(body: &str) -> ReplyParts {
-    let normalized = body.replace("\r\n", "\n").replace('\r', "\n");
-    let all: Vec<&str> = normalized.lines().collect();
-    let all_kinds = classify(&all);
-    // A message that starts with a history header (a forward, or an answer written below the
-    // attribution line): skip the header block up to its first blank line.
-    // An answer written inline, between the quotes, keeps the attribution and the quotes.
-    let mut skip = all_kinds
-        .iter()
-        .position(|k| *k != Line::Empty)
-        .unwrap_or(0);
-    if all_kinds.get(skip) == Some(&Line::Header) {
-        let header = skip;
-        while skip < all.len() && all_kinds[skip] != Line::Empty {
-            skip += 1;
+    let lines = Lines::new(body);
+    let kinds = lines.classify();
+    let all = &lines.lines;
+    // A body that starts with unquoted history (a forward, an answer written below a header
+    // block): the header block up to its first blank line is history, and what follows is read
+    // as the text.
+    let mut start = kinds.iter().position(|k| *k != Line::Empty).unwrap_or(0);
+    if kinds.get(start) == Some(&Line::History) {
+        while start < all.len() && kinds[start] != Line::Empty {
+            start += 1;
         }
-        let rest = &all_kinds[skip..];
-        let inline = rest
-            .iter()
-            .position(|k| *k == Line::Text)
-            .is_some_and(|first_text| {
-                rest[first_text..]
-                    .iter()
-                    .take_while(|k| **k != Line::Header)
-                    .any(|k| *k == Line::Quote)
-            });
-        if inline {
-            skip = header;
-        } else {
-            while skip < all.len() && matches!(all_kinds[skip], Line::Empty | Line::Quote) {
-                skip += 1;
+    }
+    // The text ends at the first unquoted history, or at the first delimiter or client
+    // signature after some text.
+    let mut seen_text = false;
+    let mut end = all.len();
+    for (i, k) in kinds.iter().enumerate().skip(start) {
+        match k {
+            Line::History => {
+                end = i;
+                break;
             }
+            Line::Delimiter | Line::Signature if seen_text => {
+                end = i;
+                break;
+            }
+            Line::Text => seen_text = true,
+            _ => {}
         }
     }
-    let lines = &all[skip..];
-    let kinds = &all_kinds[skip..];
-    // Everything from the first history header, delimiter or client signature on is removed.
-    let first_text = kinds
-        .iter()
-        .position(|k| matches!(k, Line::Text | Line::Quote));
-    let mut cut = kinds
-        .iter()
-        .enumerate()
-        .position(|(i, k)| {
-            matches!(k, Line::Header | Line::Delimiter | Line::Signature)
-                && first_text.is_some_and(|t| t < i)
-        })
-        .unwrap_or(lines.len());
-    // Trailing quotes and blank lines belong to the history too, unless quotes are all there is.
-    // (A quoted attribution line means the quotes are history, not the writer's own.)
-    let only_quotes = kinds[..cut]
-        .iter()
-        .all(|k| matches!(k, Line::Empty | Line::Quote))
-        && !lines[..cut]
-            .iter()
-            .any(|l| is_wrote_line(l.trim_start_matches(['>', ' '])));
-    while cut > 0
-        && (matches!(kinds[cut - 1], Line::Empty)
-            || (!only_quotes && kinds[cut - 1] == Line::Quote))
+    // Blocks between start and end.
+    let mut blocks: Vec<(Block, usize, usize)> = Vec::new();
+    let mut after_attribution = false;
+    for i in start..end {
+        let block = match kinds[i] {
+            Line::Empty => continue,
+            // Once an attribution has been seen, later quotes are of the same quoted mail.
+            Line::Text | Line::Delimiter | Line::Signature | Line::History => Block::Text,
+            Line::Attribution => {
+                after_attribution = true;
+                Block::Attribution
+            }
+            Line::Quote => {
+                let quoted_attribution = lines.attribution_of_quoted(i);
+                if after_attribution || quoted_attribution {
+                    Block::History
+                } else {
+                    Block::OwnQuote
+                }
+            }
+        };
+        match blocks.last_mut() {
+            Some((b, _, last)) if *b == block => *last = i,
+            Some((b, _, last)) if *b == Block::OwnQuote && block == Block::History => {
+                *b = Block::History;
+                *last = i;
+            }
+            _ => blocks.push((block, i, i)),
+        }
+    }
+    // An attribution right above unquoted text, below some text, starts unquoted history:
+    // the client did not quote the mail it answers.
+    if let Some(cut) = blocks
+        .windows(2)
+        .position(|w| w[0].0 == Block::Attribution && w[1].0 == Block::Text)
+        && blocks[..cut].iter().any(|(b, _, _)| *b == Block::Text)
     {
-        cut -= 1;
+        blocks.truncate(cut);
     }
-    // A leftover separator right before the cut.
-    while cut > 0 && matches!(kinds[cut - 1], Line::Delimiter | Line::Empty) {
-        cut -= 1;
+    // Quotes followed by no text are history too, once there is text before them.
+    let last_text = blocks.iter().rposition(|(b, _, _)| *b == Block::Text);
+    let first_text = blocks.iter().position(|(b, _, _)| *b == Block::Text);
+    let mut keep = vec![false; all.len()];
+    if let (Some(first), Some(last)) = (first_text, last_text) {
+        let history_before = blocks[..first]
+            .iter()
+            .any(|(b, _, _)| matches!(b, Block::History | Block::Attribution));
+        // Inline answers alternate: history between two pieces of text, and history before
+        // the first or after the last ("text, quote, text" alone is a top post whose quoted
+        // mail ended in unquoted lines).
+        let histories = blocks
+            .iter()
+            .filter(|(b, _, _)| *b == Block::History)
+            .count();
+        let history_between = histories >= 2
+            && blocks[first..last]
+                .iter()
+                .any(|(b, _, _)| *b == Block::History);
+        // Inline answers (history between pieces of text): from the quote the first text
+        // answers. Bottom post (history, then only text): the text alone. Top post: the text
+        // before the history, with any quotes of the writer's own that lead it.
+        let from = if history_between {
+            blocks[..first]
+                .iter()
+                .rposition(|(b, _, _)| *b == Block::History)
+                .unwrap_or(first)
+        } else if history_before {
+            first
+        } else {
+            blocks[..first]
+                .iter()
+                .position(|(b, _, _)| *b == Block::OwnQuote)
+                .unwrap_or(first)
+        };
+        let to = if history_between || history_before {
+            last
+        } else {
+            blocks[first..]
+                .iter()
+                .position(|(b, _, _)| matches!(b, Block::History | Block::Attribution))
+                .and_then(|h| {
+                    blocks[first..first + h]
+                        .iter()
+                        .rposition(|(b, _, _)| *b == Block::Text)
+                })
+                .map_or(last, |t| first + t)
+        };
+        let (from_line, to_line) = (blocks[from].1, blocks[to].2);
+        for i in from_line..=to_line {
+            keep[i] = kinds[i] != Line::Attribution;
+        }
+    } else if blocks.iter().all(|(b, _, _)| *b == Block::OwnQuote) && !blocks.is_empty() {
+        // Quotes are all there is: they are the writer's.
+        for i in blocks[0].1..=blocks[blocks.len() - 1].2 {
+            keep[i] = true;
+        }
     }
-    let start = kinds
-        .iter()
-        .position(|k| *k != Line::Empty)
-        .unwrap_or(0)
-        .min(cut);
-    let mut quoted: Vec<&str> = all[..skip].to_vec();
-    quoted.extend(&lines[cut..]);
-    ReplyParts {
-        reply: lines[start..cut].join("\n").trim_end().to_string(),
-        quoted: quoted.join("\n").trim().to_string(),
+    let mut reply = String::new();
+    let mut quoted = String::new();
+    let (mut reply_gap, mut quoted_gap) = (false, false);
+    for (i, line) in all.iter().enumerate() {
+        let (out, gap) = if keep[i] {
+            (&mut reply, &mut reply_gap)
+        } else {
+            (&mut quoted, &mut quoted_gap)
+        };
+        if line.trim().is_empty() {
+            *gap = !out.is_empty();
+            continue;
+        }
+        if *gap {
+            out.push('\n');
+        }
+        *gap = false;
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(line.trim_end());
+    }
+    ReplyParts { reply, quoted }
+}
+
+impl Lines<'_> {
+    /// Whether the quoted line `i` is a quoted attribution (history quoting history).
+    fn attribution_of_quoted(&self, i: usize) -> bool {
+        let t = unquoted(self.lines[i].trim());
+        t.len() <= SHORT && is_attribution(&t.to_lowercase())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_reply;
+
+    #[test]
+    fn new_text_directly_against_the_attribution_is_kept() {
+        let parts = split_reply(
+            "Hello\nOn Tue, Dec 1, 2026 at 10:00 AM Ann Example <ann@example.com> wrote:\n> old\n",
+        );
+        assert_eq!(parts.reply, "Hello");
+        assert!(parts.quoted.starts_with("On Tue"), "{parts:?}");
+    }
+
+    #[test]
+    fn wrapped_attributions_in_other_languages() {
+        for body in [
+            "Merci !\nLe mar. 1 déc. 2026 à 10:00, Ann Example <ann@example.com> a\nécrit :\n> old\n",
+            "Danke\nAm Di., 1. Dez. 2026 um 10:00 Uhr schrieb Ann Example <\nann@example.com>:\n> alt\n",
+            "Gracias\nEl mar, 1 dic 2026 a las 10:00, Ann Example (<ann@example.com>)\nescribió:\n> viejo\n",
+        ] {
+            let parts = split_reply(body);
+            assert_eq!(parts.reply.lines().count(), 1, "{body:?}: {parts:?}");
+            assert!(
+                parts.quoted.contains("old")
+                    || parts.quoted.contains("alt")
+                    || parts.quoted.contains("viejo")
+            );
+        }
+    }
+
+    #[test]
+    fn a_bottom_post_directly_under_the_quote() {
+        let parts = split_reply(
+            "On Tue, Dec 1, 2026 at 10:00 AM Ann <ann@example.com> wrote:\n> Is it fixed?\n> Please check.\nYes, it works now.\n",
+        );
+        assert_eq!(parts.reply, "Yes, it works now.");
+        assert!(parts.quoted.contains("Is it fixed?"));
+    }
+
+    #[test]
+    fn inline_answers_keep_the_quotes_but_not_the_attribution() {
+        let parts = split_reply(
+            "On Tue, Dec 1, 2026 at 10:00 AM Ann <ann@example.com> wrote:\n> First question?\n\nFirst answer.\n\n> Second question?\n\nSecond answer.\n\n> Bye\n",
+        );
+        assert_eq!(
+            parts.reply,
+            "> First question?\n\nFirst answer.\n\n> Second question?\n\nSecond answer."
+        );
+        assert!(parts.quoted.starts_with("On Tue"));
+        assert!(parts.quoted.ends_with("> Bye"));
+    }
+
+    #[test]
+    fn a_sentence_mentioning_writing_is_text() {
+        let body = "When I finally\nfigured it out, I wrote one of my own:\n\nhttp://example.com/2017-02-18-guide\n";
+        assert_eq!(split_reply(body).reply, body.trim_end());
+    }
+
+    #[test]
+    fn leading_and_own_quotes_are_kept() {
+        let body = "> This is a quote.\n\nAnd this is some text.\n";
+        assert_eq!(
+            split_reply(body).reply,
+            "> This is a quote.\n\nAnd this is some text."
+        );
     }
 }
