@@ -86,6 +86,28 @@ pub(crate) fn automatic(
             format!("Auto-Submitted: {value}"),
         ));
     }
+    // RFC 822-era loop guard written by procmail, mailing lists and many ticket systems.
+    if let Some(value) = header("X-Loop") {
+        return Some((
+            InboundVerdict::Loop,
+            format!("X-Loop: {value} (another system's loop guard)"),
+        ));
+    }
+    // Exchange marks mail its inbox rules sent (forwards, redirects, rule replies) with both;
+    // either alone is ordinary (Outlook sets X-Auto-Response-Suppress on meeting mail, and the
+    // rules header is kept on mail a person then answers).
+    if let (Some(rule), Some(suppress)) = (
+        header("X-MS-Exchange-Inbox-Rules-Loop"),
+        header("X-Auto-Response-Suppress"),
+    ) && suppress.split(',').any(|v| v.trim() == "all")
+    {
+        return Some((
+            InboundVerdict::AutoReply,
+            format!(
+                "sent by an Exchange inbox rule (X-MS-Exchange-Inbox-Rules-Loop: {rule} with X-Auto-Response-Suppress: All)"
+            ),
+        ));
+    }
     for name in [
         "X-Autoreply",
         "X-Autorespond",
@@ -114,4 +136,43 @@ pub(crate) fn automatic(
         return Some((InboundVerdict::Bulk, "List-Id is present".into()));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::inbound::{InboundContext, InboundVerdict, inspect};
+
+    fn verdict(headers: &str) -> (InboundVerdict, Option<String>) {
+        let raw = format!(
+            "From: ann@example.com\r\nTo: support@reply.example.com\r\nSubject: hi\r\n{headers}\r\nHello\r\n"
+        );
+        let report = inspect(
+            raw.as_bytes(),
+            &InboundContext {
+                reply_domain: "reply.example.com".into(),
+                own_address: None,
+                authserv_id: None,
+            },
+        );
+        (report.verdict, report.reason)
+    }
+
+    #[test]
+    fn x_loop_and_the_exchange_pair_are_automatic_each_alone_is_human() {
+        let (v, reason) = verdict("X-Loop: helpdesk@example.org\r\n");
+        assert_eq!(v, InboundVerdict::Loop);
+        assert!(reason.unwrap().starts_with("X-Loop"));
+        let (v, reason) = verdict(
+            "X-MS-Exchange-Inbox-Rules-Loop: ann@example.com\r\nX-Auto-Response-Suppress: All\r\n",
+        );
+        assert_eq!(v, InboundVerdict::AutoReply);
+        assert!(reason.unwrap().contains("Exchange inbox rule"));
+        for alone in [
+            "X-MS-Exchange-Inbox-Rules-Loop: ann@example.com\r\n",
+            "X-Auto-Response-Suppress: All\r\n",
+            "X-MS-Exchange-Inbox-Rules-Loop: ann@example.com\r\nX-Auto-Response-Suppress: DR, RN\r\n",
+        ] {
+            assert_eq!(verdict(alone).0, InboundVerdict::NewConversation, "{alone}");
+        }
+    }
 }

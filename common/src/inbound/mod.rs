@@ -9,6 +9,7 @@
 
 pub mod bounce;
 pub mod classify;
+pub mod html;
 pub mod reply;
 
 use std::panic::AssertUnwindSafe;
@@ -73,6 +74,9 @@ pub struct InboundReport {
     pub message_id: Option<String>,
     pub reply_text: Option<String>,
     pub quoted_text: Option<String>,
+    /// Set when extraction found no new text and the whole text was posted instead (a human
+    /// mail is never dropped for how it quotes).
+    pub extraction_note: Option<String>,
     pub thread: ThreadHints,
     /// Why the relay's `Authentication-Results` says the sender is not who they claim (SPF,
     /// DKIM or DMARC fail); such mail is never posted as that person (SPEC I4).
@@ -145,6 +149,7 @@ impl InboundReport {
             .chain(self.message_id.iter_mut())
             .chain(self.reply_text.iter_mut())
             .chain(self.quoted_text.iter_mut())
+            .chain(self.extraction_note.iter_mut())
             .chain(self.auth_failure.iter_mut())
             .chain(thread)
             .chain(bounce)
@@ -163,6 +168,7 @@ fn rejected(reason: &str) -> InboundReport {
         message_id: None,
         reply_text: None,
         quoted_text: None,
+        extraction_note: None,
         thread: ThreadHints::default(),
         auth_failure: None,
         bounce: None,
@@ -277,10 +283,6 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
     let subject = message.subject().map(str::to_string);
     let message_id = message.message_id().map(|id| format!("<{id}>"));
     let thread = thread_hints(&message, context);
-    let body = message
-        .body_text(0)
-        .map(|b| b.into_owned())
-        .unwrap_or_default();
     let auth_failure = auth_failure(&message, context.authserv_id.as_deref());
 
     let mut report = InboundReport {
@@ -291,6 +293,7 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
         message_id: message_id.clone(),
         reply_text: None,
         quoted_text: None,
+        extraction_note: None,
         thread,
         auth_failure,
         bounce: None,
@@ -328,9 +331,10 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
         ));
         return report;
     }
-    let parts = split_reply(&body);
+    let (parts, note) = extract(&message, subject.as_deref());
     report.reply_text = Some(parts.reply);
     report.quoted_text = Some(parts.quoted);
+    report.extraction_note = note;
     let hints = &report.thread;
     report.verdict =
         if hints.token.is_some() || hints.in_reply_to.is_some() || !hints.references.is_empty() {
@@ -339,6 +343,73 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
             InboundVerdict::NewConversation
         };
     report
+}
+
+/// The body as text: the plain-text part, or the HTML part converted with its structure when
+/// there is no plain text (or it is empty), and where a client's quote container starts.
+fn body_text(message: &mail_parser::Message<'_>) -> html::HtmlText {
+    let plain = message
+        .text_part(0)
+        .filter(|part| !part.is_text_html())
+        .and_then(|part| part.text_contents())
+        .filter(|text| !text.trim().is_empty());
+    if let Some(text) = plain {
+        return html::HtmlText {
+            text: text.to_string(),
+            history_at: None,
+        };
+    }
+    match message.body_html(0) {
+        Some(body) => html::to_text(&body),
+        None => html::HtmlText {
+            text: String::new(),
+            history_at: None,
+        },
+    }
+}
+
+/// The new text and what was removed. A human mail is never left without text: when nothing
+/// new is found, the whole text is posted (the quote is still stored as the quoted part), and
+/// a mail with no text at all posts its subject; the note says which.
+fn extract(
+    message: &mail_parser::Message<'_>,
+    subject: Option<&str>,
+) -> (ReplyParts, Option<String>) {
+    let body = body_text(message);
+    let (own, history) = match body.history_at {
+        Some(at) => body.text.split_at(at),
+        None => (body.text.as_str(), ""),
+    };
+    let mut parts = split_reply(own);
+    let history = history.trim();
+    if !history.is_empty() {
+        if !parts.quoted.is_empty() {
+            parts.quoted.push_str("\n\n");
+        }
+        parts.quoted.push_str(history);
+    }
+    if !parts.reply.trim().is_empty() {
+        return (parts, None);
+    }
+    let whole = body.text.trim();
+    if !whole.is_empty() {
+        parts.reply = whole.to_string();
+        return (
+            parts,
+            Some(
+                "no new text found apart from the quoted history; the whole text was posted".into(),
+            ),
+        );
+    }
+    parts.reply = subject
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("(empty email)")
+        .to_string();
+    (
+        parts,
+        Some("the email has no text; its subject was posted".into()),
+    )
 }
 
 #[cfg(test)]

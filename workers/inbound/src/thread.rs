@@ -93,12 +93,8 @@ pub(crate) fn decide(
             "the relay reports failed authentication ({failure})"
         )));
     }
+    // Never empty for a human mail: extraction falls back to the whole text or the subject.
     let text = report.reply_text.clone().unwrap_or_default();
-    if text.trim().is_empty() {
-        return Ok(Disposition::Rejected(
-            "no new text above the quoted history".into(),
-        ));
-    }
     let (count, window) = config.inbound_rate;
     if recent_posts(conn, "sender", sender, window)? >= i64::from(count) {
         return Ok(Disposition::Rejected(format!(
