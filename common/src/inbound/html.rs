@@ -28,6 +28,8 @@ const MAX_DEPTH: usize = 8;
 
 struct Element {
     name: String,
+    /// An Outlook `MsoNormal` paragraph: a line, not a paragraph.
+    line: bool,
     /// Raises the quote depth while open.
     quote: bool,
     /// Its content is not text (`style`, `script`, hidden elements…).
@@ -397,6 +399,7 @@ pub fn to_text(html: &str) -> HtmlText {
             if !is_void(&name) && !tag.ends_with('/') {
                 stack.push(Element {
                     name,
+                    line: false,
                     quote: false,
                     skip: true,
                     list: None,
@@ -443,7 +446,12 @@ pub fn to_text(html: &str) -> HtmlText {
         if skip_content {
             skip += 1;
         } else {
-            if name == "p" || name.len() == 2 && name.starts_with('h') && name != "hr" {
+            // Outlook writes each line as a `MsoNormal` paragraph without margins.
+            let line_paragraph =
+                name == "p" && attribute(attrs, "class").is_some_and(|c| c.contains("msonormal"));
+            if line_paragraph {
+                w.block();
+            } else if name == "p" || name.len() == 2 && name.starts_with('h') && name != "hr" {
                 w.paragraph();
             } else if is_block(&name) {
                 w.block();
@@ -484,8 +492,11 @@ pub fn to_text(html: &str) -> HtmlText {
             skip -= 1;
             continue;
         }
+        let line =
+            name == "p" && attribute(attrs, "class").is_some_and(|c| c.contains("msonormal"));
         stack.push(Element {
             name,
+            line,
             quote,
             skip: skip_content,
             list,
@@ -513,7 +524,9 @@ fn close(w: &mut Writer, element: &Element, skip: &mut usize, pre: &mut usize) {
     if name == "pre" {
         *pre = pre.saturating_sub(1);
     }
-    if name == "p" || (name.len() == 2 && name.starts_with('h') && name != "hr") {
+    if element.line {
+        w.block();
+    } else if name == "p" || (name.len() == 2 && name.starts_with('h') && name != "hr") {
         w.paragraph();
     } else if is_block(name) {
         w.block();

@@ -354,8 +354,13 @@ fn body_text(message: &mail_parser::Message<'_>) -> html::HtmlText {
         .and_then(|part| part.text_contents())
         .filter(|text| !text.trim().is_empty());
     if let Some(text) = plain {
+        let text = if text.contains('\r') {
+            text.replace("\r\n", "\n").replace('\r', "\n")
+        } else {
+            text.to_string()
+        };
         return html::HtmlText {
-            text: text.to_string(),
+            text,
             history_at: None,
         };
     }

@@ -476,7 +476,9 @@ impl<'a> Lines<'a> {
             let part = part.to_lowercase();
             // A line that starts an attribution of its own is tried on its own; a sentence
             // never ends inside an attribution.
-            if starts_firmly(&part) || ends_sentence(joined.as_str()) {
+            if (starts_firmly(&part) && self.attribution(j, true).is_some())
+                || ends_sentence(joined.as_str())
+            {
                 break;
             }
             joined.push(' ');
