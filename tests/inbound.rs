@@ -178,6 +178,14 @@ async fn l2_auto_replies_are_logged_and_i5_new_mail_starts_a_conversation() {
     env.wait_for_api().await;
     env.wait_for_topology().await;
     let (_, _, conv, reply_to, _) = emailed_conversation(&env).await;
+    // Sam hears of every customer message (P3 `all`), so of the new ticket too.
+    let sam = env.user("Sam").await;
+    env.ok(
+        "PATCH",
+        &format!("/people/{sam}/preferences"),
+        Some(serde_json::json!({"from_customers": "all"})),
+    )
+    .await;
     let ooo = format!(
         "From: Bob <bob@example.com>\nTo: {reply_to}\nSubject: Automatic reply: Printer\n\
          Auto-Submitted: auto-replied\nMessage-ID: <ooo-1@example.com>\n\nI am away until Monday."
@@ -221,6 +229,95 @@ async fn l2_auto_replies_are_logged_and_i5_new_mail_starts_a_conversation() {
     let new_conv = conversation(&env, created["conversation_id"].as_i64().unwrap()).await;
     assert_eq!(new_conv["conversation"]["subject"], "My invoice is wrong");
     assert_eq!(new_conv["messages"][0]["body"], "Please check invoice 42.");
+    // I5: the conversation is a ticket in the inbound project, the customer its requester and
+    // follower, and it notifies like any new customer message.
+    let new_id = created["conversation_id"].as_i64().unwrap();
+    let ticket = env.sql(&format!(
+        "SELECT i.kind || '|' || i.title || '|' || p.name || '|' || r.email || '|' ||
+                EXISTS (SELECT 1 FROM item_follows f WHERE f.item_id = i.id AND f.person_id = r.id)
+         FROM conversations c JOIN items i ON i.id = c.item_id JOIN projects p ON p.id = i.project_id
+         JOIN people r ON r.id = i.requester_id WHERE c.id = {new_id}"
+    ));
+    assert_eq!(
+        ticket,
+        "ticket|My invoice is wrong|Support|dana@customer.example|true"
+    );
+    let message = new_conv["messages"][0]["id"].as_i64().unwrap();
+    let deliveries = env.dispatched(message).await;
+    assert!(
+        deliveries["recipients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["recipient_id"] == sam),
+        "{deliveries}"
+    );
+    assert_eq!(
+        env.sql("SELECT count(*) FROM domain_events WHERE kind = 'item_created'"),
+        "2",
+        "the test's own ticket and the inbound one"
+    );
+}
+
+/// A human reply in which extraction finds no new text is posted whole, never dropped, and what
+/// extraction removed is readable beside the message.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_without_new_text_is_posted_whole_and_its_removed_text_is_kept() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (_, _, conv, reply_to, message_id) = emailed_conversation(&env).await;
+    let quote_only = format!(
+        "From: Bob <bob@example.com>\nTo: {reply_to}\nSubject: Re: Printer\n\
+         In-Reply-To: {message_id}\nMessage-ID: <quote-only-1@example.com>\n\n\
+         On Tue, Dec 1, 2026 at 10:00 AM Ann <ann@example.com> wrote:\n> Is the printer fixed?\n"
+    );
+    let replies = env.smtp("bob@example.com", &[&reply_to], &quote_only).await;
+    assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    support::wait_for(env.root(), "the reply to be posted", async || {
+        conversation(&env, conv).await["messages"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+    let posted = &conversation(&env, conv).await["messages"][1];
+    assert!(
+        posted["body"]
+            .as_str()
+            .unwrap()
+            .contains("> Is the printer fixed?"),
+        "{posted}"
+    );
+    let email = env
+        .ok(
+            "GET",
+            &format!("/messages/{}/email", posted["id"].as_i64().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(email["message_id_header"], "<quote-only-1@example.com>");
+    assert!(
+        email["note"].as_str().unwrap().contains("whole text"),
+        "{email}"
+    );
+    assert!(
+        email["removed_text"]
+            .as_str()
+            .unwrap()
+            .contains("Is the printer fixed?"),
+        "{email}"
+    );
+    // A message not posted by email has no email.
+    let first = conversation(&env, conv).await["messages"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let (status, body) = env
+        .call("GET", &format!("/messages/{first}/email"), None)
+        .await;
+    assert_eq!(status, 404, "{body}");
 }
 
 /// I1: with the broker unreachable, DATA is answered 451 so the relay keeps the mail; the

@@ -35,6 +35,7 @@
 //! | `TIDINGS_INBOUND_MEMORY` | `268435456` | bytes of all messages being received at once (452 beyond) |
 //! | `TIDINGS_INBOUND_AUTHSERV_ID` | unset | the relay's authserv-id; only its topmost `Authentication-Results` is read |
 //! | `TIDINGS_INBOUND_MAILBOXES` | `support` | local parts at the reply domain that accept new conversations |
+//! | `TIDINGS_INBOUND_PROJECT` | `Support` | name of the project a customer's new email becomes a ticket in (created by `tidings migrate`) |
 //! | `TIDINGS_INBOUND_RATE` | `10/10m` | most posts per sender and per conversation in a window; beyond it mail is logged, not posted |
 //! | `TIDINGS_SWEEP_INTERVAL` | `15s` | how often dispatch republishes messages whose event was not confirmed |
 //! | `TIDINGS_DEFAULT_LOCALE` | `en` | locale of emails to people without one, and the fallback of every other |
@@ -121,6 +122,8 @@ pub struct Config {
     pub allow_dev_secrets: bool,
     /// Local parts at the reply domain that accept mail starting a conversation.
     pub inbound_mailboxes: Vec<String>,
+    /// The project a customer's first email becomes a ticket in (`TIDINGS_INBOUND_PROJECT`).
+    pub inbound_project: String,
     /// Most inbound posts per sender and per conversation within the window (loop defence).
     pub inbound_rate: (u32, Duration),
     pub default_locale: String,
@@ -352,6 +355,14 @@ impl Config {
                 Err("an authserv-id such as mx.example.com (letters, digits, dots, dashes)".into())
             }
         })?;
+        let inbound_project = parse_with(get("TIDINGS_INBOUND_PROJECT", "Support"), |v| {
+            let name = v.trim();
+            if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+                Err("a project name: 1 to 200 characters, no control characters".into())
+            } else {
+                Ok(name.to_string())
+            }
+        })?;
         let inbound_mailboxes = parse_with(get("TIDINGS_INBOUND_MAILBOXES", "support"), |v| {
             let boxes: Vec<String> = v
                 .split(',')
@@ -441,6 +452,7 @@ impl Config {
             inbound_authserv_id,
             allow_dev_secrets,
             inbound_mailboxes,
+            inbound_project,
             inbound_rate,
         })
     }
@@ -662,6 +674,7 @@ mod tests {
             ("TIDINGS_PUBLIC_URL", "ftp://x"),
             ("TIDINGS_INBOUND_RATE", "ten"),
             ("TIDINGS_INBOUND_MAILBOXES", "support@x.com"),
+            ("TIDINGS_INBOUND_PROJECT", "Sup\u{7}port"),
             ("TIDINGS_DEFAULT_LOCALE", "Swedish"),
             ("TIDINGS_AUTOMATION_LIMITS", "3/10m,lots"),
             ("TIDINGS_LOG_RETENTION", "three days"),

@@ -13,7 +13,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let report = inbound::inspect(data, &context);
     if let (Some(reply), Some(quoted)) = (&report.reply_text, &report.quoted_text) {
-        assert!(reply.len() + quoted.len() <= data.len() * 4 + 16);
+        // The whole text may be posted and its quote kept as well; quote markers of nested
+        // HTML quotes add at most a few bytes per line.
+        assert!(reply.len() + quoted.len() <= data.len() * 10 + 64);
     }
     let text = String::from_utf8_lossy(data);
     let parts = inbound::split_reply(&text);
@@ -21,4 +23,7 @@ fuzz_target!(|data: &[u8]| {
     for line in parts.reply.lines().chain(parts.quoted.lines()) {
         assert!(text.contains(line.trim_end()), "invented line {line:?}");
     }
+    // HTML of any shape becomes text, and where history starts lies inside it.
+    let html = inbound::html::to_text(&text);
+    assert!(html.history_at.is_none_or(|at| at <= html.text.len()));
 });

@@ -10,5 +10,13 @@ pub fn migrate(config: &Config) -> anyhow::Result<()> {
     } else {
         println!("applied migrations: {}", applied.join(", "));
     }
+    let mut conn = <diesel::PgConnection as diesel::Connection>::establish(&config.database_url)
+        .map_err(|e| anyhow::anyhow!("TIDINGS_DATABASE_URL: {e}"))?;
+    let project = tidings_common::db::ensure_project(&mut conn, &config.inbound_project)
+        .map_err(|e| anyhow::anyhow!("TIDINGS_INBOUND_PROJECT: cannot create the project: {e}"))?;
+    println!(
+        "new customer email becomes a ticket in project {project} ({:?})",
+        config.inbound_project
+    );
     Ok(())
 }

@@ -86,6 +86,33 @@ pub fn migrate(url: &str) -> std::result::Result<Vec<String>, BoxError> {
     Ok(applied.iter().map(|v| v.to_string()).collect())
 }
 
+/// The id of the project called `name`, created when missing (the project customers' new
+/// emails become tickets in). Concurrent callers are serialised by a transaction-scoped lock,
+/// so one project is created however many ask at once.
+pub fn ensure_project(conn: &mut PgConnection, name: &str) -> diesel::QueryResult<i64> {
+    use diesel::prelude::*;
+    use diesel::sql_types::Text;
+    use schema::projects;
+    conn.transaction(|conn| {
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind::<Text, _>(format!("tidings-project {name}"))
+            .execute(conn)?;
+        let found: Option<i64> = projects::table
+            .filter(projects::name.eq(name))
+            .select(projects::id)
+            .order(projects::id)
+            .first(conn)
+            .optional()?;
+        match found {
+            Some(id) => Ok(id),
+            None => diesel::insert_into(projects::table)
+                .values(projects::name.eq(name))
+                .returning(projects::id)
+                .get_result(conn),
+        }
+    })
+}
+
 /// Splits `postgres://host/name?opts` into the URL of the server's `postgres` database and `name`.
 fn maintenance_url(url: &str) -> Option<(String, String)> {
     let (base, query) = url

@@ -40,6 +40,7 @@ use utoipa::{Modify, OpenApi};
         crate::routes::messages::edit_message,
         crate::routes::messages::delete_message,
         crate::routes::messages::deliveries,
+        crate::routes::messages::email,
         crate::routes::messages::explain,
         crate::routes::email_log::email_log,
         crate::routes::suppressions::suppressions,

@@ -14,7 +14,6 @@ use lapin::types::AMQPValue;
 use tidings_common::amqp::{
     self, MAIL_FROM_HEADER, Outcome, Publisher, RCPT_HEADER, Session, SharedPublisher, Topology,
 };
-use tidings_common::announce::Announcements;
 use tidings_common::db::Db;
 use tidings_common::inbound::{self, InboundContext};
 use tidings_common::{Config, Result};
@@ -56,6 +55,7 @@ impl Processor {
         let raw = delivery.data;
         let report = inbound::inspect(&raw, &self.context);
         let span = tracing::info_span!("inbound", verdict = ?report.verdict);
+        let report_note = report.extraction_note.clone();
         async move {
             let config = self.config.clone();
             let disposition = self
@@ -67,8 +67,12 @@ impl Processor {
                     disposition = %tidings_common::mail::mask_addresses(&format!("{disposition:?}")),
                     "inbound email processed"
                 );
-                if let Some(message_id) = disposition.posted() {
-                    Announcements::message(message_id)
+                if let Some(note) = &report_note {
+                    warn!(note = %note, "inbound email posted whole: no new text was found");
+                }
+                let announce = disposition.announcements();
+                if !announce.is_empty() {
+                    announce
                         .publish_or_leave_to_sweep(Ok(publisher), &self.topology)
                         .await;
                 }

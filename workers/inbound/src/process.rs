@@ -3,9 +3,11 @@
 //! dispatch like any other.
 
 use diesel::prelude::*;
+use tidings_common::announce::Announcements;
 use tidings_common::db::email_log;
 use tidings_common::db::models::{LogStatus, NewEmailLogEntry};
 use tidings_common::db::schema::inbound_emails;
+use tidings_common::events::RecordedEvent;
 use tidings_common::inbound::InboundReport;
 use tidings_common::{Config, Result};
 
@@ -19,10 +21,13 @@ pub enum Disposition {
         conversation_id: i64,
         message_id: i64,
     },
-    /// Started a new conversation.
+    /// Started a new conversation: a customer's first email, as a ticket (SPEC I5).
     Created {
         conversation_id: i64,
         message_id: i64,
+        item_id: i64,
+        /// The `item_created` event recorded with the ticket, announced after commit.
+        item_event: RecordedEvent,
     },
     /// Logged, never posted (automatic mail, a duplicate delivery).
     Ignored(String),
@@ -41,6 +46,7 @@ impl Disposition {
             | Disposition::Created {
                 conversation_id,
                 message_id,
+                ..
             } => Some((*conversation_id, *message_id)),
             _ => None,
         }
@@ -49,6 +55,17 @@ impl Disposition {
     /// The message it was posted as, if it was posted.
     pub fn posted(&self) -> Option<i64> {
         self.posted_into().map(|(_, message)| message)
+    }
+
+    /// What to announce once its transaction has committed: the posted message, and the
+    /// ticket's `item_created` event.
+    pub fn announcements(&self) -> Announcements {
+        let mut announce = Announcements::default();
+        announce.messages.extend(self.posted());
+        if let Disposition::Created { item_event, .. } = self {
+            announce.events.push(item_event.clone());
+        }
+        announce
     }
 
     /// What the email caused, as the email log shows it (SPEC L1).
@@ -61,7 +78,11 @@ impl Disposition {
             Disposition::Created {
                 conversation_id,
                 message_id,
-            } => format!("started conversation {conversation_id} with message {message_id}"),
+                item_id,
+                ..
+            } => format!(
+                "started conversation {conversation_id} with message {message_id} as ticket {item_id}"
+            ),
             Disposition::Ignored(_) => "nothing posted (logged only)".into(),
             Disposition::Rejected(_) => "nothing posted (rejected)".into(),
         }
@@ -124,7 +145,8 @@ pub fn process(
                 inbound_emails::rcpt_to.eq(envelope.rcpts.join(",")),
                 inbound_emails::sender.eq(&sender),
                 inbound_emails::verdict.eq(report.verdict.as_str()),
-                inbound_emails::reason.eq(&report.reason),
+                inbound_emails::reason
+                    .eq(report.reason.as_ref().or(report.extraction_note.as_ref())),
                 inbound_emails::quoted_text.eq(&report.quoted_text),
             ))
             .on_conflict_do_nothing()
@@ -150,7 +172,7 @@ pub fn process(
         let (conversation_id, message_id) = (posted.map(|p| p.0), posted.map(|p| p.1));
         let reason = match &disposition {
             Disposition::Ignored(r) | Disposition::Rejected(r) => Some(r.clone()),
-            _ => None,
+            _ => report.extraction_note.clone(),
         };
         let entry = NewEmailLogEntry {
             reason,

@@ -7,7 +7,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Interval, Text};
 use tidings_common::db::models::PersonKind;
 use tidings_common::db::schema::{
-    conversation_participants, conversations, inbound_emails, notifications, people,
+    conversation_participants, conversations, inbound_emails, item_follows, items, notifications,
+    people,
 };
 use tidings_common::inbound::{InboundReport, InboundVerdict};
 use tidings_common::mail::ReplyToken;
@@ -342,13 +343,42 @@ fn start_conversation(
         .clone()
         .filter(|s| !s.trim().is_empty())
         .unwrap_or_else(|| "(no subject)".into());
+    // The ticket: in the inbound project, titled by the subject, the customer its requester and
+    // follower, its conversation linked to it; `item_created` runs automations and dispatch
+    // notifies the message like any new customer message (SPEC I5).
+    let project_id = tidings_common::db::ensure_project(conn, &config.inbound_project)?;
+    let item_id: i64 = diesel::insert_into(items::table)
+        .values((
+            items::project_id.eq(project_id),
+            items::kind.eq("ticket"),
+            items::title.eq(&subject),
+            items::requester_id.eq(customer),
+        ))
+        .returning(items::id)
+        .get_result(conn)?;
+    diesel::insert_into(item_follows::table)
+        .values((
+            item_follows::item_id.eq(item_id),
+            item_follows::person_id.eq(customer),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)?;
     let conversation_id: i64 = diesel::insert_into(conversations::table)
-        .values(conversations::subject.eq(subject))
+        .values((
+            conversations::subject.eq(&subject),
+            conversations::item_id.eq(item_id),
+        ))
         .returning(conversations::id)
         .get_result(conn)?;
     let message = posting::insert_message(conn, conversation_id, customer, text, false)?;
+    let item_event = tidings_common::events::record(
+        conn,
+        &tidings_common::events::DomainEvent::ItemCreated { item_id },
+    )?;
     Ok(Disposition::Created {
         conversation_id,
         message_id: message.id,
+        item_id,
+        item_event,
     })
 }

@@ -216,3 +216,62 @@ pub async fn explain(
     })
     .await
 }
+
+/// The email a message was posted from: what extraction removed (quoted history, signature)
+/// is kept here, beside the message.
+#[derive(Serialize, Queryable, utoipa::ToSchema)]
+pub struct MessageEmail {
+    pub message_id: i64,
+    /// The `Message-ID` header of the email.
+    pub message_id_header: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub sender: Option<String>,
+    /// How the email was read (`reply` or `new_conversation`).
+    pub verdict: String,
+    /// Set when extraction found no new text and the whole text was posted.
+    pub note: Option<String>,
+    /// What was removed from the posted text: the quoted history, attribution and signature.
+    pub removed_text: Option<String>,
+}
+
+/// The email a message came from, with the text removed from it. 404 for a message that was
+/// not posted by email.
+#[utoipa::path(
+    get,
+    path = "/messages/{id}/email",
+    tag = "messages",
+    params(("id" = i64, Path, description = "the id")),
+    responses(
+        (status = 200, description = "the email and what was removed from it", body = MessageEmail),
+        (status = 404, description = "an unknown message, or one not posted by email", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn email(
+    State(state): State<AppState>,
+    Path(message_id): Path<i64>,
+) -> ApiResult<Json<MessageEmail>> {
+    with_db(&state, move |conn| {
+        let message = messages::table
+            .find(message_id)
+            .select(messages::id)
+            .first::<i64>(conn)
+            .optional()?;
+        found(message, "message", message_id)?;
+        let email = inbound_emails::table
+            .filter(inbound_emails::posted_message_id.eq(message_id))
+            .select((
+                inbound_emails::posted_message_id.assume_not_null(),
+                inbound_emails::message_id_header,
+                inbound_emails::received_at,
+                inbound_emails::sender,
+                inbound_emails::verdict,
+                inbound_emails::reason,
+                inbound_emails::quoted_text,
+            ))
+            .first::<MessageEmail>(conn)
+            .optional()?;
+        Ok(Json(found(email, "email of message", message_id)?))
+    })
+    .await
+}

@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
             patch(messages::edit_message).delete(messages::delete_message),
         )
         .route("/messages/{id}/deliveries", get(messages::deliveries))
+        .route("/messages/{id}/email", get(messages::email))
         .route("/messages/{id}/explain/{person_id}", get(messages::explain))
         .route("/email-log", get(email_log::email_log))
         .route("/items/{id}", patch(items::update_item))
