@@ -378,7 +378,7 @@ pub fn to_text(html: &str) -> HtmlText {
             // "a < b" written unescaped.
             if skip == 0 {
                 w.text("<", pre > 0);
-                decode_into(&tag[..], &mut decoded);
+                decode_into(tag, &mut decoded);
                 w.text(&decoded, pre > 0);
                 w.text(">", pre > 0);
             }
@@ -462,11 +462,7 @@ pub fn to_text(html: &str) -> HtmlText {
             }
             match name.as_str() {
                 "pre" => pre += 1,
-                "td" | "th" => {
-                    if !w.line_start {
-                        w.space = true;
-                    }
-                }
+                "td" | "th" if !w.line_start => w.space = true,
                 "li" => {
                     let marker = match stack.iter_mut().rev().find_map(|e| e.list.as_mut()) {
                         Some(Some(n)) => {

@@ -59,7 +59,7 @@ fn is_quote(t: &str) -> bool {
 
 /// The text of a quoted line without its quote markers.
 fn unquoted(t: &str) -> &str {
-    t.trim_start_matches(|c: char| c == '>' || c == '|' || c == ' ')
+    t.trim_start_matches(['>', '|', ' '])
 }
 
 fn is_delimiter(line: &str, t: &str) -> bool {
@@ -601,8 +601,8 @@ pub fn split_reply(body: &str) -> ReplyParts {
     // Blocks between start and end.
     let mut blocks: Vec<(Block, usize, usize)> = Vec::new();
     let mut after_attribution = false;
-    for i in start..end {
-        let block = match kinds[i] {
+    for (i, kind) in kinds.iter().enumerate().take(end).skip(start) {
+        let block = match kind {
             Line::Empty => continue,
             // Once an attribution has been seen, later quotes are of the same quoted mail.
             Line::Text | Line::Delimiter | Line::Signature | Line::History => Block::Text,
@@ -691,8 +691,8 @@ pub fn split_reply(body: &str) -> ReplyParts {
         }
     } else if blocks.iter().all(|(b, _, _)| *b == Block::OwnQuote) && !blocks.is_empty() {
         // Quotes are all there is: they are the writer's.
-        for i in blocks[0].1..=blocks[blocks.len() - 1].2 {
-            keep[i] = true;
+        for k in &mut keep[blocks[0].1..=blocks[blocks.len() - 1].2] {
+            *k = true;
         }
     }
     let mut reply = String::new();
