@@ -332,6 +332,8 @@ pub fn to_text(html: &str) -> HtmlText {
         history_at: None,
     };
     let mut stack: Vec<Element> = Vec::new();
+    // How many elements of each name are open on the stack.
+    let mut open: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut skip = 0usize;
     let mut pre = 0usize;
     let mut decoded = String::new();
@@ -386,17 +388,26 @@ pub fn to_text(html: &str) -> HtmlText {
         }
         let attrs = &tag[name_end..];
         if closing {
-            let Some(open) = stack.iter().rposition(|e| e.name == name) else {
+            // An end tag nothing opened is ignored without searching the stack, so a flood of
+            // them costs nothing; a matched one pops what it closes (each element once).
+            if open.get(name.as_str()).is_none_or(|n| *n == 0) {
                 continue;
-            };
-            while stack.len() > open {
-                let element = stack.pop().expect("non-empty");
+            }
+            while let Some(element) = stack.pop() {
+                if let Some(n) = open.get_mut(element.name.as_str()) {
+                    *n -= 1;
+                }
+                let done = element.name == name;
                 close(&mut w, &element, &mut skip, &mut pre);
+                if done {
+                    break;
+                }
             }
             continue;
         }
         if skip > 0 {
             if !is_void(&name) && !tag.ends_with('/') {
+                *open.entry(name.clone()).or_default() += 1;
                 stack.push(Element {
                     name,
                     line: false,
@@ -430,6 +441,9 @@ pub fn to_text(html: &str) -> HtmlText {
             && stack.last().is_some_and(|e| e.name == name)
         {
             let element = stack.pop().expect("non-empty");
+            if let Some(n) = open.get_mut(element.name.as_str()) {
+                *n -= 1;
+            }
             close(&mut w, &element, &mut skip, &mut pre);
         }
         let skip_content = matches!(
@@ -442,14 +456,14 @@ pub fn to_text(html: &str) -> HtmlText {
             "ol" => Some(Some(1)),
             _ => None,
         };
+        // Outlook writes each line as a `MsoNormal` paragraph without margins.
+        let line =
+            name == "p" && attribute(attrs, "class").is_some_and(|c| c.contains("msonormal"));
         // Open.
         if skip_content {
             skip += 1;
         } else {
-            // Outlook writes each line as a `MsoNormal` paragraph without margins.
-            let line_paragraph =
-                name == "p" && attribute(attrs, "class").is_some_and(|c| c.contains("msonormal"));
-            if line_paragraph {
+            if line {
                 w.block();
             } else if name == "p" || name.len() == 2 && name.starts_with('h') && name != "hr" {
                 w.paragraph();
@@ -488,8 +502,7 @@ pub fn to_text(html: &str) -> HtmlText {
             skip -= 1;
             continue;
         }
-        let line =
-            name == "p" && attribute(attrs, "class").is_some_and(|c| c.contains("msonormal"));
+        *open.entry(name.clone()).or_default() += 1;
         stack.push(Element {
             name,
             line,
@@ -582,5 +595,8 @@ mod tests {
         assert_eq!(to_text("a < b and c > d").text, "a < b and c > d");
         let deep = to_text(&"<blockquote>".repeat(50_000));
         assert!(deep.text.len() < 1_000);
+        // Many open elements and a flood of end tags nothing opened: linear, not quadratic.
+        let flood = format!("{}x{}", "<div>".repeat(100_000), "</p>".repeat(1_000_000));
+        assert_eq!(to_text(&flood).text, "x");
     }
 }

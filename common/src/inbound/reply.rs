@@ -140,7 +140,6 @@ const VERBS: &[&str] = &[
     "написала",
     "написал(а)",
     "написав",
-    "написала:",
     "пише",
     "写道",
     "寫道",
@@ -165,7 +164,7 @@ const VERBS: &[&str] = &[
 /// "Em", "W dniu", "Dne", "В"…).
 const OPENERS: &[&str] = &[
     "on ", "le ", "am ", "el ", "il ", "op ", "den ", "em ", "w dniu", "dne ", "в ", "у ", "pe ",
-    "în ", "στις", "tanggal", "vào", "op ", "på ", "fra: ", "quoting ", "citando ",
+    "în ", "στις", "tanggal", "vào", "på ", "quoting ", "citando ",
 ];
 
 fn has_year(t: &str) -> bool {
@@ -441,7 +440,8 @@ impl<'a> Lines<'a> {
         self.lower.get(i).and_then(|l| l.as_deref())
     }
 
-    /// How many lines the attribution starting at `i` spans, if one does.
+    /// How many lines the attribution starting at `i` spans, if one does. `nested` looks no
+    /// further ahead for competing starts, so the work per line stays bounded.
     fn attribution(&self, i: usize, nested: bool) -> Option<usize> {
         let lower = self.lower(i)?;
         if is_attribution(lower) {
@@ -476,7 +476,7 @@ impl<'a> Lines<'a> {
             let part = part.to_lowercase();
             // A line that starts an attribution of its own is tried on its own; a sentence
             // never ends inside an attribution.
-            if (starts_firmly(&part) && self.attribution(j, true).is_some())
+            if (!nested && starts_firmly(&part) && self.attribution(j, true).is_some())
                 || ends_sentence(joined.as_str())
             {
                 break;
@@ -784,6 +784,18 @@ mod tests {
     fn a_sentence_mentioning_writing_is_text() {
         let body = "When I finally\nfigured it out, I wrote one of my own:\n\nhttp://example.com/2017-02-18-guide\n";
         assert_eq!(split_reply(body).reply, body.trim_end());
+    }
+
+    #[test]
+    fn hostile_bodies_finish() {
+        // Every line could open an attribution: a competing start is looked for one level deep
+        // only, never recursively.
+        let digits = "1 a\n".repeat(20_000);
+        assert_eq!(split_reply(&digits).reply.lines().count(), 20_000);
+        let long_quote = format!("Hi\n{}\n", ">".repeat(800_000));
+        assert_eq!(split_reply(&long_quote).reply, "Hi");
+        let attributions = "On 1 Jan 2026 a <a@b.c> wrote:\n".repeat(10_000);
+        assert_eq!(split_reply(&attributions).reply, "");
     }
 
     #[test]
