@@ -260,16 +260,24 @@ async fn poison_messages_are_dead_lettered_and_workers_keep_going() {
     let _ = conn.close(200, "bye".into()).await;
 }
 
-/// `tidings migrate` twice is a no-op; a bad configuration value stops the start naming the
+/// `tidings migrate` twice is a no-op (and creates the inbound project once); a bad configuration value stops the start naming the
 /// variable; SIGTERM stops the roles cleanly.
 #[tokio::test(flavor = "multi_thread")]
 async fn commands_migrate_config_errors_and_sigterm() {
     let env = Env::new("2s");
     let out = env.command(&["migrate"]).output().unwrap();
     assert!(out.status.success());
+    // Again: the schema is current and the inbound project already exists (not a second one).
+    let project = env.sql("SELECT id FROM projects WHERE name = 'Support'");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "database schema is up to date"
+        format!(
+            "database schema is up to date\nnew customer email becomes a ticket in project {project} (\"Support\")"
+        )
+    );
+    assert_eq!(
+        env.sql("SELECT count(*) FROM projects WHERE name = 'Support'"),
+        "1"
     );
 
     for (variable, value) in [

@@ -338,11 +338,7 @@ fn start_conversation(
             .returning(people::id)
             .get_result(conn)?,
     };
-    let subject = report
-        .subject
-        .clone()
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| "(no subject)".into());
+    let subject = ticket_title(report.subject.as_deref());
     // The ticket: in the inbound project, titled by the subject, the customer its requester and
     // follower, its conversation linked to it; `item_created` runs automations and dispatch
     // notifies the message like any new customer message (SPEC I5).
@@ -381,4 +377,42 @@ fn start_conversation(
         item_id,
         item_event,
     })
+}
+
+/// Most characters of a ticket title or conversation subject, as the api allows.
+const TITLE_MAX: usize = 300;
+
+/// The title of a ticket from an email's subject: one line (control characters and line
+/// separators, which an encoded word can carry, become spaces), at most [`TITLE_MAX`]
+/// characters, and "(no subject)" when there is none.
+fn ticket_title(subject: Option<&str>) -> String {
+    let line = tidings_common::mail::one_line(subject.unwrap_or_default());
+    let line = line.trim();
+    if line.is_empty() {
+        return "(no subject)".into();
+    }
+    if line.chars().count() <= TITLE_MAX {
+        return line.to_string();
+    }
+    let mut cut: String = line.chars().take(TITLE_MAX - 1).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TITLE_MAX, ticket_title};
+
+    #[test]
+    fn a_ticket_title_is_one_bounded_line() {
+        assert_eq!(ticket_title(None), "(no subject)");
+        assert_eq!(ticket_title(Some(" \r\n\t ")), "(no subject)");
+        assert_eq!(
+            ticket_title(Some("Invoice\r\nBcc: x@evil.test\u{0}\u{2028}wrong")),
+            "Invoice Bcc: x@evil.test wrong"
+        );
+        let long = ticket_title(Some(&"é".repeat(10_000)));
+        assert_eq!(long.chars().count(), TITLE_MAX);
+        assert!(long.ends_with('…'));
+    }
 }
