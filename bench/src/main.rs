@@ -725,8 +725,18 @@ async fn sustained(
     Ok((best, tried))
 }
 
-/// Phase 6: parse + classify + extract over every body in the corpora, per CPU-second.
-fn extraction_rate(corpora: &std::path::Path) -> anyhow::Result<(f64, usize)> {
+/// Extraction speed over the corpora, per CPU-second: [`Extraction::split`] runs the reply
+/// splitter alone over every body, decoded beforehand (plain bodies as they are, raw
+/// messages through the MIME parser and the HTML converter first); [`Extraction::inspect`]
+/// runs the whole pure path (MIME parse, classify, extract) over every raw message.
+struct Extraction {
+    split: f64,
+    bodies: usize,
+    inspect: f64,
+    messages: usize,
+}
+
+fn extraction_rate(corpora: &std::path::Path) -> anyhow::Result<Extraction> {
     fn walk(dir: &std::path::Path, out: &mut Vec<(bool, Vec<u8>)>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
@@ -736,8 +746,7 @@ fn extraction_rate(corpora: &std::path::Path) -> anyhow::Result<(f64, usize)> {
             if path.is_dir() {
                 walk(&path, out);
             } else {
-                // Raw messages (.eml) go through the whole path; plain bodies (.txt under an
-                // emails folder) through the extractor alone.
+                // Raw messages (.eml), and plain bodies (.txt under an emails folder).
                 let ext = path
                     .extension()
                     .and_then(|e| e.to_str())
@@ -751,36 +760,89 @@ fn extraction_rate(corpora: &std::path::Path) -> anyhow::Result<(f64, usize)> {
             }
         }
     }
-    let mut bodies = Vec::new();
-    walk(corpora, &mut bodies);
-    if bodies.is_empty() {
+    let mut files = Vec::new();
+    walk(corpora, &mut files);
+    if files.is_empty() {
         bail!("no email bodies under {}", corpora.display());
     }
+    let bodies: Vec<String> = files
+        .iter()
+        .filter_map(|(is_email, bytes)| match is_email {
+            true => tidings_common::inbound::body_of(bytes),
+            false => Some(String::from_utf8_lossy(bytes).into_owned()),
+        })
+        .collect();
+    let messages: Vec<&[u8]> = files
+        .iter()
+        .filter(|(is_email, _)| *is_email)
+        .map(|(_, bytes)| bytes.as_slice())
+        .collect();
     let context = tidings_common::inbound::InboundContext {
         reply_domain: "reply.tidings.localhost".into(),
         own_address: None,
         authserv_id: None,
     };
-    let started = cpu_seconds();
-    let wall = Instant::now();
-    let mut done = 0usize;
-    while wall.elapsed() < Duration::from_secs(3) {
-        for (is_email, bytes) in &bodies {
-            if *is_email {
-                std::hint::black_box(tidings_common::inbound::inspect(bytes, &context));
-            } else {
-                std::hint::black_box(tidings_common::inbound::split_reply(
-                    &String::from_utf8_lossy(bytes),
-                ));
+    let per_cpu_second = |items: usize, run: &dyn Fn(usize)| {
+        let started = cpu_seconds();
+        let wall = Instant::now();
+        let mut done = 0usize;
+        while wall.elapsed() < Duration::from_secs(3) {
+            for i in 0..items {
+                run(i);
             }
-            done += 1;
+            done += items;
         }
-    }
-    let cpu = (cpu_seconds() - started).max(0.01);
-    Ok((done as f64 / cpu, bodies.len()))
+        done as f64 / (cpu_seconds() - started).max(0.01)
+    };
+    let split = per_cpu_second(bodies.len(), &|i| {
+        std::hint::black_box(tidings_common::inbound::split_reply(&bodies[i]));
+    });
+    let inspect = per_cpu_second(messages.len(), &|i| {
+        std::hint::black_box(tidings_common::inbound::inspect(messages[i], &context));
+    });
+    Ok(Extraction {
+        split,
+        bodies: bodies.len(),
+        inspect,
+        messages: messages.len(),
+    })
 }
 
-/// Phase 5: replies from one reader into one conversation, sent by smtp-source to the inbound
+/// Emails posted by the inbound role so far.
+fn inbound_posted(db: &mut PgConnection) -> anyhow::Result<u64> {
+    #[derive(QueryableByName)]
+    struct Posted {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let posted: Posted = diesel::sql_query(
+        "SELECT count(*) AS n FROM inbound_emails WHERE posted_message_id IS NOT NULL",
+    )
+    .get_result(db)?;
+    Ok(posted.n as u64)
+}
+
+/// Waits until `count` more emails than `before` are posted; the rate from `started`.
+fn wait_posted(
+    db: &mut PgConnection,
+    before: u64,
+    count: u64,
+    started: Instant,
+) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let posted = inbound_posted(db)? - before;
+        if posted >= count {
+            return Ok(count as f64 / started.elapsed().as_secs_f64());
+        }
+        if Instant::now() > deadline {
+            bail!("only {posted} of {count} inbound replies were posted");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Phase 5a: replies from one reader into one conversation, sent by smtp-source to the inbound
 /// listener; the rate is from the first byte sent to the last reply posted.
 fn inbound_rate(env: &BenchEnv, config: &Config, count: u64) -> anyhow::Result<f64> {
     let mut db = PgConnection::establish(&env.database_url)?;
@@ -800,6 +862,7 @@ fn inbound_rate(env: &BenchEnv, config: &Config, count: u64) -> anyhow::Result<f
         issued_day: tidings_common::mail::epoch_day(tidings_common::clock::now()),
     };
     let address = token.address(&config.token_secret, &config.reply_domain);
+    let before = inbound_posted(&mut db)?;
     let started = Instant::now();
     let status = Command::new(postfix_tool("smtp-source"))
         .args([
@@ -819,25 +882,230 @@ fn inbound_rate(env: &BenchEnv, config: &Config, count: u64) -> anyhow::Result<f
     if !status.success() {
         bail!("smtp-source to the inbound listener failed: {status}");
     }
+    wait_posted(&mut db, before, count, started)
+}
+
+/// One reply as a mail client writes it: new text above an attribution and the quoted
+/// notification, threaded by its reply address and In-Reply-To.
+fn reply_mail(sender: &str, rcpt: &str, conversation: i64, n: u64) -> String {
+    format!(
+        "From: Replier <{sender}>\r\nTo: <{rcpt}>\r\nSubject: Re: Bench ticket {conversation}\r\n\
+         Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <bench-{conversation}-{n}@client.example>\r\n\
+         In-Reply-To: <notification-{conversation}@tidings.example>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n\
+         Thanks, that fixed it. Reply number {n}: the printer works again and the queue is empty.\r\n\
+         \r\nBest,\r\nReplier\r\n\r\n\
+         On Tue, 1 Dec 2026 at 09:58, Tidings <support@tidings.example> wrote:\r\n\
+         > Have you tried turning it off and on again?\r\n>\r\n\
+         > -- \r\n> Reply to this email or open the conversation.\r\n"
+    )
+}
+
+/// Sends `mails` (sender, recipient, text) over `connections` SMTP sessions at once, one
+/// transaction after another on each; fails on any reply that is not a success.
+async fn send_smtp(
+    addr: std::net::SocketAddr,
+    mails: Vec<(String, String, String)>,
+    connections: usize,
+) -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    async fn expect(
+        reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+        code: char,
+    ) -> anyhow::Result<()> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).await? == 0 {
+                bail!("the listener closed the session");
+            }
+            if !line.starts_with(code) {
+                bail!("unexpected SMTP reply: {}", line.trim_end());
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(());
+            }
+        }
+    }
+    let mut shares: Vec<Vec<(String, String, String)>> = vec![Vec::new(); connections.max(1)];
+    for (i, mail) in mails.into_iter().enumerate() {
+        shares[i % connections.max(1)].push(mail);
+    }
+    let mut sessions = tokio::task::JoinSet::new();
+    for share in shares {
+        sessions.spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            let (read, mut write) = stream.into_split();
+            let mut reader = BufReader::new(read);
+            expect(&mut reader, '2').await?;
+            write.write_all(b"EHLO bench.example\r\n").await?;
+            expect(&mut reader, '2').await?;
+            for (from, to, text) in share {
+                write
+                    .write_all(format!("MAIL FROM:<{from}>\r\n").as_bytes())
+                    .await?;
+                expect(&mut reader, '2').await?;
+                write
+                    .write_all(format!("RCPT TO:<{to}>\r\n").as_bytes())
+                    .await?;
+                expect(&mut reader, '2').await?;
+                write.write_all(b"DATA\r\n").await?;
+                expect(&mut reader, '3').await?;
+                write.write_all(text.as_bytes()).await?;
+                write.write_all(b".\r\n").await?;
+                expect(&mut reader, '2').await?;
+            }
+            write.write_all(b"QUIT\r\n").await?;
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(done) = sessions.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// Phase 5b: replies from `senders` people, each answering their own conversation, as a relay
+/// delivers them: 32 SMTP sessions at once, mails interleaved across senders. The rate is from
+/// the first byte sent to the last reply posted.
+async fn inbound_many_rate(
+    env: &BenchEnv,
+    config: &Config,
+    count: u64,
+    senders: u64,
+) -> anyhow::Result<f64> {
+    let mut db = PgConnection::establish(&env.database_url)?;
     #[derive(QueryableByName)]
-    struct Posted {
+    struct Pair {
         #[diesel(sql_type = BigInt)]
-        n: i64,
+        person: i64,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        email: String,
     }
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let posted: Posted = diesel::sql_query(
-            "SELECT count(*) AS n FROM inbound_emails WHERE posted_message_id IS NOT NULL",
-        )
-        .get_result(&mut db)?;
-        if posted.n as u64 >= count {
-            return Ok(count as f64 / started.elapsed().as_secs_f64());
+    let people: Vec<Pair> = diesel::sql_query(
+        "INSERT INTO people (kind, name, email)
+         SELECT 'user', 'Replier ' || g, 'replier' || g || '@bench.example'
+         FROM generate_series(1, $1) g RETURNING id AS person, email",
+    )
+    .bind::<BigInt, _>(senders as i64)
+    .load(&mut db)?;
+    let ids: Vec<i64> = people.iter().map(|p| p.person).collect();
+    diesel::sql_query("INSERT INTO user_preferences (person_id) SELECT unnest($1::bigint[])")
+        .bind::<diesel::sql_types::Array<BigInt>, _>(&ids)
+        .execute(&mut db)?;
+    let conversations = create_conversations(&mut db, env.project, &env.readers, senders, 1)?;
+    let day = tidings_common::mail::epoch_day(tidings_common::clock::now());
+    let addresses: Vec<(String, String, i64)> = people
+        .iter()
+        .zip(&conversations)
+        .map(|(p, &conversation)| {
+            let token = tidings_common::mail::ReplyToken {
+                conversation_id: conversation,
+                person_id: p.person,
+                issued_day: day,
+            };
+            let rcpt = token.address(&config.token_secret, &config.reply_domain);
+            (p.email.clone(), rcpt, conversation)
+        })
+        .collect();
+    let mails: Vec<(String, String, String)> = (0..count)
+        .map(|n| {
+            let (from, rcpt, conversation) = &addresses[(n % senders) as usize];
+            let text = reply_mail(from, rcpt, *conversation, n);
+            (from.clone(), rcpt.clone(), text)
+        })
+        .collect();
+    let before = inbound_posted(&mut db)?;
+    let started = Instant::now();
+    send_smtp(config.inbound_addr, mails, 32).await?;
+    wait_posted(&mut db, before, count, started)
+}
+
+fn corpora_dir() -> String {
+    std::env::var("BENCH_CORPORA").unwrap_or_else(|_| "../shared/corpora".into())
+}
+
+fn row(label: String, value: String, ratio: String) {
+    println!("{label:<56} {value:>16} {ratio:>10}");
+}
+
+fn per_s(v: f64) -> String {
+    format!("{v:.0} /s")
+}
+
+fn print_extraction(extraction: Option<&Extraction>) {
+    match extraction {
+        Some(e) => {
+            row(
+                format!(
+                    "reply extraction per CPU-second ({} decoded bodies)",
+                    e.bodies
+                ),
+                per_s(e.split),
+                String::new(),
+            );
+            row(
+                format!(
+                    "parse + classify + extract per CPU-second ({} messages)",
+                    e.messages
+                ),
+                per_s(e.inspect),
+                String::new(),
+            );
         }
-        if Instant::now() > deadline {
-            bail!("only {} of {count} inbound replies were posted", posted.n);
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        None => row(
+            "reply extraction per CPU-second".into(),
+            "no corpora".into(),
+            String::new(),
+        ),
     }
+}
+
+/// The inbound rows: one sender (smtp-source) and many senders into as many conversations.
+struct Inbound {
+    one: f64,
+    n_one: u64,
+    many: f64,
+    n_many: u64,
+    senders: u64,
+}
+
+async fn inbound_phases(env: &BenchEnv, config: &Config) -> anyhow::Result<Inbound> {
+    let n_one = knob("BENCH_INBOUND", 2_000);
+    let n_many = knob("BENCH_INBOUND_MANY", 10_000);
+    let senders = knob("BENCH_INBOUND_SENDERS", 100).max(1);
+    eprintln!("bench: inbound, {n_one} replies from one sender (smtp-source)");
+    let one = inbound_rate(env, config, n_one)?;
+    eprintln!(
+        "bench: inbound, {n_many} replies from {senders} senders into {senders} conversations"
+    );
+    let many = inbound_many_rate(env, config, n_many, senders).await?;
+    Ok(Inbound {
+        one,
+        n_one,
+        many,
+        n_many,
+        senders,
+    })
+}
+
+fn print_inbound(inbound: &Inbound, sink_rate: f64) {
+    row(
+        format!(
+            "inbound SMTP to posted, 1 sender ({}) vs smtp-sink",
+            inbound.n_one
+        ),
+        per_s(inbound.one),
+        format!("{:.2}x", inbound.one / sink_rate),
+    );
+    row(
+        format!(
+            "inbound SMTP to posted, {} senders ({}) vs smtp-sink",
+            inbound.senders, inbound.n_many
+        ),
+        per_s(inbound.many),
+        format!("{:.2}x", inbound.many / sink_rate),
+    );
 }
 
 struct BenchEnv {
@@ -970,6 +1238,12 @@ fn fmt_rss(kib: Option<u64>) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only == "extraction" {
+        let extraction = extraction_rate(std::path::Path::new(&corpora_dir()))?;
+        print_extraction(Some(&extraction));
+        return Ok(());
+    }
     let tidings = std::env::var("BENCH_TIDINGS")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
@@ -1102,7 +1376,7 @@ async fn run_phases(
     let step_seconds = knob("BENCH_STEP_SECONDS", 30);
     let steps = knob("BENCH_STEPS", 6);
     let conn = amqp::connect(AMQP_URL, "bench").await?;
-    let corpora = std::env::var("BENCH_CORPORA").unwrap_or_else(|_| "../shared/corpora".into());
+    let corpora = corpora_dir();
     eprintln!("bench: reply extraction over {corpora}");
     let extraction = extraction_rate(std::path::Path::new(&corpora)).ok();
 
@@ -1147,6 +1421,16 @@ async fn run_phases(
         readers,
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "inbound") {
+        let replies = inbound_phases(&env, config).await?;
+        let channel = conn.create_channel().await?;
+        env.topology.delete(&channel).await?;
+        drop((api, dispatch, mailer, inbound));
+        println!();
+        print_inbound(&replies, sink_rate);
+        print_extraction(extraction.as_ref());
+        return Ok(());
+    }
     eprintln!("bench: pipeline at fan-out 1, {n_fanout1} messages");
     let fan1 = pipeline(&env, &conn, &processes, n_fanout1, 1).await?;
     eprintln!("bench: pipeline at fan-out 10, {n_fanout10} messages");
@@ -1160,9 +1444,7 @@ async fn run_phases(
         sustained(&env, &conn, &processes, 1, fan1.rate, step_seconds, steps).await?;
     let (held10, tried10) =
         sustained(&env, &conn, &processes, 10, fan10.rate, step_seconds, steps).await?;
-    let n_inbound = knob("BENCH_INBOUND", 2_000);
-    eprintln!("bench: inbound, {n_inbound} replies through the SMTP listener (smtp-source)");
-    let inbound_rate = inbound_rate(&env, config, n_inbound)?;
+    let replies = inbound_phases(&env, config).await?;
     let rss: Vec<(&str, Option<u64>)> = processes
         .roles
         .iter()
@@ -1174,9 +1456,6 @@ async fn run_phases(
 
     let ratio1 = fan1.rate / baseline_rate;
     let ratio10 = fan10.rate / baseline_rate;
-    let row = |label: String, value: String, ratio: String| {
-        println!("{label:<56} {value:>16} {ratio:>10}");
-    };
     println!();
     println!(
         "Tidings benchmark ({} queues, window {WINDOW}, {} cores)",
@@ -1196,7 +1475,6 @@ async fn run_phases(
         if statements { "on" } else { "not loaded" }
     );
     row("measure".into(), "value".into(), "ratio".into());
-    let per_s = |v: f64| format!("{v:.0} /s");
     row(
         "baseline: raw AMQP through the delay".into(),
         per_s(baseline_rate),
@@ -1288,23 +1566,8 @@ async fn run_phases(
     for (role, kib) in &rss {
         row(format!("peak RSS {role}"), fmt_rss(*kib), String::new());
     }
-    row(
-        format!("inbound SMTP ingress to posted ({n_inbound}) vs smtp-sink"),
-        per_s(inbound_rate),
-        format!("{:.2}x", inbound_rate / sink_rate),
-    );
-    match extraction {
-        Some((rate, bodies)) => row(
-            format!("reply extraction per CPU-second ({bodies} bodies)"),
-            per_s(rate),
-            String::new(),
-        ),
-        None => row(
-            "reply extraction per CPU-second".into(),
-            "no corpora".into(),
-            String::new(),
-        ),
-    }
+    print_inbound(&replies, sink_rate);
+    print_extraction(extraction.as_ref());
     if fan1.sent != fan1.notifications || fan10.sent != fan10.notifications {
         println!(
             "warning: not every notification was sent ({}, {})",
@@ -1345,9 +1608,12 @@ async fn run_phases(
         "statements_per_notification_fanout10": fan10.statements,
         "top_statements": top.iter().map(|(c, t, m, q)| json!({"calls": c, "total_ms": t, "mean_ms": m, "query": q})).collect::<Vec<_>>(),
         "peak_rss_kib": rss.iter().map(|(r, k)| (r.to_string(), json!(k))).collect::<serde_json::Map<_, _>>(),
-        "inbound_per_s": inbound_rate,
-        "ratio_inbound_vs_smtp_sink": inbound_rate / sink_rate,
-        "extraction_per_cpu_s": extraction.map(|(rate, _)| rate),
+        "inbound_one_sender_per_s": replies.one,
+        "inbound_many_senders_per_s": replies.many,
+        "inbound_senders": replies.senders,
+        "ratio_inbound_vs_smtp_sink": replies.many / sink_rate,
+        "extraction_per_cpu_s": extraction.as_ref().map(|e| e.split),
+        "inspect_per_cpu_s": extraction.as_ref().map(|e| e.inspect),
     });
     std::fs::write(&out, serde_json::to_vec_pretty(&report)?)?;
     println!("\nresults written to {out}");

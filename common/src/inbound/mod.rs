@@ -345,6 +345,15 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
     report
 }
 
+/// The body of a raw message as the extractor reads it (the plain-text part, or the HTML
+/// part converted), or `None` when it cannot be parsed. For measuring extraction apart from
+/// MIME parsing.
+pub fn body_of(raw: &[u8]) -> Option<String> {
+    MessageParser::default()
+        .parse(raw)
+        .map(|message| body_text(&message).text)
+}
+
 /// The body as text: the plain-text part, or the HTML part converted with its structure when
 /// there is no plain text (or it is empty), and where a client's quote container starts.
 fn body_text(message: &mail_parser::Message<'_>) -> html::HtmlText {

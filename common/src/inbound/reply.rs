@@ -62,6 +62,59 @@ fn unquoted(t: &str) -> &str {
     t.trim_start_matches(['>', '|', ' '])
 }
 
+/// Whether `hay` contains `needle`. The lines compared are short and most do not even hold
+/// the needle's first byte, so a scan for that byte beats building a substring searcher for
+/// every line and pattern.
+fn has(hay: &str, needle: &str) -> bool {
+    let (hay, needle) = (hay.as_bytes(), needle.as_bytes());
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    hay.iter().enumerate().any(|(i, &b)| {
+        b == first
+            && hay
+                .get(i + 1..i + 1 + rest.len())
+                .is_some_and(|tail| tail == rest)
+    })
+}
+
+/// Whether `text` starts with any of `prefixes` (the first byte is compared before the rest).
+fn starts_with_any(text: &str, prefixes: &[&str]) -> bool {
+    let first = text.as_bytes().first();
+    prefixes
+        .iter()
+        .any(|p| p.as_bytes().first() == first && text.starts_with(p))
+}
+
+/// Whether `text` ends with any of `suffixes` (the last byte is compared before the rest).
+fn ends_with_any(text: &str, suffixes: &[&str]) -> bool {
+    let last = text.as_bytes().last();
+    suffixes
+        .iter()
+        .any(|s| s.as_bytes().last() == last && text.ends_with(s))
+}
+
+/// Appends `t` lowercased to `out` (no-break spaces as spaces), without the Unicode tables
+/// when it is ASCII (most lines are).
+fn lowercase_into(t: &str, out: &mut String) {
+    let from = out.len();
+    if t.is_ascii() {
+        out.push_str(t);
+        out[from..].make_ascii_lowercase();
+    } else {
+        out.extend(t.chars().flat_map(char::to_lowercase).map(|c| match c {
+            '\u{a0}' => ' ',
+            c => c,
+        }));
+    }
+}
+
+fn lowercase(t: &str) -> String {
+    let mut s = String::with_capacity(t.len());
+    lowercase_into(t, &mut s);
+    s
+}
+
 fn is_delimiter(line: &str, t: &str) -> bool {
     if t == "--" || line == "-- " || t == "ᐧ" {
         return true;
@@ -106,7 +159,7 @@ fn is_signature(lower: &str) -> bool {
         "从我的",
         "iphoneから送信",
     ];
-    lower.len() < 120 && STARTS.iter().any(|s| lower.starts_with(s))
+    lower.len() < 120 && starts_with_any(lower, STARTS)
 }
 
 /// Verbs that end an attribution ("… wrote:"), by language, without the colon.
@@ -200,24 +253,27 @@ fn is_attribution(lower: &str) -> bool {
     let Some(head) = without_colon(lower).or(framed.then_some(lower)) else {
         return false;
     };
-    let opener = OPENERS.iter().any(|o| lower.starts_with(o));
-    let dated = has_digit(lower) || lower.contains('@');
+    let at = lower.as_bytes().contains(&b'@');
+    let year = has_year(lower);
+    let opener = starts_with_any(lower, OPENERS);
+    let dated = at || has_digit(lower);
     // "<date>, <name> <verb>:" in any language.
-    if VERBS.iter().any(|v| head.ends_with(v)) && (opener || dated) {
+    if ends_with_any(head, VERBS) && (opener || dated) {
         return true;
     }
+    if !at && !year {
+        return false;
+    }
     // "Am 12.03.2016 um 10:00 schrieb Jane Doe <jane@example.com>:" and similar.
-    if (lower.contains(" schrieb ")
-        || lower.contains(" wrote ")
-        || lower.contains(" skrev ")
-        || lower.contains(" geschreven "))
-        && (lower.contains('@') || has_year(lower))
+    if has(lower, " schrieb ")
+        || has(lower, " wrote ")
+        || has(lower, " skrev ")
+        || has(lower, " geschreven ")
     {
         return true;
     }
     // "<date> <name> <address>:" without a verb (Gmail in several locales).
-    (lower.contains('@') && (has_year(lower) || lower.contains('<')))
-        || (has_year(lower) && lower.contains('"'))
+    (at && (year || lower.as_bytes().contains(&b'<'))) || (year && lower.as_bytes().contains(&b'"'))
 }
 
 /// "2013/7/20 Sam <sam@example.com>" or "2016-03-03 17:21 GMT+01:00 Some One <…>" (Gmail's
@@ -227,7 +283,7 @@ fn is_dated_address_line(lower: &str) -> bool {
     b.len() >= 8
         && b[..4].iter().all(u8::is_ascii_digit)
         && matches!(b[4], b'-' | b'/' | b'.')
-        && lower.contains('@')
+        && lower.as_bytes().contains(&b'@')
         && (lower.ends_with('>') || lower.ends_with(">:") || lower.ends_with(':'))
 }
 
@@ -246,11 +302,18 @@ fn starts_with_iso_timestamp(lower: &str) -> bool {
         && has_time(std::str::from_utf8(&b[10..16]).unwrap_or_default())
 }
 
+/// Longest first line of an attribution wrapped over several lines (clients wrap at 72–78).
+const OPENING_MAX: usize = 160;
+
 /// Could this line begin an attribution that continues on the next lines? It starts with an
 /// attribution word or carries a date or an address, and it does not end a sentence.
 fn opens_attribution(lower: &str) -> bool {
-    !ends_sentence(lower)
-        && (starts_firmly(lower) || has_year(lower) || has_time(lower) || lower.contains('@'))
+    // The start of a wrapped attribution is a wrapped line: short, and made of words (not a
+    // URL or an encoded line).
+    lower.len() <= OPENING_MAX
+        && lower.as_bytes().contains(&b' ')
+        && !ends_sentence(lower)
+        && (starts_firmly(lower) || dated_or_addressed(lower))
 }
 
 /// Whether a line ends a sentence: `!`, `?`, `;`, an ellipsis, or a full stop after a word
@@ -272,7 +335,20 @@ fn ends_sentence(lower: &str) -> bool {
 /// An attribution word or a digit first: the line is the attribution's own start, not text
 /// that happens to sit above one.
 fn starts_firmly(lower: &str) -> bool {
-    OPENERS.iter().any(|o| lower.starts_with(o)) || lower.starts_with(|c: char| c.is_ascii_digit())
+    starts_with_any(lower, OPENERS) || lower.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// Whether the line holds a year, a time ("10:58") or an address, in one pass.
+fn dated_or_addressed(lower: &str) -> bool {
+    let b = lower.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| {
+        c == b'@'
+            || (c.is_ascii_digit()
+                && b.get(i..i + 4).is_some_and(|w| {
+                    (w.iter().all(u8::is_ascii_digit) && (w[0] == b'1' || w[0] == b'2'))
+                        || (w[1] == b':' && w[2].is_ascii_digit() && w[3].is_ascii_digit())
+                }))
+    })
 }
 
 /// "10:58" somewhere in the line.
@@ -364,8 +440,15 @@ fn header_label(lower: &str) -> Option<&'static str> {
         ("主题：", "subject"),
         ("件名:", "subject"),
     ];
+    // Every label ends in a colon (ASCII or full-width) within its first 24 bytes.
+    let head = &l.as_bytes()[..l.len().min(24)];
+    if !head.contains(&b':') && !head.windows(3).any(|w| w == "：".as_bytes()) {
+        return None;
+    }
+    let first = l.as_bytes().first();
     LABELS
         .iter()
+        .filter(|(p, _)| p.as_bytes().first() == first)
         .find(|(p, _)| {
             l.starts_with(p)
                 || p.strip_suffix(':').is_some_and(|word| {
@@ -379,39 +462,54 @@ fn header_label(lower: &str) -> Option<&'static str> {
 
 /// A separator that starts forwarded or quoted history.
 fn is_separator(lower: &str) -> bool {
-    (lower.contains("original message")
+    if has(lower, "original message")
         && lower
             .trim_matches(|c: char| c == '-' || c == ' ' || c == '_')
             .len()
-            < 40)
-        || lower.starts_with("---------- forwarded message")
-        || lower.starts_with("-------- forwarded message")
-        || lower.starts_with("begin forwarded message")
-        || lower.starts_with("-------- weitergeleitete nachricht")
-        || lower.starts_with("---------- message transféré")
-        || lower.starts_with("-------- message transféré")
-        || [
-            "-----ursprüngliche nachricht-----",
-            "-----message d'origine-----",
-            "-----oorspronkelijk bericht-----",
-            "-----mensaje original-----",
-            "-----messaggio originale-----",
-            "-----mensagem original-----",
-            "-----ursprungligt meddelande-----",
-            "-----opprinnelig melding-----",
-            "-----oprindelig meddelelse-----",
-            "-----исходное сообщение-----",
-            "-----wiadomość oryginalna-----",
-            "-----původní zpráva-----",
-        ]
-        .iter()
-        .any(|s| lower.contains(s))
+            < 40
+    {
+        return true;
+    }
+    if lower.starts_with("begin forwarded message") {
+        return true;
+    }
+    // Every other separator is framed by dashes.
+    if !lower.as_bytes().contains(&b'-') {
+        return false;
+    }
+    starts_with_any(
+        lower,
+        &[
+            "---------- forwarded message",
+            "-------- forwarded message",
+            "-------- weitergeleitete nachricht",
+            "---------- message transféré",
+            "-------- message transféré",
+        ],
+    ) || [
+        "-----ursprüngliche nachricht-----",
+        "-----message d'origine-----",
+        "-----oorspronkelijk bericht-----",
+        "-----mensaje original-----",
+        "-----messaggio originale-----",
+        "-----mensagem original-----",
+        "-----ursprungligt meddelande-----",
+        "-----opprinnelig melding-----",
+        "-----oprindelig meddelelse-----",
+        "-----исходное сообщение-----",
+        "-----wiadomość oryginalna-----",
+        "-----původní zpráva-----",
+    ]
+    .iter()
+    .any(|s| has(lower, s))
 }
 
 struct Lines<'a> {
     lines: Vec<&'a str>,
-    /// Trimmed and lowercased, for lines that are neither empty, quoted nor long.
-    lower: Vec<Option<String>>,
+    /// Trimmed and lowercased, for lines that are neither empty, quoted nor long: a range of
+    /// `folded` (one allocation for the whole body).
+    lower: Vec<Option<(u32, u32)>>,
+    folded: String,
 }
 
 impl<'a> Lines<'a> {
@@ -420,24 +518,28 @@ impl<'a> Lines<'a> {
             .split('\n')
             .map(|l| l.strip_suffix('\r').unwrap_or(l))
             .collect();
+        let mut folded = String::new();
         let lower = lines
             .iter()
             .map(|l| {
                 let t = l.trim();
                 (!t.is_empty() && t.len() <= SHORT && !t.starts_with('>')).then(|| {
-                    let mut s = t.to_lowercase();
-                    if s.contains('\u{a0}') {
-                        s = s.replace('\u{a0}', " ");
-                    }
-                    s
+                    let from = folded.len() as u32;
+                    lowercase_into(t, &mut folded);
+                    (from, folded.len() as u32)
                 })
             })
             .collect();
-        Lines { lines, lower }
+        Lines {
+            lines,
+            lower,
+            folded,
+        }
     }
 
     fn lower(&self, i: usize) -> Option<&str> {
-        self.lower.get(i).and_then(|l| l.as_deref())
+        let (from, to) = (*self.lower.get(i)?)?;
+        Some(&self.folded[from as usize..to as usize])
     }
 
     /// How many lines the attribution starting at `i` spans, if one does. `nested` looks no
@@ -470,10 +572,13 @@ impl<'a> Lines<'a> {
                 continue;
             }
             let part = if t.starts_with('>') { unquoted(t) } else { t };
-            if part.len() > SHORT || joined.len() > SHORT * 2 {
+            if part.len() > SHORT || joined.len() > SHORT {
                 break;
             }
-            let part = part.to_lowercase();
+            let part = match self.lower(j) {
+                Some(lower) => std::borrow::Cow::Borrowed(lower),
+                None => std::borrow::Cow::Owned(lowercase(part)),
+            };
             // A line that starts an attribution of its own is tried on its own; a sentence
             // never ends inside an attribution.
             if (!nested && starts_firmly(&part) && self.attribution(j, true).is_some())
@@ -724,7 +829,8 @@ impl Lines<'_> {
     /// Whether the quoted line `i` is a quoted attribution (history quoting history).
     fn attribution_of_quoted(&self, i: usize) -> bool {
         let t = unquoted(self.lines[i].trim());
-        t.len() <= SHORT && is_attribution(&t.to_lowercase())
+        // An attribution ends in a colon, or is framed by dashes.
+        t.len() <= SHORT && t.ends_with([':', '：', '-']) && is_attribution(&lowercase(t))
     }
 }
 
