@@ -616,3 +616,74 @@ async fn third_soft_bounce_suppresses_the_address() {
         assert_eq!(rows[0]["last_status"], "4.2.2");
     }
 }
+
+/// I2, L2: a backlog of replies is processed as sets. Within a set the rate limit is exact,
+/// a duplicate delivery is posted once, and every email gets its own log entry.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_is_processed_as_sets_with_exact_limits_and_duplicates_once() {
+    use std::io::Write;
+    let env = Env::with("1s", &[("TIDINGS_INBOUND_RATE", "5/10m")], &[]);
+    let _outbound = env.spawn(&["api", "dispatch", "mailer"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (_, _, conv, reply_to, message_id) = emailed_conversation(&env).await;
+    // Queued while no consumer runs, so they wait for it together.
+    let enqueue = |n: usize| {
+        let email = format!(
+            "From: bob@example.com\nTo: {reply_to}\nSubject: Re: Printer\nMessage-ID: <set-{n}@example.com>\n\
+             In-Reply-To: {message_id}\n\nBacklog reply {n}.\n\nOn Tue, Ann wrote:\n> Is the printer fixed?\n"
+        );
+        let mut child = env
+            .command(&["inbound", "enqueue", "--from", "bob@example.com", &reply_to])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(email.as_bytes())
+            .unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(0), "enqueue {n}");
+    };
+    for n in 0..8 {
+        enqueue(n);
+    }
+    enqueue(0);
+    let _inbound = env.spawn(&["inbound"]);
+    support::wait_for(env.root(), "the backlog to be processed", async || {
+        inbound_log(&env).await.len() >= 9
+    })
+    .await;
+    let log = inbound_log(&env).await;
+    let count = |status: &str, reason: &str| {
+        log.iter()
+            .filter(|r| {
+                r["status"] == status && r["reason"].as_str().unwrap_or("").starts_with(reason)
+            })
+            .count()
+    };
+    assert_eq!(count("threaded", ""), 5, "{log:#?}");
+    assert_eq!(count("rejected", "rate limit"), 3, "{log:#?}");
+    assert_eq!(count("ignored", "duplicate delivery"), 1, "{log:#?}");
+    let messages = conversation(&env, conv).await["messages"].clone();
+    let bodies: Vec<&str> = messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 6, "{bodies:?}");
+    // Each posted once, with only its new text.
+    let mut posted: Vec<&str> = bodies[1..].to_vec();
+    posted.sort_unstable();
+    posted.dedup();
+    assert_eq!(posted.len(), 5, "{bodies:?}");
+    assert!(
+        posted
+            .iter()
+            .all(|b| b.starts_with("Backlog reply ") && b.ends_with('.') && b.len() < 20),
+        "{bodies:?}"
+    );
+}

@@ -73,27 +73,33 @@ impl Announcements {
         self.due.extend(other.due);
     }
 
-    /// Publishes every announcement with a confirm, retrying a broker hiccup a few times.
+    /// Publishes every announcement with a confirm, retrying a broker hiccup a few times. The
+    /// messages and events are published together and their confirms awaited together, so a
+    /// set of a hundred costs about one confirm's wait, not a hundred.
     pub async fn publish(&self, publisher: &Publisher, topology: &Topology) -> Result<()> {
         let events_exchange = topology.events_exchange();
-        for &message_id in &self.messages {
-            publisher
-                .publish_json_retrying(
-                    &events_exchange,
-                    MESSAGE_POSTED,
-                    &MessagePosted { message_id },
-                )
-                .await?;
-        }
-        for event in &self.events {
-            publisher
-                .publish_json_retrying(
-                    &events_exchange,
-                    &event.routing_key(),
-                    &EventRecorded { event_id: event.id },
-                )
-                .await?;
-        }
+        let messages = self.messages.iter().map(|&message_id| {
+            let exchange = events_exchange.as_str();
+            async move {
+                publisher
+                    .publish_json_retrying(exchange, MESSAGE_POSTED, &MessagePosted { message_id })
+                    .await
+            }
+        });
+        futures_util::future::try_join_all(messages).await?;
+        let events = self.events.iter().map(|event| {
+            let exchange = events_exchange.as_str();
+            async move {
+                publisher
+                    .publish_json_retrying(
+                        exchange,
+                        &event.routing_key(),
+                        &EventRecorded { event_id: event.id },
+                    )
+                    .await
+            }
+        });
+        futures_util::future::try_join_all(events).await?;
         if !self.outbox.is_empty() {
             let batch = OutboxBatch {
                 outbox_ids: self.outbox.clone(),

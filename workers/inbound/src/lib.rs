@@ -11,14 +11,18 @@ use std::sync::Arc;
 
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
+use std::time::Duration;
+
 use tidings_common::amqp::{
-    self, MAIL_FROM_HEADER, Outcome, Publisher, RCPT_HEADER, Session, SharedPublisher, Topology,
+    self, Grouping, MAIL_FROM_HEADER, Outcome, Publisher, RCPT_HEADER, Session, SharedPublisher,
+    Topology,
 };
+use tidings_common::announce::Announcements;
 use tidings_common::db::Db;
 use tidings_common::inbound::{self, InboundContext};
 use tidings_common::{Config, Result};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, warn};
+use tracing::{info, warn};
 
 use process::Envelope;
 
@@ -42,45 +46,94 @@ fn header(delivery: &Delivery, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Queued emails are handled as sets: under load a set holds the emails waiting (up to 64),
+/// processed in one transaction; at a trickle a set is one email, started at once.
+const GROUPING: Grouping = Grouping {
+    max_group: 128,
+    in_flight: 2,
+    linger: Duration::from_millis(5),
+};
+
+fn envelope(delivery: &Delivery) -> Envelope {
+    Envelope {
+        mail_from: header(delivery, MAIL_FROM_HEADER),
+        rcpts: header(delivery, RCPT_HEADER)
+            .split(',')
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+            .collect(),
+    }
+}
+
 impl Processor {
-    async fn handle(self: Arc<Self>, publisher: Publisher, delivery: Delivery) -> Outcome {
-        let envelope = Envelope {
-            mail_from: header(&delivery, MAIL_FROM_HEADER),
-            rcpts: header(&delivery, RCPT_HEADER)
-                .split(',')
-                .filter(|r| !r.is_empty())
-                .map(str::to_string)
-                .collect(),
+    /// Inspects and processes a set of queued emails; one outcome per email. The set is
+    /// processed in one transaction; if that fails, each email is processed on its own, so
+    /// one email that cannot be processed never holds up the others.
+    async fn handle_set(self: Arc<Self>, publisher: Publisher, set: Vec<Delivery>) -> Vec<Outcome> {
+        let count = set.len();
+        let set: Vec<(Envelope, Vec<u8>)> = set
+            .into_iter()
+            .map(|delivery| (envelope(&delivery), delivery.data))
+            .collect();
+        let (config, context) = (self.config.clone(), self.context.clone());
+        let results = self
+            .db
+            .run(move |conn| {
+                let set: Vec<process::Inbound> = set
+                    .into_iter()
+                    .map(|(envelope, raw)| process::Inbound {
+                        report: inbound::inspect(&raw, &context),
+                        raw,
+                        envelope,
+                    })
+                    .collect();
+                let results = match process::process_set(conn, &config, &set) {
+                    Ok(dispositions) => dispositions.into_iter().map(Ok).collect(),
+                    Err(e) if set.len() == 1 => vec![Err(e)],
+                    Err(e) => {
+                        warn!(error = %e, emails = set.len(), "processing the set failed; processing each email on its own");
+                        set.iter()
+                            .map(|one| {
+                                process::process_set(conn, &config, std::slice::from_ref(one))
+                                    .map(|mut d| d.remove(0))
+                            })
+                            .collect()
+                    }
+                };
+                let notes: Vec<_> = set.into_iter().map(|i| (i.report.verdict, i.report.extraction_note)).collect();
+                Ok((results, notes))
+            })
+            .await;
+        let (results, notes) = match results {
+            Ok(done) => done,
+            Err(e) => {
+                return std::iter::repeat_with(|| Outcome::from_error(&e))
+                    .take(count)
+                    .collect();
+            }
         };
-        let raw = delivery.data;
-        let report = inbound::inspect(&raw, &self.context);
-        let span = tracing::info_span!("inbound", verdict = ?report.verdict);
-        let report_note = report.extraction_note.clone();
-        async move {
-            let config = self.config.clone();
-            let disposition = self
-                .db
-                .run(move |conn| process::process(conn, &config, &report, &raw, &envelope))
-                .await;
-            if let Ok(disposition) = &disposition {
+        let mut announce = Announcements::default();
+        let mut outcomes = Vec::with_capacity(results.len());
+        for (result, (verdict, note)) in results.into_iter().zip(notes) {
+            if let Ok(disposition) = &result {
                 info!(
+                    ?verdict,
                     disposition = %tidings_common::mail::mask_addresses(&format!("{disposition:?}")),
                     "inbound email processed"
                 );
-                if let Some(note) = &report_note {
+                if let Some(note) = &note {
                     warn!(note = %note, "inbound email posted whole: no new text was found");
                 }
-                let announce = disposition.announcements();
-                if !announce.is_empty() {
-                    announce
-                        .publish_or_leave_to_sweep(Ok(publisher), &self.topology)
-                        .await;
-                }
+                announce.extend(disposition.announcements());
             }
-            Outcome::of(&disposition)
+            outcomes.push(Outcome::of(&result));
         }
-        .instrument(span)
-        .await
+        if !announce.is_empty() {
+            announce
+                .publish_or_leave_to_sweep(Ok(publisher), &self.topology)
+                .await;
+        }
+        outcomes
     }
 
     async fn session(self: &Arc<Self>, shutdown: &CancellationToken) -> Result<()> {
@@ -88,14 +141,15 @@ impl Processor {
         let (this, handler_publisher) = (self.clone(), session.publisher.clone());
         let queue = self.topology.inbound_queue();
         let stop = shutdown.child_token();
-        let consumer = amqp::consume(
+        let consumer = amqp::consume_grouped(
             &session.connection,
             &session.publisher,
             &self.topology,
             &queue,
             self.config.prefetch,
+            GROUPING,
             &stop,
-            move |delivery| this.clone().handle(handler_publisher.clone(), delivery),
+            move |set| this.clone().handle_set(handler_publisher.clone(), set),
         );
         let result = session.serve(&stop, vec![Box::pin(consumer)]).await;
         session.close().await;

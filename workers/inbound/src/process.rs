@@ -113,6 +113,13 @@ fn sha256_hex(raw: &[u8]) -> String {
     })
 }
 
+/// One queued email: inspected, with its raw text and envelope.
+pub struct Inbound {
+    pub report: InboundReport,
+    pub raw: Vec<u8>,
+    pub envelope: Envelope,
+}
+
 /// Threads and posts one inspected email, in one transaction, exactly once per Message-ID and
 /// sender.
 pub fn process(
@@ -122,71 +129,153 @@ pub fn process(
     raw: &[u8],
     envelope: &Envelope,
 ) -> Result<Disposition> {
-    let mut mail_from = envelope.mail_from.clone();
-    tidings_common::inbound::without_nul(&mut mail_from);
-    let mut rcpts = envelope.rcpts.clone();
-    rcpts
-        .iter_mut()
-        .for_each(tidings_common::inbound::without_nul);
-    let envelope = &Envelope { mail_from, rcpts };
+    let one = Inbound {
+        report: report.clone(),
+        raw: raw.to_vec(),
+        envelope: Envelope {
+            mail_from: envelope.mail_from.clone(),
+            rcpts: envelope.rcpts.clone(),
+        },
+    };
+    let mut dispositions = process_set(conn, config, std::slice::from_ref(&one))?;
+    Ok(dispositions.remove(0))
+}
+
+/// The key a redelivery repeats: the Message-ID *and* the sender (another sender reusing the
+/// id is a different email), or the text's digest when there is no Message-ID.
+fn dedupe_key(inbound: &Inbound) -> String {
+    match &inbound.report.message_id {
+        Some(id) => format!(
+            "{id} from {}",
+            inbound.report.from.as_deref().unwrap_or("<no sender>")
+        ),
+        None => format!("sha256:{}", sha256_hex(&inbound.raw)),
+    }
+}
+
+/// Threads and posts a set of inspected emails in one transaction, each exactly once per
+/// Message-ID and sender; one disposition per email, in order. The bookkeeping (recording
+/// each email, the loop defence's locks and counts, linking what was posted, the email log)
+/// costs the same few statements whatever the set's size; only finding and posting into each
+/// email's conversation is per email. If the set fails, nothing of it is kept.
+pub fn process_set(
+    conn: &mut PgConnection,
+    config: &Config,
+    set: &[Inbound],
+) -> Result<Vec<Disposition>> {
+    let envelopes: Vec<Envelope> = set
+        .iter()
+        .map(|inbound| {
+            let mut mail_from = inbound.envelope.mail_from.clone();
+            tidings_common::inbound::without_nul(&mut mail_from);
+            let mut rcpts = inbound.envelope.rcpts.clone();
+            rcpts
+                .iter_mut()
+                .for_each(tidings_common::inbound::without_nul);
+            Envelope { mail_from, rcpts }
+        })
+        .collect();
+    let keys: Vec<String> = set.iter().map(dedupe_key).collect();
     conn.transaction(|conn| {
-        // A redelivery repeats the Message-ID *and* the sender; another sender reusing the
-        // id is a different email.
-        let sender = report.from.clone();
-        let dedupe_key = match &report.message_id {
-            Some(id) => format!("{id} from {}", sender.as_deref().unwrap_or("<no sender>")),
-            None => format!("sha256:{}", sha256_hex(raw)),
-        };
-        let inserted: Option<i64> = diesel::insert_into(inbound_emails::table)
-            .values((
-                inbound_emails::dedupe_key.eq(&dedupe_key),
-                inbound_emails::message_id_header.eq(&report.message_id),
-                inbound_emails::mail_from.eq(&envelope.mail_from),
-                inbound_emails::rcpt_to.eq(envelope.rcpts.join(",")),
-                inbound_emails::sender.eq(&sender),
-                inbound_emails::verdict.eq(report.verdict.as_str()),
-                inbound_emails::reason
-                    .eq(report.reason.as_ref().or(report.extraction_note.as_ref())),
-                inbound_emails::quoted_text.eq(&report.quoted_text),
-            ))
+        let rows: Vec<_> = set
+            .iter()
+            .zip(&envelopes)
+            .zip(&keys)
+            .map(|((inbound, envelope), key)| {
+                let report = &inbound.report;
+                (
+                    inbound_emails::dedupe_key.eq(key),
+                    inbound_emails::message_id_header.eq(&report.message_id),
+                    inbound_emails::mail_from.eq(&envelope.mail_from),
+                    inbound_emails::rcpt_to.eq(envelope.rcpts.join(",")),
+                    inbound_emails::sender.eq(&report.from),
+                    inbound_emails::verdict.eq(report.verdict.as_str()),
+                    inbound_emails::reason
+                        .eq(report.reason.as_ref().or(report.extraction_note.as_ref())),
+                    inbound_emails::quoted_text.eq(&report.quoted_text),
+                )
+            })
+            .collect();
+        let inserted: Vec<(i64, String)> = diesel::insert_into(inbound_emails::table)
+            .values(rows)
             .on_conflict_do_nothing()
-            .returning(inbound_emails::id)
-            .get_result(conn)
-            .optional()?;
-        let disposition = match inserted {
-            None => Disposition::Ignored("duplicate delivery of an email already processed".into()),
-            Some(row) => {
-                let disposition = thread::decide(conn, config, report, envelope)?;
-                let posted = disposition.posted_into();
-                let (conversation_id, message_id) = (posted.map(|p| p.0), posted.map(|p| p.1));
-                diesel::update(inbound_emails::table.find(row))
-                    .set((
-                        inbound_emails::conversation_id.eq(conversation_id),
-                        inbound_emails::posted_message_id.eq(message_id),
-                    ))
-                    .execute(conn)?;
-                disposition
+            .returning((inbound_emails::id, inbound_emails::dedupe_key))
+            .get_results(conn)?;
+        // The row of each email that is new; an email already recorded (or repeated within
+        // the set) has none.
+        let mut new_rows: std::collections::HashMap<&str, i64> = inserted
+            .iter()
+            .map(|(id, key)| (key.as_str(), *id))
+            .collect();
+        let rows: Vec<Option<i64>> = keys.iter().map(|k| new_rows.remove(k.as_str())).collect();
+        // Emails already recorded (or repeated within the set) are duplicates; the others
+        // are planned, locked, counted and posted as a set.
+        let fresh: Vec<thread::Email<'_>> = set
+            .iter()
+            .zip(&envelopes)
+            .zip(&rows)
+            .filter(|(_, row)| row.is_some())
+            .map(|((inbound, envelope), _)| (&inbound.report, envelope))
+            .collect();
+        let plans = thread::plan_set(conn, config, &fresh)?;
+        thread::lock(conn, &plans)?;
+        let mut recent = thread::RecentPosts::load(conn, &plans, config.inbound_rate.1)?;
+        let mut posted = thread::execute_set(conn, config, &fresh, plans, &mut recent)?.into_iter();
+        let dispositions: Vec<Disposition> = rows
+            .iter()
+            .map(|row| match row {
+                Some(_) => posted.next().expect("one disposition per fresh email"),
+                None => {
+                    Disposition::Ignored("duplicate delivery of an email already processed".into())
+                }
+            })
+            .collect();
+        let (mut ids, mut conversations, mut messages) = (Vec::new(), Vec::new(), Vec::new());
+        for (row, disposition) in rows.iter().zip(&dispositions) {
+            if let (Some(row), Some((conversation, message))) = (row, disposition.posted_into()) {
+                ids.push(*row);
+                conversations.push(conversation);
+                messages.push(message);
             }
-        };
-        let posted = disposition.posted_into();
-        let (conversation_id, message_id) = (posted.map(|p| p.0), posted.map(|p| p.1));
-        let reason = match &disposition {
-            Disposition::Ignored(r) | Disposition::Rejected(r) => Some(r.clone()),
-            _ => report.extraction_note.clone(),
-        };
-        let entry = NewEmailLogEntry {
-            reason,
-            message_id,
-            conversation_id,
-            mail_from: sender,
-            rcpt_to: Some(envelope.rcpts.join(",")),
-            subject: report.subject.clone(),
-            message_id_header: report.message_id.clone(),
-            rule: Some(report.verdict.as_str().into()),
-            action: Some(disposition.action()),
-            ..NewEmailLogEntry::inbound(disposition.status())
-        };
-        email_log::write(conn, &[entry])?;
-        Ok(disposition)
+        }
+        if !ids.is_empty() {
+            use diesel::sql_types::{Array, BigInt};
+            diesel::sql_query(
+                "UPDATE inbound_emails e SET conversation_id = u.c, posted_message_id = u.m
+                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, c, m)
+                 WHERE e.id = u.id",
+            )
+            .bind::<Array<BigInt>, _>(&ids)
+            .bind::<Array<BigInt>, _>(&conversations)
+            .bind::<Array<BigInt>, _>(&messages)
+            .execute(conn)?;
+        }
+        let entries: Vec<NewEmailLogEntry> = set
+            .iter()
+            .zip(&envelopes)
+            .zip(&dispositions)
+            .map(|((inbound, envelope), disposition)| {
+                let report = &inbound.report;
+                let posted = disposition.posted_into();
+                let reason = match disposition {
+                    Disposition::Ignored(r) | Disposition::Rejected(r) => Some(r.clone()),
+                    _ => report.extraction_note.clone(),
+                };
+                NewEmailLogEntry {
+                    reason,
+                    message_id: posted.map(|p| p.1),
+                    conversation_id: posted.map(|p| p.0),
+                    mail_from: report.from.clone(),
+                    rcpt_to: Some(envelope.rcpts.join(",")),
+                    subject: report.subject.clone(),
+                    message_id_header: report.message_id.clone(),
+                    rule: Some(report.verdict.as_str().into()),
+                    action: Some(disposition.action()),
+                    ..NewEmailLogEntry::inbound(disposition.status())
+                }
+            })
+            .collect();
+        email_log::write(conn, &entries)?;
+        Ok(dispositions)
     })
 }

@@ -2,6 +2,14 @@
 //! then In-Reply-To and References against Message-IDs we sent or received, and otherwise a
 //! customer's first mail to a support mailbox starts a conversation. Loop defence caps posts
 //! per sender and per conversation.
+//!
+//! A set of emails is handled in phases, so the bookkeeping costs the same few statements
+//! whatever the set's size: [`plan`] finds where each email goes, [`lock`] takes the loop
+//! defence's locks for the whole set at once (in one order, so two sets never deadlock),
+//! [`RecentPosts::load`] counts recent posts per sender and conversation in two queries, and
+//! [`execute`] posts each email against those counts.
+
+use std::collections::HashMap;
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Interval, Text};
@@ -17,36 +25,89 @@ use tidings_common::{Config, Result, clock, posting};
 use crate::bounce::record_bounce;
 use crate::process::{Disposition, Envelope};
 
+/// Takes the transaction-scoped locks of the loop defence for a set of senders and
+/// conversations, in the order of their hashes, so concurrent sets are counted one after
+/// another and cannot all slip under the limit together, and never wait on each other in a
+/// cycle.
+pub(crate) fn lock(conn: &mut PgConnection, plans: &[Plan]) -> QueryResult<()> {
+    let mut keys: Vec<String> = plans.iter().flat_map(Plan::lock_keys).collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    diesel::sql_query(
+        "SELECT pg_advisory_xact_lock(h) FROM (
+           SELECT hashtextextended(k, 0) AS h FROM unnest($1::text[]) AS k ORDER BY 1
+         ) AS keys",
+    )
+    .bind::<diesel::sql_types::Array<Text>, _>(&keys)
+    .execute(conn)?;
+    Ok(())
+}
+
 #[derive(QueryableByName)]
-struct Count {
+struct KeyCount {
+    #[diesel(sql_type = Text)]
+    key: String,
     #[diesel(sql_type = BigInt)]
     n: i64,
 }
 
-/// Posts recently made from this sender, or into this conversation (loop defence, SPEC L2).
-/// Takes a transaction-scoped lock on the sender or conversation first, so concurrent emails
-/// are counted one after another and cannot all slip under the limit together.
-fn recent_posts(
-    conn: &mut PgConnection,
-    column: &str,
-    value: &str,
-    window: std::time::Duration,
-) -> QueryResult<i64> {
-    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind::<Text, _>(format!("tidings-inbound {column} {value}"))
-        .execute(conn)?;
-    let sql = format!(
-        "SELECT count(*) AS n FROM inbound_emails
-         WHERE {column} = $1 AND posted_message_id IS NOT NULL AND received_at > now() - $2"
-    );
-    let window = diesel::pg::data_types::PgInterval::from_microseconds(window.as_micros() as i64);
-    let n = diesel::sql_query(sql)
-        .bind::<Text, _>(value)
-        .bind::<Interval, _>(window)
-        .get_result::<Count>(conn)?
-        .n;
+/// Posts made recently from each sender and into each conversation of a set (loop defence,
+/// SPEC L2), counted once and then kept up to date as the set posts.
+#[derive(Debug, Default)]
+pub(crate) struct RecentPosts {
+    senders: HashMap<String, i64>,
+    conversations: HashMap<i64, i64>,
+}
 
-    Ok(n)
+impl RecentPosts {
+    /// Counts, under the locks of [`lock`], in two queries.
+    pub(crate) fn load(
+        conn: &mut PgConnection,
+        plans: &[Plan],
+        window: std::time::Duration,
+    ) -> QueryResult<Self> {
+        let window =
+            diesel::pg::data_types::PgInterval::from_microseconds(window.as_micros() as i64);
+        let senders: Vec<&str> = plans.iter().filter_map(Plan::sender).collect();
+        let conversations: Vec<i64> = plans.iter().filter_map(Plan::conversation).collect();
+        // Both use their index (column, received_at).
+        let senders: Vec<KeyCount> = if senders.is_empty() {
+            Vec::new()
+        } else {
+            diesel::sql_query(
+                "SELECT sender AS key, count(*) AS n FROM inbound_emails
+                 WHERE sender = ANY($1) AND received_at > now() - $2
+                   AND posted_message_id IS NOT NULL
+                 GROUP BY 1",
+            )
+            .bind::<diesel::sql_types::Array<Text>, _>(&senders)
+            .bind::<Interval, _>(window)
+            .load(conn)?
+        };
+        let conversations: Vec<KeyCount> = if conversations.is_empty() {
+            Vec::new()
+        } else {
+            diesel::sql_query(
+                "SELECT conversation_id::text AS key, count(*) AS n FROM inbound_emails
+                 WHERE conversation_id = ANY($1) AND received_at > now() - $2
+                   AND posted_message_id IS NOT NULL
+                 GROUP BY 1",
+            )
+            .bind::<diesel::sql_types::Array<BigInt>, _>(&conversations)
+            .bind::<Interval, _>(window)
+            .load(conn)?
+        };
+        Ok(RecentPosts {
+            senders: senders.into_iter().map(|c| (c.key, c.n)).collect(),
+            conversations: conversations
+                .into_iter()
+                .filter_map(|c| Some((c.key.parse().ok()?, c.n)))
+                .collect(),
+        })
+    }
 }
 
 fn person_by_email(
@@ -63,60 +124,259 @@ fn person_by_email(
         .load(conn)
 }
 
-/// Decides where the email goes and posts it.
-pub(crate) fn decide(
-    conn: &mut PgConnection,
-    config: &Config,
-    report: &InboundReport,
-    envelope: &Envelope,
-) -> Result<Disposition> {
+/// Where an email goes, decided before anything is posted.
+#[derive(Debug, Clone)]
+pub(crate) enum Plan {
+    /// Nothing to post: ignored, rejected, or a bounce already recorded.
+    Done(Disposition),
+    /// A reply into an existing conversation, posted by `person`.
+    Post {
+        sender: String,
+        conversation_id: i64,
+        person: i64,
+    },
+    /// A customer's first mail: a new conversation, as a ticket (SPEC I5).
+    Start { sender: String },
+}
+
+impl Plan {
+    fn sender(&self) -> Option<&str> {
+        match self {
+            Plan::Post { sender, .. } | Plan::Start { sender } => Some(sender),
+            Plan::Done(_) => None,
+        }
+    }
+
+    fn conversation(&self) -> Option<i64> {
+        match self {
+            Plan::Post {
+                conversation_id, ..
+            } => Some(*conversation_id),
+            _ => None,
+        }
+    }
+
+    fn lock_keys(&self) -> Vec<String> {
+        let sender = self.sender().map(|s| format!("tidings-inbound sender {s}"));
+        let conversation = self
+            .conversation()
+            .map(|c| format!("tidings-inbound conversation {c}"));
+        sender.into_iter().chain(conversation).collect()
+    }
+}
+
+/// An email to thread: what inspection found, and the envelope.
+pub(crate) type Email<'a> = (&'a InboundReport, &'a Envelope);
+
+/// What is known before any lookup: the sender and the reply address, or a finished plan.
+type Early = std::result::Result<(String, Option<ReplyToken>), Plan>;
+
+fn early(conn: &mut PgConnection, config: &Config, (report, envelope): Email<'_>) -> Result<Early> {
     match report.verdict {
         InboundVerdict::Reply | InboundVerdict::NewConversation => {}
-        InboundVerdict::Bounce => return record_bounce(conn, config, report, envelope),
+        InboundVerdict::Bounce => {
+            return record_bounce(conn, config, report, envelope).map(|d| Err(Plan::Done(d)));
+        }
         InboundVerdict::Rejected => {
-            return Ok(Disposition::Rejected(
+            return Ok(Err(Plan::Done(Disposition::Rejected(
                 report.reason.clone().unwrap_or_else(|| "unreadable".into()),
-            ));
+            ))));
         }
         other => {
             let reason = report.reason.clone().unwrap_or_default();
-            return Ok(Disposition::Ignored(format!(
+            return Ok(Err(Plan::Done(Disposition::Ignored(format!(
                 "{}: {reason}",
                 other.as_str()
-            )));
+            )))));
         }
     }
-    let Some(sender) = report.from.as_deref() else {
-        return Ok(Disposition::Rejected("no sender address".into()));
+    let Some(sender) = report.from.clone() else {
+        return Ok(Err(Plan::Done(Disposition::Rejected(
+            "no sender address".into(),
+        ))));
     };
     if let Some(failure) = &report.auth_failure {
-        return Ok(Disposition::Rejected(format!(
+        return Ok(Err(Plan::Done(Disposition::Rejected(format!(
             "the relay reports failed authentication ({failure})"
-        )));
+        )))));
     }
-    // Never empty for a human mail: extraction falls back to the whole text or the subject.
-    let text = report.reply_text.clone().unwrap_or_default();
+    Ok(match reply_token(config, report, envelope) {
+        Ok(token) => Ok((sender, token)),
+        Err(rejected) => Err(Plan::Done(rejected)),
+    })
+}
+
+/// Decides where each email of a set goes (SPEC I2–I6), one plan per email, in order:
+/// read-only, except that a bounce is recorded. The owners of the reply addresses and the
+/// conversations they name are looked up for the whole set at once.
+pub(crate) fn plan_set(
+    conn: &mut PgConnection,
+    config: &Config,
+    emails: &[Email<'_>],
+) -> Result<Vec<Plan>> {
+    let mut known = Vec::with_capacity(emails.len());
+    for email in emails {
+        known.push(early(conn, config, *email)?);
+    }
+    let owner_ids: Vec<i64> = known
+        .iter()
+        .filter_map(|k| k.as_ref().ok()?.1.as_ref().map(|t| t.person_id))
+        .collect();
+    let owners: HashMap<i64, (Option<String>, bool)> = if owner_ids.is_empty() {
+        HashMap::new()
+    } else {
+        people::table
+            .filter(people::id.eq_any(&owner_ids))
+            .select((people::id, people::email, people::active))
+            .load::<(i64, Option<String>, bool)>(conn)?
+            .into_iter()
+            .map(|(id, email, active)| (id, (email, active)))
+            .collect()
+    };
+    let mut targets = Vec::with_capacity(emails.len());
+    for ((report, _), known) in emails.iter().zip(known) {
+        targets.push(match known {
+            Err(plan) => Err(plan),
+            Ok((sender, Some(token))) => {
+                let owner = owners.get(&token.person_id);
+                Ok((by_token(owner, &token, &sender), sender))
+            }
+            Ok((sender, None)) => Ok((by_headers(conn, report, &sender)?, sender)),
+        });
+    }
+    let wanted: Vec<i64> = targets
+        .iter()
+        .filter_map(|t| match t {
+            Ok((Ok(Some((conversation, _))), _)) => Some(*conversation),
+            _ => None,
+        })
+        .collect();
+    let existing: std::collections::HashSet<i64> = if wanted.is_empty() {
+        Default::default()
+    } else {
+        conversations::table
+            .filter(conversations::id.eq_any(&wanted))
+            .select(conversations::id)
+            .load::<i64>(conn)?
+            .into_iter()
+            .collect()
+    };
+    Ok(targets
+        .into_iter()
+        .map(|target| match target {
+            Err(plan) => plan,
+            Ok((Err(rejected), _)) => Plan::Done(rejected),
+            Ok((Ok(None), sender)) => Plan::Start { sender },
+            Ok((Ok(Some((conversation_id, person))), sender)) => {
+                if existing.contains(&conversation_id) {
+                    Plan::Post {
+                        sender,
+                        conversation_id,
+                        person,
+                    }
+                } else {
+                    Plan::Done(Disposition::Rejected(format!(
+                        "conversation {conversation_id} does not exist"
+                    )))
+                }
+            }
+        })
+        .collect())
+}
+
+/// A reply to post, once the loop defence has let it through.
+struct Post {
+    index: usize,
+    conversation_id: i64,
+    person: i64,
+}
+
+/// Posts the planned emails of a set within the loop defence's limits (SPEC L2), counting
+/// them in `recent`; one disposition per email, in order. Replies into existing conversations
+/// are posted together: their visibility, messages, participants and read cursors take one
+/// statement each for the whole set.
+pub(crate) fn execute_set(
+    conn: &mut PgConnection,
+    config: &Config,
+    emails: &[Email<'_>],
+    plans: Vec<Plan>,
+    recent: &mut RecentPosts,
+) -> Result<Vec<Disposition>> {
     let (count, window) = config.inbound_rate;
-    if recent_posts(conn, "sender", sender, window)? >= i64::from(count) {
-        return Ok(Disposition::Rejected(format!(
-            "rate limit: {count} posts from this sender within {window:?}"
-        )));
-    }
-    let token = match reply_token(config, report, envelope) {
-        Ok(token) => token,
-        Err(rejected) => return Ok(rejected),
-    };
-    let target = match token {
-        Some(token) => by_token(conn, &token, sender)?,
-        None => by_headers(conn, report, sender)?,
-    };
-    match target {
-        Err(rejected) => Ok(rejected),
-        Ok(Some((conversation_id, person))) => {
-            post_into(conn, config, report, conversation_id, person, &text)
+    let limit = i64::from(count);
+    let mut dispositions: Vec<Option<Disposition>> = Vec::with_capacity(plans.len());
+    let mut posts = Vec::new();
+    for (index, ((report, envelope), plan)) in emails.iter().zip(plans).enumerate() {
+        let Some(sender) = plan.sender().map(str::to_string) else {
+            let Plan::Done(disposition) = plan else {
+                unreachable!("only a finished plan has no sender")
+            };
+            dispositions.push(Some(disposition));
+            continue;
+        };
+        let from_sender = recent.senders.entry(sender.clone()).or_default();
+        if *from_sender >= limit {
+            dispositions.push(Some(Disposition::Rejected(format!(
+                "rate limit: {count} posts from this sender within {window:?}"
+            ))));
+            continue;
         }
-        Ok(None) => start_conversation(conn, config, report, envelope, sender, &text),
+        match plan {
+            Plan::Post {
+                conversation_id,
+                person,
+                ..
+            } => {
+                let into = recent.conversations.entry(conversation_id).or_default();
+                if *into >= limit {
+                    dispositions.push(Some(Disposition::Rejected(format!(
+                        "rate limit: {count} posts into conversation {conversation_id} within {window:?}"
+                    ))));
+                    continue;
+                }
+                *into += 1;
+                *from_sender += 1;
+                posts.push(Post {
+                    index,
+                    conversation_id,
+                    person,
+                });
+                dispositions.push(None);
+            }
+            Plan::Start { .. } => {
+                // Never empty for a human mail: extraction falls back to the whole text or
+                // the subject.
+                let text = report.reply_text.as_deref().unwrap_or_default();
+                let started = start_conversation(conn, config, report, envelope, &sender, text)?;
+                if started.posted().is_some() {
+                    *recent.senders.entry(sender).or_default() += 1;
+                }
+                dispositions.push(Some(started));
+            }
+            Plan::Done(disposition) => dispositions.push(Some(disposition)),
+        }
     }
+    if !posts.is_empty() {
+        let internal = replies_internal(conn, emails, &posts)?;
+        let texts: Vec<&str> = posts
+            .iter()
+            .map(|p| emails[p.index].0.reply_text.as_deref().unwrap_or_default())
+            .collect();
+        let conversation_ids: Vec<i64> = posts.iter().map(|p| p.conversation_id).collect();
+        let authors: Vec<i64> = posts.iter().map(|p| p.person).collect();
+        let messages =
+            posting::insert_messages(conn, &conversation_ids, &authors, &texts, &internal)?;
+        for (post, message_id) in posts.iter().zip(messages) {
+            dispositions[post.index] = Some(Disposition::Threaded {
+                conversation_id: post.conversation_id,
+                message_id,
+            });
+        }
+    }
+    Ok(dispositions
+        .into_iter()
+        .map(|d| d.expect("every email has a disposition"))
+        .collect())
 }
 
 /// Where an email goes: a conversation and the person posting (`None`: no conversation it
@@ -152,21 +412,17 @@ fn reply_token(
     }
 }
 
-/// The conversation a reply token names, if the sender is the person it was issued to.
-fn by_token(conn: &mut PgConnection, token: &ReplyToken, sender: &str) -> QueryResult<Target> {
-    let owner: Option<(i64, Option<String>, bool)> = people::table
-        .find(token.person_id)
-        .select((people::id, people::email, people::active))
-        .first(conn)
-        .optional()?;
-    Ok(match owner {
-        Some((_, Some(email), false)) if email.eq_ignore_ascii_case(sender) => {
+/// The conversation a reply token names, if the sender is the person it was issued to;
+/// `owner` is that person's address and whether they are active.
+fn by_token(owner: Option<&(Option<String>, bool)>, token: &ReplyToken, sender: &str) -> Target {
+    match owner {
+        Some((Some(email), false)) if email.eq_ignore_ascii_case(sender) => {
             Err(Disposition::Rejected(
                 "the person this reply address was issued to is deactivated".into(),
             ))
         }
-        Some((id, Some(email), true)) if email.eq_ignore_ascii_case(sender) => {
-            Ok(Some((token.conversation_id, id)))
+        Some((Some(email), true)) if email.eq_ignore_ascii_case(sender) => {
+            Ok(Some((token.conversation_id, token.person_id)))
         }
         Some(_) => Err(Disposition::Rejected(
             "the sender is not the person this reply address was issued to".into(),
@@ -174,7 +430,7 @@ fn by_token(conn: &mut PgConnection, token: &ReplyToken, sender: &str) -> QueryR
         None => Err(Disposition::Rejected(
             "the reply address names an unknown person".into(),
         )),
-    })
+    }
 }
 
 /// Second choice: In-Reply-To / References against Message-IDs we sent to the sender, or received in a
@@ -230,73 +486,69 @@ fn by_headers(
     Ok(Ok(Some((conversation, person))))
 }
 
-/// Posts the reply into its conversation, within the per-conversation rate limit.
-fn post_into(
-    conn: &mut PgConnection,
-    config: &Config,
-    report: &InboundReport,
-    conversation_id: i64,
-    person: i64,
-    text: &str,
-) -> Result<Disposition> {
-    let exists: Option<i64> = conversations::table
-        .find(conversation_id)
-        .select(conversations::id)
-        .first(conn)
-        .optional()?;
-    if exists.is_none() {
-        return Ok(Disposition::Rejected(format!(
-            "conversation {conversation_id} does not exist"
-        )));
-    }
-    let (count, window) = config.inbound_rate;
-    let key = conversation_id.to_string();
-    if recent_posts(conn, "conversation_id::text", &key, window)? >= i64::from(count) {
-        return Ok(Disposition::Rejected(format!(
-            "rate limit: {count} posts into conversation {conversation_id} within {window:?}"
-        )));
-    }
-    let internal = reply_is_internal(conn, report, conversation_id, person)?;
-    let message = posting::insert_message(conn, conversation_id, person, text, internal)?;
-    Ok(Disposition::Threaded {
-        conversation_id,
-        message_id: message.id,
-    })
-}
-
-/// Whether a reply by email is posted internal (SPEC D5). A customer's reply is always external.
+/// Whether each reply by email is posted internal (SPEC D5), for a set in two queries. A customer's reply is always external.
 /// A user's reply keeps the visibility of the message whose notification it answers
 /// (In-Reply-To, then References); when it answers none of our emails, it is internal, so staff
 /// discussion never reaches a customer by accident.
-fn reply_is_internal(
+fn replies_internal(
     conn: &mut PgConnection,
-    report: &InboundReport,
-    conversation_id: i64,
-    person: i64,
-) -> QueryResult<bool> {
+    emails: &[Email<'_>],
+    posts: &[Post],
+) -> QueryResult<Vec<bool>> {
     use tidings_common::db::schema::messages;
-    let kind: PersonKind = people::table
-        .find(person)
-        .select(people::kind)
-        .first(conn)?;
-    if kind == PersonKind::Customer {
-        return Ok(false);
-    }
-    let mut answered: Vec<String> = report.thread.in_reply_to.iter().cloned().collect();
-    answered.extend(report.thread.references.iter().rev().cloned());
-    for id in &answered {
-        let internal: Option<bool> = notifications::table
+    let persons: Vec<i64> = posts.iter().map(|p| p.person).collect();
+    let kinds: HashMap<i64, PersonKind> = people::table
+        .filter(people::id.eq_any(&persons))
+        .select((people::id, people::kind))
+        .load::<(i64, PersonKind)>(conn)?
+        .into_iter()
+        .collect();
+    let customer = |p: &Post| kinds.get(&p.person) == Some(&PersonKind::Customer);
+    // What each user's reply answers: In-Reply-To, then References from the newest.
+    let answered: Vec<Vec<&str>> = posts
+        .iter()
+        .map(|p| {
+            if customer(p) {
+                return Vec::new();
+            }
+            let thread = &emails[p.index].0.thread;
+            let references = thread.references.iter().rev();
+            thread
+                .in_reply_to
+                .iter()
+                .chain(references)
+                .map(String::as_str)
+                .collect()
+        })
+        .collect();
+    let ids: Vec<&str> = answered.iter().flatten().copied().collect();
+    let sent: HashMap<(String, i64), bool> = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        notifications::table
             .inner_join(messages::table.on(messages::id.eq(notifications::message_id)))
-            .filter(notifications::email_message_id.eq(id))
-            .filter(notifications::conversation_id.eq(conversation_id))
-            .select(messages::internal)
-            .first(conn)
-            .optional()?;
-        if let Some(internal) = internal {
-            return Ok(internal);
-        }
-    }
-    Ok(true)
+            .filter(notifications::email_message_id.eq_any(&ids))
+            .select((
+                notifications::email_message_id,
+                notifications::conversation_id,
+                messages::internal,
+            ))
+            .load::<(String, i64, bool)>(conn)?
+            .into_iter()
+            .map(|(id, conversation, internal)| ((id, conversation), internal))
+            .collect()
+    };
+    Ok(posts
+        .iter()
+        .zip(&answered)
+        .map(|(p, answered)| {
+            !customer(p)
+                && answered
+                    .iter()
+                    .find_map(|id| sent.get(&(id.to_string(), p.conversation_id)).copied())
+                    .unwrap_or(true)
+        })
+        .collect())
 }
 
 /// Last choice: a customer writing afresh to a support mailbox starts a conversation (SPEC I5).
