@@ -191,6 +191,13 @@ fn addresses(address: Option<&Address<'_>>) -> Vec<String> {
 
 /// What the mail says about its thread: a reply token among its recipients, In-Reply-To
 /// and References.
+/// Longest Message-ID kept, as a header line may be (RFC 5322): a longer one is no id at all
+/// (the email is then deduplicated by its digest and threads by its reply address), so no
+/// stored or indexed value grows with what a sender writes.
+const ID_MAX: usize = 998;
+/// Most References entries read (the newest).
+const REFERENCES_MAX: usize = 64;
+
 fn thread_hints(message: &mail_parser::Message<'_>, context: &InboundContext) -> ThreadHints {
     let mut recipients = addresses(message.to());
     recipients.extend(addresses(message.cc()));
@@ -205,16 +212,25 @@ fn thread_hints(message: &mail_parser::Message<'_>, context: &InboundContext) ->
         (host == domain).then(|| local.strip_prefix("reply+").map(str::to_string))?
     });
     let ids = |value: &HeaderValue<'_>| -> Vec<String> {
-        match value {
-            HeaderValue::Text(t) => vec![format!("<{t}>")],
-            HeaderValue::TextList(list) => list.iter().map(|t| format!("<{t}>")).collect(),
+        let list: Vec<&str> = match value {
+            HeaderValue::Text(t) => vec![t.as_ref()],
+            HeaderValue::TextList(list) => list.iter().map(|t| t.as_ref()).collect(),
             _ => Vec::new(),
-        }
+        };
+        list.into_iter()
+            .filter(|t| t.len() <= ID_MAX)
+            .map(|t| format!("<{t}>"))
+            .collect()
     };
+    let mut references = ids(message.references());
+    // The newest references are the ones that thread; a header of thousands is cut to them.
+    if references.len() > REFERENCES_MAX {
+        references.drain(..references.len() - REFERENCES_MAX);
+    }
     ThreadHints {
         token,
         in_reply_to: ids(message.in_reply_to()).into_iter().next(),
-        references: ids(message.references()),
+        references,
     }
 }
 
@@ -225,7 +241,9 @@ fn plausible_address(address: &str) -> bool {
     let Some((local, domain)) = address.rsplit_once('@') else {
         return false;
     };
-    !local.is_empty()
+    // At most 254 characters, as an SMTP path allows (RFC 5321).
+    address.len() <= 254
+        && !local.is_empty()
         && domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')
@@ -281,7 +299,10 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
     };
     let from = addresses(message.from()).into_iter().next();
     let subject = message.subject().map(str::to_string);
-    let message_id = message.message_id().map(|id| format!("<{id}>"));
+    let message_id = message
+        .message_id()
+        .filter(|id| id.len() <= ID_MAX)
+        .map(|id| format!("<{id}>"));
     let thread = thread_hints(&message, context);
     let auth_failure = auth_failure(&message, context.authserv_id.as_deref());
 
@@ -469,6 +490,34 @@ mod tests {
         );
         let only_others = mail("Authentication-Results: evil.test; dkim=fail\r\n");
         assert_eq!(inspect(only_others.as_bytes(), &relay).auth_failure, None);
+    }
+
+    #[test]
+    fn overlong_ids_and_addresses_never_reach_the_database() {
+        let id = "x".repeat(5_000);
+        let refs: Vec<String> = (0..1_000).map(|n| format!("<r{n}@example.com>")).collect();
+        let mail = format!(
+            "From: ann@example.com\r\nTo: support@reply.example.com\r\nSubject: Hi\r\n\
+             Message-ID: <{id}@example.com>\r\nIn-Reply-To: <{id}@example.com>\r\n\
+             References: {}\r\n\r\nHello\r\n",
+            refs.join(" ")
+        );
+        let report = inspect(mail.as_bytes(), &context());
+        assert_eq!(report.message_id, None);
+        assert_eq!(report.thread.in_reply_to, None);
+        assert_eq!(report.thread.references.len(), REFERENCES_MAX);
+        assert_eq!(
+            report.thread.references.last().map(String::as_str),
+            Some("<r999@example.com>")
+        );
+        assert_eq!(report.reply_text.as_deref(), Some("Hello"));
+        let long_from = format!(
+            "From: {}@example.com\r\nTo: support@reply.example.com\r\nSubject: Hi\r\n\r\nHello\r\n",
+            "a".repeat(300)
+        );
+        let report = inspect(long_from.as_bytes(), &context());
+        assert_eq!(report.verdict, InboundVerdict::Rejected);
+        assert!(report.reason.unwrap().contains("not a valid address"));
     }
 
     #[test]
