@@ -1432,6 +1432,11 @@ async fn run_phases(
         env.topology.delete(&channel).await?;
         drop((api, dispatch, mailer, inbound));
         println!();
+        row(
+            "baseline: smtp-sink acceptance (smtp-source)".into(),
+            per_s(sink_rate),
+            String::new(),
+        );
         print_inbound(&replies, sink_rate);
         print_extraction(extraction.as_ref());
         return Ok(());
