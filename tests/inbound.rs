@@ -48,6 +48,24 @@ async fn emailed_conversation(env: &Env) -> (i64, i64, i64, String, String) {
     (ann, bob, conv, reply_to, message_id)
 }
 
+/// Runs `cmd` with `email` on its standard input (as a pipe transport does); its exit code.
+fn piped(mut cmd: std::process::Command, email: &str) -> Option<i32> {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(email.as_bytes())
+        .unwrap();
+    child.wait().unwrap().code()
+}
+
 /// I1: foreign domains, unknown mailboxes and forged tokens are refused during the dialogue;
 /// oversized mail gets 552.
 #[tokio::test(flavor = "multi_thread")]
@@ -397,7 +415,6 @@ async fn i1_broker_down_during_data_gives_451_and_the_retry_is_posted() {
 /// posted), 67 for a recipient that is not ours, 75 when the broker is unreachable.
 #[tokio::test(flavor = "multi_thread")]
 async fn pipe_mode_queues_or_asks_the_relay_to_retry() {
-    use std::io::Write;
     let env = Env::new("1s");
     let _tidings = env.spawn(&["all"]);
     env.wait_for_api().await;
@@ -412,19 +429,7 @@ async fn pipe_mode_queues_or_asks_the_relay_to_retry() {
         if let Some(url) = amqp {
             cmd.env("TIDINGS_AMQP_URL", url);
         }
-        let mut child = cmd
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(email.as_bytes())
-            .unwrap();
-        child.wait().unwrap().code()
+        piped(cmd, &email)
     };
     let forged = reply_to.replacen("reply+", "reply+7", 1);
     assert_eq!(
@@ -621,7 +626,6 @@ async fn third_soft_bounce_suppresses_the_address() {
 /// a duplicate delivery is posted once, and every email gets its own log entry.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backlog_is_processed_as_sets_with_exact_limits_and_duplicates_once() {
-    use std::io::Write;
     let env = Env::with("1s", &[("TIDINGS_INBOUND_RATE", "5/10m")], &[]);
     let _outbound = env.spawn(&["api", "dispatch", "mailer"]);
     env.wait_for_api().await;
@@ -633,19 +637,8 @@ async fn a_backlog_is_processed_as_sets_with_exact_limits_and_duplicates_once() 
             "From: bob@example.com\nTo: {reply_to}\nSubject: Re: Printer\nMessage-ID: <set-{n}@example.com>\n\
              In-Reply-To: {message_id}\n\nBacklog reply {n}.\n\nOn Tue, Ann wrote:\n> Is the printer fixed?\n"
         );
-        let mut child = env
-            .command(&["inbound", "enqueue", "--from", "bob@example.com", &reply_to])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(email.as_bytes())
-            .unwrap();
-        assert_eq!(child.wait().unwrap().code(), Some(0), "enqueue {n}");
+        let cmd = env.command(&["inbound", "enqueue", "--from", "bob@example.com", &reply_to]);
+        assert_eq!(piped(cmd, &email), Some(0), "enqueue {n}");
     };
     for n in 0..8 {
         enqueue(n);
