@@ -120,27 +120,6 @@ pub struct Inbound {
     pub envelope: Envelope,
 }
 
-/// Threads and posts one inspected email, in one transaction, exactly once per Message-ID and
-/// sender.
-pub fn process(
-    conn: &mut PgConnection,
-    config: &Config,
-    report: &InboundReport,
-    raw: &[u8],
-    envelope: &Envelope,
-) -> Result<Disposition> {
-    let one = Inbound {
-        report: report.clone(),
-        raw: raw.to_vec(),
-        envelope: Envelope {
-            mail_from: envelope.mail_from.clone(),
-            rcpts: envelope.rcpts.clone(),
-        },
-    };
-    let mut dispositions = process_set(conn, config, std::slice::from_ref(&one))?;
-    Ok(dispositions.remove(0))
-}
-
 /// The key a redelivery repeats: the Message-ID *and* the sender (another sender reusing the
 /// id is a different email), or the text's digest when there is no Message-ID.
 fn dedupe_key(inbound: &Inbound) -> String {
