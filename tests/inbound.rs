@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::{Env, REPLY_DOMAIN};
 
@@ -678,5 +679,97 @@ async fn a_backlog_is_processed_as_sets_with_exact_limits_and_duplicates_once() 
             .iter()
             .all(|b| b.starts_with("Backlog reply ") && b.ends_with('.') && b.len() < 20),
         "{bodies:?}"
+    );
+}
+
+/// I1: when one email of a set cannot be stored (here a constraint the database enforces on
+/// message bodies), the set's transaction fails and each email is processed on its own: the
+/// others are posted, and the one that fails is dead-lettered whole, with the database's
+/// reason, rather than lost or retried forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_email_that_cannot_be_stored_never_holds_up_its_set() {
+    let env = Env::new("1s");
+    let _outbound = env.spawn(&["api", "dispatch", "mailer"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (_, _, conv, reply_to, message_id) = emailed_conversation(&env).await;
+    env.sql(
+        "ALTER TABLE messages ADD CONSTRAINT body_is_not_refused CHECK (body NOT LIKE '%refused-by-the-database%')",
+    );
+    for (n, text) in [
+        "First good reply.",
+        "This one is refused-by-the-database.",
+        "Second good reply.",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let email = format!(
+            "From: bob@example.com\nTo: {reply_to}\nSubject: Re: Printer\nMessage-ID: <fallback-{n}@example.com>\n\
+             In-Reply-To: {message_id}\n\n{text}\n"
+        );
+        let cmd = env.command(&["inbound", "enqueue", "--from", "bob@example.com", &reply_to]);
+        assert_eq!(piped(cmd, &email), Some(0), "enqueue {n}");
+    }
+    let _inbound = env.spawn(&["inbound"]);
+    let topology = env.topology();
+    let (_conn, channel) = env.channel().await;
+    let mut consumer = channel
+        .basic_consume(
+            topology.dead_queue().into(),
+            "".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let dead = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+        .await
+        .expect("the refused email is dead-lettered")
+        .unwrap()
+        .unwrap();
+    let reason = dead
+        .properties
+        .headers()
+        .clone()
+        .unwrap()
+        .inner()
+        .get(&lapin::types::ShortString::from("x-tidings-reason"))
+        .and_then(|v| match v {
+            lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    assert!(reason.contains("body_is_not_refused"), "{reason}");
+    assert!(
+        String::from_utf8_lossy(&dead.data).contains("refused-by-the-database"),
+        "the dead letter holds the whole email"
+    );
+    dead.ack(Default::default()).await.unwrap();
+    support::wait_for(env.root(), "the two good replies", async || {
+        inbound_log(&env)
+            .await
+            .iter()
+            .filter(|r| r["status"] == "threaded")
+            .count()
+            >= 2
+    })
+    .await;
+    let messages = conversation(&env, conv).await["messages"].clone();
+    let bodies: Vec<&str> = messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        bodies[1..],
+        ["First good reply.", "Second good reply."],
+        "{bodies:?}"
+    );
+    assert!(
+        env.log_of(&["inbound"])
+            .contains("processing the set failed; processing each email on its own"),
+        "the three emails were one set"
     );
 }

@@ -1428,9 +1428,10 @@ async fn run_phases(
     tokio::time::sleep(Duration::from_secs(2)).await;
     if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "inbound") {
         let replies = inbound_phases(&env, config).await?;
+        // The roles stop first, so none of them sees its queues vanish.
+        drop((api, dispatch, mailer, inbound));
         let channel = conn.create_channel().await?;
         env.topology.delete(&channel).await?;
-        drop((api, dispatch, mailer, inbound));
         println!();
         row(
             "baseline: smtp-sink acceptance (smtp-source)".into(),
@@ -1460,9 +1461,9 @@ async fn run_phases(
         .iter()
         .map(|(role, pid)| (*role, peak_rss_kib(*pid)))
         .collect();
+    drop((api, dispatch, mailer, inbound));
     let channel = conn.create_channel().await?;
     env.topology.delete(&channel).await?;
-    drop((api, dispatch, mailer, inbound));
 
     let ratio1 = fan1.rate / baseline_rate;
     let ratio10 = fan10.rate / baseline_rate;
