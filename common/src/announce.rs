@@ -32,6 +32,9 @@ pub struct Announcements {
     pub outbox: Vec<i64>,
     /// Notification batches due now (straight to the due exchange, past the delay).
     pub due: Vec<NotificationBatch>,
+    /// People with new live events (one [`LivePoke`](crate::live::LivePoke) for all). Not
+    /// counted by [`Announcements::len`]: a lost poke is caught by the streams' own reads.
+    pub live: Vec<i64>,
 }
 
 impl Announcements {
@@ -50,7 +53,7 @@ impl Announcements {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len() == 0 && self.live.is_empty()
     }
 
     /// How many rows are announced.
@@ -71,6 +74,7 @@ impl Announcements {
         self.events.extend(other.events);
         self.outbox.extend(other.outbox);
         self.due.extend(other.due);
+        self.live.extend(other.live);
     }
 
     /// Publishes every announcement with a confirm, retrying a broker hiccup a few times. The
@@ -112,6 +116,19 @@ impl Announcements {
             publisher
                 .publish_json_retrying(&topology.due_exchange(), DUE_ROUTING_KEY, batch)
                 .await?;
+        }
+        if !self.live.is_empty() {
+            let mut people = self.live.clone();
+            people.sort_unstable();
+            people.dedup();
+            let poke = crate::live::LivePoke { people };
+            // Lost, it costs latency only: the streams read their rows on every keep-alive.
+            if let Err(e) = publisher
+                .publish_transient(&events_exchange, crate::live::LIVE_ROUTING_KEY, &poke)
+                .await
+            {
+                tracing::debug!(error = %e, "live events not announced; the streams will read them");
+            }
         }
         Ok(())
     }

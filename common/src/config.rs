@@ -132,6 +132,11 @@ pub struct Config {
     /// each `window`.
     pub automation_limits: Vec<(u32, Duration)>,
     pub log_retention: Duration,
+    /// Age at which the scheduler purges live events (`TIDINGS_EVENT_RETENTION`).
+    pub event_retention: Duration,
+    /// How long a person token minted by `POST /people/{id}/sessions` is valid
+    /// (`TIDINGS_SESSION_TTL`).
+    pub session_ttl: Duration,
     pub threading_retention: Duration,
     pub schedule_purge_log: String,
     pub schedule_expire_threading: String,
@@ -403,6 +408,11 @@ impl Config {
             })?;
         let log_retention =
             parse_with(get("TIDINGS_LOG_RETENTION", "72h"), parse_positive_duration)?;
+        let event_retention = parse_with(
+            get("TIDINGS_EVENT_RETENTION", "7d"),
+            parse_positive_duration,
+        )?;
+        let session_ttl = parse_with(get("TIDINGS_SESSION_TTL", "12h"), parse_positive_duration)?;
         let threading_retention = parse_with(
             get("TIDINGS_THREADING_RETENTION", "365d"),
             parse_positive_duration,
@@ -422,6 +432,8 @@ impl Config {
             templates_reload,
             automation_limits,
             log_retention,
+            event_retention,
+            session_ttl,
             threading_retention,
             schedule_purge_log,
             schedule_expire_threading,

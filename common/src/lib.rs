@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod inbound;
+pub mod live;
 pub mod mail;
 pub mod outbox;
 pub mod posting;

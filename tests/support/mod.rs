@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod live;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,7 +47,7 @@ fn unique(prefix: &str) -> String {
 /// counter in 20000–31999, below the kernel's ephemeral range (so no outgoing connection
 /// holds one), starting at an offset of this process's id (so test binaries running side by
 /// side start far apart); each is checked by binding it before it is handed out.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     const FIRST: u32 = 20_000;
@@ -371,7 +373,12 @@ impl Env {
 
     /// Starts `tidings run <roles>`; its log goes to a file under the test folder.
     pub fn spawn(&self, roles: &[&str]) -> Process {
-        let name = roles.join("-");
+        self.spawn_named(&roles.join("-"), roles, &[])
+    }
+
+    /// Like [`Env::spawn`], with extra variables, logging to `<name>.log`.
+    pub fn spawn_named(&self, name: &str, roles: &[&str], vars: &[(&str, &str)]) -> Process {
+        let name = name.to_string();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -381,6 +388,7 @@ impl Env {
         args.extend(roles);
         let child = self
             .command(&args)
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -448,6 +456,36 @@ impl Env {
             "{method} {path}: {status} {value}"
         );
         value
+    }
+
+    /// A person token for `person` (`POST /people/{id}/sessions`).
+    pub async fn session(&self, person: i64) -> String {
+        let s = self
+            .ok("POST", &format!("/people/{person}/sessions"), None)
+            .await;
+        s["token"].as_str().unwrap().to_string()
+    }
+
+    /// Calls the api with a person token; returns the status and JSON body.
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self
+            .http
+            .request(method, self.base() + path)
+            .bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("api reachable");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     pub async fn user(&self, name: &str) -> i64 {

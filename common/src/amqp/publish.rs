@@ -85,6 +85,32 @@ impl Publisher {
         }
     }
 
+    /// Publishes a transient, non-mandatory message without waiting for its confirm: a wake-up
+    /// call whose loss costs only latency, and which nobody may be listening for.
+    pub async fn publish_transient<T: Serialize>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &T,
+    ) -> Result<()> {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(1)
+            .with_content_type("application/json".into());
+        // The confirm is not awaited; dropping it is allowed.
+        drop(
+            self.channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    &serde_json::to_vec(body)?,
+                    properties,
+                )
+                .await?,
+        );
+        Ok(())
+    }
+
     pub async fn publish_json<T: Serialize>(
         &self,
         exchange: &str,

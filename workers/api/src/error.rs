@@ -1,16 +1,12 @@
-//! JSON errors, the body extractor that names the offending field, and the bearer-token check.
+//! JSON errors, and the body extractor that names the offending field.
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use serde_json::json;
 use tracing::error;
-
-use crate::state::AppState;
 
 /// What every handler returns.
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -210,33 +206,6 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
             }
         }
     }
-}
-
-/// Refuses any request without `Authorization: Bearer <TIDINGS_API_TOKEN>`.
-pub async fn require_bearer_token(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let expected = state.config.api_token.as_bytes();
-    match presented {
-        Some(token) if constant_time_eq(token.trim().as_bytes(), expected) => next.run(req).await,
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({"error": "missing or wrong bearer token"})),
-        )
-            .into_response(),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The answer to a path no route matches.

@@ -6,10 +6,13 @@
 //! token, 404 for an unknown id.
 
 mod error;
+pub mod live;
 mod lookup;
+mod messenger;
 pub mod openapi;
 pub mod routes;
 mod serve;
+mod session;
 mod state;
 mod validate;
 
@@ -48,12 +51,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     templates
         .clone()
         .watch(config.templates_reload, shutdown.clone());
+    let hub = Arc::new(live::Hub::default());
+    let listener_task = live::spawn_listener(
+        hub.clone(),
+        config.amqp_url.clone(),
+        (*topology).clone(),
+        shutdown.clone(),
+    );
     let state = AppState {
         db,
         config: config.clone(),
         topology,
         broker,
         templates,
+        hub,
+        shutdown: shutdown.clone(),
     };
     if !state.broker.wait_connected(BROKER_WAIT).await {
         warn!(
@@ -70,6 +82,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     serve::serve(listener, router(state), config.http_limits, &shutdown).await;
     shutdown.cancel();
     let _ = keeper.await;
+    let _ = listener_task.await;
     info!("api stopped");
     Ok(())
 }

@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(
         title = "Tidings",
-        description = "The notification and email pipeline of a help-desk messenger. Every route but the signed-link pages needs `Authorization: Bearer <TIDINGS_API_TOKEN>`."
+        description = "The notification and email pipeline of a help-desk messenger. The admin routes need `Authorization: Bearer <TIDINGS_API_TOKEN>` (security `bearer`); the `/me` routes act as one person and need a person token from `POST /people/{id}/sessions`, as a bearer token or the messenger's session cookie (security `person`). Each kind is refused (403) where the other belongs. The signed-link pages, `/session` and the messenger's static files are public."
     ),
     paths(
         crate::routes::people::create_user,
@@ -59,7 +59,21 @@ use utoipa::{Modify, OpenApi};
         crate::routes::invitations::invitation_page,
         crate::routes::invitations::accept_invitation,
         crate::routes::unsubscribe::confirm_page,
-        crate::routes::unsubscribe::unsubscribe
+        crate::routes::unsubscribe::unsubscribe,
+        crate::session::create_session,
+        crate::session::sign_in,
+        crate::session::sign_out,
+        crate::routes::me::me,
+        crate::routes::me::inbox,
+        crate::routes::me::events,
+        crate::routes::me::conversation,
+        crate::routes::me::post_message,
+        crate::routes::me::mark_seen,
+        crate::routes::me::deliveries,
+        crate::routes::me::get_preferences,
+        crate::routes::me::update_preferences,
+        crate::messenger::page,
+        crate::messenger::asset
     ),
     modifiers(&BearerToken)
 )]
@@ -74,6 +88,10 @@ impl Modify for BearerToken {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        components.add_security_scheme(
+            "person",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
         for item in openapi.paths.paths.values_mut() {
@@ -92,6 +110,9 @@ impl Modify for BearerToken {
                 );
                 if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
                     answers.insert("401".into(), error("missing or wrong bearer token"));
+                    answers.entry("403".into()).or_insert_with(|| {
+                        error("the other kind of token: a person token on an admin route, or the API token on a /me route")
+                    });
                 }
                 // Every route takes a path, a query or a body that can fail to parse.
                 answers.entry("400".into()).or_insert_with(|| {

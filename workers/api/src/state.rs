@@ -22,6 +22,10 @@ pub struct AppState {
     pub broker: SharedPublisher,
     /// The templates, for listing them and checking automations name one that exists.
     pub templates: Arc<TemplateStore>,
+    /// The live event streams this process holds.
+    pub hub: Arc<crate::live::Hub>,
+    /// Fires when the process stops; open event streams end cleanly.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {

@@ -11,7 +11,7 @@ use tidings_common::amqp::NotificationBatch;
 use tidings_common::db::models::NotificationState;
 use tidings_common::db::schema::{messages, notifications};
 use tidings_common::events::{self, DomainEvent, RecordedEvent};
-use tidings_common::{Result, audience, clock, mail, rules};
+use tidings_common::{Result, audience, clock, live, mail, rules};
 
 /// What dispatching one message produced.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,18 +34,23 @@ struct Fresh {
     deleted: bool,
 }
 
+/// Each message's batch, the domain events to publish, and the people with new live events.
+pub type DispatchedSet = (HashMap<i64, Dispatched>, Vec<RecordedEvent>, Vec<i64>);
+
 /// Writes the notifications of a set of messages in one transaction, with a fixed number of
 /// statements whatever the size of the set. Running it again for the same messages writes
 /// nothing new and returns the same pending batches.
 ///
 /// Messages in an item's conversation also get a `message_posted` domain event when an
-/// automation listens for it; the ids of those events are returned, to publish.
+/// automation listens for it; the ids of those events are returned, to publish. Each
+/// recipient gets a live `notification` event and each author a `conversation` event, in the
+/// same transaction.
 pub fn dispatch_messages(
     conn: &mut PgConnection,
     message_ids: &[i64],
     seen_window: Duration,
     reply_domain: &str,
-) -> Result<(HashMap<i64, Dispatched>, Vec<RecordedEvent>)> {
+) -> Result<DispatchedSet> {
     conn.transaction(|conn| {
         // Marks the messages not dispatched yet, locked in id order, so that two dispatchers
         // given the same message take turns and the second finds it done. No condition on
@@ -70,10 +75,12 @@ pub fn dispatch_messages(
             result.insert(m.id, Dispatched::Batch(NotificationBatch::empty(m.id)));
         }
         let written = write_notifications(conn, &live, clock::after(seen_window), reply_domain)?;
-        for (message_id, id) in written {
+        let mut notified = Vec::with_capacity(written.len());
+        for (message_id, id, recipient) in written {
             if let Some(Dispatched::Batch(batch)) = result.get_mut(&message_id) {
                 batch.notification_ids.push(id);
             }
+            notified.push((message_id, recipient));
         }
         let live_ids: Vec<i64> = live.iter().map(|m| m.id).collect();
         let events = automation_events(conn, &live_ids)?;
@@ -86,18 +93,20 @@ pub fn dispatch_messages(
         if !others.is_empty() {
             pending_batches(conn, &others, &mut result)?;
         }
-        Ok((result, events))
+        // Last, so the feed locks are held for the shortest time (see `live`).
+        let live = live::posted(conn, &notified)?;
+        Ok((result, events, live))
     })
 }
 
 /// Writes a notification for everyone the rules notify about each message; returns the
-/// (message, notification) ids written.
+/// (message, notification, recipient) ids written.
 fn write_notifications(
     conn: &mut PgConnection,
     messages: &[&Fresh],
     due_at: chrono::DateTime<chrono::Utc>,
     reply_domain: &str,
-) -> Result<Vec<(i64, i64)>> {
+) -> Result<Vec<(i64, i64, i64)>> {
     let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
     let mut rows = Vec::new();
     for (facts, audience) in audience::audiences(conn, &ids)? {
@@ -124,8 +133,12 @@ fn write_notifications(
             diesel::insert_into(notifications::table)
                 .values(chunk)
                 .on_conflict_do_nothing()
-                .returning((notifications::message_id, notifications::id))
-                .get_results::<(i64, i64)>(conn)?,
+                .returning((
+                    notifications::message_id,
+                    notifications::id,
+                    notifications::recipient_id,
+                ))
+                .get_results::<(i64, i64, i64)>(conn)?,
         );
     }
     written.sort_unstable();

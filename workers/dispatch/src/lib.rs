@@ -62,7 +62,7 @@ impl Dispatcher {
         let span = tracing::info_span!("dispatch", messages = ids.len());
         let (window, domain) = (self.config.seen_window, self.config.reply_domain.clone());
         let dispatched = if ids.is_empty() {
-            Ok((HashMap::new(), Vec::new()))
+            Ok((HashMap::new(), Vec::new(), Vec::new()))
         } else {
             self.db
                 .run(move |conn| dispatch_messages(conn, &ids, window, &domain))
@@ -70,10 +70,13 @@ impl Dispatcher {
                 .await
         };
         let dispatched = match dispatched {
-            Ok((dispatched, recorded)) => {
-                Announcements::events(recorded)
-                    .publish_or_leave_to_sweep(Ok(publisher.clone()), &self.topology)
-                    .await;
+            Ok((dispatched, recorded, live)) => {
+                Announcements {
+                    live,
+                    ..Announcements::events(recorded)
+                }
+                .publish_or_leave_to_sweep(Ok(publisher.clone()), &self.topology)
+                .await;
                 dispatched
             }
             Err(e) => {

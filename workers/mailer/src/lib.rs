@@ -99,9 +99,10 @@ impl Mailer {
             // holds in memory is bounded whatever the fan-out of its batches.
             let mut results = HashMap::with_capacity(ids.len());
             for slice in ids.chunks(MAX_SET) {
-                let parts =
-                    retry::isolating("notification", slice.to_vec(), |ids| self.deliver_all(ids))
-                        .await?;
+                let parts = retry::isolating("notification", slice.to_vec(), |ids| {
+                    self.deliver_all(ids, &publisher)
+                })
+                .await?;
                 results.extend(parts.into_iter().flatten());
             }
             Ok::<_, tidings_common::Error>(results)

@@ -73,7 +73,8 @@ impl Scheduler {
         }
     }
 
-    /// Deletes log rows, handled events, job records and automation runs past retention.
+    /// Deletes log rows, handled events, job records and automation runs past retention, and
+    /// live events past `TIDINGS_EVENT_RETENTION`.
     async fn purge_log(&self) -> Result<String> {
         let retention = interval(self.config.log_retention);
         let oldest_window = self
@@ -85,6 +86,7 @@ impl Scheduler {
             .unwrap_or_default()
             .max(self.config.log_retention);
         let runs = interval(oldest_window);
+        let live = interval(self.config.event_retention);
         self.db
             .run(move |conn| {
                 let mut counts = Vec::new();
@@ -93,6 +95,7 @@ impl Scheduler {
                     ("handled domain events", "DELETE FROM domain_events WHERE handled_at IS NOT NULL AND created_at < now() - $1", retention),
                     ("job records", "DELETE FROM scheduler_runs WHERE started_at < now() - $1", retention),
                     ("automation runs", "DELETE FROM automation_runs WHERE created_at < now() - $1", runs),
+                    ("live events", "DELETE FROM live_events WHERE created_at < now() - $1", live),
                 ] {
                     let n = diesel::sql_query(sql).bind::<Interval, _>(keep).execute(conn)?;
                     counts.push(format!("{n} {what}"));

@@ -268,7 +268,7 @@ pub async fn mark_seen(
     Path(conversation_id): Path<i64>,
     Body(body): Body<SeenBody>,
 ) -> ApiResult<StatusCode> {
-    with_db(&state, move |conn| {
+    let live = with_db(&state, move |conn| {
         find_conversation(conn, conversation_id)?;
         find_person(conn, body.person_id)?;
         let message_conversation: Option<i64> = messages::table
@@ -289,8 +289,44 @@ pub async fn mark_seen(
             }
             Some(_) => {}
         }
-        posting::advance_cursor(conn, body.person_id, conversation_id, body.message_id)?;
-        Ok(StatusCode::NO_CONTENT)
+        advance_seen(conn, body.person_id, conversation_id, body.message_id)
     })
-    .await
+    .await?;
+    state
+        .announce(Announcements {
+            live,
+            ..Default::default()
+        })
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Moves `person`'s read cursor in the conversation up to `message_id` and, if it moved,
+/// writes the live `seen` and `delivery` events in the same transaction; returns the people
+/// to announce.
+pub fn advance_seen(
+    conn: &mut PgConnection,
+    person: i64,
+    conversation_id: i64,
+    message_id: i64,
+) -> ApiResult<Vec<i64>> {
+    conn.transaction(|conn| {
+        let before: Option<i64> = seen_cursors::table
+            .find((person, conversation_id))
+            .select(seen_cursors::last_seen_message_id)
+            .for_update()
+            .first(conn)
+            .optional()?;
+        if posting::advance_cursor(conn, person, conversation_id, message_id)? == 0 {
+            return Ok(Vec::new());
+        }
+        let from = before.unwrap_or(0);
+        Ok(tidings_common::live::seen(
+            conn,
+            person,
+            conversation_id,
+            from,
+            message_id,
+        )?)
+    })
 }

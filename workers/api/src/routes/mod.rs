@@ -7,6 +7,7 @@ pub mod email_log;
 pub mod follows;
 pub mod invitations;
 pub mod items;
+pub mod me;
 pub mod messages;
 pub mod people;
 pub mod preferences;
@@ -22,7 +23,8 @@ use axum::routing::{delete, get, patch, post, put};
 
 use crate::state::AppState;
 
-/// Builds the router with every route behind the bearer-token check.
+/// Builds the router: the admin routes behind the API token, the `/me` routes behind a
+/// person token, and the public pages (signed links, the messenger's static files).
 pub fn router(state: AppState) -> Router {
     let private = Router::new()
         .route("/users", post(people::create_user))
@@ -37,6 +39,10 @@ pub fn router(state: AppState) -> Router {
             get(preferences::get_preferences).patch(preferences::update_preferences),
         )
         .route("/people/{id}/inbox", get(people::inbox))
+        .route(
+            "/people/{id}/sessions",
+            post(crate::session::create_session),
+        )
         .route("/projects", post(projects::create_project))
         .route(
             "/projects/{id}/followers/{person_id}",
@@ -119,11 +125,34 @@ pub fn router(state: AppState) -> Router {
         .fallback(crate::error::no_such_endpoint)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::error::require_bearer_token,
+            crate::session::require_api_token,
+        ));
+    // One person, with a person token (header or the messenger's cookie).
+    let person = Router::new()
+        .route("/me", get(me::me))
+        .route("/me/inbox", get(me::inbox))
+        .route("/me/events", get(me::events))
+        .route("/me/conversations/{id}", get(me::conversation))
+        .route("/me/conversations/{id}/messages", post(me::post_message))
+        .route("/me/conversations/{id}/seen", put(me::mark_seen))
+        .route("/me/messages/{id}/deliveries", get(me::deliveries))
+        .route(
+            "/me/preferences",
+            get(me::get_preferences).patch(me::update_preferences),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::session::require_person,
         ));
     // Unsubscribe links are public: the signed token is the authorisation.
     let public = Router::new()
         .route("/openapi.json", get(crate::openapi::document))
+        .route(
+            "/session",
+            post(crate::session::sign_in).delete(crate::session::sign_out),
+        )
+        .route("/messenger", get(crate::messenger::page))
+        .route("/messenger/{file}", get(crate::messenger::asset))
         .route(
             "/unsubscribe/{token}",
             get(unsubscribe::confirm_page).post(unsubscribe::unsubscribe),
@@ -132,5 +161,5 @@ pub fn router(state: AppState) -> Router {
             "/invitations/{token}",
             get(invitations::invitation_page).post(invitations::accept_invitation),
         );
-    public.merge(private).with_state(state)
+    public.merge(person).merge(private).with_state(state)
 }

@@ -122,7 +122,11 @@ impl Ended {
 
 impl Mailer {
     /// Handles a set of due notifications; says for each id what happens next.
-    pub async fn deliver_all(&self, ids: Vec<i64>) -> Result<HashMap<i64, Delivered>> {
+    pub async fn deliver_all(
+        &self,
+        ids: Vec<i64>,
+        publisher: &tidings_common::amqp::Publisher,
+    ) -> Result<HashMap<i64, Delivered>> {
         let lease = self.config.send_lease;
         let domain = self.config.reply_domain.clone();
         let (units, gone, unclaimed) = self
@@ -156,7 +160,7 @@ impl Mailer {
             };
             next.entry(e.claim.notification.id).or_insert(after);
         }
-        self.record_all(ended).await?;
+        self.record_all(ended, publisher).await?;
         Ok(next)
     }
 }

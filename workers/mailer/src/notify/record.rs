@@ -11,7 +11,7 @@ use tidings_common::db::email_log;
 use tidings_common::db::models::{
     LogStatus, NewEmailLogEntry, Notification, NotificationState, SkipReason,
 };
-use tidings_common::{Error, Result, clock};
+use tidings_common::{Error, Result, clock, live};
 use tracing::warn;
 
 use super::{Ended, Finish};
@@ -112,12 +112,18 @@ struct RecordRows {
 
 impl Mailer {
     /// Records the end of every claim; see the module documentation.
-    pub(super) async fn record_all(&self, ended: Vec<Ended>) -> Result<()> {
+    /// The live `delivery` events of the sends are written in the same transaction and
+    /// announced after it commits.
+    pub(super) async fn record_all(
+        &self,
+        ended: Vec<Ended>,
+        publisher: &tidings_common::amqp::Publisher,
+    ) -> Result<()> {
         if ended.is_empty() {
             return Ok(());
         }
         let (rows, log) = self.rows(ended);
-        let (updated, total) =
+        let (updated, total, live) =
             retry::record_through_outage(&self.db, "notifications", move |conn| {
                 conn.transaction(|conn| record(conn, &rows, &log))
             })
@@ -128,6 +134,12 @@ impl Mailer {
                 "claims were taken over before they finished; leaving them to their new owner"
             );
         }
+        tidings_common::announce::Announcements {
+            live,
+            ..Default::default()
+        }
+        .publish_or_leave_to_sweep(Ok(publisher.clone()), &self.topology)
+        .await;
         Ok(())
     }
 
@@ -169,12 +181,13 @@ impl Mailer {
     }
 }
 
-/// Applies the ends where the claim still holds and logs those; returns (updated, total).
+/// Applies the ends where the claim still holds, logs those and writes their live `delivery`
+/// events; returns (updated, total, the people with new events).
 fn record(
     conn: &mut PgConnection,
     rows: &RecordRows,
     log: &HashMap<i64, NewEmailLogEntry>,
-) -> Result<(usize, usize)> {
+) -> Result<(usize, usize, Vec<i64>)> {
     #[derive(QueryableByName)]
     struct Updated {
         #[diesel(sql_type = BigInt)]
@@ -210,5 +223,20 @@ fn record(
         .filter_map(|u| log.get(&u.id).cloned())
         .collect();
     email_log::write(conn, &entries)?;
-    Ok::<_, Error>((updated.len(), rows.id.len()))
+    let state_of: HashMap<i64, NotificationState> = rows
+        .id
+        .iter()
+        .copied()
+        .zip(rows.state.iter().copied())
+        .collect();
+    let ended: Vec<(i64, &str)> = updated
+        .iter()
+        .filter_map(|u| match state_of.get(&u.id) {
+            Some(NotificationState::Sent) => Some((u.id, "sent")),
+            Some(NotificationState::Failed) => Some((u.id, "failed")),
+            _ => None,
+        })
+        .collect();
+    let live = live::emailed(conn, &ended)?;
+    Ok::<_, Error>((updated.len(), rows.id.len(), live))
 }

@@ -1,0 +1,261 @@
+//! The live event feed of each person (SPEC D1, D8): rows of `live_events`, written in the
+//! same transaction as the change that causes them, then announced on the broker after
+//! commit so that every api process wakes the streams it holds for those people.
+//!
+//! Writers lock each person's feed (a transaction-scoped advisory lock, taken in person order
+//! just before the insert, as the transaction's last step) so a person's events commit in id
+//! order: a stream that has sent id N has seen every event of that person below N, and
+//! `Last-Event-ID` resumption can never skip one. Because the locks are the last thing a
+//! transaction takes, a writer holding them never waits on anything but another writer's
+//! locks, in the same order, so they cannot deadlock.
+//!
+//! An announcement that is lost costs only latency: every stream also reads its rows on each
+//! keep-alive tick.
+
+use diesel::PgConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Jsonb, Text};
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+
+/// Routing key (on the events exchange) of [`LivePoke`]s.
+pub const LIVE_ROUTING_KEY: &str = "live.people";
+
+/// Announces that these people have new rows in `live_events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LivePoke {
+    pub people: Vec<i64>,
+}
+
+/// Advisory lock class of the per-person feed locks (distinct from the inbound keys, which
+/// hash text).
+const LOCK_CLASS: i32 = 0x7469_6400;
+
+/// Locks the feeds of `people` (sorted and deduplicated in place) until commit.
+fn lock(conn: &mut PgConnection, people: &mut Vec<i64>) -> QueryResult<()> {
+    people.sort_unstable();
+    people.dedup();
+    if people.is_empty() {
+        return Ok(());
+    }
+    diesel::sql_query(
+        "SELECT pg_advisory_xact_lock($1, (p % 2147483647)::int)
+         FROM (SELECT p FROM unnest($2::bigint[]) AS p ORDER BY p) AS people",
+    )
+    .bind::<diesel::sql_types::Integer, _>(LOCK_CLASS)
+    .bind::<Array<BigInt>, _>(&*people)
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Writes `notification` events for the (message, recipient) pairs, and a `conversation`
+/// event for each message's author (their conversation moved to the top, with no ping).
+/// Returns the people who got events.
+pub fn posted(conn: &mut PgConnection, notified: &[(i64, i64)]) -> Result<Vec<i64>> {
+    if notified.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut messages: Vec<i64> = notified.iter().map(|(m, _)| *m).collect();
+    messages.sort_unstable();
+    messages.dedup();
+    let authors: Vec<(i64, i64)> = crate::db::schema::messages::table
+        .filter(crate::db::schema::messages::id.eq_any(&messages))
+        .select((
+            crate::db::schema::messages::id,
+            crate::db::schema::messages::author_id,
+        ))
+        .load(conn)?;
+    let (mut ids, mut people, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+    for &(message, person) in notified {
+        ids.push(message);
+        people.push(person);
+        kinds.push("notification");
+    }
+    for &(message, author) in &authors {
+        ids.push(message);
+        people.push(author);
+        kinds.push("conversation");
+    }
+    let mut locked = people.clone();
+    lock(conn, &mut locked)?;
+    diesel::sql_query(
+        "INSERT INTO live_events (person_id, kind, payload)
+         SELECT v.person, v.kind, jsonb_build_object(
+                  'conversation_id', m.conversation_id, 'subject', c.subject,
+                  'message_id', m.id, 'author_id', m.author_id, 'author', a.name,
+                  'excerpt', left(m.body, 140), 'internal', m.internal,
+                  'ping', v.kind = 'notification')
+         FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS v(message, person, kind)
+         JOIN messages m ON m.id = v.message
+         JOIN conversations c ON c.id = m.conversation_id
+         JOIN people a ON a.id = m.author_id
+         ORDER BY v.person, v.message",
+    )
+    .bind::<Array<BigInt>, _>(&ids)
+    .bind::<Array<BigInt>, _>(&people)
+    .bind::<Array<Text>, _>(&kinds)
+    .execute(conn)?;
+    Ok(locked)
+}
+
+/// After `person`'s read cursor in `conversation` moved from `from` (exclusive) to `to`:
+/// a `seen` event for them, and a `delivery` event ("seen by") for everyone else who sees the
+/// delivery status of the messages now seen: their authors and the other people notified
+/// about them. Returns the people who got events.
+pub fn seen(
+    conn: &mut PgConnection,
+    person: i64,
+    conversation: i64,
+    from: i64,
+    to: i64,
+) -> Result<Vec<i64>> {
+    #[derive(QueryableByName)]
+    struct Viewer {
+        #[diesel(sql_type = BigInt)]
+        person_id: i64,
+    }
+    let viewers: Vec<Viewer> = diesel::sql_query(
+        "SELECT author_id AS person_id FROM messages
+          WHERE conversation_id = $1 AND id > $2 AND id <= $3 AND author_id <> $4
+         UNION
+         SELECT recipient_id FROM notifications
+          WHERE conversation_id = $1 AND message_id > $2 AND message_id <= $3
+            AND recipient_id <> $4",
+    )
+    .bind::<BigInt, _>(conversation)
+    .bind::<BigInt, _>(from)
+    .bind::<BigInt, _>(to)
+    .bind::<BigInt, _>(person)
+    .load(conn)?;
+    let mut people: Vec<i64> = viewers.iter().map(|v| v.person_id).collect();
+    people.push(person);
+    lock(conn, &mut people)?;
+    let others: Vec<i64> = people.iter().copied().filter(|p| *p != person).collect();
+    let seen = serde_json::json!({
+        "conversation_id": conversation,
+        "up_to_message_id": to,
+    });
+    diesel::sql_query(
+        "INSERT INTO live_events (person_id, kind, payload)
+         SELECT $1, 'seen', $2
+         UNION ALL
+         SELECT o, 'delivery', jsonb_build_object(
+                  'status', 'seen', 'conversation_id', $3::bigint, 'from_message_id', $4::bigint,
+                  'up_to_message_id', $5::bigint, 'person_id', $1::bigint,
+                  'person', (SELECT name FROM people WHERE id = $1), 'at', now())
+         FROM unnest($6::bigint[]) AS o",
+    )
+    .bind::<BigInt, _>(person)
+    .bind::<Jsonb, _>(seen)
+    .bind::<BigInt, _>(conversation)
+    .bind::<BigInt, _>(from)
+    .bind::<BigInt, _>(to)
+    .bind::<Array<BigInt>, _>(&others)
+    .execute(conn)?;
+    Ok(people)
+}
+
+/// After notifications ended in an email outcome (each `(id, status)`, the status `sent`,
+/// `failed` or `bounced`): a `delivery` event for the message's author and everyone notified
+/// about it. One call per transaction, so the feed locks are taken in one order. Returns the
+/// people who got events.
+pub fn emailed(conn: &mut PgConnection, ended: &[(i64, &str)]) -> Result<Vec<i64>> {
+    if ended.is_empty() {
+        return Ok(Vec::new());
+    }
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        notification_id: i64,
+        #[diesel(sql_type = BigInt)]
+        viewer: i64,
+    }
+    let (ids, statuses): (Vec<i64>, Vec<&str>) = ended.iter().copied().unzip();
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT n.id AS notification_id, v.viewer
+         FROM notifications n
+         JOIN messages m ON m.id = n.message_id
+         CROSS JOIN LATERAL (
+             SELECT m.author_id AS viewer
+             UNION
+             SELECT o.recipient_id FROM notifications o WHERE o.message_id = n.message_id) v
+         WHERE n.id = ANY($1)",
+    )
+    .bind::<Array<BigInt>, _>(&ids)
+    .load(conn)?;
+    let status_of: std::collections::HashMap<i64, &str> =
+        ids.iter().copied().zip(statuses.iter().copied()).collect();
+    let (mut notification_ids, mut viewers, mut status) = (Vec::new(), Vec::new(), Vec::new());
+    for r in &rows {
+        notification_ids.push(r.notification_id);
+        viewers.push(r.viewer);
+        status.push(status_of.get(&r.notification_id).copied().unwrap_or("sent"));
+    }
+    let mut people = viewers.clone();
+    lock(conn, &mut people)?;
+    diesel::sql_query(
+        "INSERT INTO live_events (person_id, kind, payload)
+         SELECT v.viewer, 'delivery', jsonb_build_object(
+                  'status', v.status, 'conversation_id', n.conversation_id,
+                  'message_id', n.message_id, 'person_id', n.recipient_id, 'person', p.name,
+                  'at', now())
+         FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS v(notification, viewer, status)
+         JOIN notifications n ON n.id = v.notification
+         JOIN people p ON p.id = n.recipient_id
+         ORDER BY v.viewer, n.id",
+    )
+    .bind::<Array<BigInt>, _>(&notification_ids)
+    .bind::<Array<BigInt>, _>(&viewers)
+    .bind::<Array<Text>, _>(&status)
+    .execute(conn)?;
+    Ok(people)
+}
+
+/// One stored event.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct LiveEvent {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    #[diesel(sql_type = Jsonb)]
+    pub payload: serde_json::Value,
+}
+
+/// `person`'s events after `after`, oldest first, at most `limit`.
+pub fn since(
+    conn: &mut PgConnection,
+    person: i64,
+    after: i64,
+    limit: i64,
+) -> QueryResult<Vec<LiveEvent>> {
+    diesel::sql_query(
+        "SELECT id, kind, payload FROM live_events
+          WHERE person_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind::<BigInt, _>(person)
+    .bind::<BigInt, _>(after)
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+}
+
+/// The newest event id of `person` (0 when there is none), and the oldest id still stored
+/// of anyone (to tell whether a resuming client missed purged events).
+pub fn bounds(conn: &mut PgConnection, person: i64) -> QueryResult<(i64, i64)> {
+    #[derive(QueryableByName)]
+    struct Bounds {
+        #[diesel(sql_type = BigInt)]
+        newest: i64,
+        #[diesel(sql_type = BigInt)]
+        oldest: i64,
+    }
+    let b: Bounds = diesel::sql_query(
+        "SELECT COALESCE((SELECT max(id) FROM live_events WHERE person_id = $1), 0) AS newest,
+                COALESCE((SELECT min(id) FROM live_events), 0) AS oldest",
+    )
+    .bind::<BigInt, _>(person)
+    .get_result(conn)?;
+    Ok((b.newest, b.oldest))
+}

@@ -1,0 +1,757 @@
+//! In-app first (SPEC D1, D4, D5, D8, P1): person sessions, the live event feed and the
+//! messenger page, on real services and in a real browser (Debian's Chromium, headless).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::live::{Driver, Sse};
+use support::{Env, SECRET, TOKEN};
+
+const SETTLE: Duration = Duration::from_secs(30);
+const LIVE: Duration = Duration::from_secs(10);
+
+/// Ann and Ben follow a ticket's conversation; returns (ann, ben, item, conversation).
+async fn team(env: &Env) -> (i64, i64, i64, i64) {
+    let ann = env.user("Ann").await;
+    let ben = env.user("Ben").await;
+    let (_, item, conv) = env.ticket("Printer").await;
+    env.follow_item(item, ann).await;
+    env.follow_item(item, ben).await;
+    (ann, ben, item, conv)
+}
+
+/// Every path parameter replaced by `id`.
+fn concrete(path: &str, id: i64) -> String {
+    path.split('/')
+        .map(|part| {
+            if part.starts_with('{') {
+                if part == "{address}" {
+                    "a@example.com".to_string()
+                } else if part == "{token}" || part == "{file}" || part == "{event}" {
+                    "x".to_string()
+                } else {
+                    id.to_string()
+                }
+            } else {
+                part.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Every documented operation is tried with the other kind of token: a person token on each
+/// admin route, the API token on each `/me` route. Both are refused with 403 before the
+/// route runs, so nothing is read or changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_kind_of_token_is_refused_on_every_route_of_the_other() {
+    let env = Env::new("1s");
+    let _api = env.spawn(&["api"]);
+    env.wait_for_api().await;
+    let (ann, ben, _, conv) = team(&env).await;
+    let token = env.session(ann).await;
+    let doc = env.ok("GET", "/openapi.json", None).await;
+    let (mut admin, mut person) = (0, 0);
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let schemes: Vec<&str> = op["security"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_object())
+                .flat_map(|s| s.keys().map(String::as_str))
+                .collect();
+            let url = concrete(path, ben);
+            let body = Some(json!({}));
+            if schemes.contains(&"bearer") {
+                let (status, answer) = env
+                    .call_as(&token, &method.to_uppercase(), &url, body)
+                    .await;
+                assert_eq!(status, 403, "{method} {url} with a person token: {answer}");
+                assert!(answer["error"].as_str().unwrap().contains("person token"));
+                admin += 1;
+            } else if schemes.contains(&"person") {
+                let (status, answer) = env.call(&method.to_uppercase(), &url, body).await;
+                assert_eq!(status, 403, "{method} {url} with the API token: {answer}");
+                person += 1;
+            }
+        }
+    }
+    assert!(admin > 40, "admin operations tried: {admin}");
+    assert!(person >= 9, "/me operations tried: {person}");
+    // Nothing was changed on Ben's behalf.
+    let conversation = env.ok("GET", &format!("/conversations/{conv}"), None).await;
+    assert_eq!(conversation["messages"].as_array().unwrap().len(), 0);
+    // No token, a forged one, one for another purpose, an expired one: 401, saying why.
+    let (status, _) = env.call_as("", "GET", "/me", None).await;
+    assert_eq!(status, 401);
+    let forged = format!("{ann}.9999999999.aaaaaaaaaaaaaaaaaaaaaaaaaa");
+    let (status, answer) = env.call_as(&forged, "GET", "/me", None).await;
+    assert_eq!(status, 401, "{answer}");
+    let other_purpose =
+        tidings_common::mail::sign_link(SECRET.as_bytes(), "reset", ann, 9_999_999_999);
+    assert_eq!(env.call_as(&other_purpose, "GET", "/me", None).await.0, 401);
+    let expired = tidings_common::mail::sign_link(SECRET.as_bytes(), "session", ann, 1_000);
+    let (status, answer) = env.call_as(&expired, "GET", "/me", None).await;
+    assert_eq!(status, 401);
+    assert!(
+        answer["error"].as_str().unwrap().contains("expired"),
+        "{answer}"
+    );
+    // The API token is never read from a cookie.
+    let resp = reqwest::Client::new()
+        .get(env.base() + "/people/1")
+        .header("Cookie", format!("tidings_session={TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+}
+
+/// P1, D5 and F1 through the `/me` routes: a person token reads only what its person may
+/// see, posts only as them, and the messenger's cookie carries the same session.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_token_reaches_only_what_its_person_may_see() {
+    let env = Env::new("1s");
+    let _api = env.spawn(&["api", "dispatch"]);
+    env.wait_for_api().await;
+    let (ann, ben, item, conv) = team(&env).await;
+    let cora = env.customer("Cora").await;
+    env.follow_item(item, cora).await;
+    // Another project's conversation that Ann may not see once she sees followed projects only.
+    let dave = env.user("Dave").await;
+    let (_, _, other) = env.ticket("Payroll").await;
+    env.add_participant(other, dave).await;
+    env.ok(
+        "PATCH",
+        &format!("/people/{ann}/preferences"),
+        Some(json!({"see_conversations": "followed_projects"})),
+    )
+    .await;
+    let internal = env.post(conv, ben, "Internal note", true).await;
+    let external = env.post(conv, ben, "Hello Cora", false).await;
+    let (ann_token, cora_token) = (env.session(ann).await, env.session(cora).await);
+
+    let (status, answer) = env
+        .call_as(
+            &ann_token,
+            "GET",
+            &format!("/me/conversations/{other}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "P1: {answer}");
+    assert!(answer["error"].as_str().unwrap().contains("may not see"));
+    let (status, _) = env
+        .call_as(&ann_token, "GET", "/me/conversations/987654", None)
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = env
+        .call_as(
+            &ann_token,
+            "POST",
+            &format!("/me/conversations/{other}/messages"),
+            Some(json!({"body": "sneaky"})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = env
+        .call_as(
+            &ann_token,
+            "PUT",
+            &format!("/me/conversations/{other}/seen"),
+            Some(json!({"message_id": external})),
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    // D5: Cora sees the external message only; the internal one is not even found.
+    let (status, view) = env
+        .call_as(
+            &cora_token,
+            "GET",
+            &format!("/me/conversations/{conv}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{view}");
+    let bodies: Vec<&str> = view["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["Hello Cora"]);
+    let (status, _) = env
+        .call_as(
+            &cora_token,
+            "GET",
+            &format!("/me/messages/{internal}/deliveries"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, answer) = env
+        .call_as(
+            &cora_token,
+            "POST",
+            &format!("/me/conversations/{conv}/messages"),
+            Some(json!({"body": "hi", "internal": true})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(answer["field"], "internal");
+    let (status, _) = env
+        .call_as(
+            &cora_token,
+            "GET",
+            &format!("/me/conversations/{other}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status, 403,
+        "F1: a customer sees only conversations they follow"
+    );
+    let (status, posted) = env
+        .call_as(
+            &cora_token,
+            "POST",
+            &format!("/me/conversations/{conv}/messages"),
+            Some(json!({"body": "Thanks!"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{posted}");
+    assert_eq!(posted["author_id"], cora, "posted as herself");
+    assert_eq!(posted["internal"], false);
+
+    // Ann's preferences through /me; Cora has none to edit.
+    let (status, prefs) = env
+        .call_as(
+            &ann_token,
+            "PATCH",
+            "/me/preferences",
+            Some(json!({"from_customers": "all"})),
+        )
+        .await;
+    assert_eq!(
+        (status, prefs["from_customers"].clone()),
+        (200, json!("all"))
+    );
+    let (status, _) = env
+        .call_as(
+            &cora_token,
+            "PATCH",
+            "/me/preferences",
+            Some(json!({"from_customers": "all"})),
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    // The cookie: HttpOnly and SameSite=Strict, and it works on the /me routes only.
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(env.base() + "/session")
+        .json(&json!({"token": ann_token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let me: Value = client
+        .get(env.base() + "/me")
+        .header("Cookie", &pair)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["id"], ann);
+    let admin = client
+        .get(env.base() + &format!("/people/{ann}"))
+        .header("Cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status().as_u16(), 403);
+    let (status, _) = env
+        .call_as("wrong", "POST", "/session", Some(json!({"token": "1.2.3"})))
+        .await;
+    assert_eq!(status, 401);
+}
+
+/// D1 pushed, D8 live, and resumption: a notification reaches the recipient's stream (with
+/// a ping and the unread counts) and the author's as a conversation event (no ping); a seen
+/// report reaches the reader's other streams and the author as "seen by"; an event caused
+/// through one api process reaches a stream held by another; `Last-Event-ID` replays exactly
+/// the missed events, and a client too far behind gets `reset`.
+#[tokio::test(flavor = "multi_thread")]
+async fn live_events_reach_every_stream_and_resume_exactly() {
+    let env = Env::new("30s");
+    let _roles = env.spawn(&["api", "dispatch"]);
+    let second_port = support::free_port();
+    let second_addr = format!("127.0.0.1:{second_port}");
+    let _second = env.spawn_named("api2", &["api"], &[("TIDINGS_HTTP_ADDR", &second_addr)]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let second = format!("http://127.0.0.1:{second_port}");
+    let (ann, ben, _, conv) = team(&env).await;
+    let (ann_token, ben_token) = (env.session(ann).await, env.session(ben).await);
+    // Ann's stream is held by the second api; Ben's by the first.
+    let mut ann_stream = loop {
+        let s = Sse::open(&second, &ann_token, None).await;
+        if s.status == 200 {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ann_stream.headers["content-type"], "text/event-stream");
+    assert_eq!(ann_stream.headers["x-accel-buffering"], "no");
+    let mut ben_stream = Sse::open(&env.base(), &ben_token, None).await;
+    // The second api's listener binds shortly after it starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let m1 = env.post(conv, ben, "Is the printer fixed?", false).await;
+    let n = ann_stream
+        .next_of("notification", LIVE)
+        .await
+        .expect("Ann is notified live");
+    assert_eq!(n.data["message_id"], m1);
+    assert_eq!(n.data["conversation_id"], conv);
+    assert_eq!(n.data["author"], "Ben");
+    assert_eq!(n.data["ping"], true);
+    assert_eq!(n.data["excerpt"], "Is the printer fixed?");
+    assert_eq!(n.data["unread"], json!({"conversation": 1, "total": 1}));
+    let own = ben_stream
+        .next_of("conversation", LIVE)
+        .await
+        .expect("Ben's conversation moves up");
+    assert_eq!(own.data["message_id"], m1);
+    assert_eq!(
+        own.data["ping"], false,
+        "D3: never a ping for your own message"
+    );
+
+    // Seen through the first api reaches Ann's stream on the second, and Ben as "seen by".
+    let (status, _) = env
+        .call_as(
+            &ann_token,
+            "PUT",
+            &format!("/me/conversations/{conv}/seen"),
+            Some(json!({"message_id": m1})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let seen = ann_stream.next_of("seen", LIVE).await.expect("seen event");
+    assert_eq!(seen.data["unread"], json!({"conversation": 0, "total": 0}));
+    let seen_by = ben_stream
+        .next_of("delivery", LIVE)
+        .await
+        .expect("Ben sees Ann saw it");
+    assert_eq!(seen_by.data["status"], "seen");
+    assert_eq!(seen_by.data["person"], "Ann");
+    assert!(seen.id.unwrap() > n.id.unwrap(), "ids increase per person");
+
+    // Resumption: Ann misses two messages while disconnected.
+    let resume_after = seen.id.unwrap();
+    drop(ann_stream);
+    let m2 = env.post(conv, ben, "Second", false).await;
+    let m3 = env.post(conv, ben, "Third", false).await;
+    env.dispatched(m3).await;
+    let mut resumed = Sse::open(&env.base(), &ann_token, Some(resume_after)).await;
+    let replayed = resumed.drain(Duration::from_secs(2)).await;
+    let messages: Vec<Value> = replayed
+        .iter()
+        .filter(|e| e.kind == "notification")
+        .map(|e| e.data["message_id"].clone())
+        .collect();
+    assert_eq!(messages, [json!(m2), json!(m3)], "{replayed:?}");
+    assert_eq!(replayed.len(), 2, "exactly the missed events: {replayed:?}");
+    assert!(replayed.iter().all(|e| e.id.unwrap() > resume_after));
+    assert_eq!(replayed[1].data["unread"]["total"], 2);
+    // A new stream starts from now: nothing is replayed.
+    let mut fresh = Sse::open(&env.base(), &ann_token, None).await;
+    assert!(fresh.drain(Duration::from_millis(800)).await.is_empty());
+
+    // Far behind: more than the replay limit missed.
+    env.sql(&format!(
+        "INSERT INTO live_events (person_id, kind, payload)
+         SELECT {ann}, 'seen', '{{}}'::jsonb FROM generate_series(1, 1001)"
+    ));
+    let mut behind = Sse::open(&env.base(), &ann_token, Some(resume_after)).await;
+    let reset = behind.next(LIVE).await.expect("an event");
+    assert_eq!(reset.kind, "reset", "{reset:?}");
+    assert!(behind.drain(Duration::from_millis(500)).await.is_empty());
+    // Its id resumes after everything there is.
+    let mut after_reset = Sse::open(&env.base(), &ann_token, reset.id).await;
+    assert!(
+        after_reset
+            .drain(Duration::from_millis(500))
+            .await
+            .is_empty()
+    );
+    // A stream of a person who no longer may use the messenger is refused.
+    env.sql(&format!(
+        "UPDATE people SET active = false WHERE id = {ann}"
+    ));
+    assert_eq!(Sse::open(&env.base(), &ann_token, None).await.status, 403);
+}
+
+/// The messenger page in a real browser: seen in time (badge, ping, conversation on top;
+/// opening it suppresses the email; Ben's view says "Seen by Ann"), two tabs (opening the
+/// conversation in one clears the badge in the other), keyboard use, the narrow screen and
+/// no console errors.
+#[tokio::test(flavor = "multi_thread")]
+async fn messenger_seen_in_time_sends_no_email() {
+    let env = Env::new("4s");
+    let _roles = env.spawn(&["api", "dispatch", "mailer"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (ann, ben, _, conv) = team(&env).await;
+    let (_, _, older) = env.ticket("Older").await;
+    env.add_participant(older, ann).await;
+    let first = env.post(older, ben, "An older conversation", false).await;
+    env.settled(first, SETTLE).await;
+    env.ok(
+        "PUT",
+        &format!("/conversations/{older}/seen"),
+        Some(json!({"person_id": ann, "message_id": first})),
+    )
+    .await;
+    let driver = Driver::start(&env.root().join("browser")).await;
+    let ann_view = driver.browser("ann").await;
+    let url = |token: &str| format!("{}/messenger#token={token}", env.base());
+    ann_view.goto(&url(&env.session(ann).await)).await;
+    ann_view
+        .wait_until(
+            "ready",
+            "document.body.dataset.ready === 'yes' && document.body.dataset.live === 'on'",
+            LIVE,
+        )
+        .await;
+    ann_view
+        .wait_until(
+            "older listed",
+            "document.querySelectorAll('#team .conversation').length === 1",
+            LIVE,
+        )
+        .await;
+    let badge_before: i64 = ann_view
+        .js("return window.tidings.unread;", json!([]))
+        .await
+        .as_i64()
+        .unwrap();
+    // A second tab of Ann's, on the same session cookie.
+    let (first_tab, second_tab) = ann_view.new_tab().await;
+    ann_view.goto(&format!("{}/messenger", env.base())).await;
+    ann_view
+        .wait_until(
+            "second tab ready",
+            "document.body.dataset.live === 'on'",
+            LIVE,
+        )
+        .await;
+    ann_view.switch_to(&first_tab).await;
+
+    let posted = Instant::now();
+    let m = env.post(conv, ben, "Is the printer fixed?", false).await;
+    ann_view
+        .wait_until(
+            "badge",
+            &format!("document.getElementById('badge').textContent === '{}' && !document.getElementById('badge').hidden", badge_before + 1),
+            Duration::from_secs(1),
+        )
+        .await;
+    ann_view
+        .wait_until("ping", "window.tidings.pings === 1", Duration::from_secs(1))
+        .await;
+    ann_view
+        .wait_until(
+            "on top",
+            &format!("document.querySelector('#team .conversation').dataset.id === '{conv}'"),
+            Duration::from_secs(1),
+        )
+        .await;
+    let live_latency = posted.elapsed();
+    let title = ann_view.js("return document.title;", json!([])).await;
+    assert!(title.as_str().unwrap().starts_with('('), "{title}");
+    // The other tab got it too.
+    ann_view.switch_to(&second_tab).await;
+    ann_view
+        .wait_until(
+            "badge in the other tab",
+            "!document.getElementById('badge').hidden",
+            LIVE,
+        )
+        .await;
+    ann_view.switch_to(&first_tab).await;
+
+    // Opened by keyboard: focus the conversation and press Enter.
+    ann_view
+        .js(
+            &format!("document.querySelector('#team .conversation[data-id=\"{conv}\"]').focus();"),
+            json!([]),
+        )
+        .await;
+    ann_view
+        .type_into(
+            &format!("#team .conversation[data-id=\"{conv}\"]"),
+            "\u{E007}",
+        )
+        .await;
+    ann_view
+        .wait_until(
+            "opened",
+            "document.querySelectorAll('#messages .message').length === 1",
+            LIVE,
+        )
+        .await;
+    ann_view
+        .wait_until(
+            "badge cleared",
+            "document.getElementById('badge').hidden",
+            LIVE,
+        )
+        .await;
+    ann_view.switch_to(&second_tab).await;
+    ann_view
+        .wait_until(
+            "badge cleared in the other tab",
+            "document.getElementById('badge').hidden && document.title === 'Messenger'",
+            LIVE,
+        )
+        .await;
+    ann_view.switch_to(&first_tab).await;
+
+    // D4: seen within the window, so no email after it.
+    let settled = env.settled(m, SETTLE).await;
+    let ann_row = settled["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["recipient_id"] == ann)
+        .cloned()
+        .unwrap();
+    assert_eq!(ann_row["email_state"], "skipped", "{ann_row}");
+    assert!(
+        env.mails_to("ann@example.com")
+            .iter()
+            .all(|mail| !String::from_utf8_lossy(&mail.raw).contains("printer fixed")),
+        "Ann was emailed about a message she saw"
+    );
+
+    // Ben's view of his message: seen by Ann.
+    let ben_view = driver.browser("ben").await;
+    ben_view.goto(&url(&env.session(ben).await)).await;
+    ben_view
+        .wait_until("ben ready", "document.body.dataset.live === 'on'", LIVE)
+        .await;
+    ben_view
+        .click(&format!("#team .conversation[data-id=\"{conv}\"]"))
+        .await;
+    ben_view
+        .wait_until(
+            "seen by Ann",
+            "[...document.querySelectorAll('.delivery.seen')].some(e => e.textContent.includes('Seen by Ann'))",
+            LIVE,
+        )
+        .await;
+    // Ann answers from the composer; Ben's open view shows it live, with no ping for Ann.
+    ann_view
+        .type_into("#body", "Yes, fixed this morning.")
+        .await;
+    ann_view.click("#send").await;
+    ben_view
+        .wait_until(
+            "answer arrives",
+            "[...document.querySelectorAll('.message .body')].some(e => e.textContent === 'Yes, fixed this morning.')",
+            LIVE,
+        )
+        .await;
+    assert_eq!(
+        ann_view.js("return window.tidings.pings;", json!([])).await,
+        json!(1)
+    );
+    // 360 px wide: the list gives way to the open conversation, nothing overflows.
+    ben_view.resize(360, 720).await;
+    ben_view
+        .wait_until(
+            "narrow",
+            "document.documentElement.scrollWidth <= window.innerWidth",
+            LIVE,
+        )
+        .await;
+    let shot = ben_view.screenshot("narrow").await;
+    assert!(std::fs::metadata(shot).unwrap().len() > 1000);
+    // A message in another conversation while this one is open: badge and ping, and Ann's
+    // own answer shows Ben has seen it.
+    env.post(older, ben, "The toner is low as well", false)
+        .await;
+    ann_view
+        .wait_until(
+            "badge for the other conversation",
+            "document.getElementById('badge').textContent === '1' && window.tidings.pings === 2",
+            LIVE,
+        )
+        .await;
+    ann_view
+        .wait_until(
+            "seen by Ben",
+            "[...document.querySelectorAll('.delivery.seen')].some(e => e.textContent.includes('Seen by Ben'))",
+            LIVE,
+        )
+        .await;
+    let shot = ann_view.screenshot("messenger").await;
+    // The README's picture of the messenger is this screenshot.
+    if let Ok(dir) = std::env::var("TIDINGS_SCREENSHOT_DIR") {
+        std::fs::copy(&shot, std::path::Path::new(&dir).join("messenger.png")).unwrap();
+    }
+    for view in [&ann_view, &ben_view] {
+        let errors = view.console_errors().await;
+        assert!(errors.is_empty(), "console errors: {errors:?}");
+    }
+    println!("post to badge, ping and reorder in the browser: {live_latency:?}");
+    ann_view.quit().await;
+    ben_view.quit().await;
+}
+
+/// Not opened: Ann's email goes out after the window, and Ben's view says "Emailed to Ann".
+/// The customer view (chat widget) shows external messages only, and posts external only.
+#[tokio::test(flavor = "multi_thread")]
+async fn messenger_not_opened_is_emailed_and_customers_see_external_only() {
+    let env = Env::new("2s");
+    let _roles = env.spawn(&["api", "dispatch", "mailer"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (ann, ben, item, conv) = team(&env).await;
+    let cora = env.customer("Cora").await;
+    env.follow_item(item, cora).await;
+    let driver = Driver::start(&env.root().join("browser")).await;
+    let url = |token: &str| format!("{}/messenger#token={token}", env.base());
+    let ben_view = driver.browser("ben").await;
+    let seed = env.post(conv, ann, "Opening the ticket", false).await;
+    env.settled(seed, SETTLE).await;
+    ben_view.goto(&url(&env.session(ben).await)).await;
+    ben_view
+        .wait_until("ben ready", "document.body.dataset.live === 'on'", LIVE)
+        .await;
+    ben_view
+        .click(&format!(".conversation[data-id=\"{conv}\"]"))
+        .await;
+    ben_view
+        .wait_until(
+            "opened",
+            "document.querySelectorAll('#messages .message').length === 1",
+            LIVE,
+        )
+        .await;
+    // Ben writes an internal note, then an external answer, from the composer.
+    ben_view
+        .click("input[name=visibility][value=internal]")
+        .await;
+    ben_view
+        .type_into("#body", "Internal: check the toner")
+        .await;
+    ben_view.click("#send").await;
+    ben_view
+        .wait_until(
+            "note shown",
+            "document.querySelectorAll('#messages .message.internal').length === 1",
+            LIVE,
+        )
+        .await;
+    ben_view
+        .click("input[name=visibility][value=external]")
+        .await;
+    ben_view.type_into("#body", "We are on it").await;
+    ben_view.click("#send").await;
+    ben_view
+        .wait_until(
+            "answer shown",
+            "document.querySelectorAll('#messages .message').length === 3",
+            LIVE,
+        )
+        .await;
+    // Ann never opens it: after the window she is emailed, and Ben's open view says so.
+    ben_view
+        .wait_until(
+            "emailed to Ann",
+            "[...document.querySelectorAll('.delivery.emailed')].some(e => e.textContent.includes('Emailed to Ann'))",
+            SETTLE,
+        )
+        .await;
+    assert!(!env.mails_to("ann@example.com").is_empty());
+
+    // Cora's chat widget: the external messages only, no internal choice, posts external.
+    let cora_view = driver.browser("cora").await;
+    cora_view.goto(&url(&env.session(cora).await)).await;
+    cora_view
+        .wait_until("cora ready", "document.body.dataset.live === 'on'", LIVE)
+        .await;
+    cora_view
+        .wait_until(
+            "cora's list",
+            "document.querySelectorAll('.conversation').length === 1",
+            LIVE,
+        )
+        .await;
+    cora_view.click(".conversation").await;
+    cora_view
+        .wait_until(
+            "cora opened",
+            "document.querySelectorAll('#messages .message').length === 2",
+            LIVE,
+        )
+        .await;
+    let texts = cora_view
+        .js(
+            "return document.getElementById('conversation').innerText;",
+            json!([]),
+        )
+        .await;
+    let texts = texts.as_str().unwrap();
+    assert!(
+        !texts.contains("toner") && !texts.contains("Internal"),
+        "{texts}"
+    );
+    assert_eq!(
+        cora_view
+            .js("return document.getElementById('visibility').hidden && document.getElementById('prefs-open').hidden;", json!([]))
+            .await,
+        json!(true)
+    );
+    cora_view.type_into("#body", "Thank you!").await;
+    cora_view.click("#send").await;
+    ben_view
+        .wait_until(
+            "Cora's reply reaches Ben",
+            "[...document.querySelectorAll('.message .body')].some(e => e.textContent === 'Thank you!')",
+            LIVE,
+        )
+        .await;
+    let from_cora = env.ok("GET", &format!("/conversations/{conv}"), None).await;
+    let last = from_cora["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (last["author_id"].clone(), last["internal"].clone()),
+        (json!(cora), json!(false))
+    );
+    for view in [&ben_view, &cora_view] {
+        let errors = view.console_errors().await;
+        assert!(errors.is_empty(), "console errors: {errors:?}");
+    }
+    ben_view.quit().await;
+    cora_view.quit().await;
+}

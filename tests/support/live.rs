@@ -1,0 +1,373 @@
+//! Test clients of the live parts: a server-sent-events reader over a real HTTP connection,
+//! and a WebDriver client driving Debian's Chromium through `chromedriver`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// One server-sent event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<i64>,
+    pub kind: String,
+    pub data: Value,
+}
+
+/// Reads `GET /me/events` as a client would.
+pub struct Sse {
+    response: reqwest::Response,
+    buffer: String,
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Sse {
+    /// Opens the stream with a bearer `token`, resuming after `last_event_id` if given.
+    pub async fn open(base: &str, token: &str, last_event_id: Option<i64>) -> Sse {
+        let mut req = reqwest::Client::new()
+            .get(format!("{base}/me/events"))
+            .bearer_auth(token);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let response = req.send().await.expect("stream opens");
+        Sse {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event within `within`, or `None`.
+    pub async fn next(&mut self, within: Duration) -> Option<SseEvent> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut kind, mut data) = (None, String::from("message"), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().parse().ok();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        kind = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() && id.is_none() {
+                    continue; // a keep-alive comment
+                }
+                return Some(SseEvent {
+                    id,
+                    kind,
+                    data: serde_json::from_str(&data).unwrap_or(Value::String(data)),
+                });
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match tokio::time::timeout(left, self.response.chunk()).await {
+                Ok(Ok(Some(bytes))) => self
+                    .buffer
+                    .push_str(&String::from_utf8_lossy(&bytes).replace("\r\n", "\n")),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next event of `kind`, skipping others, within `within`.
+    pub async fn next_of(&mut self, kind: &str, within: Duration) -> Option<SseEvent> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let event = self.next(left).await?;
+            if event.kind == kind {
+                return Some(event);
+            }
+        }
+    }
+
+    /// Every event arriving within `within`.
+    pub async fn drain(&mut self, within: Duration) -> Vec<SseEvent> {
+        let deadline = Instant::now() + within;
+        let mut events = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.next(left).await {
+                Some(e) => events.push(e),
+                None => break,
+            }
+        }
+        events
+    }
+}
+
+/// The flags Chromium runs with here: headless, no network beyond loopback.
+const CHROMIUM_ARGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--autoplay-policy=no-user-gesture-required",
+    "--window-size=1000,800",
+];
+
+/// A `chromedriver` process; stopped (by its PID) when dropped.
+pub struct Driver {
+    child: Child,
+    port: u16,
+    http: reqwest::Client,
+    artifacts: PathBuf,
+}
+
+impl Driver {
+    /// Starts chromedriver on a free port; screenshots of failing steps go to `artifacts`.
+    pub async fn start(artifacts: &Path) -> Driver {
+        let port = super::free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver is installed (scripts/services installs chromium-driver)");
+        std::fs::create_dir_all(artifacts).unwrap();
+        let driver = Driver {
+            child,
+            port,
+            http: reqwest::Client::new(),
+            artifacts: artifacts.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = driver.http.get(driver.url("/status")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        driver
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self.http.request(method.clone(), self.url(path));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("chromedriver answers");
+        let status = resp.status();
+        let value: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(
+            status.is_success(),
+            "WebDriver {method} {path}: {status} {value}"
+        );
+        value["value"].clone()
+    }
+
+    /// A new browser with its own empty profile (its own cookies).
+    pub async fn browser(&self, name: &str) -> Browser<'_> {
+        let profile = self.artifacts.join(format!("profile-{name}"));
+        let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|a| a.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        let binary = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("/usr/bin/chromium");
+        let session = self
+            .call(
+                reqwest::Method::POST,
+                "/session",
+                Some(json!({"capabilities": {"alwaysMatch": {
+                    "browserName": "chrome",
+                    "goog:chromeOptions": {"binary": binary, "args": args},
+                    "goog:loggingPrefs": {"browser": "ALL"},
+                }}})),
+            )
+            .await;
+        Browser {
+            driver: self,
+            session: session["sessionId"].as_str().unwrap().to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One browser session.
+pub struct Browser<'a> {
+    driver: &'a Driver,
+    session: String,
+    name: String,
+}
+
+impl Browser<'_> {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        self.driver
+            .call(method, &format!("/session/{}{path}", self.session), body)
+            .await
+    }
+
+    pub async fn goto(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})))
+            .await;
+    }
+
+    /// Runs `script` (a function body; `arguments` holds `args`) and returns its value.
+    pub async fn js(&self, script: &str, args: Value) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": args})),
+        )
+        .await
+    }
+
+    /// Clicks the element `css` as a user does (WebDriver element click).
+    pub async fn click(&self, css: &str) {
+        let element = self.element(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/click"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    /// Types `text` into the element `css` with the keyboard.
+    pub async fn type_into(&self, css: &str, text: &str) {
+        let element = self.element(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/value"),
+            Some(json!({"text": text})),
+        )
+        .await;
+    }
+
+    /// The element `css`, waiting up to 10 s for it to appear.
+    async fn element(&self, css: &str) -> String {
+        let present = format!("document.querySelector({}) !== null", json!(css));
+        self.wait_until(&format!("find {css}"), &present, Duration::from_secs(10))
+            .await;
+        let found = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}"))
+            .to_string()
+    }
+
+    /// Opens a new tab and switches to it; returns (old, new) window handles.
+    pub async fn new_tab(&self) -> (String, String) {
+        let old = self.call(reqwest::Method::GET, "/window", None).await;
+        let new = self
+            .call(
+                reqwest::Method::POST,
+                "/window/new",
+                Some(json!({"type": "tab"})),
+            )
+            .await;
+        let new = new["handle"].as_str().unwrap().to_string();
+        self.switch_to(&new).await;
+        (old.as_str().unwrap().to_string(), new)
+    }
+
+    pub async fn switch_to(&self, handle: &str) {
+        self.call(
+            reqwest::Method::POST,
+            "/window",
+            Some(json!({"handle": handle})),
+        )
+        .await;
+    }
+
+    /// Sets the window's size (for the narrow-screen check).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
+    }
+
+    /// Saves a screenshot as `<artifacts>/<name>-<step>.png`; returns its path.
+    pub async fn screenshot(&self, step: &str) -> PathBuf {
+        use base64::Engine;
+        let png = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap_or_default())
+            .unwrap_or_default();
+        let path = self
+            .driver
+            .artifacts
+            .join(format!("{}-{step}.png", self.name));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// Waits up to `within` until `condition` (a JS expression) is true; on timeout saves a
+    /// screenshot of the step and fails with the page's state.
+    pub async fn wait_until(&self, step: &str, condition: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        let script = format!("return Boolean({condition});");
+        loop {
+            if self.js(&script, json!([])).await == Value::Bool(true) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let shot = self.screenshot(step).await;
+                let body = self.js("return document.body.innerText;", json!([])).await;
+                panic!(
+                    "{}: {step}: `{condition}` not true within {within:?}; screenshot {}; page:\n{}",
+                    self.name,
+                    shot.display(),
+                    body.as_str().unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The browser console's errors so far (severe entries).
+    pub async fn console_errors(&self) -> Vec<String> {
+        let log = self
+            .call(
+                reqwest::Method::POST,
+                "/se/log",
+                Some(json!({"type": "browser"})),
+            )
+            .await;
+        log.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["level"] == "SEVERE")
+            .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    pub async fn quit(self) {
+        self.call(reqwest::Method::DELETE, "", None).await;
+    }
+}

@@ -1,0 +1,379 @@
+// The messenger: open conversations with unread counts, a total badge, a ping on each new
+// message for you, delivery icons, a composer and the preferences (SPEC D1, D4, D8, P1-P5,
+// E1-E3). Everything comes from the /me routes and the live event stream /me/events.
+// Message text is only ever set as text, never as HTML.
+"use strict";
+
+const PRESETS = {
+  quiet: { from_customers: "none", from_users: "none", followed_internal: false },
+  lead: { from_customers: "all", from_users: "all", followed_internal: true },
+  member: { from_customers: "mine", from_users: "followed", followed_internal: true },
+};
+
+const state = {
+  me: null,
+  conversations: [],
+  unread: 0,
+  open: null,
+  pings: 0,
+  events: 0,
+  connected: false,
+  muted: localStorage.getItem("tidings.muted") === "1",
+  audio: null,
+};
+// Read by the browser tests.
+window.tidings = state;
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("data-")) node.setAttribute(k, v);
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) if (c != null) node.append(c);
+  return node;
+}
+
+async function api(method, path, body) {
+  const init = { method, credentials: "same-origin", headers: {} };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, init);
+  if (r.status === 204) return null;
+  const data = await r.json().catch(() => ({}));
+  if (!r.ok) {
+    const e = new Error(data.error || r.statusText);
+    e.status = r.status;
+    throw e;
+  }
+  return data;
+}
+
+function say(text) {
+  $("status").textContent = text;
+}
+
+function time(iso) {
+  return iso ? new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : "";
+}
+
+// Sign in with the token in the URL fragment (it never reaches a server log), then forget it.
+async function signIn() {
+  const m = location.hash.match(/token=([^&]+)/);
+  if (!m) return;
+  await api("POST", "/session", { token: decodeURIComponent(m[1]) });
+  history.replaceState(null, "", location.pathname + location.search);
+}
+
+// WebAudio needs a user gesture first; the ping is counted (and shown) either way.
+function unlockAudio() {
+  if (!state.audio && window.AudioContext) {
+    state.audio = new AudioContext();
+  }
+}
+
+function ping() {
+  state.pings += 1;
+  document.body.dataset.pings = String(state.pings);
+  if (state.muted || !state.audio || state.audio.state !== "running") return;
+  const ctx = state.audio;
+  const osc = ctx.createOscillator();
+  const gain = ctx.createGain();
+  osc.frequency.value = 880;
+  gain.gain.setValueAtTime(0.15, ctx.currentTime);
+  gain.gain.exponentialRampToValueAtTime(0.0001, ctx.currentTime + 0.3);
+  osc.connect(gain).connect(ctx.destination);
+  osc.start();
+  osc.stop(ctx.currentTime + 0.3);
+}
+
+function renderMute() {
+  $("mute").setAttribute("aria-pressed", String(state.muted));
+  $("mute-label").textContent = state.muted ? "Sound off" : "Sound on";
+  $("mute-icon").textContent = state.muted ? "\u00D7" : "\u266A";
+}
+
+function renderBadge() {
+  const badge = $("badge");
+  badge.textContent = String(state.unread);
+  badge.hidden = state.unread === 0;
+  const words = state.unread === 0 ? "no unread messages" : `${state.unread} unread`;
+  $("home").setAttribute("aria-label", `Messenger, ${words}`);
+  document.title = state.unread > 0 ? `(${state.unread}) Messenger` : "Messenger";
+}
+
+function renderList() {
+  state.conversations.sort((a, b) => b.last_message_id - a.last_message_id);
+  const team = $("team");
+  const customers = $("customers");
+  team.replaceChildren();
+  customers.replaceChildren();
+  const isCustomer = state.me && state.me.kind === "customer";
+  for (const c of state.conversations) {
+    const unread = el("span", { class: "count" + (c.unread > 0 ? " unread" : ""), text: String(c.unread) });
+    unread.setAttribute("aria-label", `${c.unread} unread`);
+    const button = el(
+      "button",
+      { type: "button", class: "conversation" + (state.open === c.conversation_id ? " open" : ""), "data-id": String(c.conversation_id) },
+      el("span", { class: "subject", text: c.subject }),
+      unread,
+      el("span", { class: "excerpt", text: c.last_excerpt || "" }),
+    );
+    button.addEventListener("click", () => openConversation(c.conversation_id));
+    const item = el("li", {}, button);
+    (c.from_customers && !isCustomer ? customers : team).append(item);
+  }
+  const showCustomers = !isCustomer && state.me && state.me.show_customer_conversations &&
+    customers.childElementCount > 0;
+  $("customers-heading").hidden = !showCustomers;
+  customers.hidden = !showCustomers;
+  renderBadge();
+}
+
+async function loadInbox() {
+  const inbox = await api("GET", "/me/inbox");
+  state.conversations = inbox.conversations;
+  state.unread = inbox.unread;
+  renderList();
+}
+
+function deliveryLine(d) {
+  const parts = [];
+  const icon = (symbol, text, cls) => {
+    const span = el("span", { class: "delivery " + cls, text: `${symbol} ${text}` });
+    span.setAttribute("title", text);
+    return span;
+  };
+  parts.push(icon("\u2713", `Notified ${d.person}`, "notified"));
+  if (d.seen_at) parts.push(icon("\u2713\u2713", `Seen by ${d.person} ${time(d.seen_at)}`, "seen"));
+  if (d.email_reason === "bounced") parts.push(icon("\u26A0", `Email to ${d.person} bounced`, "bounced"));
+  else if (d.email_state === "sent") parts.push(icon("\u2709", `Emailed to ${d.person} ${time(d.emailed_at)}`, "emailed"));
+  else if (d.email_state === "failed") parts.push(icon("\u26A0", `Email to ${d.person} failed`, "failed"));
+  return el("li", {}, ...parts);
+}
+
+function renderConversation(view) {
+  $("subject").textContent = view.subject;
+  const list = $("messages");
+  list.replaceChildren();
+  const byMessage = new Map();
+  for (const d of view.deliveries) {
+    if (!byMessage.has(d.message_id)) byMessage.set(d.message_id, []);
+    byMessage.get(d.message_id).push(d);
+  }
+  for (const m of view.messages) {
+    const mine = state.me && m.author_id === state.me.id;
+    const deliveries = byMessage.get(m.id) || [];
+    const status = el("ul", { class: "deliveries", "aria-label": "Delivery" }, ...deliveries.map(deliveryLine));
+    list.append(
+      el(
+        "li",
+        { class: "message" + (mine ? " mine" : "") + (m.internal ? " internal" : ""), "data-id": String(m.id) },
+        el("div", { class: "meta" },
+          el("strong", { text: m.author }),
+          el("time", { datetime: m.created_at, text: time(m.created_at) }),
+          m.internal ? el("span", { class: "tag", text: "Internal" }) : null),
+        el("p", { class: "body", text: m.body }),
+        status,
+      ),
+    );
+  }
+  list.lastElementChild && list.lastElementChild.scrollIntoView({ block: "nearest" });
+}
+
+async function refreshConversation(markSeen) {
+  const id = state.open;
+  if (id == null) return;
+  const view = await api("GET", `/me/conversations/${id}`);
+  if (state.open !== id) return;
+  renderConversation(view);
+  const last = view.messages[view.messages.length - 1];
+  if (markSeen && last && document.visibilityState === "visible") {
+    // Seen up to the last message shown: this is what suppresses its email (D4).
+    await api("PUT", `/me/conversations/${id}/seen`, { message_id: last.id });
+  }
+}
+
+async function openConversation(id) {
+  state.open = id;
+  $("prefs").hidden = true;
+  $("conversation").hidden = false;
+  document.body.classList.add("reading");
+  renderList();
+  try {
+    await refreshConversation(true);
+    $("body").focus();
+  } catch (e) {
+    say(e.status === 403 ? "You may not see this conversation." : `Could not open it: ${e.message}`);
+  }
+}
+
+function closeConversation() {
+  state.open = null;
+  $("conversation").hidden = true;
+  document.body.classList.remove("reading");
+  renderList();
+}
+
+async function send(event) {
+  event.preventDefault();
+  const text = $("body").value;
+  if (!text.trim() || state.open == null) return;
+  const internal = state.me.kind !== "customer" &&
+    document.querySelector("input[name=visibility]:checked").value === "internal";
+  try {
+    await api("POST", `/me/conversations/${state.open}/messages`, { body: text, internal });
+    $("body").value = "";
+    await refreshConversation(false);
+  } catch (e) {
+    say(`Not sent: ${e.message}`);
+  }
+}
+
+function upsert(d) {
+  let c = state.conversations.find((x) => x.conversation_id === d.conversation_id);
+  if (!c) return false;
+  c.last_message_id = Math.max(c.last_message_id, d.message_id || 0);
+  if (d.excerpt) c.last_excerpt = d.excerpt;
+  return true;
+}
+
+function onEvent(kind, handler) {
+  return (e) => {
+    state.events += 1;
+    let data = {};
+    try { data = JSON.parse(e.data); } catch (_) { return; }
+    Promise.resolve(handler(data)).catch((err) => say(`Update failed: ${err.message}`));
+  };
+}
+
+function applyCounts(d) {
+  if (!d.unread) return;
+  state.unread = d.unread.total;
+  const c = state.conversations.find((x) => x.conversation_id === d.conversation_id);
+  if (c) c.unread = d.unread.conversation;
+}
+
+function connect() {
+  const source = new EventSource("/me/events");
+  source.onopen = () => {
+    state.connected = true;
+    document.body.dataset.live = "on";
+  };
+  source.onerror = () => {
+    state.connected = false;
+    document.body.dataset.live = "off";
+  };
+  source.addEventListener("notification", onEvent("notification", async (d) => {
+    if (d.ping && d.author_id !== state.me.id) ping();
+    applyCounts(d);
+    if (!upsert(d)) await loadInbox();
+    renderList();
+    if (state.open === d.conversation_id) await refreshConversation(true);
+  }));
+  source.addEventListener("seen", onEvent("seen", (d) => {
+    applyCounts(d);
+    renderList();
+  }));
+  source.addEventListener("delivery", onEvent("delivery", async (d) => {
+    if (state.open === d.conversation_id) await refreshConversation(false);
+  }));
+  source.addEventListener("conversation", onEvent("conversation", async (d) => {
+    if (!upsert(d)) await loadInbox();
+    renderList();
+    if (state.open === d.conversation_id) await refreshConversation(false);
+  }));
+  source.addEventListener("reset", onEvent("reset", async () => {
+    await loadInbox();
+    if (state.open != null) await refreshConversation(false);
+  }));
+}
+
+async function openPrefs() {
+  $("conversation").hidden = true;
+  $("prefs").hidden = false;
+  const prefs = await api("GET", "/me/preferences");
+  for (const [name, value] of Object.entries(prefs)) {
+    const input = $(name);
+    if (!input) continue;
+    if (input.type === "checkbox") input.checked = Boolean(value);
+    else input.value = value;
+  }
+  $("see_conversations").focus();
+}
+
+async function savePrefs(event) {
+  event.preventDefault();
+  const patch = {};
+  for (const input of $("prefs-form").querySelectorAll("select, input[type=checkbox]")) {
+    patch[input.name] = input.type === "checkbox" ? input.checked : input.value;
+  }
+  try {
+    const saved = await api("PATCH", "/me/preferences", patch);
+    state.me.show_customer_conversations = saved.show_customer_conversations;
+    say("Preferences saved.");
+    await loadInbox();
+  } catch (e) {
+    say(`Not saved: ${e.message}`);
+  }
+}
+
+function applyPreset(name) {
+  for (const [field, value] of Object.entries(PRESETS[name])) {
+    const input = $(field);
+    if (input.type === "checkbox") input.checked = value;
+    else input.value = value;
+  }
+  say(`Preset applied: ${name}. Save to keep it.`);
+}
+
+async function main() {
+  renderMute();
+  document.addEventListener("pointerdown", unlockAudio, { once: true });
+  document.addEventListener("keydown", unlockAudio, { once: true });
+  $("mute").addEventListener("click", () => {
+    state.muted = !state.muted;
+    localStorage.setItem("tidings.muted", state.muted ? "1" : "0");
+    renderMute();
+  });
+  $("home").addEventListener("click", closeConversation);
+  $("back").addEventListener("click", closeConversation);
+  $("composer").addEventListener("submit", send);
+  $("body").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("composer").requestSubmit();
+  });
+  $("prefs-open").addEventListener("click", () => openPrefs().catch((e) => say(e.message)));
+  $("prefs-close").addEventListener("click", () => { $("prefs").hidden = true; });
+  $("prefs-form").addEventListener("submit", savePrefs);
+  for (const b of document.querySelectorAll("[data-preset]")) {
+    b.addEventListener("click", () => applyPreset(b.dataset.preset));
+  }
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible" && state.open != null) refreshConversation(true);
+  });
+  try {
+    await signIn();
+    state.me = await api("GET", "/me");
+  } catch (e) {
+    say("Not signed in: open the messenger link your application gave you.");
+    document.body.dataset.ready = "signed-out";
+    return;
+  }
+  const customer = state.me.kind === "customer";
+  document.body.classList.toggle("customer", customer);
+  $("who").textContent = state.me.name;
+  $("visibility").hidden = customer;
+  $("prefs-open").hidden = customer;
+  if (customer) $("team-heading").textContent = "Your conversations";
+  await loadInbox();
+  connect();
+  document.body.dataset.ready = "yes";
+}
+
+main();
