@@ -167,6 +167,21 @@ pub async fn run(base: &str, config: &Config) -> anyhow::Result<()> {
         );
     }
     print_system_emails(&api, &run).await?;
+    println!();
+    println!("Messenger links (each signs in as that person, valid 12 h by default):");
+    for (person, name) in names {
+        let session = api
+            .post(&format!("/people/{person}/sessions"), json!({}))
+            .await?;
+        println!(
+            "  {name:<5} {}",
+            session["messenger_url"].as_str().unwrap_or_default()
+        );
+    }
+    println!(
+        "Open Ada's and Ben's links side by side, post as Ben: Ada's badge and ping come at once; \
+         open the conversation as Ada within the seen window and no email goes out to her."
+    );
     Ok(())
 }
 

@@ -1,9 +1,11 @@
 //! The api role: the product's HTTP front door (JSON). People, projects, items, follows,
-//! conversations, posting messages, marking seen, inboxes and delivery status.
+//! conversations, posting messages, marking seen, inboxes and delivery status; person
+//! sessions, the `/me` routes, each person's live event stream and the messenger page.
 //!
-//! Every request needs `Authorization: Bearer <TIDINGS_API_TOKEN>`. Errors are JSON objects
-//! `{"error": "...", "field": "..."}`: 400 for a bad body (naming the field), 401 without the
-//! token, 404 for an unknown id.
+//! The admin routes need `Authorization: Bearer <TIDINGS_API_TOKEN>`; the `/me` routes a
+//! person token (see `session`). Errors are JSON objects `{"error": "...", "field": "..."}`:
+//! 400 for a bad body (naming the field), 401 without a token, 403 with the other kind, 404
+//! for an unknown id.
 
 mod error;
 pub mod live;

@@ -2,7 +2,7 @@
 //!
 //! | job | default schedule | does |
 //! |---|---|---|
-//! | `purge_log` | every 5 minutes | deletes email log rows (and handled domain events, job records, old automation runs) older than `TIDINGS_LOG_RETENTION` (72 h) |
+//! | `purge_log` | every 5 minutes | deletes email log rows (and handled domain events, job records, old automation runs) older than `TIDINGS_LOG_RETENTION` (72 h), and live events older than `TIDINGS_EVENT_RETENTION` (7 d) |
 //! | `expire_threading` | daily 03:30 | deletes threading data older than `TIDINGS_THREADING_RETENTION` (365 d): stored Message-IDs of received mail and finished outbox rows; reply addresses that old are refused by the inbound role |
 //! | `sweep` | every 30 s | republishes stuck notifications and outbox emails, undispatched messages and unhandled domain events |
 //!
