@@ -472,8 +472,8 @@ async fn pipe_mode_queues_or_asks_the_relay_to_retry() {
 }
 
 /// Bounces: the DSN comes back to the email's signed bounce address (its envelope sender), marks the email it
-/// reports as `bounced` with the DSN status, and a hard bounce suppresses further email to the
-/// address until it is reset.
+/// reports as `bounced` with the DSN status (and tells the author's messenger live, D8), and a
+/// hard bounce suppresses further email to the address until it is reset.
 #[tokio::test(flavor = "multi_thread")]
 async fn hard_bounce_marks_the_email_and_suppresses_the_address() {
     let env = Env::new("1s");
@@ -496,8 +496,25 @@ async fn hard_bounce_marks_the_email_and_suppresses_the_address() {
          Final-Recipient: rfc822; bob@example.com\nAction: failed\nStatus: 5.1.1\n\n\
          --b\nContent-Type: text/rfc822-headers\n\nMessage-ID: {message_id}\nTo: bob@example.com\n\n--b--\n"
     );
+    // D8: Ann, the author, has her messenger open and sees the bounce live.
+    let mut ann_stream = support::live::Sse::open(&env.base(), &env.session(ann).await, None).await;
     let replies = env.smtp("", &[&return_path], &dsn).await;
     assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let bounce_event = loop {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .expect("a live bounce event for Ann");
+        let event = ann_stream
+            .next_of("delivery", left)
+            .await
+            .expect("a delivery event");
+        if event.data["status"] == "bounced" {
+            break event;
+        }
+    };
+    assert_eq!(bounce_event.data["person_id"], json!(bob));
+    assert_eq!(bounce_event.data["conversation_id"], json!(conv));
     support::wait_for(env.root(), "the bounce to be recorded", async || {
         env.ok("GET", "/suppressions", None)
             .await

@@ -1,5 +1,6 @@
 //! The live event feed of each person (SPEC D1, D8): rows of `live_events`, written in the
-//! same transaction as the change that causes them, then announced on the broker after
+//! same transaction as the change that causes them (dispatch, a seen report, the mailer's
+//! record of a send, the inbound role's record of a bounce), then announced on the broker after
 //! commit so that every api process wakes the streams it holds for those people.
 //!
 //! Writers lock each person's feed (a transaction-scoped advisory lock, taken in person order

@@ -22,6 +22,7 @@ pub(crate) fn record_bounce(
     config: &Config,
     report: &InboundReport,
     envelope: &Envelope,
+    bounced: &mut Vec<i64>,
 ) -> Result<Disposition> {
     let bounce = report.bounce.clone().unwrap_or_default();
     let status = bounce.status.clone().unwrap_or_else(|| "5.0.0".into());
@@ -50,7 +51,7 @@ pub(crate) fn record_bounce(
     }
     let mut addresses = Vec::new();
     for original in &originals {
-        addresses.extend(mark_bounced(conn, original, &status)?);
+        addresses.extend(mark_bounced(conn, original, &status, bounced)?);
     }
     if addresses.is_empty() {
         return Ok(Disposition::Ignored(format!(
@@ -95,7 +96,13 @@ fn message_id_of(conn: &mut PgConnection, email: SentEmail) -> Result<Option<Str
 
 /// Marks the sent email with Message-ID `original` as bounced, in the log and on its
 /// notification or outbox row; returns the addresses it was sent to (none if we never sent it).
-fn mark_bounced(conn: &mut PgConnection, original: &str, status: &str) -> Result<Vec<String>> {
+/// The bounced notifications are added to `bounced`, for their live `delivery` events.
+fn mark_bounced(
+    conn: &mut PgConnection,
+    original: &str,
+    status: &str,
+    bounced: &mut Vec<i64>,
+) -> Result<Vec<String>> {
     use tidings_common::db::schema::outbox_emails as o;
     let reply = format!("DSN {status}");
     let ours = email_log::table
@@ -112,16 +119,19 @@ fn mark_bounced(conn: &mut PgConnection, original: &str, status: &str) -> Result
             email_log::smtp_reply.eq(&reply),
         ))
         .execute(conn)?;
-    diesel::update(
-        notifications::table
-            .filter(notifications::email_message_id.eq(original))
-            .filter(notifications::state.eq(NotificationState::Sent)),
-    )
-    .set((
-        notifications::reason.eq("bounced"),
-        notifications::smtp_reply.eq(&reply),
-    ))
-    .execute(conn)?;
+    bounced.extend(
+        diesel::update(
+            notifications::table
+                .filter(notifications::email_message_id.eq(original))
+                .filter(notifications::state.eq(NotificationState::Sent)),
+        )
+        .set((
+            notifications::reason.eq("bounced"),
+            notifications::smtp_reply.eq(&reply),
+        ))
+        .returning(notifications::id)
+        .get_results::<i64>(conn)?,
+    );
     diesel::update(
         o::table
             .filter(o::email_message_id.eq(original))

@@ -87,24 +87,31 @@ impl Processor {
                         envelope,
                     })
                     .collect();
+                let mut live = Vec::new();
                 let results = match process::process_set(conn, &config, &set) {
-                    Ok(dispositions) => dispositions.into_iter().map(Ok).collect(),
+                    Ok(done) => {
+                        live = done.live;
+                        done.dispositions.into_iter().map(Ok).collect()
+                    }
                     Err(e) if set.len() == 1 => vec![Err(e)],
                     Err(e) => {
                         warn!(error = %e, emails = set.len(), "processing the set failed; processing each email on its own");
                         set.iter()
                             .map(|one| {
                                 process::process_set(conn, &config, std::slice::from_ref(one))
-                                    .map(|mut d| d.remove(0))
+                                    .map(|mut done| {
+                                        live.append(&mut done.live);
+                                        done.dispositions.remove(0)
+                                    })
                             })
                             .collect()
                     }
                 };
                 let notes: Vec<_> = set.into_iter().map(|i| (i.report.verdict, i.report.extraction_note)).collect();
-                Ok((results, notes))
+                Ok((results, notes, live))
             })
             .await;
-        let (results, notes) = match results {
+        let (results, notes, live) = match results {
             Ok(done) => done,
             Err(e) => {
                 return std::iter::repeat_with(|| Outcome::from_error(&e))
@@ -112,7 +119,10 @@ impl Processor {
                     .collect();
             }
         };
-        let mut announce = Announcements::default();
+        let mut announce = Announcements {
+            live,
+            ..Default::default()
+        };
         let mut outcomes = Vec::with_capacity(results.len());
         for (result, (verdict, note)) in results.into_iter().zip(notes) {
             if let Ok(disposition) = &result {

@@ -137,11 +137,7 @@ fn dedupe_key(inbound: &Inbound) -> String {
 /// each email, the loop defence's locks and counts, linking what was posted, the email log)
 /// costs the same few statements whatever the set's size; only finding and posting into each
 /// email's conversation is per email. If the set fails, nothing of it is kept.
-pub fn process_set(
-    conn: &mut PgConnection,
-    config: &Config,
-    set: &[Inbound],
-) -> Result<Vec<Disposition>> {
+pub fn process_set(conn: &mut PgConnection, config: &Config, set: &[Inbound]) -> Result<Processed> {
     let envelopes: Vec<Envelope> = set
         .iter()
         .map(|inbound| {
@@ -196,7 +192,8 @@ pub fn process_set(
             .filter(|(_, row)| row.is_some())
             .map(|((inbound, envelope), _)| (&inbound.report, envelope))
             .collect();
-        let plans = thread::plan_set(conn, config, &fresh)?;
+        let mut bounced = Vec::new();
+        let plans = thread::plan_set(conn, config, &fresh, &mut bounced)?;
         thread::lock(conn, &plans)?;
         let mut recent = thread::RecentPosts::load(conn, &plans, config.inbound_rate.1)?;
         let mut posted = thread::execute_set(conn, config, &fresh, plans, &mut recent)?.into_iter();
@@ -255,6 +252,16 @@ pub fn process_set(
             })
             .collect();
         email_log::write(conn, &entries)?;
-        Ok(dispositions)
+        // Last, so the feed locks are held for the shortest time (see `live`).
+        let bounced: Vec<(i64, &str)> = bounced.into_iter().map(|id| (id, "bounced")).collect();
+        let live = tidings_common::live::emailed(conn, &bounced)?;
+        Ok(Processed { dispositions, live })
     })
+}
+
+/// What a set became: one disposition per email, in order, and the people with new live
+/// events (the bounces' `delivery` events), to announce after commit.
+pub struct Processed {
+    pub dispositions: Vec<Disposition>,
+    pub live: Vec<i64>,
 }

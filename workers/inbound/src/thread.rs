@@ -171,11 +171,17 @@ pub(crate) type Email<'a> = (&'a InboundReport, &'a Envelope);
 /// What is known before any lookup: the sender and the reply address, or a finished plan.
 type Early = std::result::Result<(String, Option<ReplyToken>), Plan>;
 
-fn early(conn: &mut PgConnection, config: &Config, (report, envelope): Email<'_>) -> Result<Early> {
+fn early(
+    conn: &mut PgConnection,
+    config: &Config,
+    (report, envelope): Email<'_>,
+    bounced: &mut Vec<i64>,
+) -> Result<Early> {
     match report.verdict {
         InboundVerdict::Reply | InboundVerdict::NewConversation => {}
         InboundVerdict::Bounce => {
-            return record_bounce(conn, config, report, envelope).map(|d| Err(Plan::Done(d)));
+            return record_bounce(conn, config, report, envelope, bounced)
+                .map(|d| Err(Plan::Done(d)));
         }
         InboundVerdict::Rejected => {
             return Ok(Err(Plan::Done(Disposition::Rejected(
@@ -207,16 +213,18 @@ fn early(conn: &mut PgConnection, config: &Config, (report, envelope): Email<'_>
 }
 
 /// Decides where each email of a set goes (SPEC I2–I6), one plan per email, in order:
-/// read-only, except that a bounce is recorded. The owners of the reply addresses and the
-/// conversations they name are looked up for the whole set at once.
+/// read-only, except that a bounce is recorded (its notifications are added to `bounced`).
+/// The owners of the reply addresses and the conversations they name are looked up for the
+/// whole set at once.
 pub(crate) fn plan_set(
     conn: &mut PgConnection,
     config: &Config,
     emails: &[Email<'_>],
+    bounced: &mut Vec<i64>,
 ) -> Result<Vec<Plan>> {
     let mut known = Vec::with_capacity(emails.len());
     for email in emails {
-        known.push(early(conn, config, *email)?);
+        known.push(early(conn, config, *email, bounced)?);
     }
     let owner_ids: Vec<i64> = known
         .iter()
