@@ -299,7 +299,7 @@ async fn live_events_reach_every_stream_and_resume_exactly() {
     let _roles = env.spawn(&["api", "dispatch"]);
     let second_port = support::free_port();
     let second_addr = format!("127.0.0.1:{second_port}");
-    let _second = env.spawn_named("api2", &["api"], &[("TIDINGS_HTTP_ADDR", &second_addr)]);
+    let mut second_api = env.spawn_named("api2", &["api"], &[("TIDINGS_HTTP_ADDR", &second_addr)]);
     env.wait_for_api().await;
     env.wait_for_topology().await;
     let second = format!("http://127.0.0.1:{second_port}");
@@ -397,6 +397,20 @@ async fn live_events_reach_every_stream_and_resume_exactly() {
             .drain(Duration::from_millis(500))
             .await
             .is_empty()
+    );
+    // SIGTERM ends the streams an api holds, cleanly, and the process exits at once.
+    let mut held = Sse::open(&second, &ben_token, None).await;
+    assert_eq!(held.status, 200);
+    let stopping = Instant::now();
+    let status = tokio::task::spawn_blocking(move || second_api.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(held.next(Duration::from_secs(5)).await.is_none());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "the stream ended with the process: {:?}",
+        stopping.elapsed()
     );
     // A stream of a person who no longer may use the messenger is refused.
     env.sql(&format!(

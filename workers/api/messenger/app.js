@@ -285,6 +285,8 @@ function connect() {
     if (state.open === d.conversation_id) await refreshConversation(false);
   }));
   source.addEventListener("conversation", onEvent("conversation", async (d) => {
+    // Posting counts as seeing what came before (D4): the counts come with it.
+    applyCounts(d);
     if (!upsert(d)) await loadInbox();
     renderList();
     if (state.open === d.conversation_id) await refreshConversation(false);

@@ -9,8 +9,8 @@
 //! Each event's `id:` is the row id, which increases per person. A client that reconnects
 //! with `Last-Event-ID` gets exactly the rows after it; one too far behind (more than
 //! [`REPLAY_MAX`] events, or older than the retention) gets one `reset` event and should
-//! fetch its inbox again. `notification` and `seen` events carry the unread counts as they
-//! are when the event is sent.
+//! fetch its inbox again. `notification`, `seen` and `conversation` events carry the unread
+//! counts as they are when the event is sent.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -226,10 +226,8 @@ fn page(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let counts = if rows
-        .iter()
-        .any(|r| r.kind == "notification" || r.kind == "seen")
-    {
+    let counted = |kind: &str| matches!(kind, "notification" | "seen" | "conversation");
+    let counts = if rows.iter().any(|r| counted(&r.kind)) {
         let inbox = inbox_of(conn, me)?;
         let by_conversation: HashMap<i64, i64> = inbox
             .conversations
@@ -245,7 +243,7 @@ fn page(
         .map(|row| {
             let mut payload = row.payload;
             if let (Some((by_conversation, total)), Value::Object(map)) = (&counts, &mut payload)
-                && (row.kind == "notification" || row.kind == "seen")
+                && counted(&row.kind)
             {
                 let conversation = map
                     .get("conversation_id")
