@@ -339,6 +339,7 @@ async fn live_events_reach_every_stream_and_resume_exactly() {
         own.data["ping"], false,
         "D3: never a ping for your own message"
     );
+    assert_eq!(own.data["unread"]["total"], 0, "D4: posting is seeing");
 
     // Seen through the first api reaches Ann's stream on the second, and Ben as "seen by".
     let (status, _) = env
