@@ -42,6 +42,14 @@ enum Command {
     },
     /// Check the configuration and templates, and print the effective settings.
     Check,
+    /// The operator's first look: queue depths, notifications pending by how far past due,
+    /// stuck claims, the last sweeps' recoveries, dead letters, and whether the templates
+    /// load.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Email templates: validate them, or render one with sample data.
     Templates {
         #[command(subcommand)]
@@ -90,15 +98,41 @@ enum Command {
     },
 }
 
+/// Logs to stderr: text for people (`TIDINGS_LOG_FORMAT=text`, the default), or one JSON
+/// object per line for a log pipeline (`json`), with the fields of every span the line is
+/// in (the role, `notification.id`, `message.id`, `delivery.tag`…).
+fn init_logging() -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDINGS_LOG")
+        .unwrap_or_else(|_| "info,lapin=warn,tower_http=warn".into());
+    let format = std::env::var("TIDINGS_LOG_FORMAT").unwrap_or_default();
+    match format.trim() {
+        "" | "text" => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        "json" => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_current_span(false)
+            .with_span_list(true)
+            .flatten_event(true)
+            .init(),
+        other => {
+            return Err(format!(
+                "TIDINGS_LOG_FORMAT: {other:?} is not one of text, json"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TIDINGS_LOG")
-                .unwrap_or_else(|_| "info,lapin=warn,tower_http=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(e) = init_logging() {
+        eprintln!("tidings: bad configuration: {e}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     let config = match Config::from_env() {
         Ok(config) => config,
@@ -117,6 +151,7 @@ fn main() -> ExitCode {
             Command::Run { roles } => commands::run::run(config, roles).await,
             Command::Demo { api } => commands::demo::run(&api, &config).await,
             Command::Check => commands::check::check(&config),
+            Command::Status { json } => commands::status::status(&config, json).await,
             Command::Templates { command } => commands::templates::templates(&config, command),
             Command::Log {
                 since,

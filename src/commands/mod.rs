@@ -7,4 +7,5 @@ pub mod inbound;
 pub mod log;
 pub mod migrate;
 pub mod run;
+pub mod status;
 pub mod templates;

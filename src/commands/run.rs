@@ -55,17 +55,22 @@ pub async fn run(config: Config, mut roles: Vec<Role>) -> anyhow::Result<()> {
             Role::All => unreachable!("expanded above"),
         };
         // Start-up errors (a broken template, an address in use) stop the whole process.
-        tasks.spawn(async move {
-            let result = match role {
-                Role::Api => tidings_api::run(config, token).await,
-                Role::Dispatch => tidings_dispatch::run(config, token).await,
-                Role::Mailer => tidings_mailer::run(config, token).await,
-                Role::Inbound => tidings_inbound::run(config, token).await,
-                Role::Scheduler => tidings_scheduler::run(config, token).await,
-                Role::All => Ok(()),
-            };
-            (name, result)
-        });
+        // Every line a role logs carries its name.
+        let span = tracing::info_span!("role", role = name);
+        tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                let result = match role {
+                    Role::Api => tidings_api::run(config, token).await,
+                    Role::Dispatch => tidings_dispatch::run(config, token).await,
+                    Role::Mailer => tidings_mailer::run(config, token).await,
+                    Role::Inbound => tidings_inbound::run(config, token).await,
+                    Role::Scheduler => tidings_scheduler::run(config, token).await,
+                    Role::All => Ok(()),
+                };
+                (name, result)
+            },
+            span,
+        ));
     }
     info!("tidings running; send SIGTERM or press Ctrl-C to stop");
     let signal = shutdown.clone();

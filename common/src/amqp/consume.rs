@@ -165,7 +165,7 @@ where
                     let queue = queue.to_string();
                     let span = tracing::info_span!(
                         "delivery",
-                        delivery.id = group[0].delivery_tag,
+                        delivery.tag = group[0].delivery_tag,
                         group = group.len(),
                         queue = %queue,
                         redelivered = group[0].redelivered

@@ -282,8 +282,8 @@ impl Topology {
         Ok(())
     }
 
-    /// Deletes every exchange and queue of this topology (used by tests to clean up).
-    pub async fn delete(&self, channel: &Channel) -> Result<()> {
+    /// Every durable queue of this topology.
+    pub fn queues(&self) -> Vec<String> {
         let mut queues = vec![
             self.dispatch_queue(),
             self.inbound_queue(),
@@ -294,7 +294,12 @@ impl Topology {
             self.dead_queue(),
         ];
         queues.extend(self.retry_tiers.iter().map(|t| self.retry_queue(*t)));
-        for q in queues {
+        queues
+    }
+
+    /// Deletes every exchange and queue of this topology (used by tests to clean up).
+    pub async fn delete(&self, channel: &Channel) -> Result<()> {
+        for q in self.queues() {
             channel
                 .queue_delete(q.into(), QueueDeleteOptions::default())
                 .await?;

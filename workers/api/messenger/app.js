@@ -262,9 +262,14 @@ function applyCounts(d) {
 
 function connect() {
   const source = new EventSource("/me/events");
+  let opened = false;
   source.onopen = () => {
     state.connected = true;
     document.body.dataset.live = "on";
+    // What happened between reading the inbox and the stream's start is in the inbox now
+    // (a reconnect resumes with Last-Event-ID instead).
+    if (!opened) loadInbox().catch((e) => say(e.message));
+    opened = true;
   };
   source.onerror = () => {
     state.connected = false;
