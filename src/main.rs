@@ -3,6 +3,7 @@
 //! starts what was asked for.
 
 mod commands;
+mod observe;
 
 use std::process::ExitCode;
 

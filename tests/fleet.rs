@@ -165,3 +165,195 @@ async fn status_shows_queues_pending_notifications_and_stuck_claims() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("broker"));
 }
+
+async fn get_text(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// The value of the sample `name` (with its labels, as rendered) in Prometheus text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `/metrics`, `/livez` and `/readyz` on `TIDINGS_METRICS_ADDR`, one listener for `run all`:
+/// a message emailed once shows in the counters, the lateness and SMTP histograms (with
+/// their explicit buckets) and the queue gauges; `/readyz` says what is not ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_and_health_on_the_metrics_listener() {
+    let port = support::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let env = Env::with("1s", &[("TIDINGS_METRICS_ADDR", &addr)], &[]);
+    let _all = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let base = format!("http://{addr}");
+    assert_eq!(get_text(&format!("{base}/livez")).await.0, 200);
+    support::wait_for(env.root(), "readyz", async || {
+        get_text(&format!("{base}/readyz")).await.0 == 200
+    })
+    .await;
+    let ann = env.user("Ann").await;
+    let bob = env.user("Bob").await;
+    let (_, item, conv) = env.ticket("Printer").await;
+    env.follow_item(item, bob).await;
+    let m = env.post(conv, ann, "Is the printer fixed?", false).await;
+    env.settled(m, SETTLE).await;
+    let (status, text) = get_text(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(&text, "tidings_notifications_created_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "tidings_notifications_emailed_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "tidings_emails_total{source=\"notification\",outcome=\"sent\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    for histogram in [
+        "tidings_lateness_seconds",
+        "tidings_smtp_transaction_seconds",
+        "tidings_post_to_dispatch_seconds",
+    ] {
+        assert_eq!(
+            sample(&text, &format!("{histogram}_count")),
+            Some(1.0),
+            "{histogram}"
+        );
+        assert!(
+            text.contains(&format!("{histogram}_bucket{{le=\"0.25\"}}")),
+            "{histogram} has explicit buckets"
+        );
+    }
+    let dispatch = format!(
+        "tidings_queue_messages{{queue=\"{}\"}}",
+        env.topology().dispatch_queue()
+    );
+    assert_eq!(sample(&text, &dispatch), Some(0.0), "{text}");
+    let consumers = format!(
+        "tidings_queue_consumers{{queue=\"{}\"}}",
+        env.topology().due_queue()
+    );
+    assert_eq!(sample(&text, &consumers), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "tidings_smtp_slots_in_use"), Some(0.0));
+    assert!(sample(&text, "tidings_db_pool_in_use").is_some());
+    assert!(text.contains("tidings_consumer_in_flight{queue="));
+    // A process whose database does not answer is alive but not ready, and says why.
+    let api_port = support::free_port();
+    let other = support::free_port();
+    let lost = format!("127.0.0.1:{other}");
+    let _lost = env.spawn_named(
+        "lost",
+        &["api"],
+        &[
+            (
+                "TIDINGS_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:1/nowhere",
+            ),
+            ("TIDINGS_HTTP_ADDR", &format!("127.0.0.1:{api_port}")),
+            ("TIDINGS_METRICS_ADDR", &lost),
+        ],
+    );
+    support::wait_for(env.root(), "the second listener", async || {
+        get_text(&format!("http://{lost}/livez")).await.0 == 200
+    })
+    .await;
+    let (status, body) = get_text(&format!("http://{lost}/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("database"), "{body}");
+}
+
+/// Closes every broker connection of process `pid`, as a node failure would.
+fn close_connections_of(pid: u32) -> usize {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "--timeout",
+            "20",
+            "list_connections",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut closed = 0;
+    for line in listing.lines() {
+        let Some((conn, name)) = line.split_once('\t') else {
+            continue;
+        };
+        if name.contains(&format!("(pid {pid})")) {
+            let status = std::process::Command::new("rabbitmqctl")
+                .args([
+                    "-q",
+                    "--timeout",
+                    "20",
+                    "close_connection",
+                    conn,
+                    "failover test",
+                ])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            closed += 1;
+        }
+    }
+    closed
+}
+
+/// `TIDINGS_AMQP_URL` as a node list: a dead first node is skipped. When the api's broker
+/// connection is cut, a message posted at that moment is announced again on the new
+/// connection at once, not left for the sweep (whose interval here is 10 minutes).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_list_fails_over_and_unconfirmed_publishes_are_sent_again() {
+    let env = Env::with(
+        "1s",
+        &[
+            (
+                "TIDINGS_AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:1/%2f, amqp://guest:guest@127.0.0.1:5672/%2f",
+            ),
+            ("TIDINGS_SWEEP_INTERVAL", "10m"),
+        ],
+        &[],
+    );
+    let api = env.spawn(&["api"]);
+    let _workers = env.spawn(&["dispatch", "mailer"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let ann = env.user("Ann").await;
+    let bob = env.user("Bob").await;
+    let (_, item, conv) = env.ticket("Printer").await;
+    env.follow_item(item, bob).await;
+    let first = env.post(conv, ann, "Through the second node", false).await;
+    env.settled(first, SETTLE).await;
+    // Cut the api's connections (its publisher and its live listener), then post at once.
+    assert!(
+        close_connections_of(api.pid()) >= 1,
+        "the api's connections are listed by pid"
+    );
+    let second = env
+        .post(conv, ann, "Posted while the connection was cut", false)
+        .await;
+    let dispatched = tokio::time::timeout(Duration::from_secs(15), env.dispatched(second)).await;
+    assert!(
+        dispatched.is_ok(),
+        "announced again after the reconnect, not by a sweep"
+    );
+    env.settled(second, SETTLE).await;
+    assert_eq!(env.mails_to("bob@example.com").len(), 2);
+    assert!(env.log_of(&["api"]).contains("connected to a broker node"));
+}

@@ -133,6 +133,35 @@ impl Announcements {
         Ok(())
     }
 
+    /// Publishes through a kept-connected publisher: what was not confirmed before a broker
+    /// failover is published again after it (see [`SharedPublisher::with_failover`]), for up
+    /// to `patience`; past that the sweeps announce it. The rows are committed, so nothing is
+    /// lost either way.
+    pub async fn publish_with_failover(
+        &self,
+        broker: &crate::amqp::SharedPublisher,
+        topology: &Topology,
+        patience: std::time::Duration,
+    ) {
+        if self.is_empty() {
+            return;
+        }
+        let published = broker
+            .with_failover(patience, |publisher| async move {
+                self.publish(&publisher, topology).await
+            })
+            .await;
+        if let Err(e) = published {
+            warn!(
+                error = %e,
+                messages = ?self.messages,
+                events = self.events.len(),
+                outbox = self.outbox.len(),
+                "not announced; the sweep will announce it again"
+            );
+        }
+    }
+
     /// Publishes like [`Announcements::publish`] when a publisher is at hand; otherwise, or
     /// on failure, logs that the sweeps will announce them later. The rows are committed, so
     /// nothing is lost either way.

@@ -86,6 +86,9 @@ pub struct Config {
     pub amqp_url: String,
     pub smtp_url: String,
     pub http_addr: SocketAddr,
+    /// Where the process serves `/metrics`, `/livez` and `/readyz` (`TIDINGS_METRICS_ADDR`);
+    /// `None` (unset or empty) serves none.
+    pub metrics_addr: Option<SocketAddr>,
     /// Bounds of the HTTP listener.
     pub http_limits: HttpLimits,
     /// Base URL of the api as email recipients reach it, without a trailing slash.
@@ -203,6 +206,15 @@ impl Config {
         let http_addr = parse_with(get("TIDINGS_HTTP_ADDR", "127.0.0.1:8080"), |v| {
             v.parse::<SocketAddr>()
                 .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:8080".to_string())
+        })?;
+        let metrics_addr = parse_with(get("TIDINGS_METRICS_ADDR", ""), |v| {
+            if v.trim().is_empty() {
+                return Ok(None);
+            }
+            v.trim()
+                .parse::<SocketAddr>()
+                .map(Some)
+                .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:9464, or nothing".to_string())
         })?;
         let http_limits = HttpLimits {
             max_connections: parse_with(get("TIDINGS_HTTP_MAX_CONNECTIONS", "1024"), |v| {
@@ -442,6 +454,7 @@ impl Config {
             amqp_url,
             smtp_url,
             http_addr,
+            metrics_addr,
             public_url,
             api_token,
             seen_window,

@@ -12,6 +12,7 @@ pub mod events;
 pub mod inbound;
 pub mod live;
 pub mod mail;
+pub mod observe;
 pub mod outbox;
 pub mod posting;
 pub mod rules;

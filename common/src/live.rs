@@ -3,12 +3,14 @@
 //! record of a send, the inbound role's record of a bounce), then announced on the broker after
 //! commit so that every api process wakes the streams it holds for those people.
 //!
-//! Writers lock each person's feed (a transaction-scoped advisory lock, taken in person order
-//! just before the insert, as the transaction's last step) so a person's events commit in id
-//! order: a stream that has sent id N has seen every event of that person below N, and
-//! `Last-Event-ID` resumption can never skip one. Because the locks are the last thing a
-//! transaction takes, a writer holding them never waits on anything but another writer's
-//! locks, in the same order, so they cannot deadlock.
+//! Writers lock each person's feed slot (a transaction-scoped advisory lock on one of
+//! [`SLOTS`] slots, taken in slot order just before the insert, as the transaction's last
+//! step) so a person's events commit in id order: a stream that has sent id N has seen every
+//! event of that person below N, and `Last-Event-ID` resumption can never skip one. Because
+//! the locks are the last thing a transaction takes, a writer holding them never waits on
+//! anything but another writer's locks, in the same order, so they cannot deadlock. The
+//! fixed number of slots bounds the locks one transaction holds, whatever its fan-out
+//! (PostgreSQL's lock table is shared and finite).
 //!
 //! An announcement that is lost costs only latency: every stream also reads its rows on each
 //! keep-alive tick.
@@ -30,11 +32,12 @@ pub struct LivePoke {
     pub people: Vec<i64>,
 }
 
-/// Advisory lock class of the per-person feed locks (distinct from the inbound keys, which
-/// hash text).
+/// Advisory lock class of the feed slots (distinct from the inbound keys, which hash text).
 const LOCK_CLASS: i32 = 0x7469_6400;
+/// Feed slots: a person's feed is slot `person_id % SLOTS`.
+pub const SLOTS: i64 = 128;
 
-/// Locks the feeds of `people` (sorted and deduplicated in place) until commit.
+/// Locks the feed slots of `people` (sorted and deduplicated in place) until commit.
 fn lock(conn: &mut PgConnection, people: &mut Vec<i64>) -> QueryResult<()> {
     people.sort_unstable();
     people.dedup();
@@ -42,61 +45,75 @@ fn lock(conn: &mut PgConnection, people: &mut Vec<i64>) -> QueryResult<()> {
         return Ok(());
     }
     diesel::sql_query(
-        "SELECT pg_advisory_xact_lock($1, (p % 2147483647)::int)
-         FROM (SELECT p FROM unnest($2::bigint[]) AS p ORDER BY p) AS people",
+        "SELECT pg_advisory_xact_lock($1, s::int)
+         FROM (SELECT DISTINCT p % $3 AS s FROM unnest($2::bigint[]) AS p ORDER BY 1) AS slots",
     )
     .bind::<diesel::sql_types::Integer, _>(LOCK_CLASS)
     .bind::<Array<BigInt>, _>(&*people)
+    .bind::<BigInt, _>(SLOTS)
     .execute(conn)?;
     Ok(())
 }
 
-/// Writes `notification` events for the (message, recipient) pairs, and a `conversation`
-/// event for each message's author (their conversation moved to the top, with no ping).
+/// A message posted into a conversation, as dispatch knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Posted {
+    pub message_id: i64,
+    pub conversation_id: i64,
+    pub author_id: i64,
+}
+
+/// Writes a `notification` event for each (message, recipient) of `notified`, and a
+/// `conversation` event for each message's author (their conversation moved to the top, with
+/// no ping). The rows name the message only; the payload is built when a stream sends them.
 /// Returns the people who got events.
-pub fn posted(conn: &mut PgConnection, notified: &[(i64, i64)]) -> Result<Vec<i64>> {
-    if notified.is_empty() {
+pub fn posted(
+    conn: &mut PgConnection,
+    messages: &[Posted],
+    notified: &[(i64, i64)],
+) -> Result<Vec<i64>> {
+    if messages.is_empty() {
         return Ok(Vec::new());
     }
-    let mut messages: Vec<i64> = notified.iter().map(|(m, _)| *m).collect();
-    messages.sort_unstable();
-    messages.dedup();
-    let authors: Vec<(i64, i64)> = crate::db::schema::messages::table
-        .filter(crate::db::schema::messages::id.eq_any(&messages))
-        .select((
-            crate::db::schema::messages::id,
-            crate::db::schema::messages::author_id,
-        ))
-        .load(conn)?;
-    let (mut ids, mut people, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+    let conversation_of: std::collections::HashMap<i64, i64> = messages
+        .iter()
+        .map(|m| (m.message_id, m.conversation_id))
+        .collect();
+    let rows = notified.len() + messages.len();
+    let (mut ids, mut conversations, mut people, mut kinds) = (
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+    );
     for &(message, person) in notified {
+        let Some(&conversation) = conversation_of.get(&message) else {
+            continue;
+        };
         ids.push(message);
+        conversations.push(conversation);
         people.push(person);
         kinds.push("notification");
     }
-    for &(message, author) in &authors {
-        ids.push(message);
-        people.push(author);
+    for m in messages {
+        ids.push(m.message_id);
+        conversations.push(m.conversation_id);
+        people.push(m.author_id);
         kinds.push("conversation");
     }
     let mut locked = people.clone();
     lock(conn, &mut locked)?;
     diesel::sql_query(
-        "INSERT INTO live_events (person_id, kind, payload)
-         SELECT v.person, v.kind, jsonb_build_object(
-                  'conversation_id', m.conversation_id, 'subject', c.subject,
-                  'message_id', m.id, 'author_id', m.author_id, 'author', a.name,
-                  'excerpt', left(m.body, 140), 'internal', m.internal,
-                  'ping', v.kind = 'notification')
-         FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS v(message, person, kind)
-         JOIN messages m ON m.id = v.message
-         JOIN conversations c ON c.id = m.conversation_id
-         JOIN people a ON a.id = m.author_id
-         ORDER BY v.person, v.message",
+        "INSERT INTO live_events (person_id, kind, conversation_id, message_id)
+         SELECT person, kind, conversation, message
+         FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[])
+           AS v(person, kind, conversation, message)
+         ORDER BY person, message",
     )
-    .bind::<Array<BigInt>, _>(&ids)
     .bind::<Array<BigInt>, _>(&people)
     .bind::<Array<Text>, _>(&kinds)
+    .bind::<Array<BigInt>, _>(&conversations)
+    .bind::<Array<BigInt>, _>(&ids)
     .execute(conn)?;
     Ok(locked)
 }
@@ -232,9 +249,21 @@ pub fn since(
     after: i64,
     limit: i64,
 ) -> QueryResult<Vec<LiveEvent>> {
+    // A message's payload is what it is when the event is sent (an edited message shows its
+    // new excerpt; a deleted one, none).
     diesel::sql_query(
-        "SELECT id, kind, payload FROM live_events
-          WHERE person_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        "SELECT e.id, e.kind,
+                CASE WHEN e.message_id IS NULL THEN COALESCE(e.payload, '{}'::jsonb)
+                     ELSE jsonb_build_object(
+                       'conversation_id', e.conversation_id, 'subject', c.subject,
+                       'message_id', e.message_id, 'author_id', m.author_id, 'author', a.name,
+                       'excerpt', CASE WHEN m.deleted_at IS NULL THEN left(m.body, 140) ELSE '' END,
+                       'internal', m.internal, 'ping', e.kind = 'notification') END AS payload
+         FROM live_events e
+         LEFT JOIN messages m ON m.id = e.message_id
+         LEFT JOIN conversations c ON c.id = e.conversation_id
+         LEFT JOIN people a ON a.id = m.author_id
+         WHERE e.person_id = $1 AND e.id > $2 ORDER BY e.id LIMIT $3",
     )
     .bind::<BigInt, _>(person)
     .bind::<BigInt, _>(after)

@@ -161,6 +161,13 @@ pub async fn run(
             "announcing again work the broker lost or never got"
         );
         found.publish(publisher, topology).await?;
+        let kind = match sweep {
+            Sweep::UndispatchedMessages => "undispatched_messages",
+            Sweep::UnhandledEvents => "unhandled_events",
+            Sweep::StuckNotifications => "stuck_notifications",
+            Sweep::StuckOutbox => "stuck_outbox",
+        };
+        crate::observe::sweep_recovered(kind, found.len());
         total += found.len();
     }
     Ok(total)

@@ -1,1 +1,2 @@
+DROP INDEX conversation_participants_person;
 DROP TABLE live_events;

@@ -44,6 +44,10 @@ pub async fn run(config: Config, mut roles: Vec<Role>) -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = config.metrics_addr {
+        let (config, token) = (config.clone(), shutdown.clone());
+        tasks.spawn(async move { ("metrics", crate::observe::serve(addr, config, token).await) });
+    }
     for role in roles {
         let (config, token) = (config.clone(), shutdown.clone());
         let name = match role {

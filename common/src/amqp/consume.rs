@@ -170,9 +170,12 @@ where
                         queue = %queue,
                         redelivered = group[0].redelivered
                     );
+                    let held = group.len() as f64;
+                    crate::observe::in_flight(&queue, held);
                     in_flight.spawn(
                         async move {
-                            handle_group(group, handler, &publisher, &dead_exchange, &queue).await
+                            handle_group(group, handler, &publisher, &dead_exchange, &queue).await;
+                            crate::observe::in_flight(&queue, -held);
                         }
                         .instrument(span),
                     );
@@ -256,6 +259,14 @@ async fn handle_group<H, F>(
             }
             Outcome::DeadLetter(reason) => {
                 error!(reason, "dead-lettering a delivery that cannot be processed");
+                let why = if reason.starts_with("handler panicked") {
+                    "panicked"
+                } else if reason.starts_with("malformed payload") {
+                    "malformed"
+                } else {
+                    "failed"
+                };
+                crate::observe::dead_lettered(queue, why);
                 let mut headers = FieldTable::default();
                 headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
                 headers.insert(SOURCE_HEADER.into(), AMQPValue::LongString(queue.into()));

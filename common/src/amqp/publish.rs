@@ -14,11 +14,60 @@ use super::Topology;
 use super::session::run_resilient;
 use crate::error::{Error, Result};
 
-/// Opens a connection named after the role, so the management UI shows who is who.
+/// How long one node gets to accept a connection before the next is tried.
+const NODE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the next connect of this process starts in the node list.
+static NEXT_NODE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Opens a connection named after the role and process, so the management UI (and
+/// `rabbitmqctl list_connections name`) shows who is who.
+/// `url` may list several nodes of a cluster, comma-separated: each connect (and so each
+/// reconnect) starts at the next node and tries them all in turn, so a client whose node died
+/// reconnects to another.
 pub async fn connect(url: &str, role: &str) -> Result<Connection> {
-    let properties =
-        ConnectionProperties::default().with_connection_name(format!("tidings {role}").into());
-    Ok(Connection::connect(url, properties).await?)
+    let nodes: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    let start = NEXT_NODE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for i in 0..nodes.len() {
+        let node = nodes[(start + i) % nodes.len()];
+        let name = format!("tidings {role} (pid {})", std::process::id());
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        match tokio::time::timeout(NODE_TIMEOUT, Connection::connect(node, properties)).await {
+            Ok(Ok(connection)) => {
+                if nodes.len() > 1 {
+                    info!(role, node = %without_password(node), "connected to a broker node");
+                }
+                return Ok(connection);
+            }
+            Ok(Err(e)) => failures.push(format!("{}: {e}", without_password(node))),
+            Err(_) => failures.push(format!(
+                "{}: no answer within {} s",
+                without_password(node),
+                NODE_TIMEOUT.as_secs()
+            )),
+        }
+    }
+    Err(Error::Task(format!(
+        "no broker node accepts a connection ({})",
+        failures.join("; ")
+    )))
+}
+
+/// A node URI with its password masked, for logs.
+fn without_password(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &uri[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &uri[..scheme + 3], &uri[at..])
+        }
+        _ => uri.to_string(),
+    }
 }
 
 /// A channel in confirm mode; every publish waits for the broker's confirm.
@@ -152,6 +201,8 @@ impl Publisher {
 #[derive(Clone, Default)]
 pub struct SharedPublisher {
     current: std::sync::Arc<std::sync::RwLock<Option<Publisher>>>,
+    /// Incremented at each (re)connection.
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SharedPublisher {
@@ -180,7 +231,58 @@ impl SharedPublisher {
     }
 
     fn set(&self, publisher: Option<Publisher>) {
+        if publisher.is_some() {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         *self.current.write().expect("publisher lock") = publisher;
+    }
+
+    /// Runs `publish` with the connected publisher. When it fails for a reason that may pass
+    /// (a connection lost mid-publish, a confirm that never came, a nack), it runs it again:
+    /// at once on the same connection if that is still up (a nack), or with the new
+    /// publisher once the keeper has reconnected, possibly to another node of the cluster. So
+    /// a publish that was not confirmed before a failover is sent again after it, for up to
+    /// `patience`. What it publishes must be safe to receive twice (every consumer here is
+    /// idempotent).
+    pub async fn with_failover<T, F, Fut>(&self, patience: Duration, publish: F) -> Result<T>
+    where
+        F: Fn(Publisher) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        use std::sync::atomic::Ordering;
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if self.get().is_err() && !self.wait_connected(left).await {
+                return Err(Error::Task(format!(
+                    "broker not connected within {} s",
+                    patience.as_secs()
+                )));
+            }
+            let generation = self.generation.load(Ordering::SeqCst);
+            let publisher = self.get()?;
+            let failed = match publish(publisher.clone()).await {
+                Ok(done) => return Ok(done),
+                Err(e) if e.is_transient() => e,
+                Err(e) => return Err(e),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(failed);
+            }
+            warn!(error = %failed, "publish not confirmed; sending it again");
+            if publisher.channel().status().connected() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            // The keeper notices a lost connection within half a second and reconnects.
+            while self.generation.load(Ordering::SeqCst) == generation {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(failed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 
     /// Keeps this publisher connected in a background task (see [`Self::keep_connected`]).
@@ -209,11 +311,13 @@ impl SharedPublisher {
             let publisher = Publisher::open(&connection).await?;
             topology.declare(publisher.channel()).await?;
             self.set(Some(publisher.clone()));
+            crate::observe::health().attached(role, true);
             info!(role, "connected to the broker");
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
                         self.set(None);
+                        crate::observe::health().attached(role, false);
                         // The channel first: closing the connection under an open channel
                         // makes lapin log an error for a clean stop.
                         let _ = publisher.channel().close(200, "shutdown".into()).await;
@@ -223,6 +327,7 @@ impl SharedPublisher {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {
                         if !connection.status().connected() {
                             self.set(None);
+                            crate::observe::health().attached(role, false);
                             warn!(role, "lost the broker connection");
                             return Err(Error::Task("broker connection lost".into()));
                         }

@@ -25,6 +25,7 @@ where
     F: Future<Output = Result<()>>,
 {
     let mut backoff = Duration::from_millis(250);
+    crate::observe::health().register(role);
     loop {
         match session().await {
             Ok(()) => return Ok(()),
@@ -50,6 +51,8 @@ pub type Task<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 pub struct Session {
     pub connection: Connection,
     pub publisher: Publisher,
+    /// Whose session it is (for `/readyz`).
+    role: String,
 }
 
 impl Session {
@@ -61,6 +64,7 @@ impl Session {
         Ok(Session {
             connection,
             publisher,
+            role: role.to_string(),
         })
     }
 
@@ -73,11 +77,10 @@ impl Session {
             stop.cancel();
             result
         });
-        futures_util::future::join_all(guarded)
-            .await
-            .into_iter()
-            .collect::<Result<Vec<()>>>()
-            .map(|_| ())
+        crate::observe::health().attached(&self.role, true);
+        let served = futures_util::future::join_all(guarded).await;
+        crate::observe::health().attached(&self.role, false);
+        served.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
     }
 
     /// Closes the connection; unacknowledged deliveries return to their queues.

@@ -60,7 +60,10 @@ impl Db {
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             let mut conn = pool.get()?;
-            work(&mut conn)
+            crate::observe::db_in_use(1.0);
+            let done = work(&mut conn);
+            crate::observe::db_in_use(-1.0);
+            done
         })
         .instrument(tracing::Span::current())
         .await

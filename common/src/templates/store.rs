@@ -446,13 +446,19 @@ impl TemplateStore {
                 let this = self.clone();
                 let outcome = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
                 match outcome {
-                    Ok(Some(Ok(()))) => info!(dir = %self.dir.display(), "templates reloaded"),
-                    Ok(Some(Err(e))) => error!(
-                        file = %e.file.display(),
-                        line = e.line,
-                        reason = %e.reason,
-                        "template change rejected; the last good version keeps serving"
-                    ),
+                    Ok(Some(Ok(()))) => {
+                        crate::observe::template_reload(true);
+                        info!(dir = %self.dir.display(), "templates reloaded")
+                    }
+                    Ok(Some(Err(e))) => {
+                        crate::observe::template_reload(false);
+                        error!(
+                            file = %e.file.display(),
+                            line = e.line,
+                            reason = %e.reason,
+                            "template change rejected; the last good version keeps serving"
+                        )
+                    }
                     _ => {}
                 }
             }

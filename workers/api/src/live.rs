@@ -49,11 +49,15 @@ pub struct Hub {
 
 impl Hub {
     fn subscribe(&self, person: i64) -> watch::Receiver<u64> {
-        let mut people = self.people.lock().expect("hub lock");
-        people
-            .entry(person)
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
+        let receiver = {
+            let mut people = self.people.lock().expect("hub lock");
+            people
+                .entry(person)
+                .or_insert_with(|| watch::channel(0).0)
+                .subscribe()
+        };
+        tidings_common::observe::live_streams(self.streams());
+        receiver
     }
 
     /// Forgets `person` once none of their streams is open.
@@ -62,6 +66,8 @@ impl Hub {
         if people.get(&person).is_some_and(|s| s.receiver_count() == 0) {
             people.remove(&person);
         }
+        drop(people);
+        tidings_common::observe::live_streams(self.streams());
     }
 
     fn wake(&self, people: &[i64]) {

@@ -11,6 +11,10 @@ use tidings_common::templates::TemplateStore;
 
 use crate::error::ApiResult;
 
+/// How long a request waits for its announcements to be confirmed across a broker failover
+/// before leaving them to the sweeps.
+const ANNOUNCE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Shared by every request.
 #[derive(Clone)]
 pub struct AppState {
@@ -29,10 +33,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Announces what a committed transaction wrote; a failure is left to the sweeps.
+    /// Announces what a committed transaction wrote, sending it again after a broker
+    /// failover; past a few seconds it is left to the sweeps.
     pub async fn announce(&self, announcements: Announcements) {
         announcements
-            .publish_or_leave_to_sweep(self.broker.get(), &self.topology)
+            .publish_with_failover(&self.broker, &self.topology, ANNOUNCE_PATIENCE)
             .await;
     }
 }

@@ -32,6 +32,8 @@ struct Fresh {
     id: i64,
     #[diesel(sql_type = Bool)]
     deleted: bool,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Each message's batch, the domain events to publish, and the people with new live events.
@@ -62,7 +64,7 @@ pub fn dispatch_messages(
                  ORDER BY id FOR UPDATE)
              UPDATE messages m SET dispatched_at = now() FROM locked
              WHERE m.id = locked.id AND locked.fresh
-             RETURNING m.id, m.deleted_at IS NOT NULL AS deleted",
+             RETURNING m.id, m.deleted_at IS NOT NULL AS deleted, m.created_at",
         )
         .bind::<Array<BigInt>, _>(message_ids)
         .load(conn)?;
@@ -75,6 +77,7 @@ pub fn dispatch_messages(
             result.insert(m.id, Dispatched::Batch(NotificationBatch::empty(m.id)));
         }
         let written = write_notifications(conn, &live, clock::after(seen_window), reply_domain)?;
+        let (written, posted) = written;
         let mut notified = Vec::with_capacity(written.len());
         for (message_id, id, recipient) in written {
             if let Some(Dispatched::Batch(batch)) = result.get_mut(&message_id) {
@@ -94,22 +97,38 @@ pub fn dispatch_messages(
             pending_batches(conn, &others, &mut result)?;
         }
         // Last, so the feed locks are held for the shortest time (see `live`).
-        let live = live::posted(conn, &notified)?;
+        let live = live::posted(conn, &posted, &notified)?;
+        tidings_common::observe::notifications_created(notified.len());
+        let now = clock::now();
+        for m in &fresh {
+            tidings_common::observe::post_to_dispatch(
+                (now - m.created_at).to_std().unwrap_or_default(),
+            );
+        }
         Ok((result, events, live))
     })
 }
 
+/// The (message, notification, recipient) ids written, and each message for the live feed.
+type Written = (Vec<(i64, i64, i64)>, Vec<live::Posted>);
+
 /// Writes a notification for everyone the rules notify about each message; returns the
-/// (message, notification, recipient) ids written.
+/// (message, notification, recipient) ids written, and each message as the live feed names it.
 fn write_notifications(
     conn: &mut PgConnection,
     messages: &[&Fresh],
     due_at: chrono::DateTime<chrono::Utc>,
     reply_domain: &str,
-) -> Result<Vec<(i64, i64, i64)>> {
+) -> Result<Written> {
     let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
     let mut rows = Vec::new();
+    let mut authors = Vec::with_capacity(ids.len());
     for (facts, audience) in audience::audiences(conn, &ids)? {
+        authors.push(live::Posted {
+            message_id: facts.message_id,
+            conversation_id: facts.conversation_id,
+            author_id: facts.author_id,
+        });
         for person in audience
             .iter()
             .filter(|person| rules::notify(&facts, person).yes)
@@ -142,7 +161,7 @@ fn write_notifications(
         );
     }
     written.sort_unstable();
-    Ok(written)
+    Ok((written, authors))
 }
 
 /// Fills in the batch of pending notifications of each of `message_ids` that exists (they

@@ -119,6 +119,7 @@ fn mark_bounced(
             email_log::smtp_reply.eq(&reply),
         ))
         .execute(conn)?;
+    let before = bounced.len();
     bounced.extend(
         diesel::update(
             notifications::table
@@ -132,6 +133,9 @@ fn mark_bounced(
         .returning(notifications::id)
         .get_results::<i64>(conn)?,
     );
+    for _ in before..bounced.len() {
+        tidings_common::observe::email("notification", "bounced");
+    }
     diesel::update(
         o::table
             .filter(o::email_message_id.eq(original))

@@ -126,6 +126,7 @@ impl Processor {
         let mut outcomes = Vec::with_capacity(results.len());
         for (result, (verdict, note)) in results.into_iter().zip(notes) {
             if let Ok(disposition) = &result {
+                tidings_common::observe::inbound(verdict.as_str());
                 info!(
                     ?verdict,
                     disposition = %tidings_common::mail::mask_addresses(&format!("{disposition:?}")),

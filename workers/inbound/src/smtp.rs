@@ -363,22 +363,30 @@ fn answer(
     })
 }
 
+/// How long DATA waits for the broker's confirm across a failover before answering 451.
+const QUEUE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Publishes the raw message with its envelope and waits for the broker's confirm.
 async fn enqueue(ingress: &Ingress, transaction: &Transaction, message: Vec<u8>) -> String {
-    let published = match ingress.publisher.get() {
-        Ok(publisher) => {
-            let from = transaction.mail_from.as_deref().unwrap_or_default();
-            crate::queue_raw(
-                &publisher,
-                &ingress.topology,
-                from,
-                &transaction.rcpts,
-                &message,
-            )
-            .await
-        }
-        Err(e) => Err(e),
-    };
+    let from = transaction.mail_from.as_deref().unwrap_or_default();
+    // Sent again after a broker failover, within the relay's patience; a duplicate is
+    // recognised by its Message-ID and sender.
+    let published = ingress
+        .publisher
+        .with_failover(QUEUE_PATIENCE, |publisher| {
+            let message = &message;
+            async move {
+                crate::queue_raw(
+                    &publisher,
+                    &ingress.topology,
+                    from,
+                    &transaction.rcpts,
+                    message,
+                )
+                .await
+            }
+        })
+        .await;
     match published {
         Ok(()) => {
             info!(

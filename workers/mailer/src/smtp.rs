@@ -239,15 +239,27 @@ impl Smtp {
             Ok(slot) => slot,
             Err(e) => return SmtpOutcome::Deferred(e.to_string()),
         };
+        /// Counts the slot in use until the send ends, however it ends.
+        struct InUse;
+        impl Drop for InUse {
+            fn drop(&mut self) {
+                tidings_common::observe::smtp_slots(-1.0);
+            }
+        }
+        tidings_common::observe::smtp_slots(1.0);
+        let _in_use = InUse;
         let envelope: Envelope = email.envelope().clone();
         let bytes = email.formatted();
-        match tokio::time::timeout(TIMEOUT, self.transact(&envelope, &bytes)).await {
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(TIMEOUT, self.transact(&envelope, &bytes)).await {
             Ok(outcome) => outcome,
             Err(_) => SmtpOutcome::Deferred(format!(
                 "the SMTP server did not finish the transaction within {} s",
                 TIMEOUT.as_secs()
             )),
-        }
+        };
+        tidings_common::observe::smtp_transaction(started.elapsed());
+        outcome
     }
 
     async fn transact(&self, envelope: &Envelope, bytes: &[u8]) -> SmtpOutcome {

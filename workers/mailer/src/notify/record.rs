@@ -96,6 +96,29 @@ impl Finish {
     }
 }
 
+/// Counts one end in the metrics: emailed or skipped (by reason), the email's outcome, and
+/// how late a sent email went out: sent − notified − window (notified is when dispatch wrote
+/// the notification, right after the post), so a retried email's lateness includes its retries.
+fn observe_end(n: &Notification, end: &RowEnd, now: DateTime<Utc>, window: std::time::Duration) {
+    use tidings_common::observe;
+    match (end.state, end.log_status) {
+        (NotificationState::Sent, _) => {
+            observe::notification_ended(true, None);
+            observe::email("notification", "sent");
+            let late = (now - n.created_at).to_std().unwrap_or_default();
+            observe::lateness(late.saturating_sub(window));
+        }
+        (NotificationState::Skipped, _) => {
+            observe::notification_ended(false, end.reason.as_deref());
+        }
+        (NotificationState::Failed, _) => observe::email("notification", "failed"),
+        (NotificationState::Pending, Some(LogStatus::Deferred)) => {
+            observe::email("notification", "deferred")
+        }
+        _ => {}
+    }
+}
+
 /// Columns of the record statement, one array per column.
 #[derive(Default, Clone)]
 struct RecordRows {
@@ -151,6 +174,7 @@ impl Mailer {
         for e in ended {
             let n = &e.claim.notification;
             let end = e.finish.row(n, now);
+            observe_end(n, &end, now, self.config.seen_window);
             if let Some(status) = end.log_status {
                 let entry = NewEmailLogEntry {
                     reason: end.reason.clone(),

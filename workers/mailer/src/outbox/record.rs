@@ -58,6 +58,17 @@ fn record(conn: &mut PgConnection, end: &OutboxEnd, mail_from: &str) -> Result<(
     let Some((conversation_id, source, message_id_header)) = updated else {
         return Ok(());
     };
+    let kind = if source.starts_with("automation") {
+        "automation"
+    } else {
+        "system"
+    };
+    match end.state {
+        OutboxState::Sent => tidings_common::observe::email(kind, "sent"),
+        OutboxState::Failed => tidings_common::observe::email(kind, "failed"),
+        OutboxState::Pending => tidings_common::observe::email(kind, "deferred"),
+        _ => {}
+    }
     let entry = NewEmailLogEntry {
         reason: end.reason.clone(),
         outbox_id: Some(end.id),
