@@ -119,9 +119,10 @@ pub fn posted(
 }
 
 /// After `person`'s read cursor in `conversation` moved from `from` (exclusive) to `to`:
-/// a `seen` event for them, and a `delivery` event ("seen by") for everyone else who sees the
-/// delivery status of the messages now seen: their authors and the other people notified
-/// about them. Returns the people who got events.
+/// a `seen` event for them, and a `delivery` event ("seen by") for the authors of the
+/// messages now seen. Only the authors: telling every other recipient too would write
+/// recipients² rows per message; their pages read the delivery status when they show it.
+/// Returns the people who got events.
 pub fn seen(
     conn: &mut PgConnection,
     person: i64,
@@ -135,12 +136,8 @@ pub fn seen(
         person_id: i64,
     }
     let viewers: Vec<Viewer> = diesel::sql_query(
-        "SELECT author_id AS person_id FROM messages
-          WHERE conversation_id = $1 AND id > $2 AND id <= $3 AND author_id <> $4
-         UNION
-         SELECT recipient_id FROM notifications
-          WHERE conversation_id = $1 AND message_id > $2 AND message_id <= $3
-            AND recipient_id <> $4",
+        "SELECT DISTINCT author_id AS person_id FROM messages
+          WHERE conversation_id = $1 AND id > $2 AND id <= $3 AND author_id <> $4",
     )
     .bind::<BigInt, _>(conversation)
     .bind::<BigInt, _>(from)
@@ -176,9 +173,10 @@ pub fn seen(
 }
 
 /// After notifications ended in an email outcome (each `(id, status)`, the status `sent`,
-/// `failed` or `bounced`): a `delivery` event for the message's author and everyone notified
-/// about it. One call per transaction, so the feed locks are taken in one order. Returns the
-/// people who got events.
+/// `failed` or `bounced`): a `delivery` event for the message's author (one row per email,
+/// not one per recipient of the message, which would be recipients² per message). One call
+/// per transaction, so the feed locks are taken in one order. Returns the people who got
+/// events.
 pub fn emailed(conn: &mut PgConnection, ended: &[(i64, &str)]) -> Result<Vec<i64>> {
     if ended.is_empty() {
         return Ok(Vec::new());
@@ -192,13 +190,8 @@ pub fn emailed(conn: &mut PgConnection, ended: &[(i64, &str)]) -> Result<Vec<i64
     }
     let (ids, statuses): (Vec<i64>, Vec<&str>) = ended.iter().copied().unzip();
     let rows: Vec<Row> = diesel::sql_query(
-        "SELECT n.id AS notification_id, v.viewer
-         FROM notifications n
-         JOIN messages m ON m.id = n.message_id
-         CROSS JOIN LATERAL (
-             SELECT m.author_id AS viewer
-             UNION
-             SELECT o.recipient_id FROM notifications o WHERE o.message_id = n.message_id) v
+        "SELECT n.id AS notification_id, m.author_id AS viewer
+         FROM notifications n JOIN messages m ON m.id = n.message_id
          WHERE n.id = ANY($1)",
     )
     .bind::<Array<BigInt>, _>(&ids)
