@@ -133,6 +133,16 @@ impl Announcements {
         Ok(())
     }
 
+    fn left_to_sweep(&self, e: &crate::Error) {
+        warn!(
+            error = %e,
+            messages = ?self.messages,
+            events = self.events.len(),
+            outbox = self.outbox.len(),
+            "not announced; the sweep will announce it again"
+        );
+    }
+
     /// Publishes through a kept-connected publisher: what was not confirmed before a broker
     /// failover is published again after it (see [`SharedPublisher::with_failover`]), for up
     /// to `patience`; past that the sweeps announce it. The rows are committed, so nothing is
@@ -152,13 +162,7 @@ impl Announcements {
             })
             .await;
         if let Err(e) = published {
-            warn!(
-                error = %e,
-                messages = ?self.messages,
-                events = self.events.len(),
-                outbox = self.outbox.len(),
-                "not announced; the sweep will announce it again"
-            );
+            self.left_to_sweep(&e);
         }
     }
 
@@ -178,13 +182,7 @@ impl Announcements {
             Err(e) => Err(e),
         };
         if let Err(e) = published {
-            warn!(
-                error = %e,
-                messages = ?self.messages,
-                events = self.events.len(),
-                outbox = self.outbox.len(),
-                "not announced; the sweep will announce it again"
-            );
+            self.left_to_sweep(&e);
         }
     }
 }

@@ -217,22 +217,50 @@ pub async fn post_message(
     if body.body.trim().is_empty() {
         return Err(ApiError::bad_field("body", "body: must not be empty"));
     }
-    let message = with_db(&state, move |conn| {
-        conn.transaction(|conn| {
+    let (author_id, internal) = (body.author_id, body.internal);
+    post_and_announce(
+        &state,
+        conversation_id,
+        author_id,
+        body.body,
+        internal,
+        move |conn| {
             find_conversation(conn, conversation_id)?;
-            let author = find_person(conn, body.author_id)?;
-            if body.internal && author.kind == PersonKind::Customer {
+            let author = find_person(conn, author_id)?;
+            if internal && author.kind == PersonKind::Customer {
                 return Err(ApiError::bad_field(
                     "internal",
                     "internal: a customer cannot post an internal message",
                 ));
             }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Stores a message once `check` (run in the same transaction) allows it, commits, then
+/// announces it; its author has seen everything before it (D4).
+pub async fn post_and_announce<C>(
+    state: &AppState,
+    conversation_id: i64,
+    author_id: i64,
+    body: String,
+    internal: bool,
+    check: C,
+) -> ApiResult<(StatusCode, Json<Message>)>
+where
+    C: FnOnce(&mut PgConnection) -> ApiResult<()> + Send + 'static,
+{
+    let message = with_db(state, move |conn| {
+        conn.transaction(|conn| {
+            check(conn)?;
             Ok(posting::insert_message(
                 conn,
                 conversation_id,
-                author.id,
-                &body.body,
-                body.internal,
+                author_id,
+                &body,
+                internal,
             )?)
         })
     })

@@ -17,8 +17,6 @@ use serde_json::Value;
 use tidings_common::announce::Announcements;
 use tidings_common::db::models::PersonKind;
 use tidings_common::db::schema::messages;
-use tidings_common::posting;
-use tracing::info;
 
 use crate::error::{ApiError, ApiResult, Body};
 use crate::lookup::{find_conversation, find_person};
@@ -385,22 +383,15 @@ pub async fn post_message(
             "internal: a customer cannot post an internal message",
         ));
     }
-    let message = with_db(&state, move |conn| {
-        conn.transaction(|conn| {
-            require_visible(conn, me, conversation_id)?;
-            Ok(posting::insert_message(
-                conn,
-                conversation_id,
-                me.id,
-                &body.body,
-                body.internal,
-            )?)
-        })
-    })
-    .await?;
-    info!(message.id = message.id, "message posted");
-    state.announce(Announcements::message(message.id)).await;
-    Ok((StatusCode::CREATED, Json(message)))
+    super::conversations::post_and_announce(
+        &state,
+        conversation_id,
+        me.id,
+        body.body,
+        body.internal,
+        move |conn| require_visible(conn, me, conversation_id),
+    )
+    .await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
