@@ -399,6 +399,19 @@ async fn live_events_reach_every_stream_and_resume_exactly() {
             .await
             .is_empty()
     );
+    // One person cannot take every connection of a server: past 16 streams, 429.
+    let mut held_streams = Vec::new();
+    for _ in 0..16 {
+        let s = Sse::open(&env.base(), &ben_token, None).await;
+        if s.status == 429 {
+            break;
+        }
+        held_streams.push(s);
+    }
+    // Ben's own stream from the start of the test is one of the 16.
+    assert_eq!(held_streams.len(), 15);
+    assert_eq!(Sse::open(&env.base(), &ben_token, None).await.status, 429);
+    drop(held_streams);
     // SIGTERM ends the streams an api holds, cleanly, and the process exits at once.
     let mut held = Sse::open(&second, &ben_token, None).await;
     assert_eq!(held.status, 200);

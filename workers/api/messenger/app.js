@@ -274,6 +274,9 @@ function connect() {
   source.onerror = () => {
     state.connected = false;
     document.body.dataset.live = "off";
+    // The browser reconnects by itself (with Last-Event-ID) unless the server refused the
+    // stream (a 429, a signed-out session): then start a new one later, reading the inbox again.
+    if (source.readyState === EventSource.CLOSED) setTimeout(connect, 5000);
   };
   source.addEventListener("notification", onEvent("notification", async (d) => {
     if (d.ping && d.author_id !== state.me.id) ping();

@@ -40,6 +40,9 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub const REPLAY_MAX: i64 = 1000;
 /// Rows read per query.
 const PAGE: i64 = 200;
+/// Open streams one person may hold on one api process (tabs and devices); more get 429, so
+/// one token cannot take every connection slot of the process.
+pub const STREAMS_PER_PERSON: usize = 16;
 
 /// The streams this process holds, by person: a counter each poke increments.
 #[derive(Default)]
@@ -48,13 +51,12 @@ pub struct Hub {
 }
 
 impl Hub {
-    fn subscribe(&self, person: i64) -> watch::Receiver<u64> {
+    /// A new stream of `person`'s; `None` when they hold [`STREAMS_PER_PERSON`] already.
+    fn subscribe(&self, person: i64) -> Option<watch::Receiver<u64>> {
         let receiver = {
             let mut people = self.people.lock().expect("hub lock");
-            people
-                .entry(person)
-                .or_insert_with(|| watch::channel(0).0)
-                .subscribe()
+            let sender = people.entry(person).or_insert_with(|| watch::channel(0).0);
+            (sender.receiver_count() < STREAMS_PER_PERSON).then(|| sender.subscribe())
         };
         tidings_common::observe::live_streams(self.streams());
         receiver
@@ -183,8 +185,17 @@ fn last_event_id(headers: &HeaderMap) -> Option<i64> {
 
 /// Answers `GET /me/events`.
 pub fn stream(state: AppState, me: Me, headers: &HeaderMap) -> Response {
+    let Some(wake) = state.hub.subscribe(me.id) else {
+        return crate::error::ApiError {
+            status: axum::http::StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "you already hold {STREAMS_PER_PERSON} event streams on this server; close one"
+            ),
+            field: None,
+        }
+        .into_response();
+    };
     let (tx, rx) = mpsc::channel::<Event>(64);
-    let wake = state.hub.subscribe(me.id);
     tokio::spawn(feed(state, me, last_event_id(headers), wake, tx));
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))

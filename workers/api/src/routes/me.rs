@@ -473,7 +473,10 @@ pub async fn update_preferences(
 
 /// The live event stream (see `live`).
 #[utoipa::path(get, path = "/me/events", tag = "me",
-    responses((status = 200, description = "a text/event-stream of notification, seen, delivery, conversation and reset events")),
+    responses(
+        (status = 200, description = "a text/event-stream of notification, seen, delivery, conversation and reset events"),
+        (status = 429, description = "the person holds too many streams on this server", body = crate::error::ErrorBody),
+    ),
     security(("person" = [])))]
 pub async fn events(
     State(state): State<AppState>,
