@@ -1,2 +1,1 @@
-DROP INDEX conversation_participants_person;
 DROP TABLE live_events;
