@@ -508,6 +508,8 @@ async fn sweep_delivers_notifications_whose_batch_was_lost() {
 struct Cluster {
     root: std::path::PathBuf,
     tag: String,
+    /// Each node's (AMQP, distribution) ports.
+    ports: Vec<(u16, u16)>,
     nodes: Vec<Option<std::process::Child>>,
 }
 
@@ -519,24 +521,12 @@ impl Cluster {
     }
 
     fn port(&self, n: usize) -> u16 {
-        // Ports from the test's own free-port counter, one pair per node, fixed per node.
-        self.ports()[n].0
-    }
-
-    fn ports(&self) -> Vec<(u16, u16)> {
-        let file = self.root.join("ports");
-        let text = std::fs::read_to_string(&file).unwrap();
-        text.lines()
-            .map(|l| {
-                let (a, b) = l.split_once(' ').unwrap();
-                (a.parse().unwrap(), b.parse().unwrap())
-            })
-            .collect()
+        self.ports[n].0
     }
 
     fn env(&self, n: usize) -> Vec<(String, String)> {
         let dir = self.root.join(format!("n{n}"));
-        let (port, dist) = self.ports()[n];
+        let (port, dist) = self.ports[n];
         [
             ("HOME", self.root.join("home").display().to_string()),
             ("RABBITMQ_NODENAME", self.name(n)),
@@ -582,13 +572,13 @@ impl Cluster {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o400)).unwrap();
         }
-        let ports: Vec<String> = (0..CLUSTER_SIZE)
-            .map(|_| format!("{} {}", support::free_port(), support::free_port()))
-            .collect();
-        std::fs::write(root.join("ports"), ports.join("\n")).unwrap();
         let mut cluster = Cluster {
             root: root.to_path_buf(),
             tag,
+            // From the tests' own free-port counter, fixed per node across restarts.
+            ports: (0..CLUSTER_SIZE)
+                .map(|_| (support::free_port(), support::free_port()))
+                .collect(),
             nodes: (0..CLUSTER_SIZE).map(|_| None).collect(),
         };
         for n in 0..CLUSTER_SIZE {

@@ -41,6 +41,16 @@ pub fn email(source: &'static str, outcome: &'static str) {
         .increment(1);
 }
 
+/// The `source` label of an outbox email, from its `source` column (`system:<event>` or
+/// `automation:<id>`).
+pub fn outbox_source(source: &str) -> &'static str {
+    if source.starts_with("automation") {
+        "automation"
+    } else {
+        "system"
+    }
+}
+
 /// How late an email went out: sent − posted − window (sent − due).
 pub fn lateness(late: Duration) {
     metrics::histogram!("tidings_lateness_seconds").record(late.as_secs_f64());

@@ -142,7 +142,13 @@ fn mark_bounced(
             .filter(o::state.eq(OutboxState::Sent)),
     )
     .set((o::reason.eq("bounced"), o::smtp_reply.eq(&reply)))
-    .execute(conn)?;
+    .returning(o::source)
+    .get_results::<String>(conn)?
+    .iter()
+    .for_each(|source| {
+        use tidings_common::observe;
+        observe::email(observe::outbox_source(source), "bounced");
+    });
     let mut addresses: Vec<String> = sent_to
         .into_iter()
         .flatten()

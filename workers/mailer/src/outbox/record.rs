@@ -58,11 +58,7 @@ fn record(conn: &mut PgConnection, end: &OutboxEnd, mail_from: &str) -> Result<(
     let Some((conversation_id, source, message_id_header)) = updated else {
         return Ok(());
     };
-    let kind = if source.starts_with("automation") {
-        "automation"
-    } else {
-        "system"
-    };
+    let kind = tidings_common::observe::outbox_source(&source);
     match end.state {
         OutboxState::Sent => tidings_common::observe::email(kind, "sent"),
         OutboxState::Failed => tidings_common::observe::email(kind, "failed"),
