@@ -45,6 +45,14 @@ impl Announcements {
         }
     }
 
+    /// Wakes the live event streams of `people`.
+    pub fn live(people: Vec<i64>) -> Self {
+        Announcements {
+            live: people,
+            ..Default::default()
+        }
+    }
+
     pub fn events(events: Vec<RecordedEvent>) -> Self {
         Announcements {
             events,

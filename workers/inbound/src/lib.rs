@@ -119,10 +119,7 @@ impl Processor {
                     .collect();
             }
         };
-        let mut announce = Announcements {
-            live,
-            ..Default::default()
-        };
+        let mut announce = Announcements::live(live);
         let mut outcomes = Vec::with_capacity(results.len());
         for (result, (verdict, note)) in results.into_iter().zip(notes) {
             if let Ok(disposition) = &result {

@@ -320,12 +320,7 @@ pub async fn mark_seen(
         advance_seen(conn, body.person_id, conversation_id, body.message_id)
     })
     .await?;
-    state
-        .announce(Announcements {
-            live,
-            ..Default::default()
-        })
-        .await;
+    state.announce(Announcements::live(live)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -430,12 +430,7 @@ pub async fn mark_seen(
         super::conversations::advance_seen(conn, me.id, conversation_id, body.message_id)
     })
     .await?;
-    state
-        .announce(Announcements {
-            live,
-            ..Default::default()
-        })
-        .await;
+    state.announce(Announcements::live(live)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -157,12 +157,9 @@ impl Mailer {
                 "claims were taken over before they finished; leaving them to their new owner"
             );
         }
-        tidings_common::announce::Announcements {
-            live,
-            ..Default::default()
-        }
-        .publish_or_leave_to_sweep(Ok(publisher.clone()), &self.topology)
-        .await;
+        tidings_common::announce::Announcements::live(live)
+            .publish_or_leave_to_sweep(Ok(publisher.clone()), &self.topology)
+            .await;
         Ok(())
     }
 
