@@ -9,6 +9,15 @@ use support::Env;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
+/// Ann writes in a ticket's conversation that Bob follows; returns (ann, conversation).
+async fn ann_writes_to_bob(env: &Env) -> (i64, i64) {
+    let ann = env.user("Ann").await;
+    let bob = env.user("Bob").await;
+    let (_, item, conv) = env.ticket("Printer").await;
+    env.follow_item(item, bob).await;
+    (ann, conv)
+}
+
 /// `TIDINGS_LOG_FORMAT=json`: every line is one JSON object; lines inside a role, a delivery
 /// or a notification carry those span fields; no email address appears unmasked.
 #[tokio::test(flavor = "multi_thread")]
@@ -27,10 +36,7 @@ async fn json_logs_are_one_object_per_line_with_span_fields_and_masked_addresses
     );
     env.wait_for_api().await;
     env.wait_for_topology().await;
-    let ann = env.user("Ann").await;
-    let bob = env.user("Bob").await;
-    let (_, item, conv) = env.ticket("Printer").await;
-    env.follow_item(item, bob).await;
+    let (ann, conv) = ann_writes_to_bob(&env).await;
     let m = env.post(conv, ann, "Is the printer fixed?", false).await;
     env.settled(m, SETTLE).await;
     assert_eq!(env.mails_to("bob@example.com").len(), 1);
@@ -202,10 +208,7 @@ async fn metrics_and_health_on_the_metrics_listener() {
         get_text(&format!("{base}/readyz")).await.0 == 200
     })
     .await;
-    let ann = env.user("Ann").await;
-    let bob = env.user("Bob").await;
-    let (_, item, conv) = env.ticket("Printer").await;
-    env.follow_item(item, bob).await;
+    let (ann, conv) = ann_writes_to_bob(&env).await;
     let m = env.post(conv, ann, "Is the printer fixed?", false).await;
     env.settled(m, SETTLE).await;
     let (status, text) = get_text(&format!("{base}/metrics")).await;
@@ -338,10 +341,7 @@ async fn a_node_list_fails_over_and_unconfirmed_publishes_are_sent_again() {
     let _workers = env.spawn(&["dispatch", "mailer"]);
     env.wait_for_api().await;
     env.wait_for_topology().await;
-    let ann = env.user("Ann").await;
-    let bob = env.user("Bob").await;
-    let (_, item, conv) = env.ticket("Printer").await;
-    env.follow_item(item, bob).await;
+    let (ann, conv) = ann_writes_to_bob(&env).await;
     let first = env.post(conv, ann, "Through the second node", false).await;
     env.settled(first, SETTLE).await;
     // Cut the api's connections (its publisher and its live listener), then post at once.
