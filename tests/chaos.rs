@@ -10,11 +10,12 @@
 mod support;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Env, Process};
+use support::{Env, Process, system};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -136,7 +137,7 @@ async fn already_posted(env: &Env, conv: i64) -> bool {
 
 /// Runs `sql` on the test's database; `None` when psql fails (the database is down).
 fn try_psql(env: &Env, sql: &str) -> Option<String> {
-    let out = Command::new("psql")
+    let out = Command::new(system::program("psql"))
         .args([
             "-At",
             "-h",
@@ -300,21 +301,16 @@ async fn kill_9_mailer_under_load() {
     kill_role_under_load("mailer").await;
 }
 
-fn root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0\n"))
-        .unwrap_or(false)
-}
-
 /// Restarts a service the roles depend on in the middle of the load.
 async fn restart_service_under_load(service: &str, stop: &[&str], start: &[&str]) {
     let _turn = ONE_AT_A_TIME.lock().await;
-    if !root() {
-        eprintln!("skipping the {service} restart: it needs root");
+    let what = format!("the {service} restart");
+    let (Some(mut stop_cmd), Some(mut start_cmd)) = (
+        system::as_root_or_skip(stop[0], &what),
+        system::as_root_or_skip(start[0], &what),
+    ) else {
         return;
-    }
+    };
     let env = chaos_env();
     let _tidings = env.spawn(&["all"]);
     env.wait_for_api().await;
@@ -323,18 +319,10 @@ async fn restart_service_under_load(service: &str, stop: &[&str], start: &[&str]
     let posting = post_all(&env, &load, Duration::from_secs(4));
     let chaos = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let ok = Command::new(stop[0])
-            .args(&stop[1..])
-            .status()
-            .unwrap()
-            .success();
+        let ok = stop_cmd.args(&stop[1..]).status().unwrap().success();
         assert!(ok, "{stop:?}");
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let ok = Command::new(start[0])
-            .args(&start[1..])
-            .status()
-            .unwrap()
-            .success();
+        let ok = start_cmd.args(&start[1..]).status().unwrap().success();
         assert!(ok, "{start:?}");
     };
     tokio::join!(posting, chaos);
@@ -612,7 +600,7 @@ impl Cluster {
 
     fn launch(&mut self, n: usize) {
         let log = std::fs::File::create(self.root.join(format!("n{n}.out"))).unwrap();
-        let child = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
+        let child = Command::new(Path::new(system::RABBITMQ_BIN).join("rabbitmq-server"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.env(n))
@@ -626,7 +614,7 @@ impl Cluster {
 
     /// A CLI call on node `n`, with a timeout; its output.
     fn ctl_with(&self, tool: &str, n: usize, args: &[&str]) -> std::process::Output {
-        Command::new(format!("/usr/lib/rabbitmq/bin/{tool}"))
+        Command::new(Path::new(system::RABBITMQ_BIN).join(tool))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.env(n))

@@ -29,6 +29,9 @@
 //! this one). The roles run with the product's defaults unless `TIDINGS_PREFETCH`,
 //! `TIDINGS_SMTP_CONCURRENCY` or `TIDINGS_DB_POOL_SIZE` are set; the header prints them.
 
+#[path = "../../tests/support/system.rs"]
+mod system;
+
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -65,14 +68,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
-}
-
-fn postfix_tool(name: &str) -> PathBuf {
-    ["/usr/sbin", "/usr/lib/postfix/sbin", "/usr/bin"]
-        .iter()
-        .map(|dir| PathBuf::from(dir).join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| name.into())
 }
 
 struct Killed(Child);
@@ -178,7 +173,7 @@ async fn baseline(conn: &Connection, topology: &Topology, count: u64) -> anyhow:
 /// Phase 2: how fast smtp-sink accepts mail from smtp-source, Postfix's load client.
 fn smtp_sink_rate(port: u16, count: u64) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let status = Command::new(postfix_tool("smtp-source"))
+    let status = Command::new(system::program("smtp-source"))
         .args([
             "-s",
             "16",
@@ -864,7 +859,7 @@ fn inbound_rate(env: &BenchEnv, config: &Config, count: u64) -> anyhow::Result<f
     let address = token.address(&config.token_secret, &config.reply_domain);
     let before = inbound_posted(&mut db)?;
     let started = Instant::now();
-    let status = Command::new(postfix_tool("smtp-source"))
+    let status = Command::new(system::program("smtp-source"))
         .args([
             "-s",
             "8",
@@ -1450,7 +1445,7 @@ fn track_statements(database_url: &str) -> bool {
 }
 
 fn drop_database(name: &str) {
-    let _ = Command::new("psql")
+    let _ = Command::new(system::program("psql"))
         .args([
             "-q",
             "-h",
@@ -1499,13 +1494,8 @@ async fn main() -> anyhow::Result<()> {
         rand::random::<u32>() & 0xffffff
     );
     let sink_port = free_port();
-    let mut sink_cmd = Command::new(postfix_tool("smtp-sink"));
-    if Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0"))
-        .unwrap_or(false)
-    {
+    let mut sink_cmd = Command::new(system::program("smtp-sink"));
+    if system::is_root() {
         sink_cmd.args(["-u", "nobody"]);
     }
     let _sink = Killed(

@@ -127,7 +127,7 @@ impl Driver {
     /// Starts chromedriver on a free port; screenshots of failing steps go to `artifacts`.
     pub async fn start(artifacts: &Path) -> Driver {
         let port = super::free_port();
-        let child = Command::new("chromedriver")
+        let child = Command::new(super::system::program("chromedriver"))
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -177,10 +177,11 @@ impl Driver {
         let profile = self.artifacts.join(format!("profile-{name}"));
         let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|a| a.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));
-        let binary = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        let binary = ["chromium", "chromium-browser"]
+            .map(super::system::program)
             .into_iter()
-            .find(|p| Path::new(p).exists())
-            .unwrap_or("/usr/bin/chromium");
+            .find(|p| p.is_absolute())
+            .unwrap_or_else(|| "/usr/bin/chromium".into());
         let session = self
             .call(
                 reqwest::Method::POST,

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod live;
+pub mod system;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -89,23 +90,6 @@ pub fn log_tails(root: &Path, lines: usize) -> String {
     out
 }
 
-fn smtp_sink_path() -> PathBuf {
-    for candidate in ["/usr/sbin/smtp-sink", "/usr/lib/postfix/sbin/smtp-sink"] {
-        if Path::new(candidate).exists() {
-            return candidate.into();
-        }
-    }
-    "smtp-sink".into()
-}
-
-fn running_as_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 /// Postfix's smtp-sink writing every message it accepts to its own file.
 pub struct Sink {
     pub port: u16,
@@ -117,8 +101,8 @@ impl Sink {
     /// Starts a sink; `extra` are smtp-sink options such as `-r RCPT` (4xx on RCPT).
     pub fn start(port: u16, dir: &Path, extra: &[&str]) -> Sink {
         std::fs::create_dir_all(dir).unwrap();
-        let mut cmd = Command::new(smtp_sink_path());
-        if running_as_root() {
+        let mut cmd = Command::new(system::program("smtp-sink"));
+        if system::is_root() {
             // smtp-sink drops privileges to this user, which must be able to write the folder.
             set_mode(dir, 0o777);
             cmd.args(["-u", "nobody"]);
@@ -329,7 +313,7 @@ impl Env {
 
     /// Runs SQL on this test's database with psql; returns its unaligned output.
     pub fn sql(&self, query: &str) -> String {
-        let out = Command::new("psql")
+        let out = Command::new(system::program("psql"))
             .args([
                 "-qAt",
                 "-v",
@@ -762,7 +746,7 @@ impl Drop for Env {
                     let _ = conn.close(200, "bye".into()).await;
                 }
             });
-            let _ = Command::new("psql")
+            let _ = Command::new(system::program("psql"))
                 .args([
                     "-q",
                     "-h",
