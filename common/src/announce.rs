@@ -7,12 +7,10 @@ use tracing::warn;
 
 use crate::Result;
 use crate::amqp::{
-    DUE_ROUTING_KEY, MESSAGE_POSTED, MessagePosted, NotificationBatch, Publisher, Topology,
+    DUE_ROUTING_KEY, EMAIL_QUEUED, MESSAGE_POSTED, MessagePosted, NotificationBatch, Publisher,
+    Topology,
 };
 use crate::events::{EventRecorded, RecordedEvent};
-
-/// Routing key announcing outbox rows to the mailer.
-pub const EMAIL_QUEUED: &str = "email.queued";
 
 /// The AMQP payload announcing outbox rows.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -38,6 +38,8 @@ use crate::error::Result;
 
 /// Routing key of the event published after a message is committed.
 pub const MESSAGE_POSTED: &str = "message.posted";
+/// Routing key announcing outbox rows to the mailer.
+pub const EMAIL_QUEUED: &str = "email.queued";
 /// Routing key of a raw email accepted by the inbound listener.
 pub const EMAIL_RECEIVED: &str = "email.received";
 /// Header of a raw email: the envelope recipients, comma-separated.
@@ -236,7 +238,7 @@ impl Topology {
                 self.outbox_queue(),
                 self.queue_arguments(),
                 self.events_exchange(),
-                crate::announce::EMAIL_QUEUED.to_string(),
+                EMAIL_QUEUED.to_string(),
             ),
             (
                 self.delay_queue(),

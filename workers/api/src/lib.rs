@@ -8,10 +8,13 @@
 //! for an unknown id.
 
 mod error;
+pub mod hub;
 pub mod live;
 mod lookup;
 mod messenger;
 pub mod openapi;
+mod posting;
+mod queries;
 pub mod routes;
 mod serve;
 mod session;
@@ -53,8 +56,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     templates
         .clone()
         .watch(config.templates_reload, shutdown.clone());
-    let hub = Arc::new(live::Hub::default());
-    let listener_task = live::spawn_listener(
+    let hub = Arc::new(hub::Hub::default());
+    let listener_task = hub::spawn_listener(
         hub.clone(),
         config.amqp_url.clone(),
         (*topology).clone(),

@@ -27,7 +27,7 @@ pub struct AppState {
     /// The templates, for listing them and checking automations name one that exists.
     pub templates: Arc<TemplateStore>,
     /// The live event streams this process holds.
-    pub hub: Arc<crate::live::Hub>,
+    pub hub: Arc<crate::hub::Hub>,
     /// Fires when the process stops; open event streams end cleanly.
     pub shutdown: tokio_util::sync::CancellationToken,
 }

@@ -10,10 +10,11 @@ use tidings_common::announce::Announcements;
 use tidings_common::db::models::*;
 use tidings_common::db::schema::*;
 use tidings_common::posting;
-use tracing::info;
 
 use crate::error::{ApiError, ApiResult, Body};
 use crate::lookup::*;
+use crate::posting::post_and_announce;
+use crate::queries::seen::advance_seen;
 use crate::state::{AppState, with_db};
 use crate::validate::*;
 
@@ -239,37 +240,6 @@ pub async fn post_message(
     .await
 }
 
-/// Stores a message once `check` (run in the same transaction) allows it, commits, then
-/// announces it; its author has seen everything before it (D4).
-pub async fn post_and_announce<C>(
-    state: &AppState,
-    conversation_id: i64,
-    author_id: i64,
-    body: String,
-    internal: bool,
-    check: C,
-) -> ApiResult<(StatusCode, Json<Message>)>
-where
-    C: FnOnce(&mut PgConnection) -> ApiResult<()> + Send + 'static,
-{
-    let message = with_db(state, move |conn| {
-        conn.transaction(|conn| {
-            check(conn)?;
-            Ok(posting::insert_message(
-                conn,
-                conversation_id,
-                author_id,
-                &body,
-                internal,
-            )?)
-        })
-    })
-    .await?;
-    info!(message.id = message.id, "message posted");
-    state.announce(Announcements::message(message.id)).await;
-    Ok((StatusCode::CREATED, Json(message)))
-}
-
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SeenBody {
@@ -322,34 +292,4 @@ pub async fn mark_seen(
     .await?;
     state.announce(Announcements::live(live)).await;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Moves `person`'s read cursor in the conversation up to `message_id` and, if it moved,
-/// writes the live `seen` and `delivery` events in the same transaction; returns the people
-/// to announce.
-pub fn advance_seen(
-    conn: &mut PgConnection,
-    person: i64,
-    conversation_id: i64,
-    message_id: i64,
-) -> ApiResult<Vec<i64>> {
-    conn.transaction(|conn| {
-        let before: Option<i64> = seen_cursors::table
-            .find((person, conversation_id))
-            .select(seen_cursors::last_seen_message_id)
-            .for_update()
-            .first(conn)
-            .optional()?;
-        if posting::advance_cursor(conn, person, conversation_id, message_id)? == 0 {
-            return Ok(Vec::new());
-        }
-        let from = before.unwrap_or(0);
-        Ok(tidings_common::live::seen(
-            conn,
-            person,
-            conversation_id,
-            from,
-            message_id,
-        )?)
-    })
 }

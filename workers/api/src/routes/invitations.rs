@@ -12,9 +12,9 @@ use tidings_common::events::{self, DomainEvent};
 use tidings_common::{clock, mail};
 use tracing::info;
 
-use super::projects::add_member;
 use crate::error::{ApiError, ApiResult, Body};
 use crate::lookup::*;
+use crate::queries::members::add_member;
 use crate::state::{AppState, with_db};
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -12,6 +12,7 @@ use tidings_common::events::{self, DomainEvent, Joined, RecordedEvent};
 
 use crate::error::{ApiResult, Body};
 use crate::lookup::*;
+use crate::queries::members::add_member;
 use crate::state::{AppState, with_db};
 use crate::validate::*;
 
@@ -45,31 +46,6 @@ pub async fn create_project(
         Ok((StatusCode::CREATED, Json(project)))
     })
     .await
-}
-
-/// Adds `person` to the project (as a follower) and records `project_member_added`, once.
-pub(crate) fn add_member(
-    conn: &mut PgConnection,
-    project: i64,
-    person: i64,
-) -> ApiResult<Option<RecordedEvent>> {
-    let added = diesel::insert_into(project_follows::table)
-        .values((
-            project_follows::project_id.eq(project),
-            project_follows::person_id.eq(person),
-        ))
-        .on_conflict_do_nothing()
-        .execute(conn)?;
-    if added == 0 {
-        return Ok(None);
-    }
-    Ok(Some(events::record(
-        conn,
-        &DomainEvent::ProjectMemberAdded {
-            project_id: project,
-            joined: Joined::User { person_id: person },
-        },
-    )?))
 }
 
 /// Publishes the event of a join, if there was one: 201 when someone joined, 200 when they

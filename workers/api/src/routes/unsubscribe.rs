@@ -119,7 +119,11 @@ pub async fn unsubscribe(
                 let (field, conversation_id) = match token.scope {
                     UnsubscribeScope::UserKind(kind) => {
                         let field = email_field(kind);
-                        super::preferences::apply(conn, person_id, json!({ field: false }))?;
+                        crate::queries::preferences::apply(
+                            conn,
+                            person_id,
+                            json!({ field: false }),
+                        )?;
                         (field, None)
                     }
                     UnsubscribeScope::CustomerConversation(conversation_id) => {

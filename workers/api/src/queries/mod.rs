@@ -1,0 +1,9 @@
+//! The api's database reads and writes that more than one route needs, each in one place:
+//! route files call these and never each other.
+
+pub mod deliveries;
+pub mod inbox;
+pub mod members;
+pub mod preferences;
+pub mod seen;
+pub mod visibility;
