@@ -9,7 +9,7 @@ use tidings_common::inbound::InboundReport;
 use tidings_common::mail::{self, SentEmail};
 use tidings_common::{Config, Result};
 
-use crate::process::{Disposition, Envelope};
+use crate::set::{Disposition, Envelope};
 
 /// A bounce, honoured only when it proves which of our emails failed: it came back to that
 /// email's signed envelope sender (VERP), or it cites the Message-ID of an email we sent. Then

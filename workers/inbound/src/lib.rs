@@ -4,6 +4,7 @@
 
 mod bounce;
 pub mod process;
+pub mod set;
 pub mod smtp;
 mod thread;
 
@@ -24,7 +25,7 @@ use tidings_common::{Config, Result};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use process::Envelope;
+use set::{Envelope, Inbound};
 
 struct Processor {
     db: Db,
@@ -79,9 +80,9 @@ impl Processor {
         let results = self
             .db
             .run(move |conn| {
-                let set: Vec<process::Inbound> = set
+                let set: Vec<Inbound> = set
                     .into_iter()
-                    .map(|(envelope, raw)| process::Inbound {
+                    .map(|(envelope, raw)| Inbound {
                         report: inbound::inspect(&raw, &context),
                         raw,
                         envelope,

@@ -23,7 +23,7 @@ use tidings_common::mail::ReplyToken;
 use tidings_common::{Config, Result, clock, posting};
 
 use crate::bounce::record_bounce;
-use crate::process::{Disposition, Envelope};
+use crate::set::{Disposition, Envelope};
 
 /// Takes the transaction-scoped locks of the loop defence for a set of senders and
 /// conversations, in the order of their hashes, so concurrent sets are counted one after
