@@ -103,6 +103,12 @@ pub fn template_reload(ok: bool) {
     metrics::counter!("tidings_template_reloads_total", "result" => result).increment(1);
 }
 
+/// A scheduler job ran to its end: the time, for "no sweep lately" alerts.
+pub fn job_succeeded(job: &'static str) {
+    metrics::gauge!("tidings_job_last_success_timestamp_seconds", "job" => job)
+        .set(crate::clock::now().timestamp() as f64);
+}
+
 /// Open live event streams (api).
 pub fn live_streams(open: usize) {
     metrics::gauge!("tidings_live_streams").set(open as f64);
@@ -112,6 +118,12 @@ pub fn live_streams(open: usize) {
 pub fn queue_depth(queue: &str, messages: u32, consumers: u32) {
     metrics::gauge!("tidings_queue_messages", "queue" => queue.to_string()).set(messages as f64);
     metrics::gauge!("tidings_queue_consumers", "queue" => queue.to_string()).set(consumers as f64);
+}
+
+/// `tidings_ready{role}`: 1 while the role's broker session is open with its consumers
+/// attached, as `/readyz` says.
+fn ready_gauge(role: &str, ready: bool) {
+    metrics::gauge!("tidings_ready", "role" => role.to_string()).set(if ready { 1.0 } else { 0.0 });
 }
 
 /// What `/readyz` answers from: each role of the process says whether its broker session is
@@ -132,6 +144,7 @@ pub fn health() -> &'static Health {
 impl Health {
     /// A role starts: not ready until it says it is attached.
     pub fn register(&self, role: &str) {
+        ready_gauge(role, false);
         self.roles
             .lock()
             .expect("health lock")
@@ -141,6 +154,7 @@ impl Health {
 
     /// A role's broker session is open with its consumers attached (or not any more).
     pub fn attached(&self, role: &str, yes: bool) {
+        ready_gauge(role, yes);
         self.roles
             .lock()
             .expect("health lock")

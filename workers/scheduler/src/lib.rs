@@ -191,6 +191,7 @@ impl Scheduler {
         let outcome = match self.run_job(job).await {
             Ok(done) => {
                 info!(job, tick = %tick, done, "job ran");
+                tidings_common::observe::job_succeeded(job);
                 done
             }
             Err(e) => {
