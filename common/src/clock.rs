@@ -1,6 +1,9 @@
-//! The one source of the current time. Every lease, due time, token expiry and log window is
-//! computed from [`now`], the application clock; the database's `now()` only stamps audit
-//! columns (`created_at`, `updated_at`). `clippy.toml` forbids reading the time any other way.
+//! The one source of the current time in the code. Every lease, claim, due time, retry time
+//! and token expiry is computed from [`now`], the application clock, and compared with it.
+//! The database's `now()` stamps audit columns (`created_at`, `updated_at`, `received_at`,
+//! `started_at`, …), and the windows measured on those columns (the purges, the inbound rate
+//! limits, the automation loop cap) use the database's `now()` too, so both ends of each
+//! comparison come from one clock. `clippy.toml` forbids reading the time any other way.
 
 use chrono::{DateTime, Utc};
 

@@ -76,8 +76,7 @@ impl Sweep {
         match self {
             Sweep::UndispatchedMessages => {
                 found.messages = messages::table
-                    .filter(messages::dispatched_at.is_null())
-                    .filter(messages::created_at.lt(old))
+                    .filter(undispatched_messages(old))
                     .select(messages::id)
                     .order(messages::id.asc())
                     .limit(SWEEP_LIMIT)
@@ -109,6 +108,19 @@ impl Sweep {
         }
         Ok(found)
     }
+}
+
+/// Messages posted before `old` whose `message.posted` never reached dispatch (the sweep
+/// announces them again; `tidings status` counts them).
+pub fn undispatched_messages(
+    old: chrono::DateTime<chrono::Utc>,
+) -> Box<dyn BoxableExpression<messages::table, diesel::pg::Pg, SqlType = diesel::sql_types::Bool>>
+{
+    Box::new(
+        messages::dispatched_at
+            .is_null()
+            .and(messages::created_at.lt(old)),
+    )
 }
 
 /// Stuck notifications, with their due time pushed forward so the next sweep leaves them

@@ -1,14 +1,21 @@
-//! `tidings migrate`: create the database if needed and apply pending migrations.
+//! `tidings migrate`: create the database if needed, apply pending migrations and the SQL
+//! functions' current text.
 
 use tidings_common::Config;
 
 pub fn migrate(config: &Config) -> anyhow::Result<()> {
     let applied = tidings_common::db::migrate(&config.database_url)
         .map_err(|e| anyhow::anyhow!("TIDINGS_DATABASE_URL: migration failed: {e}"))?;
-    if applied.is_empty() {
+    if applied.migrations.is_empty() {
         println!("database schema is up to date");
     } else {
-        println!("applied migrations: {}", applied.join(", "));
+        println!("applied migrations: {}", applied.migrations.join(", "));
+    }
+    if applied.functions {
+        println!(
+            "SQL functions created from functions.sql: {}",
+            tidings_common::db::FUNCTIONS.join(", ")
+        );
     }
     let mut conn = <diesel::PgConnection as diesel::Connection>::establish(&config.database_url)
         .map_err(|e| anyhow::anyhow!("TIDINGS_DATABASE_URL: {e}"))?;

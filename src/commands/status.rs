@@ -12,12 +12,15 @@
 //! Exit code 0 when everything answers, 1 when the broker or the database does not.
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Interval, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use tidings_common::Config;
 use tidings_common::amqp::Topology;
+use tidings_common::db::schema::{messages, notifications, outbox_emails};
+use tidings_common::db::states::claimable;
+use tidings_common::sweep;
 
 #[derive(QueryableByName)]
 struct Bucket {
@@ -41,42 +44,37 @@ struct SweepRun {
     outcome: Option<String>,
 }
 
-fn interval(d: std::time::Duration) -> diesel::pg::data_types::PgInterval {
-    diesel::pg::data_types::PgInterval::from_microseconds(d.as_micros() as i64)
-}
-
 /// The pending notifications by lateness, stuck claims and sweeps.
 fn database(config: &Config) -> anyhow::Result<Value> {
     let mut conn = PgConnection::establish(&config.database_url)?;
-    let window = interval(config.seen_window);
     let pending: Vec<Bucket> = diesel::sql_query(
-        "SELECT CASE WHEN due_at > now() THEN 'not due yet'
-                     WHEN due_at > now() - interval '1 minute' THEN 'due, under 1 min late'
-                     WHEN due_at > now() - interval '10 minutes' THEN '1-10 min late'
-                     WHEN due_at > now() - interval '1 hour' THEN '10-60 min late'
+        // Due times come from the application clock, so they are compared with it ($1).
+        "SELECT CASE WHEN due_at > $1 THEN 'not due yet'
+                     WHEN due_at > $1 - interval '1 minute' THEN 'due, under 1 min late'
+                     WHEN due_at > $1 - interval '10 minutes' THEN '1-10 min late'
+                     WHEN due_at > $1 - interval '1 hour' THEN '10-60 min late'
                      ELSE 'over 1 h late' END AS bucket,
                 count(*) AS count
          FROM notifications WHERE state = 'pending' GROUP BY 1 ORDER BY min(due_at)",
     )
+    .bind::<Timestamptz, _>(tidings_common::clock::now())
     .load(&mut conn)?;
-    let lease = interval(config.send_lease);
-    let stuck = |table: &str, conn: &mut PgConnection| -> QueryResult<i64> {
-        diesel::sql_query(format!(
-            "SELECT count(*) AS count FROM {table}
-             WHERE state = 'sending' AND claimed_at < now() - $1"
-        ))
-        .bind::<Interval, _>(lease)
-        .get_result::<Count>(conn)
-        .map(|c| c.count)
-    };
-    let stuck_notifications = stuck("notifications", &mut conn)?;
-    let stuck_outbox = stuck("outbox_emails", &mut conn)?;
-    let undispatched: Count = diesel::sql_query(
-        "SELECT count(*) AS count FROM messages
-         WHERE dispatched_at IS NULL AND created_at < now() - $1",
-    )
-    .bind::<Interval, _>(window)
-    .get_result(&mut conn)?;
+    // Stuck claims and undispatched messages by the sweeps' own definitions.
+    let lapsed = tidings_common::clock::before(config.send_lease);
+    let stuck_notifications: i64 = notifications::table
+        .filter(claimable::lapsed_notification_claims(lapsed))
+        .count()
+        .get_result(&mut conn)?;
+    let stuck_outbox: i64 = outbox_emails::table
+        .filter(claimable::lapsed_outbox_claims(lapsed))
+        .count()
+        .get_result(&mut conn)?;
+    let undispatched: i64 = messages::table
+        .filter(sweep::undispatched_messages(tidings_common::clock::before(
+            config.seen_window,
+        )))
+        .count()
+        .get_result(&mut conn)?;
     let last_sweep: Option<SweepRun> = diesel::sql_query(
         "SELECT started_at, outcome FROM scheduler_runs
          WHERE job = 'sweep' AND finished_at IS NOT NULL ORDER BY tick DESC LIMIT 1",
@@ -92,7 +90,7 @@ fn database(config: &Config) -> anyhow::Result<Value> {
     Ok(json!({
         "notifications_pending": pending.iter().map(|b| json!({"when": b.bucket, "count": b.count})).collect::<Vec<_>>(),
         "stuck_claims": {"notifications": stuck_notifications, "outbox": stuck_outbox, "lease_s": config.send_lease.as_secs()},
-        "messages_not_dispatched_after_window": undispatched.count,
+        "messages_not_dispatched_after_window": undispatched,
         "last_sweep": last_sweep.map(|s| json!({"at": s.started_at, "outcome": s.outcome})),
         "sweep_recoveries_24h": recovered.count,
     }))

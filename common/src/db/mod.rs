@@ -73,9 +73,27 @@ impl Db {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Applies pending migrations, creating the database first if it does not exist; returns the
-/// versions applied (empty when the schema is up to date).
-pub fn migrate(url: &str) -> std::result::Result<Vec<String>, BoxError> {
+/// The current text of every SQL function Tidings calls; see the file's header.
+pub const FUNCTIONS_SQL: &str = include_str!("functions.sql");
+
+/// The functions [`FUNCTIONS_SQL`] defines, with their argument types.
+pub const FUNCTIONS: &[&str] = &[
+    "tidings_messages_facts(BIGINT[])",
+    "tidings_audiences(BIGINT[], BIGINT[])",
+];
+
+/// What [`migrate`] did.
+#[derive(Debug, Default)]
+pub struct Migrated {
+    /// The migration versions applied (empty when the schema was up to date).
+    pub migrations: Vec<String>,
+    /// Whether the SQL functions were (re)created from [`FUNCTIONS_SQL`].
+    pub functions: bool,
+}
+
+/// Applies pending migrations, creating the database first if it does not exist, then the
+/// SQL functions when the database's differ from [`FUNCTIONS_SQL`].
+pub fn migrate(url: &str) -> std::result::Result<Migrated, BoxError> {
     use diesel::Connection;
     let mut conn = match PgConnection::establish(url) {
         Ok(conn) => conn,
@@ -86,7 +104,84 @@ pub fn migrate(url: &str) -> std::result::Result<Vec<String>, BoxError> {
         Err(e) => return Err(e.into()),
     };
     let applied = conn.run_pending_migrations(MIGRATIONS)?;
-    Ok(applied.iter().map(|v| v.to_string()).collect())
+    Ok(Migrated {
+        migrations: applied.iter().map(|v| v.to_string()).collect(),
+        functions: apply_functions(&mut conn)?,
+    })
+}
+
+/// The body of each function of [`FUNCTIONS_SQL`], in order: the text between `AS $$` and
+/// `$$;`, as PostgreSQL stores it (`pg_proc.prosrc`).
+fn function_bodies() -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut rest = FUNCTIONS_SQL;
+    while let Some(start) = rest.find("AS $$") {
+        let after = &rest[start + "AS $$".len()..];
+        let Some(end) = after.find("$$;") else { break };
+        out.push(&after[..end]);
+        rest = &after[end..];
+    }
+    out
+}
+
+/// The mark each function's comment carries: the digest of the file that created it.
+fn functions_mark() -> String {
+    use std::fmt::Write;
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(FUNCTIONS_SQL.as_bytes());
+    digest
+        .iter()
+        .fold(String::from("functions.sql sha256 "), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Runs [`FUNCTIONS_SQL`] unless every function's comment already carries its digest;
+/// returns whether it ran. Concurrent callers take turns on an advisory lock, and the file
+/// and the comments commit together.
+pub fn apply_functions(conn: &mut PgConnection) -> diesel::QueryResult<bool> {
+    use diesel::connection::SimpleConnection;
+    use diesel::prelude::*;
+    use diesel::sql_types::{Nullable, Text};
+    #[derive(QueryableByName)]
+    struct Comment {
+        #[diesel(sql_type = Nullable<Text>)]
+        comment: Option<String>,
+    }
+    let mark = functions_mark();
+    let bodies = function_bodies();
+    // Current when every function carries this file's mark and still has its body (a
+    // function edited by hand keeps its comment).
+    let current = |conn: &mut PgConnection| -> diesel::QueryResult<bool> {
+        for (function, body) in FUNCTIONS.iter().zip(&bodies) {
+            let c: Comment = diesel::sql_query(
+                "SELECT CASE WHEN p.prosrc = $2 THEN obj_description(p.oid, 'pg_proc') END AS comment
+                 FROM (SELECT to_regprocedure($1) AS oid) f LEFT JOIN pg_proc p ON p.oid = f.oid",
+            )
+            .bind::<Text, _>(*function)
+            .bind::<Text, _>(*body)
+            .get_result(conn)?;
+            if c.comment.as_deref() != Some(mark.as_str()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    if current(conn)? {
+        return Ok(false);
+    }
+    conn.transaction(|conn| {
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended('tidings functions', 0))")
+            .execute(conn)?;
+        if current(conn)? {
+            return Ok(false);
+        }
+        conn.batch_execute(FUNCTIONS_SQL)?;
+        for function in FUNCTIONS {
+            conn.batch_execute(&format!("COMMENT ON FUNCTION {function} IS '{mark}'"))?;
+        }
+        Ok(true)
+    })
 }
 
 /// The id of the project called `name`, created when missing (the project customers' new

@@ -229,26 +229,46 @@ pub mod claimable {
         )
     }
 
+    /// Notifications a worker may claim: `pending`, or a [`lapsed_notification_claims`] one.
     pub fn notifications(
         lapsed: DateTime<Utc>,
     ) -> Box<dyn BoxableExpression<notifications::table, Pg, SqlType = Nullable<Bool>>> {
-        use notifications::{claimed_at, state};
         Box::new(
-            state
+            notifications::state
                 .eq(SendState::Pending)
-                .or(state.eq(SendState::Sending).and(claimed_at.lt(lapsed))),
+                .nullable()
+                .or(lapsed_notification_claims(lapsed)),
         )
     }
 
+    /// Notifications claimed (`sending`) before `lapsed` and never finished: their worker died
+    /// or stalled. The sweep hands them on; `tidings status` counts them as stuck claims.
+    pub fn lapsed_notification_claims(
+        lapsed: DateTime<Utc>,
+    ) -> Box<dyn BoxableExpression<notifications::table, Pg, SqlType = Nullable<Bool>>> {
+        use notifications::{claimed_at, state};
+        Box::new(state.eq(SendState::Sending).and(claimed_at.lt(lapsed)))
+    }
+
+    /// Outbox emails a worker may claim, as [`notifications`].
     pub fn outbox_emails(
         lapsed: DateTime<Utc>,
     ) -> Box<dyn BoxableExpression<outbox_emails::table, Pg, SqlType = Nullable<Bool>>> {
-        use outbox_emails::{claimed_at, state};
         Box::new(
-            state
+            outbox_emails::state
                 .eq(SendState::Pending)
-                .or(state.eq(SendState::Sending).and(claimed_at.lt(lapsed))),
+                .nullable()
+                .or(lapsed_outbox_claims(lapsed)),
         )
+    }
+
+    /// Outbox emails claimed before `lapsed` and never finished, as
+    /// [`lapsed_notification_claims`].
+    pub fn lapsed_outbox_claims(
+        lapsed: DateTime<Utc>,
+    ) -> Box<dyn BoxableExpression<outbox_emails::table, Pg, SqlType = Nullable<Bool>>> {
+        use outbox_emails::{claimed_at, state};
+        Box::new(state.eq(SendState::Sending).and(claimed_at.lt(lapsed)))
     }
 }
 

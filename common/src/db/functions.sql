@@ -1,0 +1,142 @@
+-- The current text of every SQL function Tidings calls. `tidings migrate` applies this file
+-- after the migrations whenever it differs from what the database holds (each function's
+-- comment records the digest of the file that created it), so a function is changed here,
+-- never in a new migration; migrations keep the tables. `CREATE OR REPLACE` cannot change a
+-- function's arguments or result columns: for that, add `DROP FUNCTION IF EXISTS` before it.
+-- tests/functions.rs checks that every function in a migrated database matches this file.
+
+-- One row per existing message of p_messages. Every fact is an index lookup per message: a
+-- LATERAL subquery with LIMIT 1, or a scalar subquery on a primary key, which the planner can
+-- neither hash nor turn into a scan of a whole table, so the plan stays the same whatever the
+-- size of the set and of the tables.
+CREATE OR REPLACE FUNCTION tidings_messages_facts(p_messages BIGINT[])
+RETURNS TABLE (id BIGINT, conversation_id BIGINT, author_id BIGINT, author_kind TEXT,
+               internal BOOLEAN, deleted BOOLEAN, customer_conversation BOOLEAN)
+LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    SELECT m.id, m.conversation_id, m.author_id, (SELECT kind FROM people WHERE id = m.author_id),
+    m.internal, (m.deleted_at IS NOT NULL OR btrim(m.body) = ''),
+    (cp.yes IS NOT NULL OR itf.yes IS NOT NULL OR prf.yes IS NOT NULL
+     OR (SELECT kind FROM people WHERE id = i.assignee_id) IS NOT DISTINCT FROM 'customer')
+    FROM messages m
+    JOIN conversations c ON c.id = m.conversation_id
+    LEFT JOIN items i ON i.id = c.item_id
+    LEFT JOIN LATERAL (SELECT 1 AS yes FROM conversation_participants cp
+                       WHERE cp.conversation_id = c.id
+                         AND (SELECT kind FROM people WHERE id = cp.person_id) = 'customer'
+                       LIMIT 1) cp ON true
+    LEFT JOIN LATERAL (SELECT 1 AS yes FROM item_follows f
+                       WHERE f.item_id = c.item_id
+                         AND (SELECT kind FROM people WHERE id = f.person_id) = 'customer'
+                       LIMIT 1) itf ON true
+    LEFT JOIN LATERAL (SELECT 1 AS yes FROM project_follows f
+                       WHERE c.item_id IS NULL AND f.project_id = c.project_id
+                         AND (SELECT kind FROM people WHERE id = f.person_id) = 'customer'
+                       LIMIT 1) prf ON true
+    WHERE m.id = ANY(p_messages)
+    ORDER BY m.id;
+END
+$$;
+
+-- With p_people NULL: every person who may be notified about each message of p_messages,
+-- with the facts in-app notification decides on (D1, P1-P5, F1); the facts only the email
+-- decision reads (muted, seen_up_to, last_posted, suppressed) are left false or NULL, and
+-- whether a candidate is a participant or an item follower comes from how it was found.
+-- Otherwise the pairs (p_messages[i], p_people[i]) with every fact (the mailer's send-time
+-- re-check, and explain). One row per (message, person), ordered by both. As above, every
+-- fact is an index lookup per row; `(SELECT true … LIMIT 1) IS NOT NULL` rather than EXISTS,
+-- which the planner may turn into a hashed scan of the whole table, and inside CASE so that
+-- it runs only when the fact is needed.
+CREATE OR REPLACE FUNCTION tidings_audiences(p_messages BIGINT[], p_people BIGINT[])
+RETURNS TABLE (message_id BIGINT, id BIGINT, kind TEXT, active BOOLEAN, has_email BOOLEAN,
+               follows_conversation BOOLEAN, follows_project BOOLEAN, participant BOOLEAN,
+               muted BOOLEAN, seen_up_to BIGINT, last_posted BIGINT, see_conversations TEXT,
+               show_customer_conversations BOOLEAN, from_customers TEXT, from_users TEXT,
+               followed_internal BOOLEAN, email_customer_messages BOOLEAN, email_replies BOOLEAN,
+               email_internal BOOLEAN, suppressed BOOLEAN)
+LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH msg AS MATERIALIZED (
+        SELECT m.id, m.conversation_id, m.internal,
+               (SELECT kind FROM people WHERE id = m.author_id) AS author_kind, c.item_id,
+               COALESCE(i.project_id, c.project_id) AS project_id, i.assignee_id
+        FROM messages m
+        JOIN conversations c ON c.id = m.conversation_id
+        LEFT JOIN items i ON i.id = c.item_id
+        WHERE m.id = ANY(p_messages)),
+    candidates AS MATERIALIZED (
+        SELECT q.message_id, q.person_id, NULL::boolean AS participant,
+               NULL::boolean AS item_follower
+        FROM unnest(p_messages, p_people) AS q(message_id, person_id)
+        WHERE p_people IS NOT NULL
+        UNION ALL
+        SELECT msg.id, who.person_id, bool_or(who.participant), bool_or(who.item_follower)
+        FROM msg CROSS JOIN LATERAL (
+            SELECT cp.person_id, true AS participant, false AS item_follower
+            FROM conversation_participants cp WHERE cp.conversation_id = msg.conversation_id
+            UNION ALL
+            SELECT f.person_id, false, true FROM item_follows f WHERE f.item_id = msg.item_id
+            UNION ALL
+            SELECT f.person_id, false, false FROM project_follows f
+            WHERE msg.item_id IS NULL AND f.project_id = msg.project_id
+            UNION ALL
+            SELECT msg.assignee_id, false, false WHERE msg.assignee_id IS NOT NULL
+            UNION ALL
+            SELECT up.person_id, false, false FROM user_preferences up
+            WHERE up.from_customers = 'all' AND NOT msg.internal AND msg.author_kind = 'customer'
+            UNION ALL
+            SELECT up.person_id, false, false FROM user_preferences up
+            WHERE up.from_users = 'all' AND NOT msg.internal AND msg.author_kind <> 'customer'
+        ) who
+        WHERE p_people IS NULL
+        GROUP BY msg.id, who.person_id),
+    facts AS (
+        SELECT c.message_id, c.person_id,
+            CASE WHEN c.participant IS NOT NULL THEN c.participant
+                 ELSE (SELECT true FROM conversation_participants cp
+                       WHERE cp.conversation_id = msg.conversation_id AND cp.person_id = p.id
+                       LIMIT 1) IS NOT NULL END AS participant,
+            CASE WHEN c.item_follower IS NOT NULL THEN c.item_follower
+                 ELSE (SELECT true FROM item_follows f
+                       WHERE f.item_id = msg.item_id AND f.person_id = p.id
+                       LIMIT 1) IS NOT NULL END AS item_follower,
+            (SELECT true FROM project_follows pf
+             WHERE pf.project_id = msg.project_id AND pf.person_id = p.id
+             LIMIT 1) IS NOT NULL AS project_follower,
+            CASE WHEN p_people IS NULL THEN false
+                 ELSE (SELECT true FROM conversation_mutes cm
+                       WHERE cm.person_id = p.id AND cm.conversation_id = msg.conversation_id
+                       LIMIT 1) IS NOT NULL END AS muted,
+            CASE WHEN p_people IS NULL THEN NULL
+                 ELSE (SELECT sc.last_seen_message_id FROM seen_cursors sc
+                       WHERE sc.person_id = p.id AND sc.conversation_id = msg.conversation_id)
+                 END AS seen_up_to,
+            CASE WHEN p_people IS NULL THEN NULL
+                 ELSE (SELECT max(m2.id) FROM messages m2
+                       WHERE m2.author_id = p.id AND m2.conversation_id = msg.conversation_id)
+                 END AS last_posted,
+            CASE WHEN p_people IS NULL THEN false
+                 ELSE (SELECT true FROM email_suppressions s
+                       WHERE s.address = lower(p.email) AND s.suppressed LIMIT 1) IS NOT NULL
+                 END AS suppressed
+        FROM candidates c
+        JOIN msg ON msg.id = c.message_id
+        JOIN people p ON p.id = c.person_id)
+    SELECT msg.id, p.id, p.kind, p.active, p.email IS NOT NULL,
+    (f.participant OR f.item_follower OR (msg.item_id IS NULL AND f.project_follower)
+     OR msg.assignee_id IS NOT DISTINCT FROM p.id),
+    f.project_follower, f.participant, f.muted, f.seen_up_to, f.last_posted,
+    up.see_conversations, up.show_customer_conversations, up.from_customers,
+    up.from_users, up.followed_internal, up.email_customer_messages,
+    up.email_replies, up.email_internal, f.suppressed
+    FROM facts f
+    JOIN msg ON msg.id = f.message_id
+    JOIN people p ON p.id = f.person_id
+    LEFT JOIN user_preferences up ON up.person_id = p.id
+    ORDER BY msg.id, p.id;
+END
+$$;
