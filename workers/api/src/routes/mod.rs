@@ -1,5 +1,8 @@
-//! The api's routes, one file per resource. [`router`] maps every path to its handler; all
-//! but the signed-link pages need the API token.
+//! The api's routes, one file per resource. [`router`] maps every path to its handler and
+//! builds the OpenAPI document from the same declarations: each route is named once, in a
+//! `routes!` below, and its path and method come from the handler's own `#[utoipa::path]`,
+//! so no path can be served without being documented. All but the signed-link pages, the
+//! session exchange and the messenger's files need a token.
 
 pub mod automations;
 pub mod conversations;
@@ -19,147 +22,182 @@ pub mod templates;
 pub mod unsubscribe;
 
 use axum::Router;
-use axum::routing::{delete, get, patch, post, put};
+use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::state::AppState;
 
-/// Builds the router: the admin routes behind the API token, the `/me` routes behind a
-/// person token, and the public pages (signed links, the messenger's static files).
+/// The routes in three groups by who may call them.
+struct Groups {
+    /// Behind the API token.
+    admin: OpenApiRouter<AppState>,
+    /// Behind a person token (header or the messenger's cookie).
+    person: OpenApiRouter<AppState>,
+    /// Public: signed links (the signed token is the authorisation), the session exchange and
+    /// the messenger's files.
+    public: OpenApiRouter<AppState>,
+}
+
+fn groups() -> Groups {
+    let admin = OpenApiRouter::new()
+        .routes(routes!(people::create_user))
+        .routes(routes!(people::create_customer))
+        .routes(routes!(people::create_bot))
+        .routes(routes!(people::get_person, people::update_person))
+        .routes(routes!(
+            preferences::get_preferences,
+            preferences::update_preferences
+        ))
+        .routes(routes!(people::inbox))
+        .routes(routes!(crate::session::create_session))
+        .routes(routes!(people::request_password_reset))
+        .routes(routes!(people::verify_password_reset))
+        .routes(routes!(projects::create_project))
+        .routes(routes!(follows::follow_project, follows::unfollow_project))
+        .routes(routes!(projects::add_project_member))
+        .routes(routes!(projects::add_project_team))
+        .routes(routes!(invitations::invite))
+        .routes(routes!(items::create_item))
+        .routes(routes!(items::update_item))
+        .routes(routes!(follows::follow_item, follows::unfollow_item))
+        .routes(routes!(
+            conversations::list_conversations,
+            conversations::create_conversation
+        ))
+        .routes(routes!(conversations::get_conversation))
+        .routes(routes!(conversations::add_participant))
+        .routes(routes!(conversations::post_message))
+        .routes(routes!(conversations::mark_seen))
+        .routes(routes!(messages::edit_message, messages::delete_message))
+        .routes(routes!(messages::deliveries))
+        .routes(routes!(messages::email))
+        .routes(routes!(messages::explain))
+        .routes(routes!(email_log::email_log))
+        .routes(routes!(teams::create_team))
+        .routes(routes!(teams::add_team_member))
+        .routes(routes!(system_notifications::list_system_notifications))
+        .routes(routes!(system_notifications::update_system_notification))
+        .routes(routes!(
+            automations::list_automations,
+            automations::create_automation
+        ))
+        .routes(routes!(
+            automations::get_automation,
+            automations::update_automation,
+            automations::delete_automation
+        ))
+        .routes(routes!(templates::list_templates))
+        .routes(routes!(suppressions::suppressions))
+        .routes(routes!(suppressions::reset_suppression));
+    let person = OpenApiRouter::new()
+        .routes(routes!(me::me))
+        .routes(routes!(me::inbox))
+        .routes(routes!(me::events))
+        .routes(routes!(me::conversation))
+        .routes(routes!(me::post_message))
+        .routes(routes!(me::mark_seen))
+        .routes(routes!(me::deliveries))
+        .routes(routes!(me::get_preferences, me::update_preferences));
+    let public = OpenApiRouter::new()
+        .routes(routes!(crate::session::sign_in, crate::session::sign_out))
+        .routes(routes!(crate::messenger::page))
+        .routes(routes!(crate::messenger::asset))
+        .routes(routes!(unsubscribe::confirm_page, unsubscribe::unsubscribe))
+        .routes(routes!(
+            invitations::invitation_page,
+            invitations::accept_invitation
+        ));
+    Groups {
+        admin,
+        person,
+        public,
+    }
+}
+
+/// Builds the router and its OpenAPI document: the admin routes behind the API token, the
+/// `/me` routes behind a person token, and the public pages. `/openapi.json` serves the
+/// document.
 pub fn router(state: AppState) -> Router {
-    let private = Router::new()
-        .route("/users", post(people::create_user))
-        .route("/customers", post(people::create_customer))
-        .route("/bots", post(people::create_bot))
-        .route(
-            "/people/{id}",
-            get(people::get_person).patch(people::update_person),
-        )
-        .route(
-            "/people/{id}/preferences",
-            get(preferences::get_preferences).patch(preferences::update_preferences),
-        )
-        .route("/people/{id}/inbox", get(people::inbox))
-        .route(
-            "/people/{id}/sessions",
-            post(crate::session::create_session),
-        )
-        .route("/projects", post(projects::create_project))
-        .route(
-            "/projects/{id}/followers/{person_id}",
-            put(follows::follow_project).delete(follows::unfollow_project),
-        )
-        .route("/items", post(items::create_item))
-        .route(
-            "/items/{id}/followers/{person_id}",
-            put(follows::follow_item).delete(follows::unfollow_item),
-        )
-        .route(
-            "/conversations",
-            get(conversations::list_conversations).post(conversations::create_conversation),
-        )
-        .route("/conversations/{id}", get(conversations::get_conversation))
-        .route(
-            "/conversations/{id}/participants/{person_id}",
-            put(conversations::add_participant),
-        )
-        .route(
-            "/conversations/{id}/messages",
-            post(conversations::post_message),
-        )
-        .route("/conversations/{id}/seen", put(conversations::mark_seen))
-        .route(
-            "/messages/{id}",
-            patch(messages::edit_message).delete(messages::delete_message),
-        )
-        .route("/messages/{id}/deliveries", get(messages::deliveries))
-        .route("/messages/{id}/email", get(messages::email))
-        .route("/messages/{id}/explain/{person_id}", get(messages::explain))
-        .route("/email-log", get(email_log::email_log))
-        .route("/items/{id}", patch(items::update_item))
-        .route(
-            "/people/{id}/password-reset",
-            post(people::request_password_reset),
-        )
-        .route(
-            "/password-resets/verify",
-            post(people::verify_password_reset),
-        )
-        .route(
-            "/projects/{id}/members/{person_id}",
-            put(projects::add_project_member),
-        )
-        .route("/projects/{id}/invitations", post(invitations::invite))
-        .route("/teams", post(teams::create_team))
-        .route(
-            "/teams/{id}/members/{person_id}",
-            put(teams::add_team_member),
-        )
-        .route(
-            "/projects/{id}/teams/{team_id}",
-            put(projects::add_project_team),
-        )
-        .route(
-            "/system-notifications",
-            get(system_notifications::list_system_notifications),
-        )
-        .route(
-            "/system-notifications/{event}",
-            patch(system_notifications::update_system_notification),
-        )
-        .route(
-            "/automations",
-            get(automations::list_automations).post(automations::create_automation),
-        )
-        .route(
-            "/automations/{id}",
-            get(automations::get_automation)
-                .patch(automations::update_automation)
-                .delete(automations::delete_automation),
-        )
-        .route("/templates", get(templates::list_templates))
-        .route("/suppressions", get(suppressions::suppressions))
-        .route(
-            "/suppressions/{address}",
-            delete(suppressions::reset_suppression),
-        )
-        .fallback(crate::error::no_such_endpoint)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::session::require_api_token,
-        ));
-    // One person, with a person token (header or the messenger's cookie).
-    let person = Router::new()
-        .route("/me", get(me::me))
-        .route("/me/inbox", get(me::inbox))
-        .route("/me/events", get(me::events))
-        .route("/me/conversations/{id}", get(me::conversation))
-        .route("/me/conversations/{id}/messages", post(me::post_message))
-        .route("/me/conversations/{id}/seen", put(me::mark_seen))
-        .route("/me/messages/{id}/deliveries", get(me::deliveries))
-        .route(
-            "/me/preferences",
-            get(me::get_preferences).patch(me::update_preferences),
-        )
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::session::require_person,
-        ));
-    // Unsubscribe links are public: the signed token is the authorisation.
-    let public = Router::new()
-        .route("/openapi.json", get(crate::openapi::document))
-        .route(
-            "/session",
-            post(crate::session::sign_in).delete(crate::session::sign_out),
-        )
-        .route("/messenger", get(crate::messenger::page))
-        .route("/messenger/{file}", get(crate::messenger::asset))
-        .route(
-            "/unsubscribe/{token}",
-            get(unsubscribe::confirm_page).post(unsubscribe::unsubscribe),
-        )
-        .route(
-            "/invitations/{token}",
-            get(invitations::invitation_page).post(invitations::accept_invitation),
-        );
-    public.merge(person).merge(private).with_state(state)
+    let groups = groups();
+    let (admin, admin_doc) = groups.admin.split_for_parts();
+    let (person, person_doc) = groups.person.split_for_parts();
+    let (public, public_doc) = groups.public.split_for_parts();
+    let document = crate::openapi::document([admin_doc, person_doc, public_doc]);
+    let admin =
+        admin
+            .fallback(crate::error::no_such_endpoint)
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::session::require_api_token,
+            ));
+    let person = person.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        crate::session::require_person,
+    ));
+    let public = public.route(
+        "/openapi.json",
+        get(move || std::future::ready(axum::Json(document))),
+    );
+    public.merge(person).merge(admin).with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every operation of a group's document and the security it declares.
+    fn operations(group: OpenApiRouter<AppState>) -> Vec<(String, Vec<String>)> {
+        let doc = group.into_openapi();
+        let mut out = Vec::new();
+        for (path, item) in doc.paths.paths {
+            let ops = [&item.get, &item.post, &item.put, &item.patch, &item.delete];
+            for op in ops.into_iter().flatten() {
+                let schemes = op
+                    .security
+                    .iter()
+                    .flatten()
+                    .flat_map(|r| {
+                        serde_json::to_value(r)
+                            .ok()
+                            .and_then(|v| {
+                                v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>())
+                            })
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                out.push((path.clone(), schemes));
+            }
+        }
+        out
+    }
+
+    /// A handler in the wrong group would be served behind the wrong middleware, or
+    /// documented with the wrong token: each group's operations declare its own scheme.
+    #[test]
+    fn each_group_documents_the_token_its_middleware_asks_for() {
+        let Groups {
+            admin,
+            person,
+            public,
+        } = groups();
+        let admin = operations(admin);
+        let person = operations(person);
+        let public = operations(public);
+        assert!(admin.len() > 40 && person.len() >= 9 && public.len() >= 7);
+        for (path, schemes) in &admin {
+            assert_eq!(schemes, &["bearer"], "{path}");
+            assert!(path != "/me" && !path.starts_with("/me/"), "{path}");
+        }
+        for (path, schemes) in &person {
+            assert_eq!(schemes, &["person"], "{path}");
+            assert!(path == "/me" || path.starts_with("/me/"), "{path}");
+        }
+        for (path, schemes) in &public {
+            assert!(
+                schemes.is_empty(),
+                "{path} is public but asks for {schemes:?}"
+            );
+        }
+    }
 }
