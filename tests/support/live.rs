@@ -158,18 +158,30 @@ impl Driver {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut req = self.http.request(method.clone(), self.url(path));
+        self.try_call(method.clone(), path, body)
+            .await
+            .unwrap_or_else(|(status, value)| panic!("WebDriver {method} {path}: {status} {value}"))
+    }
+
+    /// A WebDriver call; `Err` with the status and the answer when it fails.
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, (reqwest::StatusCode, Value)> {
+        let mut req = self.http.request(method, self.url(path));
         if let Some(body) = body {
             req = req.json(&body);
         }
         let resp = req.send().await.expect("chromedriver answers");
         let status = resp.status();
         let value: Value = resp.json().await.unwrap_or(Value::Null);
-        assert!(
-            status.is_success(),
-            "WebDriver {method} {path}: {status} {value}"
-        );
-        value["value"].clone()
+        if status.is_success() {
+            Ok(value["value"].clone())
+        } else {
+            Err((status, value))
+        }
     }
 
     /// A new browser with its own empty profile (its own cookies).
@@ -239,24 +251,36 @@ impl Browser<'_> {
 
     /// Clicks the element `css` as a user does (WebDriver element click).
     pub async fn click(&self, css: &str) {
-        let element = self.element(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{element}/click"),
-            Some(json!({})),
-        )
-        .await;
+        self.on_element(css, "click", json!({})).await;
     }
 
     /// Types `text` into the element `css` with the keyboard.
     pub async fn type_into(&self, css: &str, text: &str) {
-        let element = self.element(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{element}/value"),
-            Some(json!({"text": text})),
-        )
-        .await;
+        self.on_element(css, "value", json!({"text": text})).await;
+    }
+
+    /// Sends `action` to the element `css`. When the page re-rendered it between finding and
+    /// acting (a live event redraws the list), it is found again, as a person would look at
+    /// the screen again: at most 5 times.
+    async fn on_element(&self, css: &str, action: &str, body: Value) {
+        for attempt in 1.. {
+            let element = self.element(css).await;
+            let path = format!("/element/{element}/{action}");
+            let path = format!("/session/{}{path}", self.session);
+            match self
+                .driver
+                .try_call(reqwest::Method::POST, &path, Some(body.clone()))
+                .await
+            {
+                Ok(_) => return,
+                Err((_, value))
+                    if attempt < 5 && value["value"]["error"] == "stale element reference" =>
+                {
+                    continue;
+                }
+                Err((status, value)) => panic!("WebDriver {action} on {css}: {status} {value}"),
+            }
+        }
     }
 
     /// The element `css`, waiting up to 10 s for it to appear.

@@ -1,5 +1,6 @@
-//! A person's inbox: the conversations they were notified in or take part in, with unread
-//! counts and the last message they may see (read by `/me`, `/me/inbox` and the live stream).
+//! Inboxes: a person's own (the conversations they were notified in or take part in, with
+//! unread counts and the last message they may see; read by `/me`, `/me/inbox` and the live
+//! stream), and the admin API's view of a person's.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -97,4 +98,59 @@ pub fn show_customers(conn: &mut PgConnection, me: Me) -> ApiResult<bool> {
         .first::<bool>(conn)
         .optional()?
         .unwrap_or(true))
+}
+
+/// One conversation of an inbox.
+#[derive(Debug, QueryableByName, Serialize, utoipa::ToSchema)]
+pub struct InboxEntry {
+    #[diesel(sql_type = BigInt)]
+    conversation_id: i64,
+    #[diesel(sql_type = Text)]
+    subject: String,
+    #[diesel(sql_type = BigInt)]
+    pub unread: i64,
+    #[diesel(sql_type = BigInt)]
+    last_message_id: i64,
+    #[diesel(sql_type = Timestamptz)]
+    last_message_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    seen_up_to: Option<i64>,
+}
+
+/// A person's inbox: the total unread count and each conversation, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Inbox {
+    pub person_id: i64,
+    pub unread: i64,
+    pub conversations: Vec<InboxEntry>,
+}
+
+/// A person's inbox as the admin API shows it (D1): every conversation they were notified
+/// in, with its unread count, the newest first; customer conversations left out when P2 is
+/// off.
+pub fn for_admin(conn: &mut PgConnection, person_id: i64) -> ApiResult<Vec<InboxEntry>> {
+    Ok(diesel::sql_query(
+        "SELECT c.id AS conversation_id, c.subject,
+                COUNT(*) FILTER (WHERE m.deleted_at IS NULL
+                                   AND m.id > COALESCE(sc.last_seen_message_id, 0)) AS unread,
+                MAX(m.id) AS last_message_id, MAX(m.created_at) AS last_message_at,
+                sc.last_seen_message_id AS seen_up_to
+         FROM notifications n
+         JOIN messages m ON m.id = n.message_id
+         JOIN conversations c ON c.id = n.conversation_id
+         LEFT JOIN seen_cursors sc
+           ON sc.person_id = n.recipient_id AND sc.conversation_id = n.conversation_id
+         LEFT JOIN user_preferences up ON up.person_id = n.recipient_id
+         WHERE n.recipient_id = $1
+           AND (COALESCE(up.show_customer_conversations, true) OR NOT EXISTS (
+                SELECT 1 FROM conversation_participants cp JOIN people p ON p.id = cp.person_id
+                 WHERE cp.conversation_id = c.id AND p.kind = 'customer'
+                UNION ALL
+                SELECT 1 FROM item_follows f JOIN people p ON p.id = f.person_id
+                 WHERE f.item_id = c.item_id AND p.kind = 'customer'))
+         GROUP BY c.id, c.subject, sc.last_seen_message_id
+         ORDER BY last_message_at DESC, c.id DESC",
+    )
+    .bind::<BigInt, _>(person_id)
+    .load(conn)?)
 }

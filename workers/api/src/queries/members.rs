@@ -30,3 +30,27 @@ pub fn add_member(
         },
     )?))
 }
+
+/// Makes every member of `team` follow the project and records `project_member_added` for
+/// the team (one E2 email about the team, not one per member).
+pub fn add_team_members(
+    conn: &mut PgConnection,
+    project: i64,
+    team: i64,
+) -> ApiResult<RecordedEvent> {
+    diesel::sql_query(
+        "INSERT INTO project_follows (project_id, person_id)
+         SELECT $1, person_id FROM team_members WHERE team_id = $2
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(project)
+    .bind::<diesel::sql_types::BigInt, _>(team)
+    .execute(conn)?;
+    Ok(events::record(
+        conn,
+        &DomainEvent::ProjectMemberAdded {
+            project_id: project,
+            joined: Joined::Team { team_id: team },
+        },
+    )?)
+}

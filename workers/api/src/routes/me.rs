@@ -9,24 +9,19 @@
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::{Json, response::Response};
-use chrono::{DateTime, Utc};
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Text, Timestamptz};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tidings_common::announce::Announcements;
 
 use crate::error::{ApiError, ApiResult, Body};
 use crate::lookup::{find_conversation, find_person};
-use crate::queries::deliveries::{MeDelivery, deliveries_of};
+use crate::queries::conversation::{self, MeMessage};
+use crate::queries::deliveries::{self, MeDelivery};
 use crate::queries::inbox::{MeInbox, inbox_of, show_customers};
 use crate::queries::preferences;
 use crate::queries::visibility::{require_visible, visible_message};
 use crate::session::Me;
 use crate::state::{AppState, with_db};
-
-/// Most messages of a conversation the messenger shows (the newest).
-const MESSAGES_MAX: i64 = 500;
 
 /// Who is signed in.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -72,23 +67,6 @@ pub async fn inbox(
     with_db(&state, move |conn| inbox_of(conn, me).map(Json)).await
 }
 
-/// A message as the messenger shows it.
-#[derive(Debug, QueryableByName, Serialize, utoipa::ToSchema)]
-pub struct MeMessage {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = BigInt)]
-    author_id: i64,
-    #[diesel(sql_type = Text)]
-    author: String,
-    #[diesel(sql_type = Text)]
-    body: String,
-    #[diesel(sql_type = Bool)]
-    internal: bool,
-    #[diesel(sql_type = Timestamptz)]
-    created_at: DateTime<Utc>,
-}
-
 /// A conversation with the messages `me` may see, oldest first, and their delivery status.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct MeConversation {
@@ -114,19 +92,9 @@ pub async fn conversation(
     with_db(&state, move |conn| {
         require_visible(conn, me, id)?;
         let subject = find_conversation(conn, id)?.subject;
-        let mut messages: Vec<MeMessage> = diesel::sql_query(
-            "SELECT m.id, m.author_id, p.name AS author, m.body, m.internal, m.created_at
-             FROM messages m JOIN people p ON p.id = m.author_id
-             WHERE m.conversation_id = $1 AND m.deleted_at IS NULL AND (NOT m.internal OR $2)
-             ORDER BY m.id DESC LIMIT $3",
-        )
-        .bind::<BigInt, _>(id)
-        .bind::<Bool, _>(me.sees_internal())
-        .bind::<BigInt, _>(MESSAGES_MAX)
-        .load(conn)?;
-        messages.reverse();
+        let messages = conversation::visible_messages(conn, me, id)?;
         let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
-        let deliveries = deliveries_of(conn, &ids)?;
+        let deliveries = deliveries::for_person(conn, &ids)?;
         Ok(Json(MeConversation {
             id,
             subject,
@@ -152,7 +120,7 @@ pub async fn deliveries(
 ) -> ApiResult<Json<Vec<MeDelivery>>> {
     with_db(&state, move |conn| {
         visible_message(conn, me, id)?;
-        deliveries_of(conn, &[id]).map(Json)
+        deliveries::for_person(conn, &[id]).map(Json)
     })
     .await
 }

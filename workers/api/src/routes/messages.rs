@@ -6,13 +6,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
 use serde::{Deserialize, Serialize};
 use tidings_common::db::models::*;
 use tidings_common::db::schema::*;
 
 use crate::error::{ApiError, ApiResult, Body};
 use crate::lookup::*;
+use crate::queries::deliveries::{self, Delivery};
 use crate::state::{AppState, with_db};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -93,41 +93,6 @@ pub async fn delete_message(
     .await
 }
 
-/// One recipient of a message: notified, seen, emailed or skipped (SPEC D8).
-#[derive(Debug, QueryableByName, Serialize, utoipa::ToSchema)]
-pub struct Delivery {
-    #[diesel(sql_type = BigInt)]
-    notification_id: i64,
-    #[diesel(sql_type = BigInt)]
-    recipient_id: i64,
-    #[diesel(sql_type = Text)]
-    recipient_name: String,
-    #[diesel(sql_type = Text)]
-    recipient_kind: String,
-    #[diesel(sql_type = Timestamptz)]
-    notified_at: DateTime<Utc>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    seen_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Text)]
-    email_state: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    email_reason: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    email_rule: Option<String>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    coalesced_into: Option<i64>,
-    #[diesel(sql_type = Nullable<Text>)]
-    emailed_to: Option<String>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    emailed_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Nullable<Text>)]
-    smtp_reply: Option<String>,
-    #[diesel(sql_type = Text)]
-    email_message_id: String,
-    #[diesel(sql_type = Timestamptz)]
-    due_at: DateTime<Utc>,
-}
-
 /// Delivery status of one message per recipient (D8): notified, seen, emailed or skipped.
 /// Delivery status of one message.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -162,26 +127,7 @@ pub async fn deliveries(
             .first(conn)
             .optional()?;
         let message = found(message, "message", message_id)?;
-        let rows: Vec<Delivery> = diesel::sql_query(
-            "SELECT n.id AS notification_id, n.recipient_id, p.name AS recipient_name,
-                    p.kind AS recipient_kind, n.created_at AS notified_at,
-                    CASE WHEN sc.last_seen_message_id >= n.message_id THEN sc.seen_at END AS seen_at,
-                    n.state AS email_state, n.reason AS email_reason, n.rule AS email_rule,
-                    n.coalesced_into,
-                    CASE WHEN n.state = $2 OR n.coalesced_into IS NOT NULL THEN p.email END AS emailed_to,
-                    n.sent_at AS emailed_at, COALESCE(n.smtp_reply, carrier.smtp_reply) AS smtp_reply,
-                    COALESCE(carrier.email_message_id, n.email_message_id) AS email_message_id, n.due_at
-             FROM notifications n
-             JOIN people p ON p.id = n.recipient_id
-             LEFT JOIN notifications carrier ON carrier.id = n.coalesced_into
-             LEFT JOIN seen_cursors sc
-               ON sc.person_id = n.recipient_id AND sc.conversation_id = n.conversation_id
-             WHERE n.message_id = $1
-             ORDER BY n.recipient_id",
-        )
-        .bind::<BigInt, _>(message_id)
-        .bind::<Text, _>(NotificationState::Sent)
-        .load(conn)?;
+        let rows = deliveries::for_admin(conn, &[message_id])?;
         Ok(Json(Deliveries {
             message_id,
             conversation_id: message.conversation_id,

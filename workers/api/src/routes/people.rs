@@ -3,9 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
 use serde::{Deserialize, Serialize};
 use tidings_common::announce::Announcements;
 use tidings_common::db::models::*;
@@ -15,6 +13,8 @@ use tidings_common::{clock, mail};
 
 use crate::error::{ApiError, ApiResult, Body};
 use crate::lookup::*;
+use crate::queries::inbox::{self, Inbox};
+use crate::queries::password_resets;
 use crate::state::{AppState, with_db};
 use crate::validate::*;
 
@@ -229,31 +229,6 @@ pub async fn update_person(
     .await
 }
 
-/// One conversation of an inbox.
-#[derive(Debug, QueryableByName, Serialize, utoipa::ToSchema)]
-pub struct InboxEntry {
-    #[diesel(sql_type = BigInt)]
-    conversation_id: i64,
-    #[diesel(sql_type = Text)]
-    subject: String,
-    #[diesel(sql_type = BigInt)]
-    unread: i64,
-    #[diesel(sql_type = BigInt)]
-    last_message_id: i64,
-    #[diesel(sql_type = Timestamptz)]
-    last_message_at: DateTime<Utc>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    seen_up_to: Option<i64>,
-}
-
-/// A person's inbox: the total unread count and each conversation, newest first.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Inbox {
-    person_id: i64,
-    unread: i64,
-    conversations: Vec<InboxEntry>,
-}
-
 /// The answer to a password reset request: the email is queued.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Queued {
@@ -281,30 +256,7 @@ pub async fn inbox(
 ) -> ApiResult<Json<Inbox>> {
     with_db(&state, move |conn| {
         find_person(conn, person_id)?;
-        let entries: Vec<InboxEntry> = diesel::sql_query(
-            "SELECT c.id AS conversation_id, c.subject,
-                    COUNT(*) FILTER (WHERE m.deleted_at IS NULL
-                                       AND m.id > COALESCE(sc.last_seen_message_id, 0)) AS unread,
-                    MAX(m.id) AS last_message_id, MAX(m.created_at) AS last_message_at,
-                    sc.last_seen_message_id AS seen_up_to
-             FROM notifications n
-             JOIN messages m ON m.id = n.message_id
-             JOIN conversations c ON c.id = n.conversation_id
-             LEFT JOIN seen_cursors sc
-               ON sc.person_id = n.recipient_id AND sc.conversation_id = n.conversation_id
-             LEFT JOIN user_preferences up ON up.person_id = n.recipient_id
-             WHERE n.recipient_id = $1
-               AND (COALESCE(up.show_customer_conversations, true) OR NOT EXISTS (
-                    SELECT 1 FROM conversation_participants cp JOIN people p ON p.id = cp.person_id
-                     WHERE cp.conversation_id = c.id AND p.kind = 'customer'
-                    UNION ALL
-                    SELECT 1 FROM item_follows f JOIN people p ON p.id = f.person_id
-                     WHERE f.item_id = c.item_id AND p.kind = 'customer'))
-             GROUP BY c.id, c.subject, sc.last_seen_message_id
-             ORDER BY last_message_at DESC, c.id DESC",
-        )
-        .bind::<BigInt, _>(person_id)
-        .load(conn)?;
+        let entries = inbox::for_admin(conn, person_id)?;
         let total: i64 = entries.iter().map(|e| e.unread).sum();
         Ok(Json(Inbox {
             person_id,
@@ -319,14 +271,6 @@ pub async fn inbox(
 const RESET_MINUTES: i64 = 60;
 /// What reset link tokens are signed for.
 const RESET_PURPOSE: &str = "reset";
-
-#[derive(diesel::QueryableByName)]
-struct ResetRow {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = BigInt)]
-    person_id: i64,
-}
 
 /// A reset link's token, as the host application's page received it.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -375,15 +319,7 @@ pub async fn verify_password_reset(
         field: Some("token".into()),
     })?;
     with_db(&state, move |conn| {
-        let used: Option<ResetRow> = diesel::sql_query(
-            "UPDATE password_resets SET used_at = $2
-             WHERE id = $1 AND used_at IS NULL AND expires_at > $2
-             RETURNING id, person_id",
-        )
-        .bind::<BigInt, _>(id)
-        .bind::<diesel::sql_types::Timestamptz, _>(now)
-        .get_result(conn)
-        .optional()?;
+        let used = password_resets::use_once(conn, id, now)?;
         match used {
             Some(reset) => Ok(Json(VerifiedReset {
                 person_id: reset.person_id,
@@ -420,13 +356,7 @@ pub async fn request_password_reset(
         conn.transaction(|conn| {
             let p = require_user(conn, id, "id")?;
             let expires = clock::now() + chrono::Duration::minutes(RESET_MINUTES);
-            let reset: ResetRow = diesel::sql_query(
-                "INSERT INTO password_resets (person_id, expires_at) VALUES ($1, $2)
-                 RETURNING id, person_id",
-            )
-            .bind::<BigInt, _>(p.id)
-            .bind::<diesel::sql_types::Timestamptz, _>(expires)
-            .get_result(conn)?;
+            let reset = password_resets::create(conn, p.id, expires)?;
             let token = mail::sign_link(&secret, RESET_PURPOSE, reset.id, expires.timestamp());
             Ok(events::record(
                 conn,

@@ -8,11 +8,11 @@ use serde::Deserialize;
 use tidings_common::announce::Announcements;
 use tidings_common::db::models::*;
 use tidings_common::db::schema::*;
-use tidings_common::events::{self, DomainEvent, Joined, RecordedEvent};
+use tidings_common::events::RecordedEvent;
 
 use crate::error::{ApiResult, Body};
 use crate::lookup::*;
-use crate::queries::members::add_member;
+use crate::queries::members::{add_member, add_team_members};
 use crate::state::{AppState, with_db};
 use crate::validate::*;
 
@@ -123,21 +123,7 @@ pub async fn add_project_team(
             if added == 0 {
                 return Ok(None);
             }
-            diesel::sql_query(
-                "INSERT INTO project_follows (project_id, person_id)
-                 SELECT $1, person_id FROM team_members WHERE team_id = $2
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind::<diesel::sql_types::BigInt, _>(project)
-            .bind::<diesel::sql_types::BigInt, _>(team)
-            .execute(conn)?;
-            Ok(Some(events::record(
-                conn,
-                &DomainEvent::ProjectMemberAdded {
-                    project_id: project,
-                    joined: Joined::Team { team_id: team },
-                },
-            )?))
+            Ok(Some(add_team_members(conn, project, team)?))
         })
     })
     .await?;
