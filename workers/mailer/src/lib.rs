@@ -1,4 +1,6 @@
-//! The mailer role: one send pipeline ([`pipeline`]) fed by two sources. When a notification
+//! The mailer role: one send pipeline ([`pipeline::Pipeline`], a value the role builds once)
+//! given to two sources, [`notify::Notifications`] and [`outbox::Outbox`]; `impl Mailer` (this
+//! file) only consumes, hands each set to its source and publishes the follow-ups. When a notification
 //! batch comes due ([`notify`]) it re-checks each notification at send time (seen, own
 //! message, internal, deleted), coalesces one email per recipient and conversation, renders
 //! and sends it; outbox emails ([`outbox`]: system notifications, automation emails) are
@@ -53,8 +55,7 @@ pub struct Mailer {
     db: Db,
     config: Config,
     topology: Topology,
-    templates: Arc<TemplateStore>,
-    smtp: smtp::Smtp,
+    pipeline: pipeline::Pipeline,
 }
 
 impl Mailer {
@@ -69,10 +70,28 @@ impl Mailer {
         Ok(Mailer {
             db: Db::new(&config.database_url, config.db_pool_size),
             topology: Topology::from_config(&config),
-            templates,
-            smtp: smtp::Smtp::from_config(&config)?,
+            pipeline: pipeline::Pipeline::new(&config, templates)?,
             config,
         })
+    }
+
+    /// The notification source, over this mailer's database and pipeline.
+    fn notifications(&self) -> notify::Notifications<'_> {
+        notify::Notifications {
+            db: &self.db,
+            config: &self.config,
+            topology: &self.topology,
+            pipeline: &self.pipeline,
+        }
+    }
+
+    /// The outbox source, over this mailer's database and pipeline.
+    fn outbox(&self) -> outbox::Outbox<'_> {
+        outbox::Outbox {
+            db: &self.db,
+            config: &self.config,
+            pipeline: &self.pipeline,
+        }
     }
 
     /// Handles every due batch that arrived together, with set-based database work; returns
@@ -98,9 +117,10 @@ impl Mailer {
             // Notifications of many recipients are handled a slice at a time, so what a set
             // holds in memory is bounded whatever the fan-out of its batches.
             let mut results = HashMap::with_capacity(ids.len());
+            let notifications = self.notifications();
             for slice in ids.chunks(MAX_SET) {
                 let parts = retry::isolating("notification", slice.to_vec(), |ids| {
-                    self.deliver_all(ids, &publisher)
+                    notifications.deliver_all(ids, &publisher)
                 })
                 .await?;
                 results.extend(parts.into_iter().flatten());
@@ -176,10 +196,11 @@ impl Mailer {
 
     /// Handles one outbox announcement.
     async fn handle_outbox(self: Arc<Self>, delivery: Delivery) -> Outcome {
+        let outbox = self.outbox();
         match amqp::parse_payload::<OutboxBatch>(&delivery.data) {
             Ok(batch) => Outcome::of(
                 &retry::isolating("outbox email", batch.outbox_ids, |ids| {
-                    self.deliver_outbox(ids)
+                    outbox.deliver_outbox(ids)
                 })
                 .await,
             ),
@@ -239,7 +260,8 @@ impl Mailer {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mailer = Arc::new(Mailer::new(config)?);
     mailer
-        .templates
+        .pipeline
+        .templates()
         .clone()
         .watch(mailer.config.templates_reload, shutdown.clone());
     info!(

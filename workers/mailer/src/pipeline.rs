@@ -4,15 +4,27 @@
 //! its own; everything between a decided email and its SMTP reply happens here.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use futures_util::FutureExt;
 use serde_json::Value;
+use tidings_common::Config;
 use tidings_common::db::models::Person;
 use tidings_common::mail::{self, OutboundEmail, SentEmail};
+use tidings_common::templates::TemplateStore;
 use tracing::{error, info, warn};
 
-use crate::Mailer;
-use crate::smtp::SmtpOutcome;
+use crate::smtp::{Smtp, SmtpOutcome};
+
+/// The send pipeline: the templates, the SMTP transport and the addresses every email is
+/// sent with. The mailer builds one and gives it to both sources.
+pub struct Pipeline {
+    templates: Arc<TemplateStore>,
+    smtp: Smtp,
+    mail_from: String,
+    token_secret: Vec<u8>,
+    reply_domain: String,
+}
 
 /// One decided email.
 pub struct Letter<'a> {
@@ -54,7 +66,24 @@ pub struct Posted {
     pub sent: Sent,
 }
 
-impl Mailer {
+impl Pipeline {
+    /// A pipeline sending with `templates` through the SMTP server of `config`; fails with a
+    /// clear error on a bad SMTP URL.
+    pub fn new(config: &Config, templates: Arc<TemplateStore>) -> anyhow::Result<Self> {
+        Ok(Pipeline {
+            templates,
+            smtp: Smtp::from_config(config)?,
+            mail_from: config.mail_from.clone(),
+            token_secret: config.token_secret.clone(),
+            reply_domain: config.reply_domain.clone(),
+        })
+    }
+
+    /// The templates it renders with (watched for edits by the role).
+    pub fn templates(&self) -> &Arc<TemplateStore> {
+        &self.templates
+    }
+
     /// Renders, builds and sends `letter`. Logs inside the caller's span, which names the row.
     ///
     /// A panic anywhere in that (a header a library cannot format, say) fails this one email
@@ -104,7 +133,7 @@ impl Mailer {
         };
         let subject = Some(content.subject.clone());
         let email = OutboundEmail {
-            from: self.config.mail_from.clone(),
+            from: self.mail_from.clone(),
             to_name: recipient.name.clone(),
             to_address: recipient.email.clone().unwrap_or_default(),
             reply_to: letter.reply_to,
@@ -114,7 +143,7 @@ impl Mailer {
             envelope_from: Some(
                 letter
                     .email
-                    .bounce_address(&self.config.token_secret, &self.config.reply_domain),
+                    .bounce_address(&self.token_secret, &self.reply_domain),
             ),
             content,
         };

@@ -7,8 +7,8 @@ use tidings_common::mail::{self, ReplyToken, SentEmail, UnsubscribeScope, Unsubs
 use tidings_common::{NOTIFICATION_TEMPLATE, clock};
 use tracing::Instrument;
 
+use super::Notifications;
 use super::{Checked, Claim, Delivered, Ended, Finish, SendUnit};
-use crate::Mailer;
 use crate::pipeline::{Letter, Sent};
 use crate::retry::{self, Retry};
 
@@ -35,7 +35,7 @@ impl Ends {
     }
 }
 
-impl Mailer {
+impl Notifications<'_> {
     /// Decides one unit and sends its email if it is due. Returns the end of every claim in
     /// it, and what the primary notification needs next when that is a retry.
     pub(super) async fn decide_and_send(
@@ -68,6 +68,7 @@ impl Mailer {
             messages = included.len()
         );
         let posted = self
+            .pipeline
             .post(self.letter(&unit, &included))
             .instrument(span)
             .await;

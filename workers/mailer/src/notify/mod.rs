@@ -20,8 +20,6 @@ use tidings_common::Result;
 use tidings_common::db::models::{Notification, NotificationState, Person};
 use tidings_common::rules::{MessageFacts, Verdict};
 
-use crate::Mailer;
-
 /// How handling one notification ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivered {
@@ -120,7 +118,16 @@ impl Ended {
     }
 }
 
-impl Mailer {
+/// The notification source: claims due notifications, decides each at send time, hands the
+/// emails to the pipeline and records how each ended.
+pub struct Notifications<'a> {
+    pub db: &'a tidings_common::db::Db,
+    pub config: &'a tidings_common::Config,
+    pub topology: &'a tidings_common::amqp::Topology,
+    pub pipeline: &'a crate::pipeline::Pipeline,
+}
+
+impl Notifications<'_> {
     /// Handles a set of due notifications; says for each id what happens next.
     pub async fn deliver_all(
         &self,

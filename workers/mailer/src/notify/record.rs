@@ -14,8 +14,8 @@ use tidings_common::db::models::{
 use tidings_common::{Error, Result, clock, live};
 use tracing::warn;
 
+use super::Notifications;
 use super::{Ended, Finish};
-use crate::Mailer;
 use crate::retry;
 
 /// The columns one end writes.
@@ -133,7 +133,7 @@ struct RecordRows {
     coalesced_into: Vec<Option<i64>>,
 }
 
-impl Mailer {
+impl Notifications<'_> {
     /// Records the end of every claim; see the module documentation.
     /// The live `delivery` events of the sends are written in the same transaction and
     /// announced after it commits.
@@ -147,7 +147,7 @@ impl Mailer {
         }
         let (rows, log) = self.rows(ended);
         let (updated, total, live) =
-            retry::record_through_outage(&self.db, "notifications", move |conn| {
+            retry::record_through_outage(self.db, "notifications", move |conn| {
                 conn.transaction(|conn| record(conn, &rows, &log))
             })
             .await?;
@@ -158,7 +158,7 @@ impl Mailer {
             );
         }
         tidings_common::announce::Announcements::live(live)
-            .publish_or_leave_to_sweep(Ok(publisher.clone()), &self.topology)
+            .publish_or_leave_to_sweep(Ok(publisher.clone()), self.topology)
             .await;
         Ok(())
     }

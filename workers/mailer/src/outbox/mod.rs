@@ -16,7 +16,6 @@ use tidings_common::mail::SentEmail;
 use tidings_common::{Result, clock};
 use tracing::Instrument;
 
-use crate::Mailer;
 use crate::pipeline::{Letter, Sent};
 use crate::retry::{self, Retry};
 use claim::Claimed;
@@ -34,7 +33,15 @@ struct OutboxEnd {
     subject: Option<String>,
 }
 
-impl Mailer {
+/// The outbox source: claims outbox emails with their send-time checks, hands them to the
+/// pipeline and records how each ended.
+pub struct Outbox<'a> {
+    pub db: &'a tidings_common::db::Db,
+    pub config: &'a tidings_common::Config,
+    pub pipeline: &'a crate::pipeline::Pipeline,
+}
+
+impl Outbox<'_> {
     /// Claims, checks, renders, sends and records the outbox emails `ids`.
     pub async fn deliver_outbox(&self, ids: Vec<i64>) -> Result<usize> {
         let lease = self.config.send_lease;
@@ -75,6 +82,7 @@ impl Mailer {
                                    "email": recipient.email, "kind": recipient.kind});
         data["app_url"] = Value::String(self.config.public_url.clone());
         let posted = self
+            .pipeline
             .post(Letter {
                 recipient,
                 template: &c.email.template,

@@ -10,18 +10,18 @@ use tidings_common::db::models::{LogStatus, NewEmailLogEntry, OutboxState};
 use tidings_common::db::schema::outbox_emails;
 use tidings_common::{Error, Result, clock};
 
+use super::Outbox;
 use super::OutboxEnd;
-use crate::Mailer;
 use crate::retry;
 
-impl Mailer {
+impl Outbox<'_> {
     pub(super) async fn record_outbox(&self, ended: Vec<OutboxEnd>) -> Result<()> {
         if ended.is_empty() {
             return Ok(());
         }
         let ended = Arc::new(ended);
         let mail_from = self.config.mail_from.clone();
-        retry::record_through_outage(&self.db, "outbox emails", move |conn| {
+        retry::record_through_outage(self.db, "outbox emails", move |conn| {
             conn.transaction(|conn| {
                 for end in ended.iter() {
                     record(conn, end, &mail_from)?;
