@@ -144,7 +144,7 @@ impl Observer {
         {
             return result.clone();
         }
-        let url = self.config.database_url.clone();
+        let url = self.config.database_url.expose().clone();
         let check = tokio::task::spawn_blocking(move || {
             use diesel::{Connection, RunQueryDsl};
             let mut conn = diesel::PgConnection::establish(&url).map_err(|e| e.to_string())?;

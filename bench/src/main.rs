@@ -1138,7 +1138,7 @@ async fn live_phase(env: &BenchEnv, config: &Config, api_pid: u32) -> anyhow::Re
     let rate = knob("BENCH_LIVE_RATE", 100).max(1);
     let seconds = knob("BENCH_LIVE_SECONDS", 10).max(1);
     let base = format!("http://{}", config.http_addr);
-    let token = config.api_token.clone();
+    let token = config.api_token.expose().clone();
     #[derive(QueryableByName)]
     struct Pair {
         #[diesel(sql_type = BigInt)]

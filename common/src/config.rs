@@ -53,6 +53,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::secret::Secret;
+
 /// A configuration value that could not be used; names the variable.
 #[derive(Debug, thiserror::Error)]
 #[error("{variable}: {reason} (got {value:?})")]
@@ -80,11 +82,14 @@ impl QueueType {
     }
 }
 
+/// Every setting. Secrets (the API token, the token secret, and the URLs' passwords) print
+/// as a mask: the `Debug` of a configuration shows no secret.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub database_url: String,
-    pub amqp_url: String,
-    pub smtp_url: String,
+    pub database_url: Secret<String>,
+    /// One broker node's URL, or a comma-separated list of a cluster's.
+    pub amqp_url: Secret<String>,
+    pub smtp_url: Secret<String>,
     pub http_addr: SocketAddr,
     /// Where the process serves `/metrics`, `/livez` and `/readyz` (`TIDINGS_METRICS_ADDR`);
     /// `None` (unset or empty) serves none.
@@ -94,12 +99,12 @@ pub struct Config {
     /// Base URL of the api as email recipients reach it, without a trailing slash.
     pub public_url: String,
     /// Bearer token every API request must present.
-    pub api_token: String,
+    pub api_token: Secret<String>,
     /// Time a notification waits for the recipient to see it (SPEC D2).
     pub seen_window: Duration,
     pub reply_domain: String,
     /// Secret for reply-token HMACs; rotating it invalidates outstanding reply addresses.
-    pub token_secret: Vec<u8>,
+    pub token_secret: Secret<Vec<u8>>,
     pub queue_type: QueueType,
     /// Prefix of every exchange and queue, so several deployments (or tests) share one broker.
     pub queue_prefix: String,
@@ -186,259 +191,60 @@ impl Config {
 
     /// Reads configuration through `lookup`, which returns a variable's value if set.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &'static str, default: &str| -> (&'static str, String) {
-            (
-                name,
-                lookup(name)
-                    .filter(|v| !v.trim().is_empty())
-                    .unwrap_or_else(|| default.to_string()),
-            )
-        };
-        let (n, database_url) = get(
-            "TIDINGS_DATABASE_URL",
-            "postgres://postgres@127.0.0.1:5432/tidings",
-        );
-        require_scheme(n, &database_url, &["postgres", "postgresql"])?;
-        let (n, amqp_url) = get("TIDINGS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
-        require_scheme(n, &amqp_url, &["amqp", "amqps"])?;
-        let (n, smtp_url) = get("TIDINGS_SMTP_URL", "smtp://127.0.0.1:2525");
-        require_scheme(n, &smtp_url, &["smtp", "smtps"])?;
-        let http_addr = parse_with(get("TIDINGS_HTTP_ADDR", "127.0.0.1:8080"), |v| {
-            v.parse::<SocketAddr>()
-                .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:8080".to_string())
-        })?;
-        let metrics_addr = parse_with(get("TIDINGS_METRICS_ADDR", ""), |v| {
-            if v.trim().is_empty() {
-                return Ok(None);
-            }
-            v.trim()
-                .parse::<SocketAddr>()
-                .map(Some)
-                .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:9464, or nothing".to_string())
-        })?;
-        let http_limits = HttpLimits {
-            max_connections: parse_with(get("TIDINGS_HTTP_MAX_CONNECTIONS", "1024"), |v| {
-                parse_range(v, 1, 1_000_000)
-            })?,
-            header_timeout: parse_with(
-                get("TIDINGS_HTTP_HEADER_TIMEOUT", "10s"),
-                parse_positive_duration,
-            )?,
-            request_timeout: parse_with(
-                get("TIDINGS_HTTP_REQUEST_TIMEOUT", "30s"),
-                parse_positive_duration,
-            )?,
-        };
-        let public_url = parse_with(
-            get("TIDINGS_PUBLIC_URL", &format!("http://{http_addr}")),
-            |v| {
-                if (v.starts_with("http://") || v.starts_with("https://"))
-                    && !v.contains(char::is_whitespace)
-                {
-                    Ok(v.trim_end_matches('/').to_string())
-                } else {
-                    Err("expected an http:// or https:// URL".to_string())
-                }
-            },
-        )?;
-        // A secret set to nothing is a mistake, not a request for the development default.
-        let secret = |name: &'static str, default: &str| match lookup(name) {
-            Some(v) => (name, v),
-            None => (name, default.to_string()),
-        };
-        let api_token = parse_with(secret("TIDINGS_API_TOKEN", DEV_API_TOKEN), |v| {
-            if v.chars().count() < SECRET_MIN
-                || v.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                Err(format!(
-                    "must be at least {SECRET_MIN} characters without spaces (unset it for the development default)"
-                ))
-            } else {
-                Ok(v.to_string())
-            }
-        })?;
-        let seen_window = parse_with(get("TIDINGS_SEEN_WINDOW", "60s"), parse_positive_duration)?;
-        let reply_domain = parse_with(
-            get("TIDINGS_REPLY_DOMAIN", "reply.tidings.localhost"),
-            |v| {
-                let ok = v.contains('.')
-                    && v.split('.').all(|label| {
-                        !label.is_empty()
-                            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                    });
-                if ok {
-                    Ok(v.to_ascii_lowercase())
-                } else {
-                    Err("expected a domain name such as reply.example.com".to_string())
-                }
-            },
-        )?;
-        let token_secret = parse_with(secret("TIDINGS_TOKEN_SECRET", DEV_TOKEN_SECRET), |v| {
-            if v.len() < SECRET_MIN {
-                Err(format!(
-                    "must be at least {SECRET_MIN} characters (unset it for the development default)"
-                ))
-            } else {
-                Ok(v.as_bytes().to_vec())
-            }
-        })?;
-        let queue_type = parse_with(get("TIDINGS_QUEUE_TYPE", "quorum"), |v| match v {
-            "quorum" => Ok(QueueType::Quorum),
-            "classic" => Ok(QueueType::Classic),
-            _ => Err("expected quorum or classic".to_string()),
-        })?;
-        let queue_prefix = parse_with(get("TIDINGS_QUEUE_PREFIX", "tidings"), |v| {
-            if v.len() <= 64
-                && v.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            {
-                Ok(v.to_string())
-            } else {
-                Err("expected at most 64 of A-Z a-z 0-9 - _ .".to_string())
-            }
-        })?;
-        let mail_from = parse_with(
-            get(
-                "TIDINGS_MAIL_FROM",
-                "Tidings <notifications@tidings.localhost>",
-            ),
-            |v| {
-                v.parse::<lettre::message::Mailbox>()
-                    .map(|_| v.to_string())
-                    .map_err(|e| format!("not a mailbox: {e}"))
-            },
-        )?;
-        let (_, templates_dir) = get("TIDINGS_TEMPLATES_DIR", "templates");
-        let retry_tiers = parse_with(get("TIDINGS_RETRY_TIERS", "1m,5m,30m"), |v| {
-            v.split(',')
-                .map(|part| parse_positive_duration(part.trim()))
-                .collect::<Result<Vec<_>, _>>()
-        })?;
-        let send_lease = parse_with(get("TIDINGS_SEND_LEASE", "2m"), parse_positive_duration)?;
-        let smtp_concurrency = parse_with(get("TIDINGS_SMTP_CONCURRENCY", "32"), |v| {
-            parse_range(v, 1, 1024)
-        })?;
-        let prefetch = parse_with(get("TIDINGS_PREFETCH", "256"), |v| {
-            parse_range(v, 1, 65535).map(|n| n as u16)
-        })?;
-        let db_pool_size = parse_with(get("TIDINGS_DB_POOL_SIZE", "10"), |v| {
-            parse_range(v, 1, 1000).map(|n| n as u32)
-        })?;
-        let sweep_interval = parse_with(
-            get("TIDINGS_SWEEP_INTERVAL", "15s"),
-            parse_positive_duration,
-        )?;
-        let inbound_addr = parse_with(get("TIDINGS_INBOUND_ADDR", "127.0.0.1:2526"), |v| {
-            v.parse::<SocketAddr>()
-                .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:2526".to_string())
-        })?;
-        let inbound_max_bytes = parse_with(get("TIDINGS_INBOUND_MAX_BYTES", "26214400"), |v| {
-            parse_range(v, 1024, 1 << 30)
-        })?;
-        let inbound_limits = InboundLimits {
-            max_sessions: parse_with(get("TIDINGS_INBOUND_MAX_SESSIONS", "100"), |v| {
-                parse_range(v, 1, 100_000)
-            })?,
-            session_timeout: parse_with(
-                get("TIDINGS_INBOUND_SESSION_TIMEOUT", "10m"),
-                parse_positive_duration,
-            )?,
-            min_rate: parse_with(get("TIDINGS_INBOUND_MIN_RATE", "1024"), |v| {
-                parse_range(v, 1, 1 << 30)
-            })?,
-            memory: parse_with(get("TIDINGS_INBOUND_MEMORY", "268435456"), |v| {
-                let memory = parse_range(v, 1 << 20, 1 << 40)?;
-                if memory < inbound_max_bytes {
-                    Err(format!(
-                        "must be at least TIDINGS_INBOUND_MAX_BYTES ({inbound_max_bytes})"
-                    ))
-                } else {
-                    Ok(memory)
-                }
-            })?,
-        };
-        let allow_dev_secrets = parse_with(get("TIDINGS_ALLOW_DEV_SECRETS", "no"), |v| match v {
-            "yes" | "true" | "1" => Ok(true),
-            "no" | "false" | "0" => Ok(false),
-            _ => Err("expected yes or no".to_string()),
-        })?;
-        let inbound_authserv_id = parse_with(get("TIDINGS_INBOUND_AUTHSERV_ID", ""), |v| {
-            let v = v.trim();
-            if v.chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
-            {
-                Ok((!v.is_empty()).then(|| v.to_ascii_lowercase()))
-            } else {
-                Err("an authserv-id such as mx.example.com (letters, digits, dots, dashes)".into())
-            }
-        })?;
-        let inbound_project = parse_with(get("TIDINGS_INBOUND_PROJECT", "Support"), |v| {
-            let name = v.trim();
-            if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-                Err("a project name: 1 to 200 characters, no control characters".into())
-            } else {
-                Ok(name.to_string())
-            }
-        })?;
-        let inbound_mailboxes = parse_with(get("TIDINGS_INBOUND_MAILBOXES", "support"), |v| {
-            let boxes: Vec<String> = v
-                .split(',')
-                .map(|b| b.trim().to_ascii_lowercase())
-                .collect();
-            if boxes.iter().all(|b| {
-                !b.is_empty()
-                    && !b.contains('@')
-                    && !b.starts_with("reply+")
-                    && !b.contains(char::is_whitespace)
-            }) {
-                Ok(boxes)
-            } else {
-                Err("expected comma-separated local parts such as support,help".to_string())
-            }
-        })?;
-        let inbound_rate = parse_with(get("TIDINGS_INBOUND_RATE", "10/10m"), parse_rate)?;
-        let default_locale = parse_with(get("TIDINGS_DEFAULT_LOCALE", "en"), |v| {
-            let ok = v.len() <= 16
-                && v.split('-').enumerate().all(|(i, p)| {
-                    (2..=8).contains(&p.len())
-                        && p.chars().all(|c| c.is_ascii_alphanumeric())
-                        && (i > 0 || p.chars().all(|c| c.is_ascii_lowercase()))
-                });
-            if ok {
-                Ok(v.to_string())
-            } else {
-                Err("expected a locale such as en, sv or pt-BR".to_string())
-            }
-        })?;
-        let templates_reload = parse_with(
-            get("TIDINGS_TEMPLATES_RELOAD", "2s"),
-            parse_positive_duration,
-        )?;
-        let automation_limits =
-            parse_with(get("TIDINGS_AUTOMATION_LIMITS", "3/10m,20/24h"), |v| {
-                v.split(',').map(|part| parse_rate(part.trim())).collect()
-            })?;
-        let log_retention =
-            parse_with(get("TIDINGS_LOG_RETENTION", "72h"), parse_positive_duration)?;
-        let event_retention = parse_with(
-            get("TIDINGS_EVENT_RETENTION", "7d"),
-            parse_positive_duration,
-        )?;
-        let session_ttl = parse_with(get("TIDINGS_SESSION_TTL", "12h"), parse_positive_duration)?;
-        let threading_retention = parse_with(
-            get("TIDINGS_THREADING_RETENTION", "365d"),
-            parse_positive_duration,
-        )?;
-        let schedule_purge_log = parse_with(
-            get("TIDINGS_SCHEDULE_PURGE_LOG", "0 */5 * * * *"),
-            parse_cron,
-        )?;
-        let schedule_expire_threading = parse_with(
-            get("TIDINGS_SCHEDULE_EXPIRE_THREADING", "0 30 3 * * *"),
-            parse_cron,
-        )?;
-        let schedule_sweep =
-            parse_with(get("TIDINGS_SCHEDULE_SWEEP", "*/30 * * * * *"), parse_cron)?;
+        let r = Reader { lookup: &lookup };
+        let Connections {
+            database_url,
+            amqp_url,
+            smtp_url,
+        } = connections(&r)?;
+        let Http {
+            http_addr,
+            metrics_addr,
+            http_limits,
+            public_url,
+        } = http(&r)?;
+        let Secrets {
+            api_token,
+            token_secret,
+            allow_dev_secrets,
+        } = secrets(&r)?;
+        let Email {
+            seen_window,
+            reply_domain,
+            mail_from,
+            templates_dir,
+            default_locale,
+            templates_reload,
+            retry_tiers,
+            send_lease,
+            smtp_concurrency,
+        } = email(&r)?;
+        let Work {
+            queue_type,
+            queue_prefix,
+            prefetch,
+            db_pool_size,
+            sweep_interval,
+        } = work(&r)?;
+        let Inbound {
+            inbound_addr,
+            inbound_max_bytes,
+            inbound_limits,
+            inbound_authserv_id,
+            inbound_project,
+            inbound_mailboxes,
+            inbound_rate,
+        } = inbound(&r)?;
+        let Schedule {
+            automation_limits,
+            log_retention,
+            event_retention,
+            session_ttl,
+            threading_retention,
+            schedule_purge_log,
+            schedule_expire_threading,
+            schedule_sweep,
+        } = schedule(&r)?;
         Ok(Config {
             default_locale,
             templates_reload,
@@ -450,16 +256,16 @@ impl Config {
             schedule_purge_log,
             schedule_expire_threading,
             schedule_sweep,
-            database_url,
-            amqp_url,
-            smtp_url,
+            database_url: Secret::url(database_url),
+            amqp_url: Secret::url(amqp_url),
+            smtp_url: Secret::url(smtp_url),
             http_addr,
             metrics_addr,
             public_url,
-            api_token,
+            api_token: Secret::new(api_token),
             seen_window,
             reply_domain,
-            token_secret,
+            token_secret: Secret::new(token_secret),
             queue_type,
             queue_prefix,
             mail_from,
@@ -498,7 +304,7 @@ impl Config {
 
     /// True when the API token or reply secret is the shipped development value.
     pub fn uses_development_secrets(&self) -> bool {
-        self.api_token == DEV_API_TOKEN || self.token_secret == DEV_TOKEN_SECRET.as_bytes()
+        *self.api_token == DEV_API_TOKEN || *self.token_secret == DEV_TOKEN_SECRET.as_bytes()
     }
 
     /// Why starting listeners on `addrs` would be unsafe: one is reachable beyond this machine
@@ -524,6 +330,421 @@ impl Config {
     }
 }
 
+/// Reads variables through a lookup: unset or blank gives the default, except for secrets.
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Reader<'_> {
+    /// A variable's value, or `default` when it is unset or blank.
+    fn get(&self, name: &'static str, default: &str) -> (&'static str, String) {
+        (
+            name,
+            (self.lookup)(name)
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| default.to_string()),
+        )
+    }
+
+    /// A secret's value, or `default` when unset: a secret set to nothing is a mistake, not a
+    /// request for the development default.
+    fn secret(&self, name: &'static str, default: &str) -> (&'static str, String) {
+        (
+            name,
+            (self.lookup)(name).unwrap_or_else(|| default.to_string()),
+        )
+    }
+}
+
+/// The services Tidings connects to: PostgreSQL, RabbitMQ (one node or a cluster's list) and
+/// the outbound SMTP server.
+struct Connections {
+    database_url: String,
+    amqp_url: String,
+    smtp_url: String,
+}
+
+fn connections(r: &Reader<'_>) -> Result<Connections, ConfigError> {
+    let get = |name: &'static str, default: &str| r.get(name, default);
+    let (n, database_url) = get(
+        "TIDINGS_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/tidings",
+    );
+    require_scheme(n, &database_url, &["postgres", "postgresql"])?;
+    let (n, amqp_url) = get("TIDINGS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+    require_scheme(n, &amqp_url, &["amqp", "amqps"])?;
+    let (n, smtp_url) = get("TIDINGS_SMTP_URL", "smtp://127.0.0.1:2525");
+    require_scheme(n, &smtp_url, &["smtp", "smtps"])?;
+    Ok(Connections {
+        database_url,
+        amqp_url,
+        smtp_url,
+    })
+}
+
+/// The api's listener, its bounds, the metrics listener and the public URL.
+struct Http {
+    http_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    http_limits: HttpLimits,
+    public_url: String,
+}
+
+fn http(r: &Reader<'_>) -> Result<Http, ConfigError> {
+    let get = |name: &'static str, default: &str| r.get(name, default);
+    let http_addr = parse_with(get("TIDINGS_HTTP_ADDR", "127.0.0.1:8080"), |v| {
+        v.parse::<SocketAddr>()
+            .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:8080".to_string())
+    })?;
+    let metrics_addr = parse_with(get("TIDINGS_METRICS_ADDR", ""), |v| {
+        if v.trim().is_empty() {
+            return Ok(None);
+        }
+        v.trim()
+            .parse::<SocketAddr>()
+            .map(Some)
+            .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:9464, or nothing".to_string())
+    })?;
+    let http_limits = HttpLimits {
+        max_connections: parse_with(get("TIDINGS_HTTP_MAX_CONNECTIONS", "1024"), |v| {
+            parse_range(v, 1, 1_000_000)
+        })?,
+        header_timeout: parse_with(
+            get("TIDINGS_HTTP_HEADER_TIMEOUT", "10s"),
+            parse_positive_duration,
+        )?,
+        request_timeout: parse_with(
+            get("TIDINGS_HTTP_REQUEST_TIMEOUT", "30s"),
+            parse_positive_duration,
+        )?,
+    };
+    let public_url = parse_with(
+        get("TIDINGS_PUBLIC_URL", &format!("http://{http_addr}")),
+        |v| {
+            if (v.starts_with("http://") || v.starts_with("https://"))
+                && !v.contains(char::is_whitespace)
+            {
+                Ok(v.trim_end_matches('/').to_string())
+            } else {
+                Err("expected an http:// or https:// URL".to_string())
+            }
+        },
+    )?;
+    Ok(Http {
+        http_addr,
+        metrics_addr,
+        http_limits,
+        public_url,
+    })
+}
+
+/// The API token, the token secret, and whether development values may listen beyond loopback.
+struct Secrets {
+    api_token: String,
+    token_secret: Vec<u8>,
+    allow_dev_secrets: bool,
+}
+
+fn secrets(r: &Reader<'_>) -> Result<Secrets, ConfigError> {
+    let get = |name: &'static str, default: &str| r.get(name, default);
+    let secret = |name: &'static str, default: &str| r.secret(name, default);
+    let api_token = parse_secret(secret("TIDINGS_API_TOKEN", DEV_API_TOKEN), |v| {
+        if v.chars().count() < SECRET_MIN || v.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            Err(format!(
+                "must be at least {SECRET_MIN} characters without spaces (unset it for the development default)"
+            ))
+        } else {
+            Ok(v.to_string())
+        }
+    })?;
+    let token_secret = parse_secret(secret("TIDINGS_TOKEN_SECRET", DEV_TOKEN_SECRET), |v| {
+        if v.len() < SECRET_MIN {
+            Err(format!(
+                "must be at least {SECRET_MIN} characters (unset it for the development default)"
+            ))
+        } else {
+            Ok(v.as_bytes().to_vec())
+        }
+    })?;
+    let allow_dev_secrets = parse_with(get("TIDINGS_ALLOW_DEV_SECRETS", "no"), |v| match v {
+        "yes" | "true" | "1" => Ok(true),
+        "no" | "false" | "0" => Ok(false),
+        _ => Err("expected yes or no".to_string()),
+    })?;
+    Ok(Secrets {
+        api_token,
+        token_secret,
+        allow_dev_secrets,
+    })
+}
+
+/// What emails are and when they go: the seen window, addresses, templates and locales,
+/// retries, the send lease and SMTP concurrency.
+struct Email {
+    seen_window: Duration,
+    reply_domain: String,
+    mail_from: String,
+    templates_dir: String,
+    default_locale: String,
+    templates_reload: Duration,
+    retry_tiers: Vec<Duration>,
+    send_lease: Duration,
+    smtp_concurrency: usize,
+}
+
+fn email(r: &Reader<'_>) -> Result<Email, ConfigError> {
+    let get = |name: &'static str, default: &str| r.get(name, default);
+    let seen_window = parse_with(get("TIDINGS_SEEN_WINDOW", "60s"), parse_positive_duration)?;
+    let reply_domain = parse_with(
+        get("TIDINGS_REPLY_DOMAIN", "reply.tidings.localhost"),
+        |v| {
+            let ok = v.contains('.')
+                && v.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if ok {
+                Ok(v.to_ascii_lowercase())
+            } else {
+                Err("expected a domain name such as reply.example.com".to_string())
+            }
+        },
+    )?;
+    let mail_from = parse_with(
+        get(
+            "TIDINGS_MAIL_FROM",
+            "Tidings <notifications@tidings.localhost>",
+        ),
+        |v| {
+            v.parse::<lettre::message::Mailbox>()
+                .map(|_| v.to_string())
+                .map_err(|e| format!("not a mailbox: {e}"))
+        },
+    )?;
+    let (_, templates_dir) = get("TIDINGS_TEMPLATES_DIR", "templates");
+    let default_locale = parse_with(get("TIDINGS_DEFAULT_LOCALE", "en"), |v| {
+        let ok = v.len() <= 16
+            && v.split('-').enumerate().all(|(i, p)| {
+                (2..=8).contains(&p.len())
+                    && p.chars().all(|c| c.is_ascii_alphanumeric())
+                    && (i > 0 || p.chars().all(|c| c.is_ascii_lowercase()))
+            });
+        if ok {
+            Ok(v.to_string())
+        } else {
+            Err("expected a locale such as en, sv or pt-BR".to_string())
+        }
+    })?;
+    let templates_reload = parse_with(
+        get("TIDINGS_TEMPLATES_RELOAD", "2s"),
+        parse_positive_duration,
+    )?;
+    let retry_tiers = parse_with(get("TIDINGS_RETRY_TIERS", "1m,5m,30m"), |v| {
+        v.split(',')
+            .map(|part| parse_positive_duration(part.trim()))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    let send_lease = parse_with(get("TIDINGS_SEND_LEASE", "2m"), parse_positive_duration)?;
+    let smtp_concurrency = parse_with(get("TIDINGS_SMTP_CONCURRENCY", "32"), |v| {
+        parse_range(v, 1, 1024)
+    })?;
+    Ok(Email {
+        seen_window,
+        reply_domain,
+        mail_from,
+        templates_dir,
+        default_locale,
+        templates_reload,
+        retry_tiers,
+        send_lease,
+        smtp_concurrency,
+    })
+}
+
+/// How roles take their work: queue type and prefix, prefetch, database pool and the sweeps'
+/// interval.
+struct Work {
+    queue_type: QueueType,
+    queue_prefix: String,
+    prefetch: u16,
+    db_pool_size: u32,
+    sweep_interval: Duration,
+}
+
+fn work(r: &Reader<'_>) -> Result<Work, ConfigError> {
+    let get = |name: &'static str, default: &str| r.get(name, default);
+    let queue_type = parse_with(get("TIDINGS_QUEUE_TYPE", "quorum"), |v| match v {
+        "quorum" => Ok(QueueType::Quorum),
+        "classic" => Ok(QueueType::Classic),
+        _ => Err("expected quorum or classic".to_string()),
+    })?;
+    let queue_prefix = parse_with(get("TIDINGS_QUEUE_PREFIX", "tidings"), |v| {
+        if v.len() <= 64
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            Ok(v.to_string())
+        } else {
+            Err("expected at most 64 of A-Z a-z 0-9 - _ .".to_string())
+        }
+    })?;
+    let prefetch = parse_with(get("TIDINGS_PREFETCH", "256"), |v| {
+        parse_range(v, 1, 65535).map(|n| n as u16)
+    })?;
+    let db_pool_size = parse_with(get("TIDINGS_DB_POOL_SIZE", "10"), |v| {
+        parse_range(v, 1, 1000).map(|n| n as u32)
+    })?;
+    let sweep_interval = parse_with(
+        get("TIDINGS_SWEEP_INTERVAL", "15s"),
+        parse_positive_duration,
+    )?;
+    Ok(Work {
+        queue_type,
+        queue_prefix,
+        prefetch,
+        db_pool_size,
+        sweep_interval,
+    })
+}
+
+/// The inbound SMTP listener and its bounds, the relay's authserv-id, mailboxes, the support
+/// project and the rate limit.
+struct Inbound {
+    inbound_addr: SocketAddr,
+    inbound_max_bytes: usize,
+    inbound_limits: InboundLimits,
+    inbound_authserv_id: Option<String>,
+    inbound_project: String,
+    inbound_mailboxes: Vec<String>,
+    inbound_rate: (u32, Duration),
+}
+
+fn inbound(r: &Reader<'_>) -> Result<Inbound, ConfigError> {
+    let get = |name: &'static str, default: &str| r.get(name, default);
+    let inbound_addr = parse_with(get("TIDINGS_INBOUND_ADDR", "127.0.0.1:2526"), |v| {
+        v.parse::<SocketAddr>()
+            .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:2526".to_string())
+    })?;
+    let inbound_max_bytes = parse_with(get("TIDINGS_INBOUND_MAX_BYTES", "26214400"), |v| {
+        parse_range(v, 1024, 1 << 30)
+    })?;
+    let inbound_limits = InboundLimits {
+        max_sessions: parse_with(get("TIDINGS_INBOUND_MAX_SESSIONS", "100"), |v| {
+            parse_range(v, 1, 100_000)
+        })?,
+        session_timeout: parse_with(
+            get("TIDINGS_INBOUND_SESSION_TIMEOUT", "10m"),
+            parse_positive_duration,
+        )?,
+        min_rate: parse_with(get("TIDINGS_INBOUND_MIN_RATE", "1024"), |v| {
+            parse_range(v, 1, 1 << 30)
+        })?,
+        memory: parse_with(get("TIDINGS_INBOUND_MEMORY", "268435456"), |v| {
+            let memory = parse_range(v, 1 << 20, 1 << 40)?;
+            if memory < inbound_max_bytes {
+                Err(format!(
+                    "must be at least TIDINGS_INBOUND_MAX_BYTES ({inbound_max_bytes})"
+                ))
+            } else {
+                Ok(memory)
+            }
+        })?,
+    };
+    let inbound_authserv_id = parse_with(get("TIDINGS_INBOUND_AUTHSERV_ID", ""), |v| {
+        let v = v.trim();
+        if v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+        {
+            Ok((!v.is_empty()).then(|| v.to_ascii_lowercase()))
+        } else {
+            Err("an authserv-id such as mx.example.com (letters, digits, dots, dashes)".into())
+        }
+    })?;
+    let inbound_project = parse_with(get("TIDINGS_INBOUND_PROJECT", "Support"), |v| {
+        let name = v.trim();
+        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+            Err("a project name: 1 to 200 characters, no control characters".into())
+        } else {
+            Ok(name.to_string())
+        }
+    })?;
+    let inbound_mailboxes = parse_with(get("TIDINGS_INBOUND_MAILBOXES", "support"), |v| {
+        let boxes: Vec<String> = v
+            .split(',')
+            .map(|b| b.trim().to_ascii_lowercase())
+            .collect();
+        if boxes.iter().all(|b| {
+            !b.is_empty()
+                && !b.contains('@')
+                && !b.starts_with("reply+")
+                && !b.contains(char::is_whitespace)
+        }) {
+            Ok(boxes)
+        } else {
+            Err("expected comma-separated local parts such as support,help".to_string())
+        }
+    })?;
+    let inbound_rate = parse_with(get("TIDINGS_INBOUND_RATE", "10/10m"), parse_rate)?;
+    Ok(Inbound {
+        inbound_addr,
+        inbound_max_bytes,
+        inbound_limits,
+        inbound_authserv_id,
+        inbound_project,
+        inbound_mailboxes,
+        inbound_rate,
+    })
+}
+
+/// Retention, lifetimes, the automation loop cap and the scheduler's cron schedules.
+struct Schedule {
+    automation_limits: Vec<(u32, Duration)>,
+    log_retention: Duration,
+    event_retention: Duration,
+    session_ttl: Duration,
+    threading_retention: Duration,
+    schedule_purge_log: String,
+    schedule_expire_threading: String,
+    schedule_sweep: String,
+}
+
+fn schedule(r: &Reader<'_>) -> Result<Schedule, ConfigError> {
+    let get = |name: &'static str, default: &str| r.get(name, default);
+    let automation_limits = parse_with(get("TIDINGS_AUTOMATION_LIMITS", "3/10m,20/24h"), |v| {
+        v.split(',').map(|part| parse_rate(part.trim())).collect()
+    })?;
+    let log_retention = parse_with(get("TIDINGS_LOG_RETENTION", "72h"), parse_positive_duration)?;
+    let event_retention = parse_with(
+        get("TIDINGS_EVENT_RETENTION", "7d"),
+        parse_positive_duration,
+    )?;
+    let session_ttl = parse_with(get("TIDINGS_SESSION_TTL", "12h"), parse_positive_duration)?;
+    let threading_retention = parse_with(
+        get("TIDINGS_THREADING_RETENTION", "365d"),
+        parse_positive_duration,
+    )?;
+    let schedule_purge_log = parse_with(
+        get("TIDINGS_SCHEDULE_PURGE_LOG", "0 */5 * * * *"),
+        parse_cron,
+    )?;
+    let schedule_expire_threading = parse_with(
+        get("TIDINGS_SCHEDULE_EXPIRE_THREADING", "0 30 3 * * *"),
+        parse_cron,
+    )?;
+    let schedule_sweep = parse_with(get("TIDINGS_SCHEDULE_SWEEP", "*/30 * * * * *"), parse_cron)?;
+    Ok(Schedule {
+        automation_limits,
+        log_retention,
+        event_retention,
+        session_ttl,
+        threading_retention,
+        schedule_purge_log,
+        schedule_expire_threading,
+        schedule_sweep,
+    })
+}
+
 fn parse_with<T>(
     (variable, value): (&'static str, String),
     parse: impl FnOnce(&str) -> Result<T, String>,
@@ -532,6 +753,19 @@ fn parse_with<T>(
         variable,
         value,
         reason,
+    })
+}
+
+/// Like [`parse_with`], for a secret: an error names the variable and what is wrong, and
+/// shows the value's length, never the value.
+fn parse_secret<T>(
+    (variable, value): (&'static str, String),
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    let length = value.chars().count();
+    parse_with((variable, value), parse).map_err(|e| ConfigError {
+        value: format!("{length} characters, not shown"),
+        ..e
     })
 }
 
@@ -545,7 +779,7 @@ fn require_scheme(
         Some(s) if schemes.contains(&s) => Ok(()),
         _ => Err(ConfigError {
             variable,
-            value: value.to_string(),
+            value: crate::secret::mask_url_passwords(value),
             reason: format!(
                 "expected a URL starting with {}://",
                 schemes.join(":// or ")
@@ -618,6 +852,50 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    /// A secret with a comma, an `@`, a `%` and a newline: neither a configuration's `Debug`
+    /// nor an error about it shows any part of it.
+    #[test]
+    fn secrets_never_print() {
+        let secret = "pa,ss@w%rd\nmore-0123456789";
+        let config = config_with(&[
+            ("TIDINGS_API_TOKEN", "token,with@odd%chars-0123456789"),
+            ("TIDINGS_TOKEN_SECRET", secret),
+            (
+                "TIDINGS_DATABASE_URL",
+                &format!("postgres://app:{secret}@db/tidings"),
+            ),
+            (
+                "TIDINGS_AMQP_URL",
+                &format!("amqp://u:{secret}@n1/%2f, amqp://u:{secret}@n2/%2f"),
+            ),
+            (
+                "TIDINGS_SMTP_URL",
+                &format!("smtp://mailer:{secret}@relay:587"),
+            ),
+        ])
+        .unwrap();
+        let shown = format!("{config:?}");
+        for part in ["pa,ss", "w%rd", "\nmore", "token,with", "odd%chars"] {
+            assert!(!shown.contains(part), "{part} in {shown}");
+        }
+        assert!(
+            shown.contains("amqp://u:***@n1/%2f, amqp://u:***@n2/%2f"),
+            "{shown}"
+        );
+        assert_eq!(config.token_secret.expose(), secret.as_bytes());
+        for (variable, value) in [
+            ("TIDINGS_API_TOKEN", "short,@%\n"),
+            ("TIDINGS_TOKEN_SECRET", "short,@%\n"),
+            ("TIDINGS_DATABASE_URL", "mysql://app:pa,ss@w%rd@db/x"),
+        ] {
+            let error = config_with(&[(variable, value)]).unwrap_err().to_string();
+            assert!(error.starts_with(variable), "{error}");
+            for part in ["short", "pa,ss", "w%rd"] {
+                assert!(!error.contains(part), "{part} in {error}");
+            }
+        }
     }
 
     #[test]

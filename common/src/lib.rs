@@ -16,6 +16,7 @@ pub mod observe;
 pub mod outbox;
 pub mod posting;
 pub mod rules;
+pub mod secret;
 pub mod sweep;
 pub mod templates;
 

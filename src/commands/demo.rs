@@ -63,7 +63,7 @@ fn id(v: &Value) -> i64 {
 pub async fn run(base: &str, config: &Config) -> anyhow::Result<()> {
     let api = Api {
         base: base.trim_end_matches('/').to_string(),
-        token: config.api_token.clone(),
+        token: config.api_token.expose().clone(),
         http: reqwest::Client::new(),
     };
     let run = tidings_common::clock::now().format("%H%M%S").to_string();

@@ -26,11 +26,7 @@ static NEXT_NODE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 /// reconnect) starts at the next node and tries them all in turn, so a client whose node died
 /// reconnects to another.
 pub async fn connect(url: &str, role: &str) -> Result<Connection> {
-    let nodes: Vec<&str> = url
-        .split(',')
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .collect();
+    let nodes = crate::secret::split_url_list(url);
     let start = NEXT_NODE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut failures = Vec::new();
     for i in 0..nodes.len() {
@@ -40,14 +36,16 @@ pub async fn connect(url: &str, role: &str) -> Result<Connection> {
         match tokio::time::timeout(NODE_TIMEOUT, Connection::connect(node, properties)).await {
             Ok(Ok(connection)) => {
                 if nodes.len() > 1 {
-                    info!(role, node = %without_password(node), "connected to a broker node");
+                    info!(role, node = %crate::secret::mask_url_passwords(node), "connected to a broker node");
                 }
                 return Ok(connection);
             }
-            Ok(Err(e)) => failures.push(format!("{}: {e}", without_password(node))),
+            Ok(Err(e)) => {
+                failures.push(format!("{}: {e}", crate::secret::mask_url_passwords(node)))
+            }
             Err(_) => failures.push(format!(
                 "{}: no answer within {} s",
-                without_password(node),
+                crate::secret::mask_url_passwords(node),
                 NODE_TIMEOUT.as_secs()
             )),
         }
@@ -56,18 +54,6 @@ pub async fn connect(url: &str, role: &str) -> Result<Connection> {
         "no broker node accepts a connection ({})",
         failures.join("; ")
     )))
-}
-
-/// A node URI with its password masked, for logs.
-fn without_password(uri: &str) -> String {
-    match (uri.find("://"), uri.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &uri[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &uri[..scheme + 3], &uri[at..])
-        }
-        _ => uri.to_string(),
-    }
 }
 
 /// A channel in confirm mode; every publish waits for the broker's confirm.

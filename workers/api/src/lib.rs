@@ -43,7 +43,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let topology = Arc::new(Topology::from_config(&config));
     let broker = tidings_common::amqp::SharedPublisher::default();
     let keeper = broker.spawn_keeper(
-        config.amqp_url.clone(),
+        config.amqp_url.expose().clone(),
         "api",
         (*topology).clone(),
         shutdown.clone(),
@@ -59,7 +59,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let hub = Arc::new(hub::Hub::default());
     let listener_task = hub::spawn_listener(
         hub.clone(),
-        config.amqp_url.clone(),
+        config.amqp_url.expose().clone(),
         (*topology).clone(),
         shutdown.clone(),
     );

@@ -256,7 +256,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     info!(addr = %config.inbound_addr, domain = %config.reply_domain, "inbound SMTP listening");
     let publisher = SharedPublisher::default();
     let keeper = publisher.spawn_keeper(
-        config.amqp_url.clone(),
+        config.amqp_url.expose().clone(),
         "inbound",
         topology.clone(),
         shutdown.clone(),

@@ -22,7 +22,7 @@ pub struct Pipeline {
     templates: Arc<TemplateStore>,
     smtp: Smtp,
     mail_from: String,
-    token_secret: Vec<u8>,
+    token_secret: tidings_common::secret::Secret<Vec<u8>>,
     reply_domain: String,
 }
 

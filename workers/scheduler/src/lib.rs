@@ -220,7 +220,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         schedules.push((job, schedule));
     }
     scheduler.broker.spawn_keeper(
-        scheduler.config.amqp_url.clone(),
+        scheduler.config.amqp_url.expose().clone(),
         "scheduler",
         scheduler.topology.clone(),
         shutdown.clone(),
