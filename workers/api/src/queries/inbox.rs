@@ -1,6 +1,6 @@
-//! Inboxes: a person's own (the conversations they were notified in or take part in, with
-//! unread counts and the last message they may see; read by `/me`, `/me/inbox` and the live
-//! stream), and the admin API's view of a person's.
+//! A person's inbox: the conversations they were notified in or take part in, with unread
+//! counts and the last message they may see; read by `/me`, `/me/inbox`, the live stream and
+//! the admin API's `/people/{id}/inbox`.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -16,7 +16,7 @@ const INBOX_MAX: i64 = 200;
 
 /// One open conversation of the messenger.
 #[derive(Debug, Clone, QueryableByName, Serialize, utoipa::ToSchema)]
-pub struct MeInboxEntry {
+pub struct InboxEntry {
     #[diesel(sql_type = BigInt)]
     pub conversation_id: i64,
     #[diesel(sql_type = Text)]
@@ -36,18 +36,21 @@ pub struct MeInboxEntry {
     from_customers: bool,
 }
 
-/// The messenger's open conversations, newest first.
+/// A person's inbox: the total unread count and each open conversation, newest first.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct MeInbox {
+pub struct Inbox {
+    pub person_id: i64,
     pub unread: i64,
-    pub conversations: Vec<MeInboxEntry>,
+    pub conversations: Vec<InboxEntry>,
 }
 
 /// Every conversation `me` was notified in or takes part in, with its unread count and last
-/// message they may see; customer conversations left out when P2 is off.
-pub fn inbox_of(conn: &mut PgConnection, me: Me) -> ApiResult<MeInbox> {
+/// message they may see; customer conversations left out when P2 is off. The person's own
+/// messenger (`/me/inbox`) and the admin API (`/people/{id}/inbox`) both read this, so an
+/// admin sees exactly the inbox the person sees.
+pub fn inbox_of(conn: &mut PgConnection, me: Me) -> ApiResult<Inbox> {
     let show = me.kind == PersonKind::Customer || show_customers(conn, me)?;
-    let conversations: Vec<MeInboxEntry> = diesel::sql_query(
+    let conversations: Vec<InboxEntry> = diesel::sql_query(
         "WITH mine AS (
              SELECT conversation_id FROM notifications WHERE recipient_id = $1
              UNION
@@ -83,7 +86,8 @@ pub fn inbox_of(conn: &mut PgConnection, me: Me) -> ApiResult<MeInbox> {
     .bind::<BigInt, _>(INBOX_MAX)
     .load(conn)?;
     let unread = conversations.iter().map(|c| c.unread).sum();
-    Ok(MeInbox {
+    Ok(Inbox {
+        person_id: me.id,
         unread,
         conversations,
     })
@@ -98,59 +102,4 @@ pub fn show_customers(conn: &mut PgConnection, me: Me) -> ApiResult<bool> {
         .first::<bool>(conn)
         .optional()?
         .unwrap_or(true))
-}
-
-/// One conversation of an inbox.
-#[derive(Debug, QueryableByName, Serialize, utoipa::ToSchema)]
-pub struct InboxEntry {
-    #[diesel(sql_type = BigInt)]
-    conversation_id: i64,
-    #[diesel(sql_type = Text)]
-    subject: String,
-    #[diesel(sql_type = BigInt)]
-    pub unread: i64,
-    #[diesel(sql_type = BigInt)]
-    last_message_id: i64,
-    #[diesel(sql_type = Timestamptz)]
-    last_message_at: DateTime<Utc>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    seen_up_to: Option<i64>,
-}
-
-/// A person's inbox: the total unread count and each conversation, newest first.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Inbox {
-    pub person_id: i64,
-    pub unread: i64,
-    pub conversations: Vec<InboxEntry>,
-}
-
-/// A person's inbox as the admin API shows it (D1): every conversation they were notified
-/// in, with its unread count, the newest first; customer conversations left out when P2 is
-/// off.
-pub fn for_admin(conn: &mut PgConnection, person_id: i64) -> ApiResult<Vec<InboxEntry>> {
-    Ok(diesel::sql_query(
-        "SELECT c.id AS conversation_id, c.subject,
-                COUNT(*) FILTER (WHERE m.deleted_at IS NULL
-                                   AND m.id > COALESCE(sc.last_seen_message_id, 0)) AS unread,
-                MAX(m.id) AS last_message_id, MAX(m.created_at) AS last_message_at,
-                sc.last_seen_message_id AS seen_up_to
-         FROM notifications n
-         JOIN messages m ON m.id = n.message_id
-         JOIN conversations c ON c.id = n.conversation_id
-         LEFT JOIN seen_cursors sc
-           ON sc.person_id = n.recipient_id AND sc.conversation_id = n.conversation_id
-         LEFT JOIN user_preferences up ON up.person_id = n.recipient_id
-         WHERE n.recipient_id = $1
-           AND (COALESCE(up.show_customer_conversations, true) OR NOT EXISTS (
-                SELECT 1 FROM conversation_participants cp JOIN people p ON p.id = cp.person_id
-                 WHERE cp.conversation_id = c.id AND p.kind = 'customer'
-                UNION ALL
-                SELECT 1 FROM item_follows f JOIN people p ON p.id = f.person_id
-                 WHERE f.item_id = c.item_id AND p.kind = 'customer'))
-         GROUP BY c.id, c.subject, sc.last_seen_message_id
-         ORDER BY last_message_at DESC, c.id DESC",
-    )
-    .bind::<BigInt, _>(person_id)
-    .load(conn)?)
 }

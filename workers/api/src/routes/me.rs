@@ -17,7 +17,7 @@ use crate::error::{ApiError, ApiResult, Body};
 use crate::lookup::{find_conversation, find_person};
 use crate::queries::conversation::{self, MeMessage};
 use crate::queries::deliveries::{self, MeDelivery};
-use crate::queries::inbox::{MeInbox, inbox_of, show_customers};
+use crate::queries::inbox::{Inbox, inbox_of, show_customers};
 use crate::queries::preferences;
 use crate::queries::visibility::{require_visible, visible_message};
 use crate::session::Me;
@@ -58,12 +58,12 @@ pub async fn me(
 }
 
 #[utoipa::path(get, path = "/me/inbox", tag = "me",
-    responses((status = 200, description = "open conversations, newest first", body = MeInbox)),
+    responses((status = 200, description = "open conversations, newest first", body = Inbox)),
     security(("person" = [])))]
 pub async fn inbox(
     State(state): State<AppState>,
     Extension(me): Extension<Me>,
-) -> ApiResult<Json<MeInbox>> {
+) -> ApiResult<Json<Inbox>> {
     with_db(&state, move |conn| inbox_of(conn, me).map(Json)).await
 }
 

@@ -13,8 +13,9 @@ use tidings_common::{clock, mail};
 
 use crate::error::{ApiError, ApiResult, Body};
 use crate::lookup::*;
-use crate::queries::inbox::{self, Inbox};
+use crate::queries::inbox::{Inbox, inbox_of};
 use crate::queries::password_resets;
+use crate::session::Me;
 use crate::state::{AppState, with_db};
 use crate::validate::*;
 
@@ -237,8 +238,8 @@ pub struct Queued {
     person_id: i64,
 }
 
-/// A person's inbox (D1): every conversation they were notified in, with its unread count,
-/// the conversation with the newest message first.
+/// A person's inbox as they see it (D1): every conversation they were notified in or take
+/// part in, with its unread count and the last message they may see, newest first.
 #[utoipa::path(
     get,
     path = "/people/{id}/inbox",
@@ -255,14 +256,15 @@ pub async fn inbox(
     Path(person_id): Path<i64>,
 ) -> ApiResult<Json<Inbox>> {
     with_db(&state, move |conn| {
-        find_person(conn, person_id)?;
-        let entries = inbox::for_admin(conn, person_id)?;
-        let total: i64 = entries.iter().map(|e| e.unread).sum();
-        Ok(Json(Inbox {
-            person_id,
-            unread: total,
-            conversations: entries,
-        }))
+        let person = find_person(conn, person_id)?;
+        inbox_of(
+            conn,
+            Me {
+                id: person.id,
+                kind: person.kind,
+            },
+        )
+        .map(Json)
     })
     .await
 }
