@@ -74,8 +74,9 @@ pub fn mask_url_passwords(text: &str) -> String {
             .find("://")
             .map(|next| {
                 after[..next]
-                    .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
-                    .map_or(0, |i| i + 1)
+                    .char_indices()
+                    .rfind(|(_, c)| !(c.is_ascii_alphanumeric() || "+-.".contains(*c)))
+                    .map_or(0, |(i, c)| i + c.len_utf8())
             })
             .unwrap_or(after.len());
         let url = &after[..end];
@@ -154,6 +155,49 @@ mod tests {
             ]
         );
         assert_eq!(split_url_list(" amqp://a/ ,, "), ["amqp://a/"]);
+    }
+
+    /// Whatever the text (multi-byte characters next to a scheme, schemes without hosts,
+    /// stray separators), masking and splitting never panic, and a password never survives.
+    #[test]
+    fn hostile_text_neither_panics_nor_leaks() {
+        for text in [
+            "amqp://u:p@hé://x",
+            "é://",
+            "://",
+            ":://@@",
+            "amqp://u:sécrèt@h,é,amqps://u:sécrèt@h2",
+            "\u{0}://\u{202e}:x@y",
+            ",,,://,:@,",
+            "amqp://ü:🔑🔑@h/ , amqp://ü:🔑🔑@h2/",
+        ] {
+            let masked = mask_url_passwords(text);
+            let _ = split_url_list(text);
+            for secret in ["sécrèt", "🔑"] {
+                assert!(!masked.contains(secret), "{text:?} -> {masked:?}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_masked_and_split_without_panicking(text in ".{0,80}") {
+            let _ = mask_url_passwords(&text);
+            let _ = split_url_list(&text);
+        }
+
+        #[test]
+        fn any_password_is_masked_whole(password in "[^@/]{1,30}") {
+            let url = format!("amqp://user:{password}@host:5672/%2f");
+            proptest::prop_assert_eq!(
+                mask_url_passwords(&url),
+                "amqp://user:***@host:5672/%2f"
+            );
+        }
+    }
+
+    #[test]
+    fn urls_without_a_password_are_shown_as_they_are() {
         // Nothing to mask: no user info, a user without a password, a path with a colon.
         for plain in [
             "smtp://127.0.0.1:2525",
