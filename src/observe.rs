@@ -29,6 +29,8 @@ use tracing::{info, warn};
 
 /// How long queue depths are cached.
 pub const DEPTH_EVERY: Duration = Duration::from_secs(5);
+/// Open connections the listener serves at once; more wait in the listen backlog.
+const METRICS_CONNECTIONS: usize = 32;
 /// How long a database check is trusted.
 const DB_EVERY: Duration = Duration::from_secs(2);
 /// `/livez` fails when the runtime has not ticked for this long.
@@ -61,6 +63,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("TIDINGS_METRICS_ADDR {addr}: cannot listen: {e}"))?;
+    let config_limits = config.http_limits;
     let observer = Arc::new(Observer {
         handle,
         topology: Topology::from_config(&config),
@@ -90,9 +93,13 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .with_state(observer);
     info!(%addr, "metrics and health listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    // The api's bounded accept loop: a connection cap, header and idle timeouts, a request
+    // timeout, so a slow or greedy scraper cannot hold the process's file descriptors.
+    let limits = tidings_common::config::HttpLimits {
+        max_connections: METRICS_CONNECTIONS,
+        ..config_limits
+    };
+    tidings_api::serve::serve(listener, app, limits, &shutdown).await;
     Ok(())
 }
 
@@ -121,8 +128,11 @@ async fn livez(State(o): State<Arc<Observer>>) -> Response {
 
 async fn readyz(State(o): State<Arc<Observer>>) -> Response {
     let mut problems = observe::health().problems();
+    // Whoever can reach the listener reads this: the database's host and libpq's words go to
+    // the log, not into the answer.
     if let Err(e) = o.database().await {
-        problems.push(format!("database: {e}"));
+        warn!(error = %e, "readiness: the database does not answer");
+        problems.push("database unreachable".into());
     }
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()

@@ -126,6 +126,31 @@ async fn control_characters_and_overlong_names_are_refused_naming_the_field() {
             json!({"subject": "s".repeat(301), "item_id": item}),
             "subject",
         ),
+        // Invisible and direction-changing characters let one name pass for another.
+        (
+            "POST",
+            "/users".to_string(),
+            json!({"name": "Ann\u{202E}nimda", "email": "rlo@example.com"}),
+            "name",
+        ),
+        (
+            "POST",
+            "/customers".to_string(),
+            json!({"name": "Support\u{200B}Team", "email": "zw@example.com"}),
+            "name",
+        ),
+        (
+            "PATCH",
+            format!("/people/{person}"),
+            json!({"name": "\u{FEFF}Ann"}),
+            "name",
+        ),
+        (
+            "POST",
+            "/projects".to_string(),
+            json!({"name": "P\u{2066}Q"}),
+            "name",
+        ),
     ];
     for (method, path, body, field) in cases {
         let (status, answer) = env.call(method, &path, Some(body.clone())).await;
@@ -1085,4 +1110,801 @@ async fn l1_a_waiting_email_is_queued_in_the_log() {
         .collect();
     assert!(!statuses.contains(&"queued"), "{log}");
     assert!(statuses.contains(&"sent"), "{log}");
+}
+
+// ---- Trust at the web edges (T6) ----
+
+/// One request with exactly these headers and body; returns the status, headers and JSON.
+async fn raw(
+    env: &Env,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = reqwest::Client::new().request(method, env.base() + path);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    if let Some(body) = body {
+        req = req.body(body.to_string());
+    }
+    let resp = req.send().await.expect("api reachable");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// The messenger's cookie for `person`, as `POST /session` sets it from the messenger page.
+async fn cookie_of(env: &Env, person: i64) -> String {
+    let token = env.session(person).await;
+    let body = json!({ "token": token }).to_string();
+    let origin = env.base();
+    let (status, headers, answer) = raw(
+        env,
+        "POST",
+        "/session",
+        &[("Content-Type", "application/json"), ("Origin", &origin)],
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 204, "{answer}");
+    let set = headers["set-cookie"].to_str().unwrap().to_string();
+    set.split(';').next().unwrap().to_string()
+}
+
+/// T6: a JSON route takes JSON only. `text/plain`, a form type or no type at all (what any
+/// page may send without a preflight) is refused with 415 naming the expected type, on the
+/// `/me` writes, the session exchange and the admin routes alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn t6_json_routes_refuse_every_other_content_type() {
+    let env = Env::new("2s");
+    let _api = env.spawn(&["api"]);
+    env.wait_for_api().await;
+    let ann = env.user("Ann").await;
+    let (_, item, conversation) = env.ticket("Printer").await;
+    env.follow_item(item, ann).await;
+    let token = env.session(ann).await;
+    let bearer = format!("Bearer {token}");
+    let admin = format!("Bearer {}", support::TOKEN);
+    let post = format!("/me/conversations/{conversation}/messages");
+    let body = r#"{"body":"Posted by a page that is not ours"}"#;
+    for kind in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        Some("text/json"),
+        None,
+    ] {
+        let mut headers = vec![("Authorization", bearer.as_str())];
+        headers.extend(kind.map(|k| ("Content-Type", k)));
+        let (status, _, answer) = raw(&env, "POST", &post, &headers, Some(body)).await;
+        assert_eq!(status, 415, "{kind:?}: {answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("Content-Type: application/json"),
+            "{answer}"
+        );
+        let mut headers = vec![("Authorization", admin.as_str())];
+        headers.extend(kind.map(|k| ("Content-Type", k)));
+        let (status, _, answer) =
+            raw(&env, "POST", "/projects", &headers, Some(r#"{"name":"X"}"#)).await;
+        assert_eq!(status, 415, "admin route, {kind:?}: {answer}");
+    }
+    let signin = json!({ "token": token }).to_string();
+    let origin = env.base();
+    let (status, _, answer) = raw(
+        &env,
+        "POST",
+        "/session",
+        &[("Content-Type", "text/plain"), ("Origin", &origin)],
+        Some(&signin),
+    )
+    .await;
+    assert_eq!(status, 415, "{answer}");
+    // JSON with parameters, or a +json type, is JSON.
+    for kind in [
+        "application/json; charset=utf-8",
+        "application/merge-patch+json",
+    ] {
+        let (status, _, answer) = raw(
+            &env,
+            "POST",
+            &post,
+            &[("Authorization", &bearer), ("Content-Type", kind)],
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, 201, "{kind}: {answer}");
+    }
+}
+
+/// T6: a write carried by the session cookie is taken only from the product's own pages.
+/// `Origin` must be the public origin; without it, `Sec-Fetch-Site` must say same-origin;
+/// with neither, the write is refused. Another port of the same host is another origin.
+/// `POST /session` follows the same rule, and a bearer token (an API client, never sent by
+/// a browser on its own) needs neither.
+#[tokio::test(flavor = "multi_thread")]
+async fn t6_cookie_writes_come_only_from_the_public_origin() {
+    let env = Env::new("2s");
+    let _api = env.spawn(&["api"]);
+    env.wait_for_api().await;
+    let ann = env.user("Ann").await;
+    let (_, item, conversation) = env.ticket("Printer").await;
+    env.follow_item(item, ann).await;
+    let cookie = cookie_of(&env, ann).await;
+    assert!(cookie.starts_with("tidings_session="), "{cookie}");
+    let post = format!("/me/conversations/{conversation}/messages");
+    let body = r#"{"body":"Hello"}"#;
+    let json = ("Content-Type", "application/json");
+    let other_port = format!("http://127.0.0.1:{}", env.http_port + 1);
+    let refused: &[&[(&str, &str)]] = &[
+        &[("Origin", &other_port)],
+        &[("Origin", "http://evil.example")],
+        &[("Origin", "null")],
+        &[("Sec-Fetch-Site", "same-site")],
+        &[("Sec-Fetch-Site", "cross-site")],
+        &[],
+    ];
+    for extra in refused {
+        let mut headers = vec![("Cookie", cookie.as_str()), json];
+        headers.extend_from_slice(extra);
+        let (status, _, answer) = raw(&env, "POST", &post, &headers, Some(body)).await;
+        assert_eq!(status, 403, "{extra:?}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(
+            error.contains("refused") || error.contains("must come from"),
+            "{error}"
+        );
+        // The other cookie writes too.
+        let mut headers = vec![("Cookie", cookie.as_str()), json];
+        headers.extend_from_slice(extra);
+        let (status, _, _) = raw(
+            &env,
+            "PATCH",
+            "/me/preferences",
+            &headers,
+            Some(r#"{"followed_internal":false}"#),
+        )
+        .await;
+        assert_eq!(status, 403, "preferences, {extra:?}");
+    }
+    let origin = env.base();
+    let (status, _, answer) = raw(
+        &env,
+        "POST",
+        &post,
+        &[("Cookie", &cookie), json, ("Origin", &origin)],
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201, "from the public origin: {answer}");
+    let (status, _, answer) = raw(
+        &env,
+        "POST",
+        &post,
+        &[("Cookie", &cookie), json, ("Sec-Fetch-Site", "same-origin")],
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201, "same-origin, no Origin header: {answer}");
+    // Reads by cookie need no Origin (the EventSource and page loads send none).
+    let (status, _, _) = raw(&env, "GET", "/me", &[("Cookie", &cookie)], None).await;
+    assert_eq!(status, 200);
+    // No other page may sign this browser in as someone else.
+    let bob = env.user("Bob").await;
+    let signin = json!({ "token": env.session(bob).await }).to_string();
+    for extra in refused {
+        let mut headers = vec![json];
+        headers.extend_from_slice(extra);
+        let (status, headers, answer) =
+            raw(&env, "POST", "/session", &headers, Some(&signin)).await;
+        assert_eq!(status, 403, "{extra:?}: {answer}");
+        assert!(headers.get("set-cookie").is_none());
+    }
+    // Messages posted: the two from the public origin only.
+    assert_eq!(messages(&env, conversation).await.len(), 2);
+}
+
+/// T6: under an https public URL the cookie is `__Host-` prefixed and `Secure`, and the plain
+/// development name is not read, so a sibling subdomain cannot plant a session.
+#[tokio::test(flavor = "multi_thread")]
+async fn t6_the_cookie_is_host_prefixed_over_https() {
+    // Behind a TLS proxy: browsers reach https://127.0.0.1, the api listens on plain HTTP.
+    let public = "https://127.0.0.1";
+    let env = Env::with("2s", &[("TIDINGS_PUBLIC_URL", public)], &[]);
+    let _api = env.spawn(&["api"]);
+    env.wait_for_api().await;
+    let ann = env.user("Ann").await;
+    let token = env.session(ann).await;
+    let signin = json!({ "token": token }).to_string();
+    let (status, headers, answer) = raw(
+        &env,
+        "POST",
+        "/session",
+        &[("Content-Type", "application/json"), ("Origin", public)],
+        Some(&signin),
+    )
+    .await;
+    assert_eq!(status, 204, "{answer}");
+    let set = headers["set-cookie"].to_str().unwrap();
+    assert!(set.starts_with("__Host-tidings_session="), "{set}");
+    assert!(
+        set.contains("; Secure") && set.contains("Path=/") && !set.contains("Domain"),
+        "{set}"
+    );
+    let host = set.split(';').next().unwrap();
+    assert_eq!(
+        raw(&env, "GET", "/me", &[("Cookie", host)], None).await.0,
+        200
+    );
+    let plain = format!("tidings_session={token}");
+    assert_eq!(
+        raw(&env, "GET", "/me", &[("Cookie", &plain)], None).await.0,
+        401
+    );
+}
+
+/// P1 is a permission: a person reads it through `/me` but cannot change it (403 naming the
+/// field), so a user limited to followed projects cannot lift the limit; an admin can.
+#[tokio::test(flavor = "multi_thread")]
+async fn p1_a_person_cannot_grant_themselves_more_projects() {
+    let env = Env::new("2s");
+    let _api = env.spawn(&["api"]);
+    env.wait_for_api().await;
+    let ann = env.user("Ann").await;
+    let (_, _, other) = env.ticket("Payroll").await;
+    env.ok(
+        "PATCH",
+        &format!("/people/{ann}/preferences"),
+        Some(json!({"see_conversations": "followed_projects"})),
+    )
+    .await;
+    let token = env.session(ann).await;
+    assert_eq!(
+        env.call_as(&token, "GET", &format!("/me/conversations/{other}"), None)
+            .await
+            .0,
+        403
+    );
+    for patch in [
+        json!({"see_conversations": "all_projects"}),
+        json!({"see_conversations": "followed_projects", "followed_internal": false}),
+    ] {
+        let (status, answer) = env
+            .call_as(&token, "PATCH", "/me/preferences", Some(patch.clone()))
+            .await;
+        assert_eq!(status, 403, "{patch}: {answer}");
+        assert_eq!(answer["field"], "see_conversations", "{answer}");
+    }
+    let (status, prefs) = env.call_as(&token, "GET", "/me/preferences", None).await;
+    assert_eq!(
+        (
+            status,
+            prefs["see_conversations"].clone(),
+            prefs["followed_internal"].clone()
+        ),
+        (200, json!("followed_projects"), json!(true)),
+        "nothing changed: {prefs}"
+    );
+    let (status, _) = env
+        .call_as(
+            &token,
+            "POST",
+            &format!("/me/conversations/{other}/messages"),
+            Some(json!({"body": "hi"})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    // Every other preference stays the person's own.
+    let (status, answer) = env
+        .call_as(
+            &token,
+            "PATCH",
+            "/me/preferences",
+            Some(json!({"followed_internal": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    env.ok(
+        "PATCH",
+        &format!("/people/{ann}/preferences"),
+        Some(json!({"see_conversations": "all_projects"})),
+    )
+    .await;
+    assert_eq!(
+        env.call_as(&token, "GET", &format!("/me/conversations/{other}"), None)
+            .await
+            .0,
+        200
+    );
+}
+
+/// T6: the inbox applies the conversation routes' visibility. A customer removed from an item
+/// and a user narrowed to followed projects no longer see the conversation's subject,
+/// excerpt or unread count anywhere, their messenger's inbox and the admin's view of it alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn t6_the_inbox_forgets_what_a_person_may_no_longer_see() {
+    let (env, _tidings) = running("30s").await;
+    let ben = env.user("Ben").await;
+    let ann = env.user("Ann").await;
+    let cora = env.customer("Cora").await;
+    let (_, item, conversation) = env.ticket("Refund").await;
+    env.follow_item(item, cora).await;
+    env.follow_item(item, ann).await;
+    let public = env
+        .post(conversation, ben, "Your refund is 4,200 EUR", false)
+        .await;
+    let note = env
+        .post(conversation, ben, "Internal: fraud risk", true)
+        .await;
+    env.dispatched(public).await;
+    env.dispatched(note).await;
+    let (cora_token, ann_token) = (env.session(cora).await, env.session(ann).await);
+    let listed = |inbox: &serde_json::Value| inbox["conversations"].as_array().unwrap().len();
+    let (_, inbox) = env.call_as(&cora_token, "GET", "/me/inbox", None).await;
+    assert_eq!(listed(&inbox), 1, "{inbox}");
+    let (_, inbox) = env.call_as(&ann_token, "GET", "/me/inbox", None).await;
+    assert_eq!(listed(&inbox), 1, "{inbox}");
+    assert!(inbox.to_string().contains("fraud risk"), "{inbox}");
+
+    // Cora is removed from the item; Ann is narrowed to projects she follows.
+    env.ok("DELETE", &format!("/items/{item}/followers/{cora}"), None)
+        .await;
+    env.ok(
+        "PATCH",
+        &format!("/people/{ann}/preferences"),
+        Some(json!({"see_conversations": "followed_projects"})),
+    )
+    .await;
+    env.ok("DELETE", &format!("/items/{item}/followers/{ann}"), None)
+        .await;
+    for (token, person) in [(&cora_token, cora), (&ann_token, ann)] {
+        let (status, inbox) = env.call_as(token, "GET", "/me/inbox", None).await;
+        assert_eq!(status, 200);
+        assert_eq!(listed(&inbox), 0, "{inbox}");
+        assert_eq!(inbox["unread"], 0, "{inbox}");
+        let (_, me) = env.call_as(token, "GET", "/me", None).await;
+        assert_eq!(me["unread"], 0, "{me}");
+        let admin_view = env
+            .ok("GET", &format!("/people/{person}/inbox"), None)
+            .await;
+        assert_eq!(listed(&admin_view), 0, "{admin_view}");
+        let (status, _) = env
+            .call_as(
+                token,
+                "GET",
+                &format!("/me/conversations/{conversation}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 403);
+        let (status, _) = env
+            .call_as(
+                token,
+                "GET",
+                &format!("/me/messages/{public}/deliveries"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 403);
+    }
+}
+
+/// T6: one person can post at most `TIDINGS_POST_RATE` messages in its window, through `/me`
+/// and through the API on their behalf alike; beyond it, 429 with `Retry-After`, and other
+/// people post on.
+#[tokio::test(flavor = "multi_thread")]
+async fn t6_posting_is_bounded_per_person() {
+    let env = Env::with("2s", &[("TIDINGS_POST_RATE", "5/1m")], &[]);
+    let _api = env.spawn(&["api"]);
+    env.wait_for_api().await;
+    let cora = env.customer("Cora").await;
+    let ben = env.user("Ben").await;
+    let (_, item, conversation) = env.ticket("Printer").await;
+    env.follow_item(item, cora).await;
+    let token = env.session(cora).await;
+    let path = format!("/me/conversations/{conversation}/messages");
+    for n in 0..3 {
+        let (status, answer) = env
+            .call_as(
+                &token,
+                "POST",
+                &path,
+                Some(json!({"body": format!("me {n}")})),
+            )
+            .await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    for n in 0..2 {
+        env.post(conversation, cora, &format!("api {n}"), false)
+            .await;
+    }
+    let (status, headers, answer) = raw(
+        &env,
+        "POST",
+        &path,
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Content-Type", "application/json"),
+        ],
+        Some(r#"{"body":"one too many"}"#),
+    )
+    .await;
+    assert_eq!(status, 429, "{answer}");
+    let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After: {wait}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("TIDINGS_POST_RATE"),
+        "{answer}"
+    );
+    let (status, _) = env
+        .call(
+            "POST",
+            &format!("/conversations/{conversation}/messages"),
+            Some(json!({"author_id": cora, "body": "on her behalf", "internal": false})),
+        )
+        .await;
+    assert_eq!(status, 429);
+    // Someone else is not held up.
+    env.post(conversation, ben, "Ben answers", false).await;
+    assert_eq!(messages(&env, conversation).await.len(), 6);
+}
+
+/// T6: a conversation read is paged (newest first, a `before` cursor) and bounded in bytes:
+/// long bodies come cut with `truncated` and their whole `length`, and are read whole one at
+/// a time. Walking every page gives every message exactly once, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn t6_conversation_reads_are_paged_and_bounded_in_bytes() {
+    let env = Env::with(
+        "2s",
+        &[
+            ("TIDINGS_READ_BUDGET", "65536"),
+            ("TIDINGS_POST_RATE", "1000/1m"),
+        ],
+        &[],
+    );
+    let _api = env.spawn(&["api"]);
+    env.wait_for_api().await;
+    let cora = env.customer("Cora").await;
+    let (_, item, conversation) = env.ticket("Logs").await;
+    env.follow_item(item, cora).await;
+    let mut posted = Vec::new();
+    for n in 0..10 {
+        // 20,000 characters, 3 bytes each: cut at 16,384 characters (49,152 bytes).
+        let body = format!("{n:02}{}", "€".repeat(19_998));
+        posted.push(env.post(conversation, cora, &body, false).await);
+    }
+    for n in 0..5 {
+        posted.push(
+            env.post(conversation, cora, &format!("short {n}"), false)
+                .await,
+        );
+    }
+    let token = env.session(cora).await;
+    let mut seen = Vec::new();
+    let mut before: Option<i64> = None;
+    let mut pages = 0;
+    loop {
+        let path = match before {
+            Some(b) => format!("/me/conversations/{conversation}?before={b}"),
+            None => format!("/me/conversations/{conversation}"),
+        };
+        let (status, page) = env.call_as(&token, "GET", &path, None).await;
+        assert_eq!(status, 200, "{page}");
+        let text_bytes: usize = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["body"].as_str().unwrap().len())
+            .sum();
+        let count = page["messages"].as_array().unwrap().len();
+        assert!(count >= 1);
+        assert!(
+            count == 1 || text_bytes <= 65_536,
+            "page over the budget: {text_bytes}"
+        );
+        for m in page["messages"].as_array().unwrap() {
+            if m["body"].as_str().unwrap().starts_with("short") {
+                assert_eq!(m["truncated"], false);
+            } else {
+                assert_eq!(m["truncated"], true, "{}", m["id"]);
+                assert_eq!(m["length"], 2 + 19_998 * 3);
+                assert_eq!(m["body"].as_str().unwrap().chars().count(), 16_384);
+            }
+        }
+        let ids: Vec<i64> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_i64().unwrap())
+            .collect();
+        seen.splice(0..0, ids);
+        pages += 1;
+        assert!(pages <= 15, "the pages never end");
+        match page["older"].as_i64() {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    assert_eq!(seen, posted, "every message once, oldest first");
+    assert!(
+        pages >= 4,
+        "a 64 KiB budget holds one long body per page: {pages} pages"
+    );
+    // A limit bounds the count; a bad cursor or limit is named.
+    let (_, page) = env
+        .call_as(
+            &token,
+            "GET",
+            &format!("/me/conversations/{conversation}?limit=2"),
+            None,
+        )
+        .await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 2);
+    for (query, field) in [
+        ("before=0", "before"),
+        ("limit=0", "limit"),
+        ("limit=201", "limit"),
+        ("limit=x", "limit"),
+    ] {
+        let (status, answer) = env
+            .call_as(
+                &token,
+                "GET",
+                &format!("/me/conversations/{conversation}?{query}"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (400, Some(field)),
+            "{query}: {answer}"
+        );
+    }
+    // A long body, read whole.
+    let (status, whole) = env
+        .call_as(&token, "GET", &format!("/me/messages/{}", posted[3]), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(whole["body"].as_str().unwrap().chars().count(), 20_000);
+    assert_eq!(whole["truncated"], false);
+    // The admin API pages the same way.
+    let page = env
+        .ok("GET", &format!("/conversations/{conversation}"), None)
+        .await;
+    assert!(page["older"].as_i64().is_some(), "{}", page["older"]);
+    let whole = env
+        .ok("GET", &format!("/messages/{}", posted[3]), None)
+        .await;
+    assert_eq!(whole["body"].as_str().unwrap().chars().count(), 20_000);
+}
+
+/// T6: revocation bites everywhere. Deactivating a person, signing out, and an admin's
+/// revoke each end the person's open event streams at once (a `signed_out` event, then the
+/// end) and refuse the token from then on; a new session after a sign-out works.
+#[tokio::test(flavor = "multi_thread")]
+async fn t6_revocation_ends_open_streams_and_tokens() {
+    use support::live::Sse;
+    let env = Env::new("2s");
+    let _api = env.spawn(&["api"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let ann = env.user("Ann").await;
+    let within = Duration::from_secs(5);
+
+    // Signing out (the bearer form; the messenger uses the cookie) revokes the token.
+    let token = env.session(ann).await;
+    let mut stream = Sse::open(&env.base(), &token, None).await;
+    assert_eq!(stream.status, 200);
+    let (status, _, _) = raw(
+        &env,
+        "DELETE",
+        "/session",
+        &[("Authorization", &format!("Bearer {token}"))],
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let event = stream.next_of("signed_out", within).await;
+    assert!(event.is_some(), "no signed_out event after signing out");
+    assert!(
+        stream.next(within).await.is_none() && stream.ended,
+        "the stream stays open"
+    );
+    let (status, answer) = env.call_as(&token, "GET", "/me", None).await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("revoked"),
+        "{answer}"
+    );
+
+    // An admin's revoke.
+    let token = env.session(ann).await;
+    assert_eq!(env.call_as(&token, "GET", "/me", None).await.0, 200);
+    let mut stream = Sse::open(&env.base(), &token, None).await;
+    env.ok("DELETE", &format!("/people/{ann}/sessions"), None)
+        .await;
+    assert!(stream.next_of("signed_out", within).await.is_some());
+    assert_eq!(env.call_as(&token, "GET", "/me", None).await.0, 401);
+
+    // Deactivation.
+    let token = env.session(ann).await;
+    let mut stream = Sse::open(&env.base(), &token, None).await;
+    env.ok(
+        "PATCH",
+        &format!("/people/{ann}"),
+        Some(json!({"active": false})),
+    )
+    .await;
+    assert!(
+        stream.next_of("signed_out", within).await.is_some(),
+        "a deactivated person's stream keeps delivering"
+    );
+    assert_eq!(env.call_as(&token, "GET", "/me", None).await.0, 403);
+}
+
+/// A `Last-Event-ID` that is not an id this service sent is answered like a client too far
+/// behind: a `reset` event first, so the client reads its inbox again.
+#[tokio::test(flavor = "multi_thread")]
+async fn t6_a_malformed_last_event_id_gets_a_reset() {
+    use support::live::Sse;
+    let env = Env::new("2s");
+    let _api = env.spawn(&["api"]);
+    env.wait_for_api().await;
+    let ann = env.user("Ann").await;
+    let token = env.session(ann).await;
+    for id in ["abc", "-5", "1e9", "99999999999999999999"] {
+        let mut stream = Sse::open_raw(&env.base(), &token, Some(id)).await;
+        assert_eq!(stream.status, 200);
+        let first = stream.next(Duration::from_secs(5)).await;
+        assert_eq!(first.map(|e| e.kind), Some("reset".to_string()), "{id}");
+    }
+}
+
+/// No password reset for the deactivated: a request is refused naming why, and a link issued
+/// before the deactivation stops verifying.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deactivated_person_gets_no_password_reset() {
+    let (env, _tidings) = running("1s").await;
+    let ann = env.user("Ann").await;
+    env.ok("POST", &format!("/people/{ann}/password-reset"), None)
+        .await;
+    support::wait_for(env.root(), "the reset email", async || {
+        !env.mails_to("ann@example.com").is_empty()
+    })
+    .await;
+    let text = env.mails_to("ann@example.com")[0]
+        .parsed()
+        .body_text(0)
+        .unwrap()
+        .to_string();
+    let token = text
+        .split("/password-reset/")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    env.ok(
+        "PATCH",
+        &format!("/people/{ann}"),
+        Some(json!({"active": false})),
+    )
+    .await;
+    let (status, answer) = env
+        .call(
+            "POST",
+            "/password-resets/verify",
+            Some(json!({"token": token})),
+        )
+        .await;
+    assert_eq!(status, 410, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("deactivated"),
+        "{answer}"
+    );
+    let (status, answer) = env
+        .call("POST", &format!("/people/{ann}/password-reset"), None)
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("deactivated"),
+        "{answer}"
+    );
+}
+
+/// The metrics listener has the api's bounds: a header dripped slowly is cut off after the
+/// header timeout, idle connections are closed, and `/readyz` works through it.
+#[tokio::test(flavor = "multi_thread")]
+async fn t6_the_metrics_listener_cuts_slow_and_idle_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let metrics = support::free_port();
+    let env = Env::with(
+        "2s",
+        &[
+            ("TIDINGS_METRICS_ADDR", &format!("127.0.0.1:{metrics}")),
+            ("TIDINGS_HTTP_HEADER_TIMEOUT", "1s"),
+        ],
+        &[],
+    );
+    let _api = env.spawn(&["api"]);
+    env.wait_for_api().await;
+    let addr = format!("127.0.0.1:{metrics}");
+    let livez = reqwest::get(format!("http://{addr}/livez")).await.unwrap();
+    assert_eq!(livez.status().as_u16(), 200);
+    // Dripped headers: one line a second is cut off well before 10 s.
+    let mut drip = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = std::time::Instant::now();
+    drip.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+    let mut closed = false;
+    for n in 0..10 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if drip
+            .write_all(format!("X-Drip-{n}: x\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        if let Ok(Ok(read)) =
+            tokio::time::timeout(Duration::from_millis(50), drip.read(&mut buf)).await
+        {
+            closed = true;
+            let _ = read;
+            break;
+        }
+    }
+    assert!(closed, "a dripped header stayed open");
+    assert!(started.elapsed() < Duration::from_secs(6));
+    // An idle connection is closed too.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+        "an idle connection stayed open for 5 s"
+    );
+}
+
+/// The signed-link pages carry a policy: no script, no framing.
+#[tokio::test(flavor = "multi_thread")]
+async fn t6_signed_link_pages_forbid_scripts_and_frames() {
+    let (env, _tidings) = running("1s").await;
+    let (_, _, _, _, _) = emailed(&env).await;
+    let mail = &env.mails_to("bob@example.com")[0];
+    let link = mail
+        .header("List-Unsubscribe")
+        .unwrap()
+        .split(['<', '>'])
+        .find(|part| part.starts_with("http"))
+        .unwrap()
+        .to_string();
+    let resp = reqwest::get(&link).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{link}");
+    let policy = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        policy.contains("frame-ancestors 'none'") && policy.contains("default-src 'none'"),
+        "{policy}"
+    );
+    let html = resp.text().await.unwrap();
+    assert!(
+        html.contains("<html lang=\"en\">") && html.contains("<title>"),
+        "{html}"
+    );
 }

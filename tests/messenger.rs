@@ -93,7 +93,7 @@ async fn each_kind_of_token_is_refused_on_every_route_of_the_other() {
     let other_purpose =
         tidings_common::mail::sign_link(SECRET.as_bytes(), "reset", ann, 9_999_999_999);
     assert_eq!(env.call_as(&other_purpose, "GET", "/me", None).await.0, 401);
-    let expired = tidings_common::mail::sign_link(SECRET.as_bytes(), "session", ann, 1_000);
+    let expired = tidings_common::mail::sign_link(SECRET.as_bytes(), "session.0", ann, 1_000);
     let (status, answer) = env.call_as(&expired, "GET", "/me", None).await;
     assert_eq!(status, 401);
     assert!(
@@ -254,6 +254,7 @@ async fn a_person_token_reaches_only_what_its_person_may_see() {
     let client = reqwest::Client::new();
     let resp = client
         .post(env.base() + "/session")
+        .header("Origin", env.base())
         .json(&json!({"token": ann_token}))
         .send()
         .await
@@ -282,10 +283,14 @@ async fn a_person_token_reaches_only_what_its_person_may_see() {
         .await
         .unwrap();
     assert_eq!(admin.status().as_u16(), 403);
-    let (status, _) = env
-        .call_as("wrong", "POST", "/session", Some(json!({"token": "1.2.3"})))
-        .await;
-    assert_eq!(status, 401);
+    let resp = client
+        .post(env.base() + "/session")
+        .header("Origin", env.base())
+        .json(&json!({"token": "1.2.3"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
 }
 
 /// D1 pushed, D8 live, and resumption: a notification reaches the recipient's stream (with
@@ -765,6 +770,23 @@ async fn messenger_not_opened_is_emailed_and_customers_see_external_only() {
             LIVE,
         )
         .await;
+    // Ben's view marks Cora's message as a customer's; Cora's own view marks nobody.
+    ben_view
+        .wait_until(
+            "customer marked",
+            "[...document.querySelectorAll('.message')].some(m => m.querySelector('.body').textContent === 'Thank you!' && m.querySelector('.tag.customer'))",
+            LIVE,
+        )
+        .await;
+    assert_eq!(
+        cora_view
+            .js(
+                "return document.querySelectorAll('.tag.customer').length;",
+                json!([])
+            )
+            .await,
+        json!(0)
+    );
     let from_cora = env.ok("GET", &format!("/conversations/{conv}"), None).await;
     let last = from_cora["messages"]
         .as_array()
@@ -782,4 +804,118 @@ async fn messenger_not_opened_is_emailed_and_customers_see_external_only() {
     }
     ben_view.quit().await;
     cora_view.quit().await;
+}
+
+/// Serves `html` to every request on a port of its own: a page of another origin on the same
+/// host (the same *site*, so the browser sends the SameSite=Strict cookie along).
+async fn attacker_page(html: String) -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        for _ in 0..20 {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 8192];
+            let _ = tokio::time::timeout(Duration::from_secs(2), socket.read(&mut buf)).await;
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
+                html.len()
+            );
+            let _ = socket.write_all(reply.as_bytes()).await;
+        }
+    });
+    (port, task)
+}
+
+/// T6 in the browser: while Ann is signed in to the messenger, a page on another port of the
+/// same host tries to post as her, with a `no-cors` fetch of `text/plain` JSON and with an
+/// auto-submitted `<form enctype="text/plain">`. Chromium sends her cookie with both; neither
+/// posts anything, and the form's answer names why.
+#[tokio::test(flavor = "multi_thread")]
+async fn t6_a_page_on_another_port_cannot_post_as_the_signed_in_person() {
+    let env = Env::new("2s");
+    let _roles = env.spawn(&["api", "dispatch"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (ann, ben, _, conv) = team(&env).await;
+    let seed = env.post(conv, ben, "Hello Ann", false).await;
+    env.dispatched(seed).await;
+    let target = format!("{}/me/conversations/{conv}/messages", env.base());
+    let html = format!(
+        r#"<!doctype html><html lang="en"><head><title>A page of another origin</title></head><body>
+<form id="f" method="post" enctype="text/plain" action="{target}">
+<input type="hidden" name='{{"internal":false,"body":"forged by a form' value='"}}'>
+</form>
+<script>
+fetch("{target}", {{method: "POST", mode: "no-cors", credentials: "include",
+  headers: {{"Content-Type": "text/plain"}}, body: JSON.stringify({{body: "forged by fetch"}})}})
+  .catch(() => null)
+  .finally(() => {{ document.title = "fetched"; document.getElementById("f").submit(); }});
+</script></body></html>"#
+    );
+    let (port, server) = attacker_page(html).await;
+    let driver = Driver::start(&env.root().join("browser")).await;
+    let ann_view = driver.browser("ann").await;
+    ann_view
+        .goto(&format!(
+            "{}/messenger#token={}",
+            env.base(),
+            env.session(ann).await
+        ))
+        .await;
+    ann_view
+        .wait_until("signed in", "document.body.dataset.ready === 'yes'", LIVE)
+        .await;
+    ann_view.goto(&format!("http://127.0.0.1:{port}/")).await;
+    // The form navigates the tab to the api's answer.
+    ann_view
+        .wait_until(
+            "the form's answer",
+            &format!("location.port !== '{port}' && document.body.innerText.includes('error')"),
+            LIVE,
+        )
+        .await;
+    let answer = ann_view
+        .js("return document.body.innerText;", json!([]))
+        .await;
+    let answer = answer.as_str().unwrap();
+    // Refused for where it came from: the cookie was sent, and did not suffice.
+    assert!(answer.contains("cross-origin request refused"), "{answer}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let conversation = env.ok("GET", &format!("/conversations/{conv}"), None).await;
+    let bodies: Vec<&str> = conversation["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["Hello Ann"], "a forged post got through");
+    // Her session is intact: back on the messenger, she posts from the composer.
+    ann_view.goto(&format!("{}/messenger", env.base())).await;
+    ann_view
+        .wait_until("back", "document.body.dataset.ready === 'yes'", LIVE)
+        .await;
+    ann_view
+        .click(&format!(".conversation[data-id=\"{conv}\"]"))
+        .await;
+    ann_view
+        .wait_until(
+            "opened",
+            "document.querySelectorAll('#messages .message').length === 1",
+            LIVE,
+        )
+        .await;
+    ann_view.type_into("#body", "Posted by Ann herself").await;
+    ann_view.click("#send").await;
+    ann_view
+        .wait_until(
+            "posted",
+            "document.querySelectorAll('#messages .message').length === 2",
+            LIVE,
+        )
+        .await;
+    ann_view.quit().await;
+    server.abort();
 }

@@ -12,7 +12,9 @@
 //! | `TIDINGS_HTTP_MAX_CONNECTIONS` | `1024` | open HTTP connections at once |
 //! | `TIDINGS_HTTP_HEADER_TIMEOUT` | `10s` | headers must arrive within this; idle keep-alive connections close after it |
 //! | `TIDINGS_HTTP_REQUEST_TIMEOUT` | `30s` | longest request (503 beyond) |
-//! | `TIDINGS_PUBLIC_URL` | `http://<TIDINGS_HTTP_ADDR>` | base URL of the api as recipients reach it (unsubscribe links) |
+//! | `TIDINGS_PUBLIC_URL` | `http://<TIDINGS_HTTP_ADDR>` | base URL of the api as recipients and browsers reach it (links; the only origin whose pages may write with the session cookie; `https://` gives the `__Host-` cookie) |
+//! | `TIDINGS_POST_RATE` | `60/1m` | most messages one person may post (messenger, or the API on their behalf) in a window; 429 with `Retry-After` beyond |
+//! | `TIDINGS_READ_BUDGET` | `1048576` | most bytes of message text one conversation read answers (64 KiB to 64 MiB); longer bodies come truncated and are fetched whole on demand |
 //! | `TIDINGS_API_TOKEN` | `tidings-dev-token` | bearer token every API call must carry |
 //! | `TIDINGS_SEEN_WINDOW` | `60s` | how long a notification waits for the recipient to see it before it is emailed |
 //! | `TIDINGS_REPLY_DOMAIN` | `reply.tidings.localhost` | domain of reply addresses and outbound Message-IDs |
@@ -163,6 +165,11 @@ pub struct HttpLimits {
     pub header_timeout: Duration,
     /// `TIDINGS_HTTP_REQUEST_TIMEOUT`: the longest a request may take, body included (503).
     pub request_timeout: Duration,
+    /// `TIDINGS_POST_RATE`: most messages one person may post (through `/me`, or the API on
+    /// their behalf) in a window; beyond it, 429 with `Retry-After`.
+    pub post_rate: (u32, Duration),
+    /// `TIDINGS_READ_BUDGET`: most bytes of message text one conversation read answers.
+    pub read_budget: usize,
 }
 
 /// Bounds of the inbound SMTP listener (see [`Config::inbound_limits`]).
@@ -417,6 +424,10 @@ fn http(r: &Reader<'_>) -> Result<Http, ConfigError> {
             get("TIDINGS_HTTP_REQUEST_TIMEOUT", "30s"),
             parse_positive_duration,
         )?,
+        post_rate: parse_with(get("TIDINGS_POST_RATE", "60/1m"), parse_rate)?,
+        read_budget: parse_with(get("TIDINGS_READ_BUDGET", "1048576"), |v| {
+            parse_range(v, 65_536, 64 << 20)
+        })?,
     };
     let public_url = parse_with(
         get("TIDINGS_PUBLIC_URL", &format!("http://{http_addr}")),

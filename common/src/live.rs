@@ -233,9 +233,14 @@ pub struct LiveEvent {
     pub kind: String,
     #[diesel(sql_type = Jsonb)]
     pub payload: serde_json::Value,
+    /// Whether the person may still see the conversation the event is about
+    /// (`tidings_may_see`); an event about none is visible.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub visible: bool,
 }
 
-/// `person`'s events after `after`, oldest first, at most `limit`.
+/// `person`'s events after `after`, oldest first, at most `limit`, each with whether the
+/// person may still see its conversation.
 pub fn since(
     conn: &mut PgConnection,
     person: i64,
@@ -251,7 +256,11 @@ pub fn since(
                        'conversation_id', e.conversation_id, 'subject', c.subject,
                        'message_id', e.message_id, 'author_id', m.author_id, 'author', a.name,
                        'excerpt', CASE WHEN m.deleted_at IS NULL THEN left(m.body, 140) ELSE '' END,
-                       'internal', m.internal, 'ping', e.kind = 'notification') END AS payload
+                       'internal', m.internal, 'ping', e.kind = 'notification') END AS payload,
+                CASE WHEN COALESCE(e.conversation_id, (e.payload->>'conversation_id')::bigint)
+                          IS NULL THEN true
+                     ELSE tidings_may_see($1, COALESCE(e.conversation_id,
+                          (e.payload->>'conversation_id')::bigint)) END AS visible
          FROM live_events e
          LEFT JOIN messages m ON m.id = e.message_id
          LEFT JOIN conversations c ON c.id = e.conversation_id

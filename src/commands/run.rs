@@ -34,6 +34,7 @@ pub async fn run(config: Config, mut roles: Vec<Role>) -> anyhow::Result<()> {
     if roles.contains(&Role::Inbound) {
         listeners.push(config.inbound_addr);
     }
+    listeners.extend(config.metrics_addr);
     if let Some(problem) = config.exposure_problem(&listeners) {
         anyhow::bail!(problem);
     }

@@ -21,16 +21,28 @@ pub struct Sse {
     buffer: String,
     pub status: u16,
     pub headers: reqwest::header::HeaderMap,
+    /// The server ended the stream.
+    pub ended: bool,
 }
 
 impl Sse {
     /// Opens the stream with a bearer `token`, resuming after `last_event_id` if given.
     pub async fn open(base: &str, token: &str, last_event_id: Option<i64>) -> Sse {
+        Self::open_raw(
+            base,
+            token,
+            last_event_id.map(|id| id.to_string()).as_deref(),
+        )
+        .await
+    }
+
+    /// Like [`Sse::open`], with any `Last-Event-ID` text.
+    pub async fn open_raw(base: &str, token: &str, last_event_id: Option<&str>) -> Sse {
         let mut req = reqwest::Client::new()
             .get(format!("{base}/me/events"))
             .bearer_auth(token);
         if let Some(id) = last_event_id {
-            req = req.header("Last-Event-ID", id.to_string());
+            req = req.header("Last-Event-ID", id);
         }
         let response = req.send().await.expect("stream opens");
         Sse {
@@ -38,6 +50,7 @@ impl Sse {
             headers: response.headers().clone(),
             response,
             buffer: String::new(),
+            ended: false,
         }
     }
 
@@ -71,7 +84,11 @@ impl Sse {
                 Ok(Ok(Some(bytes))) => self
                     .buffer
                     .push_str(&String::from_utf8_lossy(&bytes).replace("\r\n", "\n")),
-                _ => return None,
+                Ok(_) => {
+                    self.ended = true;
+                    return None;
+                }
+                Err(_) => return None,
             }
         }
     }

@@ -140,3 +140,30 @@ BEGIN
     ORDER BY msg.id, p.id;
 END
 $$;
+
+-- Whether person p_person may see conversation p_conversation, now: an active customer where
+-- they take part or follow its item (F1); an active user in all projects (P1), or in a
+-- project they follow, or where they take part. Every read path of a person (the inbox, a
+-- conversation, a message, delivery status, the live stream) asks this one question, so
+-- losing access hides a conversation everywhere at once (T6).
+CREATE OR REPLACE FUNCTION tidings_may_see(p_person BIGINT, p_conversation BIGINT)
+RETURNS BOOLEAN LANGUAGE sql STABLE AS $$
+    SELECT COALESCE((
+        SELECT CASE p.kind
+          WHEN 'customer' THEN
+               (SELECT true FROM conversation_participants cp
+                 WHERE cp.conversation_id = c.id AND cp.person_id = p.id) IS NOT NULL
+            OR (SELECT true FROM item_follows f
+                 WHERE f.item_id = c.item_id AND f.person_id = p.id) IS NOT NULL
+          WHEN 'user' THEN
+               COALESCE((SELECT see_conversations FROM user_preferences
+                          WHERE person_id = p.id), 'all_projects') = 'all_projects'
+            OR (SELECT true FROM conversation_participants cp
+                 WHERE cp.conversation_id = c.id AND cp.person_id = p.id) IS NOT NULL
+            OR (SELECT true FROM project_follows pf
+                 WHERE pf.person_id = p.id
+                   AND pf.project_id = COALESCE(i.project_id, c.project_id)) IS NOT NULL
+          ELSE false END
+        FROM conversations c LEFT JOIN items i ON i.id = c.item_id, people p
+        WHERE c.id = p_conversation AND p.id = p_person AND p.active), false)
+$$;

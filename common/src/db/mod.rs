@@ -80,6 +80,7 @@ pub const FUNCTIONS_SQL: &str = include_str!("functions.sql");
 pub const FUNCTIONS: &[&str] = &[
     "tidings_messages_facts(BIGINT[])",
     "tidings_audiences(BIGINT[], BIGINT[])",
+    "tidings_may_see(BIGINT, BIGINT)",
 ];
 
 /// What [`migrate`] did.

@@ -10,6 +10,12 @@ const PRESETS = {
   member: { from_customers: "mine", from_users: "followed", followed_internal: true },
 };
 
+// P1 is a permission: shown, never sent back.
+const PERMISSIONS = {
+  followed_projects: "only in projects I follow",
+  all_projects: "in all projects",
+};
+
 const state = {
   me: null,
   conversations: [],
@@ -19,6 +25,14 @@ const state = {
   events: 0,
   connected: false,
   muted: localStorage.getItem("tidings.muted") === "1",
+  // The open conversation: its newest page, older pages loaded on scroll (oldest first),
+  // the cursor of the next older page, and bodies read whole.
+  view: null,
+  earlier: [],
+  earlierDeliveries: [],
+  older: null,
+  loadingOlder: false,
+  whole: new Map(),
   audio: null,
 };
 // Read by the browser tests.
@@ -158,33 +172,78 @@ function deliveryLine(d) {
   return el("li", {}, ...parts);
 }
 
-function renderConversation(view) {
+function messageItem(m, deliveries) {
+  const mine = state.me && m.author_id === state.me.id;
+  // A customer's message is marked for users: a name alone could pass for a colleague's.
+  const customer = m.author_kind === "customer" && state.me && state.me.kind !== "customer";
+  const status = el("ul", { class: "deliveries", "aria-label": "Delivery" }, ...deliveries.map(deliveryLine));
+  const body = el("p", { class: "body", text: state.whole.get(m.id) ?? m.body });
+  let more = null;
+  if (m.truncated && !state.whole.has(m.id)) {
+    more = el("button", { type: "button", class: "whole", text: "Show the whole message" });
+    more.addEventListener("click", async () => {
+      try {
+        const full = await api("GET", `/me/messages/${m.id}`);
+        state.whole.set(m.id, full.body);
+        body.textContent = full.body;
+        more.remove();
+      } catch (e) {
+        say(`Could not read it: ${e.message}`);
+      }
+    });
+  }
+  return el(
+    "li",
+    { class: "message" + (mine ? " mine" : "") + (m.internal ? " internal" : ""), "data-id": String(m.id) },
+    el("div", { class: "meta" },
+      el("strong", { text: m.author }),
+      customer ? el("span", { class: "tag customer", text: "Customer" }) : null,
+      el("time", { datetime: m.created_at, text: time(m.created_at) }),
+      m.internal ? el("span", { class: "tag", text: "Internal" }) : null),
+    body,
+    more,
+    status,
+  );
+}
+
+function renderConversation(view, keepScroll) {
+  state.view = view;
   $("subject").textContent = view.subject;
   const list = $("messages");
-  list.replaceChildren();
+  const fromBottom = list.scrollHeight - list.scrollTop;
   const byMessage = new Map();
-  for (const d of view.deliveries) {
+  for (const d of view.deliveries.concat(state.earlierDeliveries)) {
     if (!byMessage.has(d.message_id)) byMessage.set(d.message_id, []);
     byMessage.get(d.message_id).push(d);
   }
-  for (const m of view.messages) {
-    const mine = state.me && m.author_id === state.me.id;
-    const deliveries = byMessage.get(m.id) || [];
-    const status = el("ul", { class: "deliveries", "aria-label": "Delivery" }, ...deliveries.map(deliveryLine));
-    list.append(
-      el(
-        "li",
-        { class: "message" + (mine ? " mine" : "") + (m.internal ? " internal" : ""), "data-id": String(m.id) },
-        el("div", { class: "meta" },
-          el("strong", { text: m.author }),
-          el("time", { datetime: m.created_at, text: time(m.created_at) }),
-          m.internal ? el("span", { class: "tag", text: "Internal" }) : null),
-        el("p", { class: "body", text: m.body }),
-        status,
-      ),
-    );
+  const first = view.messages.length ? view.messages[0].id : Infinity;
+  const earlier = state.earlier.filter((m) => m.id < first);
+  // With no older page loaded yet, the newest page's cursor says whether there is more.
+  const cursor = state.earlier.length ? state.older : view.older;
+  $("older").hidden = cursor == null;
+  list.replaceChildren(...earlier.concat(view.messages).map((m) => messageItem(m, byMessage.get(m.id) || [])));
+  if (keepScroll) list.scrollTop = list.scrollHeight - fromBottom;
+  else list.lastElementChild && list.lastElementChild.scrollIntoView({ block: "nearest" });
+}
+
+// Older messages, a page at a time: by the button, or on scrolling to the top of the list.
+async function loadOlder() {
+  const id = state.open;
+  const cursor = state.earlier.length ? state.older : state.view && state.view.older;
+  if (id == null || cursor == null || state.loadingOlder) return;
+  state.loadingOlder = true;
+  try {
+    const page = await api("GET", `/me/conversations/${id}?before=${cursor}`);
+    if (state.open !== id) return;
+    state.earlier = page.messages.concat(state.earlier);
+    state.earlierDeliveries = state.earlierDeliveries.concat(page.deliveries);
+    state.older = page.older;
+    renderConversation(state.view, true);
+  } catch (e) {
+    say(`Could not load older messages: ${e.message}`);
+  } finally {
+    state.loadingOlder = false;
   }
-  list.lastElementChild && list.lastElementChild.scrollIntoView({ block: "nearest" });
 }
 
 async function refreshConversation(markSeen) {
@@ -192,7 +251,7 @@ async function refreshConversation(markSeen) {
   if (id == null) return;
   const view = await api("GET", `/me/conversations/${id}`);
   if (state.open !== id) return;
-  renderConversation(view);
+  renderConversation(view, false);
   const last = view.messages[view.messages.length - 1];
   if (markSeen && last && document.visibilityState === "visible") {
     // Seen up to the last message shown: this is what suppresses its email (D4).
@@ -201,6 +260,12 @@ async function refreshConversation(markSeen) {
 }
 
 async function openConversation(id) {
+  if (state.open !== id) {
+    state.earlier = [];
+    state.earlierDeliveries = [];
+    state.older = null;
+    state.whole = new Map();
+  }
   state.open = id;
   $("prefs").hidden = true;
   $("conversation").hidden = false;
@@ -299,6 +364,13 @@ function connect() {
     renderList();
     if (state.open === d.conversation_id) await refreshConversation(false);
   }));
+  source.addEventListener("signed_out", onEvent("signed_out", () => {
+    source.close();
+    state.connected = false;
+    document.body.dataset.live = "off";
+    document.body.dataset.ready = "signed-out";
+    say("Signed out: open the messenger link your application gave you.");
+  }));
   source.addEventListener("reset", onEvent("reset", async () => {
     await loadInbox();
     if (state.open != null) await refreshConversation(false);
@@ -313,9 +385,10 @@ async function openPrefs() {
     const input = $(name);
     if (!input) continue;
     if (input.type === "checkbox") input.checked = Boolean(value);
-    else input.value = value;
+    else if ("value" in input) input.value = value;
+    else input.textContent = PERMISSIONS[value] || value;
   }
-  $("see_conversations").focus();
+  $("show_customer_conversations").focus();
 }
 
 async function savePrefs(event) {
@@ -353,6 +426,10 @@ async function main() {
     renderMute();
   });
   $("home").addEventListener("click", closeConversation);
+  $("older").addEventListener("click", () => loadOlder());
+  $("messages").addEventListener("scroll", () => {
+    if ($("messages").scrollTop < 40) loadOlder();
+  }, { passive: true });
   $("back").addEventListener("click", closeConversation);
   $("composer").addEventListener("submit", send);
   $("body").addEventListener("keydown", (e) => {

@@ -92,13 +92,50 @@ impl From<diesel::result::Error> for ApiError {
     }
 }
 
-/// A JSON request body whose errors name the field that was wrong.
+/// A JSON request body whose errors name the field that was wrong. A body sent as any type
+/// but `application/json` (or a `+json` type) is refused with 415: a browser sends such a
+/// type cross-origin only after a CORS preflight, which this service never grants, while
+/// `text/plain` and form types can be sent by any page.
 pub struct Body<T>(pub T);
+
+/// Whether `content_type` is JSON: `application/json` or `application/<x>+json`, parameters
+/// (`; charset=utf-8`) allowed.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"))
+}
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let given = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        if !given.as_deref().is_some_and(is_json) {
+            return Err(ApiError {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                message: match given {
+                    Some(t) => format!(
+                        "the body must be JSON with Content-Type: application/json (got {:?})",
+                        t.chars().take(100).collect::<String>()
+                    ),
+                    None => "the body must be JSON with Content-Type: application/json \
+                             (no Content-Type was sent)"
+                        .into(),
+                },
+                field: None,
+            });
+        }
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError {

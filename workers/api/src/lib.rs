@@ -16,7 +16,7 @@ pub mod openapi;
 mod posting;
 mod queries;
 pub mod routes;
-mod serve;
+pub mod serve;
 mod session;
 mod state;
 mod validate;

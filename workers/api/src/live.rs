@@ -36,12 +36,19 @@ pub const REPLAY_MAX: i64 = 1000;
 /// Rows read per query.
 const PAGE: i64 = 200;
 
-fn last_event_id(headers: &HeaderMap) -> Option<i64> {
-    headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .filter(|id| *id >= 0)
+/// Where a client resumes: `None` for a new client, `Some(Ok(id))` after event `id`, and
+/// `Some(Err(()))` for a `Last-Event-ID` that is not an id this service sent (answered with
+/// `reset`, like a client too far behind).
+fn last_event_id(headers: &HeaderMap) -> Option<Result<i64, ()>> {
+    let value = headers.get("last-event-id")?;
+    Some(
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|id| *id >= 0)
+            .ok_or(()),
+    )
 }
 
 /// Answers `GET /me/events`.
@@ -74,12 +81,14 @@ pub fn stream(state: AppState, me: Me, headers: &HeaderMap) -> Response {
 fn start(
     conn: &mut diesel::PgConnection,
     me: Me,
-    last: Option<i64>,
+    last: Option<Result<i64, ()>>,
 ) -> diesel::QueryResult<(i64, bool)> {
     let (newest, oldest) = live::bounds(conn, me.id)?;
-    let Some(last) = last else {
+    let last = match last {
         // A new client has just read its inbox: only what happens from now on.
-        return Ok((newest, false));
+        None => return Ok((newest, false)),
+        Some(Err(())) => return Ok((newest, true)),
+        Some(Ok(last)) => last,
     };
     if last >= newest {
         return Ok((last.min(newest), false));
@@ -94,18 +103,24 @@ fn start(
     }
 }
 
-/// The rows after `cursor`, as events with the current unread counts.
+/// The rows after `cursor`, as events with the current unread counts; `None` once the
+/// session no longer holds (deactivated, or signed out since the token was minted). A row
+/// about a conversation the person may no longer see is passed over: its event is `None`.
+#[allow(clippy::type_complexity)]
 fn page(
     conn: &mut diesel::PgConnection,
     me: Me,
     cursor: i64,
-) -> crate::error::ApiResult<Vec<(i64, Event)>> {
+) -> crate::error::ApiResult<Option<Vec<(i64, Option<Event>)>>> {
+    if !crate::session::still_signed_in(conn, me)? {
+        return Ok(None);
+    }
     let rows = live::since(conn, me.id, cursor, PAGE)?;
     if rows.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
     }
     let counted = |kind: &str| matches!(kind, "notification" | "seen" | "conversation");
-    let counts = if rows.iter().any(|r| counted(&r.kind)) {
+    let counts = if rows.iter().any(|r| r.visible && counted(&r.kind)) {
         let inbox = inbox_of(conn, me)?;
         let by_conversation: HashMap<i64, i64> = inbox
             .conversations
@@ -116,37 +131,42 @@ fn page(
     } else {
         None
     };
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let mut payload = row.payload;
-            if let (Some((by_conversation, total)), Value::Object(map)) = (&counts, &mut payload)
-                && counted(&row.kind)
-            {
-                let conversation = map
-                    .get("conversation_id")
-                    .and_then(Value::as_i64)
-                    .and_then(|c| by_conversation.get(&c))
-                    .copied()
-                    .unwrap_or(0);
-                map.insert(
-                    "unread".into(),
-                    json!({"conversation": conversation, "total": total}),
-                );
-            }
-            let event = Event::default()
-                .id(row.id.to_string())
-                .event(row.kind)
-                .data(payload.to_string());
-            (row.id, event)
-        })
-        .collect())
+    Ok(Some(
+        rows.into_iter()
+            .map(|row| {
+                if !row.visible {
+                    return (row.id, None);
+                }
+                let mut payload = row.payload;
+                if let (Some((by_conversation, total)), Value::Object(map)) =
+                    (&counts, &mut payload)
+                    && counted(&row.kind)
+                {
+                    let conversation = map
+                        .get("conversation_id")
+                        .and_then(Value::as_i64)
+                        .and_then(|c| by_conversation.get(&c))
+                        .copied()
+                        .unwrap_or(0);
+                    map.insert(
+                        "unread".into(),
+                        json!({"conversation": conversation, "total": total}),
+                    );
+                }
+                let event = Event::default()
+                    .id(row.id.to_string())
+                    .event(row.kind)
+                    .data(payload.to_string());
+                (row.id, Some(event))
+            })
+            .collect(),
+    ))
 }
 
 async fn feed(
     state: AppState,
     me: Me,
-    last: Option<i64>,
+    last: Option<Result<i64, ()>>,
     mut wake: watch::Receiver<u64>,
     tx: mpsc::Sender<Event>,
 ) {
@@ -157,7 +177,7 @@ async fn feed(
             if reset
                 && tx
                     .send(Event::default().id(cursor.to_string()).event("reset").data(
-                        json!({"reason": "too far behind; fetch the inbox again"}).to_string(),
+                        json!({"reason": "too far behind, or an unknown Last-Event-ID; fetch the inbox again"}).to_string(),
                     ))
                     .await
                     .is_err()
@@ -187,7 +207,16 @@ async fn feed(
                 .map_err(crate::error::ApiError::from)
                 .and_then(|r| r);
             let events = match read {
-                Ok(events) => events,
+                Ok(Some(events)) => events,
+                // Signed out or deactivated: the stream says so and ends (the client's
+                // reconnect is refused).
+                Ok(None) => {
+                    let why = json!({"reason": "signed out, or the person was deactivated"});
+                    let _ = tx
+                        .send(Event::default().event("signed_out").data(why.to_string()))
+                        .await;
+                    break 'stream;
+                }
                 Err(e) => {
                     debug!(
                         error = e.message,
@@ -198,7 +227,9 @@ async fn feed(
             };
             let full = events.len() as i64 == PAGE;
             for (id, event) in events {
-                if tx.send(event).await.is_err() {
+                if let Some(event) = event
+                    && tx.send(event).await.is_err()
+                {
                     break 'stream;
                 }
                 cursor = id;

@@ -30,6 +30,31 @@ fn file(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// What the signed-link pages (unsubscribe, invitation) may do: nothing but post their own
+/// form; no script, no style from elsewhere, never inside a frame.
+const LINK_PAGE_POLICY: &str = "default-src 'none'; form-action 'self'; frame-ancestors 'none'; \
+                                base-uri 'none'";
+
+/// A signed-link page: `body` (trusted HTML the api wrote) in a minimal document, with a
+/// policy that forbids every script and any framing.
+pub fn link_page(title: &str, body: &str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, LINK_PAGE_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        format!(
+            "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+             <title>{title}</title></head><body><main>{body}</main></body></html>"
+        ),
+    )
+        .into_response()
+}
+
 /// The messenger page (HTML).
 #[utoipa::path(get, path = "/messenger", tag = "messenger",
     responses((status = 200, description = "the messenger page", content_type = "text/html")))]

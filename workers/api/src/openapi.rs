@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 #[derive(OpenApi)]
 #[openapi(info(
     title = "Tidings",
-    description = "The notification and email pipeline of a help-desk messenger. The admin routes need `Authorization: Bearer <TIDINGS_API_TOKEN>` (security `bearer`); the `/me` routes act as one person and need a person token from `POST /people/{id}/sessions`, as a bearer token or the messenger's session cookie (security `person`). Each kind is refused (403) where the other belongs. The signed-link pages, `/session` and the messenger's static files are public."
+    description = "The notification and email pipeline of a help-desk messenger. The admin routes need `Authorization: Bearer <TIDINGS_API_TOKEN>` (security `bearer`); the `/me` routes act as one person and need a person token from `POST /people/{id}/sessions`, as a bearer token or the messenger's session cookie (security `person`). Each kind is refused (403) where the other belongs. A write authenticated by the cookie is taken only from the public origin (`Origin`, or `Sec-Fetch-Site: same-origin`); every JSON body must be sent as `Content-Type: application/json` (415 otherwise). The signed-link pages, `/session` and the messenger's static files are public."
 ))]
 pub struct ApiDoc;
 
@@ -55,6 +55,11 @@ impl Modify for BearerToken {
                 answers
                     .entry("413".into())
                     .or_insert_with(|| error("the request body is over the size limit"));
+                if operation.request_body.is_some() {
+                    answers.entry("415".into()).or_insert_with(|| {
+                        error("the body was not sent as Content-Type: application/json")
+                    });
+                }
             }
         }
     }

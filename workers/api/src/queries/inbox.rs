@@ -44,8 +44,8 @@ pub struct Inbox {
     pub conversations: Vec<InboxEntry>,
 }
 
-/// Every conversation `me` was notified in or takes part in, with its unread count and last
-/// message they may see; customer conversations left out when P2 is off. The person's own
+/// Every conversation `me` was notified in or takes part in and may still see (T6), with its
+/// unread count and last message they may see; customer conversations left out when P2 is off. The person's own
 /// messenger (`/me/inbox`) and the admin API (`/people/{id}/inbox`) both read this, so an
 /// admin sees exactly the inbox the person sees.
 pub fn inbox_of(conn: &mut PgConnection, me: Me) -> ApiResult<Inbox> {
@@ -76,7 +76,7 @@ pub fn inbox_of(conn: &mut PgConnection, me: Me) -> ApiResult<Inbox> {
              SELECT m.id, m.created_at, m.body FROM messages m
               WHERE m.conversation_id = l.id AND m.deleted_at IS NULL AND (NOT m.internal OR $2)
               ORDER BY m.id DESC LIMIT 1) lm
-         WHERE $3 OR NOT l.from_customers
+         WHERE ($3 OR NOT l.from_customers) AND tidings_may_see($1, l.id)
          ORDER BY lm.id DESC
          LIMIT $4",
     )

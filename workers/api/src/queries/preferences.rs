@@ -11,9 +11,12 @@ use tidings_common::rules::{FromCustomers, FromUsers, Visibility};
 
 use crate::error::ApiError;
 
+/// P1: a permission, not a preference. Admins change it; through `/me` a person only reads it.
+pub const PERMISSION: &str = "see_conversations";
+
 /// Every preference field: its name and the values it accepts (`None` means true/false).
 const FIELDS: &[(&str, Option<&[&str]>)] = &[
-    ("see_conversations", Some(Visibility::ALLOWED)),
+    (PERMISSION, Some(Visibility::ALLOWED)),
     ("show_customer_conversations", None),
     ("from_customers", Some(FromCustomers::ALLOWED)),
     ("from_users", Some(FromUsers::ALLOWED)),

@@ -1,5 +1,7 @@
 //! Who may see what: the one visibility check of a person's conversations (F1, P1) and
-//! messages (D5), shared by every `/me` read and write.
+//! messages (D5), shared by every `/me` read and write. The predicate itself is the SQL
+//! function `tidings_may_see` (`common/src/db/functions.sql`), which the inbox and the live
+//! stream filter by too, so losing access hides a conversation from every read path at once.
 
 use axum::http::StatusCode;
 use diesel::prelude::*;
@@ -28,28 +30,10 @@ pub fn require_visible(conn: &mut PgConnection, me: Me, conversation_id: i64) ->
         #[diesel(sql_type = Bool)]
         visible: bool,
     }
-    let v: Visible = diesel::sql_query(
-        "SELECT CASE p.kind
-                  WHEN 'customer' THEN
-                       (SELECT true FROM conversation_participants cp
-                         WHERE cp.conversation_id = c.id AND cp.person_id = p.id) IS NOT NULL
-                    OR (SELECT true FROM item_follows f
-                         WHERE f.item_id = c.item_id AND f.person_id = p.id) IS NOT NULL
-                  WHEN 'user' THEN
-                       COALESCE((SELECT see_conversations FROM user_preferences
-                                  WHERE person_id = p.id), 'all_projects') = 'all_projects'
-                    OR (SELECT true FROM conversation_participants cp
-                         WHERE cp.conversation_id = c.id AND cp.person_id = p.id) IS NOT NULL
-                    OR (SELECT true FROM project_follows pf
-                         WHERE pf.person_id = p.id
-                           AND pf.project_id = COALESCE(i.project_id, c.project_id)) IS NOT NULL
-                  ELSE false END AS visible
-         FROM conversations c LEFT JOIN items i ON i.id = c.item_id, people p
-         WHERE c.id = $1 AND p.id = $2",
-    )
-    .bind::<BigInt, _>(conversation_id)
-    .bind::<BigInt, _>(me.id)
-    .get_result(conn)?;
+    let v: Visible = diesel::sql_query("SELECT tidings_may_see($1, $2) AS visible")
+        .bind::<BigInt, _>(me.id)
+        .bind::<BigInt, _>(conversation_id)
+        .get_result(conn)?;
     if v.visible {
         Ok(())
     } else {

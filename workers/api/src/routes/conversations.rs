@@ -11,9 +11,10 @@ use tidings_common::db::models::*;
 use tidings_common::db::schema::*;
 use tidings_common::posting;
 
-use crate::error::{ApiError, ApiResult, Body};
+use crate::error::{ApiError, ApiResult, Body, Params};
 use crate::lookup::*;
 use crate::posting::post_and_announce;
+use crate::queries::conversation::{self as page, PageQuery, PagedMessage};
 use crate::queries::seen::advance_seen;
 use crate::state::{AppState, with_db};
 use crate::validate::*;
@@ -115,23 +116,27 @@ pub async fn list_conversations(
     .await
 }
 
-/// A conversation with its participants and messages, oldest first.
+/// A conversation with its participants and one page of its messages.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ConversationView {
     conversation: Conversation,
     /// Person ids, ascending.
     participants: Vec<i64>,
-    /// Messages not deleted, oldest first.
-    messages: Vec<Message>,
+    /// Messages not deleted, oldest first: the newest page (or the one before `before`),
+    /// within `TIDINGS_READ_BUDGET` bytes; long bodies come cut and flagged `truncated`.
+    messages: Vec<PagedMessage>,
+    /// `before` for the next older page; `null` at the first message.
+    older: Option<i64>,
 }
 
 #[utoipa::path(
     get,
     path = "/conversations/{id}",
     tag = "conversations",
-    params(("id" = i64, Path, description = "the id")),
+    params(("id" = i64, Path, description = "the id"), AdminPageQuery),
     responses(
-        (status = 200, description = "the conversation, participants and messages", body = ConversationView),
+        (status = 200, description = "the conversation, participants and a page of messages", body = ConversationView),
+        (status = 400, description = "a bad query parameter, named in `field`", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
     ),
     security(("bearer" = [])),
@@ -139,15 +144,17 @@ pub struct ConversationView {
 pub async fn get_conversation(
     State(state): State<AppState>,
     Path(id): Path<i64>,
+    Params(query): Params<AdminPageQuery>,
 ) -> ApiResult<Json<ConversationView>> {
+    let query = PageQuery {
+        limit: Some(query.limit.unwrap_or(page::PAGE_MAX)),
+        before: query.before,
+    };
+    let bounds = page::checked(&query)?;
+    let budget = state.config.http_limits.read_budget;
     with_db(&state, move |conn| {
         let conversation = find_conversation(conn, id)?;
-        let messages: Vec<Message> = messages::table
-            .filter(messages::conversation_id.eq(id))
-            .filter(messages::deleted_at.is_null())
-            .order(messages::id.asc())
-            .select(Message::as_select())
-            .load(conn)?;
+        let page = page::page(conn, id, true, bounds, budget)?;
         let participants: Vec<i64> = conversation_participants::table
             .filter(conversation_participants::conversation_id.eq(id))
             .select(conversation_participants::person_id)
@@ -156,10 +163,21 @@ pub async fn get_conversation(
         Ok(Json(ConversationView {
             conversation,
             participants,
-            messages,
+            messages: page.messages,
+            older: page.older,
         }))
     })
     .await
+}
+
+/// `?limit=&before=` of the admin read: 200 messages by default.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AdminPageQuery {
+    /// Messages in the page (1 to 200; 200 by default).
+    limit: Option<i64>,
+    /// Only messages older than this message id (the `older` cursor of the previous page).
+    before: Option<i64>,
 }
 
 #[utoipa::path(
@@ -207,6 +225,7 @@ pub struct NewMessageBody {
         (status = 201, description = "the message; its notifications follow", body = Message),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 429, description = "the author's TIDINGS_POST_RATE is spent; see Retry-After", body = crate::error::ErrorBody),
     ),
     security(("bearer" = [])),
 )]
@@ -214,9 +233,9 @@ pub async fn post_message(
     State(state): State<AppState>,
     Path(conversation_id): Path<i64>,
     Body(body): Body<NewMessageBody>,
-) -> ApiResult<(StatusCode, Json<Message>)> {
+) -> Result<(StatusCode, Json<Message>), crate::posting::Refused> {
     if body.body.trim().is_empty() {
-        return Err(ApiError::bad_field("body", "body: must not be empty"));
+        return Err(ApiError::bad_field("body", "body: must not be empty").into());
     }
     let (author_id, internal) = (body.author_id, body.internal);
     post_and_announce(

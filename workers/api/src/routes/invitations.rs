@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use tidings_common::announce::Announcements;
@@ -180,12 +180,11 @@ fn verify_invitation(state: &AppState, token: &str) -> ApiResult<i64> {
 )]
 pub async fn invitation_page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
     match verify_invitation(&state, &token) {
-        Ok(_) => Html(
-            "<!DOCTYPE html><html><body><p>Join the project?</p>\
-             <form method=\"post\"><button type=\"submit\">Accept the invitation</button></form>\
-             </body></html>",
-        )
-        .into_response(),
+        Ok(_) => crate::messenger::link_page(
+            "Invitation",
+            "<p>Join the project?</p>\
+             <form method=\"post\"><button type=\"submit\">Accept the invitation</button></form>",
+        ),
         Err(e) => e.into_response(),
     }
 }

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tidings_common::announce::Announcements;
 
-use crate::error::{ApiError, ApiResult, Body};
+use crate::error::{ApiError, ApiResult, Body, Params};
 use crate::lookup::{find_conversation, find_person};
-use crate::queries::conversation::{self, MeMessage};
+use crate::queries::conversation::{self, PageQuery, PagedMessage};
 use crate::queries::deliveries::{self, MeDelivery};
 use crate::queries::inbox::{Inbox, inbox_of, show_customers};
 use crate::queries::preferences;
@@ -67,19 +67,24 @@ pub async fn inbox(
     with_db(&state, move |conn| inbox_of(conn, me).map(Json)).await
 }
 
-/// A conversation with the messages `me` may see, oldest first, and their delivery status.
+/// A conversation with one page of the messages `me` may see, and their delivery status.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct MeConversation {
     id: i64,
     subject: String,
-    messages: Vec<MeMessage>,
+    /// Oldest first: the newest page (or the one before `before`), within
+    /// `TIDINGS_READ_BUDGET` bytes; long bodies come cut and flagged `truncated`.
+    messages: Vec<PagedMessage>,
+    /// `before` for the next older page; `null` at the first message.
+    older: Option<i64>,
     deliveries: Vec<MeDelivery>,
 }
 
 #[utoipa::path(get, path = "/me/conversations/{id}", tag = "me",
-    params(("id" = i64, Path, description = "the conversation id")),
+    params(("id" = i64, Path, description = "the conversation id"), PageQuery),
     responses(
         (status = 200, description = "the conversation", body = MeConversation),
+        (status = 400, description = "a bad query parameter, named in `field`", body = crate::error::ErrorBody),
         (status = 403, description = "you may not see it", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
     ),
@@ -88,19 +93,44 @@ pub async fn conversation(
     State(state): State<AppState>,
     Extension(me): Extension<Me>,
     Path(id): Path<i64>,
+    Params(query): Params<PageQuery>,
 ) -> ApiResult<Json<MeConversation>> {
+    let bounds = conversation::checked(&query)?;
+    let budget = state.config.http_limits.read_budget;
     with_db(&state, move |conn| {
         require_visible(conn, me, id)?;
         let subject = find_conversation(conn, id)?.subject;
-        let messages = conversation::visible_messages(conn, me, id)?;
-        let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
+        let page = conversation::page(conn, id, me.sees_internal(), bounds, budget)?;
+        let ids: Vec<i64> = page.messages.iter().map(|m| m.id).collect();
         let deliveries = deliveries::for_person(conn, &ids)?;
         Ok(Json(MeConversation {
             id,
             subject,
-            messages,
+            messages: page.messages,
+            older: page.older,
             deliveries,
         }))
+    })
+    .await
+}
+
+/// One message whole (a conversation's pages cut long bodies).
+#[utoipa::path(get, path = "/me/messages/{id}", tag = "me",
+    params(("id" = i64, Path, description = "the message id")),
+    responses(
+        (status = 200, description = "the message, its whole text", body = PagedMessage),
+        (status = 403, description = "you may not see its conversation", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+    ),
+    security(("person" = [])))]
+pub async fn message(
+    State(state): State<AppState>,
+    Extension(me): Extension<Me>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<PagedMessage>> {
+    with_db(&state, move |conn| {
+        visible_message(conn, me, id)?;
+        conversation::whole(conn, id).map(Json)
     })
     .await
 }
@@ -142,6 +172,7 @@ pub struct MeNewMessage {
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
         (status = 403, description = "you may not see it", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 429, description = "your TIDINGS_POST_RATE is spent; see Retry-After", body = crate::error::ErrorBody),
     ),
     security(("person" = [])))]
 pub async fn post_message(
@@ -149,15 +180,16 @@ pub async fn post_message(
     Extension(me): Extension<Me>,
     Path(conversation_id): Path<i64>,
     Body(body): Body<MeNewMessage>,
-) -> ApiResult<(StatusCode, Json<tidings_common::db::models::Message>)> {
+) -> Result<(StatusCode, Json<tidings_common::db::models::Message>), crate::posting::Refused> {
     if body.body.trim().is_empty() {
-        return Err(ApiError::bad_field("body", "body: must not be empty"));
+        return Err(ApiError::bad_field("body", "body: must not be empty").into());
     }
     if body.internal && !me.sees_internal() {
         return Err(ApiError::bad_field(
             "internal",
             "internal: a customer cannot post an internal message",
-        ));
+        )
+        .into());
     }
     crate::posting::post_and_announce(
         &state,
@@ -237,6 +269,17 @@ pub async fn update_preferences(
             status: StatusCode::FORBIDDEN,
             message: "customers have no messenger preferences".into(),
             field: None,
+        });
+    }
+    if patch.contains_key(preferences::PERMISSION) {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "{}: a permission only an admin changes (PATCH /people/{{id}}/preferences); \
+                 you can read it here",
+                preferences::PERMISSION
+            ),
+            field: Some(preferences::PERMISSION.into()),
         });
     }
     let changes = preferences::validate(&patch)?;

@@ -12,8 +12,28 @@ use tidings_common::db::schema::*;
 
 use crate::error::{ApiError, ApiResult, Body};
 use crate::lookup::*;
+use crate::queries::conversation::{self, PagedMessage};
 use crate::queries::deliveries::{self, Delivery};
 use crate::state::{AppState, with_db};
+
+/// One message whole, however long its text (a conversation's pages cut long bodies).
+#[utoipa::path(
+    get,
+    path = "/messages/{id}",
+    tag = "messages",
+    params(("id" = i64, Path, description = "the id")),
+    responses(
+        (status = 200, description = "the message, its whole text", body = PagedMessage),
+        (status = 404, description = "an unknown or deleted message", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn get_message(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<PagedMessage>> {
+    with_db(&state, move |conn| conversation::whole(conn, id).map(Json)).await
+}
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

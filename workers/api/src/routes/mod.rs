@@ -50,7 +50,10 @@ fn groups() -> Groups {
             preferences::update_preferences
         ))
         .routes(routes!(people::inbox))
-        .routes(routes!(crate::session::create_session))
+        .routes(routes!(
+            crate::session::create_session,
+            crate::session::revoke_sessions
+        ))
         .routes(routes!(people::request_password_reset))
         .routes(routes!(people::verify_password_reset))
         .routes(routes!(projects::create_project))
@@ -69,7 +72,11 @@ fn groups() -> Groups {
         .routes(routes!(conversations::add_participant))
         .routes(routes!(conversations::post_message))
         .routes(routes!(conversations::mark_seen))
-        .routes(routes!(messages::edit_message, messages::delete_message))
+        .routes(routes!(
+            messages::get_message,
+            messages::edit_message,
+            messages::delete_message
+        ))
         .routes(routes!(messages::deliveries))
         .routes(routes!(messages::email))
         .routes(routes!(messages::explain))
@@ -95,6 +102,7 @@ fn groups() -> Groups {
         .routes(routes!(me::inbox))
         .routes(routes!(me::events))
         .routes(routes!(me::conversation))
+        .routes(routes!(me::message))
         .routes(routes!(me::post_message))
         .routes(routes!(me::mark_seen))
         .routes(routes!(me::deliveries))

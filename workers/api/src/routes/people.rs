@@ -257,14 +257,7 @@ pub async fn inbox(
 ) -> ApiResult<Json<Inbox>> {
     with_db(&state, move |conn| {
         let person = find_person(conn, person_id)?;
-        inbox_of(
-            conn,
-            Me {
-                id: person.id,
-                kind: person.kind,
-            },
-        )
-        .map(Json)
+        inbox_of(conn, Me::of(&person)).map(Json)
     })
     .await
 }
@@ -297,7 +290,7 @@ pub struct VerifiedReset {
     responses(
         (status = 200, description = "the token is good; this was its one use", body = VerifiedReset),
         (status = 400, description = "not a reset token", body = crate::error::ErrorBody),
-        (status = 410, description = "the link has expired or was used already", body = crate::error::ErrorBody),
+        (status = 410, description = "the link has expired, was used already, or its person was deactivated", body = crate::error::ErrorBody),
     ),
     security(("bearer" = [])),
 )]
@@ -326,6 +319,11 @@ pub async fn verify_password_reset(
             Some(reset) => Ok(Json(VerifiedReset {
                 person_id: reset.person_id,
             })),
+            None if password_resets::person_inactive(conn, id)? => Err(ApiError {
+                status: StatusCode::GONE,
+                message: "token: the person this reset link is for was deactivated".into(),
+                field: Some("token".into()),
+            }),
             None => Err(ApiError {
                 status: StatusCode::GONE,
                 message: "token: this reset link was used already (or has expired)".into(),
@@ -345,6 +343,7 @@ pub async fn verify_password_reset(
         (status = 202, description = "the reset email is queued (it cannot be disabled)", body = Queued),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+        (status = 409, description = "the person is deactivated", body = crate::error::ErrorBody),
     ),
     security(("bearer" = [])),
 )]
@@ -357,6 +356,12 @@ pub async fn request_password_reset(
     let recorded = with_db(&state, move |conn| {
         conn.transaction(|conn| {
             let p = require_user(conn, id, "id")?;
+            if !p.active {
+                return Err(ApiError::conflict(
+                    format!("id: person {id} is deactivated; a deactivated person gets no password reset"),
+                    Some("id"),
+                ));
+            }
             let expires = clock::now() + chrono::Duration::minutes(RESET_MINUTES);
             let reset = password_resets::create(conn, p.id, expires)?;
             let token = mail::sign_link(&secret, RESET_PURPOSE, reset.id, expires.timestamp());

@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use diesel::prelude::*;
 use serde_json::json;
 use tidings_common::clock;
@@ -66,13 +66,15 @@ fn describe(scope: UnsubscribeScope) -> String {
 )]
 pub async fn confirm_page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
     match verify(&state, &token) {
-        Ok(t) => Html(format!(
-            "<!DOCTYPE html><html><body><p>Stop {}?</p>\
-             <form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
-             <button type=\"submit\">Unsubscribe</button></form></body></html>",
-            describe(t.scope)
-        ))
-        .into_response(),
+        Ok(t) => crate::messenger::link_page(
+            "Unsubscribe",
+            &format!(
+                "<p>Stop {}?</p>\
+                 <form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
+                 <button type=\"submit\">Unsubscribe</button></form>",
+                describe(t.scope)
+            ),
+        ),
         Err(e) => e.into_response(),
     }
 }
