@@ -1455,6 +1455,20 @@ async fn t6_the_inbox_forgets_what_a_person_may_no_longer_see() {
     let (_, inbox) = env.call_as(&ann_token, "GET", "/me/inbox", None).await;
     assert_eq!(listed(&inbox), 1, "{inbox}");
     assert!(inbox.to_string().contains("fraud risk"), "{inbox}");
+    // Replaying Cora's stream from the start gives her notification.
+    let replayed = |token: String| {
+        let base = env.base();
+        async move {
+            let mut stream = support::live::Sse::open(&base, &token, Some(0)).await;
+            stream
+                .drain(Duration::from_secs(1))
+                .await
+                .into_iter()
+                .filter(|e| e.kind == "notification")
+                .count()
+        }
+    };
+    assert_eq!(replayed(cora_token.clone()).await, 1);
 
     // Cora is removed from the item; Ann is narrowed to projects she follows.
     env.ok("DELETE", &format!("/items/{item}/followers/{cora}"), None)
@@ -1497,6 +1511,8 @@ async fn t6_the_inbox_forgets_what_a_person_may_no_longer_see() {
             .await;
         assert_eq!(status, 403);
     }
+    // Nor does her stream replay what she can no longer see.
+    assert_eq!(replayed(cora_token.clone()).await, 0);
 }
 
 /// T6: one person can post at most `TIDINGS_POST_RATE` messages in its window, through `/me`
@@ -1708,6 +1724,7 @@ async fn t6_revocation_ends_open_streams_and_tokens() {
     let token = env.session(ann).await;
     let mut stream = Sse::open(&env.base(), &token, None).await;
     assert_eq!(stream.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, _, _) = raw(
         &env,
         "DELETE",
@@ -1734,14 +1751,17 @@ async fn t6_revocation_ends_open_streams_and_tokens() {
     let token = env.session(ann).await;
     assert_eq!(env.call_as(&token, "GET", "/me", None).await.0, 200);
     let mut stream = Sse::open(&env.base(), &token, None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     env.ok("DELETE", &format!("/people/{ann}/sessions"), None)
         .await;
     assert!(stream.next_of("signed_out", within).await.is_some());
     assert_eq!(env.call_as(&token, "GET", "/me", None).await.0, 401);
 
-    // Deactivation.
+    // Deactivation. (Each stream is given a moment to reach its wait: ending it then, well
+    // within the 15 s keep-alive, needs the wake-up.)
     let token = env.session(ann).await;
     let mut stream = Sse::open(&env.base(), &token, None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     env.ok(
         "PATCH",
         &format!("/people/{ann}"),

@@ -132,6 +132,8 @@ async fn main() -> anyhow::Result<()> {
         ("TIDINGS_HTTP_MAX_CONNECTIONS", "4096".into()),
         // The loop-defence limit would stop a benchmark's single sender.
         ("TIDINGS_INBOUND_RATE", "1000000/1m".into()),
+        // The live phase posts as one author, far beyond a person's rate.
+        ("TIDINGS_POST_RATE", "1000000/1m".into()),
         ("TIDINGS_SEEN_WINDOW", WINDOW.into()),
         ("TIDINGS_QUEUE_PREFIX", format!("bench_{run}")),
         ("TIDINGS_SWEEP_INTERVAL", "10m".into()),

@@ -208,7 +208,7 @@ pub async fn update_person(
         .map(|n| single_line("name", n, NAME_MAX))
         .transpose()?;
     valid_locale(&patch.locale)?;
-    with_db(&state, move |conn| {
+    let person = with_db(&state, move |conn| {
         find_person(conn, id)?;
         if let Some(locale) = patch.locale {
             diesel::update(people::table.find(id))
@@ -225,9 +225,14 @@ pub async fn update_person(
                 .set(people::active.eq(active))
                 .execute(conn)?;
         }
-        find_person(conn, id).map(Json)
+        find_person(conn, id)
     })
-    .await
+    .await?;
+    if !person.active {
+        // Their open event streams check the session when woken, and end.
+        state.announce(Announcements::live(vec![id])).await;
+    }
+    Ok(Json(person))
 }
 
 /// The answer to a password reset request: the email is queued.
