@@ -59,6 +59,7 @@ pub(crate) fn extraction_rate(corpora: &std::path::Path) -> anyhow::Result<Extra
         reply_domain: "reply.tidings.localhost".into(),
         own_address: None,
         authserv_id: None,
+        attachment_max: 25 << 20,
     };
     let per_cpu_second = |items: usize, run: &dyn Fn(usize)| {
         let started = cpu_seconds();

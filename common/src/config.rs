@@ -30,7 +30,8 @@
 //! | `TIDINGS_PREFETCH` | `256` | unacknowledged broker deliveries per consumer (dispatch and the mailer handle up to 4 groups of 64 at once) |
 //! | `TIDINGS_DB_POOL_SIZE` | `10` | PostgreSQL connections per process |
 //! | `TIDINGS_INBOUND_ADDR` | `127.0.0.1:2526` | address the inbound SMTP listener binds (the MX relay delivers here) |
-//! | `TIDINGS_INBOUND_MAX_BYTES` | `26214400` | largest inbound message accepted (552 beyond) |
+//! | `TIDINGS_MAIL_MAX` | `36700160` | largest inbound message accepted, announced as SMTP `SIZE` (552 beyond); older name `TIDINGS_INBOUND_MAX_BYTES` |
+//! | `TIDINGS_ATTACHMENT_MAX` | `26214400` | largest file kept from an inbound email or an upload; a larger one is named in a note of its message, not kept |
 //! | `TIDINGS_INBOUND_MAX_SESSIONS` | `100` | concurrent SMTP sessions (421 beyond) |
 //! | `TIDINGS_INBOUND_SESSION_TIMEOUT` | `10m` | longest SMTP session |
 //! | `TIDINGS_INBOUND_MIN_RATE` | `1024` | bytes per second a message must average after 10 s |
@@ -43,6 +44,7 @@
 //! | `TIDINGS_DEFAULT_LOCALE` | `en` | locale of emails to people without one, and the fallback of every other |
 //! | `TIDINGS_TEMPLATES_RELOAD` | `2s` | how often running roles look for edited template files |
 //! | `TIDINGS_AUTOMATION_LIMITS` | `3/10m,20/24h` | most runs of one automation per item and recipient in each window (loop cap) |
+//! | `TIDINGS_ATTACHMENT_GRACE` | `24h` | how long a file no message shows any more (its message deleted, its post never committed) is kept before `purge_log` removes it |
 //! | `TIDINGS_LOG_RETENTION` | `72h` | age after which the scheduler purges email log rows |
 //! | `TIDINGS_THREADING_RETENTION` | `365d` | lifetime of reply addresses and stored Message-IDs of received mail |
 //! | `TIDINGS_SCHEDULE_PURGE_LOG` | `0 */5 * * * *` | cron (with seconds) of the email log purge |
@@ -121,7 +123,10 @@ pub struct Config {
     pub db_pool_size: u32,
     pub sweep_interval: Duration,
     pub inbound_addr: SocketAddr,
+    /// `TIDINGS_MAIL_MAX`: the largest inbound message.
     pub inbound_max_bytes: usize,
+    /// `TIDINGS_ATTACHMENT_MAX`: the largest file kept (inbound or uploaded).
+    pub attachment_max: usize,
     /// Bounds of the SMTP listener: concurrent sessions, the length of one session, the lowest
     /// average rate a client may send at (after a grace period), and the bytes of all messages
     /// being received at once.
@@ -144,6 +149,9 @@ pub struct Config {
     pub log_retention: Duration,
     /// Age at which the scheduler purges live events (`TIDINGS_EVENT_RETENTION`).
     pub event_retention: Duration,
+    /// How long a file no message shows any more is kept before the scheduler removes it
+    /// (`TIDINGS_ATTACHMENT_GRACE`).
+    pub attachment_grace: Duration,
     /// How long a person token minted by `POST /people/{id}/sessions` is valid
     /// (`TIDINGS_SESSION_TTL`).
     pub session_ttl: Duration,
@@ -236,6 +244,7 @@ impl Config {
         let Inbound {
             inbound_addr,
             inbound_max_bytes,
+            attachment_max,
             inbound_limits,
             inbound_authserv_id,
             inbound_project,
@@ -246,6 +255,7 @@ impl Config {
             automation_limits,
             log_retention,
             event_retention,
+            attachment_grace,
             session_ttl,
             threading_retention,
             schedule_purge_log,
@@ -258,6 +268,7 @@ impl Config {
             automation_limits,
             log_retention,
             event_retention,
+            attachment_grace,
             session_ttl,
             threading_retention,
             schedule_purge_log,
@@ -285,6 +296,7 @@ impl Config {
             sweep_interval,
             inbound_addr,
             inbound_max_bytes,
+            attachment_max,
             inbound_limits,
             http_limits,
             inbound_authserv_id,
@@ -624,6 +636,7 @@ fn work(r: &Reader<'_>) -> Result<Work, ConfigError> {
 struct Inbound {
     inbound_addr: SocketAddr,
     inbound_max_bytes: usize,
+    attachment_max: usize,
     inbound_limits: InboundLimits,
     inbound_authserv_id: Option<String>,
     inbound_project: String,
@@ -637,8 +650,13 @@ fn inbound(r: &Reader<'_>) -> Result<Inbound, ConfigError> {
         v.parse::<SocketAddr>()
             .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:2526".to_string())
     })?;
-    let inbound_max_bytes = parse_with(get("TIDINGS_INBOUND_MAX_BYTES", "26214400"), |v| {
+    // TIDINGS_MAIL_MAX, or its older name TIDINGS_INBOUND_MAX_BYTES.
+    let older = get("TIDINGS_INBOUND_MAX_BYTES", "36700160").1;
+    let inbound_max_bytes = parse_with(get("TIDINGS_MAIL_MAX", &older), |v| {
         parse_range(v, 1024, 1 << 30)
+    })?;
+    let attachment_max = parse_with(get("TIDINGS_ATTACHMENT_MAX", "26214400"), |v| {
+        parse_range(v, 1, 1 << 30)
     })?;
     let inbound_limits = InboundLimits {
         max_sessions: parse_with(get("TIDINGS_INBOUND_MAX_SESSIONS", "100"), |v| {
@@ -655,7 +673,7 @@ fn inbound(r: &Reader<'_>) -> Result<Inbound, ConfigError> {
             let memory = parse_range(v, 1 << 20, 1 << 40)?;
             if memory < inbound_max_bytes {
                 Err(format!(
-                    "must be at least TIDINGS_INBOUND_MAX_BYTES ({inbound_max_bytes})"
+                    "must be at least TIDINGS_MAIL_MAX ({inbound_max_bytes})"
                 ))
             } else {
                 Ok(memory)
@@ -700,6 +718,7 @@ fn inbound(r: &Reader<'_>) -> Result<Inbound, ConfigError> {
     Ok(Inbound {
         inbound_addr,
         inbound_max_bytes,
+        attachment_max,
         inbound_limits,
         inbound_authserv_id,
         inbound_project,
@@ -713,6 +732,7 @@ struct Schedule {
     automation_limits: Vec<(u32, Duration)>,
     log_retention: Duration,
     event_retention: Duration,
+    attachment_grace: Duration,
     session_ttl: Duration,
     threading_retention: Duration,
     schedule_purge_log: String,
@@ -728,6 +748,10 @@ fn schedule(r: &Reader<'_>) -> Result<Schedule, ConfigError> {
     let log_retention = parse_with(get("TIDINGS_LOG_RETENTION", "72h"), parse_positive_duration)?;
     let event_retention = parse_with(
         get("TIDINGS_EVENT_RETENTION", "7d"),
+        parse_positive_duration,
+    )?;
+    let attachment_grace = parse_with(
+        get("TIDINGS_ATTACHMENT_GRACE", "24h"),
         parse_positive_duration,
     )?;
     let session_ttl = parse_with(get("TIDINGS_SESSION_TTL", "12h"), parse_positive_duration)?;
@@ -748,6 +772,7 @@ fn schedule(r: &Reader<'_>) -> Result<Schedule, ConfigError> {
         automation_limits,
         log_retention,
         event_retention,
+        attachment_grace,
         session_ttl,
         threading_retention,
         schedule_purge_log,

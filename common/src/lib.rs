@@ -3,6 +3,7 @@
 
 pub mod amqp;
 pub mod announce;
+pub mod attachments;
 pub mod audience;
 pub mod clock;
 pub mod config;

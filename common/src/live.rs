@@ -256,7 +256,13 @@ pub fn since(
                        'conversation_id', e.conversation_id, 'subject', c.subject,
                        'message_id', e.message_id, 'author_id', m.author_id, 'author', a.name,
                        'excerpt', CASE WHEN m.deleted_at IS NULL THEN left(m.body, 140) ELSE '' END,
-                       'internal', m.internal, 'ping', e.kind = 'notification') END AS payload,
+                       'internal', m.internal, 'ping', e.kind = 'notification',
+                       'attachments', COALESCE((
+                           SELECT jsonb_agg(jsonb_build_object('id', f.id, 'name', f.name,
+                                    'size', f.size, 'content_type', b.sniffed_type,
+                                    'inline', f.inline) ORDER BY f.id)
+                           FROM attachments f JOIN attachment_blobs b ON b.sha256 = f.sha256
+                           WHERE f.message_id = e.message_id), '[]'::jsonb)) END AS payload,
                 CASE WHEN COALESCE(e.conversation_id, (e.payload->>'conversation_id')::bigint)
                           IS NULL THEN true
                      ELSE tidings_may_see($1, COALESCE(e.conversation_id,

@@ -39,6 +39,7 @@ fn context() -> InboundContext {
         reply_domain: "reply.tidings.localhost".into(),
         own_address: None,
         authserv_id: None,
+        attachment_max: 25 << 20,
     }
 }
 

@@ -13,6 +13,7 @@ fn every_golden_mail_gives_its_expected_outcome() {
         reply_domain: "reply.example.com".into(),
         own_address: None,
         authserv_id: None,
+        attachment_max: 25 << 20,
     };
     let mut names: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()

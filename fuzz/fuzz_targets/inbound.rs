@@ -10,6 +10,7 @@ fuzz_target!(|data: &[u8]| {
         reply_domain: "reply.tidings.localhost".into(),
         own_address: Some("notifications@tidings.localhost".into()),
         authserv_id: None,
+        attachment_max: 25 << 20,
     };
     let report = inbound::inspect(data, &context);
     if let (Some(reply), Some(quoted)) = (&report.reply_text, &report.quoted_text) {

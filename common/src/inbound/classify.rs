@@ -152,6 +152,7 @@ mod tests {
                 reply_domain: "reply.example.com".into(),
                 own_address: None,
                 authserv_id: None,
+                attachment_max: 25 << 20,
             },
         );
         (report.verdict, report.reason)

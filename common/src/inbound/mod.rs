@@ -15,6 +15,8 @@ pub mod reply;
 use std::panic::AssertUnwindSafe;
 
 use mail_parser::{Address, HeaderValue, MessageParser};
+
+use crate::attachments::{File, NotKept, safe_name};
 use serde::Serialize;
 
 pub use bounce::BounceReport;
@@ -83,6 +85,10 @@ pub struct InboundReport {
     pub auth_failure: Option<String>,
     /// For a bounce: what failed, as far as the report says.
     pub bounce: Option<BounceReport>,
+    /// The files of a human email, kept with the message it is posted as (I9).
+    pub files: Vec<File>,
+    /// Files that were not kept, each named in a line of the posted text.
+    pub not_kept: Vec<NotKept>,
 }
 
 /// What the inbound path needs to know about this deployment.
@@ -95,6 +101,8 @@ pub struct InboundContext {
     /// The relay's authserv-id (`TIDINGS_INBOUND_AUTHSERV_ID`): only the topmost
     /// `Authentication-Results` header with it is read. Unset, the topmost header is read.
     pub authserv_id: Option<String>,
+    /// `TIDINGS_ATTACHMENT_MAX`: the largest file kept.
+    pub attachment_max: usize,
 }
 
 impl InboundContext {
@@ -103,6 +111,7 @@ impl InboundContext {
             reply_domain: config.reply_domain.clone(),
             own_address: Some(config.own_address()),
             authserv_id: config.inbound_authserv_id.clone(),
+            attachment_max: config.attachment_max,
         }
     }
 }
@@ -172,6 +181,8 @@ fn rejected(reason: &str) -> InboundReport {
         thread: ThreadHints::default(),
         auth_failure: None,
         bounce: None,
+        files: Vec::new(),
+        not_kept: Vec::new(),
     }
 }
 
@@ -318,6 +329,8 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
         thread,
         auth_failure,
         bounce: None,
+        files: Vec::new(),
+        not_kept: Vec::new(),
     };
     if let Some((verdict, reason)) =
         classify::automatic(&message, from.as_deref(), message_id.as_deref(), context)
@@ -352,7 +365,14 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
         ));
         return report;
     }
-    let (parts, note) = extract(&message, subject.as_deref());
+    let (files, not_kept) = files_of(&message, context.attachment_max);
+    let (mut parts, note) = extract(&message, subject.as_deref());
+    for line in not_kept.iter().map(NotKept::line) {
+        parts.reply.push_str("\n\n");
+        parts.reply.push_str(&line);
+    }
+    report.files = files;
+    report.not_kept = not_kept;
     report.reply_text = Some(parts.reply);
     report.quoted_text = Some(parts.quoted);
     report.extraction_note = note;
@@ -364,6 +384,74 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
             InboundVerdict::NewConversation
         };
     report
+}
+
+/// Most files kept from one email; the rest are named as not kept.
+pub const FILES_MAX: usize = 100;
+
+/// The files of a message: its attachments, inline images and forwarded mails (as `.eml`),
+/// each at most `max` bytes and at most [`FILES_MAX`] of them; the others are not kept, each
+/// with its reason (past the count, one line says how many more there were).
+pub fn files_of(message: &mail_parser::Message<'_>, max: usize) -> (Vec<File>, Vec<NotKept>) {
+    use mail_parser::MimeHeaders;
+    let (mut files, mut not_kept) = (Vec::new(), Vec::new());
+    let mut beyond = 0usize;
+    for part in message.attachments() {
+        let forwarded = part.is_message();
+        let declared = if forwarded {
+            Some("message/rfc822".to_string())
+        } else {
+            part.content_type().map(|t| match t.subtype() {
+                Some(sub) => format!("{}/{sub}", t.ctype()),
+                None => t.ctype().to_string(),
+            })
+        };
+        let name = part.attachment_name().map(str::to_string).or_else(|| {
+            forwarded.then(|| {
+                let subject = part
+                    .message()
+                    .and_then(|m| m.subject())
+                    .unwrap_or("forwarded");
+                format!("{subject}.eml")
+            })
+        });
+        let inline = part
+            .content_disposition()
+            .is_some_and(|d| d.ctype().eq_ignore_ascii_case("inline"))
+            || (part.content_id().is_some() && part.attachment_name().is_none());
+        let size = part.len();
+        if files.len() >= FILES_MAX {
+            beyond += 1;
+            continue;
+        }
+        if size > max {
+            let sniffed = declared.as_deref().unwrap_or("application/octet-stream");
+            not_kept.push(NotKept {
+                name: safe_name(name.as_deref(), sniffed),
+                size: size as i64,
+                reason: format!(
+                    "over the {} limit per file (TIDINGS_ATTACHMENT_MAX)",
+                    crate::attachments::human_size(max as i64)
+                ),
+            });
+            continue;
+        }
+        files.push(File::new(
+            part.contents().to_vec(),
+            name.as_deref(),
+            declared.as_deref(),
+            part.content_id(),
+            inline,
+        ));
+    }
+    if beyond > 0 {
+        not_kept.push(NotKept {
+            name: format!("{beyond} more files"),
+            size: 0,
+            reason: format!("an email keeps at most {FILES_MAX} files"),
+        });
+    }
+    (files, not_kept)
 }
 
 /// The body of a raw message as the extractor reads it (the plain-text part, or the HTML
@@ -456,6 +544,7 @@ mod tests {
             reply_domain: "reply.example.com".into(),
             own_address: Some("n@example.com".into()),
             authserv_id: None,
+            attachment_max: 25 << 20,
         }
     }
 

@@ -192,6 +192,9 @@ function messageItem(m, deliveries) {
       }
     });
   }
+  const files = (m.attachments || []).length
+    ? el("ul", { class: "files", "aria-label": "Files" }, ...m.attachments.map(fileItem))
+    : null;
   return el(
     "li",
     { class: "message" + (mine ? " mine" : "") + (m.internal ? " internal" : ""), "data-id": String(m.id) },
@@ -202,8 +205,38 @@ function messageItem(m, deliveries) {
       m.internal ? el("span", { class: "tag", text: "Internal" }) : null),
     body,
     more,
+    files,
     status,
   );
+}
+
+const RASTER = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+function size(bytes) {
+  if (bytes >= 1048576) return `${(bytes / 1048576).toFixed(1)} MB`;
+  if (bytes >= 1024) return `${Math.round(bytes / 1024)} KB`;
+  return `${bytes} bytes`;
+}
+
+function icon(type) {
+  if (type.startsWith("image/")) return "\u{1F5BC}";
+  if (type === "application/pdf") return "\u{1F4C4}";
+  if (type === "message/rfc822") return "\u2709";
+  return "\u{1F4CE}";
+}
+
+// A file under its message: a thumbnail for a raster image, a type icon otherwise; the link
+// opens or downloads it (the server decides which, by type).
+function fileItem(a) {
+  const href = `/me/attachments/${a.id}`;
+  const link = el("a", { href, class: "file", "data-attachment": String(a.id), target: "_blank", rel: "noopener" });
+  if (RASTER.includes(a.content_type)) {
+    link.append(el("img", { src: href, alt: a.name, class: "thumb", loading: "lazy" }));
+  } else {
+    link.append(el("span", { class: "file-icon", "aria-hidden": "true", text: icon(a.content_type) }));
+  }
+  link.append(el("span", { class: "file-name", text: a.name }), el("span", { class: "file-size", text: size(a.size) }));
+  return el("li", {}, link);
 }
 
 function renderConversation(view, keepScroll) {
@@ -286,15 +319,69 @@ function closeConversation() {
   renderList();
 }
 
+// Files chosen for the next message: by picking, drag and drop, or paste.
+state.pending = [];
+
+function renderPending() {
+  const list = $("pending");
+  list.replaceChildren(...state.pending.map((f, i) => {
+    const remove = el("button", { type: "button", class: "remove", text: "Remove" });
+    remove.setAttribute("aria-label", `Remove ${f.name}`);
+    remove.addEventListener("click", () => { state.pending.splice(i, 1); renderPending(); });
+    return el("li", {}, el("span", { text: `${f.name} (${size(f.size)})` }), remove);
+  }));
+  list.hidden = state.pending.length === 0;
+}
+
+function addFiles(files) {
+  for (const f of files) {
+    if (state.me.attachment_max && f.size > state.me.attachment_max) {
+      say(`${f.name} is ${size(f.size)}: files are at most ${size(state.me.attachment_max)}.`);
+      continue;
+    }
+    state.pending.push(f);
+  }
+  renderPending();
+}
+
+// A message with files goes as multipart/form-data through XMLHttpRequest, whose upload
+// progress fetch does not report.
+function upload(path, message, files) {
+  return new Promise((resolve, reject) => {
+    const form = new FormData();
+    form.append("message", JSON.stringify(message));
+    for (const f of files) form.append("file", f, f.name);
+    const xhr = new XMLHttpRequest();
+    const bar = $("progress");
+    bar.hidden = false;
+    bar.value = 0;
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = e.loaded / e.total; };
+    xhr.onload = () => {
+      bar.hidden = true;
+      let data = {};
+      try { data = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
+      if (xhr.status >= 200 && xhr.status < 300) resolve(data);
+      else reject(new Error(data.error || `HTTP ${xhr.status}`));
+    };
+    xhr.onerror = () => { bar.hidden = true; reject(new Error("the upload failed")); };
+    xhr.open("POST", path);
+    xhr.send(form);
+  });
+}
+
 async function send(event) {
   event.preventDefault();
   const text = $("body").value;
-  if (!text.trim() || state.open == null) return;
+  if ((!text.trim() && state.pending.length === 0) || state.open == null) return;
   const internal = state.me.kind !== "customer" &&
     document.querySelector("input[name=visibility]:checked").value === "internal";
+  const path = `/me/conversations/${state.open}/messages`;
   try {
-    await api("POST", `/me/conversations/${state.open}/messages`, { body: text, internal });
+    if (state.pending.length) await upload(path, { body: text, internal }, state.pending);
+    else await api("POST", path, { body: text, internal });
     $("body").value = "";
+    state.pending = [];
+    renderPending();
     await refreshConversation(false);
   } catch (e) {
     say(`Not sent: ${e.message}`);
@@ -432,6 +519,16 @@ async function main() {
   }, { passive: true });
   $("back").addEventListener("click", closeConversation);
   $("composer").addEventListener("submit", send);
+  $("attach").addEventListener("change", (e) => { addFiles(e.target.files); e.target.value = ""; });
+  $("composer").addEventListener("dragover", (e) => { e.preventDefault(); });
+  $("composer").addEventListener("drop", (e) => {
+    e.preventDefault();
+    if (e.dataTransfer && e.dataTransfer.files.length) addFiles(e.dataTransfer.files);
+  });
+  $("body").addEventListener("paste", (e) => {
+    const files = e.clipboardData ? [...e.clipboardData.files] : [];
+    if (files.length) { e.preventDefault(); addFiles(files); }
+  });
   $("body").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("composer").requestSubmit();
   });

@@ -1,7 +1,6 @@
 //! JSON errors, and the body extractor that names the offending field.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -136,43 +135,53 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
                 field: None,
             });
         }
-        let bytes = Bytes::from_request(req, state)
+        let _ = state;
+        let bytes = axum::body::to_bytes(req.into_body(), JSON_MAX)
             .await
             .map_err(|e| ApiError {
-                // 413 for a body over the size limit.
-                status: e.status(),
-                message: format!("cannot read the request body: {e}"),
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                message: format!(
+                    "cannot read the request body (a JSON body is at most {JSON_MAX} bytes): {e}"
+                ),
                 field: None,
             })?;
-        if let Some(field) = field_with_nul(&bytes) {
+        parse_json(&bytes).map(Body)
+    }
+}
+
+/// Most bytes of a JSON body (files travel in `multipart/form-data`, under their own limits).
+pub const JSON_MAX: usize = 2 * 1024 * 1024;
+
+/// Parses a JSON body, naming the field that was wrong.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    {
+        if let Some(field) = field_with_nul(bytes) {
             return Err(ApiError::bad_field(
                 &field,
                 format!("{field}: must not contain NUL characters (\\u0000)"),
             ));
         }
-        let mut de = serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(&mut de)
-            .map(Body)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                let message = inner.to_string();
-                // A missing field's path is the parent; the field is named in the message.
-                let field = match message.split('`').nth(1) {
-                    Some(name) if message.starts_with("missing field") => name.to_string(),
-                    _ if path == "." => String::new(),
-                    _ => path,
-                };
-                ApiError {
-                    status: StatusCode::BAD_REQUEST,
-                    message: if field.is_empty() {
-                        format!("invalid JSON body: {message}")
-                    } else {
-                        format!("{field}: {message}")
-                    },
-                    field: (!field.is_empty()).then_some(field),
-                }
-            })
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.to_string();
+            // A missing field's path is the parent; the field is named in the message.
+            let field = match message.split('`').nth(1) {
+                Some(name) if message.starts_with("missing field") => name.to_string(),
+                _ if path == "." => String::new(),
+                _ => path,
+            };
+            ApiError {
+                status: StatusCode::BAD_REQUEST,
+                message: if field.is_empty() {
+                    format!("invalid JSON body: {message}")
+                } else {
+                    format!("{field}: {message}")
+                },
+                field: (!field.is_empty()).then_some(field),
+            }
+        })
     }
 }
 

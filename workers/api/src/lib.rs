@@ -19,6 +19,7 @@ pub mod routes;
 pub mod serve;
 mod session;
 mod state;
+mod upload;
 mod validate;
 
 use std::sync::Arc;

@@ -92,7 +92,25 @@ fn rate_wait(
         .map(Duration::from_secs_f64))
 }
 
-/// Stores a message once `check` (run in the same transaction) allows it and its author is
+/// The text of a message: what was written, or, when only files were sent, their names.
+pub fn text_of(
+    body: &str,
+    files: &[tidings_common::attachments::File],
+) -> Result<String, crate::error::ApiError> {
+    if !body.trim().is_empty() {
+        return Ok(body.to_string());
+    }
+    if files.is_empty() {
+        return Err(crate::error::ApiError::bad_field(
+            "body",
+            "body: must not be empty (or send files)",
+        ));
+    }
+    let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    Ok(format!("Files: {}", names.join(", ")))
+}
+
+/// Stores a message with its files once `check` (run in the same transaction) allows it and its author is
 /// within their post rate, commits, then announces it; its author has seen everything before
 /// it (D4).
 pub async fn post_and_announce<C>(
@@ -101,6 +119,7 @@ pub async fn post_and_announce<C>(
     author_id: i64,
     body: String,
     internal: bool,
+    files: Vec<tidings_common::attachments::File>,
     check: C,
 ) -> Result<(StatusCode, Json<Message>), Refused>
 where
@@ -113,13 +132,10 @@ where
             if let Some(wait) = rate_wait(conn, author_id, rate)? {
                 return Ok(Err(wait));
             }
-            Ok(Ok(posting::insert_message(
-                conn,
-                conversation_id,
-                author_id,
-                &body,
-                internal,
-            )?))
+            let message =
+                posting::insert_message(conn, conversation_id, author_id, &body, internal)?;
+            tidings_common::attachments::attach(conn, message.id, conversation_id, &files)?;
+            Ok(Ok(message))
         })
     })
     .await?;

@@ -66,6 +66,70 @@ fn envelope(delivery: &Delivery) -> Envelope {
     }
 }
 
+/// Most bytes of raw mail inspected and processed together: a set of large mails is taken
+/// in parts, so the files decoded from them are held for one part at a time.
+const PART_BYTES: usize = 16 << 20;
+
+type PartResults = (
+    Vec<Result<set::Disposition>>,
+    Vec<(tidings_common::inbound::InboundVerdict, Option<String>)>,
+    Vec<i64>,
+);
+
+/// Inspects and processes `set` in parts of at most [`PART_BYTES`] of raw mail (at least one
+/// email each), each part in one transaction; a part that fails is processed an email at a
+/// time, so one email that cannot be processed never holds up the others.
+fn process_in_parts(
+    conn: &mut diesel::PgConnection,
+    config: &Config,
+    context: &inbound::InboundContext,
+    set: Vec<(Envelope, Vec<u8>)>,
+) -> PartResults {
+    let (mut results, mut notes, mut live) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rest = set.into_iter().peekable();
+    while rest.peek().is_some() {
+        let mut bytes = 0;
+        let mut part = Vec::new();
+        while let Some((_, raw)) = rest.peek() {
+            if !part.is_empty() && bytes + raw.len() > PART_BYTES {
+                break;
+            }
+            bytes += raw.len();
+            let (envelope, raw) = rest.next().expect("peeked");
+            part.push(Inbound {
+                report: inbound::inspect(&raw, context),
+                raw,
+                envelope,
+            });
+        }
+        match process::process_set(conn, config, &part) {
+            Ok(done) => {
+                live.extend(done.live);
+                results.extend(done.dispositions.into_iter().map(Ok));
+            }
+            Err(e) if part.len() == 1 => results.push(Err(e)),
+            Err(e) => {
+                warn!(error = %e, emails = part.len(), "processing the set failed; processing each email on its own");
+                for one in &part {
+                    results.push(
+                        process::process_set(conn, config, std::slice::from_ref(one)).map(
+                            |mut done| {
+                                live.append(&mut done.live);
+                                done.dispositions.remove(0)
+                            },
+                        ),
+                    );
+                }
+            }
+        }
+        notes.extend(
+            part.into_iter()
+                .map(|i| (i.report.verdict, i.report.extraction_note)),
+        );
+    }
+    (results, notes, live)
+}
+
 impl Processor {
     /// Inspects and processes a set of queued emails; one outcome per email. The set is
     /// processed in one transaction; if that fails, each email is processed on its own, so
@@ -79,38 +143,7 @@ impl Processor {
         let (config, context) = (self.config.clone(), self.context.clone());
         let results = self
             .db
-            .run(move |conn| {
-                let set: Vec<Inbound> = set
-                    .into_iter()
-                    .map(|(envelope, raw)| Inbound {
-                        report: inbound::inspect(&raw, &context),
-                        raw,
-                        envelope,
-                    })
-                    .collect();
-                let mut live = Vec::new();
-                let results = match process::process_set(conn, &config, &set) {
-                    Ok(done) => {
-                        live = done.live;
-                        done.dispositions.into_iter().map(Ok).collect()
-                    }
-                    Err(e) if set.len() == 1 => vec![Err(e)],
-                    Err(e) => {
-                        warn!(error = %e, emails = set.len(), "processing the set failed; processing each email on its own");
-                        set.iter()
-                            .map(|one| {
-                                process::process_set(conn, &config, std::slice::from_ref(one))
-                                    .map(|mut done| {
-                                        live.append(&mut done.live);
-                                        done.dispositions.remove(0)
-                                    })
-                            })
-                            .collect()
-                    }
-                };
-                let notes: Vec<_> = set.into_iter().map(|i| (i.report.verdict, i.report.extraction_note)).collect();
-                Ok((results, notes, live))
-            })
+            .run(move |conn| Ok(process_in_parts(conn, &config, &context, set)))
             .await;
         let (results, notes, live) = match results {
             Ok(done) => done,

@@ -3,6 +3,7 @@
 //! dispatch like any other.
 
 use diesel::prelude::*;
+use tidings_common::attachments;
 use tidings_common::db::email_log;
 use tidings_common::db::models::NewEmailLogEntry;
 use tidings_common::db::schema::inbound_emails;
@@ -106,6 +107,14 @@ pub fn process_set(conn: &mut PgConnection, config: &Config, set: &[Inbound]) ->
                 }
             })
             .collect();
+        // Each posted email's files, with the message they came with (I9).
+        for ((inbound, row), disposition) in set.iter().zip(&rows).zip(&dispositions) {
+            if let (Some(_), Some((conversation, message))) = (row, disposition.posted_into())
+                && !inbound.report.files.is_empty()
+            {
+                attachments::attach(conn, message, conversation, &inbound.report.files)?;
+            }
+        }
         let (mut ids, mut conversations, mut messages) = (Vec::new(), Vec::new(), Vec::new());
         for (row, disposition) in rows.iter().zip(&dispositions) {
             if let (Some(row), Some((conversation, message))) = (row, disposition.posted_into()) {
@@ -146,7 +155,10 @@ pub fn process_set(conn: &mut PgConnection, config: &Config, set: &[Inbound]) ->
                     subject: report.subject.clone(),
                     message_id_header: report.message_id.clone(),
                     rule: Some(report.verdict.as_str().into()),
-                    action: Some(disposition.action()),
+                    action: Some(match posted {
+                        Some(_) => disposition.action() + &files_summary(report),
+                        None => disposition.action(),
+                    }),
                     ..NewEmailLogEntry::inbound(disposition.status())
                 }
             })
@@ -157,6 +169,27 @@ pub fn process_set(conn: &mut PgConnection, config: &Config, set: &[Inbound]) ->
         let live = tidings_common::live::emailed(conn, &bounced)?;
         Ok(Processed { dispositions, live })
     })
+}
+
+/// What the email log adds to a posted email's action: the files it brought, kept or not.
+fn files_summary(report: &tidings_common::inbound::InboundReport) -> String {
+    let mut out = String::new();
+    if !report.files.is_empty() {
+        let names: Vec<&str> = report.files.iter().map(|f| f.name.as_str()).collect();
+        out.push_str(&format!(
+            "; {} file{} kept: {}",
+            names.len(),
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", ")
+        ));
+    }
+    for not_kept in &report.not_kept {
+        out.push_str(&format!(
+            "; not kept: {} ({})",
+            not_kept.name, not_kept.reason
+        ));
+    }
+    out
 }
 
 /// What a set became: one disposition per email, in order, and the people with new live

@@ -2,7 +2,7 @@
 //!
 //! | job | default schedule | does |
 //! |---|---|---|
-//! | `purge_log` | every 5 minutes | deletes email log rows (and handled domain events, job records, old automation runs) older than `TIDINGS_LOG_RETENTION` (72 h), and live events older than `TIDINGS_EVENT_RETENTION` (7 d) |
+//! | `purge_log` | every 5 minutes | deletes email log rows (and handled domain events, job records, old automation runs) older than `TIDINGS_LOG_RETENTION` (72 h), live events older than `TIDINGS_EVENT_RETENTION` (7 d), and files no message shows any more after `TIDINGS_ATTACHMENT_GRACE` (24 h) |
 //! | `expire_threading` | daily 03:30 | deletes threading data older than `TIDINGS_THREADING_RETENTION` (365 d): stored Message-IDs of received mail and finished outbox rows; reply addresses that old are refused by the inbound role |
 //! | `sweep` | every 30 s | republishes stuck notifications and outbox emails, undispatched messages and unhandled domain events |
 //!
@@ -87,6 +87,7 @@ impl Scheduler {
             .max(self.config.log_retention);
         let runs = interval(oldest_window);
         let live = interval(self.config.event_retention);
+        let grace = self.config.attachment_grace;
         self.db
             .run(move |conn| {
                 let mut counts = Vec::new();
@@ -100,6 +101,8 @@ impl Scheduler {
                     let n = diesel::sql_query(sql).bind::<Interval, _>(keep).execute(conn)?;
                     counts.push(format!("{n} {what}"));
                 }
+                let files = tidings_common::attachments::purge_orphans(conn, grace)?;
+                counts.push(format!("{files} files"));
                 Ok(format!("purged {}", counts.join(", ")))
             })
             .await

@@ -13,6 +13,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
 use serde::{Deserialize, Serialize};
 
+use tidings_common::attachments::{self, Attachment};
+
 use crate::error::{ApiError, ApiResult};
 
 /// Longest body a page carries whole, in characters (at most 64 KiB of UTF-8).
@@ -32,9 +34,18 @@ pub struct PageQuery {
     pub before: Option<i64>,
 }
 
-/// A message as a page shows it.
-#[derive(Debug, QueryableByName, Serialize, utoipa::ToSchema)]
+/// A message as a page shows it, with its files.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PagedMessage {
+    #[serde(flatten)]
+    pub message: MessageRow,
+    /// Its files (I9): id, name, size, type, inline.
+    pub attachments: Vec<Attachment>,
+}
+
+/// A message's row as a page shows it.
+#[derive(Debug, QueryableByName, Serialize, utoipa::ToSchema)]
+pub struct MessageRow {
     #[diesel(sql_type = BigInt)]
     pub id: i64,
     #[diesel(sql_type = BigInt)]
@@ -79,7 +90,7 @@ pub struct Page {
 #[derive(QueryableByName)]
 struct Row {
     #[diesel(embed)]
-    message: PagedMessage,
+    message: MessageRow,
     #[diesel(sql_type = Bool)]
     more: bool,
 }
@@ -143,19 +154,22 @@ pub fn page(
     .bind::<BigInt, _>(budget as i64)
     .load(conn)?;
     let more = rows.first().is_some_and(|r| r.more);
-    let mut messages: Vec<PagedMessage> = rows.into_iter().map(|r| r.message).collect();
-    messages.reverse();
+    let mut rows: Vec<MessageRow> = rows.into_iter().map(|r| r.message).collect();
+    rows.reverse();
     let older = if more {
-        messages.first().map(|m| m.id)
+        rows.first().map(|m| m.id)
     } else {
         None
     };
-    Ok(Page { messages, older })
+    Ok(Page {
+        messages: with_attachments(conn, rows)?,
+        older,
+    })
 }
 
 /// One message whole (its visibility checked already).
 pub fn whole(conn: &mut PgConnection, message_id: i64) -> ApiResult<PagedMessage> {
-    let row: Option<PagedMessage> = diesel::sql_query(
+    let row: Option<MessageRow> = diesel::sql_query(
         "SELECT m.id, m.conversation_id, m.author_id, p.name AS author, p.kind AS author_kind,
                 m.body, false AS truncated, octet_length(m.body)::bigint AS length, m.internal,
                 m.created_at, m.edited_at, m.dispatched_at
@@ -165,5 +179,25 @@ pub fn whole(conn: &mut PgConnection, message_id: i64) -> ApiResult<PagedMessage
     .bind::<BigInt, _>(message_id)
     .get_result(conn)
     .optional()?;
-    crate::lookup::found(row, "message", message_id)
+    let row = crate::lookup::found(row, "message", message_id)?;
+    Ok(with_attachments(conn, vec![row])?.remove(0))
+}
+
+/// Each message with its files.
+fn with_attachments(
+    conn: &mut PgConnection,
+    rows: Vec<MessageRow>,
+) -> ApiResult<Vec<PagedMessage>> {
+    let ids: Vec<i64> = rows.iter().map(|m| m.id).collect();
+    let mut files: std::collections::HashMap<i64, Vec<Attachment>> = Default::default();
+    for a in attachments::of_messages(conn, &ids)? {
+        files.entry(a.message_id).or_default().push(a);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|message| PagedMessage {
+            attachments: files.remove(&message.id).unwrap_or_default(),
+            message,
+        })
+        .collect())
 }

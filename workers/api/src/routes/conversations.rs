@@ -220,7 +220,7 @@ pub struct NewMessageBody {
     path = "/conversations/{id}/messages",
     tag = "conversations",
     params(("id" = i64, Path, description = "the id")),
-    request_body = NewMessageBody,
+    request_body(content((NewMessageBody = "application/json"), (crate::upload::MessageUpload = "multipart/form-data"))),
     responses(
         (status = 201, description = "the message; its notifications follow", body = Message),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
@@ -232,18 +232,20 @@ pub struct NewMessageBody {
 pub async fn post_message(
     State(state): State<AppState>,
     Path(conversation_id): Path<i64>,
-    Body(body): Body<NewMessageBody>,
+    crate::upload::WithFiles {
+        fields: body,
+        files,
+    }: crate::upload::WithFiles<NewMessageBody>,
 ) -> Result<(StatusCode, Json<Message>), crate::posting::Refused> {
-    if body.body.trim().is_empty() {
-        return Err(ApiError::bad_field("body", "body: must not be empty").into());
-    }
+    let text = crate::posting::text_of(&body.body, &files)?;
     let (author_id, internal) = (body.author_id, body.internal);
     post_and_announce(
         &state,
         conversation_id,
         author_id,
-        body.body,
+        text,
         internal,
+        files,
         move |conn| {
             find_conversation(conn, conversation_id)?;
             let author = find_person(conn, author_id)?;

@@ -34,6 +34,8 @@ pub struct MeView {
     unread: i64,
     /// P2 (users): whether customer conversations are shown.
     show_customer_conversations: bool,
+    /// The largest file a message may carry, in bytes (`TIDINGS_ATTACHMENT_MAX`).
+    attachment_max: usize,
 }
 
 #[utoipa::path(get, path = "/me", tag = "me",
@@ -43,6 +45,7 @@ pub async fn me(
     State(state): State<AppState>,
     Extension(me): Extension<Me>,
 ) -> ApiResult<Json<MeView>> {
+    let attachment_max = state.config.attachment_max;
     with_db(&state, move |conn| {
         let person = find_person(conn, me.id)?;
         let inbox = inbox_of(conn, me)?;
@@ -52,6 +55,7 @@ pub async fn me(
             kind: person.kind.as_str().to_string(),
             unread: inbox.unread,
             show_customer_conversations: show_customers(conn, me)?,
+            attachment_max,
         }))
     })
     .await
@@ -101,7 +105,7 @@ pub async fn conversation(
         require_visible(conn, me, id)?;
         let subject = find_conversation(conn, id)?.subject;
         let page = conversation::page(conn, id, me.sees_internal(), bounds, budget)?;
-        let ids: Vec<i64> = page.messages.iter().map(|m| m.id).collect();
+        let ids: Vec<i64> = page.messages.iter().map(|m| m.message.id).collect();
         let deliveries = deliveries::for_person(conn, &ids)?;
         Ok(Json(MeConversation {
             id,
@@ -166,7 +170,7 @@ pub struct MeNewMessage {
 
 #[utoipa::path(post, path = "/me/conversations/{id}/messages", tag = "me",
     params(("id" = i64, Path, description = "the conversation id")),
-    request_body = MeNewMessage,
+    request_body(content((MeNewMessage = "application/json"), (crate::upload::MessageUpload = "multipart/form-data"))),
     responses(
         (status = 201, description = "the message; its notifications follow", body = tidings_common::db::models::Message),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
@@ -179,11 +183,12 @@ pub async fn post_message(
     State(state): State<AppState>,
     Extension(me): Extension<Me>,
     Path(conversation_id): Path<i64>,
-    Body(body): Body<MeNewMessage>,
+    crate::upload::WithFiles {
+        fields: body,
+        files,
+    }: crate::upload::WithFiles<MeNewMessage>,
 ) -> Result<(StatusCode, Json<tidings_common::db::models::Message>), crate::posting::Refused> {
-    if body.body.trim().is_empty() {
-        return Err(ApiError::bad_field("body", "body: must not be empty").into());
-    }
+    let text = crate::posting::text_of(&body.body, &files)?;
     if body.internal && !me.sees_internal() {
         return Err(ApiError::bad_field(
             "internal",
@@ -195,8 +200,9 @@ pub async fn post_message(
         &state,
         conversation_id,
         me.id,
-        body.body,
+        text,
         body.internal,
+        files,
         move |conn| require_visible(conn, me, conversation_id),
     )
     .await

@@ -4,6 +4,7 @@
 //! so no path can be served without being documented. All but the signed-link pages, the
 //! session exchange and the messenger's files need a token.
 
+pub mod attachments;
 pub mod automations;
 pub mod conversations;
 pub mod email_log;
@@ -95,6 +96,7 @@ fn groups() -> Groups {
             automations::delete_automation
         ))
         .routes(routes!(templates::list_templates))
+        .routes(routes!(attachments::download))
         .routes(routes!(suppressions::suppressions))
         .routes(routes!(suppressions::reset_suppression));
     let person = OpenApiRouter::new()
@@ -103,6 +105,7 @@ fn groups() -> Groups {
         .routes(routes!(me::events))
         .routes(routes!(me::conversation))
         .routes(routes!(me::message))
+        .routes(routes!(attachments::my_download))
         .routes(routes!(me::post_message))
         .routes(routes!(me::mark_seen))
         .routes(routes!(me::deliveries))
@@ -147,7 +150,14 @@ pub fn router(state: AppState) -> Router {
         "/openapi.json",
         get(move || std::future::ready(axum::Json(document))),
     );
-    public.merge(person).merge(admin).with_state(state)
+    // Files travel in multipart bodies up to TIDINGS_MAIL_MAX; a JSON body has its own
+    // 2 MiB bound (`error::Body`).
+    let limit = axum::extract::DefaultBodyLimit::max(state.config.inbound_max_bytes + 64 * 1024);
+    public
+        .merge(person)
+        .merge(admin)
+        .layer(limit)
+        .with_state(state)
 }
 
 #[cfg(test)]

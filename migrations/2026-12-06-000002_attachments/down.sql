@@ -1,0 +1,3 @@
+DROP TABLE attachments;
+DROP TABLE attachment_chunks;
+DROP TABLE attachment_blobs;
