@@ -919,3 +919,102 @@ fetch("{target}", {{method: "POST", mode: "no-cors", credentials: "include",
     ann_view.quit().await;
     server.abort();
 }
+
+/// I9 in the browser: Cora attaches a screenshot and a PDF by picking them in the composer;
+/// Ann's open page shows the thumbnail and the PDF under the new message live, and the
+/// files download with the types their bytes have.
+#[tokio::test(flavor = "multi_thread")]
+async fn i9_files_attached_in_the_messenger_reach_the_other_page_live() {
+    let env = Env::new("30s");
+    let _roles = env.spawn(&["api", "dispatch"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (ann, _, item, conv) = team(&env).await;
+    let cora = env.customer("Cora").await;
+    env.follow_item(item, cora).await;
+    let seed = env
+        .post(
+            conv,
+            ann,
+            "Could you send a screenshot of the error?",
+            false,
+        )
+        .await;
+    env.dispatched(seed).await;
+    let driver = Driver::start(&env.root().join("browser")).await;
+    let url = |token: &str| format!("{}/messenger#token={token}", env.base());
+    let open = async |view: &support::live::Browser<'_>, token: String| {
+        view.goto(&url(&token)).await;
+        view.wait_until("ready", "document.body.dataset.live === 'on'", LIVE)
+            .await;
+        view.click(&format!(".conversation[data-id=\"{conv}\"]"))
+            .await;
+        view.wait_until(
+            "opened",
+            "document.querySelectorAll('#messages .message').length === 1",
+            LIVE,
+        )
+        .await;
+    };
+    let ann_view = driver.browser("ann").await;
+    open(&ann_view, env.session(ann).await).await;
+    let cora_view = driver.browser("cora").await;
+    open(&cora_view, env.session(cora).await).await;
+    // A real screenshot, and a PDF, picked with the file chooser.
+    let screenshot = cora_view.screenshot("the-error").await;
+    let pdf = env.root().join("report.pdf");
+    std::fs::write(
+        &pdf,
+        b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n",
+    )
+    .unwrap();
+    cora_view
+        .type_into("#attach", screenshot.to_str().unwrap())
+        .await;
+    cora_view.type_into("#attach", pdf.to_str().unwrap()).await;
+    cora_view
+        .wait_until(
+            "two files pending",
+            "document.querySelectorAll('#pending li').length === 2",
+            LIVE,
+        )
+        .await;
+    cora_view.type_into("#body", "Here is the error").await;
+    cora_view.click("#send").await;
+    cora_view
+        .wait_until(
+            "sent",
+            "document.querySelectorAll('#messages .message').length === 2 && document.querySelectorAll('#pending li').length === 0",
+            LIVE,
+        )
+        .await;
+    // Ann's page, live: the thumbnail (loaded) and the PDF under Cora's message.
+    ann_view
+        .wait_until(
+            "files shown",
+            "[...document.querySelectorAll('.message')].some(m => { const img = m.querySelector('img.thumb'); return img && img.complete && img.naturalWidth > 100 && [...m.querySelectorAll('.file-name')].some(n => n.textContent === 'report.pdf'); })",
+            LIVE,
+        )
+        .await;
+    let fetched = ann_view
+        .js(
+            "return [...document.querySelectorAll('a.file')].map(a => { const x = new XMLHttpRequest(); x.open('GET', a.href, false); x.send(); return x.status + ' ' + x.getResponseHeader('content-type') + ' ' + x.getResponseHeader('content-disposition').split(';')[0]; });",
+            json!([]),
+        )
+        .await;
+    let mut fetched: Vec<String> = serde_json::from_value(fetched).unwrap();
+    fetched.sort();
+    assert_eq!(
+        fetched,
+        ["200 application/pdf attachment", "200 image/png inline"],
+        "downloads"
+    );
+    let shot = ann_view.screenshot("files-in-a-conversation").await;
+    assert!(std::fs::metadata(shot).unwrap().len() > 0);
+    for view in [&ann_view, &cora_view] {
+        let errors = view.console_errors().await;
+        assert!(errors.is_empty(), "console errors: {errors:?}");
+    }
+    ann_view.quit().await;
+    cora_view.quit().await;
+}

@@ -218,11 +218,14 @@ function size(bytes) {
   return `${bytes} bytes`;
 }
 
-function icon(type) {
-  if (type.startsWith("image/")) return "\u{1F5BC}";
-  if (type === "application/pdf") return "\u{1F4C4}";
-  if (type === "message/rfc822") return "\u2709";
-  return "\u{1F4CE}";
+// A type badge: the kind of file in a word (fonts without emoji show it too).
+function icon(type, name) {
+  if (type === "application/pdf") return "PDF";
+  if (type === "message/rfc822") return "EML";
+  if (type.startsWith("image/")) return "IMG";
+  if (type === "application/zip") return "ZIP";
+  const ext = (name.match(/\.([A-Za-z0-9]{1,4})$/) || [])[1];
+  return ext ? ext.toUpperCase() : "FILE";
 }
 
 // A file under its message: a thumbnail for a raster image, a type icon otherwise; the link
@@ -233,7 +236,7 @@ function fileItem(a) {
   if (RASTER.includes(a.content_type)) {
     link.append(el("img", { src: href, alt: a.name, class: "thumb", loading: "lazy" }));
   } else {
-    link.append(el("span", { class: "file-icon", "aria-hidden": "true", text: icon(a.content_type) }));
+    link.append(el("span", { class: "file-icon", "aria-hidden": "true", text: icon(a.content_type, a.name) }));
   }
   link.append(el("span", { class: "file-name", text: a.name }), el("span", { class: "file-size", text: size(a.size) }));
   return el("li", {}, link);
