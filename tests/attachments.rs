@@ -599,3 +599,127 @@ async fn i9_the_scheduler_removes_files_no_message_shows() {
     let whole = download(&env, TOKEN, &format!("/attachments/{id}"), None).await;
     assert_eq!(whole.bytes().await.unwrap().len(), pdf(300_000).len());
 }
+
+/// I9 outbound: the email to a recipient who did not see the message carries its small file
+/// attached and its big file as a link (past `TIDINGS_EMAIL_ATTACH_MAX`); the link opens that
+/// file for that recipient only, until it expires, and never an internal file for a customer.
+#[tokio::test(flavor = "multi_thread")]
+async fn i9_emails_attach_small_files_and_link_big_ones() {
+    let env = Env::with("1s", &[("TIDINGS_EMAIL_ATTACH_MAX", "100000")], &[]);
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let ann = env.user("Ann").await;
+    let bob = env.user("Bob").await;
+    let cora = env.customer("Cora").await;
+    let (_, item, conv) = env.ticket("Printer").await;
+    env.follow_item(item, bob).await;
+    env.follow_item(item, cora).await;
+    let small = pdf(20_000);
+    let big = vec![9u8; 300_000];
+    let (status, posted) = upload(
+        &env,
+        TOKEN,
+        &format!("/conversations/{conv}/messages"),
+        json!({"author_id": ann, "body": "The manual and the firmware", "internal": false}),
+        &[
+            ("manual.pdf", "application/pdf", small.clone()),
+            ("firmware.zip", "application/zip", big.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 201, "{posted}");
+    env.settled(posted["id"].as_i64().unwrap(), SETTLE).await;
+    let mail = &env.mails_to("bob@example.com")[0];
+    let parsed = mail.parsed();
+    let attached: Vec<(String, Vec<u8>)> = parsed
+        .attachments()
+        .map(|a| {
+            (
+                mail_parser::MimeHeaders::attachment_name(a)
+                    .unwrap_or_default()
+                    .to_string(),
+                a.contents().to_vec(),
+            )
+        })
+        .collect();
+    assert_eq!(attached.len(), 1, "{attached:?}");
+    assert_eq!(attached[0].0, "manual.pdf");
+    assert_eq!(attached[0].1, small);
+    let text = parsed.body_text(0).unwrap().to_string();
+    assert!(text.contains("Attached: manual.pdf"), "{text}");
+    let link = text
+        .lines()
+        .find_map(|l| l.strip_prefix("File: firmware.zip ("))
+        .and_then(|l| l.split(": ").nth(1))
+        .unwrap_or_else(|| panic!("no link in {text}"))
+        .trim()
+        .to_string();
+    assert!(
+        link.starts_with(&format!("{}/files/{bob}/", env.base())),
+        "{link}"
+    );
+    let opened = reqwest::get(&link).await.unwrap();
+    assert_eq!(opened.status().as_u16(), 200);
+    assert_eq!(opened.bytes().await.unwrap().as_ref(), big.as_slice());
+    // Another person's path with Bob's token, a changed token: refused.
+    let token = link.rsplit('/').next().unwrap();
+    let other = reqwest::get(format!("{}/files/{ann}/{token}", env.base()))
+        .await
+        .unwrap();
+    assert_eq!(other.status().as_u16(), 400);
+    let changed = reqwest::get(format!("{link}x")).await.unwrap();
+    assert_eq!(changed.status().as_u16(), 400);
+    // Expired.
+    let page = env.ok("GET", &format!("/conversations/{conv}"), None).await;
+    let big_id = page["messages"][0]["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "firmware.zip")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let expired = tidings_common::attachments::link_url(
+        &env.base(),
+        support::SECRET.as_bytes(),
+        bob,
+        big_id,
+        1_000,
+    );
+    assert_eq!(reqwest::get(&expired).await.unwrap().status().as_u16(), 410);
+    // A link to an internal message's file opens nothing for a customer.
+    let (status, note) = upload(
+        &env,
+        TOKEN,
+        &format!("/conversations/{conv}/messages"),
+        json!({"author_id": ann, "body": "Internal: costs", "internal": true}),
+        &[("costs.pdf", "application/pdf", pdf(100))],
+    )
+    .await;
+    assert_eq!(status, 201);
+    let page = env.ok("GET", &format!("/conversations/{conv}"), None).await;
+    let internal_id = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == note["id"])
+        .unwrap()["attachments"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let forged_for_cora = tidings_common::attachments::link_url(
+        &env.base(),
+        support::SECRET.as_bytes(),
+        cora,
+        internal_id,
+        4_000_000_000,
+    );
+    assert_eq!(
+        reqwest::get(&forged_for_cora)
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+}

@@ -423,6 +423,42 @@ pub fn read_range(
     Ok(out)
 }
 
+/// What a file link is signed for: one file, for one person.
+fn link_purpose(person_id: i64) -> String {
+    format!("file.{person_id}")
+}
+
+/// A link that opens attachment `attachment_id` for `person_id` until `expires_at` (unix
+/// seconds), without signing in: `<public url>/files/<person id>/<token>`.
+pub fn link_url(
+    public_url: &str,
+    secret: &[u8],
+    person_id: i64,
+    attachment_id: i64,
+    expires_at: i64,
+) -> String {
+    let token = crate::mail::sign_link(secret, &link_purpose(person_id), attachment_id, expires_at);
+    format!(
+        "{}/files/{person_id}/{token}",
+        public_url.trim_end_matches('/')
+    )
+}
+
+/// The attachment a file link opens for `person_id`, if its token is theirs and current.
+pub fn verify_link(
+    secret: &[u8],
+    person_id: i64,
+    token: &str,
+    now: i64,
+) -> Result<i64, crate::mail::LinkError> {
+    crate::mail::verify_link(secret, &link_purpose(person_id), token, now)
+}
+
+/// A file's whole bytes.
+pub fn read_whole(conn: &mut PgConnection, sha256: &str, size: i64) -> QueryResult<Vec<u8>> {
+    read_range(conn, sha256, 0, size)
+}
+
 /// Removes what no message shows any more: the attachments of messages deleted more than
 /// `grace` ago, then every blob no attachment refers to that is older than `grace` (a blob
 /// stored for a post that never committed, or whose messages are gone). Returns the blobs

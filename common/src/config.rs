@@ -31,6 +31,8 @@
 //! | `TIDINGS_DB_POOL_SIZE` | `10` | PostgreSQL connections per process |
 //! | `TIDINGS_INBOUND_ADDR` | `127.0.0.1:2526` | address the inbound SMTP listener binds (the MX relay delivers here) |
 //! | `TIDINGS_MAIL_MAX` | `36700160` | largest inbound message accepted, announced as SMTP `SIZE` (552 beyond); older name `TIDINGS_INBOUND_MAX_BYTES` |
+//! | `TIDINGS_EMAIL_ATTACH_MAX` | `10485760` | most bytes of files attached to one notification email; the other files are links (0: links only) |
+//! | `TIDINGS_FILE_LINK_TTL` | `30d` | how long a file link in a notification email opens its file (for its recipient only, no sign-in) |
 //! | `TIDINGS_ATTACHMENT_MAX` | `26214400` | largest file kept from an inbound email or an upload; a larger one is named in a note of its message, not kept |
 //! | `TIDINGS_INBOUND_MAX_SESSIONS` | `100` | concurrent SMTP sessions (421 beyond) |
 //! | `TIDINGS_INBOUND_SESSION_TIMEOUT` | `10m` | longest SMTP session |
@@ -127,6 +129,11 @@ pub struct Config {
     pub inbound_max_bytes: usize,
     /// `TIDINGS_ATTACHMENT_MAX`: the largest file kept (inbound or uploaded).
     pub attachment_max: usize,
+    /// `TIDINGS_EMAIL_ATTACH_MAX`: most bytes of files attached to one notification email;
+    /// the others are linked.
+    pub email_attach_max: usize,
+    /// `TIDINGS_FILE_LINK_TTL`: how long a file link in an email opens its file.
+    pub file_link_ttl: Duration,
     /// Bounds of the SMTP listener: concurrent sessions, the length of one session, the lowest
     /// average rate a client may send at (after a grace period), and the bytes of all messages
     /// being received at once.
@@ -245,6 +252,8 @@ impl Config {
             inbound_addr,
             inbound_max_bytes,
             attachment_max,
+            email_attach_max,
+            file_link_ttl,
             inbound_limits,
             inbound_authserv_id,
             inbound_project,
@@ -297,6 +306,8 @@ impl Config {
             inbound_addr,
             inbound_max_bytes,
             attachment_max,
+            email_attach_max,
+            file_link_ttl,
             inbound_limits,
             http_limits,
             inbound_authserv_id,
@@ -637,6 +648,8 @@ struct Inbound {
     inbound_addr: SocketAddr,
     inbound_max_bytes: usize,
     attachment_max: usize,
+    email_attach_max: usize,
+    file_link_ttl: Duration,
     inbound_limits: InboundLimits,
     inbound_authserv_id: Option<String>,
     inbound_project: String,
@@ -658,6 +671,10 @@ fn inbound(r: &Reader<'_>) -> Result<Inbound, ConfigError> {
     let attachment_max = parse_with(get("TIDINGS_ATTACHMENT_MAX", "26214400"), |v| {
         parse_range(v, 1, 1 << 30)
     })?;
+    let email_attach_max = parse_with(get("TIDINGS_EMAIL_ATTACH_MAX", "10485760"), |v| {
+        parse_range(v, 0, 100 << 20)
+    })?;
+    let file_link_ttl = parse_with(get("TIDINGS_FILE_LINK_TTL", "30d"), parse_positive_duration)?;
     let inbound_limits = InboundLimits {
         max_sessions: parse_with(get("TIDINGS_INBOUND_MAX_SESSIONS", "100"), |v| {
             parse_range(v, 1, 100_000)
@@ -719,6 +736,8 @@ fn inbound(r: &Reader<'_>) -> Result<Inbound, ConfigError> {
         inbound_addr,
         inbound_max_bytes,
         attachment_max,
+        email_attach_max,
+        file_link_ttl,
         inbound_limits,
         inbound_authserv_id,
         inbound_project,

@@ -285,9 +285,22 @@ pub struct OutboundEmail {
     /// domain, so the MX relay brings bounces back to the inbound listener.
     pub envelope_from: Option<String>,
     pub content: RenderedEmail,
+    /// Files attached to the email (the others are links in its text).
+    pub files: Vec<OutFile>,
 }
 
-/// Builds a multipart/alternative message with threading and anti-loop headers.
+/// A file attached to an outbound email.
+#[derive(Debug, Clone)]
+pub struct OutFile {
+    pub name: String,
+    pub content_type: String,
+    /// Set for an image the HTML part shows by `cid:`.
+    pub content_id: Option<String>,
+    pub data: Vec<u8>,
+}
+
+/// Builds a multipart/alternative message (inside multipart/mixed with its files, when it has
+/// any) with threading and anti-loop headers.
 pub fn build_email(email: &OutboundEmail) -> Result<Email> {
     let bad = |what: &str, e: &dyn std::fmt::Display| Error::EmailBuild(format!("{what}: {e}"));
     let from: Mailbox = email.from.parse().map_err(|e| bad("From", &e))?;
@@ -333,21 +346,33 @@ pub fn build_email(email: &OutboundEmail) -> Result<Email> {
             .map_err(|e| bad("envelope", &e))?;
         builder = builder.envelope(envelope);
     }
-    builder
-        .multipart(
-            MultiPart::alternative()
-                .singlepart(
-                    SinglePart::builder()
-                        .header(ContentType::TEXT_PLAIN)
-                        .body(email.content.text.clone()),
-                )
-                .singlepart(
-                    SinglePart::builder()
-                        .header(ContentType::TEXT_HTML)
-                        .body(email.content.html.clone()),
-                ),
+    let alternative = MultiPart::alternative()
+        .singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_PLAIN)
+                .body(email.content.text.clone()),
         )
-        .map_err(|e| bad("message", &e))
+        .singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_HTML)
+                .body(email.content.html.clone()),
+        );
+    if email.files.is_empty() {
+        return builder
+            .multipart(alternative)
+            .map_err(|e| bad("message", &e));
+    }
+    let mut mixed = MultiPart::mixed().multipart(alternative);
+    for file in &email.files {
+        let kind = ContentType::parse(&file.content_type)
+            .unwrap_or_else(|_| ContentType::parse("application/octet-stream").expect("a type"));
+        let part = match &file.content_id {
+            Some(cid) => lettre::message::Attachment::new_inline(cid.clone()),
+            None => lettre::message::Attachment::new(one_line(&file.name)),
+        };
+        mixed = mixed.singlepart(part.body(file.data.clone(), kind));
+    }
+    builder.multipart(mixed).map_err(|e| bad("message", &e))
 }
 
 /// Local part of the bounce mailbox at the reply domain (the envelope sender of our mail).
@@ -553,6 +578,7 @@ mod tests {
                 html: "<p>h</p>".into(),
                 locale: "en".into(),
             },
+            files: Vec::new(),
         };
         let raw = String::from_utf8(build_email(&email).unwrap().formatted()).unwrap();
         for header in [

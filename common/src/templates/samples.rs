@@ -17,6 +17,15 @@ pub fn sample_data(name: &str) -> Value {
                 "id": 101, "body": "Could you check the <b>VAT</b> line?", "internal": false,
                 "edited": false, "posted_at": "2026-11-25 09:30 UTC",
                 "author": {"id": 9, "name": "Grace Hopper"},
+                "files": [
+                    {"id": 5, "name": "invoice.pdf", "size": 48213, "size_text": "47 KiB",
+                     "content_type": "application/pdf", "inline": false, "content_id": null,
+                     "attached": true},
+                    {"id": 6, "name": "screenshot.png", "size": 15728640,
+                     "size_text": "15.0 MiB", "content_type": "image/png", "inline": false,
+                     "content_id": null, "attached": false,
+                     "url": "https://tidings.example.com/files/7/token"},
+                ],
             });
             json!({
                 "conversation": {"id": 12, "subject": "Invoice is wrong"},

@@ -24,7 +24,14 @@ pub struct Pipeline {
     mail_from: String,
     token_secret: tidings_common::secret::Secret<Vec<u8>>,
     reply_domain: String,
+    /// The bytes of files held for emails in flight, in KiB permits: at most
+    /// [`FILE_BUDGET_EMAILS`] emails' worth of `TIDINGS_EMAIL_ATTACH_MAX` at once.
+    files: Arc<tokio::sync::Semaphore>,
+    file_kib: usize,
 }
+
+/// How many emails' worth of attached files the mailer holds at once.
+const FILE_BUDGET_EMAILS: usize = 3;
 
 /// One decided email.
 pub struct Letter<'a> {
@@ -41,6 +48,8 @@ pub struct Letter<'a> {
     pub unsubscribe_url: Option<String>,
     /// The row this email is sent for; its envelope sender (VERP) names it, signed.
     pub email: SentEmail,
+    /// The files attached to it (read by the caller within the mailer's file budget).
+    pub files: Vec<mail::OutFile>,
 }
 
 /// How sending one email ended.
@@ -76,7 +85,25 @@ impl Pipeline {
             mail_from: config.mail_from.clone(),
             token_secret: config.token_secret.clone(),
             reply_domain: config.reply_domain.clone(),
+            files: Arc::new(tokio::sync::Semaphore::new(
+                (FILE_BUDGET_EMAILS * config.email_attach_max)
+                    .div_ceil(1024)
+                    .max(1),
+            )),
+            file_kib: (FILE_BUDGET_EMAILS * config.email_attach_max)
+                .div_ceil(1024)
+                .max(1),
         })
+    }
+
+    /// Waits until `bytes` of files may be held (in KiB permits, at most the whole budget).
+    pub async fn file_budget(&self, bytes: i64) -> tokio::sync::OwnedSemaphorePermit {
+        let kib = ((bytes.max(0) as usize).div_ceil(1024)).clamp(1, self.file_kib);
+        self.files
+            .clone()
+            .acquire_many_owned(kib as u32)
+            .await
+            .expect("the file budget is never closed")
     }
 
     /// The templates it renders with (watched for edits by the role).
@@ -146,6 +173,7 @@ impl Pipeline {
                     .bounce_address(&self.token_secret, &self.reply_domain),
             ),
             content,
+            files: letter.files,
         };
         let built = match mail::build_email(&email) {
             Ok(built) => built,

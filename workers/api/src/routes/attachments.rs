@@ -67,6 +67,61 @@ pub async fn my_download(
     Ok(serve(state, stored, &headers))
 }
 
+/// Streams the file a notification email linked to, for the person it was sent to: the
+/// signed token is the authorisation (no sign-in), it opens that one file for that one
+/// person until it expires, and only while they may still see its message.
+#[utoipa::path(get, path = "/files/{person_id}/{token}", tag = "attachments",
+    params(
+        ("person_id" = i64, Path, description = "the person the email was sent to"),
+        ("token" = String, Path, description = "the signed link token"),
+    ),
+    responses(
+        (status = 200, description = "the file", content_type = "application/octet-stream"),
+        (status = 206, description = "the requested range of the file"),
+        (status = 400, description = "not a file link of this person", body = crate::error::ErrorBody),
+        (status = 403, description = "the person may no longer see its message", body = crate::error::ErrorBody),
+        (status = 404, description = "the file or its message is gone", body = crate::error::ErrorBody),
+        (status = 410, description = "the link has expired", body = crate::error::ErrorBody),
+        (status = 416, description = "a range outside the file", body = crate::error::ErrorBody),
+    ))]
+pub async fn linked(
+    State(state): State<AppState>,
+    Path((person_id, token)): Path<(i64, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let now = tidings_common::clock::now().timestamp();
+    let id = attachments::verify_link(&state.config.token_secret, person_id, &token, now).map_err(
+        |e| ApiError {
+            status: match e {
+                tidings_common::mail::LinkError::Expired => StatusCode::GONE,
+                _ => StatusCode::BAD_REQUEST,
+            },
+            message: format!("token: {e}"),
+            field: Some("token".into()),
+        },
+    )?;
+    let stored = with_db(&state, move |conn| {
+        let stored = found(conn, id)?;
+        let person = crate::lookup::find_person(conn, person_id)?;
+        if !person.active {
+            return Err(ApiError {
+                status: StatusCode::FORBIDDEN,
+                message: "the person this link is for is deactivated".into(),
+                field: None,
+            });
+        }
+        visible_message(conn, Me::of(&person), stored.message_id)?;
+        Ok(stored)
+    })
+    .await?;
+    let mut response = serve(state, stored, &headers);
+    response.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    Ok(response)
+}
+
 fn found(conn: &mut diesel::PgConnection, id: i64) -> ApiResult<Stored> {
     crate::lookup::found(attachments::find(conn, id)?, "attachment", id)
 }

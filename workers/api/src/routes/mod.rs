@@ -115,6 +115,7 @@ fn groups() -> Groups {
         .routes(routes!(crate::messenger::page))
         .routes(routes!(crate::messenger::asset))
         .routes(routes!(unsubscribe::confirm_page, unsubscribe::unsubscribe))
+        .routes(routes!(attachments::linked))
         .routes(routes!(
             invitations::invitation_page,
             invitations::accept_invitation

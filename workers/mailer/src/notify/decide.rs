@@ -67,11 +67,33 @@ impl Notifications<'_> {
             notification.id = primary.notification.id,
             messages = included.len()
         );
-        let posted = self
-            .pipeline
-            .post(self.letter(&unit, &included))
-            .instrument(span)
-            .await;
+        let (mut letter, attach) = self.letter(&unit, &included);
+        // Files are read only when their email can go, within the mailer's file budget, so
+        // memory holds the files of the emails in flight, never more than the budget.
+        let _budget = match self.read_files(&attach).await {
+            Ok((files, permit)) => {
+                letter.files = files;
+                permit
+            }
+            Err(e) => {
+                // The files could not be read now: the email waits for its next attempt
+                // rather than going without them.
+                tracing::warn!(error = %e, "files of an email cannot be read");
+                ends.push(
+                    primary,
+                    None,
+                    Finish::Deferred {
+                        reason: format!("its files cannot be read: {e}"),
+                        reply: None,
+                        retry_in: self.config.retry_tiers.first().copied().unwrap_or_default(),
+                    },
+                );
+                ends.release(&included[1..]);
+                let retry = Some((primary.notification.id, Delivered::RetryLater { tier: 0 }));
+                return (ends.ended, retry);
+            }
+        };
+        let posted = self.pipeline.post(letter).instrument(span).await;
         let subject = posted.subject.as_deref();
         let mut retry = None;
         match posted.sent {
@@ -109,9 +131,59 @@ impl Notifications<'_> {
         (ends.ended, retry)
     }
 
+    /// Reads the files to attach, holding their bytes' worth of the pipeline's file budget
+    /// until the returned permit is dropped.
+    async fn read_files(
+        &self,
+        attach: &[Value],
+    ) -> tidings_common::Result<(
+        Vec<mail::OutFile>,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    )> {
+        if attach.is_empty() {
+            return Ok((Vec::new(), None));
+        }
+        let bytes: i64 = attach.iter().map(|f| f["size"].as_i64().unwrap_or(0)).sum();
+        let permit = self.pipeline.file_budget(bytes).await;
+        let ids: Vec<(i64, Option<String>)> = attach
+            .iter()
+            .map(|f| {
+                (
+                    f["id"].as_i64().unwrap_or_default(),
+                    f["content_id"].as_str().map(str::to_string),
+                )
+            })
+            .collect();
+        let files = self
+            .db
+            .run(move |conn| {
+                let mut files = Vec::new();
+                for (id, content_id) in ids {
+                    let Some(stored) = tidings_common::attachments::find(conn, id)? else {
+                        continue;
+                    };
+                    files.push(mail::OutFile {
+                        data: tidings_common::attachments::read_whole(
+                            conn,
+                            &stored.sha256,
+                            stored.size,
+                        )?,
+                        name: stored.name,
+                        content_type: stored.content_type,
+                        content_id,
+                    });
+                }
+                Ok(files)
+            })
+            .await?;
+        Ok((files, Some(permit)))
+    }
+
     /// The email of a unit: every included message, oldest first, with the recipient's reply
-    /// address and unsubscribe link.
-    fn letter<'a>(&self, unit: &'a SendUnit, included: &[&Checked]) -> Letter<'a> {
+    /// address and unsubscribe link, and the files to attach. A message's files are attached
+    /// while the email stays within `TIDINGS_EMAIL_ATTACH_MAX`; each other file is a link that
+    /// opens it for this recipient only.
+    fn letter<'a>(&self, unit: &'a SendUnit, included: &[&Checked]) -> (Letter<'a>, Vec<Value>) {
         let primary = included[0];
         let recipient = &unit.recipient;
         let conversation_id = primary.message.conversation_id;
@@ -139,11 +211,41 @@ impl Notifications<'_> {
         let mut messages: Vec<&Checked> = included.to_vec();
         messages.sort_by_key(|c| c.message.message_id);
         let mut data = unit.data.clone();
-        data["message"] = primary.data.clone();
-        data["messages"] = Value::Array(messages.iter().map(|c| c.data.clone()).collect());
+        let mut shown: Vec<Value> = messages.iter().map(|c| c.data.clone()).collect();
+        let (mut room, mut attach) = (self.config.email_attach_max as i64, Vec::new());
+        let expires = clock::now().timestamp() + self.config.file_link_ttl.as_secs() as i64;
+        for message in &mut shown {
+            let Some(files) = message["files"].as_array_mut() else {
+                continue;
+            };
+            for file in files {
+                let size = file["size"].as_i64().unwrap_or(i64::MAX);
+                let id = file["id"].as_i64().unwrap_or_default();
+                if size <= room {
+                    room -= size;
+                    file["attached"] = json!(true);
+                    attach.push(file.clone());
+                } else {
+                    file["attached"] = json!(false);
+                    file["url"] = json!(tidings_common::attachments::link_url(
+                        &self.config.public_url,
+                        &self.config.token_secret,
+                        recipient.id,
+                        id,
+                        expires,
+                    ));
+                }
+            }
+        }
+        data["message"] = shown
+            .iter()
+            .find(|m| m["id"] == primary.data["id"])
+            .cloned()
+            .unwrap_or_else(|| primary.data.clone());
+        data["messages"] = Value::Array(shown);
         data["reply_address"] = json!(reply_address);
         data["unsubscribe_url"] = json!(unsubscribe_url);
-        Letter {
+        let letter = Letter {
             recipient,
             template: NOTIFICATION_TEMPLATE,
             data,
@@ -152,6 +254,8 @@ impl Notifications<'_> {
             reply_to: reply_address,
             unsubscribe_url: Some(unsubscribe_url),
             email: SentEmail::Notification(primary.claim.notification.id),
-        }
+            files: Vec::new(),
+        };
+        (letter, attach)
     }
 }

@@ -277,6 +277,18 @@ fn message_data(conn: &mut PgConnection, message_ids: &[i64]) -> QueryResult<Has
         .filter(messages::id.eq_any(message_ids))
         .select((Message::as_select(), people::name))
         .load(conn)?;
+    let mut files: HashMap<i64, Vec<Value>> = HashMap::new();
+    for a in tidings_common::attachments::of_messages(conn, message_ids)? {
+        files.entry(a.message_id).or_default().push(json!({
+            "id": a.id,
+            "name": a.name,
+            "size": a.size,
+            "size_text": tidings_common::attachments::human_size(a.size),
+            "content_type": a.content_type,
+            "inline": a.inline,
+            "content_id": a.content_id,
+        }));
+    }
     Ok(rows
         .into_iter()
         .map(|(m, author)| {
@@ -287,6 +299,7 @@ fn message_data(conn: &mut PgConnection, message_ids: &[i64]) -> QueryResult<Has
                 "edited": m.edited_at.is_some(),
                 "posted_at": m.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
                 "author": { "id": m.author_id, "name": author },
+                "files": files.remove(&m.id).unwrap_or_default(),
             });
             (m.id, data)
         })

@@ -92,6 +92,7 @@ impl Outbox<'_> {
                 reply_to: self.config.mail_from.clone(),
                 unsubscribe_url: None,
                 email: SentEmail::Outbox(c.email.id),
+                files: Vec::new(),
             })
             .await;
         end.subject = posted.subject;
