@@ -38,6 +38,7 @@
 mod system;
 
 mod baseline;
+mod files;
 mod inbound;
 mod kit;
 mod live;
@@ -45,6 +46,7 @@ mod pipeline;
 mod sustained;
 
 use baseline::*;
+use files::*;
 use inbound::*;
 use kit::*;
 use live::*;
@@ -272,6 +274,16 @@ async fn run_phases(
         print_live(&live);
         return Ok(());
     }
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "files") {
+        eprintln!("bench: files");
+        let files = files_phase(&env, config, &processes).await?;
+        drop((api, dispatch, mailer, inbound));
+        let channel = conn.create_channel().await?;
+        env.topology.delete(&channel).await?;
+        println!();
+        print_files(&files);
+        return Ok(());
+    }
     if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "inbound") {
         let replies = inbound_phases(&env, config).await?;
         // The roles stop first, so none of them sees its queues vanish.
@@ -304,11 +316,14 @@ async fn run_phases(
     let replies = inbound_phases(&env, config).await?;
     eprintln!("bench: live event streams");
     let live = live_phase(&env, config, processes.roles[0].1).await?;
+    // Peak RSS of the phases above, before the file phase resets the peaks it measures.
     let rss: Vec<(&str, Option<u64>)> = processes
         .roles
         .iter()
         .map(|(role, pid)| (*role, peak_rss_kib(*pid)))
         .collect();
+    eprintln!("bench: files");
+    let files = files_phase(&env, config, &processes).await?;
     drop((api, dispatch, mailer, inbound));
     let channel = conn.create_channel().await?;
     env.topology.delete(&channel).await?;
@@ -426,6 +441,7 @@ async fn run_phases(
         row(format!("peak RSS {role}"), fmt_rss(*kib), String::new());
     }
     print_inbound(&replies, sink_rate);
+    print_files(&files);
     print_extraction(extraction.as_ref());
     print_live(&live);
     if fan1.sent != fan1.notifications || fan10.sent != fan10.notifications {
