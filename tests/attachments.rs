@@ -224,6 +224,13 @@ async fn i9_replies_keep_their_inline_images_and_files() {
         "the PNG again is shown once: {files:?}"
     );
     assert_eq!(env.sql("SELECT count(*) FROM attachment_blobs"), "3");
+    // The large mail waited in the spool, not on the broker, and left nothing behind there.
+    assert_eq!(env.sql("SELECT count(*) FROM inbound_spool"), "0");
+    // The message's email view names the files it brought.
+    let view = env
+        .ok("GET", &format!("/messages/{}/email", reply["id"]), None)
+        .await;
+    assert_eq!(view["files"].as_array().unwrap().len(), 2, "{view}");
     // The email log names the files an email brought.
     let log = env.ok("GET", "/email-log?limit=100", None).await;
     assert!(
@@ -722,4 +729,108 @@ async fn i9_emails_attach_small_files_and_link_big_ones() {
             .as_u16(),
         404
     );
+}
+
+/// I9, hostile mail: a thousand nested multiparts, broken and truncated base64, a forwarded
+/// mail inside a forwarded mail inside a forwarded mail, two files of one name, and a `cid:`
+/// that names no part. Each mail gets a clear outcome, the rest of it is posted, and the
+/// listener and the consumer keep going.
+#[tokio::test(flavor = "multi_thread")]
+async fn i9_hostile_mail_posts_what_it_can_and_breaks_nothing() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (_, _, _, conv, reply_to) = emailed(&env).await;
+    let head = |id: &str, boundary: &str| {
+        format!(
+            "From: Bob <bob@example.com>\r\nTo: {reply_to}\r\nSubject: Re: Printer\r\n\
+             Message-ID: <{id}@example.com>\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n"
+        )
+    };
+    // 1. A thousand nested multiparts around the text.
+    let mut nested = head("nested", "b0");
+    for depth in 1..1000 {
+        nested.push_str(&format!(
+            "--b{}\r\nContent-Type: multipart/mixed; boundary=\"b{depth}\"\r\n\r\n",
+            depth - 1
+        ));
+    }
+    nested.push_str("--b999\r\nContent-Type: text/plain\r\n\r\nDeep text.\r\n");
+    for depth in (0..1000).rev() {
+        nested.push_str(&format!("--b{depth}--\r\n"));
+    }
+    // 2. Broken base64, truncated base64, two files of one name, a cid that names nothing.
+    let broken = format!(
+        "{}--b\r\nContent-Type: text/html\r\n\r\n<p>See <img src=\"cid:nothing@here\"></p>\r\n\
+         --b\r\nContent-Type: application/pdf; name=\"a.pdf\"\r\nContent-Disposition: attachment; filename=\"a.pdf\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n%%%%not base64 at all!!!!\r\n\
+         --b\r\nContent-Type: application/pdf; name=\"a.pdf\"\r\nContent-Disposition: attachment; filename=\"a.pdf\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjcK\r\n\
+         --b\r\nContent-Type: image/png; name=\"cut.png\"\r\nContent-Disposition: attachment; filename=\"cut.png\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\niVBORw0KGgoAAAANSUhEUgAAAAEAAAAB\r\n",
+        head("broken", "b")
+    );
+    // 3. Forwarded inside forwarded inside forwarded.
+    let mut forwarded =
+        "From: Carl <carl@example.com>\r\nSubject: Innermost\r\n\r\nThe original.\r\n".to_string();
+    for level in 0..3 {
+        forwarded = format!(
+            "From: Fwd{level} <f{level}@example.com>\r\nSubject: Fwd: level {level}\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/mixed; boundary=\"f{level}\"\r\n\r\n\
+             --f{level}\r\nContent-Type: text/plain\r\n\r\nForwarding.\r\n\
+             --f{level}\r\nContent-Type: message/rfc822\r\n\r\n{forwarded}\r\n--f{level}--\r\n"
+        );
+    }
+    let forward = format!(
+        "{}--b\r\nContent-Type: text/plain\r\n\r\nSee the forwarded mail.\r\n\
+         --b\r\nContent-Type: message/rfc822\r\n\r\n{forwarded}\r\n--b--\r\n",
+        head("forward", "b")
+    );
+    for mail in [&nested, &broken, &forward] {
+        let replies = env.smtp("bob@example.com", &[&reply_to], mail).await;
+        assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    }
+    let posted = messages(&env, conv, 4).await;
+    let by_body = |text: &str| {
+        posted
+            .iter()
+            .find(|m| m["body"].as_str().unwrap().contains(text))
+            .unwrap_or_else(|| panic!("no message with {text:?}: {posted:?}"))
+            .clone()
+    };
+    let forwarded = by_body("See the forwarded mail.");
+    let files = forwarded["attachments"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0]["name"], "Fwd: level 2.eml");
+    assert_eq!(files[0]["content_type"], "message/rfc822");
+    let broken = posted
+        .iter()
+        .find(|m| {
+            m["attachments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["name"] == "cut.png")
+        })
+        .unwrap_or_else(|| panic!("the broken mail was not posted with its files: {posted:?}"));
+    let names: Vec<&str> = broken["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.iter().filter(|n| **n == "a.pdf").count() >= 1,
+        "{names:?}"
+    );
+    // The roles are still up: a plain reply after them is posted too.
+    let plain = format!(
+        "From: Bob <bob@example.com>\r\nTo: {reply_to}\r\nSubject: Re: Printer\r\n\
+         Message-ID: <after@example.com>\r\n\r\nStill here.\r\n"
+    );
+    env.smtp("bob@example.com", &[&reply_to], &plain).await;
+    let posted = messages(&env, conv, 5).await;
+    assert!(posted.iter().any(|m| m["body"] == "Still here."));
 }

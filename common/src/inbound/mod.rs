@@ -168,6 +168,12 @@ impl InboundReport {
     }
 }
 
+/// The report of a queued email that cannot be read at all (its spooled text is gone):
+/// rejected, with the reason, so the email log says what happened to it.
+pub fn unreadable(reason: &str) -> InboundReport {
+    rejected(reason)
+}
+
 fn rejected(reason: &str) -> InboundReport {
     InboundReport {
         verdict: InboundVerdict::Rejected,

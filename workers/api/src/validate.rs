@@ -22,24 +22,10 @@ pub const NAME_MAX: usize = 200;
 /// Most characters in a subject or title.
 pub const SUBJECT_MAX: usize = 300;
 
-/// Characters that change how the text around them is shown without being seen: bidi
-/// embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069, the marks U+200E,
-/// U+200F, U+061C) and zero-width ones (U+200B–U+200D, U+2060–U+2064, U+FEFF, U+180E). In a
-/// name they let one person pass for another ("Ann\u{202E}nimda" shows as "Annadmin").
-pub fn invisible(c: char) -> bool {
-    matches!(c,
-        '\u{200B}'..='\u{200F}'
-        | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{2064}'
-        | '\u{2066}'..='\u{2069}'
-        | '\u{FEFF}'
-        | '\u{061C}'
-        | '\u{180E}')
-}
-
 /// A one-line text field such as a name or subject: trimmed, not empty, at most `max`
 /// characters, free of control characters (CR, LF, NUL, tab…) and line separators, which
-/// would otherwise reach email headers, and of [`invisible`] characters.
+/// would otherwise reach email headers, and of invisible and direction-changing characters
+/// ([`tidings_common::attachments::invisible`]), which let one name pass for another.
 pub fn single_line(field: &str, value: &str, max: usize) -> ApiResult<String> {
     let value = required_text(field, value)?;
     if let Some(c) = value
@@ -51,7 +37,10 @@ pub fn single_line(field: &str, value: &str, max: usize) -> ApiResult<String> {
             format!("{field}: must be one line without control characters (found {c:?})"),
         ));
     }
-    if let Some(c) = value.chars().find(|&c| invisible(c)) {
+    if let Some(c) = value
+        .chars()
+        .find(|&c| tidings_common::attachments::invisible(c))
+    {
         return Err(ApiError::bad_field(
             field,
             format!(

@@ -70,6 +70,65 @@ fn envelope(delivery: &Delivery) -> Envelope {
 /// in parts, so the files decoded from them are held for one part at a time.
 const PART_BYTES: usize = 16 << 20;
 
+/// One queued email as the consumer received it: the raw mail, or the spool row holding it.
+struct Queued {
+    envelope: Envelope,
+    raw: Vec<u8>,
+    /// The spool row and the mail's size, for a large mail.
+    spool: Option<(i64, usize)>,
+}
+
+impl Queued {
+    fn size(&self) -> usize {
+        self.spool.map_or(self.raw.len(), |(_, size)| size)
+    }
+}
+
+fn spool_of(delivery: &Delivery) -> Option<(i64, usize)> {
+    let headers = delivery.properties.headers().as_ref()?;
+    let number = |name: &str| match headers.inner().get(name) {
+        Some(AMQPValue::LongLongInt(n)) => Some(*n),
+        _ => None,
+    };
+    Some((
+        number(SPOOL_HEADER)?,
+        number(SIZE_HEADER).unwrap_or(0).max(0) as usize,
+    ))
+}
+
+/// The raw mail of a spooled email, or why it cannot be read.
+fn unspool(conn: &mut diesel::PgConnection, id: i64) -> std::result::Result<Vec<u8>, String> {
+    use diesel::{OptionalExtension, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Raw {
+        #[diesel(sql_type = diesel::sql_types::Bytea)]
+        raw: Vec<u8>,
+    }
+    match diesel::sql_query("SELECT raw FROM inbound_spool WHERE id = $1")
+        .bind::<diesel::sql_types::BigInt, _>(id)
+        .get_result::<Raw>(conn)
+        .optional()
+    {
+        Ok(Some(row)) => Ok(row.raw),
+        Ok(None) => Err(format!("spooled mail {id} is no longer stored")),
+        Err(e) => Err(format!("spooled mail {id} cannot be read: {e}")),
+    }
+}
+
+fn drop_spooled(conn: &mut diesel::PgConnection, ids: &[i64]) {
+    use diesel::RunQueryDsl;
+    if ids.is_empty() {
+        return;
+    }
+    if let Err(e) = diesel::sql_query("DELETE FROM inbound_spool WHERE id = ANY($1)")
+        .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
+        .execute(conn)
+    {
+        // Left for purge_log; the mails themselves are processed.
+        warn!(error = %e, "processed spool rows could not be deleted");
+    }
+}
+
 type PartResults = (
     Vec<Result<set::Disposition>>,
     Vec<(tidings_common::inbound::InboundVerdict, Option<String>)>,
@@ -83,25 +142,43 @@ fn process_in_parts(
     conn: &mut diesel::PgConnection,
     config: &Config,
     context: &inbound::InboundContext,
-    set: Vec<(Envelope, Vec<u8>)>,
+    set: Vec<Queued>,
 ) -> PartResults {
     let (mut results, mut notes, mut live) = (Vec::new(), Vec::new(), Vec::new());
     let mut rest = set.into_iter().peekable();
     while rest.peek().is_some() {
         let mut bytes = 0;
         let mut part = Vec::new();
-        while let Some((_, raw)) = rest.peek() {
-            if !part.is_empty() && bytes + raw.len() > PART_BYTES {
+        let mut spooled = Vec::new();
+        while let Some(next) = rest.peek() {
+            if !part.is_empty() && bytes + next.size() > PART_BYTES {
                 break;
             }
-            bytes += raw.len();
-            let (envelope, raw) = rest.next().expect("peeked");
+            bytes += next.size();
+            let queued = rest.next().expect("peeked");
+            let (raw, report) = match queued.spool {
+                None => {
+                    let report = inbound::inspect(&queued.raw, context);
+                    (queued.raw, report)
+                }
+                Some((id, _)) => {
+                    spooled.push(id);
+                    match unspool(conn, id) {
+                        Ok(raw) => {
+                            let report = inbound::inspect(&raw, context);
+                            (raw, report)
+                        }
+                        Err(why) => (Vec::new(), inbound::unreadable(&why)),
+                    }
+                }
+            };
             part.push(Inbound {
-                report: inbound::inspect(&raw, context),
+                report,
                 raw,
-                envelope,
+                envelope: queued.envelope,
             });
         }
+        let first = results.len();
         match process::process_set(conn, config, &part) {
             Ok(done) => {
                 live.extend(done.live);
@@ -122,6 +199,10 @@ fn process_in_parts(
                 }
             }
         }
+        // The spool rows of the emails now processed; a failed one keeps its row for the retry.
+        if !spooled.is_empty() && results[first..].iter().all(|r| r.is_ok()) {
+            drop_spooled(conn, &spooled);
+        }
         notes.extend(
             part.into_iter()
                 .map(|i| (i.report.verdict, i.report.extraction_note)),
@@ -136,9 +217,13 @@ impl Processor {
     /// one email that cannot be processed never holds up the others.
     async fn handle_set(self: Arc<Self>, publisher: Publisher, set: Vec<Delivery>) -> Vec<Outcome> {
         let count = set.len();
-        let set: Vec<(Envelope, Vec<u8>)> = set
+        let set: Vec<Queued> = set
             .into_iter()
-            .map(|delivery| (envelope(&delivery), delivery.data))
+            .map(|delivery| Queued {
+                envelope: envelope(&delivery),
+                spool: spool_of(&delivery),
+                raw: delivery.data,
+            })
             .collect();
         let (config, context) = (self.config.clone(), self.context.clone());
         let results = self
@@ -229,7 +314,9 @@ pub async fn enqueue_stdin(
     let queued = async {
         let session = Session::open(&config.amqp_url, "inbound enqueue", &topology).await?;
         let rcpts: Vec<String> = recipients.iter().map(|r| r.to_ascii_lowercase()).collect();
-        queue_raw(&session.publisher, &topology, from, &rcpts, &raw).await?;
+        let db = Db::new(&config.database_url, 1);
+        let payload = payload_of(&db, &raw).await;
+        queue_raw(&session.publisher, &topology, from, &rcpts, &payload).await?;
         session.close().await;
         Ok::<_, tidings_common::Error>(())
     };
@@ -246,16 +333,71 @@ pub async fn enqueue_stdin(
     }
 }
 
-/// Queues one raw email with its envelope (in headers) and waits for the broker's confirm;
-/// the SMTP listener and `inbound enqueue` both hand mail over this way.
+/// Mails larger than this wait in the `inbound_spool` table; the broker carries a reference.
+pub const SPOOL_OVER: usize = 256 * 1024;
+/// The header of a delivery whose mail is in the spool: the row's id.
+const SPOOL_HEADER: &str = "x-tidings-spool";
+/// The header with the spooled mail's size.
+const SIZE_HEADER: &str = "x-tidings-size";
+
+/// What goes on the broker: the raw mail, or the spool row of a large one.
+pub(crate) enum Payload<'a> {
+    Raw(&'a [u8]),
+    Spooled { id: i64, size: usize },
+}
+
+/// The payload of `raw`: a large mail is stored in the spool first (once, before any publish
+/// attempt); a small one, or any mail when the database cannot take it, goes as it is.
+pub(crate) async fn payload_of<'a>(db: &Db, raw: &'a [u8]) -> Payload<'a> {
+    if raw.len() <= SPOOL_OVER {
+        return Payload::Raw(raw);
+    }
+    let copy = raw.to_vec();
+    let stored = db
+        .run(move |conn| {
+            use diesel::RunQueryDsl;
+            #[derive(diesel::QueryableByName)]
+            struct Id {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                id: i64,
+            }
+            let row: Id =
+                diesel::sql_query("INSERT INTO inbound_spool (raw) VALUES ($1) RETURNING id")
+                    .bind::<diesel::sql_types::Bytea, _>(&copy)
+                    .get_result(conn)?;
+            Ok(row.id)
+        })
+        .await;
+    match stored {
+        Ok(id) => Payload::Spooled {
+            id,
+            size: raw.len(),
+        },
+        Err(e) => {
+            warn!(error = %e, "the spool cannot take a large mail; it goes through the broker");
+            Payload::Raw(raw)
+        }
+    }
+}
+
+/// Queues one email (or its spool reference) with its envelope (in headers) and waits for the
+/// broker's confirm; the SMTP listener and `inbound enqueue` both hand mail over this way.
 pub(crate) async fn queue_raw(
     publisher: &Publisher,
     topology: &Topology,
     mail_from: &str,
     rcpts: &[String],
-    raw: &[u8],
+    payload: &Payload<'_>,
 ) -> Result<()> {
     let mut headers = lapin::types::FieldTable::default();
+    let body: &[u8] = match payload {
+        Payload::Raw(raw) => raw,
+        Payload::Spooled { id, size } => {
+            headers.insert(SPOOL_HEADER.into(), AMQPValue::LongLongInt(*id));
+            headers.insert(SIZE_HEADER.into(), AMQPValue::LongLongInt(*size as i64));
+            b""
+        }
+    };
     headers.insert(
         RCPT_HEADER.into(),
         AMQPValue::LongString(rcpts.join(",").into()),
@@ -268,7 +410,7 @@ pub(crate) async fn queue_raw(
         .publish(
             &topology.events_exchange(),
             amqp::EMAIL_RECEIVED,
-            raw,
+            body,
             Some(headers),
         )
         .await
@@ -306,6 +448,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.clone(),
         topology.clone(),
         publisher,
+        Db::new(&config.database_url, 4),
     ));
     let server = tokio::spawn(smtp::serve(listener, ingress, shutdown.clone()));
     let processor = Arc::new(Processor {

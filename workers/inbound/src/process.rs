@@ -12,15 +12,6 @@ use tidings_common::{Config, Result};
 use crate::set::{Disposition, Envelope, Inbound};
 use crate::thread;
 
-fn sha256_hex(raw: &[u8]) -> String {
-    use std::fmt::Write;
-    let digest = <sha2::Sha256 as sha2::Digest>::digest(raw);
-    digest.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 /// The key a redelivery repeats: the Message-ID *and* the sender (another sender reusing the
 /// id is a different email), or the text's digest when there is no Message-ID.
 fn dedupe_key(inbound: &Inbound) -> String {
@@ -29,7 +20,7 @@ fn dedupe_key(inbound: &Inbound) -> String {
             "{id} from {}",
             inbound.report.from.as_deref().unwrap_or("<no sender>")
         ),
-        None => format!("sha256:{}", sha256_hex(&inbound.raw)),
+        None => format!("sha256:{}", attachments::sha256_hex(&inbound.raw)),
     }
 }
 

@@ -38,10 +38,17 @@ pub struct Ingress {
     sessions: Arc<Semaphore>,
     /// The bytes of messages being received at once, in [`MEMORY_UNIT`]s.
     memory: Arc<Semaphore>,
+    /// Where large mails wait for the consumer (see `payload_of`).
+    spool: tidings_common::db::Db,
 }
 
 impl Ingress {
-    pub fn new(config: Arc<Config>, topology: Topology, publisher: SharedPublisher) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        topology: Topology,
+        publisher: SharedPublisher,
+        spool: tidings_common::db::Db,
+    ) -> Self {
         let limits = config.inbound_limits;
         let units = (limits.memory / MEMORY_UNIT).min(Semaphore::MAX_PERMITS);
         Ingress {
@@ -50,6 +57,7 @@ impl Ingress {
             config,
             topology,
             publisher,
+            spool,
         }
     }
 }
@@ -369,19 +377,20 @@ const QUEUE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Publishes the raw message with its envelope and waits for the broker's confirm.
 async fn enqueue(ingress: &Ingress, transaction: &Transaction, message: Vec<u8>) -> String {
     let from = transaction.mail_from.as_deref().unwrap_or_default();
+    let payload = crate::payload_of(&ingress.spool, &message).await;
     // Sent again after a broker failover, within the relay's patience; a duplicate is
     // recognised by its Message-ID and sender.
     let published = ingress
         .publisher
         .with_failover(QUEUE_PATIENCE, |publisher| {
-            let message = &message;
+            let payload = &payload;
             async move {
                 crate::queue_raw(
                     &publisher,
                     &ingress.topology,
                     from,
                     &transaction.rcpts,
-                    message,
+                    payload,
                 )
                 .await
             }

@@ -24,14 +24,17 @@ pub struct Pipeline {
     mail_from: String,
     token_secret: tidings_common::secret::Secret<Vec<u8>>,
     reply_domain: String,
-    /// The bytes of files held for emails in flight, in KiB permits: at most
-    /// [`FILE_BUDGET_EMAILS`] emails' worth of `TIDINGS_EMAIL_ATTACH_MAX` at once.
+    /// The memory files of emails in flight may take, in KiB permits ([`FILE_BUDGET`]).
     files: Arc<tokio::sync::Semaphore>,
-    file_kib: usize,
 }
 
-/// How many emails' worth of attached files the mailer holds at once.
-const FILE_BUDGET_EMAILS: usize = 3;
+/// Most memory the files of emails in flight take at once: each file is held about four times
+/// over while its email is built and sent (its bytes, the base64 part, the formatted message,
+/// the SMTP buffer), so this bounds the mailer's memory whatever the files, at the cost of
+/// sending fewer emails with big files at once. An email bigger than the budget takes all of it.
+const FILE_BUDGET: usize = 48 << 20;
+/// How many times over a file is held while its email is built and sent.
+const FILE_COPIES: usize = 4;
 
 /// One decided email.
 pub struct Letter<'a> {
@@ -85,20 +88,16 @@ impl Pipeline {
             mail_from: config.mail_from.clone(),
             token_secret: config.token_secret.clone(),
             reply_domain: config.reply_domain.clone(),
-            files: Arc::new(tokio::sync::Semaphore::new(
-                (FILE_BUDGET_EMAILS * config.email_attach_max)
-                    .div_ceil(1024)
-                    .max(1),
-            )),
-            file_kib: (FILE_BUDGET_EMAILS * config.email_attach_max)
-                .div_ceil(1024)
-                .max(1),
+            files: Arc::new(tokio::sync::Semaphore::new(FILE_BUDGET / 1024)),
         })
     }
 
-    /// Waits until `bytes` of files may be held (in KiB permits, at most the whole budget).
+    /// Waits until the files of an email, `bytes` in all, may be held (at most the whole
+    /// budget).
     pub async fn file_budget(&self, bytes: i64) -> tokio::sync::OwnedSemaphorePermit {
-        let kib = ((bytes.max(0) as usize).div_ceil(1024)).clamp(1, self.file_kib);
+        let kib = (bytes.max(0) as usize * FILE_COPIES)
+            .div_ceil(1024)
+            .clamp(1, FILE_BUDGET / 1024);
         self.files
             .clone()
             .acquire_many_owned(kib as u32)

@@ -2,7 +2,7 @@
 //!
 //! | job | default schedule | does |
 //! |---|---|---|
-//! | `purge_log` | every 5 minutes | deletes email log rows (and handled domain events, job records, old automation runs) older than `TIDINGS_LOG_RETENTION` (72 h), live events older than `TIDINGS_EVENT_RETENTION` (7 d), and files no message shows any more after `TIDINGS_ATTACHMENT_GRACE` (24 h) |
+//! | `purge_log` | every 5 minutes | deletes email log rows (and handled domain events, job records, old automation runs) older than `TIDINGS_LOG_RETENTION` (72 h), live events older than `TIDINGS_EVENT_RETENTION` (7 d), spooled mails left behind after 7 d, and files no message shows any more after `TIDINGS_ATTACHMENT_GRACE` (24 h) |
 //! | `expire_threading` | daily 03:30 | deletes threading data older than `TIDINGS_THREADING_RETENTION` (365 d): stored Message-IDs of received mail and finished outbox rows; reply addresses that old are refused by the inbound role |
 //! | `sweep` | every 30 s | republishes stuck notifications and outbox emails, undispatched messages and unhandled domain events |
 //!
@@ -24,6 +24,10 @@ use tidings_common::sweep::{self, Sweep, SweepAges};
 use tidings_common::{Config, Error, Result, clock};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+/// How long a spooled inbound mail whose delivery never completed is kept (a dead-lettered
+/// delivery can be moved back and processed within it).
+const SPOOL_KEPT: Duration = Duration::from_secs(7 * 86_400);
 
 /// Every job the scheduler knows, by name.
 pub const JOBS: [&str; 3] = ["purge_log", "expire_threading", "sweep"];
@@ -97,6 +101,7 @@ impl Scheduler {
                     ("job records", "DELETE FROM scheduler_runs WHERE started_at < now() - $1", retention),
                     ("automation runs", "DELETE FROM automation_runs WHERE created_at < now() - $1", runs),
                     ("live events", "DELETE FROM live_events WHERE created_at < now() - $1", live),
+                    ("spooled mails left behind", "DELETE FROM inbound_spool WHERE created_at < now() - $1", interval(SPOOL_KEPT)),
                 ] {
                     let n = diesel::sql_query(sql).bind::<Interval, _>(keep).execute(conn)?;
                     counts.push(format!("{n} {what}"));

@@ -200,6 +200,15 @@ pub struct MessageEmail {
     pub removed_text: Option<String>,
 }
 
+/// The email a message was posted from, and the files it brought that were kept (those not
+/// kept are named in the message's text and the email log).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MessageEmailView {
+    #[serde(flatten)]
+    pub email: MessageEmail,
+    pub files: Vec<tidings_common::attachments::Attachment>,
+}
+
 /// The email a message came from, with the text removed from it. 404 for a message that was
 /// not posted by email.
 #[utoipa::path(
@@ -208,7 +217,7 @@ pub struct MessageEmail {
     tag = "messages",
     params(("id" = i64, Path, description = "the id")),
     responses(
-        (status = 200, description = "the email and what was removed from it", body = MessageEmail),
+        (status = 200, description = "the email, what was removed from it, and its files", body = MessageEmailView),
         (status = 404, description = "an unknown message, or one not posted by email", body = crate::error::ErrorBody),
     ),
     security(("bearer" = [])),
@@ -216,7 +225,7 @@ pub struct MessageEmail {
 pub async fn email(
     State(state): State<AppState>,
     Path(message_id): Path<i64>,
-) -> ApiResult<Json<MessageEmail>> {
+) -> ApiResult<Json<MessageEmailView>> {
     with_db(&state, move |conn| {
         let message = messages::table
             .find(message_id)
@@ -237,7 +246,9 @@ pub async fn email(
             ))
             .first::<MessageEmail>(conn)
             .optional()?;
-        Ok(Json(found(email, "email of message", message_id)?))
+        let email = found(email, "email of message", message_id)?;
+        let files = tidings_common::attachments::of_messages(conn, &[message_id])?;
+        Ok(Json(MessageEmailView { email, files }))
     })
     .await
 }
