@@ -28,13 +28,13 @@ pub struct Pipeline {
     files: Arc<tokio::sync::Semaphore>,
 }
 
-/// Most memory the files of emails in flight take at once: each file is held about four times
+/// Most memory the files of emails in flight take at once: each file is held about five times
 /// over while its email is built and sent (its bytes, the base64 part, the formatted message,
 /// the SMTP buffer), so this bounds the mailer's memory whatever the files, at the cost of
 /// sending fewer emails with big files at once. An email bigger than the budget takes all of it.
-const FILE_BUDGET: usize = 48 << 20;
+const FILE_BUDGET: usize = 32 << 20;
 /// How many times over a file is held while its email is built and sent.
-const FILE_COPIES: usize = 4;
+const FILE_COPIES: usize = 5;
 
 /// One decided email.
 pub struct Letter<'a> {
