@@ -85,6 +85,8 @@ enum Refusal {
     Unauthorized(String),
     /// 403: a good credential that may not do this.
     Forbidden(String),
+    /// The check itself failed (the database is unreachable): answered as that error (503).
+    Failed(ApiError),
 }
 
 impl IntoResponse for Refusal {
@@ -99,6 +101,7 @@ impl IntoResponse for Refusal {
             Refusal::Forbidden(why) => {
                 (StatusCode::FORBIDDEN, Json(json!({"error": why}))).into_response()
             }
+            Refusal::Failed(e) => e.into_response(),
         }
     }
 }
@@ -259,7 +262,7 @@ async fn person_of(state: &AppState, token: &str) -> Result<(Person, i32), Refus
     let (person, generation) = match found {
         Ok(found) => found,
         Err(e) if e.status == StatusCode::NOT_FOUND => return Err(missing()),
-        Err(e) => return Err(Refusal::Forbidden(e.message)),
+        Err(e) => return Err(Refusal::Failed(e)),
     };
     match verify_link(
         &state.config.token_secret,
