@@ -922,7 +922,8 @@ fetch("{target}", {{method: "POST", mode: "no-cors", credentials: "include",
 
 /// I9 in the browser: Cora attaches a screenshot and a PDF by picking them in the composer;
 /// Ann's open page shows the thumbnail and the PDF under the new message live, and the
-/// files download with the types their bytes have.
+/// files download with the types their bytes have. Ann then sends two files by dropping one
+/// on the composer and pasting the other, and they reach Cora's page.
 #[tokio::test(flavor = "multi_thread")]
 async fn i9_files_attached_in_the_messenger_reach_the_other_page_live() {
     let env = Env::new("30s");
@@ -1009,6 +1010,28 @@ async fn i9_files_attached_in_the_messenger_reach_the_other_page_live() {
         ["200 application/pdf attachment", "200 image/png inline"],
         "downloads"
     );
+    // Dropping a file on the composer and pasting one into the text box add them too.
+    ann_view
+        .js(
+            "const drop = new DataTransfer(); drop.items.add(new File(['dropped text'], 'dropped.txt', {type: 'text/plain'})); document.getElementById('composer').dispatchEvent(new DragEvent('drop', {dataTransfer: drop, bubbles: true, cancelable: true})); const paste = new DataTransfer(); paste.items.add(new File(['pasted text'], 'pasted.txt', {type: 'text/plain'})); document.getElementById('body').dispatchEvent(new ClipboardEvent('paste', {clipboardData: paste, bubbles: true, cancelable: true})); return true;",
+            json!([]),
+        )
+        .await;
+    ann_view
+        .wait_until(
+            "dropped and pasted files pending",
+            "[...document.querySelectorAll('#pending li')].map(l => l.textContent).join() .includes('dropped.txt') && document.querySelectorAll('#pending li').length === 2",
+            LIVE,
+        )
+        .await;
+    ann_view.click("#send").await;
+    cora_view
+        .wait_until(
+            "the dropped and pasted files reach Cora",
+            "['dropped.txt', 'pasted.txt'].every(n => [...document.querySelectorAll('.file-name')].some(e => e.textContent === n))",
+            LIVE,
+        )
+        .await;
     let shot = ann_view.screenshot("files-in-a-conversation").await;
     assert!(std::fs::metadata(shot).unwrap().len() > 0);
     for view in [&ann_view, &cora_view] {

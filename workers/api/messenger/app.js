@@ -375,7 +375,12 @@ function upload(path, message, files) {
 async function send(event) {
   event.preventDefault();
   const text = $("body").value;
-  if ((!text.trim() && state.pending.length === 0) || state.open == null) return;
+  if (state.open == null) return;
+  if (!text.trim() && state.pending.length === 0) {
+    say("Write a message or attach a file first.");
+    $("body").focus();
+    return;
+  }
   const internal = state.me.kind !== "customer" &&
     document.querySelector("input[name=visibility]:checked").value === "internal";
   const path = `/me/conversations/${state.open}/messages`;
