@@ -614,11 +614,11 @@ async fn third_soft_bounce_suppresses_the_address() {
     let bounces = format!("bounces@{REPLY_DOMAIN}");
     for i in 1..=3 {
         let dsn = format!(
-            "From: MAILER-DAEMON@mx.example.com\nTo: {bounces}\nSubject: Delivery delayed\n\
+            "From: MAILER-DAEMON@mx.example.com\nTo: {bounces}\nSubject: Mailbox full\n\
              Message-ID: <soft-{i}@mx.example.com>\n\
              Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\n\n\
              --b\nContent-Type: message/delivery-status\n\n\
-             Final-Recipient: rfc822; bob@example.com\nAction: delayed\nStatus: 4.2.2\n\n\
+             Final-Recipient: rfc822; bob@example.com\nAction: failed\nStatus: 4.2.2\n\n\
              --b\nContent-Type: text/rfc822-headers\n\nMessage-ID: {message_id}\n\n--b--\n"
         );
         let replies = env.smtp("", &[&bounces], &dsn).await;
@@ -789,4 +789,83 @@ async fn one_email_that_cannot_be_stored_never_holds_up_its_set() {
             .contains("processing the set failed; processing each email on its own"),
         "the three emails were one set"
     );
+}
+
+/// I10: the envelope counts. A delivery report sent with a null reverse-path to an email's
+/// signed bounce address is one, even with `From: MAILER-DAEMON <>` and a plain-text body
+/// (no RFC 3464 part): the email is marked bounced and the address suppressed. A report that
+/// says `delivered` (or `delayed`) changes nothing and is logged as what it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn i10_the_envelope_makes_a_delivery_report_and_delivered_suppresses_nobody() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (ann, _bob, conv, _, _) = emailed_conversation(&env).await;
+    let return_path = env.mails_to("bob@example.com")[0].return_path();
+    // "delivered" and "delayed" reports first: nothing may change.
+    for (n, (action, status)) in [("delivered", "2.0.0"), ("delayed", "4.4.7")]
+        .iter()
+        .enumerate()
+    {
+        let report = format!(
+            "From: Mail Delivery System <MAILER-DAEMON@mx.example.com>\nTo: {return_path}\n\
+             Subject: Delivery Status Notification\nMessage-ID: <ok-{n}@mx.example.com>\n\
+             Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\n\n\
+             --b\nContent-Type: text/plain\n\nReport.\n\n\
+             --b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.com\n\n\
+             Final-Recipient: rfc822; bob@example.com\nAction: {action}\nStatus: {status}\n\n--b--\n"
+        );
+        let replies = env.smtp("", &[&return_path], &report).await;
+        assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    }
+    support::wait_for(env.root(), "both reports to be logged", async || {
+        inbound_log(&env)
+            .await
+            .iter()
+            .filter(|r| {
+                r["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("a delivery report saying"))
+            })
+            .count()
+            == 2
+    })
+    .await;
+    assert!(
+        env.ok("GET", "/suppressions", None)
+            .await
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // A plain-text failure notice with an empty sender name and address in From.
+    let notice = format!(
+        "From: MAILER-DAEMON <>\nTo: {return_path}\nSubject: failure notice\n\
+         Message-ID: <fail-1@mx.example.com>\n\n\
+         Hi. This is the qmail-send program at mx.example.com.\n\
+         I'm afraid I wasn't able to deliver your message to the following addresses.\n\
+         This is a permanent error; I've given up. Sorry it didn't work out.\n\n\
+         <bob@example.com>:\nSorry, no mailbox here by that name. (#5.1.1)\n"
+    );
+    let replies = env.smtp("", &[&return_path], &notice).await;
+    assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    support::wait_for(env.root(), "the failure to suppress Bob", async || {
+        env.ok("GET", "/suppressions", None)
+            .await
+            .as_array()
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|s| s["address"] == "bob@example.com" && s["suppressed"] == true)
+            })
+    })
+    .await;
+    // Nothing of it was posted as a message.
+    let messages = conversation(&env, conv).await["messages"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let _ = ann;
 }

@@ -14,6 +14,28 @@ pub struct BounceReport {
     pub permanent: bool,
     /// The Message-ID of our email that bounced, when the report carries it.
     pub original_message_id: Option<String>,
+    /// Every `Action:` of the report, lower case (`failed`, `delayed`, `delivered`, `relayed`,
+    /// `expanded`; RFC 3464).
+    pub actions: Vec<String>,
+}
+
+impl BounceReport {
+    /// What the report says when it reports no failure: `delivered`, `relayed`, `expanded` or
+    /// `delayed` for every recipient (or a 2.x.x status and no action). Such a report changes
+    /// no delivery state and suppresses nobody.
+    pub fn not_a_failure(&self) -> Option<&str> {
+        const FINE: [&str; 4] = ["delivered", "relayed", "expanded", "delayed"];
+        if self.actions.iter().any(|a| a == "failed") {
+            return None;
+        }
+        if let Some(first) = self.actions.first()
+            && self.actions.iter().all(|a| FINE.contains(&a.as_str()))
+        {
+            return Some(first.as_str());
+        }
+        (self.actions.is_empty() && self.status.as_deref().is_some_and(|s| s.starts_with('2')))
+            .then_some("delivered")
+    }
 }
 
 /// Reads the delivery status fields out of a bounce, from the whole raw text (the DSN and the
@@ -56,6 +78,11 @@ pub(crate) fn report(
             if report.status.is_none() && code.len() >= 5 && code.as_bytes()[1] == b'.' {
                 report.status = Some(code);
             }
+        } else if let Some(rest) = lower.strip_prefix("action:") {
+            let action = rest.split_whitespace().next().unwrap_or_default();
+            if !action.is_empty() && report.actions.len() < 100 {
+                report.actions.push(action.to_string());
+            }
         } else if lower.starts_with("message-id:") && lower.ends_with(&suffix) {
             report.original_message_id =
                 Some(line.trim()["message-id:".len()..].trim().to_string());
@@ -63,4 +90,35 @@ pub(crate) fn report(
     }
     report.permanent = !report.status.as_deref().is_some_and(|s| s.starts_with('4'));
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dsn(action: &str, status: &str) -> BounceReport {
+        let raw = format!(
+            "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com\r\n\r\n\
+             Final-Recipient: rfc822; bob@example.com\r\nAction: {action}\r\nStatus: {status}\r\n"
+        );
+        report(raw.as_bytes(), None, "reply.example.com")
+    }
+
+    #[test]
+    fn reports_of_no_failure_are_told_apart() {
+        assert_eq!(dsn("failed", "5.1.1").not_a_failure(), None);
+        assert_eq!(dsn("delivered", "2.0.0").not_a_failure(), Some("delivered"));
+        assert_eq!(dsn("relayed", "2.0.0").not_a_failure(), Some("relayed"));
+        assert_eq!(dsn("expanded", "2.0.0").not_a_failure(), Some("expanded"));
+        assert_eq!(dsn("delayed", "4.4.7").not_a_failure(), Some("delayed"));
+        let mut mixed = dsn("delivered", "2.0.0");
+        mixed.actions.push("failed".into());
+        assert_eq!(mixed.not_a_failure(), None);
+        // No action at all: a 2.x.x status is a success, anything else a failure.
+        let mut bare = dsn("delivered", "2.0.0");
+        bare.actions.clear();
+        assert_eq!(bare.not_a_failure(), Some("delivered"));
+        bare.status = Some("5.0.0".into());
+        assert_eq!(bare.not_a_failure(), None);
+    }
 }

@@ -168,6 +168,25 @@ impl InboundReport {
     }
 }
 
+/// Takes `report` as a delivery report: what the envelope says (a null reverse-path to our
+/// bounce mailbox) outweighs the headers and body, which a delivery report may write any way
+/// (no `From`, `MAILER-DAEMON <>`, plain text).
+pub fn as_delivery_report(report: &mut InboundReport, raw: &[u8], reply_domain: &str) {
+    if report.verdict == InboundVerdict::Bounce {
+        return;
+    }
+    report.verdict = InboundVerdict::Bounce;
+    report.reason = Some("a delivery report: null reverse-path to the bounce address".into());
+    let failed = MessageParser::default()
+        .parse(raw)
+        .and_then(|m| header_text(&m, "X-Failed-Recipients"));
+    report.bounce = Some(bounce::report(raw, failed, reply_domain));
+    report.reply_text = None;
+    report.quoted_text = None;
+    report.files.clear();
+    report.not_kept.clear();
+}
+
 /// The report of a queued email that cannot be read at all (its spooled text is gone):
 /// rejected, with the reason, so the email log says what happened to it.
 pub fn unreadable(reason: &str) -> InboundReport {

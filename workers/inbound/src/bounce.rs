@@ -16,7 +16,8 @@ use crate::set::{Disposition, Envelope};
 /// that email is marked `bounced` (log and delivery status) and the address *it was sent to*
 /// counts a bounce (suppressed after a hard one or the third soft one). The addresses a report
 /// names are never trusted on their own: anything else that looks like a bounce is logged and
-/// suppresses nobody.
+/// suppresses nobody. A report that says `delivered`, `relayed`, `expanded` or `delayed` is
+/// logged as what it is and changes nothing.
 pub(crate) fn record_bounce(
     conn: &mut PgConnection,
     config: &Config,
@@ -25,6 +26,11 @@ pub(crate) fn record_bounce(
     bounced: &mut Vec<i64>,
 ) -> Result<Disposition> {
     let bounce = report.bounce.clone().unwrap_or_default();
+    if let Some(what) = bounce.not_a_failure() {
+        return Ok(Disposition::Ignored(format!(
+            "a delivery report saying {what}; no delivery state changed, nobody suppressed"
+        )));
+    }
     let status = bounce.status.clone().unwrap_or_else(|| "5.0.0".into());
     let mut originals = Vec::new();
     for rcpt in &envelope.rcpts {

@@ -96,6 +96,25 @@ fn spool_of(delivery: &Delivery) -> Option<(i64, usize)> {
     ))
 }
 
+/// Whether the envelope makes an email a delivery report: a null reverse-path (`MAIL FROM:<>`)
+/// to our bounce mailbox or a signed bounce address, whatever its headers say.
+fn is_delivery_report(envelope: &Envelope, reply_domain: &str) -> bool {
+    envelope
+        .mail_from
+        .trim()
+        .trim_matches(['<', '>'])
+        .is_empty()
+        && envelope.rcpts.iter().any(|rcpt| {
+            rcpt.rsplit_once('@').is_some_and(|(local, domain)| {
+                domain.eq_ignore_ascii_case(reply_domain)
+                    && (local.eq_ignore_ascii_case(tidings_common::mail::BOUNCE_MAILBOX)
+                        || local
+                            .to_ascii_lowercase()
+                            .starts_with(&format!("{}+", tidings_common::mail::BOUNCE_MAILBOX)))
+            })
+        })
+}
+
 /// The raw mail of a spooled email, or why it cannot be read.
 fn unspool(conn: &mut diesel::PgConnection, id: i64) -> std::result::Result<Vec<u8>, String> {
     use diesel::{OptionalExtension, RunQueryDsl};
@@ -172,6 +191,10 @@ fn process_in_parts(
                     }
                 }
             };
+            let mut report = report;
+            if is_delivery_report(&queued.envelope, &config.reply_domain) {
+                inbound::as_delivery_report(&mut report, &raw, &config.reply_domain);
+            }
             part.push(Inbound {
                 report,
                 raw,
