@@ -869,3 +869,123 @@ async fn i10_the_envelope_makes_a_delivery_report_and_delivered_suppresses_nobod
     assert_eq!(messages.len(), 1, "{messages:?}");
     let _ = ann;
 }
+
+/// T5: a complaint report that proves it concerns one of our emails (here the Message-ID of
+/// the email it quotes) stops that kind of email to the person who complained, as their
+/// unsubscribe link would, and is logged with its reason; one that proves nothing changes
+/// nothing. Neither opens a conversation. I10: a person's mail that a rule forwarded is posted.
+#[tokio::test]
+async fn t5_a_proven_complaint_stops_that_kind_of_email_and_opens_nothing() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (_ann, bob, _conv, _, message_id) = emailed_conversation(&env).await;
+    let conversations = || env.sql("SELECT count(*) FROM conversations");
+    let before = conversations();
+    // Feedback loops are registered to the bounce mailbox.
+    let fbl = format!("bounces@{REPLY_DOMAIN}");
+    let arf = |id: &str, n: u32| {
+        format!(
+            "From: Feedback Loop <fbl@isp.example.net>\nTo: {fbl}\nSubject: Complaint about message\n\
+             Message-ID: <arf-{n}@isp.example.net>\nMIME-Version: 1.0\n\
+             Content-Type: multipart/report; report-type=feedback-report; boundary=\"arf\"\n\n\
+             --arf\nContent-Type: text/plain\n\nThis is an email abuse report.\n\n\
+             --arf\nContent-Type: message/feedback-report\n\nFeedback-Type: abuse\nVersion: 1\n\
+             Original-Rcpt-To: <bob@example.com>\n\n\
+             --arf\nContent-Type: text/rfc822-headers\n\nMessage-ID: {id}\nTo: bob@example.com\n\
+             Subject: New message\n\n--arf--\n"
+        )
+    };
+    // Unproven: a Message-ID that is not ours.
+    let replies = env
+        .smtp(
+            "fbl@isp.example.net",
+            &[&fbl],
+            &arf("<someone@else.example>", 1),
+        )
+        .await;
+    assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    support::wait_for(
+        env.root(),
+        "the unproven complaint to be logged",
+        async || {
+            inbound_log(&env).await.iter().any(|r| {
+                r["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("proves nothing about our mail"))
+            })
+        },
+    )
+    .await;
+    let preferences = env
+        .ok("GET", &format!("/people/{bob}/preferences"), None)
+        .await;
+    assert_eq!(preferences["email_replies"], true, "{preferences}");
+
+    // Proven: it quotes the Message-ID of the email Bob was sent.
+    let replies = env
+        .smtp("fbl@isp.example.net", &[&fbl], &arf(&message_id, 2))
+        .await;
+    assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    support::wait_for(
+        env.root(),
+        "the complaint to stop Bob's emails",
+        async || {
+            env.ok("GET", &format!("/people/{bob}/preferences"), None)
+                .await["email_replies"]
+                == false
+        },
+    )
+    .await;
+    let log = inbound_log(&env).await;
+    let logged = log
+        .iter()
+        .find(|r| {
+            r["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("complaint (abuse), proven by the Message-ID"))
+        })
+        .expect("the complaint is logged with its reason");
+    assert_eq!(logged["status"], "ignored", "{logged}");
+    assert!(
+        logged["reason"]
+            .as_str()
+            .unwrap()
+            .contains("emails about replies to customers"),
+        "{logged}"
+    );
+    let source = env.sql(&format!(
+        "SELECT source FROM preference_changes WHERE person_id = {bob} ORDER BY id DESC LIMIT 1"
+    ));
+    assert_eq!(source, "complaint");
+    assert_eq!(
+        conversations(),
+        before,
+        "a complaint never opens a conversation"
+    );
+
+    // I10: a person's mail a rule forwarded is that person's: posted as a new conversation.
+    let support_address = format!("support@{REPLY_DOMAIN}");
+    let forwarded = format!(
+        "From: Dana Customer <dana@customer.example>\nTo: {support_address}\n\
+         Subject: Printer smoking\nAuto-Submitted: auto-forwarded\nX-Loop: dana@customer.example\n\
+         Message-ID: <fwd-1@customer.example>\n\nIt is smoking again."
+    );
+    let replies = env
+        .smtp("dana@customer.example", &[&support_address], &forwarded)
+        .await;
+    assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    support::wait_for(env.root(), "the forwarded mail to be posted", async || {
+        inbound_log(&env)
+            .await
+            .iter()
+            .any(|r| r["status"] == "created")
+    })
+    .await;
+    let body = env.sql(
+        "SELECT m.body FROM messages m JOIN conversations c ON c.id = m.conversation_id \
+         WHERE c.subject = 'Printer smoking'",
+    );
+    assert_eq!(body, "It is smoking again.");
+}

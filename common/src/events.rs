@@ -59,8 +59,14 @@ pub enum DomainEvent {
         #[serde(flatten)]
         joined: Joined,
     },
-    /// An item was created (automation trigger).
-    ItemCreated { item_id: i64 },
+    /// An item was created (automation trigger). `auto_forwarded`: the ticket comes from a
+    /// person's mail that a rule forwarded (`Auto-Submitted: auto-forwarded`); such mail is
+    /// never answered automatically (RFC 3834), so no automation runs on it.
+    ItemCreated {
+        item_id: i64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        auto_forwarded: bool,
+    },
     /// An item's assignee changed (E1, automation trigger).
     ItemAssigned {
         item_id: i64,

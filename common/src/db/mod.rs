@@ -4,6 +4,7 @@ pub mod email_log;
 pub mod models;
 pub mod schema;
 pub mod states;
+pub mod unsubscribe;
 
 use std::time::Duration;
 

@@ -1,7 +1,10 @@
-//! What a delivery status notification (a bounce) says: which addresses failed, with what
-//! status, and which of our emails it is about.
+//! What a delivery report (a bounce) or a complaint report says: which addresses failed or
+//! complained, with what status, and which of our emails it is about. RFC 3464 delivery status
+//! and RFC 5965 feedback fields are read here; notices in other forms in [`super::notice`].
 
 use serde::Serialize;
+
+use super::notice;
 
 /// What a delivery status notification says.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -17,6 +20,16 @@ pub struct BounceReport {
     /// Every `Action:` of the report, lower case (`failed`, `delayed`, `delivered`, `relayed`,
     /// `expanded`; RFC 3464).
     pub actions: Vec<String>,
+    /// For a complaint: its feedback type (`abuse`, `fraud`…; RFC 5965).
+    pub feedback_type: Option<String>,
+    /// Our signed bounce addresses (local parts) the report quotes, from the returned copy's
+    /// `Return-Path` or elsewhere: each names one email we sent.
+    pub signed: Vec<String>,
+    /// The signed unsubscribe tokens of our emails the report quotes (`List-Unsubscribe`).
+    pub unsubscribe: Vec<String>,
+    /// A notice without a status code whose text says the failure is temporary.
+    #[serde(skip)]
+    pub soft_by_text: bool,
 }
 
 impl BounceReport {
@@ -38,36 +51,64 @@ impl BounceReport {
     }
 }
 
-/// Reads the delivery status fields out of a bounce, from the whole raw text (the DSN and the
-/// returned headers are parts of it).
+/// What a notice that is not a human's says, read from its raw text (the report and the
+/// returned headers are parts of it) and, where it has no RFC 3464 fields, from its JSON or
+/// its words. `message` is the parsed mail; `text` its own text, lower case.
 pub(crate) fn report(
+    message: Option<&mail_parser::Message<'_>>,
     raw: &[u8],
-    failed_header: Option<String>,
+    text: &str,
     reply_domain: &str,
 ) -> BounceReport {
-    let text = String::from_utf8_lossy(raw);
     let mut report = BounceReport::default();
-    if let Some(failed) = failed_header {
+    if let Some(failed) = message.and_then(|m| super::header_text(m, "X-Failed-Recipients")) {
         report.recipients.extend(
             failed
                 .split(',')
-                .map(|a| a.trim().to_ascii_lowercase())
+                .map(|a| a.trim().trim_matches(['<', '>']).to_ascii_lowercase())
                 .filter(|a| a.contains('@')),
         );
     }
-    let suffix = format!("@{}>", reply_domain.to_ascii_lowercase());
+    fields(&String::from_utf8_lossy(raw), reply_domain, &mut report);
+    let read_json = report.recipients.is_empty() || report.actions.is_empty();
+    if !(read_json && notice::read_json(text, reply_domain, &mut report)) {
+        let from = message.and_then(|m| super::addresses(m.from()).into_iter().next());
+        let subject = message
+            .and_then(|m| m.subject())
+            .map(str::to_lowercase)
+            .unwrap_or_default();
+        let exclude: Vec<&str> = from.iter().map(String::as_str).collect();
+        notice::read_text(text, &subject, &exclude, reply_domain, &mut report);
+    }
+    report.permanent = match report.status.as_deref() {
+        Some(status) => !status.starts_with('4'),
+        None => !report.soft_by_text,
+    };
+    report
+}
+
+/// Lines of a report's fields, and our own addresses and links it quotes.
+fn fields(text: &str, reply_domain: &str, report: &mut BounceReport) {
+    let domain = reply_domain.to_ascii_lowercase();
+    let suffix = format!("@{domain}>");
+    let mut original_rcpt = Vec::new();
     for line in text.lines() {
         let lower = line.trim().to_ascii_lowercase();
+        if lower.contains(crate::mail::BOUNCE_MAILBOX) || lower.contains("/unsubscribe/") {
+            ours(&lower, &domain, report);
+        }
         if let Some(rest) = lower.strip_prefix("final-recipient:") {
-            let address = rest
-                .rsplit(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .trim_matches(['<', '>'])
-                .to_string();
+            let address = after_type(rest);
             if address.contains('@') && !report.recipients.contains(&address) {
                 report.recipients.push(address);
+            }
+        } else if let Some(rest) = lower
+            .strip_prefix("original-rcpt-to:")
+            .or_else(|| lower.strip_prefix("removal-recipient:"))
+        {
+            let address = after_type(rest);
+            if address.contains('@') && !original_rcpt.contains(&address) {
+                original_rcpt.push(address);
             }
         } else if let Some(rest) = lower.strip_prefix("status:") {
             let code = rest
@@ -83,13 +124,68 @@ pub(crate) fn report(
             if !action.is_empty() && report.actions.len() < 100 {
                 report.actions.push(action.to_string());
             }
+        } else if let Some(rest) = lower.strip_prefix("feedback-type:") {
+            let kind = rest.trim();
+            if report.feedback_type.is_none() && !kind.is_empty() && kind.len() < 64 {
+                report.feedback_type = Some(kind.to_string());
+            }
         } else if lower.starts_with("message-id:") && lower.ends_with(&suffix) {
             report.original_message_id =
                 Some(line.trim()["message-id:".len()..].trim().to_string());
         }
     }
-    report.permanent = !report.status.as_deref().is_some_and(|s| s.starts_with('4'));
-    report
+    if report.recipients.is_empty() {
+        report.recipients = original_rcpt;
+    }
+}
+
+/// The address of a `Final-Recipient: rfc822; <a@b>` value.
+fn after_type(value: &str) -> String {
+    value
+        .rsplit(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_matches(['<', '>'])
+        .to_string()
+}
+
+/// Our signed bounce addresses and unsubscribe tokens in one lower-cased line.
+fn ours(lower: &str, domain: &str, report: &mut BounceReport) {
+    let token_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '+');
+    let mut rest = lower;
+    while let Some(at) = rest.find(crate::mail::BOUNCE_MAILBOX) {
+        let tail = &rest[at..];
+        let local: String = tail
+            .chars()
+            .take_while(|c| token_char(*c) && *c != '.')
+            .collect();
+        let after = &tail[local.len()..];
+        if let Some(host) = after.strip_prefix('@')
+            && host.starts_with(domain)
+            && host[domain.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| !token_char(c))
+            && !report.signed.contains(&local)
+            && report.signed.len() < 10
+        {
+            report.signed.push(local.clone());
+        }
+        rest = &tail[local.len().max(1)..];
+    }
+    let mut rest = lower;
+    while let Some(at) = rest.find("/unsubscribe/") {
+        let tail = &rest[at + "/unsubscribe/".len()..];
+        let token: String = tail.chars().take_while(|c| token_char(*c)).collect();
+        if !token.is_empty()
+            && !report.unsubscribe.contains(&token)
+            && report.unsubscribe.len() < 10
+        {
+            report.unsubscribe.push(token);
+        }
+        rest = tail;
+    }
 }
 
 #[cfg(test)]
@@ -101,7 +197,7 @@ mod tests {
             "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com\r\n\r\n\
              Final-Recipient: rfc822; bob@example.com\r\nAction: {action}\r\nStatus: {status}\r\n"
         );
-        report(raw.as_bytes(), None, "reply.example.com")
+        report(None, raw.as_bytes(), "", "reply.example.com")
     }
 
     #[test]

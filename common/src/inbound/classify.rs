@@ -1,7 +1,35 @@
-//! Telling automatic mail from people: our own mail coming back, bounces, auto-replies
-//! (RFC 3834 and the folk variants seen in the wild) and bulk or list mail.
+//! Telling automatic mail from people: our own mail coming back, complaint reports, delivery
+//! reports in every common form, auto-replies (RFC 3834 and the folk variants seen in the
+//! wild) and bulk or list mail. Mail a rule forwarded for a person (`Auto-Submitted:
+//! auto-forwarded`) is that person's.
 
+use mail_parser::MimeHeaders;
+
+use super::notice::{self, Signs};
 use super::{InboundContext, InboundVerdict, header_text};
+
+/// Whether a rule forwarded the mail for a person (`Auto-Submitted: auto-forwarded`).
+pub(crate) fn auto_forwarded(message: &mail_parser::Message<'_>) -> bool {
+    header_text(message, "Auto-Submitted").is_some_and(|v| {
+        v.split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .eq_ignore_ascii_case("auto-forwarded")
+    })
+}
+
+/// Whether any part of the mail is of type `ctype/subtype` (`message/delivery-status`…).
+fn has_part(message: &mail_parser::Message<'_>, ctype: &str, subtypes: &[&str]) -> bool {
+    message.parts.iter().any(|part| {
+        part.content_type().is_some_and(|ct| {
+            ct.ctype().eq_ignore_ascii_case(ctype)
+                && ct
+                    .subtype()
+                    .is_some_and(|s| subtypes.iter().any(|w| s.eq_ignore_ascii_case(w)))
+        })
+    })
+}
 
 /// Out-of-office subjects in common languages (lower case, matched as prefixes or contained).
 const AUTO_REPLY_SUBJECTS: &[&str] = &[
@@ -54,12 +82,41 @@ pub(crate) fn automatic(
     {
         return Some((InboundVerdict::Loop, "sent from our own address".into()));
     }
-    // Bounces.
     let content_type = header("Content-Type").unwrap_or_default();
-    if content_type.contains("multipart/report") && content_type.contains("delivery-status") {
+    let report_type = content_type.contains("multipart/report");
+    // Complaints (RFC 5965 ARF).
+    if (report_type && content_type.contains("feedback-report"))
+        || has_part(message, "message", &["feedback-report"])
+    {
+        return Some((
+            InboundVerdict::Complaint,
+            "a complaint report (RFC 5965 feedback report)".into(),
+        ));
+    }
+    // Read receipts (RFC 8098) are machine mail about a mail, never a person's words.
+    if (report_type && content_type.contains("disposition-notification"))
+        || has_part(message, "message", &["disposition-notification"])
+    {
+        return Some((
+            InboundVerdict::AutoReply,
+            "a read receipt (RFC 8098 disposition notification)".into(),
+        ));
+    }
+    // Delivery reports (RFC 3464), with or without the report-type parameter.
+    if report_type {
         return Some((
             InboundVerdict::Bounce,
-            "delivery status notification (multipart/report)".into(),
+            "a delivery report (multipart/report)".into(),
+        ));
+    }
+    if has_part(
+        message,
+        "message",
+        &["delivery-status", "global-delivery-status"],
+    ) {
+        return Some((
+            InboundVerdict::Bounce,
+            "a delivery report (message/delivery-status part)".into(),
         ));
     }
     if header("X-Failed-Recipients").is_some() {
@@ -68,14 +125,82 @@ pub(crate) fn automatic(
             "X-Failed-Recipients is present".into(),
         ));
     }
-    if let Some(from) = from {
-        let local = from.split('@').next().unwrap_or_default();
-        if matches!(local, "mailer-daemon" | "postmaster") {
-            return Some((InboundVerdict::Bounce, format!("sent by {local}")));
-        }
+    let subject = message.subject().map(str::to_lowercase).unwrap_or_default();
+    let from_name = message
+        .from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.name())
+        .map(str::to_string);
+    let body = std::cell::OnceCell::new();
+    let signs = || Signs {
+        from,
+        subject: &subject,
+        body: body.get_or_init(|| super::notice_text(message)),
+        carries_message: has_part(message, "message", &["rfc822", "global"])
+            || has_part(message, "text", &["rfc822-headers"]),
+    };
+    // A provider's notification in JSON.
+    let json_like = message
+        .body_text(0)
+        .is_some_and(|t| t.trim_start().starts_with(['{', '[']))
+        || super::json_part(message).is_some();
+    if json_like
+        && let Some(kind) = notice::json_kind(body.get_or_init(|| super::notice_text(message)))
+    {
+        return Some(match kind {
+            notice::NoticeKind::Complaint => (
+                InboundVerdict::Complaint,
+                "a complaint notification in JSON".into(),
+            ),
+            notice::NoticeKind::Delivery => (
+                InboundVerdict::Bounce,
+                "a delivery notification in JSON".into(),
+            ),
+        });
+    }
+    if notice::complaint_words(&subject)
+        && let Some(why) = notice::complaint_notice(&signs())
+    {
+        return Some((InboundVerdict::Complaint, why));
+    }
+    if let Some(why) = notice::daemon_sender(from, from_name.as_deref()) {
+        return Some((InboundVerdict::Bounce, why));
     }
     if header("Return-Path").is_some_and(|r| r.trim() == "<>") {
         return Some((InboundVerdict::Bounce, "empty Return-Path".into()));
+    }
+    if notice::failure_subject(&subject)
+        && let Some(why) = notice::failure_notice(&signs())
+    {
+        return Some((InboundVerdict::Bounce, why));
+    }
+    if notice::list_manager(from)
+        && let Some((why, rejected)) = notice::list_notice(&signs())
+    {
+        let verdict = if rejected {
+            InboundVerdict::Bounce
+        } else {
+            InboundVerdict::AutoReply
+        };
+        return Some((verdict, why));
+    }
+    // A rule forwarding a person's mail marks it `auto-forwarded` (RFC 5436 §2.7): the words
+    // are still the person's, so nothing below (which reads the forwarder's marks) applies.
+    if auto_forwarded(message) {
+        // Unless it is ours coming round again.
+        let looped = header("X-Loop").is_some_and(|v| {
+            v.contains(&context.reply_domain.to_ascii_lowercase())
+                || context
+                    .own_address
+                    .as_deref()
+                    .is_some_and(|own| v.contains(&own.to_ascii_lowercase()))
+        });
+        return looped.then(|| {
+            (
+                InboundVerdict::Loop,
+                "auto-forwarded mail with our own X-Loop".into(),
+            )
+        });
     }
     // Auto-replies (RFC 3834 and common variants).
     if let Some(value) = header("Auto-Submitted")

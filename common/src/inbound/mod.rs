@@ -4,17 +4,20 @@
 //! thread. No database, no broker: any input, however malformed, yields a verdict.
 //!
 //! - [`classify`]: automatic mail, bounces, bulk mail and loops (RFC 3834 and its variants);
-//! - [`bounce`]: what a delivery status notification says failed;
+//! - [`bounce`]: what a delivery report or a complaint report says;
+//! - [`notice`]: machine notices in other forms (plain text, HTML, JSON, list managers);
 //! - [`reply`]: the new text of a reply, apart from its quoted history and signature.
 
 pub mod bounce;
 pub mod classify;
 pub mod html;
+pub mod notice;
 pub mod reply;
 
+use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 
-use mail_parser::{Address, HeaderValue, MessageParser};
+use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
 
 use crate::attachments::{File, NotKept, safe_name};
 use serde::Serialize;
@@ -34,6 +37,9 @@ pub enum InboundVerdict {
     AutoReply,
     /// A delivery status notification: logged, matched to what bounced.
     Bounce,
+    /// A complaint report (a recipient marked our email as spam): stops that kind of email to
+    /// the complainer when it proves which email it concerns; never posted (SPEC T5).
+    Complaint,
     /// List or bulk mail: logged, never posted.
     Bulk,
     /// Our own mail coming back: logged, never posted.
@@ -50,6 +56,7 @@ impl InboundVerdict {
             InboundVerdict::NewConversation => "new_conversation",
             InboundVerdict::AutoReply => "auto_reply",
             InboundVerdict::Bounce => "bounce",
+            InboundVerdict::Complaint => "complaint",
             InboundVerdict::Bulk => "bulk",
             InboundVerdict::Loop => "loop",
             InboundVerdict::Rejected => "rejected",
@@ -83,12 +90,16 @@ pub struct InboundReport {
     /// Why the relay's `Authentication-Results` says the sender is not who they claim (SPF,
     /// DKIM or DMARC fail); such mail is never posted as that person (SPEC I4).
     pub auth_failure: Option<String>,
-    /// For a bounce: what failed, as far as the report says.
+    /// For a bounce or a complaint: what failed or who complained, as far as the report says.
     pub bounce: Option<BounceReport>,
     /// The files of a human email, kept with the message it is posted as (I9).
     pub files: Vec<File>,
     /// Files that were not kept, each named in a line of the posted text.
     pub not_kept: Vec<NotKept>,
+    /// A person's mail that a rule forwarded (`Auto-Submitted: auto-forwarded`): posted, and
+    /// never answered automatically.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub auto_forwarded: bool,
 }
 
 /// What the inbound path needs to know about this deployment.
@@ -170,17 +181,19 @@ impl InboundReport {
 
 /// Takes `report` as a delivery report: what the envelope says (a null reverse-path to our
 /// bounce mailbox) outweighs the headers and body, which a delivery report may write any way
-/// (no `From`, `MAILER-DAEMON <>`, plain text).
+/// (no `From`, `MAILER-DAEMON <>`, plain text). A complaint report stays one.
 pub fn as_delivery_report(report: &mut InboundReport, raw: &[u8], reply_domain: &str) {
-    if report.verdict == InboundVerdict::Bounce {
+    if matches!(
+        report.verdict,
+        InboundVerdict::Bounce | InboundVerdict::Complaint
+    ) {
         return;
     }
     report.verdict = InboundVerdict::Bounce;
     report.reason = Some("a delivery report: null reverse-path to the bounce address".into());
-    let failed = MessageParser::default()
-        .parse(raw)
-        .and_then(|m| header_text(&m, "X-Failed-Recipients"));
-    report.bounce = Some(bounce::report(raw, failed, reply_domain));
+    let message = MessageParser::default().parse(raw);
+    let text = message.as_ref().map(notice_text).unwrap_or_default();
+    report.bounce = Some(bounce::report(message.as_ref(), raw, &text, reply_domain));
     report.reply_text = None;
     report.quoted_text = None;
     report.files.clear();
@@ -208,6 +221,7 @@ fn rejected(reason: &str) -> InboundReport {
         bounce: None,
         files: Vec::new(),
         not_kept: Vec::new(),
+        auto_forwarded: false,
     }
 }
 
@@ -215,7 +229,7 @@ pub(crate) fn header_text(message: &mail_parser::Message<'_>, name: &str) -> Opt
     message.header_raw(name).map(|v| v.trim().to_string())
 }
 
-fn addresses(address: Option<&Address<'_>>) -> Vec<String> {
+pub(crate) fn addresses(address: Option<&Address<'_>>) -> Vec<String> {
     address
         .map(|a| {
             a.iter()
@@ -273,7 +287,7 @@ fn thread_hints(message: &mail_parser::Message<'_>, context: &InboundContext) ->
 /// Whether a sender address as parsed is one mail could come from: a local part and a dotted
 /// domain, with no spaces or control characters (a quoted local part the parser could not
 /// read comes out as `@domain`).
-fn plausible_address(address: &str) -> bool {
+pub(crate) fn plausible_address(address: &str) -> bool {
     let Some((local, domain)) = address.rsplit_once('@') else {
         return false;
     };
@@ -334,7 +348,7 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
         return rejected("the message could not be parsed");
     };
     let from = addresses(message.from()).into_iter().next();
-    let subject = message.subject().map(str::to_string);
+    let subject = subject_of(&message);
     let message_id = message
         .message_id()
         .filter(|id| id.len() <= ID_MAX)
@@ -356,14 +370,17 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
         bounce: None,
         files: Vec::new(),
         not_kept: Vec::new(),
+        auto_forwarded: false,
     };
     if let Some((verdict, reason)) =
         classify::automatic(&message, from.as_deref(), message_id.as_deref(), context)
     {
-        if verdict == InboundVerdict::Bounce {
+        if matches!(verdict, InboundVerdict::Bounce | InboundVerdict::Complaint) {
+            let text = notice_text(&message);
             report.bounce = Some(bounce::report(
+                Some(&message),
                 raw,
-                header_text(&message, "X-Failed-Recipients"),
+                &text,
                 &context.reply_domain,
             ));
         }
@@ -398,6 +415,7 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
     }
     report.files = files;
     report.not_kept = not_kept;
+    report.auto_forwarded = classify::auto_forwarded(&message);
     report.reply_text = Some(parts.reply);
     report.quoted_text = Some(parts.quoted);
     report.extraction_note = note;
@@ -488,32 +506,179 @@ pub fn body_of(raw: &[u8]) -> Option<String> {
         .map(|message| body_text(&message).text)
 }
 
-/// The body as text: the plain-text part, or the HTML part converted with its structure when
-/// there is no plain text (or it is empty), and where a client's quote container starts.
-fn body_text(message: &mail_parser::Message<'_>) -> html::HtmlText {
-    let plain = message
-        .text_part(0)
-        .filter(|part| !part.is_text_html())
-        .and_then(|part| part.text_contents())
-        .filter(|text| !text.trim().is_empty());
-    if let Some(text) = plain {
-        let text = if text.contains('\r') {
-            text.replace("\r\n", "\n").replace('\r', "\n")
-        } else {
-            text.to_string()
+/// Most bytes of a notice's text read to tell what it reports.
+const NOTICE_MAX: usize = 64 << 10;
+
+/// A mail's own text, lower case, for reading what a machine notice says: its inline text
+/// parts (or its HTML as text), at most [`NOTICE_MAX`] bytes.
+pub(crate) fn notice_text(message: &mail_parser::Message<'_>) -> String {
+    let mut text = body_text(message).text;
+    if text.trim().is_empty()
+        && let Some(json) = json_part(message)
+    {
+        text = String::from_utf8_lossy(json).into_owned();
+    }
+    if text.len() > NOTICE_MAX {
+        let mut end = NOTICE_MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    reply::lowercase(&text)
+}
+
+/// The contents of the mail's first `application/json` part (a provider's notification sent
+/// as a file or as the whole body).
+pub(crate) fn json_part<'a>(message: &'a mail_parser::Message<'_>) -> Option<&'a [u8]> {
+    message
+        .parts
+        .iter()
+        .find(|p| {
+            p.content_type().is_some_and(|ct| {
+                ct.ctype().eq_ignore_ascii_case("application")
+                    && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("json"))
+            })
+        })
+        .map(|p| p.contents())
+}
+
+/// The text of part `id`, decoded by its charset label as the WHATWG Encoding Standard reads
+/// labels (every alias, `ks_c_5601-1987` and `x-sjis` included). The parser's own text is
+/// kept for UTF-8, for pure ASCII and for labels the standard does not list.
+fn part_text<'a>(message: &'a mail_parser::Message<'_>, id: u32) -> Option<Cow<'a, str>> {
+    let part = message.part(id)?;
+    let text = match &part.body {
+        PartType::Text(text) | PartType::Html(text) => text.as_ref(),
+        _ => return None,
+    };
+    let label = part.content_type().and_then(|ct| ct.attribute("charset"));
+    let encoding = label.and_then(|l| encoding_rs::Encoding::for_label(l.trim().as_bytes()));
+    match encoding {
+        Some(encoding)
+            if encoding != encoding_rs::UTF_8 && (!text.is_ascii() || text.contains('\x1b')) =>
+        {
+            let body = message
+                .raw_message
+                .get(part.offset_body as usize..part.offset_end as usize)?;
+            let bytes = match part.encoding {
+                mail_parser::Encoding::Base64 => mail_parser::decoders::base64::base64_decode(body),
+                mail_parser::Encoding::QuotedPrintable => {
+                    mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
+                }
+                mail_parser::Encoding::None => Some(body.to_vec()),
+            };
+            Some(match bytes {
+                Some(bytes) => Cow::Owned(encoding.decode(&bytes).0.into_owned()),
+                None => Cow::Borrowed(text),
+            })
+        }
+        _ => Some(Cow::Borrowed(text)),
+    }
+}
+
+/// The subject, with encoded words in charsets the parser does not know decoded by their
+/// WHATWG label.
+fn subject_of(message: &mail_parser::Message<'_>) -> Option<String> {
+    let parsed = message.subject()?;
+    if !parsed.contains('\u{FFFD}') && !parsed.contains("=?") {
+        return Some(parsed.to_string());
+    }
+    let raw = message.header_raw("Subject")?;
+    Some(decode_words(raw).unwrap_or_else(|| parsed.to_string()))
+}
+
+/// A header value with its RFC 2047 encoded words decoded by their WHATWG charset labels;
+/// `None` when a word cannot be read.
+fn decode_words(raw: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = raw.trim();
+    let mut last_was_word = false;
+    while let Some(start) = rest.find("=?") {
+        let between = &rest[..start];
+        if !(last_was_word && between.trim().is_empty()) {
+            out.push_str(&between.replace(['\r', '\n'], ""));
+        }
+        let word = &rest[start + 2..];
+        let mut fields = word.splitn(3, '?');
+        let (charset, kind, tail) = (fields.next()?, fields.next()?, fields.next()?);
+        let end = tail.find("?=")?;
+        let data = &tail[..end];
+        let charset = charset.split('*').next().unwrap_or_default();
+        let encoding = encoding_rs::Encoding::for_label(charset.trim().as_bytes())?;
+        let bytes = match kind {
+            "B" | "b" => mail_parser::decoders::base64::base64_decode(data.as_bytes())?,
+            "Q" | "q" => {
+                let data = data.replace('_', " ");
+                mail_parser::decoders::quoted_printable::quoted_printable_decode(data.as_bytes())?
+            }
+            _ => return None,
         };
+        out.push_str(&encoding.decode(&bytes).0);
+        rest = &tail[end + 2..];
+        last_was_word = true;
+    }
+    out.push_str(&rest.replace(['\r', '\n'], ""));
+    Some(out)
+}
+
+/// The body as text: every inline plain-text part in order (a mail may interleave text with
+/// images or files), or, when there is none or one that is empty beside an HTML alternative,
+/// the HTML parts converted with their structure, and where a client's quote container starts.
+fn body_text(message: &mail_parser::Message<'_>) -> html::HtmlText {
+    let is_plain = |id: &u32| matches!(message.part(*id).map(|p| &p.body), Some(PartType::Text(_)));
+    let plain: Vec<Cow<'_, str>> = message
+        .text_body
+        .iter()
+        .filter(|id| is_plain(id))
+        .filter_map(|id| part_text(message, *id))
+        .collect();
+    let all_plain = message.text_body.iter().all(is_plain);
+    let empty_beside_html =
+        plain.iter().any(|t| t.trim().is_empty()) && !message.html_body.is_empty();
+    if all_plain && !plain.is_empty() && !empty_beside_html {
+        let mut text = String::new();
+        for part in plain.iter().filter(|t| !t.trim().is_empty()) {
+            if !text.is_empty() {
+                text.push_str("\n\n");
+            }
+            text.push_str(part.trim_end());
+        }
+        if text.contains('\r') {
+            text = text.replace("\r\n", "\n").replace('\r', "\n");
+        }
         return html::HtmlText {
             text,
             history_at: None,
         };
     }
-    match message.body_html(0) {
-        Some(body) => html::to_text(&body),
-        None => html::HtmlText {
-            text: String::new(),
-            history_at: None,
-        },
+    let mut out = html::HtmlText {
+        text: String::new(),
+        history_at: None,
+    };
+    for id in &message.html_body {
+        let Some(content) = part_text(message, *id) else {
+            continue;
+        };
+        let converted = match message.part(*id).map(|p| &p.body) {
+            Some(PartType::Html(_)) => html::to_text(&content),
+            _ => html::HtmlText {
+                text: content.replace("\r\n", "\n").replace('\r', "\n"),
+                history_at: None,
+            },
+        };
+        if converted.text.trim().is_empty() {
+            continue;
+        }
+        if !out.text.is_empty() {
+            out.text.push_str("\n\n");
+        }
+        if out.history_at.is_none() {
+            out.history_at = converted.history_at.map(|at| at + out.text.len());
+        }
+        out.text.push_str(&converted.text);
     }
+    out
 }
 
 /// The new text and what was removed. A human mail is never left without text: when nothing

@@ -109,7 +109,7 @@ fn lowercase_into(t: &str, out: &mut String) {
     }
 }
 
-fn lowercase(t: &str) -> String {
+pub(crate) fn lowercase(t: &str) -> String {
     let mut s = String::with_capacity(t.len());
     lowercase_into(t, &mut s);
     s

@@ -5,8 +5,10 @@
 use diesel::prelude::*;
 use tidings_common::db::models::{Direction, LogStatus, NotificationState, OutboxState};
 use tidings_common::db::schema::{email_log, notifications};
-use tidings_common::inbound::InboundReport;
-use tidings_common::mail::{self, SentEmail};
+use tidings_common::db::unsubscribe;
+use tidings_common::inbound::{BounceReport, InboundReport};
+use tidings_common::mail::{self, SentEmail, UnsubscribeScope, UnsubscribeToken};
+use tidings_common::rules::MessageKind;
 use tidings_common::{Config, Result};
 
 use crate::set::{Disposition, Envelope};
@@ -31,25 +33,11 @@ pub(crate) fn record_bounce(
             "a delivery report saying {what}; no delivery state changed, nobody suppressed"
         )));
     }
-    let status = bounce.status.clone().unwrap_or_else(|| "5.0.0".into());
-    let mut originals = Vec::new();
-    for rcpt in &envelope.rcpts {
-        let Some((local, domain)) = rcpt.rsplit_once('@') else {
-            continue;
-        };
-        if !domain.eq_ignore_ascii_case(&config.reply_domain) {
-            continue;
-        }
-        if let Some(email) = SentEmail::from_bounce_local(local, &config.token_secret) {
-            originals.extend(message_id_of(conn, email)?);
-        }
-    }
-    let proof = if originals.is_empty() {
-        originals.extend(bounce.original_message_id.clone());
-        "the Message-ID it cites"
-    } else {
-        "its signed bounce address"
-    };
+    let status = bounce
+        .status
+        .clone()
+        .unwrap_or_else(|| if bounce.permanent { "5.0.0" } else { "4.0.0" }.into());
+    let (originals, proof) = proven_originals(conn, config, &bounce, envelope)?;
     if originals.is_empty() {
         return Ok(Disposition::Ignored(
             "looks like a bounce but proves nothing about our mail (not sent to a signed bounce address, cites no Message-ID of ours); nobody suppressed".into(),
@@ -81,6 +69,183 @@ pub(crate) fn record_bounce(
             format!("; suppressed: {}", suppressed.join(", "))
         },
     )))
+}
+
+/// The Message-IDs of our emails a report proves it concerns, and how: the signed bounce
+/// address it was sent to, then signed bounce addresses it quotes (the returned copy's
+/// `Return-Path`), then a Message-ID of ours it cites.
+fn proven_originals(
+    conn: &mut PgConnection,
+    config: &Config,
+    report: &BounceReport,
+    envelope: &Envelope,
+) -> Result<(Vec<String>, &'static str)> {
+    let mut originals = Vec::new();
+    let signed = |local: &str| SentEmail::from_bounce_local(local, &config.token_secret);
+    for rcpt in &envelope.rcpts {
+        if let Some((local, domain)) = rcpt.rsplit_once('@')
+            && domain.eq_ignore_ascii_case(&config.reply_domain)
+            && let Some(email) = signed(local)
+        {
+            originals.extend(message_id_of(conn, email)?);
+        }
+    }
+    if !originals.is_empty() {
+        return Ok((originals, "its signed bounce address"));
+    }
+    for local in &report.signed {
+        if let Some(email) = signed(local) {
+            originals.extend(message_id_of(conn, email)?);
+        }
+    }
+    if !originals.is_empty() {
+        return Ok((originals, "the signed bounce address it quotes"));
+    }
+    originals.extend(report.original_message_id.clone());
+    Ok((originals, "the Message-ID it cites"))
+}
+
+/// A complaint (SPEC T5): when it proves which of our emails it concerns (as a bounce does, or
+/// by the signed unsubscribe link it quotes), the emails of that kind stop for the person that
+/// email went to, as their unsubscribe link would; the log says what stopped. Never posted.
+/// Unproven complaints change nothing and are logged as ignored.
+pub(crate) fn record_complaint(
+    conn: &mut PgConnection,
+    config: &Config,
+    report: &InboundReport,
+    envelope: &Envelope,
+) -> Result<Disposition> {
+    let complaint = report.bounce.clone().unwrap_or_default();
+    let kind = complaint.feedback_type.as_deref().unwrap_or("abuse");
+    let mut stops: Vec<(i64, UnsubscribeScope)> = Vec::new();
+    let mut proof = "the signed unsubscribe link it quotes";
+    for token in &complaint.unsubscribe {
+        // An expired link still proves which email it came in.
+        if let Ok(t) = UnsubscribeToken::decode(token, &config.token_secret, i64::MIN) {
+            stops.push((t.person_id, t.scope));
+        }
+    }
+    let mut stopped = Vec::new();
+    if stops.is_empty() {
+        let (originals, how) = proven_originals(conn, config, &complaint, envelope)?;
+        proof = how;
+        for original in originals.iter().take(10) {
+            stops.extend(scope_of(conn, original, &mut stopped)?);
+        }
+    }
+    stops.sort_by_key(|(person, scope)| (*person, format!("{scope:?}")));
+    stops.dedup();
+    if stops.is_empty() && stopped.is_empty() {
+        return Ok(Disposition::Ignored(format!(
+            "a complaint report ({kind}) that proves nothing about our mail (no signed address, unsubscribe link or Message-ID of ours); nothing changed"
+        )));
+    }
+    for (person_id, scope) in stops.into_iter().take(10) {
+        let exists: Option<i64> = tidings_common::db::schema::people::table
+            .find(person_id)
+            .select(tidings_common::db::schema::people::id)
+            .first(conn)
+            .optional()?;
+        if exists.is_none() {
+            continue;
+        }
+        unsubscribe::apply(conn, person_id, scope, "complaint")?;
+        tracing::info!(
+            person.id = person_id,
+            complaint = kind,
+            "complaint: emails stopped"
+        );
+        stopped.push(format!(
+            "{} for person {person_id}",
+            unsubscribe::describe(scope)
+        ));
+    }
+    if stopped.is_empty() {
+        return Ok(Disposition::Ignored(format!(
+            "a complaint report ({kind}) about people who no longer exist; nothing changed"
+        )));
+    }
+    Ok(Disposition::Ignored(format!(
+        "complaint ({kind}), proven by {proof}: stopped {}",
+        stopped.join("; ")
+    )))
+}
+
+/// Who the email with Message-ID `original` went to, and what turning its kind off means for
+/// them: a user's emails of that message kind, a customer's emails about that conversation.
+/// A system email that has a switch (assignments, project members) turns that switch off here,
+/// said in `stopped`.
+fn scope_of(
+    conn: &mut PgConnection,
+    original: &str,
+    stopped: &mut Vec<String>,
+) -> Result<Vec<(i64, UnsubscribeScope)>> {
+    use tidings_common::db::schema::{messages, outbox_emails as o, people};
+    let notified: Option<(i64, i64, bool, String, String)> = notifications::table
+        .inner_join(messages::table.on(messages::id.eq(notifications::message_id)))
+        .inner_join(people::table.on(people::id.eq(notifications::recipient_id)))
+        .filter(notifications::email_message_id.eq(original))
+        .select((
+            notifications::recipient_id,
+            notifications::conversation_id,
+            messages::internal,
+            people::kind,
+            diesel::dsl::sql::<diesel::sql_types::Text>(
+                "(SELECT kind FROM people a WHERE a.id = messages.author_id)",
+            ),
+        ))
+        .first(conn)
+        .optional()?;
+    if let Some((person, conversation, internal, kind, author_kind)) = notified {
+        let scope = if kind == "customer" {
+            UnsubscribeScope::CustomerConversation(conversation)
+        } else if internal {
+            UnsubscribeScope::UserKind(MessageKind::Internal)
+        } else if author_kind == "customer" {
+            UnsubscribeScope::UserKind(MessageKind::FromCustomer)
+        } else {
+            UnsubscribeScope::UserKind(MessageKind::ToCustomer)
+        };
+        return Ok(vec![(person, scope)]);
+    }
+    let outbox: Option<(i64, Option<String>)> = o::table
+        .filter(o::email_message_id.eq(original))
+        .select((o::recipient_id, o::system_event))
+        .first(conn)
+        .optional()?;
+    let Some((person, event)) = outbox else {
+        return Ok(Vec::new());
+    };
+    let field = match event.as_deref() {
+        Some("item_assigned" | "item_unassigned") => "email_assignments",
+        Some("project_member_added") => "email_project_members",
+        _ => return Ok(Vec::new()),
+    };
+    use tidings_common::db::schema::{preference_changes as c, user_preferences as u};
+    diesel::insert_into(u::table)
+        .values(u::person_id.eq(person))
+        .on_conflict_do_nothing()
+        .execute(conn)?;
+    let row = u::table.find(person);
+    if field == "email_assignments" {
+        diesel::update(row)
+            .set(u::email_assignments.eq(false))
+            .execute(conn)?;
+    } else {
+        diesel::update(row)
+            .set(u::email_project_members.eq(false))
+            .execute(conn)?;
+    }
+    diesel::insert_into(c::table)
+        .values((
+            c::person_id.eq(person),
+            c::field.eq(field),
+            c::new_value.eq("false"),
+            c::source.eq("complaint"),
+        ))
+        .execute(conn)?;
+    stopped.push(format!("{field} for person {person}"));
+    Ok(Vec::new())
 }
 
 /// The Message-ID of the email a signed bounce address stands for.

@@ -22,7 +22,7 @@ use tidings_common::inbound::{InboundReport, InboundVerdict};
 use tidings_common::mail::ReplyToken;
 use tidings_common::{Config, Result, clock, posting};
 
-use crate::bounce::record_bounce;
+use crate::bounce::{record_bounce, record_complaint};
 use crate::set::{Disposition, Envelope};
 
 /// Takes the transaction-scoped locks of the loop defence for a set of senders and
@@ -182,6 +182,9 @@ fn early(
         InboundVerdict::Bounce => {
             return record_bounce(conn, config, report, envelope, bounced)
                 .map(|d| Err(Plan::Done(d)));
+        }
+        InboundVerdict::Complaint => {
+            return record_complaint(conn, config, report, envelope).map(|d| Err(Plan::Done(d)));
         }
         InboundVerdict::Rejected => {
             return Ok(Err(Plan::Done(Disposition::Rejected(
@@ -629,7 +632,10 @@ fn start_conversation(
     let message = posting::insert_message(conn, conversation_id, customer, text, false)?;
     let item_event = tidings_common::events::record(
         conn,
-        &tidings_common::events::DomainEvent::ItemCreated { item_id },
+        &tidings_common::events::DomainEvent::ItemCreated {
+            item_id,
+            auto_forwarded: report.auto_forwarded,
+        },
     )?;
     Ok(Disposition::Created {
         conversation_id,

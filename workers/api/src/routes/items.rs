@@ -97,7 +97,10 @@ pub async fn create_item(
             use tidings_common::events;
             let mut recorded = vec![events::record(
                 conn,
-                &DomainEvent::ItemCreated { item_id: item.id },
+                &DomainEvent::ItemCreated {
+                    item_id: item.id,
+                    auto_forwarded: false,
+                },
             )?];
             if item.assignee_id.is_some() {
                 recorded.push(events::record(

@@ -7,11 +7,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use diesel::prelude::*;
-use serde_json::json;
 use tidings_common::clock;
-use tidings_common::db::schema::{conversation_mutes, people, preference_changes};
-use tidings_common::mail::{self, UnsubscribeError, UnsubscribeScope, UnsubscribeToken};
-use tidings_common::rules::MessageKind;
+use tidings_common::db::schema::people;
+use tidings_common::db::unsubscribe;
+use tidings_common::mail::{self, UnsubscribeError, UnsubscribeToken};
 use tracing::info;
 
 use crate::AppState;
@@ -27,30 +26,6 @@ fn verify(state: &AppState, token: &str) -> Result<UnsubscribeToken, ApiError> {
         message: format!("{e}; nothing was changed"),
         field: None,
     })
-}
-
-/// The preference switch a user's unsubscribe link turns off.
-fn email_field(kind: MessageKind) -> &'static str {
-    match kind {
-        MessageKind::FromCustomer => "email_customer_messages",
-        MessageKind::ToCustomer => "email_replies",
-        MessageKind::Internal => "email_internal",
-    }
-}
-
-fn describe(scope: UnsubscribeScope) -> String {
-    match scope {
-        UnsubscribeScope::UserKind(MessageKind::FromCustomer) => {
-            "emails about customer messages".into()
-        }
-        UnsubscribeScope::UserKind(MessageKind::ToCustomer) => {
-            "emails about replies to customers".into()
-        }
-        UnsubscribeScope::UserKind(MessageKind::Internal) => {
-            "emails about internal messages".into()
-        }
-        UnsubscribeScope::CustomerConversation(id) => format!("emails about conversation {id}"),
-    }
 }
 
 #[utoipa::path(
@@ -72,7 +47,7 @@ pub async fn confirm_page(State(state): State<AppState>, Path(token): Path<Strin
                 "<p>Stop {}?</p>\
                  <form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
                  <button type=\"submit\">Unsubscribe</button></form>",
-                describe(t.scope)
+                unsubscribe::describe(t.scope)
             ),
         ),
         Err(e) => e.into_response(),
@@ -118,41 +93,12 @@ pub async fn unsubscribe(
                 if exists.is_none() {
                     return Err(ApiError::not_found("person", person_id));
                 }
-                let (field, conversation_id) = match token.scope {
-                    UnsubscribeScope::UserKind(kind) => {
-                        let field = email_field(kind);
-                        crate::queries::preferences::apply(
-                            conn,
-                            person_id,
-                            json!({ field: false }),
-                        )?;
-                        (field, None)
-                    }
-                    UnsubscribeScope::CustomerConversation(conversation_id) => {
-                        diesel::insert_into(conversation_mutes::table)
-                            .values((
-                                conversation_mutes::person_id.eq(person_id),
-                                conversation_mutes::conversation_id.eq(conversation_id),
-                            ))
-                            .on_conflict_do_nothing()
-                            .execute(conn)?;
-                        ("conversation_emails", Some(conversation_id))
-                    }
-                };
-                diesel::insert_into(preference_changes::table)
-                    .values((
-                        preference_changes::person_id.eq(person_id),
-                        preference_changes::conversation_id.eq(conversation_id),
-                        preference_changes::field.eq(field),
-                        preference_changes::new_value.eq("false"),
-                        preference_changes::source.eq("unsubscribe"),
-                    ))
-                    .execute(conn)?;
+                let (field, _) = unsubscribe::apply(conn, person_id, token.scope, "unsubscribe")?;
                 info!(person.id = person_id, field, "unsubscribed");
                 Ok(Json(Unsubscribed {
                     unsubscribed: true,
                     person_id,
-                    stopped: describe(token.scope),
+                    stopped: unsubscribe::describe(token.scope),
                 }))
             }))
         })

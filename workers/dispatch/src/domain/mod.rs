@@ -127,7 +127,17 @@ impl Work<'_> {
                 }
                 Ok(())
             }
-            DomainEvent::ItemCreated { item_id } => {
+            DomainEvent::ItemCreated {
+                item_id,
+                auto_forwarded,
+            } => {
+                if *auto_forwarded {
+                    tracing::info!(
+                        item.id = item_id,
+                        "no automation runs on a ticket from auto-forwarded mail (RFC 3834)"
+                    );
+                    return Ok(());
+                }
                 self.automations("item_created", *item_id, None)
             }
             DomainEvent::ItemStatusChanged {
