@@ -909,3 +909,81 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    fn context() -> InboundContext {
+        InboundContext {
+            reply_domain: "reply.example.com".into(),
+            own_address: None,
+            authserv_id: None,
+            attachment_max: 25 << 20,
+        }
+    }
+
+    fn reply_of(raw: &[u8]) -> String {
+        inspect(raw, &context()).reply_text.unwrap_or_default()
+    }
+
+    #[test]
+    fn i3_an_empty_text_part_falls_back_to_the_html() {
+        let raw = b"From: ann@example.net\r\nTo: support@reply.example.com\r\nSubject: Printer\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"a\"\r\n\r\n\
+--a\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n  \r\n\r\n\
+--a\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>The printer is <b>smoking</b>.</p>\r\n--a--\r\n";
+        assert_eq!(reply_of(raw), "The printer is smoking.");
+    }
+
+    #[test]
+    fn i3_every_inline_text_part_is_kept_in_order() {
+        let raw = b"From: ann@example.net\r\nTo: support@reply.example.com\r\nSubject: Printer\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"m\"\r\n\r\n\
+--m\r\nContent-Type: text/plain\r\n\r\nHere is the photo:\r\n\
+--m\r\nContent-Type: image/png\r\nContent-Disposition: inline; filename=a.png\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n\
+--m\r\nContent-Type: text/plain\r\n\r\nAnd it smells of smoke.\r\n--m--\r\n";
+        assert_eq!(
+            reply_of(raw),
+            "Here is the photo:\n\nAnd it smells of smoke."
+        );
+    }
+
+    #[test]
+    fn i3_charset_labels_are_read_as_the_whatwg_standard_lists_them() {
+        // "안녕하세요" in EUC-KR, labelled with the Windows alias; Shift_JIS as x-sjis;
+        // Latin-1 text with a windows-1252 curly quote.
+        let cases: [(&str, Vec<u8>, &str); 4] = [
+            (
+                "ks_c_5601-1987",
+                vec![0xbe, 0xc8, 0xb3, 0xe7, 0xc7, 0xcf, 0xbc, 0xbc, 0xbf, 0xe4],
+                "안녕하세요",
+            ),
+            (
+                "x-sjis",
+                vec![0x82, 0xb1, 0x82, 0xf1, 0x82, 0xc9, 0x82, 0xbf, 0x82, 0xcd],
+                "こんにちは",
+            ),
+            (
+                "latin1",
+                b"caf\xe9 \x93ok\x94".to_vec(),
+                "café \u{201c}ok\u{201d}",
+            ),
+            ("cp1251", vec![0xcf, 0xf0, 0xe8, 0xe2, 0xe5, 0xf2], "Привет"),
+        ];
+        for (label, body, expected) in cases {
+            let mut raw = format!(
+                "From: ann@example.net\r\nTo: support@reply.example.com\r\nSubject: =?{label}?B?{}?=\r\n\
+                 MIME-Version: 1.0\r\nContent-Type: text/plain; charset=\"{label}\"\r\n\
+                 Content-Transfer-Encoding: 8bit\r\n\r\n",
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &body)
+            )
+            .into_bytes();
+            raw.extend_from_slice(&body);
+            raw.extend_from_slice(b"\r\n");
+            let report = inspect(&raw, &context());
+            assert_eq!(report.reply_text.as_deref(), Some(expected), "{label}");
+            assert_eq!(report.subject.as_deref(), Some(expected), "{label} subject");
+        }
+    }
+}

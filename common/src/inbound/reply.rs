@@ -276,6 +276,18 @@ fn is_attribution(lower: &str) -> bool {
     (at && (year || lower.as_bytes().contains(&b'<'))) || (year && lower.as_bytes().contains(&b'"'))
 }
 
+/// An attribution without its colon, right above the quote it introduces: "On … Ann
+/// <ann@example.net> wrote", "2026年12月7日(月) 9:00 Ann <ann@example.net>".
+fn is_bare_attribution(lower: &str) -> bool {
+    if lower.len() > SHORT * 2 || without_colon(lower).is_some() {
+        return false;
+    }
+    let at = lower.as_bytes().contains(&b'@');
+    let dated = has_year(lower) || has_time(lower);
+    (ends_with_any(lower, VERBS) && (starts_with_any(lower, OPENERS) || has_digit(lower)))
+        || (at && dated && (lower.ends_with('>') || lower.ends_with(')')))
+}
+
 /// "2013/7/20 Sam <sam@example.com>" or "2016-03-03 17:21 GMT+01:00 Some One <…>" (Gmail's
 /// older attribution): a date, then a name and address, with or without a colon.
 fn is_dated_address_line(lower: &str) -> bool {
@@ -460,8 +472,69 @@ fn header_label(lower: &str) -> Option<&'static str> {
         .map(|(_, k)| *k)
 }
 
+/// "Original message" and "forwarded message" as clients write them in their separators, by
+/// language.
+const HISTORY_TITLES: &[&str] = &[
+    "original message",
+    "forwarded message",
+    "ursprüngliche nachricht",
+    "originalnachricht",
+    "original-nachricht",
+    "weitergeleitete nachricht",
+    "message d'origine",
+    "message original",
+    "message transféré",
+    "mensaje original",
+    "mensaje reenviado",
+    "messaggio originale",
+    "messaggio inoltrato",
+    "oorspronkelijk bericht",
+    "oorspronkelijke bericht",
+    "doorgestuurd bericht",
+    "mensagem original",
+    "mensagem encaminhada",
+    "ursprungligt meddelande",
+    "vidarebefordrat meddelande",
+    "oprindelig meddelelse",
+    "videresendt meddelelse",
+    "opprinnelig melding",
+    "videresendt melding",
+    "oryginalna wiadomość",
+    "wiadomość oryginalna",
+    "przekazana wiadomość",
+    "исходное сообщение",
+    "пересланное сообщение",
+    "původní zpráva",
+    "alkuperäinen viesti",
+    "eredeti üzenet",
+    "orijinal mesaj",
+    "元のメッセージ",
+    "転送されたメッセージ",
+    "原始邮件",
+    "原始郵件",
+    "转发的邮件",
+    "轉寄的郵件",
+    "원본 메시지",
+];
+
+/// A separator framed by dashes, underscores or equals signs around a localized "original
+/// message" or "forwarded message" title ("-------- Ursprüngliche Nachricht --------").
+fn is_titled_separator(lower: &str) -> bool {
+    let frame = |c: char| matches!(c, '-' | '_' | '=' | '*' | ' ' | '\u{a0}');
+    let title = lower.trim_matches(frame);
+    title.len() < lower.len()
+        && lower.starts_with(frame)
+        && (lower.contains("--") || lower.contains("__") || lower.contains("=="))
+        && HISTORY_TITLES
+            .iter()
+            .any(|t| title == *t || title.strip_suffix(':').is_some_and(|t2| t2.trim() == *t))
+}
+
 /// A separator that starts forwarded or quoted history.
 fn is_separator(lower: &str) -> bool {
+    if is_titled_separator(lower) {
+        return true;
+    }
     if has(lower, "original message")
         && lower
             .trim_matches(|c: char| c == '-' || c == ' ' || c == '_')
@@ -546,7 +619,7 @@ impl<'a> Lines<'a> {
     /// further ahead for competing starts, so the work per line stays bounded.
     fn attribution(&self, i: usize, nested: bool) -> Option<usize> {
         let lower = self.lower(i)?;
-        if is_attribution(lower) {
+        if is_attribution(lower) || (self.quote_follows(i + 1) && is_bare_attribution(lower)) {
             return Some(1);
         }
         if (is_dated_address_line(lower) && self.next_is_quote(i + 1))
@@ -579,23 +652,64 @@ impl<'a> Lines<'a> {
                 Some(lower) => std::borrow::Cow::Borrowed(lower),
                 None => std::borrow::Cow::Owned(lowercase(part)),
             };
-            // A line that starts an attribution of its own is tried on its own; a sentence
-            // never ends inside an attribution.
-            if (!nested && starts_firmly(&part) && self.attribution(j, true).is_some())
+            // A line that starts with an attribution word and is an attribution of its own is
+            // tried on its own; a sentence never ends inside an attribution. A line that
+            // starts with a date or a time may go on this one ("On Mon, Dec 7," / "2026 at
+            // 9:00 AM Ann <ann@example.net> wrote:").
+            if (!nested && starts_with_any(&part, OPENERS) && self.attribution(j, true).is_some())
                 || ends_sentence(joined.as_str())
             {
                 break;
             }
             joined.push(' ');
             joined.push_str(&part);
-            if is_attribution(&joined) {
+            if is_attribution(&joined)
+                || (self.quote_follows(j + 1) && is_bare_attribution(&joined))
+            {
                 return Some(extra + 1);
+            }
+            if !nested && starts_firmly(&part) && self.attribution(j, true).is_some() {
+                break;
             }
             if t.starts_with('>') {
                 break;
             }
         }
         None
+    }
+
+    /// Whether the line before the attribution at `i` is its wrapped start: the attribution
+    /// starts with the rest of an address (`<ann@…`, `@example.net>`) after a name, or with
+    /// the rest of a date after its start ("man. 7. des." / "2026 kl. 09:00 skrev …").
+    fn wrapped_before(&self, i: usize) -> bool {
+        let (Some(previous), Some(first)) = (self.lower(i - 1), self.lower(i)) else {
+            return false;
+        };
+        if previous.len() > 80 || ends_sentence(previous) || is_quote(previous) {
+            return false;
+        }
+        if first.starts_with(['<', '(', '@']) {
+            return true;
+        }
+        first.starts_with(|c: char| c.is_ascii_digit())
+            && previous.len() <= 40
+            && has_digit(previous)
+            && !previous.ends_with(':')
+    }
+
+    /// Whether quoted text follows from line `from` on, and not the quoted end of a wrapped
+    /// attribution ("> wrote:", as some clients quote the verb).
+    fn quote_follows(&self, from: usize) -> bool {
+        let next = self.lines[from.min(self.lines.len())..]
+            .iter()
+            .map(|l| l.trim())
+            .find(|t| !t.is_empty());
+        next.is_some_and(|t| {
+            is_quote(t) && {
+                let rest = unquoted(t);
+                !(rest.len() < 40 && without_colon(rest).is_some())
+            }
+        })
     }
 
     fn next_is_quote(&self, from: usize) -> bool {
@@ -635,6 +749,9 @@ impl<'a> Lines<'a> {
             } else if let Some(span) = self.attribution(i, false) {
                 for k in &mut kinds[i..i + span] {
                     *k = Line::Attribution;
+                }
+                if i > 0 && kinds[i - 1] == Line::Text && self.wrapped_before(i) {
+                    kinds[i - 1] = Line::Attribution;
                 }
                 i += span;
                 continue;
@@ -911,5 +1028,177 @@ mod tests {
             split_reply(body).reply,
             "> This is a quote.\n\nAnd this is some text."
         );
+    }
+}
+
+#[cfg(test)]
+mod language_tests {
+    use super::split_reply;
+
+    /// Each attribution as a client in that language writes it, on one line, wrapped over two
+    /// or three lines (inside `<…>` too), and without its colon.
+    const ATTRIBUTIONS: &[(&str, &str)] = &[
+        (
+            "en",
+            "On Mon, Dec 7, 2026 at 9:00 AM Ann Example <ann@example.net> wrote:",
+        ),
+        (
+            "de",
+            "Am Mo., 7. Dez. 2026 um 09:00 Uhr schrieb Ann Example <ann@example.net>:",
+        ),
+        (
+            "fr",
+            "Le lun. 7 déc. 2026 à 09:00, Ann Example <ann@example.net> a écrit :",
+        ),
+        (
+            "es",
+            "El lun, 7 dic 2026 a las 9:00, Ann Example (<ann@example.net>) escribió:",
+        ),
+        (
+            "it",
+            "Il giorno lun 7 dic 2026 alle ore 09:00 Ann Example <ann@example.net> ha scritto:",
+        ),
+        (
+            "nl",
+            "Op ma 7 dec. 2026 om 09:00 schreef Ann Example <ann@example.net>:",
+        ),
+        (
+            "pt",
+            "Em seg., 7 de dez. de 2026 às 09:00, Ann Example <ann@example.net> escreveu:",
+        ),
+        (
+            "sv",
+            "Den mån 7 dec. 2026 kl 09:00 skrev Ann Example <ann@example.net>:",
+        ),
+        (
+            "da",
+            "Den man. 7. dec. 2026 kl. 09.00 skrev Ann Example <ann@example.net>:",
+        ),
+        (
+            "no",
+            "man. 7. des. 2026 kl. 09:00 skrev Ann Example <ann@example.net>:",
+        ),
+        (
+            "pl",
+            "W dniu pon., 7 gru 2026 o 09:00 Ann Example <ann@example.net> napisał(a):",
+        ),
+        (
+            "ru",
+            "пн, 7 дек. 2026 г. в 09:00, Ann Example <ann@example.net>:",
+        ),
+        (
+            "ja",
+            "2026年12月7日(月) 9:00 Ann Example <ann@example.net>:",
+        ),
+        (
+            "zh",
+            "Ann Example <ann@example.net> 于2026年12月7日周一 09:00写道：",
+        ),
+    ];
+
+    thread_local! {
+        static WRONG: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    fn check(lang: &str, attribution: &str) {
+        let body = format!("Thanks, it works now.\n\n{attribution}\n> Try restarting it.\n> Ann\n");
+        let parts = split_reply(&body);
+        if parts.reply != "Thanks, it works now." || !parts.quoted.contains("Try restarting") {
+            WRONG.with(|w| {
+                w.borrow_mut()
+                    .push(format!("{lang}: {attribution:?} -> {:?}", parts.reply))
+            });
+        }
+    }
+
+    fn verdict() {
+        let wrong = WRONG.with(|w| std::mem::take(&mut *w.borrow_mut()));
+        assert!(
+            wrong.is_empty(),
+            "{} wrong:\n{}",
+            wrong.len(),
+            wrong.join("\n")
+        );
+    }
+
+    #[test]
+    fn i3_attributions_in_fourteen_languages_on_one_line() {
+        for (lang, line) in ATTRIBUTIONS {
+            check(lang, line);
+        }
+        verdict();
+    }
+
+    #[test]
+    fn i3_attributions_wrapped_over_two_and_three_lines() {
+        for (lang, line) in ATTRIBUTIONS {
+            // Wrapped before the address, and inside it.
+            if let Some(at) = line.find('<') {
+                check(lang, &format!("{}\n{}", line[..at].trim_end(), &line[at..]));
+                let inner = line[at..].find('@').map(|p| at + p).unwrap();
+                check(lang, &format!("{}\n{}", &line[..inner], &line[inner..]));
+            }
+            // Over three lines.
+            let words: Vec<&str> = line.split(' ').collect();
+            if words.len() >= 6 {
+                let third = words.len() / 3;
+                check(
+                    lang,
+                    &format!(
+                        "{}\n{}\n{}",
+                        words[..third].join(" "),
+                        words[third..2 * third].join(" "),
+                        words[2 * third..].join(" ")
+                    ),
+                );
+            }
+        }
+        verdict();
+    }
+
+    #[test]
+    fn i3_attributions_without_their_colon() {
+        for (lang, line) in ATTRIBUTIONS {
+            let bare = line.trim_end_matches([':', '：', ' ']);
+            check(lang, bare);
+        }
+        verdict();
+    }
+
+    #[test]
+    fn i3_localized_original_message_separators_and_their_headers_are_quote() {
+        const SEPARATORS: &[&str] = &[
+            "-------- Original message --------",
+            "-----Original Message-----",
+            "-------- Ursprüngliche Nachricht --------",
+            "-------- Message d'origine --------",
+            "-------- Mensaje original --------",
+            "-------- Messaggio originale --------",
+            "-------- Oorspronkelijk bericht --------",
+            "-------- Mensagem original --------",
+            "-------- Ursprungligt meddelande --------",
+            "-------- Oprindelig meddelelse --------",
+            "-------- Opprinnelig melding --------",
+            "-------- Oryginalna wiadomość --------",
+            "-------- Исходное сообщение --------",
+            "-------- 元のメッセージ --------",
+            "-------- 原始邮件 --------",
+            "------------------ 原始邮件 ------------------",
+            "---- Original Message ----",
+        ];
+        for separator in SEPARATORS {
+            let body = format!(
+                "Fixed, thanks.\n\n{separator}\nFrom: Ann <ann@example.net>\nDate: 7/12/2026\n\
+                 To: support@example.com\nSubject: Printer\n\nTry restarting it.\n"
+            );
+            let parts = split_reply(&body);
+            if parts.reply != "Fixed, thanks." || !parts.quoted.contains("Try restarting") {
+                WRONG.with(|w| {
+                    w.borrow_mut()
+                        .push(format!("{separator:?} -> {:?}", parts.reply))
+                });
+            }
+        }
+        verdict();
     }
 }
