@@ -41,8 +41,12 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         api: String,
     },
-    /// Check the configuration and templates, and print the effective settings.
-    Check,
+    /// Check the configuration, templates and DKIM keys, and print the effective settings;
+    /// `check dns` judges the DNS records mail depends on.
+    Check {
+        #[command(subcommand)]
+        what: Option<commands::check::CheckCommand>,
+    },
     /// The operator's first look: queue depths, notifications pending by how far past due,
     /// stuck claims, the last sweeps' recoveries, dead letters, and whether the templates
     /// load.
@@ -151,7 +155,7 @@ fn main() -> ExitCode {
             Command::Migrate => commands::migrate::migrate(&config),
             Command::Run { roles } => commands::run::run(config, roles).await,
             Command::Demo { api } => commands::demo::run(&api, &config).await,
-            Command::Check => commands::check::check(&config),
+            Command::Check { what } => commands::check::check(&config, what).await,
             Command::Status { json } => commands::status::status(&config, json).await,
             Command::Templates { command } => commands::templates::templates(&config, command),
             Command::Log {

@@ -39,6 +39,10 @@
 //! | `TIDINGS_INBOUND_MIN_RATE` | `1024` | bytes per second a message must average after 10 s |
 //! | `TIDINGS_INBOUND_MEMORY` | `268435456` | bytes of all messages being received at once (452 beyond) |
 //! | `TIDINGS_INBOUND_AUTHSERV_ID` | unset | the relay's authserv-id; only its topmost `Authentication-Results` is read |
+//! | `TIDINGS_INBOUND_VERIFY` | `off` | `on`: check DKIM, SPF and DMARC of inbound mail in-process when the relay gives no verdict |
+//! | `TIDINGS_DKIM_KEYS` | unset | `selector:path` pairs (PEM private keys, RSA or Ed25519); each outbound email is signed with every key |
+//! | `TIDINGS_DKIM_DOMAIN` | the domain of `TIDINGS_MAIL_FROM` | the DKIM signing domain (`d=`) |
+//! | `TIDINGS_DNS_SERVER` | the system's | resolver (`IP[:PORT]`) for inbound checks and `tidings check dns` |
 //! | `TIDINGS_INBOUND_MAILBOXES` | `support` | local parts at the reply domain that accept new conversations |
 //! | `TIDINGS_INBOUND_PROJECT` | `Support` | name of the project a customer's new email becomes a ticket in (created by `tidings migrate`) |
 //! | `TIDINGS_INBOUND_RATE` | `10/10m` | most posts per sender and per conversation in a window; beyond it mail is logged, not posted |
@@ -140,6 +144,8 @@ pub struct Config {
     pub inbound_limits: InboundLimits,
     /// The relay's authserv-id: only `Authentication-Results` headers it wrote are read.
     pub inbound_authserv_id: Option<String>,
+    /// DKIM signing of outbound mail and checking of inbound mail in-process.
+    pub mail_auth: MailAuth,
     /// `TIDINGS_ALLOW_DEV_SECRETS=yes`: listen beyond loopback even with development secrets.
     pub allow_dev_secrets: bool,
     /// Local parts at the reply domain that accept mail starting a conversation.
@@ -260,6 +266,7 @@ impl Config {
             inbound_mailboxes,
             inbound_rate,
         } = inbound(&r)?;
+        let mail_auth = mail_auth(&r)?;
         let Schedule {
             automation_limits,
             log_retention,
@@ -311,6 +318,7 @@ impl Config {
             inbound_limits,
             http_limits,
             inbound_authserv_id,
+            mail_auth,
             allow_dev_secrets,
             inbound_mailboxes,
             inbound_project,
@@ -746,6 +754,103 @@ fn inbound(r: &Reader<'_>) -> Result<Inbound, ConfigError> {
     })
 }
 
+/// One DKIM key: the selector it is published under and the file holding the private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkimKeyFile {
+    pub selector: String,
+    pub path: std::path::PathBuf,
+}
+
+/// DKIM signing of outbound mail, in-process checking of inbound mail, and the DNS server
+/// both use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailAuth {
+    /// `TIDINGS_DKIM_KEYS`: `selector:path` pairs; every outbound email is signed with each
+    /// (an RSA and an Ed25519 key side by side is the usual pair). Empty: the relay signs.
+    pub dkim_keys: Vec<DkimKeyFile>,
+    /// `TIDINGS_DKIM_DOMAIN`: the signing domain (`d=`); by default the domain of
+    /// `TIDINGS_MAIL_FROM`, which DMARC alignment needs.
+    pub dkim_domain: Option<String>,
+    /// `TIDINGS_INBOUND_VERIFY=on`: check DKIM, SPF and DMARC of inbound mail in-process
+    /// where the relay gives no verdict (`TIDINGS_INBOUND_AUTHSERV_ID` unset).
+    pub inbound_verify: bool,
+    /// `TIDINGS_DNS_SERVER`: the resolver (`IP:PORT`) for these checks and `tidings check
+    /// dns`; unset, the system's (`/etc/resolv.conf`).
+    pub dns_server: Option<SocketAddr>,
+}
+
+fn mail_auth(r: &Reader<'_>) -> Result<MailAuth, ConfigError> {
+    let get = |name: &'static str, default: &str| r.get(name, default);
+    let dkim_keys = parse_with(get("TIDINGS_DKIM_KEYS", ""), |v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (selector, path) = pair.split_once(':').ok_or_else(|| {
+                    format!(
+                        "{pair:?}: expected selector:path, e.g. tidings2026:/etc/tidings/dkim.pem"
+                    )
+                })?;
+                let selector = selector.trim();
+                let valid = !selector.is_empty()
+                    && selector.len() <= 63
+                    && selector.split('.').all(|l| {
+                        !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    });
+                if !valid {
+                    return Err(format!(
+                        "{selector:?}: a selector is a DNS label (letters, digits, dashes)"
+                    ));
+                }
+                Ok(DkimKeyFile {
+                    selector: selector.to_ascii_lowercase(),
+                    path: std::path::PathBuf::from(path.trim()),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()
+    })?;
+    let dkim_domain = parse_with(get("TIDINGS_DKIM_DOMAIN", ""), |v| {
+        let v = v.trim().to_ascii_lowercase();
+        if v.is_empty() {
+            Ok(None)
+        } else if v.contains('.')
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        {
+            Ok(Some(v))
+        } else {
+            Err("a domain name such as example.com".into())
+        }
+    })?;
+    let inbound_verify = parse_with(get("TIDINGS_INBOUND_VERIFY", "off"), |v| {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "on" | "yes" | "true" => Ok(true),
+            "off" | "no" | "false" => Ok(false),
+            _ => Err("on or off".to_string()),
+        }
+    })?;
+    let dns_server = parse_with(get("TIDINGS_DNS_SERVER", ""), |v| {
+        if v.trim().is_empty() {
+            return Ok(None);
+        }
+        v.trim()
+            .parse::<SocketAddr>()
+            .map(Some)
+            .or_else(|_| {
+                v.trim()
+                    .parse::<std::net::IpAddr>()
+                    .map(|ip| Some(SocketAddr::new(ip, 53)))
+            })
+            .map_err(|_| "expected IP or IP:PORT, e.g. 127.0.0.1:53".to_string())
+    })?;
+    Ok(MailAuth {
+        dkim_keys,
+        dkim_domain,
+        inbound_verify,
+        dns_server,
+    })
+}
+
 /// Retention, lifetimes, the automation loop cap and the scheduler's cron schedules.
 struct Schedule {
     automation_limits: Vec<(u32, Duration)>,
@@ -1024,6 +1129,10 @@ mod tests {
             ("TIDINGS_INBOUND_MIN_RATE", "fast"),
             ("TIDINGS_INBOUND_MEMORY", "2048"),
             ("TIDINGS_INBOUND_AUTHSERV_ID", "mx relay"),
+            ("TIDINGS_DKIM_KEYS", "nocolon"),
+            ("TIDINGS_DKIM_DOMAIN", "no_dots"),
+            ("TIDINGS_INBOUND_VERIFY", "maybe"),
+            ("TIDINGS_DNS_SERVER", "dns.example"),
             ("TIDINGS_REPLY_DOMAIN", "no_dots"),
             ("TIDINGS_RETRY_TIERS", "1m,,5m"),
             ("TIDINGS_PREFETCH", "0"),

@@ -1,6 +1,8 @@
 //! Shared library of every Tidings role: configuration, database, broker topology and
 //! publishing, delivery rules, outbound mail building and templates.
 
+/// The authentication crate, for the roles that hold its resolver.
+pub use mail_auth;
 pub mod amqp;
 pub mod announce;
 pub mod attachments;
@@ -8,6 +10,8 @@ pub mod audience;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod dkim;
+pub mod dns;
 pub mod error;
 pub mod events;
 pub mod inbound;

@@ -7,6 +7,7 @@
 
 pub mod live;
 pub mod system;
+pub mod zone;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

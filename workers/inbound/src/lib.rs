@@ -20,6 +20,7 @@ use tidings_common::amqp::{
 };
 use tidings_common::announce::Announcements;
 use tidings_common::db::Db;
+use tidings_common::dns;
 use tidings_common::inbound::{self, InboundContext};
 use tidings_common::{Config, Result};
 use tokio_util::sync::CancellationToken;
@@ -32,7 +33,14 @@ struct Processor {
     config: Arc<Config>,
     topology: Topology,
     context: InboundContext,
+    /// Checks DKIM, SPF and DMARC in-process (`TIDINGS_INBOUND_VERIFY=on` and no relay
+    /// authserv-id, whose verdict wins).
+    verifier: Option<tidings_common::mail_auth::MessageAuthenticator>,
 }
+
+/// Longest an in-process authentication check may take before the email is judged without a
+/// verdict.
+const VERIFY_PATIENCE: Duration = Duration::from_secs(5);
 
 fn header(delivery: &Delivery, name: &str) -> String {
     delivery
@@ -55,8 +63,16 @@ const GROUPING: Grouping = Grouping {
     linger: Duration::from_millis(5),
 };
 
+/// Header carrying the SMTP client's address and HELO name (`<ip> <helo>`).
+const CLIENT_HEADER: &str = "x-tidings-client";
+
 fn envelope(delivery: &Delivery) -> Envelope {
+    let client = header(delivery, CLIENT_HEADER);
+    let client = client
+        .split_once(' ')
+        .and_then(|(ip, helo)| Some((ip.parse::<std::net::IpAddr>().ok()?, helo.to_string())));
     Envelope {
+        client,
         mail_from: header(delivery, MAIL_FROM_HEADER),
         rcpts: header(delivery, RCPT_HEADER)
             .split(',')
@@ -76,6 +92,8 @@ struct Queued {
     raw: Vec<u8>,
     /// The spool row and the mail's size, for a large mail.
     spool: Option<(i64, usize)>,
+    /// What the in-process authentication check found, when it ran.
+    verdict: Option<dns::Verdict>,
 }
 
 impl Queued {
@@ -176,6 +194,11 @@ fn process_in_parts(
             bytes += next.size();
             let queued = rest.next().expect("peeked");
             let (raw, report) = match queued.spool {
+                // Read already (for the authentication check).
+                _ if !queued.raw.is_empty() => {
+                    let report = inbound::inspect(&queued.raw, context);
+                    (queued.raw, report)
+                }
                 None => {
                     let report = inbound::inspect(&queued.raw, context);
                     (queued.raw, report)
@@ -192,6 +215,15 @@ fn process_in_parts(
                 }
             };
             let mut report = report;
+            match &queued.verdict {
+                Some(dns::Verdict::Failed(why)) if report.auth_failure.is_none() => {
+                    report.auth_failure = Some(format!("in-process check: {why}"));
+                }
+                Some(dns::Verdict::Unknown(why)) => {
+                    warn!(why = %why, "no authentication verdict for an inbound email (DNS)");
+                }
+                _ => {}
+            }
             if is_delivery_report(&queued.envelope, &config.reply_domain) {
                 inbound::as_delivery_report(&mut report, &raw, &config.reply_domain);
             }
@@ -235,6 +267,67 @@ fn process_in_parts(
 }
 
 impl Processor {
+    /// Checks the authentication of each email of `set` in-process, all at once, each within
+    /// [`VERIFY_PATIENCE`]; a spooled email is read from the spool for it.
+    async fn verify(
+        &self,
+        verifier: &tidings_common::mail_auth::MessageAuthenticator,
+        mut set: Vec<Queued>,
+    ) -> Vec<Queued> {
+        let spooled: Vec<(usize, i64)> = set
+            .iter()
+            .enumerate()
+            .filter_map(|(n, q)| q.spool.filter(|_| q.raw.is_empty()).map(|(id, _)| (n, id)))
+            .collect();
+        if !spooled.is_empty() {
+            let ids: Vec<i64> = spooled.iter().map(|(_, id)| *id).collect();
+            let read = self
+                .db
+                .run(move |conn| {
+                    Ok(ids
+                        .iter()
+                        .map(|id| unspool(conn, *id).ok())
+                        .collect::<Vec<_>>())
+                })
+                .await;
+            if let Ok(read) = read {
+                for ((n, _), raw) in spooled.into_iter().zip(read) {
+                    set[n].raw = raw.unwrap_or_default();
+                }
+            }
+        }
+        let host = self.config.reply_domain.clone();
+        let checks = set.iter().map(|q| {
+            let (raw, envelope, host) = (&q.raw, &q.envelope, &host);
+            async move {
+                if raw.is_empty()
+                    || envelope.mail_from.is_empty() && is_delivery_report(envelope, host)
+                {
+                    return None;
+                }
+                let check = dns::verify_inbound(
+                    verifier,
+                    raw,
+                    &envelope.mail_from,
+                    envelope.client.clone(),
+                    host,
+                );
+                Some(match tokio::time::timeout(VERIFY_PATIENCE, check).await {
+                    Ok(verdict) => verdict,
+                    Err(_) => dns::Verdict::Unknown(format!(
+                        "DNS did not answer within {} s",
+                        VERIFY_PATIENCE.as_secs()
+                    )),
+                })
+            }
+        });
+        let verdicts = futures_util::future::join_all(checks).await;
+        for (queued, verdict) in set.iter_mut().zip(verdicts) {
+            queued.verdict = verdict;
+        }
+        set
+    }
+
     /// Inspects and processes a set of queued emails; one outcome per email. The set is
     /// processed in one transaction; if that fails, each email is processed on its own, so
     /// one email that cannot be processed never holds up the others.
@@ -246,8 +339,13 @@ impl Processor {
                 envelope: envelope(&delivery),
                 spool: spool_of(&delivery),
                 raw: delivery.data,
+                verdict: None,
             })
             .collect();
+        let set = match &self.verifier {
+            Some(verifier) => self.verify(verifier, set).await,
+            None => set,
+        };
         let (config, context) = (self.config.clone(), self.context.clone());
         let results = self
             .db
@@ -339,7 +437,7 @@ pub async fn enqueue_stdin(
         let rcpts: Vec<String> = recipients.iter().map(|r| r.to_ascii_lowercase()).collect();
         let db = Db::new(&config.database_url, 1);
         let payload = payload_of(&db, &raw).await;
-        queue_raw(&session.publisher, &topology, from, &rcpts, &payload).await?;
+        queue_raw(&session.publisher, &topology, from, &rcpts, None, &payload).await?;
         session.close().await;
         Ok::<_, tidings_common::Error>(())
     };
@@ -410,6 +508,7 @@ pub(crate) async fn queue_raw(
     topology: &Topology,
     mail_from: &str,
     rcpts: &[String],
+    client: Option<&(std::net::IpAddr, String)>,
     payload: &Payload<'_>,
 ) -> Result<()> {
     let mut headers = lapin::types::FieldTable::default();
@@ -429,6 +528,12 @@ pub(crate) async fn queue_raw(
         MAIL_FROM_HEADER.into(),
         AMQPValue::LongString(mail_from.into()),
     );
+    if let Some((ip, helo)) = client {
+        headers.insert(
+            CLIENT_HEADER.into(),
+            AMQPValue::LongString(format!("{ip} {helo}").into()),
+        );
+    }
     publisher
         .publish(
             &topology.events_exchange(),
@@ -474,7 +579,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Db::new(&config.database_url, 4),
     ));
     let server = tokio::spawn(smtp::serve(listener, ingress, shutdown.clone()));
+    let verifier = if config.mail_auth.inbound_verify && config.inbound_authserv_id.is_none() {
+        Some(dns::authenticator(config.mail_auth.dns_server).map_err(|e| anyhow::anyhow!(e))?)
+    } else {
+        None
+    };
     let processor = Arc::new(Processor {
+        verifier,
         db: Db::new(&config.database_url, config.db_pool_size),
         context: InboundContext::from_config(&config),
         config,

@@ -39,7 +39,11 @@ pub fn process_set(conn: &mut PgConnection, config: &Config, set: &[Inbound]) ->
             rcpts
                 .iter_mut()
                 .for_each(tidings_common::inbound::without_nul);
-            Envelope { mail_from, rcpts }
+            Envelope {
+                mail_from,
+                rcpts,
+                client: inbound.envelope.client.clone(),
+            }
         })
         .collect();
     let keys: Vec<String> = set.iter().map(dedupe_key).collect();

@@ -95,6 +95,8 @@ impl Disposition {
 pub struct Envelope {
     pub mail_from: String,
     pub rcpts: Vec<String>,
+    /// The SMTP client's address and HELO name, when the listener received it.
+    pub client: Option<(std::net::IpAddr, String)>,
 }
 
 /// One queued email: inspected, with its raw text and envelope.

@@ -82,7 +82,7 @@ pub async fn serve(listener: TcpListener, ingress: Arc<Ingress>, shutdown: Cance
                     };
                     sessions.spawn(tracing::Instrument::instrument(
                         async move {
-                            if let Err(e) = bounded_session(stream, &ingress).await {
+                            if let Err(e) = bounded_session_from(stream, &ingress, Some(peer.ip())).await {
                                 debug!(error = %e, "session ended with an error");
                             }
                             drop(permit);
@@ -135,6 +135,19 @@ pub fn refuse_recipient(address: &str, config: &Config) -> Option<&'static str> 
 struct Transaction {
     mail_from: Option<String>,
     rcpts: Vec<String>,
+    /// The client's address and HELO name, kept across the transactions of a session (the
+    /// SPF identity of an in-process check).
+    client: Option<(std::net::IpAddr, String)>,
+}
+
+impl Transaction {
+    /// A new transaction of the same session.
+    fn next(&self) -> Transaction {
+        Transaction {
+            client: self.client.clone(),
+            ..Transaction::default()
+        }
+    }
 }
 
 /// What to do after a command.
@@ -194,11 +207,20 @@ impl Incoming {
 /// A session within the configured bounds: closed with 421 when it runs past the session
 /// time limit. Any byte stream will do (the fuzz target talks over an in-memory pipe).
 pub async fn bounded_session<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
+    stream: S,
     ingress: &Ingress,
 ) -> std::io::Result<()> {
+    bounded_session_from(stream, ingress, None).await
+}
+
+/// [`bounded_session`] with a client at `peer`.
+pub async fn bounded_session_from<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    ingress: &Ingress,
+    peer: Option<std::net::IpAddr>,
+) -> std::io::Result<()> {
     let limit = ingress.config.inbound_limits.session_timeout;
-    match tokio::time::timeout(limit, session(&mut stream, ingress)).await {
+    match tokio::time::timeout(limit, session(&mut stream, ingress, peer)).await {
         Ok(ended) => ended,
         Err(_) => {
             info!(?limit, "SMTP session over its time limit; closed");
@@ -218,6 +240,7 @@ fn too_slow(incoming: &Incoming, min_rate: usize) -> bool {
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     ingress: &Ingress,
+    peer: Option<std::net::IpAddr>,
 ) -> std::io::Result<()> {
     let max = ingress.config.inbound_max_bytes;
     let min_rate = ingress.config.inbound_limits.min_rate;
@@ -229,7 +252,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         .await?;
     let mut receiver = RequestReceiver::default();
     let mut data: Option<Incoming> = None;
-    let mut transaction = Transaction::default();
+    let mut transaction = Transaction {
+        client: peer.map(|ip| (ip, String::new())),
+        ..Transaction::default()
+    };
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)).await {
@@ -275,7 +301,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 } else {
                     enqueue(ingress, &transaction, incoming.message).await
                 };
-                transaction = Transaction::default();
+                transaction = transaction.next();
                 stream.write_all(reply.as_bytes()).await?;
                 continue;
             }
@@ -324,12 +350,18 @@ fn answer(
     let config = &ingress.config;
     let (max, domain) = (config.inbound_max_bytes, &config.reply_domain);
     Step::Reply(match request {
-        Request::Ehlo { .. } => {
-            *transaction = Transaction::default();
+        Request::Ehlo { host } => {
+            *transaction = transaction.next();
+            if let Some((_, helo)) = &mut transaction.client {
+                *helo = host.chars().take(255).collect();
+            }
             format!("250-{domain}\r\n250-SIZE {max}\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n")
         }
-        Request::Helo { .. } => {
-            *transaction = Transaction::default();
+        Request::Helo { host } => {
+            *transaction = transaction.next();
+            if let Some((_, helo)) = &mut transaction.client {
+                *helo = host.chars().take(255).collect();
+            }
             format!("250 {domain}\r\n")
         }
         Request::Mail { from } if from.size > max => {
@@ -338,7 +370,7 @@ fn answer(
         Request::Mail { from } => {
             *transaction = Transaction {
                 mail_from: Some(from.address.to_string()),
-                rcpts: Vec::new(),
+                ..transaction.next()
             };
             "250 2.1.0 OK\r\n".into()
         }
@@ -361,7 +393,7 @@ fn answer(
             "354 End data with <CR><LF>.<CR><LF>\r\n".into()
         }
         Request::Rset => {
-            *transaction = Transaction::default();
+            *transaction = transaction.next();
             "250 2.0.0 OK\r\n".into()
         }
         Request::Noop { .. } => "250 2.0.0 OK\r\n".into(),
@@ -390,6 +422,7 @@ async fn enqueue(ingress: &Ingress, transaction: &Transaction, message: Vec<u8>)
                     &ingress.topology,
                     from,
                     &transaction.rcpts,
+                    transaction.client.as_ref(),
                     payload,
                 )
                 .await

@@ -206,7 +206,7 @@ fn early(
     };
     if let Some(failure) = &report.auth_failure {
         return Ok(Err(Plan::Done(Disposition::Rejected(format!(
-            "the relay reports failed authentication ({failure})"
+            "failed authentication ({failure})"
         )))));
     }
     Ok(match reply_token(config, report, envelope) {

@@ -201,6 +201,8 @@ pub struct Smtp {
     server: Server,
     idle: Mutex<Vec<Idle>>,
     slots: Semaphore,
+    /// Signs every email when `TIDINGS_DKIM_KEYS` is set.
+    dkim: Option<tidings_common::dkim::Dkim>,
 }
 
 impl Smtp {
@@ -208,10 +210,15 @@ impl Smtp {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         let server = Server::parse(&config.smtp_url)
             .map_err(|e| anyhow::anyhow!("TIDINGS_SMTP_URL: {e}"))?;
+        let own = config.own_address();
+        let from_domain = own.rsplit_once('@').map(|(_, d)| d).unwrap_or(&own);
+        let dkim = tidings_common::dkim::Dkim::from_config(&config.mail_auth, from_domain)
+            .map_err(|e| anyhow::anyhow!(e))?;
         Ok(Smtp {
             server,
             idle: Mutex::new(Vec::new()),
             slots: Semaphore::new(config.smtp_concurrency),
+            dkim,
         })
     }
 
@@ -249,7 +256,14 @@ impl Smtp {
         tidings_common::observe::smtp_slots(1.0);
         let _in_use = InUse;
         let envelope: Envelope = email.envelope().clone();
-        let bytes = email.formatted();
+        let mut bytes = email.formatted();
+        if let Some(dkim) = &self.dkim {
+            bytes = match dkim.sign(&bytes) {
+                Ok(signed) => signed,
+                // A key that cannot sign fails every email alike: retried, and said why.
+                Err(e) => return SmtpOutcome::Deferred(e),
+            };
+        }
         let started = Instant::now();
         let outcome = match tokio::time::timeout(TIMEOUT, self.transact(&envelope, &bytes)).await {
             Ok(outcome) => outcome,
