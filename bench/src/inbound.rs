@@ -10,6 +10,8 @@ use super::*;
 pub(crate) struct Extraction {
     pub(crate) split: f64,
     pub(crate) bodies: usize,
+    /// Bytes of all the decoded bodies together.
+    pub(crate) body_bytes: usize,
     pub(crate) inspect: f64,
     pub(crate) messages: usize,
 }
@@ -82,6 +84,7 @@ pub(crate) fn extraction_rate(corpora: &std::path::Path) -> anyhow::Result<Extra
     Ok(Extraction {
         split,
         bodies: bodies.len(),
+        body_bytes: bodies.iter().map(String::len).sum(),
         inspect,
         messages: messages.len(),
     })
@@ -310,8 +313,9 @@ pub(crate) fn print_extraction(extraction: Option<&Extraction>) {
         Some(e) => {
             row(
                 format!(
-                    "reply extraction per CPU-second ({} decoded bodies)",
-                    e.bodies
+                    "reply extraction per CPU-second ({} bodies, {} kB)",
+                    e.bodies,
+                    e.body_bytes / 1000
                 ),
                 per_s(e.split),
                 String::new(),

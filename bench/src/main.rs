@@ -22,7 +22,8 @@
 //! Every loop is bounded in count and time; traffic goes to 127.0.0.1 only.
 //!
 //! One file per phase: `baseline.rs` (1, 2), `pipeline.rs` (3), `sustained.rs` (4),
-//! `inbound.rs` (inbound rows and extraction), `live.rs` (live events); `kit.rs` holds what
+//! `inbound.rs` (inbound rows and extraction), `live.rs` (live events), `dkim.rs` (the cost of
+//! DKIM signing against unsigned emails); `kit.rs` holds what
 //! they share (processes, the database and its background, printing). This file runs them
 //! in order and prints the table.
 //!
@@ -38,6 +39,7 @@
 mod system;
 
 mod baseline;
+mod dkim;
 mod files;
 mod inbound;
 mod kit;
@@ -46,6 +48,7 @@ mod pipeline;
 mod sustained;
 
 use baseline::*;
+use dkim::*;
 use files::*;
 use inbound::*;
 use kit::*;
@@ -86,6 +89,10 @@ async fn main() -> anyhow::Result<()> {
     if only == "extraction" {
         let extraction = extraction_rate(std::path::Path::new(&corpora_dir()))?;
         print_extraction(Some(&extraction));
+        return Ok(());
+    }
+    if only == "dkim" {
+        print_signing(Some(&signing_rate()?));
         return Ok(());
     }
     let tidings = std::env::var("BENCH_TIDINGS")
@@ -222,6 +229,10 @@ async fn run_phases(
     let corpora = corpora_dir();
     eprintln!("bench: reply extraction over {corpora}");
     let extraction = extraction_rate(std::path::Path::new(&corpora)).ok();
+    eprintln!("bench: DKIM signing");
+    let signing = signing_rate()
+        .inspect_err(|e| eprintln!("bench: DKIM signing not measured: {e}"))
+        .ok();
 
     eprintln!("bench: baseline, {n_baseline} raw messages through the delay topology");
     let mut raw = Topology::from_config(config);
@@ -298,6 +309,7 @@ async fn run_phases(
         );
         print_inbound(&replies, sink_rate);
         print_extraction(extraction.as_ref());
+        print_signing(signing.as_ref());
         return Ok(());
     }
     eprintln!("bench: pipeline at fan-out 1, {n_fanout1} messages");
@@ -443,6 +455,7 @@ async fn run_phases(
     print_inbound(&replies, sink_rate);
     print_files(&files);
     print_extraction(extraction.as_ref());
+    print_signing(signing.as_ref());
     print_live(&live);
     if fan1.sent != fan1.notifications || fan10.sent != fan10.notifications {
         println!(

@@ -27,6 +27,9 @@ pub const SIGNED_HEADERS: [&str; 10] = [
     "List-Unsubscribe-Post",
 ];
 
+/// The largest key file read (an RSA-4096 PEM is about 3.3 kB).
+const KEY_FILE_MAX: u64 = 64 << 10;
+
 enum Signer {
     Rsa(DkimSigner<RsaKey<Sha256>, Done>),
     Ed25519(DkimSigner<Ed25519Key, Done>),
@@ -73,10 +76,19 @@ impl Dkim {
             .unwrap_or_else(|| from_domain.to_ascii_lowercase());
         let mut keys = Vec::new();
         for file in &auth.dkim_keys {
-            let pem = std::fs::read(&file.path)
-                .map_err(|e| format!("TIDINGS_DKIM_KEYS: {}: {e}", file.path.display()))?;
-            let key = Key::from_pem(&pem, &file.selector, &domain)
-                .map_err(|e| format!("TIDINGS_DKIM_KEYS: {}: {e}", file.path.display()))?;
+            let named = |e: &dyn std::fmt::Display| {
+                format!("TIDINGS_DKIM_KEYS: {}: {e}", file.path.display())
+            };
+            // A key is a small regular file; anything else (a device, a directory, a huge
+            // file) is refused before it is read.
+            let meta = std::fs::metadata(&file.path).map_err(|e| named(&e))?;
+            if !meta.is_file() || meta.len() > KEY_FILE_MAX {
+                return Err(named(&format!(
+                    "not a key file (a regular file of at most {KEY_FILE_MAX} bytes)"
+                )));
+            }
+            let pem = std::fs::read(&file.path).map_err(|e| named(&e))?;
+            let key = Key::from_pem(&pem, &file.selector, &domain).map_err(|e| named(&e))?;
             keys.push(key);
         }
         Ok(Some(Dkim { domain, keys }))
@@ -143,7 +155,9 @@ impl Key {
         let Some(pkcs8) = pkcs8 else {
             return Err("neither an RSA key nor a PKCS#8 Ed25519 key".into());
         };
+        // openssl writes PKCS#8 v1 (no public key inside); the public key is derived then.
         let ed = Ed25519Key::from_pkcs8_der(&pkcs8)
+            .or_else(|_| Ed25519Key::from_pkcs8_maybe_unchecked_der(&pkcs8))
             .map_err(|e| format!("neither an RSA key nor an Ed25519 key ({e})"))?;
         let public = ed.public_key();
         let signer = DkimSigner::from_key(ed)

@@ -140,9 +140,15 @@ pub(crate) fn automatic(
             || has_part(message, "text", &["rfc822-headers"]),
     };
     // A provider's notification in JSON.
+    // (The first text part as it is, never an HTML conversion: this runs for every mail.)
     let json_like = message
-        .body_text(0)
-        .is_some_and(|t| t.trim_start().starts_with(['{', '[']))
+        .text_body
+        .first()
+        .and_then(|id| match &message.part(*id)?.body {
+            mail_parser::PartType::Text(text) => Some(text.trim_start().starts_with(['{', '['])),
+            _ => None,
+        })
+        .unwrap_or(false)
         || super::json_part(message).is_some();
     if json_like
         && let Some(kind) = notice::json_kind(body.get_or_init(|| super::notice_text(message)))

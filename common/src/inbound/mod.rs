@@ -552,12 +552,22 @@ fn part_text<'a>(message: &'a mail_parser::Message<'_>, id: u32) -> Option<Cow<'
         PartType::Text(text) | PartType::Html(text) => text.as_ref(),
         _ => return None,
     };
-    let label = part.content_type().and_then(|ct| ct.attribute("charset"));
-    let encoding = label.and_then(|l| encoding_rs::Encoding::for_label(l.trim().as_bytes()));
+    let Some(label) = part.content_type().and_then(|ct| ct.attribute("charset")) else {
+        return Some(Cow::Borrowed(text));
+    };
+    if text.is_ascii() && !text.contains('\x1b') {
+        return Some(Cow::Borrowed(text));
+    }
+    // The parser's own decoding stands where it knows the label and agrees with the standard;
+    // it differs only for labels it does not know, and for Latin-1 labels, which the standard
+    // reads as windows-1252 (C1 controls there are curly quotes, dashes, the euro sign).
+    let known = mail_parser::decoders::charsets::map::charset_decoder(label.as_bytes()).is_some();
+    if known && !text.chars().any(|c| ('\u{80}'..='\u{9f}').contains(&c)) {
+        return Some(Cow::Borrowed(text));
+    }
+    let encoding = encoding_rs::Encoding::for_label(label.trim().as_bytes());
     match encoding {
-        Some(encoding)
-            if encoding != encoding_rs::UTF_8 && (!text.is_ascii() || text.contains('\x1b')) =>
-        {
+        Some(encoding) if encoding != encoding_rs::UTF_8 => {
             let body = message
                 .raw_message
                 .get(part.offset_body as usize..part.offset_end as usize)?;

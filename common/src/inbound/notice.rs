@@ -861,4 +861,45 @@ mod tests {
         assert_eq!(json_kind("{\"hello\": \"world\"}"), None);
         assert_eq!(json_kind("plain words"), None);
     }
+
+    #[test]
+    fn t4_hostile_notices_stay_bounded() {
+        use crate::inbound::{InboundContext, inspect};
+        let context = InboundContext {
+            reply_domain: "reply.example.com".into(),
+            own_address: None,
+            authserv_id: None,
+            attachment_max: 1 << 20,
+        };
+        // Ten thousand addresses in a notice: at most a hundred are read.
+        let many: String = (0..10_000)
+            .map(|n| format!("<u{n}@example.net>: 550 5.1.1 unknown\n"))
+            .collect();
+        let raw =
+            format!("From: MAILER-DAEMON@mx.example.org\nSubject: Undelivered Mail\n\n{many}");
+        let report = inspect(raw.as_bytes(), &context);
+        assert_eq!(report.verdict.as_str(), "bounce");
+        assert_eq!(report.bounce.unwrap().recipients.len(), 100);
+        // JSON nested far beyond the parser's limit, and JSON hidden in strings in strings.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let mut wrapped =
+            r#"{"notificationType":"Bounce","bounce":{"bounceType":"Permanent"}}"#.to_string();
+        // Each level escapes the one inside it, doubling its backslashes: twelve levels already
+        // make a few hundred kilobytes.
+        for _ in 0..12 {
+            wrapped = serde_json::json!({ "Message": wrapped }).to_string();
+        }
+        assert!(wrapped.len() < 1 << 20);
+        for body in [deep, wrapped] {
+            let raw = format!(
+                "From: hooks@example.com\nSubject: event\nContent-Type: application/json\n\n{body}"
+            );
+            let report = inspect(raw.as_bytes(), &context);
+            assert!(
+                matches!(report.verdict.as_str(), "bounce" | "new_conversation"),
+                "{:?}",
+                report.verdict
+            );
+        }
+    }
 }

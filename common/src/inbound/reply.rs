@@ -213,6 +213,18 @@ const VERBS: &[&str] = &[
     "skrifaði",
 ];
 
+/// The last bytes of [`VERBS`], for a one-byte test before the list is read.
+const VERB_ENDINGS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < VERBS.len() {
+        let bytes = VERBS[i].as_bytes();
+        table[bytes[bytes.len() - 1] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 /// Words an attribution starts with, by language ("On", "Le", "Am", "El", "Il", "Op", "Den",
 /// "Em", "W dniu", "Dne", "В"…).
 const OPENERS: &[&str] = &[
@@ -279,13 +291,19 @@ fn is_attribution(lower: &str) -> bool {
 /// An attribution without its colon, right above the quote it introduces: "On … Ann
 /// <ann@example.net> wrote", "2026年12月7日(月) 9:00 Ann <ann@example.net>".
 fn is_bare_attribution(lower: &str) -> bool {
-    if lower.len() > SHORT * 2 || without_colon(lower).is_some() {
+    // Most lines end neither in an address nor in a verb: a byte or two says so.
+    let Some(&last) = lower.as_bytes().last() else {
+        return false;
+    };
+    let addressed = last == b'>' || last == b')';
+    if lower.len() > SHORT * 2
+        || !(addressed || (VERB_ENDINGS[last as usize] && ends_with_any(lower, VERBS)))
+    {
         return false;
     }
-    let at = lower.as_bytes().contains(&b'@');
     let dated = has_year(lower) || has_time(lower);
     (ends_with_any(lower, VERBS) && (starts_with_any(lower, OPENERS) || has_digit(lower)))
-        || (at && dated && (lower.ends_with('>') || lower.ends_with(')')))
+        || (addressed && dated && lower.as_bytes().contains(&b'@'))
 }
 
 /// "2013/7/20 Sam <sam@example.com>" or "2016-03-03 17:21 GMT+01:00 Some One <…>" (Gmail's
@@ -519,11 +537,14 @@ const HISTORY_TITLES: &[&str] = &[
 
 /// A separator framed by dashes, underscores or equals signs around a localized "original
 /// message" or "forwarded message" title ("-------- Ursprüngliche Nachricht --------").
+#[inline(never)]
 fn is_titled_separator(lower: &str) -> bool {
     let frame = |c: char| matches!(c, '-' | '_' | '=' | '*' | ' ' | '\u{a0}');
+    if !lower.starts_with(frame) {
+        return false;
+    }
     let title = lower.trim_matches(frame);
     title.len() < lower.len()
-        && lower.starts_with(frame)
         && (lower.contains("--") || lower.contains("__") || lower.contains("=="))
         && HISTORY_TITLES
             .iter()
@@ -532,7 +553,9 @@ fn is_titled_separator(lower: &str) -> bool {
 
 /// A separator that starts forwarded or quoted history.
 fn is_separator(lower: &str) -> bool {
-    if is_titled_separator(lower) {
+    if matches!(lower.as_bytes().first(), Some(b'-' | b'_' | b'=' | b'*'))
+        && is_titled_separator(lower)
+    {
         return true;
     }
     if has(lower, "original message")
@@ -619,7 +642,7 @@ impl<'a> Lines<'a> {
     /// further ahead for competing starts, so the work per line stays bounded.
     fn attribution(&self, i: usize, nested: bool) -> Option<usize> {
         let lower = self.lower(i)?;
-        if is_attribution(lower) || (self.quote_follows(i + 1) && is_bare_attribution(lower)) {
+        if is_attribution(lower) || (is_bare_attribution(lower) && self.quote_follows(i + 1)) {
             return Some(1);
         }
         if (is_dated_address_line(lower) && self.next_is_quote(i + 1))
@@ -664,7 +687,7 @@ impl<'a> Lines<'a> {
             joined.push(' ');
             joined.push_str(&part);
             if is_attribution(&joined)
-                || (self.quote_follows(j + 1) && is_bare_attribution(&joined))
+                || (is_bare_attribution(&joined) && self.quote_follows(j + 1))
             {
                 return Some(extra + 1);
             }
@@ -697,8 +720,9 @@ impl<'a> Lines<'a> {
             && !previous.ends_with(':')
     }
 
-    /// Whether quoted text follows from line `from` on, and not the quoted end of a wrapped
-    /// attribution ("> wrote:", as some clients quote the verb).
+    /// Whether quoted text follows from line `from` on (the next non-empty line; only
+    /// non-empty lines ask, so a run of blank lines is read once), and not the quoted end of a
+    /// wrapped attribution ("> wrote:", as some clients quote the verb).
     fn quote_follows(&self, from: usize) -> bool {
         let next = self.lines[from.min(self.lines.len())..]
             .iter()
