@@ -70,11 +70,21 @@ async fn txt(auth: &MessageAuthenticator, name: &str) -> Result<Vec<String>, Str
             .answers()
             .iter()
             .filter_map(|r| match &r.data {
+                // Control characters (a terminal escape in a hostile record) are shown escaped.
                 RData::TXT(txt) => Some(
                     txt.txt_data
                         .iter()
                         .map(|part| String::from_utf8_lossy(part).into_owned())
-                        .collect::<String>(),
+                        .collect::<String>()
+                        .chars()
+                        .flat_map(|c| {
+                            if c.is_control() {
+                                c.escape_default().collect::<Vec<char>>()
+                            } else {
+                                vec![c]
+                            }
+                        })
+                        .collect(),
                 ),
                 _ => None,
             })
