@@ -1041,3 +1041,167 @@ async fn i9_files_attached_in_the_messenger_reach_the_other_page_live() {
     ann_view.quit().await;
     cora_view.quit().await;
 }
+
+/// D4 in the browser: the page reports a message seen only while the person could be reading
+/// it. With Preferences open over the conversation, or after a long idle, a new
+/// message is not seen, so it is emailed; closing the panel (by Escape) shows the conversation
+/// again and reads it; input after idling reads it. And the event stream follows the page's
+/// life: six visits away and back through the back/forward cache each come back live.
+#[tokio::test(flavor = "multi_thread")]
+async fn d4_seen_only_while_read_and_the_stream_follows_the_page() {
+    let metrics = format!("127.0.0.1:{}", support::free_port());
+    let env = Env::with("2s", &[("TIDINGS_METRICS_ADDR", &metrics)], &[]);
+    // The api's open event streams, from its metrics.
+    let open_streams = || async {
+        let text = reqwest::get(format!("http://{metrics}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("tidings_live_streams "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    let _roles = env.spawn(&["api", "dispatch", "mailer"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (ann, ben, _, conv) = team(&env).await;
+    let first = env.post(conv, ben, "First", false).await;
+    env.settled(first, SETTLE).await;
+    let driver = Driver::start(&env.root().join("browser")).await;
+    let view = driver.browser("ann").await;
+    view.goto(&format!(
+        "{}/messenger#token={}",
+        env.base(),
+        env.session(ann).await
+    ))
+    .await;
+    view.wait_until(
+        "ready",
+        "document.body.dataset.ready === 'yes' && document.body.dataset.live === 'on'",
+        LIVE,
+    )
+    .await;
+    view.click(&format!("#team .conversation[data-id=\"{conv}\"]"))
+        .await;
+    view.wait_until(
+        "opened and read",
+        "document.querySelectorAll('#messages .message').length === 1 && document.getElementById('badge').hidden",
+        LIVE,
+    )
+    .await;
+    let emails_to_ann = || env.mails_to("ann@example.com").len();
+    let before = emails_to_ann();
+
+    // Covered: Preferences over the conversation. The message is not seen; it is emailed.
+    view.click("#prefs-open").await;
+    view.wait_until(
+        "panel open",
+        "!document.getElementById('prefs').hidden",
+        LIVE,
+    )
+    .await;
+    let covered = env.post(conv, ben, "Covered by the panel", false).await;
+    view.wait_until("badge", "!document.getElementById('badge').hidden", LIVE)
+        .await;
+    env.settled(covered, SETTLE).await;
+    assert_eq!(emails_to_ann(), before + 1, "a covered message is emailed");
+    // Escape closes the panel: the conversation is back (not a blank pane) and read.
+    view.type_into("#prefs-form select", "\u{E00C}").await;
+    view.wait_until(
+        "conversation back and read",
+        "document.getElementById('prefs').hidden && !document.getElementById('conversation').hidden && document.querySelectorAll('#messages .message').length === 2 && document.getElementById('badge').hidden",
+        LIVE,
+    )
+    .await;
+
+    // Idle: no input for longer than the idle limit (the page's own clock set back).
+    view.js(
+        "window.tidings.lastInput = Date.now() - 6 * 60 * 1000;",
+        json!([]),
+    )
+    .await;
+    let idle = env.post(conv, ben, "Sent while idle", false).await;
+    view.wait_until(
+        "shown while idle",
+        "document.querySelectorAll('#messages .message').length === 3",
+        LIVE,
+    )
+    .await;
+    env.settled(idle, SETTLE).await;
+    assert_eq!(
+        emails_to_ann(),
+        before + 2,
+        "a message shown to an idle page is emailed"
+    );
+    assert_eq!(
+        view.js("return document.getElementById('badge').hidden;", json!([]))
+            .await,
+        json!(false)
+    );
+    // A key press brings the person back: read.
+    view.type_into("#body", "x").await;
+    view.wait_until(
+        "read on return",
+        "document.getElementById('badge').hidden",
+        LIVE,
+    )
+    .await;
+
+    // Away and back six times: each visit comes back with a live stream.
+    let (port, _away) = attacker_page("<p>Elsewhere</p>".into()).await;
+    let mut restored = 0;
+    for visit in 1..=6 {
+        // A mark on the page: it survives only if the page itself comes back from the cache.
+        view.js("window.kept = true;", json!([])).await;
+        view.goto(&format!("http://127.0.0.1:{port}/away{visit}"))
+            .await;
+        view.wait_until(
+            "away",
+            "document.body.textContent.includes('Elsewhere')",
+            LIVE,
+        )
+        .await;
+        view.js("history.back();", json!([])).await;
+        view.wait_until(
+            &format!("live again after visit {visit}"),
+            "document.body && document.body.dataset.live === 'on'",
+            LIVE,
+        )
+        .await;
+        if view.js("return window.kept === true;", json!([])).await == json!(true) {
+            restored += 1;
+        }
+    }
+    // One stream is open, however many visits: the pages in the cache hold none.
+    let started = Instant::now();
+    while open_streams().await != 1.0 && started.elapsed() < LIVE {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(open_streams().await, 1.0, "streams open after six visits");
+    // The browser kept the page in its back/forward cache (the case that piled up streams).
+    assert!(
+        restored >= 5,
+        "restored from the cache {restored} times of 6"
+    );
+    // And it still hears new messages.
+    let last = env.post(conv, ben, "After the visits", false).await;
+    view.wait_until(
+        "the last message arrives",
+        "document.querySelectorAll('#messages .message').length === 4",
+        LIVE,
+    )
+    .await;
+    env.settled(last, SETTLE).await;
+    // (The other page's favicon request is reported against this page after going back.)
+    let errors: Vec<String> = view
+        .console_errors()
+        .await
+        .into_iter()
+        .filter(|e| !e.contains("favicon.ico"))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    view.quit().await;
+}

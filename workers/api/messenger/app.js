@@ -34,7 +34,34 @@ const state = {
   loadingOlder: false,
   whole: new Map(),
   audio: null,
+  // The live stream, and the id of the last event it delivered (to resume after a
+  // back/forward visit).
+  source: null,
+  lastEventId: null,
+  // When the person last touched the page (pointer, key, wheel, touch).
+  lastInput: Date.now(),
 };
+
+// How long without input before the page stops reporting what it shows as seen.
+const IDLE_MS = 5 * 60 * 1000;
+
+// The one place that decides whether the open conversation is being read (SPEC D4, D10): it
+// is on screen (nothing covers it: no panel over it), the page is visible and has focus, and
+// the person has touched the page within IDLE_MS. Only then is its last message reported seen.
+function canSee() {
+  return state.open != null
+    && !$("conversation").hidden
+    && $("prefs").hidden
+    && document.visibilityState === "visible"
+    && document.hasFocus()
+    && Date.now() - state.lastInput < IDLE_MS;
+}
+
+// Reports the open conversation seen once it can be seen again (focus back, panel closed,
+// input after idling).
+function seeAgain() {
+  if (canSee()) refreshConversation(true).catch((e) => say(e.message));
+}
 // Read by the browser tests.
 window.tidings = state;
 
@@ -289,7 +316,7 @@ async function refreshConversation(markSeen) {
   if (state.open !== id) return;
   renderConversation(view, false);
   const last = view.messages[view.messages.length - 1];
-  if (markSeen && last && document.visibilityState === "visible") {
+  if (markSeen && last && canSee()) {
     // Seen up to the last message shown: this is what suppresses its email (D4).
     await api("PUT", `/me/conversations/${id}/seen`, { message_id: last.id });
   }
@@ -407,6 +434,7 @@ function upsert(d) {
 function onEvent(kind, handler) {
   return (e) => {
     state.events += 1;
+    if (e.lastEventId) state.lastEventId = e.lastEventId;
     let data = {};
     try { data = JSON.parse(e.data); } catch (_) { return; }
     Promise.resolve(handler(data)).catch((err) => say(`Update failed: ${err.message}`));
@@ -420,9 +448,15 @@ function applyCounts(d) {
   if (c) c.unread = d.unread.conversation;
 }
 
-function connect() {
-  const source = new EventSource("/me/events");
-  let opened = false;
+function connect(resume) {
+  // A page back from the back/forward cache resumes after the last event it had (an
+  // EventSource cannot send Last-Event-ID itself the first time).
+  const url = resume && state.lastEventId
+    ? `/me/events?last_event_id=${encodeURIComponent(state.lastEventId)}`
+    : "/me/events";
+  const source = new EventSource(url);
+  state.source = source;
+  let opened = Boolean(resume && state.lastEventId);
   source.onopen = () => {
     state.connected = true;
     document.body.dataset.live = "on";
@@ -436,7 +470,9 @@ function connect() {
     document.body.dataset.live = "off";
     // The browser reconnects by itself (with Last-Event-ID) unless the server refused the
     // stream (a 429, a signed-out session): then start a new one later, reading the inbox again.
-    if (source.readyState === EventSource.CLOSED) setTimeout(connect, 5000);
+    if (source.readyState === EventSource.CLOSED && state.source === source) {
+      setTimeout(() => { if (state.source === source) connect(); }, 5000);
+    }
   };
   source.addEventListener("notification", onEvent("notification", async (d) => {
     if (d.ping && d.author_id !== state.me.id) ping();
@@ -473,6 +509,7 @@ function connect() {
 }
 
 async function openPrefs() {
+  // The panel covers the conversation: nothing under it is being read.
   $("conversation").hidden = true;
   $("prefs").hidden = false;
   const prefs = await api("GET", "/me/preferences");
@@ -499,6 +536,19 @@ async function savePrefs(event) {
     await loadInbox();
   } catch (e) {
     say(`Not saved: ${e.message}`);
+  }
+}
+
+// Closing the panel shows again what it covered: the open conversation (which is then read, if
+// the page can be seen), or the empty pane.
+function closePrefs() {
+  $("prefs").hidden = true;
+  if (state.open != null) {
+    $("conversation").hidden = false;
+    seeAgain();
+    $("body").focus();
+  } else {
+    $("prefs-open").focus();
   }
 }
 
@@ -541,14 +591,34 @@ async function main() {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("composer").requestSubmit();
   });
   $("prefs-open").addEventListener("click", () => openPrefs().catch((e) => say(e.message)));
-  $("prefs-close").addEventListener("click", () => { $("prefs").hidden = true; });
+  $("prefs-close").addEventListener("click", closePrefs);
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && !$("prefs").hidden) closePrefs();
+  });
+  for (const kind of ["pointerdown", "keydown", "wheel", "touchstart"]) {
+    document.addEventListener(kind, () => {
+      const idle = Date.now() - state.lastInput >= IDLE_MS;
+      state.lastInput = Date.now();
+      if (idle) seeAgain();
+    }, { passive: true, capture: true });
+  }
+  window.addEventListener("focus", seeAgain);
+  // A page left for another stays in the back/forward cache: its stream closes with it and
+  // reopens, resuming, when it is shown again, so visits never pile up connections.
+  window.addEventListener("pagehide", () => {
+    if (state.source) state.source.close();
+    state.source = null;
+    state.connected = false;
+    document.body.dataset.live = "off";
+  });
+  window.addEventListener("pageshow", (e) => {
+    if (e.persisted && state.me && !state.source) connect(true);
+  });
   $("prefs-form").addEventListener("submit", savePrefs);
   for (const b of document.querySelectorAll("[data-preset]")) {
     b.addEventListener("click", () => applyPreset(b.dataset.preset));
   }
-  document.addEventListener("visibilitychange", () => {
-    if (document.visibilityState === "visible" && state.open != null) refreshConversation(true);
-  });
+  document.addEventListener("visibilitychange", seeAgain);
   try {
     await signIn();
     state.me = await api("GET", "/me");

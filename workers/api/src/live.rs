@@ -39,12 +39,15 @@ const PAGE: i64 = 200;
 /// Where a client resumes: `None` for a new client, `Some(Ok(id))` after event `id`, and
 /// `Some(Err(()))` for a `Last-Event-ID` that is not an id this service sent (answered with
 /// `reset`, like a client too far behind).
-fn last_event_id(headers: &HeaderMap) -> Option<Result<i64, ()>> {
-    let value = headers.get("last-event-id")?;
+/// The header wins; `?last_event_id=` is for a page that opens a new stream to resume (an
+/// `EventSource` cannot set the header itself).
+fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Option<Result<i64, ()>> {
+    let value = match headers.get("last-event-id") {
+        Some(value) => value.to_str().ok().map(str::to_string),
+        None => Some(query?.to_string()),
+    };
     Some(
         value
-            .to_str()
-            .ok()
             .and_then(|v| v.trim().parse::<i64>().ok())
             .filter(|id| *id >= 0)
             .ok_or(()),
@@ -52,7 +55,7 @@ fn last_event_id(headers: &HeaderMap) -> Option<Result<i64, ()>> {
 }
 
 /// Answers `GET /me/events`.
-pub fn stream(state: AppState, me: Me, headers: &HeaderMap) -> Response {
+pub fn stream(state: AppState, me: Me, headers: &HeaderMap, resume: Option<&str>) -> Response {
     let Some(wake) = state.hub.subscribe(me.id) else {
         return crate::error::ApiError {
             status: axum::http::StatusCode::TOO_MANY_REQUESTS,
@@ -64,7 +67,7 @@ pub fn stream(state: AppState, me: Me, headers: &HeaderMap) -> Response {
         .into_response();
     };
     let (tx, rx) = mpsc::channel::<Event>(64);
-    tokio::spawn(feed(state, me, last_event_id(headers), wake, tx));
+    tokio::spawn(feed(state, me, last_event_id(headers, resume), wake, tx));
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });

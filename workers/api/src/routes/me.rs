@@ -295,8 +295,16 @@ pub async fn update_preferences(
     .await
 }
 
+/// Where a new stream resumes: after event `last_event_id` (what `Last-Event-ID` says, for a
+/// client that cannot send the header).
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct EventsQuery {
+    pub last_event_id: Option<String>,
+}
+
 /// The live event stream (see `live`).
 #[utoipa::path(get, path = "/me/events", tag = "me",
+    params(EventsQuery),
     responses(
         (status = 200, description = "a text/event-stream of notification, seen, delivery, conversation and reset events"),
         (status = 429, description = "the person holds too many streams on this server", body = crate::error::ErrorBody),
@@ -305,7 +313,8 @@ pub async fn update_preferences(
 pub async fn events(
     State(state): State<AppState>,
     Extension(me): Extension<Me>,
+    axum::extract::Query(query): axum::extract::Query<EventsQuery>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    crate::live::stream(state, me, &headers)
+    crate::live::stream(state, me, &headers, query.last_event_id.as_deref())
 }
