@@ -1195,6 +1195,25 @@ async fn d4_seen_only_while_read_and_the_stream_follows_the_page() {
     )
     .await;
     env.settled(last, SETTLE).await;
+    // For everyone: Arabic laid out right to left, a green unread bubble, one h1, labels in
+    // words (no rule ids), and no count on a read conversation.
+    let arabic = env.post(conv, ben, "هل تم إصلاح الطابعة؟", false).await;
+    view.wait_until(
+        "right to left",
+        "[...document.querySelectorAll('#messages .message .body')].some((b) => b.dir === 'auto' && b.matches(':dir(rtl)'))",
+        LIVE,
+    )
+    .await;
+    env.settled(arabic, SETTLE).await;
+    let page = view
+        .js(
+            "document.getElementById('prefs-open').click();              const badge = document.getElementById('badge'); badge.hidden = false;              return { green: getComputedStyle(badge).backgroundColor,                       h1: document.querySelectorAll('h1').length,                       ids: /\\b[PE][1-5] /.test(document.getElementById('prefs-form').textContent) };",
+            json!([]),
+        )
+        .await;
+    assert_eq!(page["green"], "rgb(19, 115, 51)", "{page}");
+    assert_eq!(page["h1"], 1, "{page}");
+    assert_eq!(page["ids"], false, "{page}");
     // (The other page's favicon request is reported against this page after going back.)
     let errors: Vec<String> = view
         .console_errors()

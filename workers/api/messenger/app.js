@@ -159,12 +159,14 @@ function renderList() {
   for (const c of state.conversations) {
     const unread = el("span", { class: "count" + (c.unread > 0 ? " unread" : ""), text: String(c.unread) });
     unread.setAttribute("aria-label", `${c.unread} unread`);
+    // A read conversation shows no count.
+    unread.hidden = !(c.unread > 0);
     const button = el(
       "button",
       { type: "button", class: "conversation" + (state.open === c.conversation_id ? " open" : ""), "data-id": String(c.conversation_id) },
-      el("span", { class: "subject", text: c.subject }),
+      el("span", { class: "subject", dir: "auto", text: c.subject }),
       unread,
-      el("span", { class: "excerpt", text: c.last_excerpt || "" }),
+      el("span", { class: "excerpt", dir: "auto", text: c.last_excerpt || "" }),
     );
     button.addEventListener("click", () => openConversation(c.conversation_id));
     const item = el("li", {}, button);
@@ -204,7 +206,8 @@ function messageItem(m, deliveries) {
   // A customer's message is marked for users: a name alone could pass for a colleague's.
   const customer = m.author_kind === "customer" && state.me && state.me.kind !== "customer";
   const status = el("ul", { class: "deliveries", "aria-label": "Delivery" }, ...deliveries.map(deliveryLine));
-  const body = el("p", { class: "body", text: state.whole.get(m.id) ?? m.body });
+  // What people write is laid out in its own direction (Arabic and Hebrew right to left).
+  const body = el("p", { class: "body", dir: "auto", text: state.whole.get(m.id) ?? m.body });
   let more = null;
   if (m.truncated && !state.whole.has(m.id)) {
     more = el("button", { type: "button", class: "whole", text: "Show the whole message" });
@@ -226,7 +229,7 @@ function messageItem(m, deliveries) {
     "li",
     { class: "message" + (mine ? " mine" : "") + (m.internal ? " internal" : ""), "data-id": String(m.id) },
     el("div", { class: "meta" },
-      el("strong", { text: m.author }),
+      el("strong", { dir: "auto", text: m.author }),
       customer ? el("span", { class: "tag customer", text: "Customer" }) : null,
       el("time", { datetime: m.created_at, text: time(m.created_at) }),
       m.internal ? el("span", { class: "tag", text: "Internal" }) : null),
