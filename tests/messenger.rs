@@ -1214,12 +1214,46 @@ async fn d4_seen_only_while_read_and_the_stream_follows_the_page() {
     assert_eq!(page["green"], "rgb(19, 115, 51)", "{page}");
     assert_eq!(page["h1"], 1, "{page}");
     assert_eq!(page["ids"], false, "{page}");
-    // (The other page's favicon request is reported against this page after going back.)
+    // Back to the list (the Messenger button): focus lands on the conversation just left.
+    view.click("#prefs-close").await;
+    view.click("#home").await;
+    view.wait_until(
+        "focus on the conversation left",
+        &format!("document.activeElement && document.activeElement.dataset.id === '{conv}' && !document.getElementById('empty').hidden"),
+        LIVE,
+    )
+    .await;
+    // Sign out: the page is cleared and the session no longer works.
+    view.click("#sign-out").await;
+    view.wait_until(
+        "signed out",
+        "document.body.dataset.ready === 'signed-out' && document.querySelectorAll('#team .conversation').length === 0",
+        LIVE,
+    )
+    .await;
+    let after = view
+        .js(
+            "return fetch('/me', { credentials: 'same-origin' }).then((r) => r.status);",
+            json!([]),
+        )
+        .await;
+    assert_ne!(
+        after,
+        json!(200),
+        "the session still works after signing out"
+    );
+    // (The other page's favicon request is reported against this page after going back, and
+    // the test's own request after signing out is answered 401.)
     let errors: Vec<String> = view
         .console_errors()
         .await
         .into_iter()
-        .filter(|e| !e.contains("favicon.ico"))
+        .filter(|e| {
+            !e.contains("favicon.ico")
+                && !e.contains(
+                    "/me - Failed to load resource: the server responded with a status of 401",
+                )
+        })
         .collect();
     assert!(errors.is_empty(), "{errors:?}");
     view.quit().await;

@@ -346,10 +346,41 @@ async function openConversation(id) {
 }
 
 function closeConversation() {
+  const closed = state.open;
   state.open = null;
   $("conversation").hidden = true;
   document.body.classList.remove("reading");
   renderList();
+  // Focus goes back to the conversation just left, in the list.
+  const item = closed != null && document.querySelector(`.conversation[data-id="${closed}"]`);
+  if (item) item.focus();
+}
+
+// Signing out revokes the session everywhere (every page's stream ends) and clears this page.
+async function signOut() {
+  try {
+    await api("DELETE", "/session");
+  } catch (e) {
+    say(`Could not sign out: ${e.message}`);
+    return;
+  }
+  if (state.source) state.source.close();
+  state.source = null;
+  state.connected = false;
+  state.open = null;
+  state.conversations = [];
+  state.unread = 0;
+  $("team").replaceChildren();
+  $("customers").replaceChildren();
+  $("messages").replaceChildren();
+  $("conversation").hidden = true;
+  $("prefs").hidden = true;
+  $("who").textContent = "";
+  renderBadge();
+  document.body.classList.remove("reading");
+  document.body.dataset.live = "off";
+  document.body.dataset.ready = "signed-out";
+  say("Signed out. Open the messenger link your application gave you to come back.");
 }
 
 // Files chosen for the next message: by picking, drag and drop, or paste.
@@ -514,6 +545,7 @@ function connect(resume) {
 async function openPrefs() {
   // The panel covers the conversation: nothing under it is being read.
   $("conversation").hidden = true;
+  $("empty").hidden = true;
   $("prefs").hidden = false;
   const prefs = await api("GET", "/me/preferences");
   for (const [name, value] of Object.entries(prefs)) {
@@ -546,6 +578,7 @@ async function savePrefs(event) {
 // the page can be seen), or the empty pane.
 function closePrefs() {
   $("prefs").hidden = true;
+  $("empty").hidden = state.open != null;
   if (state.open != null) {
     $("conversation").hidden = false;
     seeAgain();
@@ -595,6 +628,7 @@ async function main() {
   });
   $("prefs-open").addEventListener("click", () => openPrefs().catch((e) => say(e.message)));
   $("prefs-close").addEventListener("click", closePrefs);
+  $("sign-out").addEventListener("click", signOut);
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape" && !$("prefs").hidden) closePrefs();
   });
