@@ -349,6 +349,7 @@ function closeConversation() {
   const closed = state.open;
   state.open = null;
   $("conversation").hidden = true;
+  $("empty").hidden = !$("prefs").hidden;
   document.body.classList.remove("reading");
   renderList();
   // Focus goes back to the conversation just left, in the list.
