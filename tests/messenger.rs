@@ -1258,3 +1258,370 @@ async fn d4_seen_only_while_read_and_the_stream_follows_the_page() {
     assert!(errors.is_empty(), "{errors:?}");
     view.quit().await;
 }
+
+/// D4, the ways of not reading a conversation that is open on the screen: a hidden tab, a
+/// minimized window and a visible window without focus (another window in front, as on a
+/// second screen) each leave the message unseen and it is emailed; coming back reads it.
+/// Delivery lines keep their order (emailed, then seen) with the full time on hover; the
+/// inbox is read once per load; Preferences open and close at 360 px; and axe-core finds no
+/// serious or critical violation in the list, the conversation or the panel.
+#[tokio::test(flavor = "multi_thread")]
+async fn d4_hidden_minimized_or_unfocused_pages_see_nothing() {
+    let env = Env::new("2s");
+    let _roles = env.spawn(&["api", "dispatch", "mailer"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (ann, ben, _, conv) = team(&env).await;
+    let first = env.post(conv, ben, "First", false).await;
+    env.settled(first, SETTLE).await;
+    let driver = Driver::start(&env.root().join("browser")).await;
+    let view = driver.browser("ann").await;
+    view.goto(&format!(
+        "{}/messenger#token={}",
+        env.base(),
+        env.session(ann).await
+    ))
+    .await;
+    view.wait_until(
+        "ready",
+        "document.body.dataset.ready === 'yes' && document.body.dataset.live === 'on'",
+        LIVE,
+    )
+    .await;
+    let inbox_reads = view
+        .js(
+            "return performance.getEntriesByType('resource').filter((e) => e.name.endsWith('/me/inbox')).length;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(inbox_reads, json!(1), "the inbox is read once per load");
+    let violations = view.axe().await;
+    assert!(violations.is_empty(), "the list: {violations:?}");
+    view.click(&format!("#team .conversation[data-id=\"{conv}\"]"))
+        .await;
+    view.wait_until(
+        "opened and read",
+        "document.querySelectorAll('#messages .message').length === 1 && document.getElementById('badge').hidden",
+        LIVE,
+    )
+    .await;
+    let violations = view.axe().await;
+    assert!(violations.is_empty(), "the conversation: {violations:?}");
+    let emails_to_ann = || env.mails_to("ann@example.com").len();
+    let mut emailed = emails_to_ann();
+    let mut shown = 1;
+
+    // Each way away, then back: the message is emailed while away, and read on return.
+    let (page, _blank) = view.new_tab().await;
+    for way in ["hidden tab", "minimized window", "unfocused window"] {
+        match way {
+            // A new tab in front of the messenger's.
+            "hidden tab" => {}
+            "minimized window" => {
+                view.switch_to(&page).await;
+                view.minimize().await;
+            }
+            // Headless Chromium gives every window focus of its own, so another window in
+            // front is what the page is told: it loses focus and stays visible.
+            _ => {
+                view.js(
+                    "document.hasFocus = () => false; window.dispatchEvent(new Event('blur'));",
+                    json!([]),
+                )
+                .await;
+            }
+        }
+        let message = env
+            .post(conv, ben, &format!("Sent to a {way}"), false)
+            .await;
+        env.settled(message, SETTLE).await;
+        emailed += 1;
+        shown += 1;
+        assert_eq!(emails_to_ann(), emailed, "{way}: the message is emailed");
+        match way {
+            "hidden tab" => view.switch_to(&page).await,
+            "minimized window" => view.resize(1000, 800).await,
+            _ => {
+                assert_eq!(
+                    view.js(
+                        "return document.visibilityState === 'visible' && !document.getElementById('badge').hidden;",
+                        json!([])
+                    )
+                    .await,
+                    json!(true),
+                    "{way}: visible, and the message is unread"
+                );
+                view.js(
+                    "delete document.hasFocus; window.dispatchEvent(new Event('focus'));",
+                    json!([]),
+                )
+                .await;
+            }
+        }
+        view.wait_until(
+            &format!("{way}: read on return"),
+            &format!(
+                "document.querySelectorAll('#messages .message').length === {shown} && document.getElementById('badge').hidden && window.tidings.unread === 0"
+            ),
+            LIVE,
+        )
+        .await;
+    }
+
+    // The first message sent away was emailed, then seen on return: in that order, each with
+    // its full time (to the second) on hover.
+    let line = view
+        .js(
+            "const item = [...document.querySelectorAll('#messages .message')][1];              const line = [...item.querySelectorAll('.deliveries li')].find((l) => l.textContent.includes('Ann'));              return [...line.querySelectorAll('.delivery')].map((s) => [s.className, s.title]);",
+            json!([]),
+        )
+        .await;
+    let classes: Vec<&str> = line
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        classes,
+        ["delivery notified", "delivery emailed", "delivery seen"],
+        "{line}"
+    );
+    for step in line.as_array().unwrap() {
+        let title = step[1].as_str().unwrap();
+        assert!(
+            title.matches(':').count() == 2,
+            "the full time to the second: {title}"
+        );
+    }
+
+    // At 360 px: Preferences over the conversation, then closed, bring the conversation back.
+    view.resize(360, 740).await;
+    view.click("#prefs-open").await;
+    view.wait_until(
+        "panel at 360 px",
+        "!document.getElementById('prefs').hidden && document.getElementById('conversation').hidden",
+        LIVE,
+    )
+    .await;
+    let violations = view.axe().await;
+    assert!(violations.is_empty(), "Preferences: {violations:?}");
+    view.click("#prefs-close").await;
+    view.wait_until(
+        "conversation back at 360 px",
+        "!document.getElementById('conversation').hidden && document.getElementById('conversation').getBoundingClientRect().height > 200 && getComputedStyle(document.getElementById('list')).display === 'none' && document.activeElement === document.getElementById('body')",
+        LIVE,
+    )
+    .await;
+    let errors = view.console_errors().await;
+    assert!(errors.is_empty(), "{errors:?}");
+    view.quit().await;
+}
+
+/// D10 and the ping: two tabs of one person give one ping per message; with both hidden, a
+/// desktop notification (permission granted in the browser, turned on from its button, never
+/// asked on load) comes from one tab only, one per conversation, replaced by the next; a
+/// click opens its conversation. A message in another conversation is announced to screen
+/// readers; Arabic is laid out right to left; a browser that blocks audio says so on the
+/// sound button until one click allows it.
+#[tokio::test(flavor = "multi_thread")]
+async fn d10_one_ping_and_one_desktop_notification_per_conversation() {
+    let env = Env::new("30s");
+    let _roles = env.spawn(&["api", "dispatch", "mailer"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (ann, ben, _, printer) = team(&env).await;
+    let (_, item, invoice) = env.ticket("Invoice").await;
+    env.follow_item(item, ann).await;
+    env.follow_item(item, ben).await;
+    let driver = Driver::start(&env.root().join("browser")).await;
+    let view = driver.browser("ann").await;
+    let token = env.session(ann).await;
+    view.goto(&format!("{}/messenger#token={token}", env.base()))
+        .await;
+    let ready = "document.body.dataset.ready === 'yes' && document.body.dataset.live === 'on'";
+    view.wait_until("ready", ready, LIVE).await;
+    // Never asked on load: the button offers it.
+    let asked = view
+        .js(
+            "return [Notification.permission, document.getElementById('desktop').textContent.trim()];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        asked,
+        json!(["default", "Turn on desktop notifications"]),
+        "{asked}"
+    );
+    // The person allows notifications for the site, then turns them on here.
+    view.set_permission("notifications", "granted").await;
+    view.wait_until(
+        "allowed, not yet on",
+        "document.body.dataset.desktop === 'off'",
+        LIVE,
+    )
+    .await;
+    view.click("#desktop").await;
+    view.wait_until(
+        "desktop notifications on",
+        "document.body.dataset.desktop === 'on' && document.getElementById('desktop').getAttribute('aria-pressed') === 'true'",
+        LIVE,
+    )
+    .await;
+
+    // A second tab of the same person, in front of the first.
+    let (first, second) = view.new_tab().await;
+    view.goto(&format!("{}/messenger", env.base())).await;
+    view.wait_until("second tab ready", ready, LIVE).await;
+    let tabs = [first.clone(), second.clone()];
+    // Each tab's pings and desktop notifications, once it has counted `unread` messages.
+    let counts = async |unread: i64| {
+        let mut counts = vec![];
+        for tab in &tabs {
+            view.switch_to(tab).await;
+            view.wait_until(
+                &format!("{unread} unread"),
+                &format!("window.tidings.unread === {unread}"),
+                LIVE,
+            )
+            .await;
+            let c = view
+                .js(
+                    "return [Number(document.body.dataset.pings || 0), window.tidings.notices.size];",
+                    json!([]),
+                )
+                .await;
+            counts.push((c[0].as_i64().unwrap(), c[1].as_i64().unwrap()));
+        }
+        counts
+    };
+    env.post(printer, ben, "Is the printer fixed?", false).await;
+    let after_one = counts(1).await;
+    assert_eq!(
+        after_one.iter().map(|c| c.0).sum::<i64>(),
+        1,
+        "one ping across two tabs: {after_one:?}"
+    );
+    assert_eq!(
+        after_one.iter().map(|c| c.1).sum::<i64>(),
+        0,
+        "a tab in front: no desktop notification: {after_one:?}"
+    );
+
+    // Both tabs out of sight: three messages in two conversations.
+    view.switch_to(&second).await;
+    view.minimize().await;
+    env.post(printer, ben, "Still broken?", false).await;
+    env.post(invoice, ben, "The invoice is attached", false)
+        .await;
+    env.post(printer, ben, "Paper tray 2 is jammed", false)
+        .await;
+    // (Reading the tabs brings the window back, after every message has arrived.)
+    view.switch_to(&second).await;
+    view.wait_until("all arrived", "window.tidings.unread === 4", LIVE)
+        .await;
+    let after_four = counts(4).await;
+    assert_eq!(
+        after_four.iter().map(|c| c.0).sum::<i64>(),
+        4,
+        "one ping per message: {after_four:?}"
+    );
+    let leader = after_four
+        .iter()
+        .position(|c| c.1 > 0)
+        .expect("a desktop notification was raised");
+    assert_eq!(
+        after_four.iter().map(|c| c.1).collect::<Vec<_>>(),
+        if leader == 0 { vec![2, 0] } else { vec![0, 2] },
+        "one notification per conversation, from one tab: {after_four:?}"
+    );
+    view.switch_to(&tabs[leader]).await;
+    let shown = view
+        .js(
+            "return [...window.tidings.notices.entries()].map(([id, n]) => [id, n.tag, n.title, n.body]).sort((a, b) => a[0] - b[0]);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        shown,
+        json!([
+            [
+                printer,
+                format!("tidings-conversation-{printer}"),
+                "Printer",
+                "Ben: Paper tray 2 is jammed"
+            ],
+            [
+                invoice,
+                format!("tidings-conversation-{invoice}"),
+                "Invoice",
+                "Ben: The invoice is attached"
+            ],
+        ]),
+        "the newest message of each conversation, replacing the one before"
+    );
+    // A click on the notification opens its conversation.
+    view.js(
+        &format!("window.tidings.notices.get({invoice}).dispatchEvent(new Event('click'));"),
+        json!([]),
+    )
+    .await;
+    view.wait_until(
+        "the notification opened its conversation",
+        &format!(
+            "window.tidings.open === {invoice} && document.getElementById('subject').textContent === 'Invoice' && !window.tidings.notices.has({invoice})"
+        ),
+        LIVE,
+    )
+    .await;
+
+    // A message in the other conversation is announced politely; Arabic reads right to left.
+    env.post(printer, ben, "هل تم إصلاح الطابعة؟", false).await;
+    view.wait_until(
+        "announced",
+        "document.getElementById('announce').getAttribute('aria-live') === 'polite' && document.getElementById('announce').textContent === 'New message from Ben in Printer: هل تم إصلاح الطابعة؟'",
+        LIVE,
+    )
+    .await;
+    view.wait_until(
+        "the excerpt right to left",
+        &format!(
+            "document.querySelector('#team .conversation[data-id=\"{printer}\"] .excerpt').matches(':dir(rtl)')"
+        ),
+        LIVE,
+    )
+    .await;
+    let errors = view.console_errors().await;
+    assert!(errors.is_empty(), "{errors:?}");
+    view.quit().await;
+
+    // A browser that blocks sound until the person clicks: the button says so, and one click
+    // allows it.
+    let strict = driver
+        .browser_without("ann-strict", &[support::live::AUTOPLAY])
+        .await;
+    strict
+        .goto(&format!(
+            "{}/messenger#token={}",
+            env.base(),
+            env.session(ann).await
+        ))
+        .await;
+    strict.wait_until("ready", ready, LIVE).await;
+    strict
+        .wait_until(
+            "sound blocked",
+            "document.body.dataset.sound === 'blocked' && document.getElementById('mute-label').textContent === 'Sound blocked by the browser: click to allow'",
+            LIVE,
+        )
+        .await;
+    strict.click("#mute").await;
+    strict
+        .wait_until(
+            "sound allowed",
+            "document.body.dataset.sound === 'on' && document.getElementById('mute-label').textContent === 'Sound on' && document.getElementById('mute').getAttribute('aria-pressed') === 'false'",
+            LIVE,
+        )
+        .await;
+    strict.quit().await;
+}

@@ -128,9 +128,12 @@ const CHROMIUM_ARGS: &[&str] = &[
     "--disable-component-update",
     "--no-first-run",
     "--disable-dev-shm-usage",
-    "--autoplay-policy=no-user-gesture-required",
+    AUTOPLAY,
     "--window-size=1000,800",
 ];
+
+/// The flag that lets pages play sound before the person clicks.
+pub const AUTOPLAY: &str = "--autoplay-policy=no-user-gesture-required";
 
 /// A `chromedriver` process; stopped (by its PID) when dropped.
 pub struct Driver {
@@ -203,8 +206,18 @@ impl Driver {
 
     /// A new browser with its own empty profile (its own cookies).
     pub async fn browser(&self, name: &str) -> Browser<'_> {
+        self.browser_without(name, &[]).await
+    }
+
+    /// A new browser run without the flags `without` (for example the autoplay flag, to see
+    /// the page as a browser that blocks audio until the person clicks).
+    pub async fn browser_without(&self, name: &str, without: &[&str]) -> Browser<'_> {
         let profile = self.artifacts.join(format!("profile-{name}"));
-        let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|a| a.to_string()).collect();
+        let mut args: Vec<String> = CHROMIUM_ARGS
+            .iter()
+            .filter(|a| !without.contains(a))
+            .map(|a| a.to_string())
+            .collect();
         args.push(format!("--user-data-dir={}", profile.display()));
         let binary = ["chromium", "chromium-browser"]
             .map(super::system::program)
@@ -264,6 +277,65 @@ impl Browser<'_> {
             Some(json!({"script": script, "args": args})),
         )
         .await
+    }
+
+    /// Runs `script` (a function body that calls `arguments[arguments.length - 1]` with its
+    /// result) and returns that result.
+    pub async fn js_async(&self, script: &str, args: Value) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/async",
+            Some(json!({"script": script, "args": args})),
+        )
+        .await
+    }
+
+    /// Sets the site's permission `name` (for example `notifications`) to `state`, as the
+    /// person would in the browser's site settings.
+    pub async fn set_permission(&self, name: &str, state: &str) {
+        self.call(
+            reqwest::Method::POST,
+            "/permissions",
+            Some(json!({"descriptor": {"name": name}, "state": state})),
+        )
+        .await;
+    }
+
+    /// Minimizes the window: its pages are hidden and lose focus.
+    pub async fn minimize(&self) {
+        self.call(reqwest::Method::POST, "/window/minimize", Some(json!({})))
+            .await;
+    }
+
+    /// The serious and critical accessibility violations axe-core finds on the page as it is
+    /// now (axe-core from the npm registry, installed by `scripts/services`), as
+    /// `rule: target…` lines.
+    pub async fn axe(&self) -> Vec<String> {
+        let source = std::fs::read_to_string(axe_path()).unwrap_or_else(|e| {
+            panic!(
+                "axe-core at {} ({e}); scripts/services installs it",
+                axe_path().display()
+            )
+        });
+        let found = self
+            .js_async(
+                &format!(
+                    "{source}\n;const done = arguments[arguments.length - 1];\
+                     axe.run(document, {{ resultTypes: ['violations'] }})\
+                       .then((r) => done(r.violations.map((v) => ({{ id: v.id, impact: v.impact,\
+                         targets: v.nodes.map((n) => n.target.join(' ')) }}))))\
+                       .catch((e) => done([{{ id: 'axe failed: ' + e, impact: 'critical', targets: [] }}]));"
+                ),
+                json!([]),
+            )
+            .await;
+        found
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["impact"] == "serious" || v["impact"] == "critical")
+            .map(|v| format!("{} ({}): {}", v["id"], v["impact"], v["targets"]))
+            .collect()
     }
 
     /// Clicks the element `css` as a user does (WebDriver element click).
@@ -412,4 +484,17 @@ impl Browser<'_> {
     pub async fn quit(self) {
         self.call(reqwest::Method::DELETE, "", None).await;
     }
+}
+
+/// Where `scripts/services` installs axe-core: `TIDINGS_AXE`, or the user's cache.
+fn axe_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("TIDINGS_AXE") {
+        return PathBuf::from(path);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+        });
+    cache.join("tidings/axe-core/node_modules/axe-core/axe.min.js")
 }

@@ -1,6 +1,6 @@
-// The messenger: open conversations with unread counts, a total badge, a ping on each new
-// message for you, delivery icons, a composer and the preferences (SPEC D1, D4, D8, P1-P5,
-// E1-E3). Everything comes from the /me routes and the live event stream /me/events.
+// The messenger: open conversations with unread counts, a total badge, a ping and a desktop
+// notification on each new message for you, delivery icons, a composer and the preferences
+// (SPEC D1, D4, D8, D10, P1-P5, E1-E3). Everything comes from the /me routes and the live event stream /me/events.
 // Message text is only ever set as text, never as HTML.
 "use strict";
 
@@ -40,6 +40,10 @@ const state = {
   lastEventId: null,
   // When the person last touched the page (pointer, key, wheel, touch).
   lastInput: Date.now(),
+  // The desktop notification shown for each conversation (one each, replaced).
+  notices: new Map(),
+  // What was last announced to screen readers.
+  announced: "",
 };
 
 // How long without input before the page stops reporting what it shows as seen.
@@ -112,17 +116,93 @@ async function signIn() {
   history.replaceState(null, "", location.pathname + location.search);
 }
 
-// WebAudio needs a user gesture first; the ping is counted (and shown) either way.
+// The ping's audio. Browsers block audio until the person clicks or presses a key on the
+// page: until then the sound button says so, and one click (or any key or click) enables it.
+function setUpAudio() {
+  if (!window.AudioContext) return;
+  state.audio = new AudioContext();
+  state.audio.addEventListener("statechange", () => { renderMute(); tabs.tell(); });
+}
+
+function audible() {
+  return Boolean(state.audio && state.audio.state === "running");
+}
+
 function unlockAudio() {
-  if (!state.audio && window.AudioContext) {
-    state.audio = new AudioContext();
-  }
+  if (state.audio && state.audio.state === "suspended") state.audio.resume().catch(() => {});
+}
+
+// The pages of this person open in this browser agree, over a BroadcastChannel, on which one
+// pings and raises desktop notifications, so a message gives one ping however many tabs are
+// open. Each page says when it opens, closes, and comes to the front or leaves it; the one
+// that pings is the oldest page whose audio runs (else the oldest page). A page that has not
+// been heard from for a while (closed without a word) no longer counts.
+const tabs = {
+  id: `${Date.now().toString(36).padStart(10, "0")}-${Math.random().toString(36).slice(2)}`,
+  channel: null,
+  peers: new Map(),
+  // Pages repeat themselves this often; one not heard from in STALE_MS is gone. (Timers of
+  // background pages can be delayed to once a minute.)
+  EVERY_MS: 20000,
+  STALE_MS: 150000,
+
+  start(personId) {
+    if (!window.BroadcastChannel || this.channel) return;
+    this.channel = new BroadcastChannel(`tidings-${personId}`);
+    this.channel.onmessage = (e) => this.heard(e.data || {});
+    this.tell("hello");
+    setInterval(() => this.tell(), this.EVERY_MS);
+  },
+
+  heard(m) {
+    if (typeof m.id !== "string" || m.id === this.id) return;
+    if (m.kind === "bye") {
+      this.peers.delete(m.id);
+      return;
+    }
+    this.peers.set(m.id, { front: Boolean(m.front), audible: Boolean(m.audible), at: Date.now() });
+    // A new page learns of the others at once.
+    if (m.kind === "hello") this.tell();
+  },
+
+  tell(kind) {
+    if (!this.channel) return;
+    this.channel.postMessage({ kind: kind || "here", id: this.id, front: inFront(), audible: audible() });
+  },
+
+  bye() {
+    if (this.channel) this.channel.postMessage({ kind: "bye", id: this.id });
+  },
+
+  live() {
+    const now = Date.now();
+    for (const [id, p] of this.peers) if (now - p.at > this.STALE_MS) this.peers.delete(id);
+    return [...this.peers.entries()];
+  },
+
+  // Whether this page is the one that pings and raises desktop notifications.
+  leads() {
+    const pages = this.live().concat([[this.id, { audible: audible() }]]);
+    const sounding = pages.filter(([, p]) => p.audible);
+    const from = sounding.length ? sounding : pages;
+    return from.map(([id]) => id).sort()[0] === this.id;
+  },
+
+  // Whether any of the person's pages in this browser is in front of them.
+  anyInFront() {
+    return inFront() || this.live().some(([, p]) => p.front);
+  },
+};
+
+// In front of the person: the page is visible and its window has focus.
+function inFront() {
+  return document.visibilityState === "visible" && document.hasFocus();
 }
 
 function ping() {
   state.pings += 1;
   document.body.dataset.pings = String(state.pings);
-  if (state.muted || !state.audio || state.audio.state !== "running") return;
+  if (state.muted || !audible()) return;
   const ctx = state.audio;
   const osc = ctx.createOscillator();
   const gain = ctx.createGain();
@@ -135,9 +215,99 @@ function ping() {
 }
 
 function renderMute() {
+  const blocked = !state.muted && state.audio && !audible();
   $("mute").setAttribute("aria-pressed", String(state.muted));
-  $("mute-label").textContent = state.muted ? "Sound off" : "Sound on";
-  $("mute-icon").textContent = state.muted ? "\u00D7" : "\u266A";
+  $("mute").classList.toggle("blocked", Boolean(blocked));
+  $("mute-label").textContent = state.muted ? "Sound off"
+    : blocked ? "Sound blocked by the browser: click to allow" : "Sound on";
+  $("mute-icon").textContent = state.muted || blocked ? "\u00D7" : "\u266A";
+  document.body.dataset.sound = state.muted ? "off" : blocked ? "blocked" : "on";
+}
+
+// The sound button: a click allows blocked audio; otherwise it mutes and unmutes.
+function toggleSound() {
+  if (!state.muted && state.audio && !audible()) {
+    state.audio.resume().then(renderMute, () => say("The browser still blocks sound."));
+    return;
+  }
+  state.muted = !state.muted;
+  localStorage.setItem("tidings.muted", state.muted ? "1" : "0");
+  renderMute();
+}
+
+// Desktop notifications (D10): asked for only from their button, never on load; on when the
+// browser allows them and the person turned them on here.
+function desktopOn() {
+  return window.Notification !== undefined && Notification.permission === "granted" &&
+    localStorage.getItem("tidings.desktop") === "1";
+}
+
+function renderDesktop() {
+  const button = $("desktop");
+  if (window.Notification === undefined) {
+    button.hidden = true;
+    return;
+  }
+  const permission = Notification.permission;
+  const on = desktopOn();
+  button.setAttribute("aria-pressed", String(on));
+  $("desktop-label").textContent = permission === "denied"
+    ? "Desktop notifications blocked by the browser"
+    : permission === "default" ? "Turn on desktop notifications"
+    : on ? "Desktop notifications on" : "Desktop notifications off";
+  document.body.dataset.desktop = permission === "granted" ? (on ? "on" : "off") : permission;
+}
+
+async function toggleDesktop() {
+  if (window.Notification === undefined) return;
+  if (Notification.permission === "default") {
+    const answer = await Notification.requestPermission();
+    if (answer === "granted") localStorage.setItem("tidings.desktop", "1");
+  } else if (Notification.permission === "granted") {
+    localStorage.setItem("tidings.desktop", desktopOn() ? "0" : "1");
+  } else {
+    say("Desktop notifications are blocked for this site: allow them in the browser's site settings.");
+  }
+  renderDesktop();
+}
+
+// A desktop notification for a new message while none of the person's pages is in front:
+// one per conversation, replacing the one before; a click opens the conversation.
+function notifyDesktop(d) {
+  if (!desktopOn() || tabs.anyInFront()) return;
+  const before = state.notices.get(d.conversation_id);
+  if (before) before.close();
+  const notice = new Notification(d.subject || "New message", {
+    body: `${d.author}: ${d.excerpt || ""}`,
+    tag: `tidings-conversation-${d.conversation_id}`,
+    renotify: true,
+    dir: "auto",
+  });
+  notice.onclick = () => {
+    window.focus();
+    notice.close();
+    openConversation(d.conversation_id);
+  };
+  notice.onclose = () => {
+    if (state.notices.get(d.conversation_id) === notice) state.notices.delete(d.conversation_id);
+  };
+  state.notices.set(d.conversation_id, notice);
+}
+
+// A conversation read (here or on another page) needs no desktop notification any more.
+function clearNotice(conversationId) {
+  const notice = state.notices.get(conversationId);
+  if (notice) notice.close();
+  state.notices.delete(conversationId);
+}
+
+// New messages outside the open conversation are announced politely to screen readers (the
+// open conversation's list is a live region itself).
+function announce(d) {
+  const text = `New message from ${d.author} in ${d.subject}: ${d.excerpt || ""}`;
+  // The same words twice in a row are announced again.
+  state.announced = state.announced === text ? `${text}\u00A0` : text;
+  $("announce").textContent = state.announced;
 }
 
 function renderBadge() {
@@ -186,19 +356,35 @@ async function loadInbox() {
   renderList();
 }
 
+// The full date and time, to the second, shown on hover.
+function fullTime(iso) {
+  return new Date(iso).toLocaleString([], {
+    year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit",
+  });
+}
+
+// One recipient's delivery: notified, seen, emailed, in the order they happened (to the
+// millisecond: "Seen" and "Emailed" in one minute keep their order), each with its full time
+// on hover.
 function deliveryLine(d) {
-  const parts = [];
-  const icon = (symbol, text, cls) => {
-    const span = el("span", { class: "delivery " + cls, text: `${symbol} ${text}` });
-    span.setAttribute("title", text);
-    return span;
+  const steps = [];
+  const step = (symbol, text, cls, at) => {
+    const span = el("span", { class: "delivery " + cls, text: `${symbol} ${text}${at ? " " : ""}` });
+    if (at) {
+      span.append(el("time", { datetime: at, text: time(at) }));
+      span.setAttribute("title", `${text} ${fullTime(at)}`);
+    } else {
+      span.setAttribute("title", text);
+    }
+    steps.push({ span, at: at ? Date.parse(at) : Infinity, order: steps.length });
   };
-  parts.push(icon("\u2713", `Notified ${d.person}`, "notified"));
-  if (d.seen_at) parts.push(icon("\u2713\u2713", `Seen by ${d.person} ${time(d.seen_at)}`, "seen"));
-  if (d.email_reason === "bounced") parts.push(icon("\u26A0", `Email to ${d.person} bounced`, "bounced"));
-  else if (d.email_state === "sent") parts.push(icon("\u2709", `Emailed to ${d.person} ${time(d.emailed_at)}`, "emailed"));
-  else if (d.email_state === "failed") parts.push(icon("\u26A0", `Email to ${d.person} failed`, "failed"));
-  return el("li", {}, ...parts);
+  step("\u2713", `Notified ${d.person}`, "notified", d.notified_at);
+  if (d.seen_at) step("\u2713\u2713", `Seen by ${d.person}`, "seen", d.seen_at);
+  if (d.email_reason === "bounced") step("\u26A0", `Email to ${d.person} bounced`, "bounced", d.emailed_at);
+  else if (d.email_state === "sent") step("\u2709", `Emailed to ${d.person}`, "emailed", d.emailed_at);
+  else if (d.email_state === "failed") step("\u26A0", `Email to ${d.person} failed`, "failed", null);
+  steps.sort((a, b) => a.at - b.at || a.order - b.order);
+  return el("li", {}, ...steps.map((s) => s.span));
 }
 
 function messageItem(m, deliveries) {
@@ -231,7 +417,7 @@ function messageItem(m, deliveries) {
     el("div", { class: "meta" },
       el("strong", { dir: "auto", text: m.author }),
       customer ? el("span", { class: "tag customer", text: "Customer" }) : null,
-      el("time", { datetime: m.created_at, text: time(m.created_at) }),
+      el("time", { datetime: m.created_at, title: fullTime(m.created_at), text: time(m.created_at) }),
       m.internal ? el("span", { class: "tag", text: "Internal" }) : null),
     body,
     more,
@@ -333,6 +519,7 @@ async function openConversation(id) {
     state.whole = new Map();
   }
   state.open = id;
+  clearNotice(id);
   $("prefs").hidden = true;
   $("conversation").hidden = false;
   document.body.classList.add("reading");
@@ -369,6 +556,8 @@ async function signOut() {
   state.source = null;
   state.connected = false;
   state.open = null;
+  for (const id of [...state.notices.keys()]) clearNotice(id);
+  tabs.bye();
   state.conversations = [];
   state.unread = 0;
   $("team").replaceChildren();
@@ -492,17 +681,23 @@ function connect(resume) {
   const source = new EventSource(url);
   state.source = source;
   let opened = Boolean(resume && state.lastEventId);
+  // The inbox is read once the stream runs, so nothing falls between the two (a reconnect
+  // resumes with Last-Event-ID instead); a stream that cannot start does not keep the list
+  // from showing.
+  const firstRead = () => {
+    if (opened) return;
+    opened = true;
+    loadInbox().then(ready, (e) => say(e.message));
+  };
   source.onopen = () => {
     state.connected = true;
     document.body.dataset.live = "on";
-    // What happened between reading the inbox and the stream's start is in the inbox now
-    // (a reconnect resumes with Last-Event-ID instead).
-    if (!opened) loadInbox().catch((e) => say(e.message));
-    opened = true;
+    firstRead();
   };
   source.onerror = () => {
     state.connected = false;
     document.body.dataset.live = "off";
+    firstRead();
     // The browser reconnects by itself (with Last-Event-ID) unless the server refused the
     // stream (a 429, a signed-out session): then start a new one later, reading the inbox again.
     if (source.readyState === EventSource.CLOSED && state.source === source) {
@@ -510,7 +705,13 @@ function connect(resume) {
     }
   };
   source.addEventListener("notification", onEvent("notification", async (d) => {
-    if (d.ping && d.author_id !== state.me.id) ping();
+    if (d.ping && d.author_id !== state.me.id) {
+      if (tabs.leads()) {
+        ping();
+        notifyDesktop(d);
+      }
+      if (state.open !== d.conversation_id || !canSee()) announce(d);
+    }
     applyCounts(d);
     if (!upsert(d)) await loadInbox();
     renderList();
@@ -518,6 +719,7 @@ function connect(resume) {
   }));
   source.addEventListener("seen", onEvent("seen", (d) => {
     applyCounts(d);
+    if (d.unread && d.unread.conversation === 0) clearNotice(d.conversation_id);
     renderList();
   }));
   source.addEventListener("delivery", onEvent("delivery", async (d) => {
@@ -598,15 +800,24 @@ function applyPreset(name) {
   say(`Preset applied: ${name}. Save to keep it.`);
 }
 
+// The first load is done: the list is shown and the stream runs (or retries).
+function ready() {
+  document.body.dataset.ready = "yes";
+}
+
 async function main() {
+  setUpAudio();
   renderMute();
-  document.addEventListener("pointerdown", unlockAudio, { once: true });
-  document.addEventListener("keydown", unlockAudio, { once: true });
-  $("mute").addEventListener("click", () => {
-    state.muted = !state.muted;
-    localStorage.setItem("tidings.muted", state.muted ? "1" : "0");
-    renderMute();
-  });
+  renderDesktop();
+  // The browser's site settings can change the permission while the page is open.
+  if (navigator.permissions) {
+    navigator.permissions.query({ name: "notifications" })
+      .then((status) => { status.onchange = renderDesktop; }, () => {});
+  }
+  document.addEventListener("pointerdown", unlockAudio, { capture: true });
+  document.addEventListener("keydown", unlockAudio, { capture: true });
+  $("mute").addEventListener("click", toggleSound);
+  $("desktop").addEventListener("click", () => toggleDesktop().catch((e) => say(e.message)));
   $("home").addEventListener("click", closeConversation);
   $("older").addEventListener("click", () => loadOlder());
   $("messages").addEventListener("scroll", () => {
@@ -640,23 +851,28 @@ async function main() {
       if (idle) seeAgain();
     }, { passive: true, capture: true });
   }
-  window.addEventListener("focus", seeAgain);
+  window.addEventListener("focus", () => { tabs.tell(); seeAgain(); });
+  window.addEventListener("blur", () => tabs.tell());
   // A page left for another stays in the back/forward cache: its stream closes with it and
   // reopens, resuming, when it is shown again, so visits never pile up connections.
   window.addEventListener("pagehide", () => {
+    tabs.bye();
     if (state.source) state.source.close();
     state.source = null;
     state.connected = false;
     document.body.dataset.live = "off";
   });
   window.addEventListener("pageshow", (e) => {
-    if (e.persisted && state.me && !state.source) connect(true);
+    if (e.persisted && state.me && !state.source) {
+      tabs.tell("hello");
+      connect(true);
+    }
   });
   $("prefs-form").addEventListener("submit", savePrefs);
   for (const b of document.querySelectorAll("[data-preset]")) {
     b.addEventListener("click", () => applyPreset(b.dataset.preset));
   }
-  document.addEventListener("visibilitychange", seeAgain);
+  document.addEventListener("visibilitychange", () => { tabs.tell(); seeAgain(); });
   try {
     await signIn();
     state.me = await api("GET", "/me");
@@ -671,9 +887,8 @@ async function main() {
   $("visibility").hidden = customer;
   $("prefs-open").hidden = customer;
   if (customer) $("team-heading").textContent = "Your conversations";
-  await loadInbox();
+  tabs.start(state.me.id);
   connect();
-  document.body.dataset.ready = "yes";
 }
 
 main();
