@@ -1560,7 +1560,10 @@ async fn d10_one_ping_and_one_desktop_notification_per_conversation() {
         ]),
         "the newest message of each conversation, replacing the one before"
     );
-    // A click on the notification opens its conversation.
+    // A click on the notification opens its conversation (the person is back at the screen).
+    view.resize(1000, 800).await;
+    view.switch_to(&tabs[leader]).await;
+    view.to_front().await;
     view.js(
         &format!("window.tidings.notices.get({invoice}).dispatchEvent(new Event('click'));"),
         json!([]),
@@ -1569,7 +1572,7 @@ async fn d10_one_ping_and_one_desktop_notification_per_conversation() {
     view.wait_until(
         "the notification opened its conversation",
         &format!(
-            "window.tidings.open === {invoice} && document.getElementById('subject').textContent === 'Invoice' && !window.tidings.notices.has({invoice})"
+            "window.tidings.open === {invoice} && document.getElementById('subject').textContent === 'Invoice' && !window.tidings.notices.has({invoice}) && window.tidings.conversations.find((c) => c.conversation_id === {invoice}).unread === 0"
         ),
         LIVE,
     )
@@ -1591,6 +1594,23 @@ async fn d10_one_ping_and_one_desktop_notification_per_conversation() {
         LIVE,
     )
     .await;
+    env.post(invoice, ben, "הקבלה מצורפת, תודה רבה", false)
+        .await;
+    view.wait_until(
+        "Hebrew right to left in the open conversation",
+        "[...document.querySelectorAll('#messages .message .body')].some((b) => b.matches(':dir(rtl)'))",
+        LIVE,
+    )
+    .await;
+    let shot = view.screenshot("desktop-notifications").await;
+    // The help page's picture of the header's controls and a right-to-left message.
+    if let Ok(dir) = std::env::var("TIDINGS_SCREENSHOT_DIR") {
+        std::fs::copy(
+            &shot,
+            std::path::Path::new(&dir).join("messenger-controls.png"),
+        )
+        .unwrap();
+    }
     let errors = view.console_errors().await;
     assert!(errors.is_empty(), "{errors:?}");
     view.quit().await;

@@ -301,6 +301,16 @@ impl Browser<'_> {
         .await;
     }
 
+    /// Brings the current tab and its window to the front, as a person clicking on it does.
+    pub async fn to_front(&self) {
+        self.call(
+            reqwest::Method::POST,
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Page.bringToFront", "params": {}})),
+        )
+        .await;
+    }
+
     /// Minimizes the window: its pages are hidden and lose focus.
     pub async fn minimize(&self) {
         self.call(reqwest::Method::POST, "/window/minimize", Some(json!({})))
