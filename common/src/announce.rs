@@ -33,6 +33,9 @@ pub struct Announcements {
     /// People with new live events (one [`LivePoke`](crate::live::LivePoke) for all). Not
     /// counted by [`Announcements::len`]: a lost poke is caught by the streams' own reads.
     pub live: Vec<i64>,
+    /// A new template version (its id): every process loads it. Not counted either: the
+    /// processes also look for new versions periodically.
+    pub templates: Option<i64>,
 }
 
 impl Announcements {
@@ -59,7 +62,15 @@ impl Announcements {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0 && self.live.is_empty()
+        self.len() == 0 && self.live.is_empty() && self.templates.is_none()
+    }
+
+    /// Tells every process that template version `marker` was saved.
+    pub fn templates(marker: i64) -> Self {
+        Announcements {
+            templates: Some(marker),
+            ..Default::default()
+        }
     }
 
     /// How many rows are announced.
@@ -81,6 +92,7 @@ impl Announcements {
         self.outbox.extend(other.outbox);
         self.due.extend(other.due);
         self.live.extend(other.live);
+        self.templates = self.templates.max(other.templates);
     }
 
     /// Publishes every announcement with a confirm, retrying a broker hiccup a few times. The
@@ -134,6 +146,19 @@ impl Announcements {
                 .await
             {
                 tracing::debug!(error = %e, "live events not announced; the streams will read them");
+            }
+        }
+        if let Some(marker) = self.templates {
+            let changed = crate::templates::versions::TemplatesChanged { marker };
+            if let Err(e) = publisher
+                .publish_transient(
+                    &events_exchange,
+                    crate::templates::versions::TEMPLATES_ROUTING_KEY,
+                    &changed,
+                )
+                .await
+            {
+                tracing::debug!(error = %e, "template version not announced; processes look periodically");
             }
         }
         Ok(())

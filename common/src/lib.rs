@@ -22,6 +22,7 @@ pub mod outbox;
 pub mod posting;
 pub mod rules;
 pub mod secret;
+pub mod status;
 pub mod sweep;
 pub mod templates;
 

@@ -21,11 +21,10 @@ pub async fn log(
         })
         .transpose()?;
     let filter = LogFilter {
-        message_id: None,
         since: Some(tidings_common::clock::before(since)),
         direction: direction.as_deref().and_then(Direction::parse_loose),
         status,
-        limit,
+        ..LogFilter::latest(limit)
     };
     let db = tidings_common::db::Db::new(&config.database_url, 1);
     let rows: Vec<EmailLogEntry> = db

@@ -12,6 +12,12 @@ pub enum TemplatesCommand {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Write the templates as they serve now (the folder's files with the versions saved in
+    /// the admin console in their place) to a folder, for keeping in version control.
+    Export {
+        /// Where to write them (created if missing; files of the same name are replaced).
+        to: std::path::PathBuf,
+    },
     /// Render one template with sample data: subject and text part to standard output, or
     /// the HTML part to a file with --html.
     Preview {
@@ -35,6 +41,41 @@ pub fn templates(config: &Config, command: TemplatesCommand) -> anyhow::Result<(
         dir.unwrap_or_else(|| std::path::PathBuf::from(&config.templates_dir))
     };
     match command {
+        TemplatesCommand::Export { to } => {
+            use diesel::Connection;
+            let dir = std::path::PathBuf::from(&config.templates_dir);
+            let (from, into) = (dir.canonicalize()?, std::path::absolute(&to)?);
+            if into.starts_with(&from) {
+                anyhow::bail!(
+                    "{} is inside the templates folder {}; export somewhere else",
+                    to.display(),
+                    dir.display()
+                );
+            }
+            let mut conn = diesel::PgConnection::establish(&config.database_url)?;
+            let overlay = tidings_common::templates::versions::current(&mut conn)?;
+            tidings_common::templates::versions::write_tree(
+                &dir,
+                &overlay,
+                &config.default_locale,
+                &to,
+            )?;
+            for v in &overlay.versions {
+                let locale = if v.locale.is_empty() {
+                    config.default_locale.as_str()
+                } else {
+                    v.locale.as_str()
+                };
+                println!("{locale}/{}: version {}", v.name, v.id);
+            }
+            println!(
+                "wrote {} with {} console version(s) over the files of {}",
+                to.display(),
+                overlay.versions.len(),
+                dir.display()
+            );
+            Ok(())
+        }
         TemplatesCommand::Check { dir } => {
             let dir = folder(dir);
             let errors = Templates::check(

@@ -35,6 +35,7 @@ impl NewEmailLogEntry {
             rule: None,
             outbox_id: None,
             action: None,
+            inbound_email_id: None,
         }
     }
 }
@@ -57,8 +58,32 @@ pub struct LogFilter {
     pub since: Option<DateTime<Utc>>,
     pub direction: Option<Direction>,
     pub status: Option<LogStatus>,
+    /// Rows from or to this address (any case).
+    pub address: Option<String>,
+    pub conversation_id: Option<i64>,
+    /// Rows written before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Rows with an id below this (the next page; queued emails come on the first page).
+    pub before: Option<i64>,
     /// Most rows to return.
     pub limit: i64,
+}
+
+impl LogFilter {
+    /// Every row, newest first, at most `limit`.
+    pub fn latest(limit: i64) -> LogFilter {
+        LogFilter {
+            message_id: None,
+            since: None,
+            direction: None,
+            status: None,
+            address: None,
+            conversation_id: None,
+            until: None,
+            before: None,
+            limit,
+        }
+    }
 }
 
 /// Rows of the log matching `filter`, newest first. An email still waiting to go (a
@@ -72,7 +97,8 @@ pub fn query(conn: &mut PgConnection, filter: &LogFilter) -> QueryResult<Vec<Ema
         logged(conn, filter)?
     };
     let wants_queued = filter.direction != Some(Direction::Inbound)
-        && filter.status.is_none_or(|s| s == LogStatus::Queued);
+        && filter.status.is_none_or(|s| s == LogStatus::Queued)
+        && filter.before.is_none();
     if wants_queued {
         rows.extend(queued(conn, filter)?);
         rows.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
@@ -99,6 +125,25 @@ fn logged(conn: &mut PgConnection, filter: &LogFilter) -> QueryResult<Vec<EmailL
     }
     if let Some(status) = filter.status {
         q = q.filter(email_log::status.eq(status));
+    }
+    if let Some(address) = &filter.address {
+        let address = address.to_ascii_lowercase();
+        q = q.filter(
+            diesel::dsl::sql::<diesel::sql_types::Bool>("(lower(mail_from) = ")
+                .bind::<diesel::sql_types::Text, _>(address.clone())
+                .sql(" OR lower(rcpt_to) = ")
+                .bind::<diesel::sql_types::Text, _>(address)
+                .sql(")"),
+        );
+    }
+    if let Some(conversation) = filter.conversation_id {
+        q = q.filter(email_log::conversation_id.eq(conversation));
+    }
+    if let Some(until) = filter.until {
+        q = q.filter(email_log::created_at.lt(until));
+    }
+    if let Some(before) = filter.before {
+        q = q.filter(email_log::id.lt(before));
     }
     q.load(conn)
 }
@@ -130,6 +175,15 @@ fn queued(conn: &mut PgConnection, filter: &LogFilter) -> QueryResult<Vec<EmailL
     }
     if let Some(since) = filter.since {
         waiting = waiting.filter(notifications::created_at.ge(since));
+    }
+    if let Some(conversation) = filter.conversation_id {
+        waiting = waiting.filter(notifications::conversation_id.eq(conversation));
+    }
+    if let Some(address) = &filter.address {
+        waiting = waiting.filter(
+            diesel::dsl::sql::<diesel::sql_types::Bool>("lower(people.email) = ")
+                .bind::<diesel::sql_types::Text, _>(address.to_ascii_lowercase()),
+        );
     }
     type Waiting = (
         i64,
@@ -188,6 +242,9 @@ fn queued(conn: &mut PgConnection, filter: &LogFilter) -> QueryResult<Vec<EmailL
         let mut pending = outbox_emails::table
             .filter(outbox_emails::state.eq(SendState::Pending))
             .into_boxed();
+        if let Some(conversation) = filter.conversation_id {
+            pending = pending.filter(outbox_emails::conversation_id.eq(conversation));
+        }
         if let Some(since) = filter.since {
             pending = pending.filter(outbox_emails::created_at.ge(since));
         }
@@ -212,7 +269,16 @@ fn queued(conn: &mut PgConnection, filter: &LogFilter) -> QueryResult<Vec<EmailL
             .load::<(i64, Option<String>)>(conn)?
             .into_iter()
             .collect();
-        rows.extend(outboxed.into_iter().map(
+        let wanted = filter.address.as_deref().map(str::to_ascii_lowercase);
+        let outboxed = outboxed.into_iter().filter(|o| match &wanted {
+            Some(address) => addresses
+                .get(&o.7)
+                .cloned()
+                .flatten()
+                .is_some_and(|a| a.to_ascii_lowercase() == *address),
+            None => true,
+        });
+        rows.extend(outboxed.map(
             |(id, created_at, due_at, attempts, conversation_id, header, source, recipient)| {
                 EmailLogEntry {
                     id: 0,

@@ -20,6 +20,8 @@ pub struct Person {
     pub active: bool,
     /// Preferred language of emails (`en`, `sv`, …); unset means the default locale.
     pub locale: Option<String>,
+    /// An admin may use the admin routes (and the console at `/admin`) with their own session.
+    pub admin: bool,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
@@ -119,6 +121,8 @@ pub struct NewEmailLogEntry {
     pub outbox_id: Option<i64>,
     /// For inbound email: what it caused (posted a message, started a conversation, …).
     pub action: Option<String>,
+    /// For inbound email: its record (its source, while the log keeps it).
+    pub inbound_email_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]

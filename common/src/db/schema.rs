@@ -9,6 +9,7 @@ diesel::table! {
         created_at -> Timestamptz,
         active -> Bool,
         locale -> Nullable<Text>,
+        admin -> Bool,
     }
 }
 
@@ -129,6 +130,7 @@ diesel::table! {
         rule -> Nullable<Text>,
         outbox_id -> Nullable<Int8>,
         action -> Nullable<Text>,
+        inbound_email_id -> Nullable<Int8>,
     }
 }
 
@@ -351,5 +353,45 @@ diesel::table! {
         project_id -> Int8,
         team_id -> Int8,
         created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    admin_changes (id) {
+        id -> Int8,
+        at -> Timestamptz,
+        actor_id -> Int8,
+        method -> Text,
+        path -> Text,
+        status -> Int2,
+        body -> Nullable<Jsonb>,
+    }
+}
+
+diesel::table! {
+    template_versions (id) {
+        id -> Int8,
+        name -> Text,
+        locale -> Text,
+        subject -> Nullable<Text>,
+        text -> Nullable<Text>,
+        html -> Nullable<Text>,
+        created_at -> Timestamptz,
+        author_id -> Nullable<Int8>,
+    }
+}
+
+diesel::table! {
+    inbound_raw (inbound_email_id) {
+        inbound_email_id -> Int8,
+        created_at -> Timestamptz,
+        mail_from -> Text,
+        rcpt_to -> Text,
+        subject -> Nullable<Text>,
+        raw -> Bytea,
+        set_aside -> Nullable<Text>,
+        recovered_at -> Nullable<Timestamptz>,
+        recovered_by -> Nullable<Int8>,
+        recovered_message_id -> Nullable<Int8>,
     }
 }

@@ -130,8 +130,19 @@ impl InboundContext {
 /// Runs the whole pure path on a raw message. Never panics: a panic inside the parser becomes
 /// a `rejected` verdict.
 pub fn inspect(raw: &[u8], context: &InboundContext) -> InboundReport {
+    inspect_with(raw, context, false)
+}
+
+/// Inspects `raw` as a person's email, whatever it looks like: an admin recovering mail that
+/// was set aside says so. The automatic-mail checks (auto-replies, bounces, complaints, bulk
+/// and our own mail) are skipped; everything else is as [`inspect`].
+pub fn inspect_as_human(raw: &[u8], context: &InboundContext) -> InboundReport {
+    inspect_with(raw, context, true)
+}
+
+fn inspect_with(raw: &[u8], context: &InboundContext, human: bool) -> InboundReport {
     let mut report =
-        match std::panic::catch_unwind(AssertUnwindSafe(|| inspect_parsed(raw, context))) {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inspect_parsed(raw, context, human))) {
             Ok(report) => report,
             Err(_) => rejected("the message could not be parsed (parser panic)"),
         };
@@ -343,7 +354,7 @@ fn auth_failure(message: &mail_parser::Message<'_>, relay: Option<&str>) -> Opti
         .map(|f| format!("Authentication-Results: {f}"))
 }
 
-fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
+fn inspect_parsed(raw: &[u8], context: &InboundContext, human: bool) -> InboundReport {
     let Some(message) = MessageParser::default().parse(raw) else {
         return rejected("the message could not be parsed");
     };
@@ -374,6 +385,7 @@ fn inspect_parsed(raw: &[u8], context: &InboundContext) -> InboundReport {
     };
     if let Some((verdict, reason)) =
         classify::automatic(&message, from.as_deref(), message_id.as_deref(), context)
+            .filter(|_| !human)
     {
         if matches!(verdict, InboundVerdict::Bounce | InboundVerdict::Complaint) {
             let text = notice_text(&message);

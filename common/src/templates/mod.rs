@@ -23,11 +23,13 @@
 pub mod guard;
 mod samples;
 mod store;
+pub mod versions;
 
 use std::path::{Path, PathBuf};
 
 pub use samples::sample_data;
 pub use store::{TemplateStore, Templates};
+pub use versions::{Overlay, Version};
 
 /// The three parts every email template has.
 pub const PARTS: [&str; 3] = ["subject", "text", "html"];
@@ -38,6 +40,8 @@ pub const PARTS: [&str; 3] = ["subject", "text", "html"];
 pub struct TemplateError {
     pub file: PathBuf,
     pub line: Option<usize>,
+    /// The column on `line`, where the parser or renderer says.
+    pub column: Option<usize>,
     pub reason: String,
 }
 
@@ -46,6 +50,7 @@ impl TemplateError {
         TemplateError {
             file: file.to_path_buf(),
             line,
+            column: None,
             reason: reason.into(),
         }
     }

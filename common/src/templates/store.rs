@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::guard::{Bounded, PartialGraph, Unsafe, check_nesting};
+use super::versions::{Merged, Overlay};
 use super::{PARTS, RenderedEmail, TemplateError, sample_data};
 
 /// The templates of one locale: the default locale's, overlaid with the locale's own.
@@ -67,6 +68,10 @@ fn scan(dir: &Path, top: bool) -> Result<(Tree, BTreeMap<String, Tree>), Templat
 }
 
 /// `en`, `sv`, `pt-BR`, `zh-Hant`.
+pub(super) fn locale_name(name: &str) -> bool {
+    is_locale_name(name)
+}
+
 fn is_locale_name(name: &str) -> bool {
     let mut parts = name.split('-');
     let language = parts.next().unwrap_or_default();
@@ -97,6 +102,56 @@ impl Templates {
             Some(e) => Err(e),
             None => Ok(templates),
         }
+    }
+
+    /// Loads `dir` with `overlay`'s versions in place of the files of the same templates
+    /// (the console's saved versions); errors name the files as if the versions were there.
+    pub fn load_overlaid(
+        dir: impl AsRef<Path>,
+        overlay: &Overlay,
+        default_locale: &str,
+        required: &[&str],
+    ) -> Result<Self, TemplateError> {
+        let dir = dir.as_ref();
+        if overlay.versions.is_empty() {
+            return Templates::load(dir, default_locale, required);
+        }
+        let merged = Merged::build(dir, overlay, default_locale)?;
+        match Templates::load(merged.path(), default_locale, required) {
+            Ok(mut templates) => {
+                for l in templates.locales.values_mut() {
+                    for folder in l.sources.values_mut() {
+                        *folder = merged.original(folder);
+                    }
+                }
+                Ok(templates)
+            }
+            Err(e) => Err(TemplateError {
+                file: merged.original(&e.file),
+                ..e
+            }),
+        }
+    }
+
+    /// Every problem of `dir` with `overlay` in place (see [`Templates::check`]).
+    pub fn check_overlaid(
+        dir: impl AsRef<Path>,
+        overlay: &Overlay,
+        default_locale: &str,
+        required: &[&str],
+    ) -> Vec<TemplateError> {
+        let dir = dir.as_ref();
+        let merged = match Merged::build(dir, overlay, default_locale) {
+            Ok(merged) => merged,
+            Err(e) => return vec![e],
+        };
+        Templates::check(merged.path(), default_locale, required)
+            .into_iter()
+            .map(|e| TemplateError {
+                file: merged.original(&e.file),
+                ..e
+            })
+            .collect()
     }
 
     /// Every problem in the templates under `dir`, one per broken file where possible: each
@@ -255,6 +310,7 @@ impl Templates {
         let context = handlebars::Context::wraps(data).map_err(|e| TemplateError {
             file: folder.clone(),
             line: None,
+            column: None,
             reason: e.reason().to_string(),
         })?;
         let part = |part: &str| {
@@ -271,6 +327,7 @@ impl Templates {
                         .map(|partial| PathBuf::from(format!("partials/{partial}.hbs")))
                         .unwrap_or_else(|| folder.join(format!("{part}.hbs"))),
                     line: e.line_no,
+                    column: e.column_no,
                     reason: e.reason().to_string(),
                 })
         };
@@ -374,10 +431,14 @@ fn hbs_stem(path: &Path) -> Option<String> {
 }
 
 fn syntax_error(file: &Path, e: handlebars::TemplateError) -> TemplateError {
-    TemplateError::new(file, e.pos().map(|(line, _)| line), e.reason().to_string())
+    TemplateError {
+        column: e.pos().map(|(_, column)| column),
+        ..TemplateError::new(file, e.pos().map(|(line, _)| line), e.reason().to_string())
+    }
 }
 
-/// The current good set of templates, reloaded when files change.
+/// The current good set of templates, reloaded when files change or a new version is saved
+/// from the console.
 pub struct TemplateStore {
     dir: PathBuf,
     default_locale: String,
@@ -385,6 +446,8 @@ pub struct TemplateStore {
     current: RwLock<Arc<Templates>>,
     /// Fingerprint of the files last looked at, and whether they were good.
     seen: Mutex<u64>,
+    /// The console's versions over the files (see [`super::versions`]).
+    overlay: Mutex<Overlay>,
 }
 
 impl TemplateStore {
@@ -403,7 +466,51 @@ impl TemplateStore {
             required: required.iter().map(|s| s.to_string()).collect(),
             current: RwLock::new(Arc::new(templates)),
             seen: Mutex::new(fingerprint),
+            overlay: Mutex::new(Overlay::default()),
         })
+    }
+
+    /// The shipped templates folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn default_locale(&self) -> &str {
+        &self.default_locale
+    }
+
+    /// The templates the default locale must have.
+    pub fn required(&self) -> Vec<&str> {
+        self.required.iter().map(String::as_str).collect()
+    }
+
+    /// The console's versions serving now.
+    pub fn overlay(&self) -> Overlay {
+        self.overlay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The newest version id this store has looked at (0: none).
+    pub fn overlay_marker(&self) -> i64 {
+        self.overlay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .marker
+    }
+
+    /// Serves `overlay`'s versions over the files from now on, if they load; returns its
+    /// marker. A set that fails keeps the previous one serving (and is not tried again until
+    /// a newer version or a file changes).
+    pub fn set_overlay(&self, overlay: Overlay) -> Result<i64, TemplateError> {
+        let marker = overlay.marker;
+        let loaded =
+            Templates::load_overlaid(&self.dir, &overlay, &self.default_locale, &self.required());
+        *self.overlay.lock().unwrap_or_else(|p| p.into_inner()) = overlay;
+        let templates = loaded?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(templates);
+        Ok(marker)
     }
 
     /// The set serving now.
@@ -426,12 +533,13 @@ impl TemplateStore {
             }
             *seen = now;
         }
-        let required: Vec<&str> = self.required.iter().map(String::as_str).collect();
+        let overlay = self.overlay();
         Some(
-            Templates::load(&self.dir, &self.default_locale, &required).map(|templates| {
-                let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
-                *current = Arc::new(templates);
-            }),
+            Templates::load_overlaid(&self.dir, &overlay, &self.default_locale, &self.required())
+                .map(|templates| {
+                    let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+                    *current = Arc::new(templates);
+                }),
         )
     }
 

@@ -886,6 +886,7 @@ async function main() {
   $("who").textContent = state.me.name;
   $("visibility").hidden = customer;
   $("prefs-open").hidden = customer;
+  $("admin-link").hidden = !state.me.admin;
   if (customer) $("team-heading").textContent = "Your conversations";
   tabs.start(state.me.id);
   connect();

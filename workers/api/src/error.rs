@@ -36,6 +36,26 @@ impl ApiError {
         }
     }
 
+    /// 403: the caller may not do this (`message` says who may).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// 500: the work itself failed (a task that panicked); logged with the reason.
+    pub fn internal(message: impl Into<String>) -> Self {
+        let message = message.into();
+        error!(%message, "request failed");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message,
+            field: None,
+        }
+    }
+
     pub fn not_found(what: &str, id: i64) -> Self {
         ApiError {
             status: StatusCode::NOT_FOUND,
@@ -99,7 +119,7 @@ pub struct Body<T>(pub T);
 
 /// Whether `content_type` is JSON: `application/json` or `application/<x>+json`, parameters
 /// (`; charset=utf-8`) allowed.
-fn is_json(content_type: &str) -> bool {
+pub(crate) fn is_json(content_type: &str) -> bool {
     let essence = content_type
         .split(';')
         .next()

@@ -57,6 +57,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     templates
         .clone()
         .watch(config.templates_reload, shutdown.clone());
+    // The console's saved versions, before the first email or preview.
+    tidings_common::templates::versions::look(&templates, &db).await;
+    tidings_common::templates::versions::follow(
+        templates.clone(),
+        db.clone(),
+        config.amqp_url.expose().clone(),
+        (*topology).clone(),
+        config.templates_reload,
+        shutdown.clone(),
+    );
     let hub = Arc::new(hub::Hub::default());
     let listener_task = hub::spawn_listener(
         hub.clone(),

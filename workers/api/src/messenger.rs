@@ -81,3 +81,56 @@ pub async fn asset(Path(name): Path<String>) -> Response {
         .into_response(),
     }
 }
+
+const ADMIN_INDEX: &str = include_str!("../admin/index.html");
+const ADMIN_SCRIPT: &str = include_str!("../admin/admin.js");
+const ADMIN_STYLE: &str = include_str!("../admin/admin.css");
+
+/// The console's own files only, as the messenger's; inline style attributes are allowed so
+/// that an email's HTML preview (a sandboxed frame without scripts, which inherits this
+/// policy) looks as it will in a mail reader.
+const ADMIN_POLICY: &str = "default-src 'self'; img-src 'self' data:; \
+                            style-src 'self' 'unsafe-inline'; script-src 'self'; \
+                            connect-src 'self'; frame-src 'self'; frame-ancestors 'none'; \
+                            base-uri 'none'; form-action 'self'";
+
+fn admin_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, ADMIN_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The admin console (HTML). Its calls are the admin routes, with an admin's session.
+#[utoipa::path(get, path = "/admin", tag = "admin",
+    responses((status = 200, description = "the admin console", content_type = "text/html")))]
+pub async fn admin_page() -> Response {
+    admin_file("text/html; charset=utf-8", ADMIN_INDEX)
+}
+
+/// The admin console's script and style sheet.
+#[utoipa::path(get, path = "/admin/{file}", tag = "admin",
+    params(("file" = String, Path, description = "admin.js or admin.css")),
+    responses(
+        (status = 200, description = "the file"),
+        (status = 404, description = "no such file", body = crate::error::ErrorBody),
+    ))]
+pub async fn admin_asset(Path(name): Path<String>) -> Response {
+    match name.as_str() {
+        "admin.js" => admin_file("text/javascript; charset=utf-8", ADMIN_SCRIPT),
+        "admin.css" => admin_file("text/css; charset=utf-8", ADMIN_STYLE),
+        _ => crate::error::ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("no admin console file {name:?}"),
+            field: None,
+        }
+        .into_response(),
+    }
+}

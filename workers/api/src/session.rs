@@ -281,24 +281,113 @@ async fn person_of(state: &AppState, token: &str) -> Result<(Person, i32), Refus
     }
 }
 
-/// The admin routes: the API token only.
-pub async fn require_api_token(
+/// An admin acting with their own session on an admin route (the console); set by
+/// [`require_admin`]. Absent when the host application's API token is used.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor {
+    pub id: i64,
+}
+
+/// The most of a JSON body kept in an admin change's record.
+const RECORDED_BODY_MAX: usize = 64 * 1024;
+
+/// The admin routes: the API token, or the session (cookie or person token) of an active
+/// user who is an admin. A write by cookie must come from the product's own pages, as on the
+/// `/me` routes. Every write an admin makes with their session is recorded (who, when, the
+/// route, its answer, the JSON body) in `admin_changes`.
+pub async fn require_admin(
     State(state): State<AppState>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
-    let refusal = match credential(&state, req.headers()) {
+    let (token, cookie) = match credential(&state, req.headers()) {
         Some(Credential::Admin) => return next.run(req).await,
-        Some(Credential::Person { token, .. }) => match person_of(&state, token).await {
-            Ok(_) => Refusal::Forbidden(
-                "a person token cannot use this route; it needs the host application's API token"
-                    .into(),
-            ),
-            Err(refusal) => refusal,
-        },
-        None => missing(),
+        Some(Credential::Person { token, cookie }) => (token.to_string(), cookie),
+        None => return missing().into_response(),
     };
-    refusal.into_response()
+    let person = match person_of(&state, &token).await {
+        Ok((p, _)) => p,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if !(person.admin && person.active && person.kind == PersonKind::User) {
+        return Refusal::Forbidden(
+            "a person token cannot use this route unless its person is an admin; it needs the \
+             host application's API token or an admin's session"
+                .into(),
+        )
+        .into_response();
+    }
+    let write = writes(req.method());
+    if cookie
+        && write
+        && let Err(why) = same_origin(&state, req.headers())
+    {
+        return Refusal::Forbidden(why).into_response();
+    }
+    req.extensions_mut().insert(Actor { id: person.id });
+    if !write {
+        return next.run(req).await;
+    }
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(crate::error::is_json);
+    // A JSON body is small (bounded by the extractor's limit): kept for the record. Other
+    // bodies (files) are passed on untouched and recorded by size.
+    let (req, body) = if json {
+        let (parts, body) = req.into_parts();
+        let bytes = match axum::body::to_bytes(body, crate::error::JSON_MAX).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                return ApiError {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    message: format!("the body could not be read: {e}"),
+                    field: None,
+                }
+                .into_response();
+            }
+        };
+        let recorded = if bytes.len() > RECORDED_BODY_MAX {
+            Some(json!({"cut": true, "bytes": bytes.len()}))
+        } else {
+            serde_json::from_slice(&bytes).ok()
+        };
+        (
+            Request::from_parts(parts, axum::body::Body::from(bytes)),
+            recorded,
+        )
+    } else {
+        let size = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        (req, size.map(|bytes| json!({"bytes": bytes})))
+    };
+    let response = next.run(req).await;
+    let status = response.status().as_u16() as i16;
+    let actor = person.id;
+    let recorded = with_db(&state, move |conn| {
+        use tidings_common::db::schema::admin_changes as c;
+        diesel::insert_into(c::table)
+            .values((
+                c::actor_id.eq(actor),
+                c::method.eq(method),
+                c::path.eq(path),
+                c::status.eq(status),
+                c::body.eq(body),
+            ))
+            .execute(conn)?;
+        Ok(())
+    })
+    .await;
+    if let Err(e) = recorded {
+        tracing::error!(actor, error = %e.message, "an admin change could not be recorded");
+    }
+    response
 }
 
 /// The `/me` routes: a person token (header or cookie) of an active person; a write by
@@ -410,8 +499,15 @@ pub struct Session {
 )]
 pub async fn create_session(
     State(state): State<AppState>,
+    actor: Option<axum::Extension<Actor>>,
     Path(person_id): Path<i64>,
 ) -> ApiResult<(StatusCode, Json<Session>)> {
+    // Signing in as someone else is the host application's alone, never an admin's session.
+    if actor.is_some() {
+        return Err(ApiError::forbidden(
+            "minting a person's session needs the host application's API token",
+        ));
+    }
     let (person, generation) = with_db(&state, move |conn| {
         Ok((
             find_person(conn, person_id)?,

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use tidings_common::attachments;
 use tidings_common::db::email_log;
 use tidings_common::db::models::NewEmailLogEntry;
-use tidings_common::db::schema::inbound_emails;
+use tidings_common::db::schema::{inbound_emails, inbound_raw};
 use tidings_common::{Config, Result};
 
 use crate::set::{Disposition, Envelope, Inbound};
@@ -130,11 +130,40 @@ pub fn process_set(conn: &mut PgConnection, config: &Config, set: &[Inbound]) ->
             .bind::<Array<BigInt>, _>(&messages)
             .execute(conn)?;
         }
+        // Each new email's source as received, with why it was set aside if it was not posted
+        // (for the console: the Incoming log's source, and "post it anyway").
+        let raws: Vec<_> = set
+            .iter()
+            .zip(&envelopes)
+            .zip(&rows)
+            .zip(&dispositions)
+            .filter_map(|(((inbound, envelope), row), disposition)| {
+                let row = (*row)?;
+                let set_aside = match disposition {
+                    Disposition::Ignored(r) | Disposition::Rejected(r) => Some(r.as_str()),
+                    _ => None,
+                };
+                Some((
+                    inbound_raw::inbound_email_id.eq(row),
+                    inbound_raw::mail_from.eq(&envelope.mail_from),
+                    inbound_raw::rcpt_to.eq(envelope.rcpts.join(",")),
+                    inbound_raw::raw.eq(&inbound.raw),
+                    inbound_raw::set_aside.eq(set_aside),
+                    inbound_raw::subject.eq(&inbound.report.subject),
+                ))
+            })
+            .collect();
+        if !raws.is_empty() {
+            diesel::insert_into(inbound_raw::table)
+                .values(raws)
+                .execute(conn)?;
+        }
         let entries: Vec<NewEmailLogEntry> = set
             .iter()
             .zip(&envelopes)
+            .zip(&rows)
             .zip(&dispositions)
-            .map(|((inbound, envelope), disposition)| {
+            .map(|(((inbound, envelope), row), disposition)| {
                 let report = &inbound.report;
                 let posted = disposition.posted_into();
                 let reason = match disposition {
@@ -154,6 +183,7 @@ pub fn process_set(conn: &mut PgConnection, config: &Config, set: &[Inbound]) ->
                         Some(_) => disposition.action() + &files_summary(report),
                         None => disposition.action(),
                     }),
+                    inbound_email_id: *row,
                     ..NewEmailLogEntry::inbound(disposition.status())
                 }
             })
@@ -192,4 +222,152 @@ fn files_summary(report: &tidings_common::inbound::InboundReport) -> String {
 pub struct Processed {
     pub dispositions: Vec<Disposition>,
     pub live: Vec<i64>,
+}
+
+/// Why an email set aside could not be posted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotRecovered {
+    /// No source is kept for it (an unknown id, or past the log's retention).
+    NotKept,
+    /// It was posted when it came in.
+    WasPosted,
+    /// An admin already posted it (as this message).
+    Already(Option<i64>),
+    /// Posting it failed for this reason (no sender, no conversation to post into, …).
+    Refused(String),
+}
+
+impl std::fmt::Display for NotRecovered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotRecovered::NotKept => write!(f, "no source is kept for this email"),
+            NotRecovered::WasPosted => write!(f, "this email was posted when it came in"),
+            NotRecovered::Already(Some(m)) => {
+                write!(
+                    f,
+                    "this email was already posted by an admin, as message {m}"
+                )
+            }
+            NotRecovered::Already(None) => write!(f, "this email was already posted by an admin"),
+            NotRecovered::Refused(why) => write!(f, "it cannot be posted: {why}"),
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct Kept {
+    #[diesel(sql_type = diesel::sql_types::Bytea)]
+    raw: Vec<u8>,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    mail_from: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    rcpt_to: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    set_aside: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+    recovered_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    recovered_message_id: Option<i64>,
+}
+
+/// Posts an email that was set aside (ignored or rejected) as the person's email it is, once:
+/// inspected again as human mail (the automatic-mail checks skipped), its failed
+/// authentication and the rate limit overruled, then threaded as any email (into the
+/// conversation it answers, or a new ticket for a customer's fresh email). Recorded on its
+/// row and in the email log with who did it (`admin`: their id and name; `None`: the API
+/// token). Nothing is written when it cannot be posted.
+pub fn recover(
+    conn: &mut PgConnection,
+    config: &Config,
+    inbound_email_id: i64,
+    admin: Option<(i64, &str)>,
+) -> Result<std::result::Result<Disposition, NotRecovered>> {
+    conn.transaction(|conn| {
+        let kept: Option<Kept> = diesel::sql_query(
+            "SELECT raw, mail_from, rcpt_to, set_aside, recovered_at, recovered_message_id
+             FROM inbound_raw WHERE inbound_email_id = $1 FOR UPDATE",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(inbound_email_id)
+        .get_result(conn)
+        .optional()?;
+        let Some(kept) = kept else {
+            return Ok(Err(NotRecovered::NotKept));
+        };
+        if kept.recovered_at.is_some() {
+            return Ok(Err(NotRecovered::Already(kept.recovered_message_id)));
+        }
+        let Some(set_aside) = kept.set_aside else {
+            return Ok(Err(NotRecovered::WasPosted));
+        };
+        let context = tidings_common::inbound::InboundContext::from_config(config);
+        let mut report = tidings_common::inbound::inspect_as_human(&kept.raw, &context);
+        if report.verdict == tidings_common::inbound::InboundVerdict::Rejected {
+            return Ok(Err(NotRecovered::Refused(
+                report.reason.unwrap_or_else(|| "unreadable".into()),
+            )));
+        }
+        // The admin vouches for the sender.
+        report.auth_failure = None;
+        let envelope = Envelope {
+            mail_from: kept.mail_from,
+            rcpts: kept.rcpt_to.split(',').map(str::to_string).collect(),
+            client: None,
+        };
+        let email = (&report, &envelope);
+        let mut bounced = Vec::new();
+        let plans = thread::plan_set(conn, config, &[email], &mut bounced)?;
+        thread::lock(conn, &plans)?;
+        // The rate limit does not hold back what an admin posts by hand.
+        let mut recent = thread::RecentPosts::default();
+        let disposition = thread::execute_set(conn, config, &[email], plans, &mut recent)?
+            .into_iter()
+            .next()
+            .expect("one disposition for one email");
+        let Some((conversation, message)) = disposition.posted_into() else {
+            let why = match &disposition {
+                Disposition::Ignored(r) | Disposition::Rejected(r) => r.clone(),
+                other => other.action(),
+            };
+            return Ok(Err(NotRecovered::Refused(why)));
+        };
+        if !report.files.is_empty() {
+            attachments::attach(conn, message, conversation, &report.files)?;
+        }
+        diesel::update(inbound_emails::table.find(inbound_email_id))
+            .set((
+                inbound_emails::conversation_id.eq(conversation),
+                inbound_emails::posted_message_id.eq(message),
+            ))
+            .execute(conn)?;
+        diesel::update(inbound_raw::table.find(inbound_email_id))
+            .set((
+                inbound_raw::recovered_at.eq(diesel::dsl::now),
+                inbound_raw::recovered_by.eq(admin.map(|a| a.0)),
+                inbound_raw::recovered_message_id.eq(message),
+            ))
+            .execute(conn)?;
+        let entry = NewEmailLogEntry {
+            reason: Some(format!("set aside ({set_aside}); posted by an admin")),
+            message_id: Some(message),
+            conversation_id: Some(conversation),
+            mail_from: report.from.clone(),
+            rcpt_to: Some(envelope.rcpts.join(",")),
+            subject: report.subject.clone(),
+            message_id_header: report.message_id.clone(),
+            rule: Some("recovered".into()),
+            action: Some(format!(
+                "{} by {}{}",
+                disposition.action(),
+                match admin {
+                    Some((id, name)) => format!("{name} (person {id})"),
+                    None => "the host application (API token)".into(),
+                },
+                files_summary(&report)
+            )),
+            inbound_email_id: Some(inbound_email_id),
+            ..NewEmailLogEntry::inbound(disposition.status())
+        };
+        email_log::write(conn, &[entry])?;
+        Ok(Ok(disposition))
+    })
 }

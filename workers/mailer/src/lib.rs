@@ -264,6 +264,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .templates()
         .clone()
         .watch(mailer.config.templates_reload, shutdown.clone());
+    // The console's saved versions, before the first email or preview.
+    tidings_common::templates::versions::look(mailer.pipeline.templates(), &mailer.db).await;
+    tidings_common::templates::versions::follow(
+        mailer.pipeline.templates().clone(),
+        mailer.db.clone(),
+        mailer.config.amqp_url.expose().clone(),
+        mailer.topology.clone(),
+        mailer.config.templates_reload,
+        shutdown.clone(),
+    );
     info!(
         window_ms = mailer.config.seen_window.as_millis() as u64,
         "mailer starting"

@@ -101,6 +101,7 @@ impl Scheduler {
                     ("job records", "DELETE FROM scheduler_runs WHERE started_at < now() - $1", retention),
                     ("automation runs", "DELETE FROM automation_runs WHERE created_at < now() - $1", runs),
                     ("live events", "DELETE FROM live_events WHERE created_at < now() - $1", live),
+                    ("inbound sources", "DELETE FROM inbound_raw WHERE created_at < now() - $1", retention),
                     ("spooled mails left behind", "DELETE FROM inbound_spool WHERE created_at < now() - $1", interval(SPOOL_KEPT)),
                 ] {
                     let n = diesel::sql_query(sql).bind::<Interval, _>(keep).execute(conn)?;

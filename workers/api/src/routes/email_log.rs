@@ -20,6 +20,15 @@ pub struct LogQuery {
     /// `in` or `out`.
     direction: Option<String>,
     status: Option<String>,
+    /// Rows from or to this address.
+    address: Option<String>,
+    /// Rows to or from this person's address.
+    person_id: Option<i64>,
+    conversation_id: Option<i64>,
+    /// Rows written before this time (RFC 3339).
+    until: Option<String>,
+    /// Rows with an id below this: the next page (queued emails are on the first page only).
+    before: Option<i64>,
 }
 
 impl LogQuery {
@@ -52,11 +61,31 @@ impl LogQuery {
                 )
             })?),
         };
+        let until = match &self.until {
+            None => None,
+            Some(v) => Some(
+                chrono::DateTime::parse_from_rfc3339(v)
+                    .map_err(|e| {
+                        ApiError::bad_field("until", format!("until: {e} (RFC 3339), got {v:?}"))
+                    })?
+                    .with_timezone(&chrono::Utc),
+            ),
+        };
+        let address = self
+            .address
+            .as_deref()
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string);
         Ok(LogFilter {
             message_id: self.message_id,
             since,
             direction,
             status,
+            address,
+            conversation_id: self.conversation_id,
+            until,
+            before: self.before,
             limit,
         })
     }
@@ -78,8 +107,23 @@ pub async fn email_log(
     State(state): State<AppState>,
     Params(query): Params<LogQuery>,
 ) -> ApiResult<Json<Vec<EmailLogEntry>>> {
-    let filter = query.filter()?;
+    let person = query.person_id;
+    let mut filter = query.filter()?;
     with_db(&state, move |conn| {
+        if let Some(person) = person {
+            let found = crate::lookup::find_person(conn, person)?;
+            let Some(email) = found.email else {
+                return Ok(Json(Vec::new()));
+            };
+            if filter
+                .address
+                .as_deref()
+                .is_some_and(|a| !a.eq_ignore_ascii_case(&email))
+            {
+                return Ok(Json(Vec::new()));
+            }
+            filter.address = Some(email);
+        }
         Ok(Json(email_log::query(conn, &filter)?))
     })
     .await

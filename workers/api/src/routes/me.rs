@@ -36,6 +36,8 @@ pub struct MeView {
     show_customer_conversations: bool,
     /// The largest file a message may carry, in bytes (`TIDINGS_ATTACHMENT_MAX`).
     attachment_max: usize,
+    /// An admin may open the admin console (`/admin`).
+    admin: bool,
 }
 
 #[utoipa::path(get, path = "/me", tag = "me",
@@ -56,6 +58,7 @@ pub async fn me(
             unread: inbox.unread,
             show_customer_conversations: show_customers(conn, me)?,
             attachment_max,
+            admin: person.admin,
         }))
     })
     .await

@@ -4,11 +4,13 @@
 //! so no path can be served without being documented. All but the signed-link pages, the
 //! session exchange and the messenger's files need a token.
 
+pub mod admin;
 pub mod attachments;
 pub mod automations;
 pub mod conversations;
 pub mod email_log;
 pub mod follows;
+pub mod inbound;
 pub mod invitations;
 pub mod items;
 pub mod me;
@@ -96,6 +98,17 @@ fn groups() -> Groups {
             automations::delete_automation
         ))
         .routes(routes!(templates::list_templates))
+        .routes(routes!(templates::get_template, templates::save_template))
+        .routes(routes!(templates::preview_template))
+        .routes(routes!(templates::revert_template))
+        .routes(routes!(templates::template_versions))
+        .routes(routes!(templates::test_template))
+        .routes(routes!(people::list_people))
+        .routes(routes!(admin::admin_changes))
+        .routes(routes!(admin::status))
+        .routes(routes!(inbound::set_aside))
+        .routes(routes!(inbound::source))
+        .routes(routes!(inbound::post_anyway))
         .routes(routes!(attachments::download))
         .routes(routes!(suppressions::suppressions))
         .routes(routes!(suppressions::reset_suppression));
@@ -114,6 +127,8 @@ fn groups() -> Groups {
         .routes(routes!(crate::session::sign_in, crate::session::sign_out))
         .routes(routes!(crate::messenger::page))
         .routes(routes!(crate::messenger::asset))
+        .routes(routes!(crate::messenger::admin_page))
+        .routes(routes!(crate::messenger::admin_asset))
         .routes(routes!(unsubscribe::confirm_page, unsubscribe::unsubscribe))
         .routes(routes!(attachments::linked))
         .routes(routes!(
@@ -141,7 +156,7 @@ pub fn router(state: AppState) -> Router {
             .fallback(crate::error::no_such_endpoint)
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),
-                crate::session::require_api_token,
+                crate::session::require_admin,
             ));
     let person = person.layer(axum::middleware::from_fn_with_state(
         state.clone(),

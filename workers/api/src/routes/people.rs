@@ -156,6 +156,75 @@ pub async fn create_bot(
     create_person(state, PersonKind::Bot, body).await
 }
 
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PeopleQuery {
+    /// `user`, `customer` or `bot`.
+    kind: Option<String>,
+    /// Part of the name or email address, any case.
+    q: Option<String>,
+    /// Only people with an id below this (the next page of a long list).
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// People, newest first: by kind, by part of their name or address, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/people",
+    tag = "people",
+    params(PeopleQuery),
+    responses(
+        (status = 200, description = "people, newest first", body = Vec<Person>),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn list_people(
+    State(state): State<AppState>,
+    crate::error::Params(query): crate::error::Params<PeopleQuery>,
+) -> ApiResult<Json<Vec<Person>>> {
+    let limit = limit(query.limit, 50, 500)?;
+    if let Some(kind) = &query.kind {
+        one_of("kind", kind, &["user", "customer", "bot"])?;
+    }
+    let pattern = query
+        .q
+        .as_deref()
+        .map(|q| single_line("q", q, NAME_MAX))
+        .transpose()?
+        .filter(|q| !q.is_empty())
+        .map(|q| {
+            let escaped = q
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
+    with_db(&state, move |conn| {
+        let mut rows = people::table
+            .select(Person::as_select())
+            .order(people::id.desc())
+            .limit(limit)
+            .into_boxed();
+        if let Some(kind) = query.kind {
+            rows = rows.filter(people::kind.eq(kind));
+        }
+        if let Some(before) = query.before {
+            rows = rows.filter(people::id.lt(before));
+        }
+        if let Some(pattern) = pattern {
+            rows = rows.filter(
+                people::name
+                    .ilike(pattern.clone())
+                    .or(people::email.ilike(pattern)),
+            );
+        }
+        Ok(Json(rows.load(conn)?))
+    })
+    .await
+}
+
 #[utoipa::path(
     get,
     path = "/people/{id}",
@@ -180,6 +249,8 @@ pub struct PersonPatch {
     name: Option<String>,
     active: Option<bool>,
     locale: Option<String>,
+    /// Makes the user an admin, or not (the API token only; users only).
+    admin: Option<bool>,
 }
 
 /// Renames or (de)activates a person. A deactivated person receives nothing from then on,
@@ -199,9 +270,15 @@ pub struct PersonPatch {
 )]
 pub async fn update_person(
     State(state): State<AppState>,
+    actor: Option<axum::Extension<crate::session::Actor>>,
     Path(id): Path<i64>,
     Body(patch): Body<PersonPatch>,
 ) -> ApiResult<Json<Person>> {
+    if patch.admin.is_some() && actor.is_some() {
+        return Err(ApiError::forbidden(
+            "making someone an admin needs the host application's API token",
+        ));
+    }
     let name = patch
         .name
         .as_deref()
@@ -218,6 +295,21 @@ pub async fn update_person(
         if let Some(name) = name {
             diesel::update(people::table.find(id))
                 .set(people::name.eq(name))
+                .execute(conn)?;
+        }
+        if let Some(admin) = patch.admin {
+            let person = find_person(conn, id)?;
+            if admin && person.kind != PersonKind::User {
+                return Err(ApiError::bad_field(
+                    "admin",
+                    format!(
+                        "admin: person {id} is a {}; only users are admins",
+                        person.kind
+                    ),
+                ));
+            }
+            diesel::update(people::table.find(id))
+                .set(people::admin.eq(admin))
                 .execute(conn)?;
         }
         if let Some(active) = patch.active {
