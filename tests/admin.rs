@@ -269,3 +269,349 @@ async fn m5_a_saved_version_reaches_every_process_in_seconds() {
     assert_eq!(history.as_array().unwrap().len(), 2);
     assert_eq!(history[0]["revert"], true);
 }
+
+/// Saves a screenshot for the docs when `TIDINGS_SCREENSHOT_DIR` is set.
+async fn picture(view: &support::live::Browser<'_>, name: &str) {
+    let shot = view.screenshot(name).await;
+    if let Ok(dir) = std::env::var("TIDINGS_SCREENSHOT_DIR") {
+        std::fs::copy(
+            &shot,
+            std::path::Path::new(&dir).join(format!("{name}.png")),
+        )
+        .unwrap();
+    }
+}
+
+/// Goes to a section by its link in the section list, and waits for it.
+async fn section(view: &support::live::Browser<'_>, name: &str, heading: &str) {
+    view.click(&format!("#nav a[data-section=\"{name}\"]"))
+        .await;
+    view.wait_until(
+        &format!("the {name} section"),
+        &format!(
+            "document.body.dataset.ready === 'yes' && document.querySelector('#view h2') && document.querySelector('#view h2').textContent.startsWith({})",
+            json!(heading)
+        ),
+        LIVE,
+    )
+    .await;
+}
+
+/// The console in Chromium as an admin, by mouse and keyboard: from the messenger's link to
+/// the template editor (a live preview; a broken template shows its line and is not saved; a
+/// saved one is used by the next notification email; a test send reaches the sink; revert),
+/// a system notification disabled and its email skipped, Outgoing with a row opened, a
+/// set-aside human email posted anyway into its conversation, a suppression removed, a
+/// person's P1 set, Status and History; no serious or critical axe-core violation on any page
+/// at 1,024 and 1,920 px; and a non-admin's console says it is for admins.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_in_chromium() {
+    let env = Env::new("1s");
+    let _roles = env.spawn(&["api", "dispatch", "mailer", "inbound"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (ann, ann_token) = admin(&env, "Ann").await;
+    let ben = env.user("Ben").await;
+    // The welcome email is off by default: on, for the console to turn it off.
+    env.ok(
+        "PATCH",
+        "/system-notifications/user_created",
+        Some(json!({"enabled": true})),
+    )
+    .await;
+    let (_, item, conv) = env.ticket("Printer").await;
+    env.follow_item(item, ann).await;
+    env.follow_item(item, ben).await;
+    let first = env.post(conv, ben, "Is the printer fixed?", false).await;
+    env.settled(first, SETTLE).await;
+    let emails_to_ann = || env.mails_to("ann@example.com");
+    assert_eq!(emails_to_ann().len(), 1);
+    let driver = Driver::start(&env.root().join("browser")).await;
+    let view = driver.browser("ann").await;
+    view.resize(1024, 900).await;
+    view.goto(&format!("{}/messenger#token={ann_token}", env.base()))
+        .await;
+    view.wait_until("messenger", "document.body.dataset.ready === 'yes'", LIVE)
+        .await;
+    view.click("#admin-link").await;
+    view.wait_until(
+        "console",
+        "location.pathname === '/admin' && document.body.dataset.ready === 'yes' && document.querySelector('#view h2')",
+        LIVE,
+    )
+    .await;
+    let mut violations = view.axe().await;
+
+    // The template editor: typing changes the preview.
+    section(&view, "templates", "Automated emails").await;
+    violations.extend(view.axe().await);
+    view.click("a[href=\"#templates/notification\"]").await;
+    view.wait_until(
+        "editor",
+        "document.body.dataset.preview && document.getElementById('p-subject').textContent.startsWith('Subject: ')",
+        LIVE,
+    )
+    .await;
+    view.type_into("#t-subject", " (desk)").await;
+    view.wait_until(
+        "the preview follows",
+        "document.getElementById('p-subject').textContent.includes('(desk)')",
+        LIVE,
+    )
+    .await;
+    // Broken as typed: the problem with its line, and Save saves nothing.
+    view.type_into("#t-html", "{{#if x}}").await;
+    view.wait_until(
+        "the problem shows",
+        "[...document.querySelectorAll('#problems li')].some((li) => /html\\.hbs line \\d+/.test(li.textContent))",
+        LIVE,
+    )
+    .await;
+    view.click("#t-save").await;
+    view.wait_until(
+        "not saved",
+        "document.getElementById('status-line').textContent.startsWith('Not saved')",
+        LIVE,
+    )
+    .await;
+    assert_eq!(env.sql("SELECT count(*) FROM template_versions"), "0");
+    // Fixed with the keyboard (nine backspaces), then saved.
+    view.type_into("#t-html", &"\u{E003}".repeat(9)).await;
+    view.wait_until(
+        "no problem left",
+        "document.querySelectorAll('#problems li').length === 0",
+        LIVE,
+    )
+    .await;
+    violations.extend(view.axe().await);
+    picture(&view, "admin-templates").await;
+    view.click("#t-save").await;
+    view.wait_until(
+        "saved",
+        "document.getElementById('status-line').textContent.startsWith('Saved notification') && document.getElementById('t-serving').textContent.startsWith('Serving version')",
+        LIVE,
+    )
+    .await;
+    // The next notification email uses it.
+    let second = env.post(conv, ben, "Still broken?", false).await;
+    env.settled(second, SETTLE).await;
+    let subject = emails_to_ann()[1].header("Subject").unwrap();
+    assert!(subject.ends_with("(desk)"), "{subject}");
+    // A test to my own address.
+    view.click("#t-test").await;
+    view.wait_until(
+        "test queued",
+        "document.getElementById('status-line').textContent.startsWith('Test queued')",
+        LIVE,
+    )
+    .await;
+    support::wait_for(env.root(), "the test email", async || {
+        emails_to_ann().len() == 3
+    })
+    .await;
+    let subject = emails_to_ann()[2].header("Subject").unwrap();
+    assert!(subject.ends_with("(desk)"), "{subject}");
+    // Revert: the shipped file serves again.
+    view.click("#t-revert").await;
+    view.wait_until(
+        "reverted",
+        "document.getElementById('t-serving').textContent === 'Serving the shipped file.'",
+        LIVE,
+    )
+    .await;
+
+    // A system notification disabled: its email is skipped.
+    section(&view, "system", "System notifications").await;
+    violations.extend(view.axe().await);
+    view.click("tr[data-event=\"user_created\"] input").await;
+    view.wait_until(
+        "disabled",
+        "document.getElementById('status-line').textContent === 'user_created: disabled.'",
+        LIVE,
+    )
+    .await;
+    env.user("Dan").await;
+    support::wait_for(env.root(), "the welcome email skipped", async || {
+        let skipped = env.ok("GET", "/email-log?status=skipped", None).await;
+        skipped.as_array().unwrap().iter().any(|r| {
+            r["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("user_created is disabled"))
+        })
+    })
+    .await;
+
+    // Outgoing: filtered by address, a row opened.
+    section(&view, "outgoing", "Outgoing").await;
+    view.type_into("input[name=address]", "ann@example.com")
+        .await;
+    view.click("form.filters button[type=submit]").await;
+    view.wait_until(
+        "ann's emails",
+        "document.querySelectorAll('#log tr.log-row td:nth-child(2) .ok').length === 3",
+        LIVE,
+    )
+    .await;
+    view.click("#log tr.log-row button").await;
+    view.wait_until(
+        "the row's story",
+        "[...document.querySelectorAll('dl.story dt')].some((dt) => dt.textContent === 'SMTP reply')",
+        LIVE,
+    )
+    .await;
+    violations.extend(view.axe().await);
+    picture(&view, "admin-outgoing").await;
+
+    // A person's reply that looks like bulk mail is set aside; posted anyway, it lands in its
+    // conversation, once.
+    let mail = &emails_to_ann()[1];
+    let reply_to = mail
+        .parsed()
+        .reply_to()
+        .unwrap()
+        .first()
+        .unwrap()
+        .address()
+        .unwrap()
+        .to_string();
+    let message_id = mail.header("Message-ID").unwrap();
+    let reply = format!(
+        "From: Ann <ann@example.com>\nTo: {reply_to}\nSubject: Re: Printer\n\
+         Message-ID: <bulk-looking@example.com>\nPrecedence: bulk\n\
+         In-Reply-To: {message_id}\n\nIt prints again after the reboot.\n"
+    );
+    let replies = env.smtp("ann@example.com", &[&reply_to], &reply).await;
+    assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    section(&view, "set-aside", "Set aside").await;
+    view.wait_until(
+        "the email set aside",
+        "document.querySelector('#view tbody tr')",
+        LIVE,
+    )
+    .await;
+    violations.extend(view.axe().await);
+    picture(&view, "admin-set-aside").await;
+    view.click("#view tbody tr button.primary").await;
+    view.click("#view tbody tr button.primary").await;
+    view.wait_until(
+        "posted",
+        "document.getElementById('status-line').textContent.startsWith('Posted: posted message')",
+        LIVE,
+    )
+    .await;
+    let messages = env.ok("GET", &format!("/conversations/{conv}"), None).await;
+    let bodies: Vec<&str> = messages["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b.contains("It prints again after the reboot.")),
+        "{bodies:?}"
+    );
+    let id = env.sql("SELECT inbound_email_id FROM inbound_raw WHERE set_aside IS NOT NULL");
+    let (status, _) = env
+        .call("POST", &format!("/inbound-emails/{id}/post"), None)
+        .await;
+    assert_eq!(status, 409, "posted once");
+
+    // A suppression removed.
+    env.sql(
+        "INSERT INTO email_suppressions (address, suppressed, hard_bounces, last_status) \
+         VALUES ('gone@example.com', true, 1, '5.1.1')",
+    );
+    section(&view, "suppressions", "Suppressions").await;
+    violations.extend(view.axe().await);
+    view.click("tr[data-address=\"gone@example.com\"] button")
+        .await;
+    view.click("tr[data-address=\"gone@example.com\"] button")
+        .await;
+    view.wait_until(
+        "removed",
+        "document.getElementById('status-line').textContent === 'Email flows to gone@example.com again.'",
+        LIVE,
+    )
+    .await;
+    assert_eq!(env.ok("GET", "/suppressions", None).await, json!([]));
+
+    // People: Ben's P1, set by the admin.
+    section(&view, "people", "People").await;
+    view.click(&format!("a[href=\"#people/{ben}\"]")).await;
+    view.wait_until(
+        "Ben's settings",
+        "document.getElementById('pref-see_conversations')",
+        LIVE,
+    )
+    .await;
+    view.click("#pref-see_conversations option[value=all_projects]")
+        .await;
+    violations.extend(view.axe().await);
+    view.click("#person-settings button[type=submit]").await;
+    view.wait_until(
+        "saved",
+        "document.getElementById('status-line').textContent === \"Ben's settings saved.\"",
+        LIVE,
+    )
+    .await;
+    let prefs = env
+        .ok("GET", &format!("/people/{ben}/preferences"), None)
+        .await;
+    assert_eq!(prefs["see_conversations"], "all_projects");
+
+    // Status, and History at 1,920 px.
+    section(&view, "status", "Status").await;
+    view.wait_until(
+        "the report",
+        "document.getElementById('status-report')",
+        LIVE,
+    )
+    .await;
+    violations.extend(view.axe().await);
+    view.resize(1920, 1000).await;
+    section(&view, "history", "History").await;
+    view.wait_until(
+        "the changes",
+        "[...document.querySelectorAll('#view code')].some((c) => c.textContent === 'PUT /templates/notification')",
+        LIVE,
+    )
+    .await;
+    violations.extend(view.axe().await);
+    assert!(violations.is_empty(), "{violations:?}");
+    // (The broken template's save is answered 422, which the browser reports.)
+    let errors: Vec<String> = view
+        .console_errors()
+        .await
+        .into_iter()
+        .filter(|e| !e.contains("/templates/notification - Failed to load resource: the server responded with a status of 422"))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    view.quit().await;
+    assert_eq!(
+        env.sql(&format!(
+            "SELECT count(*) FROM admin_changes WHERE actor_id = {ann}"
+        )),
+        "8",
+        "every change made in the console is recorded"
+    );
+
+    // A user who is not an admin: the console says so and shows nothing.
+    let other = driver.browser("ben").await;
+    other
+        .goto(&format!(
+            "{}/admin#token={}",
+            env.base(),
+            env.session(ben).await
+        ))
+        .await;
+    other
+        .wait_until(
+            "not an admin",
+            "document.body.dataset.ready === 'not-admin' && document.getElementById('view').childElementCount === 0",
+            LIVE,
+        )
+        .await;
+    other.quit().await;
+}
