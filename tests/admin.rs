@@ -384,7 +384,11 @@ async fn the_console_in_chromium() {
     )
     .await;
     violations.extend(view.axe().await);
+    // Wide enough for the parts beside the preview.
+    view.resize(1600, 1000).await;
+    view.js("window.scrollTo(0, 0);", json!([])).await;
     picture(&view, "admin-templates").await;
+    view.resize(1024, 900).await;
     view.click("#t-save").await;
     view.wait_until(
         "saved",
@@ -456,6 +460,13 @@ async fn the_console_in_chromium() {
     view.wait_until(
         "the row's story",
         "[...document.querySelectorAll('dl.story dt')].some((dt) => dt.textContent === 'SMTP reply')",
+        LIVE,
+    )
+    .await;
+    view.click("#log tr.detail button").await;
+    view.wait_until(
+        "the raw email",
+        "document.querySelector('#log pre.source') && document.querySelector('#log pre.source').textContent.includes('Message-ID: <tidings.o.')",
         LIVE,
     )
     .await;

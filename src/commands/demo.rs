@@ -74,6 +74,13 @@ pub async fn run(base: &str, config: &Config) -> anyhow::Result<()> {
     println!("Seeding a tiny organisation…");
     let (path, body) = person("users", "Ada Lead", "ada");
     let ada = api.post(&path, body).await?;
+    // Ada is the demo's admin: her messenger links to the admin console.
+    api.call(
+        reqwest::Method::PATCH,
+        &format!("/people/{}", id(&ada)),
+        Some(json!({ "admin": true })),
+    )
+    .await?;
     let (path, body) = person("users", "Ben Agent", "ben");
     let ben = api.post(&path, body).await?;
     let (path, body) = person("customers", "Cleo Customer", "cleo");
@@ -103,7 +110,7 @@ pub async fn run(base: &str, config: &Config) -> anyhow::Result<()> {
     )
     .await?;
     println!(
-        "  users Ada (person {}, follows the ticket) and Ben (person {}, assigned), customer Cleo (person {}, opened it); conversation {conv}",
+        "  users Ada (person {}, an admin, follows the ticket) and Ben (person {}, assigned), customer Cleo (person {}, opened it); conversation {conv}",
         id(&ada),
         id(&ben),
         id(&cleo)
@@ -181,6 +188,10 @@ pub async fn run(base: &str, config: &Config) -> anyhow::Result<()> {
     println!(
         "Open Ada's and Ben's links side by side, post as Ben: Ada's badge and ping come at once; \
          open the conversation as Ada within the seen window and no email goes out to her."
+    );
+    println!(
+        "Ada is an admin: her messenger links to the admin console ({}/admin).",
+        api.base
     );
     Ok(())
 }

@@ -50,6 +50,32 @@ pub fn write(conn: &mut PgConnection, entries: &[NewEmailLogEntry]) -> QueryResu
         .execute(conn)
 }
 
+/// Keeps sent emails' sources (Message-ID, the bytes accepted, whether they were cut) for the
+/// log's raw view; a source already kept for a Message-ID stays.
+pub fn keep_sources(
+    conn: &mut PgConnection,
+    sources: &[(&str, &[u8], bool)],
+) -> QueryResult<usize> {
+    use super::schema::outbound_sources as o;
+    if sources.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<_> = sources
+        .iter()
+        .map(|(id, raw, cut)| {
+            (
+                o::message_id_header.eq(*id),
+                o::raw.eq(*raw),
+                o::cut.eq(*cut),
+            )
+        })
+        .collect();
+    diesel::insert_into(o::table)
+        .values(rows)
+        .on_conflict_do_nothing()
+        .execute(conn)
+}
+
 /// Which rows of the log to read.
 #[derive(Debug, Clone)]
 pub struct LogFilter {

@@ -395,3 +395,12 @@ diesel::table! {
         recovered_message_id -> Nullable<Int8>,
     }
 }
+
+diesel::table! {
+    outbound_sources (message_id_header) {
+        message_id_header -> Text,
+        created_at -> Timestamptz,
+        raw -> Bytea,
+        cut -> Bool,
+    }
+}

@@ -450,24 +450,23 @@ function story(r) {
   ].filter(([, v]) => v != null && v !== "");
   const dl = el("dl", { class: "story" }, fields.map(([k, v]) => [el("dt", { text: k }), el("dd", { dir: "auto", text: String(v) })]));
   const box = el("div", { class: "card" }, dl);
-  if (r.inbound_email_id) {
-    box.append(sourceButton(r.inbound_email_id));
-  } else if (r.direction === "outbound") {
-    box.append(el("p", { class: "muted", text: "The rendered email is not kept; its template and the message it carried are." }));
-  }
+  // A queued email (id 0) has not gone yet: nothing to show.
+  if (r.id > 0) box.append(sourceButton(`/email-log/${r.id}/source`));
   return box;
 }
 
-function sourceButton(id) {
+// The raw email as it went over the wire, on demand.
+function sourceButton(path) {
   const holder = el("div", {});
   const button = el("button", { type: "button", text: "Show the raw email" });
   button.addEventListener("click", async () => {
     try {
-      const text = await api("GET", `/inbound-emails/${id}/source`);
-      holder.replaceChildren(el("pre", { class: "source", tabindex: "0", "aria-label": "Raw email", text }));
+      const text = await api("GET", path);
+      holder.replaceChildren(el("pre", { class: "source", tabindex: "0", "aria-label": "Raw email", text }),
+        text.length >= 65536 ? el("p", { class: "muted", text: "Only the first 64 KiB are kept." }) : null);
       button.remove();
     } catch (e) {
-      say(`No source: ${e.message}`, true);
+      say(e.status === 404 ? "Its source is no longer kept." : `No source: ${e.message}`, true);
     }
   });
   holder.append(button);
@@ -496,7 +495,7 @@ async function setAside() {
       el("td", { class: "wrap", text: m.sender || m.mail_from }),
       el("td", { class: "wrap", dir: "auto", text: m.subject || "" }),
       el("td", { class: "wrap" }, el("span", { class: "tag", text: m.verdict }), " ", m.reason),
-      el("td", {}, done, sourceButton(m.id)));
+      el("td", {}, done, sourceButton(`/inbound-emails/${m.id}/source`)));
   });
   view(el("h2", { text: "Set aside" }),
     el("p", { class: "muted", text: "Inbound mail that was not posted (automatic, unknown sender, rate-limited, failed authentication, no conversation), with why. Post a person's email set aside by mistake into its conversation, or as a new ticket: once, and recorded." }),
@@ -673,6 +672,7 @@ async function render() {
   }
   const changed = state.section !== `${show}/${arg || ""}`;
   state.section = `${show}/${arg || ""}`;
+  if (changed) say("");
   document.body.dataset.ready = "loading";
   try {
     await SECTIONS[show](arg ? decodeURIComponent(arg) : undefined);

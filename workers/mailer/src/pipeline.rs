@@ -76,6 +76,28 @@ pub enum Sent {
 pub struct Posted {
     pub subject: Option<String>,
     pub sent: Sent,
+    /// The email as it was accepted (its first [`SOURCE_MAX`] bytes), for the email log.
+    pub source: Option<Source>,
+}
+
+/// Most of a sent email kept for the email log: a notification or system email whole; of one
+/// with big attachments, its head and text.
+pub const SOURCE_MAX: usize = 64 * 1024;
+
+/// A sent email's bytes as kept for the log.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub raw: Vec<u8>,
+    /// The email was longer than [`SOURCE_MAX`]: only its start is kept.
+    pub cut: bool,
+}
+
+impl Source {
+    fn of(mut raw: Vec<u8>) -> Source {
+        let cut = raw.len() > SOURCE_MAX;
+        raw.truncate(SOURCE_MAX);
+        Source { raw, cut }
+    }
 }
 
 impl Pipeline {
@@ -132,6 +154,7 @@ impl Pipeline {
                         reason,
                         reply: None,
                     },
+                    source: None,
                 }
             }
         }
@@ -154,6 +177,7 @@ impl Pipeline {
                         reason: e.to_string(),
                         reply: None,
                     },
+                    source: None,
                 };
             }
         };
@@ -185,13 +209,17 @@ impl Pipeline {
                         reason,
                         reply: None,
                     },
+                    source: None,
                 };
             }
         };
         let to = mail::mask_address(&email.to_address);
-        let sent = match self.smtp.send(built).await {
+        let (outcome, bytes) = self.smtp.send(built).await;
+        let mut source = None;
+        let sent = match outcome {
             SmtpOutcome::Accepted(reply) => {
                 info!(to, reply = %mail::mask_addresses(&reply), "email sent");
+                source = bytes.map(Source::of);
                 Sent::Accepted { reply }
             }
             SmtpOutcome::Refused(reply) => {
@@ -209,7 +237,11 @@ impl Pipeline {
                 }
             }
         };
-        Posted { subject, sent }
+        Posted {
+            subject,
+            sent,
+            source,
+        }
     }
 }
 

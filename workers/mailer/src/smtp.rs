@@ -240,11 +240,12 @@ impl Smtp {
         self.server.connect().await
     }
 
-    /// Sends one email once a slot is free, and says how it went.
-    pub async fn send(&self, email: lettre::Message) -> SmtpOutcome {
+    /// Sends one email once a slot is free, and says how it went; with the bytes it sent
+    /// (signed), when it got that far.
+    pub async fn send(&self, email: lettre::Message) -> (SmtpOutcome, Option<Vec<u8>>) {
         let _slot = match self.slots.acquire().await {
             Ok(slot) => slot,
-            Err(e) => return SmtpOutcome::Deferred(e.to_string()),
+            Err(e) => return (SmtpOutcome::Deferred(e.to_string()), None),
         };
         /// Counts the slot in use until the send ends, however it ends.
         struct InUse;
@@ -261,7 +262,7 @@ impl Smtp {
             bytes = match dkim.sign(&bytes) {
                 Ok(signed) => signed,
                 // A key that cannot sign fails every email alike: retried, and said why.
-                Err(e) => return SmtpOutcome::Deferred(e),
+                Err(e) => return (SmtpOutcome::Deferred(e), None),
             };
         }
         let started = Instant::now();
@@ -273,7 +274,7 @@ impl Smtp {
             )),
         };
         tidings_common::observe::smtp_transaction(started.elapsed());
-        outcome
+        (outcome, Some(bytes))
     }
 
     async fn transact(&self, envelope: &Envelope, bytes: &[u8]) -> SmtpOutcome {

@@ -102,6 +102,7 @@ impl Scheduler {
                     ("automation runs", "DELETE FROM automation_runs WHERE created_at < now() - $1", runs),
                     ("live events", "DELETE FROM live_events WHERE created_at < now() - $1", live),
                     ("inbound sources", "DELETE FROM inbound_raw WHERE created_at < now() - $1", retention),
+                    ("sent sources", "DELETE FROM outbound_sources WHERE created_at < now() - $1", retention),
                     ("spooled mails left behind", "DELETE FROM inbound_spool WHERE created_at < now() - $1", interval(SPOOL_KEPT)),
                 ] {
                     let n = diesel::sql_query(sql).bind::<Interval, _>(keep).execute(conn)?;

@@ -120,7 +120,56 @@ pub async fn source(State(state): State<AppState>, Path(id): Path<i64>) -> ApiRe
     let Some(raw) = raw else {
         return Err(ApiError::not_found("inbound email source", id));
     };
-    Ok((
+    Ok(text(raw))
+}
+
+/// A log row's email as it went over the wire: an inbound email as received, an outbound one
+/// as the SMTP server accepted it (its first 64 KiB), while the log keeps it.
+#[utoipa::path(
+    get,
+    path = "/email-log/{id}/source",
+    tag = "email-log",
+    params(("id" = i64, Path, description = "the log row")),
+    responses(
+        (status = 200, description = "the email's source", content_type = "text/plain"),
+        (status = 404, description = "no such row, or no source kept for it", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn log_source(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Response> {
+    let raw: Option<Vec<u8>> = with_db(&state, move |conn| {
+        use tidings_common::db::schema::{email_log as l, inbound_raw as r, outbound_sources as o};
+        let row: Option<(Option<i64>, Option<String>)> = l::table
+            .find(id)
+            .select((l::inbound_email_id, l::message_id_header))
+            .first(conn)
+            .optional()?;
+        let Some((inbound, header)) = row else {
+            return Err(ApiError::not_found("email log row", id));
+        };
+        Ok(match (inbound, header) {
+            (Some(inbound), _) => r::table
+                .find(inbound)
+                .select(r::raw)
+                .first(conn)
+                .optional()?,
+            (None, Some(header)) => o::table
+                .find(header)
+                .select(o::raw)
+                .first(conn)
+                .optional()?,
+            (None, None) => None,
+        })
+    })
+    .await?;
+    let Some(raw) = raw else {
+        return Err(ApiError::not_found("source of email log row", id));
+    };
+    Ok(text(raw))
+}
+
+fn text(raw: Vec<u8>) -> Response {
+    (
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
@@ -128,7 +177,7 @@ pub async fn source(State(state): State<AppState>, Path(id): Path<i64>) -> ApiRe
         ],
         String::from_utf8_lossy(&raw).into_owned(),
     )
-        .into_response())
+        .into_response()
 }
 
 /// What posting an email set aside did.

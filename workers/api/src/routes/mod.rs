@@ -108,6 +108,7 @@ fn groups() -> Groups {
         .routes(routes!(admin::status))
         .routes(routes!(inbound::set_aside))
         .routes(routes!(inbound::source))
+        .routes(routes!(inbound::log_source))
         .routes(routes!(inbound::post_anyway))
         .routes(routes!(attachments::download))
         .routes(routes!(suppressions::suppressions))

@@ -25,6 +25,7 @@ impl Ends {
             rcpt_to: self.rcpt_to.clone(),
             subject: subject.map(str::to_string),
             finish,
+            source: None,
         });
     }
 
@@ -99,6 +100,9 @@ impl Notifications<'_> {
         match posted.sent {
             Sent::Accepted { reply } => {
                 ends.push(primary, subject, Finish::Sent { reply });
+                if let Some(last) = ends.ended.last_mut() {
+                    last.source = posted.source;
+                }
                 let into = primary.notification.id;
                 for c in &included[1..] {
                     ends.push(&c.claim, subject, Finish::Coalesced { into });

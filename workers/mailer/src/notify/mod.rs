@@ -101,6 +101,8 @@ struct Ended {
     rcpt_to: Option<String>,
     subject: Option<String>,
     finish: Finish,
+    /// The email as accepted, on the claim that sent it.
+    source: Option<crate::pipeline::Source>,
 }
 
 impl Ended {
@@ -110,6 +112,7 @@ impl Ended {
             claim,
             rcpt_to: None,
             subject: None,
+            source: None,
             finish: Finish::Failed {
                 reason: "message or recipient no longer exists".into(),
                 reply: None,

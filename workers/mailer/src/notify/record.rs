@@ -145,10 +145,25 @@ impl Notifications<'_> {
         if ended.is_empty() {
             return Ok(());
         }
+        let mut ended = ended;
+        let sources: Vec<(String, crate::pipeline::Source)> = ended
+            .iter_mut()
+            .filter_map(|e| {
+                let kept = e.source.take()?;
+                Some((e.claim.notification.email_message_id.clone(), kept))
+            })
+            .collect();
         let (rows, log) = self.rows(ended);
         let (updated, total, live) =
             retry::record_through_outage(self.db, "notifications", move |conn| {
-                conn.transaction(|conn| record(conn, &rows, &log))
+                conn.transaction(|conn| {
+                    let kept: Vec<(&str, &[u8], bool)> = sources
+                        .iter()
+                        .map(|(id, s)| (id.as_str(), s.raw.as_slice(), s.cut))
+                        .collect();
+                    email_log::keep_sources(conn, &kept)?;
+                    record(conn, &rows, &log)
+                })
             })
             .await?;
         if updated < total {

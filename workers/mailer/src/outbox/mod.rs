@@ -31,6 +31,8 @@ struct OutboxEnd {
     retry_at: Option<DateTime<Utc>>,
     rcpt_to: Option<String>,
     subject: Option<String>,
+    /// The email as accepted, once sent.
+    source: Option<crate::pipeline::Source>,
 }
 
 /// The outbox source: claims outbox emails with their send-time checks, hands them to the
@@ -70,6 +72,7 @@ impl Outbox<'_> {
             retry_at: None,
             rcpt_to: c.recipient.as_ref().and_then(|r| r.email.clone()),
             subject: None,
+            source: None,
         };
         let (None, Some(recipient)) = (&c.skip, &c.recipient) else {
             return end;
@@ -96,6 +99,7 @@ impl Outbox<'_> {
             })
             .await;
         end.subject = posted.subject;
+        end.source = posted.source;
         match posted.sent {
             Sent::Accepted { reply } => {
                 end.state = OutboxState::Sent;

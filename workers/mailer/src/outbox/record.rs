@@ -65,6 +65,9 @@ fn record(conn: &mut PgConnection, end: &OutboxEnd, mail_from: &str) -> Result<(
         OutboxState::Pending => tidings_common::observe::email(kind, "deferred"),
         _ => {}
     }
+    if let Some(kept) = &end.source {
+        email_log::keep_sources(conn, &[(&message_id_header, &kept.raw, kept.cut)])?;
+    }
     let entry = NewEmailLogEntry {
         reason: end.reason.clone(),
         outbox_id: Some(end.id),
