@@ -111,7 +111,13 @@ pub async fn email_log(
     let mut filter = query.filter()?;
     with_db(&state, move |conn| {
         if let Some(person) = person {
-            let found = crate::lookup::find_person(conn, person)?;
+            let found = crate::lookup::find_person(conn, person).map_err(|e| {
+                if e.status == axum::http::StatusCode::NOT_FOUND {
+                    ApiError::bad_field("person_id", format!("person_id: no person {person}"))
+                } else {
+                    e
+                }
+            })?;
             let Some(email) = found.email else {
                 return Ok(Json(Vec::new()));
             };
