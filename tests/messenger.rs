@@ -22,6 +22,22 @@ async fn team(env: &Env) -> (i64, i64, i64, i64) {
     (ann, ben, item, conv)
 }
 
+/// Opens the messenger in `view` signed in as `person`, and waits until it is live.
+async fn sign_in(view: &support::live::Browser<'_>, env: &Env, person: i64) {
+    view.goto(&format!(
+        "{}/messenger#token={}",
+        env.base(),
+        env.session(person).await
+    ))
+    .await;
+    view.wait_until(
+        "ready",
+        "document.body.dataset.ready === 'yes' && document.body.dataset.live === 'on'",
+        LIVE,
+    )
+    .await;
+}
+
 /// Every path parameter replaced by `id`.
 fn concrete(path: &str, id: i64) -> String {
     path.split('/')
@@ -1072,18 +1088,7 @@ async fn d4_seen_only_while_read_and_the_stream_follows_the_page() {
     env.settled(first, SETTLE).await;
     let driver = Driver::start(&env.root().join("browser")).await;
     let view = driver.browser("ann").await;
-    view.goto(&format!(
-        "{}/messenger#token={}",
-        env.base(),
-        env.session(ann).await
-    ))
-    .await;
-    view.wait_until(
-        "ready",
-        "document.body.dataset.ready === 'yes' && document.body.dataset.live === 'on'",
-        LIVE,
-    )
-    .await;
+    sign_in(&view, &env, ann).await;
     view.click(&format!("#team .conversation[data-id=\"{conv}\"]"))
         .await;
     view.wait_until(
@@ -1276,18 +1281,7 @@ async fn d4_hidden_minimized_or_unfocused_pages_see_nothing() {
     env.settled(first, SETTLE).await;
     let driver = Driver::start(&env.root().join("browser")).await;
     let view = driver.browser("ann").await;
-    view.goto(&format!(
-        "{}/messenger#token={}",
-        env.base(),
-        env.session(ann).await
-    ))
-    .await;
-    view.wait_until(
-        "ready",
-        "document.body.dataset.ready === 'yes' && document.body.dataset.live === 'on'",
-        LIVE,
-    )
-    .await;
+    sign_in(&view, &env, ann).await;
     let inbox_reads = view
         .js(
             "return performance.getEntriesByType('resource').filter((e) => e.name.endsWith('/me/inbox')).length;",

@@ -39,6 +39,7 @@
 mod system;
 
 mod baseline;
+mod console;
 mod dkim;
 mod files;
 mod inbound;
@@ -48,6 +49,7 @@ mod pipeline;
 mod sustained;
 
 use baseline::*;
+use console::*;
 use dkim::*;
 use files::*;
 use inbound::*;
@@ -283,6 +285,16 @@ async fn run_phases(
         env.topology.delete(&channel).await?;
         println!();
         print_live(&live);
+        return Ok(());
+    }
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "console") {
+        eprintln!("bench: the admin console over a busy log");
+        let console = console_phase(&env, config).await?;
+        drop((api, dispatch, mailer, inbound));
+        let channel = conn.create_channel().await?;
+        env.topology.delete(&channel).await?;
+        println!();
+        print_console(&console);
         return Ok(());
     }
     if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "files") {

@@ -343,3 +343,50 @@ pub fn parse_payload<T: for<'de> Deserialize<'de>>(data: &[u8]) -> Result<T, Str
         )
     })
 }
+
+/// A private queue bound to `exchange` with `routing_key`, consumed without acks: for
+/// announcements every process hears (live pokes, new template versions), whose loss costs
+/// only latency. Keep the connection for as long as the consumer is read.
+pub async fn subscribe(
+    url: &str,
+    role: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> crate::Result<(lapin::Connection, String, lapin::Consumer)> {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let connection = super::connect(url, role).await?;
+    let channel = connection.create_channel().await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((connection, queue.name().to_string(), consumer))
+}

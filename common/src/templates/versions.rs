@@ -298,43 +298,15 @@ async fn listen(
     shutdown: CancellationToken,
 ) {
     use futures_util::StreamExt;
-    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
     loop {
         let listened = async {
-            let connection = crate::amqp::connect(&url, "templates").await?;
-            let channel = connection.create_channel().await?;
-            let queue = channel
-                .queue_declare(
-                    "".into(),
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-            channel
-                .queue_bind(
-                    queue.name().clone(),
-                    topology.events_exchange().into(),
-                    TEMPLATES_ROUTING_KEY.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            let mut consumer = channel
-                .basic_consume(
-                    queue.name().clone(),
-                    "".into(),
-                    BasicConsumeOptions {
-                        no_ack: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
+            let (_connection, _, mut consumer) = crate::amqp::subscribe(
+                &url,
+                "templates",
+                &topology.events_exchange(),
+                TEMPLATES_ROUTING_KEY,
+            )
+            .await?;
             while let Some(delivery) = consumer.next().await {
                 delivery?;
                 let _ = wake.try_send(());

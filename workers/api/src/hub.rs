@@ -9,8 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use tidings_common::amqp::Topology;
 use tidings_common::live::{LIVE_ROUTING_KEY, LivePoke};
 use tokio::sync::watch;
@@ -104,40 +102,14 @@ pub fn spawn_listener(
 }
 
 async fn listen(hub: &Hub, url: &str, topology: &Topology) -> tidings_common::Result<()> {
-    let connection = tidings_common::amqp::connect(url, "api live").await?;
-    let channel = connection.create_channel().await?;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            topology.events_exchange().into(),
-            LIVE_ROUTING_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    info!(queue = %queue.name(), "listening for live events");
+    let (_connection, queue, mut consumer) = tidings_common::amqp::subscribe(
+        url,
+        "api live",
+        &topology.events_exchange(),
+        LIVE_ROUTING_KEY,
+    )
+    .await?;
+    info!(queue = %queue, "listening for live events");
     // Pokes sent while this listener was not bound are caught by the streams' own reads.
     hub.wake_all();
     while let Some(delivery) = consumer.next().await {

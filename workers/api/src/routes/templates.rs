@@ -205,6 +205,14 @@ fn template_name(name: &str) -> ApiResult<()> {
     }
 }
 
+fn no_template(name: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!("no template {name:?}"),
+        field: Some("name".into()),
+    }
+}
+
 /// The shipped files of `name` in `locale` (`""`: default), if it has any of its own.
 fn shipped(state: &AppState, name: &str, locale: &str) -> Option<[String; 3]> {
     let dir = state.templates.dir();
@@ -315,11 +323,7 @@ pub async fn get_template(
         None => (false, None),
     };
     let Some((version, [subject, text, html])) = found else {
-        return Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: format!("no template {name:?}"),
-            field: Some("name".into()),
-        });
+        return Err(no_template(&name));
     };
     Ok(Json(TemplateSource {
         shipped: shipped(&state, &name, &locale).is_some()
@@ -584,11 +588,7 @@ pub async fn test_template(
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     template_name(&name)?;
     if !state.templates.current().has(&name) {
-        return Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: format!("no template {name:?}"),
-            field: Some("name".into()),
-        });
+        return Err(no_template(&name));
     }
     let recipient = match (actor, body.person_id) {
         (Some(actor), _) => actor.id,
