@@ -162,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
         "TIDINGS_PREFETCH",
         "TIDINGS_SMTP_CONCURRENCY",
         "TIDINGS_DB_POOL_SIZE",
+        "TIDINGS_KEEP_SOURCE",
     ] {
         if let Ok(value) = std::env::var(knob) {
             vars.push((knob, value));
@@ -363,10 +364,11 @@ async fn run_phases(
             .unwrap_or(0)
     );
     println!(
-        "settings: TIDINGS_PREFETCH={} TIDINGS_SMTP_CONCURRENCY={} TIDINGS_DB_POOL_SIZE={}; background {} people, {} messages; steady steps {} s; pg_stat_statements {}",
+        "settings: TIDINGS_PREFETCH={} TIDINGS_SMTP_CONCURRENCY={} TIDINGS_DB_POOL_SIZE={} TIDINGS_KEEP_SOURCE={}; background {} people, {} messages; steady steps {} s; pg_stat_statements {}",
         config.prefetch,
         config.smtp_concurrency,
         config.db_pool_size,
+        config.keep_source,
         2 * knob("BENCH_PEOPLE", 2_000),
         knob("BENCH_BACKGROUND", 100_000),
         step_seconds,

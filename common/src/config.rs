@@ -138,6 +138,9 @@ pub struct Config {
     pub email_attach_max: usize,
     /// `TIDINGS_FILE_LINK_TTL`: how long a file link in an email opens its file.
     pub file_link_ttl: Duration,
+    /// `TIDINGS_KEEP_SOURCE`: most bytes of each sent email, and of each inbound email that
+    /// was posted, kept for the email log's raw view (0: none). Mail set aside is kept whole.
+    pub keep_source: usize,
     /// Bounds of the SMTP listener: concurrent sessions, the length of one session, the lowest
     /// average rate a client may send at (after a grace period), and the bytes of all messages
     /// being received at once.
@@ -260,6 +263,7 @@ impl Config {
             attachment_max,
             email_attach_max,
             file_link_ttl,
+            keep_source,
             inbound_limits,
             inbound_authserv_id,
             inbound_project,
@@ -315,6 +319,7 @@ impl Config {
             attachment_max,
             email_attach_max,
             file_link_ttl,
+            keep_source,
             inbound_limits,
             http_limits,
             inbound_authserv_id,
@@ -658,6 +663,7 @@ struct Inbound {
     attachment_max: usize,
     email_attach_max: usize,
     file_link_ttl: Duration,
+    keep_source: usize,
     inbound_limits: InboundLimits,
     inbound_authserv_id: Option<String>,
     inbound_project: String,
@@ -683,6 +689,9 @@ fn inbound(r: &Reader<'_>) -> Result<Inbound, ConfigError> {
         parse_range(v, 0, 100 << 20)
     })?;
     let file_link_ttl = parse_with(get("TIDINGS_FILE_LINK_TTL", "30d"), parse_positive_duration)?;
+    let keep_source = parse_with(get("TIDINGS_KEEP_SOURCE", "65536"), |v| {
+        parse_range(v, 0, 1 << 30)
+    })?;
     let inbound_limits = InboundLimits {
         max_sessions: parse_with(get("TIDINGS_INBOUND_MAX_SESSIONS", "100"), |v| {
             parse_range(v, 1, 100_000)
@@ -746,6 +755,7 @@ fn inbound(r: &Reader<'_>) -> Result<Inbound, ConfigError> {
         attachment_max,
         email_attach_max,
         file_link_ttl,
+        keep_source,
         inbound_limits,
         inbound_authserv_id,
         inbound_project,

@@ -208,12 +208,22 @@ const SKELETON = {
   html: "<p>Hello {{recipient.name}},</p>\n<p>{{item.title}}</p>\n",
 };
 
+// Every locale with a templates folder.
+async function localesOf() {
+  const catalogue = state.catalogue || await templatesCatalogue();
+  const all = {};
+  for (const t of catalogue.templates) for (const l of t.locales) all[l] = true;
+  return all;
+}
+
 async function editor(name) {
   const catalogue = state.catalogue || await templatesCatalogue();
   const known = catalogue.templates.find((t) => t.name === name);
-  const locales = Object.keys(known ? Object.fromEntries(known.locales.map((l) => [l, 1])) : { "": 1 });
+  // The default locale first (stored as ""), then the others that have templates.
+  const others = Object.keys(await localesOf()).filter((l) => l !== catalogue.default_locale);
   const localeSelect = el("select", { id: "t-locale" },
-    (locales.length ? locales : [""]).map((l, i) => el("option", { value: i === 0 ? "" : l, text: i === 0 ? `${l || "default"} (default)` : l })));
+    el("option", { value: "", text: `${catalogue.default_locale} (default)` }),
+    others.map((l) => el("option", { value: l, text: known && known.locales.includes(l) ? l : `${l} (falls back to the default)` })));
   const area = (part, rows) => el("textarea", { id: `t-${part}`, name: part, rows, spellcheck: "false" });
   const parts = el("div", { class: "parts" },
     el("label", { for: "t-locale", text: "Locale" }), localeSelect,
@@ -462,8 +472,7 @@ function sourceButton(path) {
   button.addEventListener("click", async () => {
     try {
       const text = await api("GET", path);
-      holder.replaceChildren(el("pre", { class: "source", tabindex: "0", "aria-label": "Raw email", text }),
-        text.length >= 65536 ? el("p", { class: "muted", text: "Only the first 64 KiB are kept." }) : null);
+      holder.replaceChildren(el("pre", { class: "source", tabindex: "0", "aria-label": "Raw email", text }));
       button.remove();
     } catch (e) {
       say(e.status === 404 ? "Its source is no longer kept." : `No source: ${e.message}`, true);

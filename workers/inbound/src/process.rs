@@ -143,11 +143,18 @@ pub fn process_set(conn: &mut PgConnection, config: &Config, set: &[Inbound]) ->
                     Disposition::Ignored(r) | Disposition::Rejected(r) => Some(r.as_str()),
                     _ => None,
                 };
+                // Mail set aside is kept whole (it may be posted later); a posted email's
+                // start only (its text and files are kept as the message).
+                let kept = match set_aside {
+                    Some(_) => &inbound.raw[..],
+                    None if config.keep_source == 0 => return None,
+                    None => &inbound.raw[..inbound.raw.len().min(config.keep_source)],
+                };
                 Some((
                     inbound_raw::inbound_email_id.eq(row),
                     inbound_raw::mail_from.eq(&envelope.mail_from),
                     inbound_raw::rcpt_to.eq(envelope.rcpts.join(",")),
-                    inbound_raw::raw.eq(&inbound.raw),
+                    inbound_raw::raw.eq(kept),
                     inbound_raw::set_aside.eq(set_aside),
                     inbound_raw::subject.eq(&inbound.report.subject),
                 ))

@@ -26,6 +26,8 @@ pub struct Pipeline {
     reply_domain: String,
     /// The memory files of emails in flight may take, in KiB permits ([`FILE_BUDGET`]).
     files: Arc<tokio::sync::Semaphore>,
+    /// `TIDINGS_KEEP_SOURCE`.
+    keep_source: usize,
 }
 
 /// Most memory the files of emails in flight take at once: each file is held about five times
@@ -76,27 +78,28 @@ pub enum Sent {
 pub struct Posted {
     pub subject: Option<String>,
     pub sent: Sent,
-    /// The email as it was accepted (its first [`SOURCE_MAX`] bytes), for the email log.
+    /// The email as it was accepted (its first `TIDINGS_KEEP_SOURCE` bytes), for the log.
     pub source: Option<Source>,
 }
 
-/// Most of a sent email kept for the email log: a notification or system email whole; of one
-/// with big attachments, its head and text.
-pub const SOURCE_MAX: usize = 64 * 1024;
-
-/// A sent email's bytes as kept for the log.
+/// A sent email's bytes as kept for the log: its first `TIDINGS_KEEP_SOURCE` bytes (64 KiB: a
+/// notification or system email whole; of one with big attachments, its head and text).
 #[derive(Debug, Clone)]
 pub struct Source {
     pub raw: Vec<u8>,
-    /// The email was longer than [`SOURCE_MAX`]: only its start is kept.
+    /// The email was longer: only its start is kept.
     pub cut: bool,
 }
 
 impl Source {
-    fn of(mut raw: Vec<u8>) -> Source {
-        let cut = raw.len() > SOURCE_MAX;
-        raw.truncate(SOURCE_MAX);
-        Source { raw, cut }
+    /// What is kept of `raw`, at most `max` bytes; nothing when `max` is 0.
+    fn of(mut raw: Vec<u8>, max: usize) -> Option<Source> {
+        if max == 0 {
+            return None;
+        }
+        let cut = raw.len() > max;
+        raw.truncate(max);
+        Some(Source { raw, cut })
     }
 }
 
@@ -111,6 +114,7 @@ impl Pipeline {
             token_secret: config.token_secret.clone(),
             reply_domain: config.reply_domain.clone(),
             files: Arc::new(tokio::sync::Semaphore::new(FILE_BUDGET / 1024)),
+            keep_source: config.keep_source,
         })
     }
 
@@ -219,7 +223,7 @@ impl Pipeline {
         let sent = match outcome {
             SmtpOutcome::Accepted(reply) => {
                 info!(to, reply = %mail::mask_addresses(&reply), "email sent");
-                source = bytes.map(Source::of);
+                source = bytes.and_then(|b| Source::of(b, self.keep_source));
                 Sent::Accepted { reply }
             }
             SmtpOutcome::Refused(reply) => {

@@ -17,6 +17,8 @@ use crate::state::{AppState, with_db};
 /// Every template and what sends it.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Catalogue {
+    /// The locale of the top-level template folders, and every other's fallback.
+    default_locale: String,
     templates: Vec<TemplateUse>,
 }
 
@@ -49,6 +51,7 @@ pub struct Sender {
 )]
 pub async fn list_templates(State(state): State<AppState>) -> ApiResult<Json<Catalogue>> {
     let catalogue = state.templates.current().catalogue();
+    let default_locale = state.config.default_locale.clone();
     with_db(&state, move |conn| {
         let senders: Vec<(Option<String>, i64, String)> = automations::table
             .select((automations::template, automations::id, automations::name))
@@ -83,7 +86,10 @@ pub async fn list_templates(State(state): State<AppState>) -> ApiResult<Json<Cat
                     .collect(),
             })
             .collect();
-        Ok(Json(Catalogue { templates }))
+        Ok(Json(Catalogue {
+            default_locale,
+            templates,
+        }))
     })
     .await
 }
