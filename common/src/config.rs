@@ -33,6 +33,7 @@
 //! | `TIDINGS_MAIL_MAX` | `36700160` | largest inbound message accepted, announced as SMTP `SIZE` (552 beyond); older name `TIDINGS_INBOUND_MAX_BYTES` |
 //! | `TIDINGS_EMAIL_ATTACH_MAX` | `10485760` | most bytes of files attached to one notification email; the other files are links (0: links only) |
 //! | `TIDINGS_FILE_LINK_TTL` | `30d` | how long a file link in a notification email opens its file (for its recipient only, no sign-in) |
+//! | `TIDINGS_KEEP_SOURCE` | `16384` | most bytes of each sent email, and of each posted inbound email, kept for the log's raw view (0: none); mail set aside is kept whole |
 //! | `TIDINGS_ATTACHMENT_MAX` | `26214400` | largest file kept from an inbound email or an upload; a larger one is named in a note of its message, not kept |
 //! | `TIDINGS_INBOUND_MAX_SESSIONS` | `100` | concurrent SMTP sessions (421 beyond) |
 //! | `TIDINGS_INBOUND_SESSION_TIMEOUT` | `10m` | longest SMTP session |
@@ -689,7 +690,7 @@ fn inbound(r: &Reader<'_>) -> Result<Inbound, ConfigError> {
         parse_range(v, 0, 100 << 20)
     })?;
     let file_link_ttl = parse_with(get("TIDINGS_FILE_LINK_TTL", "30d"), parse_positive_duration)?;
-    let keep_source = parse_with(get("TIDINGS_KEEP_SOURCE", "65536"), |v| {
+    let keep_source = parse_with(get("TIDINGS_KEEP_SOURCE", "16384"), |v| {
         parse_range(v, 0, 1 << 30)
     })?;
     let inbound_limits = InboundLimits {

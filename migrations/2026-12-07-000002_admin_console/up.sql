@@ -53,7 +53,7 @@ CREATE INDEX inbound_raw_set_aside ON inbound_raw (inbound_email_id DESC) WHERE 
 -- The inbound email a log row is about (the console opens its source from the row).
 ALTER TABLE email_log ADD COLUMN inbound_email_id BIGINT;
 
--- Each sent email as the SMTP server accepted it (its first 64 KiB), by its Message-ID, for
+-- Each sent email as the SMTP server accepted it (its first TIDINGS_KEEP_SOURCE bytes), by its Message-ID, for
 -- the console's raw view of an Outgoing row. Removed with the email log's retention.
 CREATE TABLE outbound_sources (
     message_id_header TEXT PRIMARY KEY,

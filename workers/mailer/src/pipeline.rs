@@ -82,7 +82,7 @@ pub struct Posted {
     pub source: Option<Source>,
 }
 
-/// A sent email's bytes as kept for the log: its first `TIDINGS_KEEP_SOURCE` bytes (64 KiB: a
+/// A sent email's bytes as kept for the log: its first `TIDINGS_KEEP_SOURCE` bytes (16 KiB: a
 /// notification or system email whole; of one with big attachments, its head and text).
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -92,14 +92,19 @@ pub struct Source {
 }
 
 impl Source {
-    /// What is kept of `raw`, at most `max` bytes; nothing when `max` is 0.
-    fn of(mut raw: Vec<u8>, max: usize) -> Option<Source> {
+    /// What is kept of `raw`, at most `max` bytes; nothing when `max` is 0. A longer email's
+    /// start is copied out, so the whole (its files, base64) is freed at once.
+    fn of(raw: Vec<u8>, max: usize) -> Option<Source> {
         if max == 0 {
             return None;
         }
-        let cut = raw.len() > max;
-        raw.truncate(max);
-        Some(Source { raw, cut })
+        if raw.len() <= max {
+            return Some(Source { raw, cut: false });
+        }
+        Some(Source {
+            raw: raw[..max].to_vec(),
+            cut: true,
+        })
     }
 }
 
