@@ -92,7 +92,8 @@ impl Overlay {
 }
 
 /// Whether `name` can be a template's name: lower-case letters, digits, `_` and `-`, up to
-/// 64 characters, starting with a letter or digit (it becomes a folder name).
+/// 64 characters, starting with a letter or digit (it becomes a folder name), and neither
+/// `partials` nor a name a locale folder could have (`en`, `sv`, `faq`).
 pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
@@ -101,6 +102,25 @@ pub fn valid_name(name: &str) -> bool {
         && name.len() <= 64
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
         && name != "partials"
+        && !super::store::locale_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_template_name_is_a_safe_folder_name_and_no_locale() {
+        for good in ["notification", "survey_invite", "item-update", "a1b2", "x"] {
+            assert!(valid_name(good), "{good}");
+        }
+        for bad in [
+            "", "en", "sv", "faq", "pt-br", "partials", "../etc", "a/b", "Notification",
+            "_x", "-x", "a b", "a\0b", &"x".repeat(65),
+        ] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
 }
 
 /// The newest version id of all (0: none).

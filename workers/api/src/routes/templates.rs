@@ -205,7 +205,7 @@ fn template_name(name: &str) -> ApiResult<()> {
             "name",
             format!(
                 "name: {name:?} is not a template name (lower-case letters, digits, _ and -, \
-                 up to 64)"
+                 up to 64; not partials, nor a 2- or 3-letter name a locale folder could have)"
             ),
         ))
     }
