@@ -115,8 +115,20 @@ mod tests {
             assert!(valid_name(good), "{good}");
         }
         for bad in [
-            "", "en", "sv", "faq", "pt-br", "partials", "../etc", "a/b", "Notification",
-            "_x", "-x", "a b", "a\0b", &"x".repeat(65),
+            "",
+            "en",
+            "sv",
+            "faq",
+            "pt-br",
+            "partials",
+            "../etc",
+            "a/b",
+            "Notification",
+            "_x",
+            "-x",
+            "a b",
+            "a\0b",
+            &"x".repeat(65),
         ] {
             assert!(!valid_name(bad), "{bad:?}");
         }
