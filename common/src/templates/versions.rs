@@ -105,36 +105,6 @@ pub fn valid_name(name: &str) -> bool {
         && !super::store::locale_name(name)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_template_name_is_a_safe_folder_name_and_no_locale() {
-        for good in ["notification", "survey_invite", "item-update", "a1b2", "x"] {
-            assert!(valid_name(good), "{good}");
-        }
-        for bad in [
-            "",
-            "en",
-            "sv",
-            "faq",
-            "pt-br",
-            "partials",
-            "../etc",
-            "a/b",
-            "Notification",
-            "_x",
-            "-x",
-            "a b",
-            "a\0b",
-            &"x".repeat(65),
-        ] {
-            assert!(!valid_name(bad), "{bad:?}");
-        }
-    }
-}
-
 /// The newest version id of all (0: none).
 pub fn marker(conn: &mut PgConnection) -> QueryResult<i64> {
     #[derive(QueryableByName)]
@@ -354,6 +324,36 @@ async fn listen(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_template_name_is_a_safe_folder_name_and_no_locale() {
+        for good in ["notification", "survey_invite", "item-update", "a1b2", "x"] {
+            assert!(valid_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "en",
+            "sv",
+            "faq",
+            "pt-br",
+            "partials",
+            "../etc",
+            "a/b",
+            "Notification",
+            "_x",
+            "-x",
+            "a b",
+            "a\0b",
+            &"x".repeat(65),
+        ] {
+            assert!(!valid_name(bad), "{bad:?}");
         }
     }
 }
