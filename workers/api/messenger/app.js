@@ -655,13 +655,26 @@ function upsert(d) {
   return true;
 }
 
-function onEvent(kind, handler) {
+// Updates of the counts and the list run one after another, in the order the events came:
+// an inbox read that one event started finishes before the next event's counts are applied,
+// so an older snapshot never overwrites newer counts (each event carries absolute counts).
+state.queue = Promise.resolve();
+function inOrder(work) {
+  const done = state.queue.then(work);
+  state.queue = done.catch((err) => say(`Update failed: ${err.message}`));
+  return done;
+}
+
+// An event handler: `now` runs at once (the ping, the desktop notification, the
+// announcement), `handler` in order with the other updates.
+function onEvent(kind, handler, now) {
   return (e) => {
     state.events += 1;
     if (e.lastEventId) state.lastEventId = e.lastEventId;
     let data = {};
     try { data = JSON.parse(e.data); } catch (_) { return; }
-    Promise.resolve(handler(data)).catch((err) => say(`Update failed: ${err.message}`));
+    if (now) now(data);
+    inOrder(() => handler(data));
   };
 }
 
@@ -687,7 +700,7 @@ function connect(resume) {
   const firstRead = () => {
     if (opened) return;
     opened = true;
-    loadInbox().then(ready, (e) => say(e.message));
+    inOrder(loadInbox).then(ready, (e) => say(e.message));
   };
   source.onopen = () => {
     state.connected = true;
@@ -705,6 +718,11 @@ function connect(resume) {
     }
   };
   source.addEventListener("notification", onEvent("notification", async (d) => {
+    applyCounts(d);
+    if (!upsert(d)) await loadInbox();
+    renderList();
+    if (state.open === d.conversation_id) await refreshConversation(true);
+  }, (d) => {
     if (d.ping && d.author_id !== state.me.id) {
       if (tabs.leads()) {
         ping();
@@ -712,10 +730,6 @@ function connect(resume) {
       }
       if (state.open !== d.conversation_id || !canSee()) announce(d);
     }
-    applyCounts(d);
-    if (!upsert(d)) await loadInbox();
-    renderList();
-    if (state.open === d.conversation_id) await refreshConversation(true);
   }));
   source.addEventListener("seen", onEvent("seen", (d) => {
     applyCounts(d);
@@ -771,7 +785,7 @@ async function savePrefs(event) {
     const saved = await api("PATCH", "/me/preferences", patch);
     state.me.show_customer_conversations = saved.show_customer_conversations;
     say("Preferences saved.");
-    await loadInbox();
+    await inOrder(loadInbox);
   } catch (e) {
     say(`Not saved: ${e.message}`);
   }
