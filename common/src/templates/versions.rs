@@ -309,6 +309,8 @@ async fn listen(
                 TEMPLATES_ROUTING_KEY,
             )
             .await?;
+            // A version saved before this queue was bound was not heard: look once now.
+            let _ = wake.try_send(());
             while let Some(delivery) = consumer.next().await {
                 delivery?;
                 let _ = wake.try_send(());
