@@ -1612,7 +1612,11 @@ async fn d10_one_ping_and_one_desktop_notification_per_conversation() {
     // A browser that blocks sound until the person clicks: the button says so, and one click
     // allows it.
     let strict = driver
-        .browser_without("ann-strict", &[support::live::AUTOPLAY])
+        .browser_args(
+            "ann-strict",
+            &[support::live::AUTOPLAY],
+            &[support::live::BLOCK_AUTOPLAY],
+        )
         .await;
     strict
         .goto(&format!(

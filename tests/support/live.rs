@@ -134,6 +134,9 @@ const CHROMIUM_ARGS: &[&str] = &[
 
 /// The flag that lets pages play sound before the person clicks.
 pub const AUTOPLAY: &str = "--autoplay-policy=no-user-gesture-required";
+/// The flag that blocks sound until the person clicks or types on the page (a browser's
+/// default policy varies with the user and the machine; this one does not).
+pub const BLOCK_AUTOPLAY: &str = "--autoplay-policy=document-user-activation-required";
 
 /// A `chromedriver` process; stopped (by its PID) when dropped.
 pub struct Driver {
@@ -212,10 +215,16 @@ impl Driver {
     /// A new browser run without the flags `without` (for example the autoplay flag, to see
     /// the page as a browser that blocks audio until the person clicks).
     pub async fn browser_without(&self, name: &str, without: &[&str]) -> Browser<'_> {
+        self.browser_args(name, without, &[]).await
+    }
+
+    /// A new browser run without the flags `without` and with the flags `with`.
+    pub async fn browser_args(&self, name: &str, without: &[&str], with: &[&str]) -> Browser<'_> {
         let profile = self.artifacts.join(format!("profile-{name}"));
         let mut args: Vec<String> = CHROMIUM_ARGS
             .iter()
             .filter(|a| !without.contains(a))
+            .chain(with)
             .map(|a| a.to_string())
             .collect();
         args.push(format!("--user-data-dir={}", profile.display()));
