@@ -263,11 +263,14 @@ async function editor(name) {
     })));
   };
   let seq = 0;
+  // A preview that answers after the admin has left the editor is dropped, failure included.
+  const editing = $("problems");
   const refresh = async () => {
+    if (!editing.isConnected) return;
     const mine = ++seq;
     try {
       const result = await api("POST", `/templates/${name}/preview`, draft());
-      if (mine !== seq) return;
+      if (mine !== seq || !editing.isConnected) return;
       showProblems(result.problems);
       if (result.previews.length) {
         previews = result.previews;
@@ -277,7 +280,7 @@ async function editor(name) {
       }
       document.body.dataset.preview = String(mine);
     } catch (e) {
-      say(`Preview failed: ${e.message}`, true);
+      if (editing.isConnected) say(`Preview failed: ${e.message}`, true);
     }
   };
   let pending = null;
