@@ -166,6 +166,11 @@ async fn poison_messages_are_dead_lettered_and_workers_keep_going() {
         ),
         (
             topology.events_exchange(),
+            "message.posted.now",
+            &b"[1, 2"[..],
+        ),
+        (
+            topology.events_exchange(),
             "message.posted",
             &b"{\"message_id\": 987654}"[..],
         ),
@@ -209,7 +214,7 @@ async fn poison_messages_are_dead_lettered_and_workers_keep_going() {
         .await
         .unwrap();
     let mut reasons = Vec::new();
-    while reasons.len() < 6 {
+    while reasons.len() < 7 {
         let delivery = tokio::time::timeout(Duration::from_secs(20), consumer.next())
             .await
             .expect("dead letters arrive")
@@ -245,7 +250,7 @@ async fn poison_messages_are_dead_lettered_and_workers_keep_going() {
             .iter()
             .filter(|r| r.contains("malformed payload"))
             .count(),
-        4,
+        5,
         "{reasons:?}"
     );
 
@@ -257,6 +262,103 @@ async fn poison_messages_are_dead_lettered_and_workers_keep_going() {
     let message = env.post(conv, a, "still alive", false).await;
     env.settled(message, Duration::from_secs(30)).await;
     assert_eq!(env.mails_to("bob@example.com").len(), 1);
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+/// D1 "at once": a message a person posts is dispatched on the interactive lane, ahead of a
+/// backlog of bulk work (here 20,000 messages queued as inbound email would queue them, before
+/// dispatch started): its notification is written while most of the backlog still waits.
+#[tokio::test(flavor = "multi_thread")]
+async fn d1_a_persons_post_is_dispatched_ahead_of_a_bulk_backlog() {
+    const BULK: usize = 20_000;
+    let env = Env::new("60s");
+    let _api = env.spawn(&["api"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let ann = env.user("Ann").await;
+    let ben = env.user("Ben").await;
+    let cat = env.customer("Cat").await;
+    let (_, item, conv) = env.ticket("Printer").await;
+    env.follow_item(item, ann).await;
+    env.sql(&format!(
+        "INSERT INTO messages (conversation_id, author_id, body, internal)
+         SELECT {conv}, {cat}, 'Bulk ' || g, false FROM generate_series(1, {BULK}) g"
+    ));
+    let ids: Vec<i64> = env
+        .sql(&format!(
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM messages WHERE conversation_id = {conv}"
+        ))
+        .split(',')
+        .map(|id| id.parse().unwrap())
+        .collect();
+    assert_eq!(ids.len(), BULK);
+    let topology = env.topology();
+    let (conn, channel) = env.channel().await;
+    channel.confirm_select(Default::default()).await.unwrap();
+    let mut confirms = Vec::with_capacity(BULK);
+    for id in &ids {
+        confirms.push(
+            channel
+                .basic_publish(
+                    topology.events_exchange().into(),
+                    "message.posted".into(),
+                    Default::default(),
+                    format!("{{\"message_id\": {id}}}").as_bytes(),
+                    Default::default(),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    for confirm in confirms {
+        assert!(confirm.await.unwrap().is_ack());
+    }
+    let _dispatch = env.spawn(&["dispatch"]);
+    // Both lanes are consumed before the person posts.
+    support::wait_for(env.root(), "dispatch consuming both lanes", async || {
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let mut attached = 0;
+        for queue in [topology.dispatch_queue(), topology.dispatch_now_queue()] {
+            if let Ok(q) = channel
+                .queue_declare(queue.as_str().into(), passive, Default::default())
+                .await
+            {
+                attached += usize::from(q.consumer_count() > 0);
+            }
+        }
+        attached == 2
+    })
+    .await;
+    let mine = env.post(conv, ben, "Is the printer fixed?", false).await;
+    support::wait_for(env.root(), "the person's post dispatched", async || {
+        env.sql(&format!(
+            "SELECT count(*) FROM notifications WHERE message_id = {mine}"
+        )) == "1"
+    })
+    .await;
+    let waiting: usize = env
+        .sql("SELECT count(*) FROM messages WHERE dispatched_at IS NULL")
+        .parse()
+        .unwrap();
+    assert!(
+        waiting > BULK / 2,
+        "the post waited for the backlog: {waiting} of {BULK} bulk messages left"
+    );
+    // The backlog is then dispatched in full (Ann follows the item; Ben, a participant since
+    // his post, is notified of the bulk messages dispatched after it).
+    support::wait_for(env.root(), "the backlog dispatched", async || {
+        env.sql("SELECT count(*) FROM messages WHERE dispatched_at IS NULL") == "0"
+    })
+    .await;
+    assert_eq!(
+        env.sql(&format!(
+            "SELECT count(*) FROM notifications WHERE conversation_id = {conv} AND recipient_id = {ann}"
+        )),
+        (BULK + 1).to_string()
+    );
     let _ = conn.close(200, "bye".into()).await;
 }
 

@@ -1,5 +1,7 @@
-//! Phase 6: post-to-event latency with many open event streams, and the api's memory per
-//! stream.
+//! Phase 6: post-to-event latency with many open event streams, alone and while dispatch
+//! works through a bulk backlog, and the api's memory per stream.
+
+use std::collections::HashMap;
 
 use super::*;
 
@@ -8,22 +10,61 @@ use super::*;
 /// through the API at `BENCH_LIVE_RATE` per second (100) for `BENCH_LIVE_SECONDS` (10), each
 /// to the next person's conversation. Measures post (request sent) to `notification` event
 /// received, and the api's resident memory per open stream.
+///
+/// Then the same posts again while dispatch works through bulk work queued just before them:
+/// `BENCH_LIVE_BULK` messages (10,000) at fan-out 1, as a storm of emailed replies, and
+/// `BENCH_LIVE_BURST` (3,000) at fan-out 10, all on the bulk lane.
 pub(crate) struct Live {
     pub(crate) streams: usize,
+    pub(crate) alone: Latency,
+    pub(crate) loaded: Option<Loaded>,
+    pub(crate) rss_per_stream_kib: f64,
+}
+
+/// Post-to-event latencies of one run of paced posts.
+pub(crate) struct Latency {
     pub(crate) posted: usize,
     pub(crate) received: usize,
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
     pub(crate) max_ms: f64,
-    pub(crate) rss_per_stream_kib: f64,
+}
+
+impl Latency {
+    fn of(latencies: Vec<f64>, posted: usize) -> Latency {
+        let max_ms = latencies.iter().copied().fold(0.0, f64::max);
+        let received = latencies.len();
+        let (p50_ms, p99_ms) = p50_p99(latencies);
+        Latency {
+            posted,
+            received,
+            p50_ms,
+            p99_ms,
+            max_ms,
+        }
+    }
+}
+
+/// The posts made while the bulk backlog was being dispatched.
+pub(crate) struct Loaded {
+    /// Bulk messages queued, and the notifications they make.
+    pub(crate) bulk: usize,
+    pub(crate) burst: usize,
+    pub(crate) bulk_notifications: i64,
+    /// Posts made (and their events) before the last bulk notification was written.
+    pub(crate) during: Latency,
+    /// Every post of the run.
+    pub(crate) all: Latency,
+    /// From the first bulk publish to the last bulk notification written.
+    pub(crate) bulk_seconds: f64,
 }
 
 pub(crate) async fn live_phase(
     env: &BenchEnv,
+    conn: &Connection,
     config: &Config,
     api_pid: u32,
 ) -> anyhow::Result<Live> {
-    use std::collections::HashMap;
     let streams = knob("BENCH_LIVE_STREAMS", 1_000) as i64;
     let rate = knob("BENCH_LIVE_RATE", 100).max(1);
     let seconds = knob("BENCH_LIVE_SECONDS", 10).max(1);
@@ -123,108 +164,278 @@ pub(crate) async fn live_phase(
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(api_pid).unwrap_or(0);
-    // Paced posts, each to the next person's conversation.
     let total = (rate * seconds) as usize;
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let started = Instant::now();
-    let mut posts = futures_util::stream::FuturesUnordered::new();
-    let mut sent_at: HashMap<i64, Instant> = HashMap::with_capacity(total);
-    let mut errors = 0usize;
-    for n in 0..total {
-        let due = started + interval * n as u32;
-        while Instant::now() < due {
-            tokio::select! {
-                Some(done) = posts.next(), if !posts.is_empty() => match done {
-                    Ok((id, at)) => { sent_at.insert(id, at); }
-                    Err(_) => errors += 1,
-                },
-                _ = tokio::time::sleep_until(due.into()) => {}
-            }
-        }
-        let conversation = pairs[n % pairs.len()].conversation;
-        let (http, base, token, author) = (http.clone(), base.clone(), token.clone(), env.author);
-        posts.push(async move {
-            let at = Instant::now();
-            let m: serde_json::Value = http
-                .post(format!("{base}/conversations/{conversation}/messages"))
-                .bearer_auth(token)
-                .json(&json!({"author_id": author, "body": "Is the printer fixed?", "internal": false}))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            Ok::<_, anyhow::Error>((m["id"].as_i64().unwrap_or_default(), at))
-        });
-    }
-    while let Some(done) = posts.next().await {
-        match done {
-            Ok((id, at)) => {
-                sent_at.insert(id, at);
-            }
-            Err(_) => errors += 1,
-        }
-    }
-    let mut received: HashMap<i64, Instant> = HashMap::with_capacity(total);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while received.len() < sent_at.len() {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            break;
-        };
-        match tokio::time::timeout(left, rx.recv()).await {
-            Ok(Some((id, at))) => {
-                received.entry(id).or_insert(at);
-            }
-            _ => break,
-        }
-    }
+    let poster = Poster {
+        http: &http,
+        base: &base,
+        token: &token,
+        author: env.author,
+        conversations: pairs.iter().map(|p| p.conversation).collect(),
+    };
+    let (sent_at, received) = poster.paced(rate, total, &mut rx).await;
+    let alone = Latency::of(latencies(&sent_at, &received, None), sent_at.len());
+    let loaded = if knob("BENCH_LIVE_BULK", 10_000) + knob("BENCH_LIVE_BURST", 3_000) > 0 {
+        Some(loaded(env, conn, &poster, rate, total, &mut rx).await?)
+    } else {
+        None
+    };
     for reader in &readers {
         reader.abort();
     }
-    if errors > 0 {
-        eprintln!("bench: live: {errors} posts failed");
-    }
-    let latencies: Vec<f64> = sent_at
+    Ok(Live {
+        streams: readers.len(),
+        alone,
+        loaded,
+        rss_per_stream_kib: after.saturating_sub(before) as f64 / readers.len().max(1) as f64,
+    })
+}
+
+/// Post (request sent) to event received, in milliseconds, of the posts sent before `until`.
+fn latencies(
+    sent_at: &HashMap<i64, Instant>,
+    received: &HashMap<i64, Instant>,
+    until: Option<Instant>,
+) -> Vec<f64> {
+    sent_at
         .iter()
+        .filter(|(_, at)| until.is_none_or(|until| **at < until))
         .filter_map(|(id, at)| {
             received
                 .get(id)
                 .map(|r| r.duration_since(*at).as_secs_f64() * 1000.0)
         })
-        .collect();
-    let max_ms = latencies.iter().copied().fold(0.0, f64::max);
-    let (p50_ms, p99_ms) = p50_p99(latencies.clone());
-    Ok(Live {
-        streams: readers.len(),
-        posted: sent_at.len(),
-        received: latencies.len(),
-        p50_ms,
-        p99_ms,
-        max_ms,
-        rss_per_stream_kib: after.saturating_sub(before) as f64 / readers.len().max(1) as f64,
+        .collect()
+}
+
+/// Queues the bulk backlog, then posts as in the quiet run while dispatch works through it.
+async fn loaded(
+    env: &BenchEnv,
+    conn: &Connection,
+    poster: &Poster<'_>,
+    rate: u64,
+    total: usize,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(i64, Instant)>,
+) -> anyhow::Result<Loaded> {
+    let bulk = knob("BENCH_LIVE_BULK", 10_000);
+    let burst = knob("BENCH_LIVE_BURST", 3_000);
+    let mut db = PgConnection::establish(&env.database_url)?;
+    let one = create_conversations(&mut db, env.project, &env.readers, bulk, 1)?;
+    let ten = create_conversations(&mut db, env.project, &env.readers, burst, 10)?;
+    let mut ids = insert_messages(&mut db, env.author, &one)?;
+    ids.extend(insert_messages(&mut db, env.author, &ten)?);
+    let expected = bulk as i64 + burst as i64 * 10;
+    let (first, last) = (ids[0], ids[ids.len() - 1]);
+    let channel = conn.create_channel().await?;
+    channel.confirm_select(Default::default()).await?;
+    // The whole backlog is queued before the first post.
+    let queued_from = Instant::now();
+    publish_pipelined(
+        &channel,
+        &env.topology.events_exchange(),
+        MESSAGE_POSTED,
+        ids.iter().map(|&id| pipeline::event(id)),
+    )
+    .await?;
+    let watch_url = env.database_url.clone();
+    let drained = tokio::task::spawn_blocking(move || -> anyhow::Result<Instant> {
+        let mut db = PgConnection::establish(&watch_url)?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let written: i64 = diesel::sql_query(
+                "SELECT count(*) AS n FROM notifications WHERE message_id BETWEEN $1 AND $2",
+            )
+            .bind::<BigInt, _>(first)
+            .bind::<BigInt, _>(last)
+            .get_result::<Count>(&mut db)?
+            .n;
+            if written >= expected {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                bail!("only {written} of {expected} bulk notifications written in 10 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let (sent_at, received) = poster.paced(rate, total, rx).await;
+    let drained_at = drained.await??;
+    // The bulk emails are sent before the next phase starts.
+    pipeline::wait_terminal(&mut db, &ids, expected, Duration::from_secs(600))?;
+    Ok(Loaded {
+        bulk: bulk as usize,
+        burst: burst as usize,
+        bulk_notifications: expected,
+        during: Latency::of(
+            latencies(&sent_at, &received, Some(drained_at)),
+            sent_at.values().filter(|at| **at < drained_at).count(),
+        ),
+        all: Latency::of(latencies(&sent_at, &received, None), sent_at.len()),
+        bulk_seconds: drained_at.duration_since(queued_from).as_secs_f64(),
     })
 }
 
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Posts messages through the API as a person would, each to the next conversation.
+struct Poster<'a> {
+    http: &'a reqwest::Client,
+    base: &'a str,
+    token: &'a str,
+    author: i64,
+    conversations: Vec<i64>,
+}
+
+impl Poster<'_> {
+    /// `total` posts at `rate` per second; returns when each was sent and when its
+    /// `notification` event arrived (waiting up to 15 s for the last).
+    async fn paced(
+        &self,
+        rate: u64,
+        total: usize,
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<(i64, Instant)>,
+    ) -> (HashMap<i64, Instant>, HashMap<i64, Instant>) {
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let started = Instant::now();
+        let mut posts = futures_util::stream::FuturesUnordered::new();
+        let mut sent_at: HashMap<i64, Instant> = HashMap::with_capacity(total);
+        let mut errors = 0usize;
+        for n in 0..total {
+            let due = started + interval * n as u32;
+            while Instant::now() < due {
+                tokio::select! {
+                    Some(done) = posts.next(), if !posts.is_empty() => match done {
+                        Ok((id, at)) => { sent_at.insert(id, at); }
+                        Err(_) => errors += 1,
+                    },
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                }
+            }
+            let conversation = self.conversations[n % self.conversations.len()];
+            let url = format!("{}/conversations/{conversation}/messages", self.base);
+            let request = self
+                .http
+                .post(url)
+                .bearer_auth(self.token)
+                .json(&json!({"author_id": self.author, "body": "Is the printer fixed?", "internal": false}));
+            posts.push(async move {
+                let at = Instant::now();
+                let m: serde_json::Value = request.send().await?.error_for_status()?.json().await?;
+                Ok::<_, anyhow::Error>((m["id"].as_i64().unwrap_or_default(), at))
+            });
+        }
+        while let Some(done) = posts.next().await {
+            match done {
+                Ok((id, at)) => {
+                    sent_at.insert(id, at);
+                }
+                Err(_) => errors += 1,
+            }
+        }
+        if errors > 0 {
+            eprintln!("bench: live: {errors} posts failed");
+        }
+        let mut received: HashMap<i64, Instant> = HashMap::with_capacity(total);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while sent_at.keys().any(|id| !received.contains_key(id)) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            match tokio::time::timeout(left, rx.recv()).await {
+                Ok(Some((id, at))) => {
+                    if sent_at.contains_key(&id) {
+                        received.entry(id).or_insert(at);
+                    }
+                }
+                _ => break,
+            }
+        }
+        (sent_at, received)
+    }
+}
+
 pub(crate) fn print_live(live: &Live) {
-    row(
+    let latency = |label: String, l: &Latency| {
+        row(
+            label,
+            format!("{:.0}/{:.0}/{:.0} ms", l.p50_ms, l.p99_ms, l.max_ms),
+            String::new(),
+        );
+    };
+    latency(
         format!(
             "live: post to event, {} open streams, p50 / p99 / max",
             live.streams
         ),
-        format!(
-            "{:.0}/{:.0}/{:.0} ms",
-            live.p50_ms, live.p99_ms, live.max_ms
-        ),
-        String::new(),
+        &live.alone,
     );
     row(
-        format!("live: events received of posted ({} posts)", live.posted),
-        format!("{}", live.received),
+        format!(
+            "live: events received of posted ({} posts)",
+            live.alone.posted
+        ),
+        format!("{}", live.alone.received),
         String::new(),
     );
+    if let Some(loaded) = &live.loaded {
+        latency(
+            format!(
+                "live: the same during a bulk backlog ({} posts, goal p99 < 100 ms)",
+                loaded.during.posted
+            ),
+            &loaded.during,
+        );
+        latency("live: the same, every post of that run".into(), &loaded.all);
+        row(
+            format!(
+                "live: events received of posted ({} posts)",
+                loaded.all.posted
+            ),
+            format!("{}", loaded.all.received),
+            String::new(),
+        );
+        row(
+            format!(
+                "live: backlog of {} + {} at fan-out 10 dispatched in",
+                loaded.bulk, loaded.burst
+            ),
+            format!("{:.1} s", loaded.bulk_seconds),
+            format!(
+                "{:.0}/s",
+                loaded.bulk_notifications as f64 / loaded.bulk_seconds
+            ),
+        );
+    }
     row(
         "live: api RSS per open stream".into(),
         format!("{:.1} KiB", live.rss_per_stream_kib),
         String::new(),
     );
+}
+
+impl Latency {
+    fn json(&self) -> serde_json::Value {
+        json!({"posted": self.posted, "received": self.received, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "max_ms": self.max_ms})
+    }
+}
+
+impl Live {
+    pub(crate) fn json(&self) -> serde_json::Value {
+        json!({
+            "streams": self.streams,
+            "alone": self.alone.json(),
+            "under_load": self.loaded.as_ref().map(|l| json!({
+                "bulk_messages": l.bulk,
+                "burst_messages_fanout10": l.burst,
+                "bulk_notifications": l.bulk_notifications,
+                "bulk_seconds": l.bulk_seconds,
+                "during_backlog": l.during.json(),
+                "all": l.all.json(),
+            })),
+            "api_rss_kib_per_stream": self.rss_per_stream_kib,
+        })
+    }
 }

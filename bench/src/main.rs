@@ -280,7 +280,7 @@ async fn run_phases(
     tokio::time::sleep(Duration::from_secs(2)).await;
     if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "live") {
         eprintln!("bench: live event streams");
-        let live = live_phase(&env, config, processes.roles[0].1).await?;
+        let live = live_phase(&env, &conn, config, processes.roles[0].1).await?;
         drop((api, dispatch, mailer, inbound));
         let channel = conn.create_channel().await?;
         env.topology.delete(&channel).await?;
@@ -334,13 +334,35 @@ async fn run_phases(
     } else {
         Vec::new()
     };
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "pipeline") {
+        let rss: Vec<(&str, Option<u64>)> = processes
+            .roles
+            .iter()
+            .map(|(role, pid)| (*role, peak_rss_kib(*pid)))
+            .collect();
+        drop((api, dispatch, mailer, inbound));
+        let channel = conn.create_channel().await?;
+        env.topology.delete(&channel).await?;
+        println!();
+        row(
+            "baseline: raw AMQP through the delay".into(),
+            per_s(baseline_rate),
+            "1.00x".into(),
+        );
+        print_pipelines(baseline_rate, sink_rate, &fan1, &fan10);
+        print_costs(&fan1, &fan10, &top);
+        for (role, kib) in &rss {
+            row(format!("peak RSS {role}"), fmt_rss(*kib), String::new());
+        }
+        return Ok(());
+    }
     let (held1, tried1) =
         sustained(&env, &conn, &processes, 1, fan1.rate, step_seconds, steps).await?;
     let (held10, tried10) =
         sustained(&env, &conn, &processes, 10, fan10.rate, step_seconds, steps).await?;
     let replies = inbound_phases(&env, config).await?;
     eprintln!("bench: live event streams");
-    let live = live_phase(&env, config, processes.roles[0].1).await?;
+    let live = live_phase(&env, &conn, config, processes.roles[0].1).await?;
     // Peak RSS of the phases above, before the file phase resets the peaks it measures.
     let rss: Vec<(&str, Option<u64>)> = processes
         .roles
@@ -385,24 +407,7 @@ async fn run_phases(
         per_s(sink_rate),
         String::new(),
     );
-    row(
-        format!("pipeline fan-out 1 ({} notifications)", fan1.notifications),
-        per_s(fan1.rate),
-        format!("{ratio1:.2}x"),
-    );
-    row(
-        format!(
-            "pipeline fan-out 10 ({} notifications)",
-            fan10.notifications
-        ),
-        per_s(fan10.rate),
-        format!("{ratio10:.2}x"),
-    );
-    row(
-        "pipeline fan-out 1 vs smtp-sink acceptance".into(),
-        per_s(fan1.rate),
-        format!("{:.2}x", fan1.rate / sink_rate),
-    );
+    print_pipelines(baseline_rate, sink_rate, &fan1, &fan10);
     for (fanout, held, burst) in [(1, &held1, fan1.rate), (10, &held10, fan10.rate)] {
         match held {
             Some(l) => {
@@ -437,32 +442,7 @@ async fn run_phases(
             ),
         }
     }
-    for (fanout, result) in [(1, &fan1), (10, &fan10)] {
-        let cost: Vec<String> = result
-            .cost
-            .iter()
-            .map(|(group, ms)| format!("{group} {ms:.3}"))
-            .collect();
-        println!(
-            "CPU ms per notification, fan-out {fanout}: {}",
-            cost.join(", ")
-        );
-        if let Some(statements) = result.statements {
-            row(
-                format!("database statements per notification, fan-out {fanout}"),
-                format!("{statements:.2}"),
-                String::new(),
-            );
-        }
-    }
-    if !top.is_empty() {
-        println!(
-            "database time by statement over both pipeline phases (calls, total ms, mean ms):"
-        );
-        for (calls, total, mean, query) in &top {
-            println!("  {calls:>7} {total:>9.0} {mean:>8.3}  {query}");
-        }
-    }
+    print_costs(&fan1, &fan10, &top);
     for (role, kib) in &rss {
         row(format!("peak RSS {role}"), fmt_rss(*kib), String::new());
     }
@@ -497,7 +477,7 @@ async fn run_phases(
         "settings": {"prefetch": config.prefetch, "smtp_concurrency": config.smtp_concurrency, "db_pool_size": config.db_pool_size},
         "baseline_amqp_per_s": baseline_rate,
         "smtp_sink_per_s": sink_rate,
-        "live": {"streams": live.streams, "posted": live.posted, "received": live.received, "p50_ms": live.p50_ms, "p99_ms": live.p99_ms, "max_ms": live.max_ms, "api_rss_kib_per_stream": live.rss_per_stream_kib},
+        "live": live.json(),
         "pipeline_fanout1_per_s": fan1.rate,
         "pipeline_fanout10_per_s": fan10.rate,
         "ratio_fanout1": ratio1,
@@ -522,4 +502,62 @@ async fn run_phases(
     std::fs::write(&out, serde_json::to_vec_pretty(&report)?)?;
     println!("\nresults written to {out}");
     Ok(())
+}
+
+/// The pipeline rows: each fan-out's rate against the raw broker and smtp-sink baselines.
+fn print_pipelines(
+    baseline_rate: f64,
+    sink_rate: f64,
+    fan1: &PipelineResult,
+    fan10: &PipelineResult,
+) {
+    row(
+        format!("pipeline fan-out 1 ({} notifications)", fan1.notifications),
+        per_s(fan1.rate),
+        format!("{:.2}x", fan1.rate / baseline_rate),
+    );
+    row(
+        format!(
+            "pipeline fan-out 10 ({} notifications)",
+            fan10.notifications
+        ),
+        per_s(fan10.rate),
+        format!("{:.2}x", fan10.rate / baseline_rate),
+    );
+    row(
+        "pipeline fan-out 1 vs smtp-sink acceptance".into(),
+        per_s(fan1.rate),
+        format!("{:.2}x", fan1.rate / sink_rate),
+    );
+}
+
+/// CPU per notification of each process group, database statements per notification and the
+/// statements that took the most database time.
+fn print_costs(fan1: &PipelineResult, fan10: &PipelineResult, top: &[(i64, f64, f64, String)]) {
+    for (fanout, result) in [(1, fan1), (10, fan10)] {
+        let cost: Vec<String> = result
+            .cost
+            .iter()
+            .map(|(group, ms)| format!("{group} {ms:.3}"))
+            .collect();
+        println!(
+            "CPU ms per notification, fan-out {fanout}: {}",
+            cost.join(", ")
+        );
+        if let Some(statements) = result.statements {
+            row(
+                format!("database statements per notification, fan-out {fanout}"),
+                format!("{statements:.2}"),
+                String::new(),
+            );
+        }
+    }
+    if !top.is_empty() {
+        println!(
+            "database time by statement over both pipeline phases (calls, total ms, mean ms):"
+        );
+        for (calls, total, mean, query) in top {
+            println!("  {calls:>7} {total:>9.0} {mean:>8.3}  {query}");
+        }
+    }
 }

@@ -7,8 +7,8 @@ use tracing::warn;
 
 use crate::Result;
 use crate::amqp::{
-    DUE_ROUTING_KEY, EMAIL_QUEUED, MESSAGE_POSTED, MessagePosted, NotificationBatch, Publisher,
-    Topology,
+    DUE_ROUTING_KEY, EMAIL_QUEUED, MESSAGE_POSTED, MESSAGE_POSTED_NOW, MessagePosted,
+    NotificationBatch, Publisher, Topology,
 };
 use crate::events::{EventRecorded, RecordedEvent};
 
@@ -22,8 +22,10 @@ pub struct OutboxBatch {
 /// What one or more committed transactions need announced.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Announcements {
-    /// Messages to dispatch (`message.posted`).
+    /// Messages to dispatch (`message.posted`): bulk work.
     pub messages: Vec<i64>,
+    /// Messages a person just posted (`message.posted.now`): dispatched ahead of bulk work.
+    pub interactive: Vec<i64>,
     /// Domain events to handle.
     pub events: Vec<RecordedEvent>,
     /// Outbox emails to send.
@@ -39,9 +41,10 @@ pub struct Announcements {
 }
 
 impl Announcements {
+    /// A message a person just posted: the interactive lane.
     pub fn message(id: i64) -> Self {
         Announcements {
-            messages: vec![id],
+            interactive: vec![id],
             ..Default::default()
         }
     }
@@ -76,6 +79,7 @@ impl Announcements {
     /// How many rows are announced.
     pub fn len(&self) -> usize {
         self.messages.len()
+            + self.interactive.len()
             + self.events.len()
             + self.outbox.len()
             + self
@@ -88,6 +92,7 @@ impl Announcements {
     /// Adds what `other` announces.
     pub fn extend(&mut self, other: Announcements) {
         self.messages.extend(other.messages);
+        self.interactive.extend(other.interactive);
         self.events.extend(other.events);
         self.outbox.extend(other.outbox);
         self.due.extend(other.due);
@@ -100,11 +105,13 @@ impl Announcements {
     /// set of a hundred costs about one confirm's wait, not a hundred.
     pub async fn publish(&self, publisher: &Publisher, topology: &Topology) -> Result<()> {
         let events_exchange = topology.events_exchange();
-        let messages = self.messages.iter().map(|&message_id| {
+        let lanes = (self.interactive.iter().map(|&id| (MESSAGE_POSTED_NOW, id)))
+            .chain(self.messages.iter().map(|&id| (MESSAGE_POSTED, id)));
+        let messages = lanes.map(|(key, message_id)| {
             let exchange = events_exchange.as_str();
             async move {
                 publisher
-                    .publish_json_retrying(exchange, MESSAGE_POSTED, &MessagePosted { message_id })
+                    .publish_json_retrying(exchange, key, &MessagePosted { message_id })
                     .await
             }
         });
@@ -168,6 +175,7 @@ impl Announcements {
         warn!(
             error = %e,
             messages = ?self.messages,
+            interactive = ?self.interactive,
             events = self.events.len(),
             outbox = self.outbox.len(),
             "not announced; the sweep will announce it again"

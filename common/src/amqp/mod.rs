@@ -36,8 +36,12 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, QueueType};
 use crate::error::Result;
 
-/// Routing key of the event published after a message is committed.
+/// Routing key of the event published after a message is committed: bulk work (inbound email,
+/// automations, the sweeps' republishing).
 pub const MESSAGE_POSTED: &str = "message.posted";
+/// Routing key of the event published after a person posts a message (the API or the
+/// messenger): the interactive lane, which dispatch serves ahead of the bulk one.
+pub const MESSAGE_POSTED_NOW: &str = "message.posted.now";
 /// Routing key announcing outbox rows to the mailer.
 pub const EMAIL_QUEUED: &str = "email.queued";
 /// Routing key of a raw email accepted by the inbound listener.
@@ -62,9 +66,11 @@ pub struct MessagePosted {
     pub message_id: i64,
 }
 
-/// What rides the delay: one posted message's notifications, checked and sent when due.
+/// What rides the delay: the notifications of the messages one dispatch group handled (or of
+/// one message), checked and sent when due.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NotificationBatch {
+    /// The batch's first message (for logs; the notifications name their own messages).
     pub message_id: i64,
     pub notification_ids: Vec<i64>,
 }
@@ -106,6 +112,10 @@ impl Topology {
     }
     pub fn dispatch_queue(&self) -> String {
         self.name("dispatch")
+    }
+    /// Messages people post themselves, dispatched ahead of [`Topology::dispatch_queue`].
+    pub fn dispatch_now_queue(&self) -> String {
+        self.name("dispatch.now")
     }
     pub fn inbound_queue(&self) -> String {
         self.name("inbound")
@@ -223,6 +233,12 @@ impl Topology {
                 MESSAGE_POSTED.to_string(),
             ),
             (
+                self.dispatch_now_queue(),
+                self.queue_arguments(),
+                self.events_exchange(),
+                MESSAGE_POSTED_NOW.to_string(),
+            ),
+            (
                 self.inbound_queue(),
                 self.queue_arguments(),
                 self.events_exchange(),
@@ -288,6 +304,7 @@ impl Topology {
     pub fn queues(&self) -> Vec<String> {
         let mut queues = vec![
             self.dispatch_queue(),
+            self.dispatch_now_queue(),
             self.inbound_queue(),
             self.domain_queue(),
             self.outbox_queue(),

@@ -38,6 +38,19 @@ const GROUPING: Grouping = Grouping {
     linger: Duration::from_millis(10),
 };
 
+/// Most notification ids in one batch on the delay: the mailer's set size, so a batch is
+/// claimed and sent as one set.
+const BATCH_MAX: usize = 256;
+
+/// The interactive lane (`message.posted.now`, messages people post themselves) has its own
+/// consumer and transactions, so a person's post never queues behind bulk work (a storm of
+/// emailed replies, an automation run): it starts at once (no linger) in small groups.
+const INTERACTIVE: Grouping = Grouping {
+    max_group: 16,
+    in_flight: 2,
+    linger: Duration::ZERO,
+};
+
 struct Dispatcher {
     db: Db,
     config: Config,
@@ -89,49 +102,70 @@ impl Dispatcher {
                     .collect();
             }
         };
-        let this = &self;
-        let publishes = events.into_iter().map(|event| {
-            let dispatched = &dispatched;
-            let publisher = &publisher;
-            async move {
-                match event {
-                    Err(reason) => Outcome::DeadLetter(reason),
-                    Ok(e) => match dispatched.get(&e.message_id) {
-                        None | Some(Dispatched::UnknownMessage) => {
-                            Outcome::DeadLetter(format!("message {} does not exist", e.message_id))
-                        }
-                        Some(Dispatched::Batch(batch)) => this.delay(publisher, batch).await,
-                    },
-                }
+        // One batch rides the delay for the whole group (cut at the mailer's set size), not
+        // one per message: the broker's work per notification falls with the group's size.
+        let mut ids: Vec<i64> = Vec::new();
+        let mut first_message = None;
+        for event in events.iter().flatten() {
+            if let Some(Dispatched::Batch(batch)) = dispatched.get(&event.message_id) {
+                first_message.get_or_insert(batch.message_id);
+                ids.extend(&batch.notification_ids);
             }
-        });
-        futures_util::future::join_all(publishes).await
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let delayed = self
+            .delay(&publisher, first_message.unwrap_or_default(), &ids)
+            .await;
+        events
+            .into_iter()
+            .map(|event| match event {
+                Err(reason) => Outcome::DeadLetter(reason),
+                Ok(e) => match dispatched.get(&e.message_id) {
+                    None | Some(Dispatched::UnknownMessage) => {
+                        Outcome::DeadLetter(format!("message {} does not exist", e.message_id))
+                    }
+                    Some(Dispatched::Batch(_)) => match &delayed {
+                        Ok(()) => Outcome::Ack,
+                        Err(reason) => Outcome::Requeue(reason.clone()),
+                    },
+                },
+            })
+            .collect()
     }
 
-    /// Publishes a message's batch into the delay (nothing when nobody is notified).
-    async fn delay(&self, publisher: &Publisher, batch: &NotificationBatch) -> Outcome {
-        if batch.notification_ids.is_empty() {
-            debug!(message.id = batch.message_id, "nobody to notify");
-            return Outcome::Ack;
+    /// Publishes a group's notifications into the delay, in batches of at most
+    /// [`BATCH_MAX`] (nothing when nobody is notified).
+    async fn delay(
+        &self,
+        publisher: &Publisher,
+        first_message: i64,
+        ids: &[i64],
+    ) -> std::result::Result<(), String> {
+        if ids.is_empty() {
+            return Ok(());
         }
-        let published = publisher
-            .publish_json_retrying(
-                &self.topology.delay_exchange(),
-                &self.topology.delay_routing_key(),
-                batch,
-            )
-            .await;
-        match published {
-            Ok(()) => {
-                debug!(
-                    message.id = batch.message_id,
-                    recipients = batch.notification_ids.len(),
-                    "notifications delayed"
-                );
-                Outcome::Ack
-            }
-            Err(e) => Outcome::Requeue(format!("delay publish failed: {e}")),
-        }
+        let (exchange, key) = (
+            self.topology.delay_exchange(),
+            self.topology.delay_routing_key(),
+        );
+        let publishes = ids.chunks(BATCH_MAX).map(|chunk| {
+            let batch = NotificationBatch {
+                message_id: first_message,
+                notification_ids: chunk.to_vec(),
+            };
+            let (exchange, key) = (&exchange, &key);
+            async move { publisher.publish_json_retrying(exchange, key, &batch).await }
+        });
+        futures_util::future::try_join_all(publishes)
+            .await
+            .map_err(|e| format!("delay publish failed: {e}"))?;
+        debug!(
+            message.id = first_message,
+            recipients = ids.len(),
+            "notifications delayed"
+        );
+        Ok(())
     }
 
     /// Handles one domain event, then announces what it produced: outbox emails to the
@@ -182,6 +216,21 @@ impl Dispatcher {
             },
         );
         let (this, handler_publisher) = (self.clone(), publisher.clone());
+        let interactive_queue = self.topology.dispatch_now_queue();
+        let interactive = amqp::consume_grouped(
+            connection,
+            publisher,
+            &self.topology,
+            &interactive_queue,
+            self.config.prefetch,
+            INTERACTIVE,
+            &stop,
+            move |deliveries| {
+                this.clone()
+                    .handle_group(handler_publisher.clone(), deliveries)
+            },
+        );
+        let (this, handler_publisher) = (self.clone(), publisher.clone());
         let domain_events = amqp::consume(
             connection,
             publisher,
@@ -206,6 +255,7 @@ impl Dispatcher {
             .serve(
                 &stop,
                 vec![
+                    Box::pin(interactive),
                     Box::pin(messages),
                     Box::pin(domain_events),
                     Box::pin(sweeper),
