@@ -221,8 +221,15 @@ async fn loaded(
     let mut db = PgConnection::establish(&env.database_url)?;
     let one = create_conversations(&mut db, env.project, &env.readers, bulk, 1)?;
     let ten = create_conversations(&mut db, env.project, &env.readers, burst, 10)?;
-    let mut ids = insert_messages(&mut db, env.author, &one)?;
-    ids.extend(insert_messages(&mut db, env.author, &ten)?);
+    // The backlog's messages come from a customer, as emailed replies do.
+    let customer = diesel::sql_query(
+        "INSERT INTO people (kind, name, email)
+         VALUES ('customer', 'Bulk Customer', 'bulk-customer@bench.example') RETURNING id AS n",
+    )
+    .get_result::<Count>(&mut db)?
+    .n;
+    let mut ids = insert_messages(&mut db, customer, &one)?;
+    ids.extend(insert_messages(&mut db, customer, &ten)?);
     let expected = bulk as i64 + burst as i64 * 10;
     let (first, last) = (ids[0], ids[ids.len() - 1]);
     let channel = conn.create_channel().await?;
