@@ -57,6 +57,8 @@ pub(crate) struct Loaded {
     pub(crate) all: Latency,
     /// From the first bulk publish to the last bulk notification written.
     pub(crate) bulk_seconds: f64,
+    /// Of the posts during the backlog: p50 and p99 from the api's transaction to dispatch's.
+    pub(crate) to_dispatch: (f64, f64),
 }
 
 pub(crate) async fn live_phase(
@@ -268,7 +270,29 @@ async fn loaded(
     let drained_at = drained.await??;
     // The bulk emails are sent before the next phase starts.
     pipeline::wait_terminal(&mut db, &ids, expected, Duration::from_secs(600))?;
+    // Where the wait was: from the api's transaction to dispatch's (both database clocks).
+    let during: Vec<i64> = sent_at
+        .iter()
+        .filter(|(_, at)| **at < drained_at)
+        .map(|(id, _)| *id)
+        .collect();
+    #[derive(QueryableByName)]
+    struct Waits {
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        p50: f64,
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        p99: f64,
+    }
+    let waits: Waits = diesel::sql_query(
+        "SELECT coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), 0) AS p50,
+                coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), 0) AS p99
+         FROM (SELECT extract(epoch FROM dispatched_at - created_at)::float8 * 1000 AS ms
+               FROM messages WHERE id = ANY($1)) t",
+    )
+    .bind::<diesel::sql_types::Array<BigInt>, _>(&during)
+    .get_result(&mut db)?;
     Ok(Loaded {
+        to_dispatch: (waits.p50, waits.p99),
         bulk: bulk as usize,
         burst: burst as usize,
         bulk_notifications: expected,
@@ -395,6 +419,11 @@ pub(crate) fn print_live(live: &Live) {
             ),
             &loaded.during,
         );
+        row(
+            "  of which the api's transaction to dispatch's, p50 / p99".into(),
+            format!("{:.0}/{:.0} ms", loaded.to_dispatch.0, loaded.to_dispatch.1),
+            String::new(),
+        );
         latency("live: the same, every post of that run".into(), &loaded.all);
         row(
             format!(
@@ -439,6 +468,7 @@ impl Live {
                 "burst_messages_fanout10": l.burst,
                 "bulk_notifications": l.bulk_notifications,
                 "bulk_seconds": l.bulk_seconds,
+                "api_to_dispatch_ms": {"p50": l.to_dispatch.0, "p99": l.to_dispatch.1},
                 "during_backlog": l.during.json(),
                 "all": l.all.json(),
             })),
