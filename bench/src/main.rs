@@ -42,6 +42,7 @@ mod baseline;
 mod console;
 mod dkim;
 mod files;
+mod history;
 mod inbound;
 mod kit;
 mod live;
@@ -52,6 +53,7 @@ use baseline::*;
 use console::*;
 use dkim::*;
 use files::*;
+use history::*;
 use inbound::*;
 use kit::*;
 use live::*;
@@ -281,11 +283,22 @@ async fn run_phases(
     if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "live") {
         eprintln!("bench: live event streams");
         let live = live_phase(&env, &conn, config, processes.roles[0].1).await?;
+        let again = match with_history(&env)? {
+            Some(history) => Some((
+                history,
+                live_phase(&env, &conn, config, processes.roles[0].1).await?,
+            )),
+            None => None,
+        };
         drop((api, dispatch, mailer, inbound));
         let channel = conn.create_channel().await?;
         env.topology.delete(&channel).await?;
         println!();
         print_live(&live);
+        if let Some((history, later)) = again {
+            print_history(&history);
+            print_live(&later);
+        }
         return Ok(());
     }
     if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "console") {
@@ -310,6 +323,10 @@ async fn run_phases(
     }
     if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "inbound") {
         let replies = inbound_phases(&env, config).await?;
+        let again = match with_history(&env)? {
+            Some(history) => Some((history, inbound_phases(&env, config).await?)),
+            None => None,
+        };
         // The roles stop first, so none of them sees its queues vanish.
         drop((api, dispatch, mailer, inbound));
         let channel = conn.create_channel().await?;
@@ -321,8 +338,70 @@ async fn run_phases(
             String::new(),
         );
         print_inbound(&replies, sink_rate);
+        if let Some((history, later)) = again {
+            print_history(&history);
+            print_inbound(&later, sink_rate);
+            against_fresh("inbound, 1 sender", replies.one, later.one);
+            against_fresh("inbound, many senders", replies.many, later.many);
+        }
         print_extraction(extraction.as_ref());
         print_signing(signing.as_ref());
+        return Ok(());
+    }
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "history") {
+        // The pipeline, inbound and live rows on the fresh database, then again over a year
+        // of history, in one run.
+        let mut runs = Vec::new();
+        for pass in ["fresh", "history"] {
+            let history = if pass == "history" {
+                eprintln!("bench: writing a year of history");
+                Some(seed_history(&env.database_url, env.project)?)
+            } else {
+                None
+            };
+            eprintln!("bench: {pass}: pipeline at fan-out 1 and 10");
+            let fan1 = pipeline(&env, &conn, &processes, n_fanout1, 1).await?;
+            let fan10 = pipeline(&env, &conn, &processes, n_fanout10, 10).await?;
+            let replies = inbound_phases(&env, config).await?;
+            eprintln!("bench: {pass}: live event streams");
+            let live = live_phase(&env, &conn, config, processes.roles[0].1).await?;
+            runs.push((history, fan1, fan10, replies, live));
+        }
+        let top = if statements {
+            top_statements(&mut PgConnection::establish(database_url)?, 10)
+        } else {
+            Vec::new()
+        };
+        drop((api, dispatch, mailer, inbound));
+        let channel = conn.create_channel().await?;
+        env.topology.delete(&channel).await?;
+        println!();
+        row(
+            "baseline: raw AMQP through the delay".into(),
+            per_s(baseline_rate),
+            "1.00x".into(),
+        );
+        for (history, fan1, fan10, replies, live) in &runs {
+            match history {
+                Some(history) => print_history(history),
+                None => println!("fresh database:"),
+            }
+            print_pipelines(baseline_rate, sink_rate, fan1, fan10);
+            print_costs(fan1, fan10, &[]);
+            print_inbound(replies, sink_rate);
+            print_live(live);
+        }
+        let (fresh, later) = (&runs[0], &runs[1]);
+        against_fresh("pipeline fan-out 1", fresh.1.rate, later.1.rate);
+        against_fresh("pipeline fan-out 10", fresh.2.rate, later.2.rate);
+        against_fresh("inbound, 1 sender", fresh.3.one, later.3.one);
+        against_fresh("inbound, many senders", fresh.3.many, later.3.many);
+        if !top.is_empty() {
+            println!("database time by statement over the whole run (calls, total ms, mean ms):");
+            for (calls, total, mean, query) in &top {
+                println!("  {calls:>7} {total:>9.0} {mean:>8.3}  {query}");
+            }
+        }
         return Ok(());
     }
     eprintln!("bench: pipeline at fan-out 1, {n_fanout1} messages");
@@ -335,6 +414,16 @@ async fn run_phases(
         Vec::new()
     };
     if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "pipeline") {
+        let again = match with_history(&env)? {
+            Some(history) => {
+                eprintln!("bench: pipeline at fan-out 1 over the history");
+                let fan1 = pipeline(&env, &conn, &processes, n_fanout1, 1).await?;
+                eprintln!("bench: pipeline at fan-out 10 over the history");
+                let fan10 = pipeline(&env, &conn, &processes, n_fanout10, 10).await?;
+                Some((history, fan1, fan10))
+            }
+            None => None,
+        };
         let rss: Vec<(&str, Option<u64>)> = processes
             .roles
             .iter()
@@ -351,6 +440,13 @@ async fn run_phases(
         );
         print_pipelines(baseline_rate, sink_rate, &fan1, &fan10);
         print_costs(&fan1, &fan10, &top);
+        if let Some((history, later1, later10)) = again {
+            print_history(&history);
+            print_pipelines(baseline_rate, sink_rate, &later1, &later10);
+            print_costs(&later1, &later10, &[]);
+            against_fresh("pipeline fan-out 1", fan1.rate, later1.rate);
+            against_fresh("pipeline fan-out 10", fan10.rate, later10.rate);
+        }
         for (role, kib) in &rss {
             row(format!("peak RSS {role}"), fmt_rss(*kib), String::new());
         }
@@ -560,4 +656,23 @@ fn print_costs(fan1: &PipelineResult, fan10: &PipelineResult, top: &[(i64, f64, 
             println!("  {calls:>7} {total:>9.0} {mean:>8.3}  {query}");
         }
     }
+}
+
+/// With `BENCH_HISTORY` set, writes a year of history into the database (see
+/// [`seed_history`]) and returns what it wrote; the caller measures its rows again.
+fn with_history(env: &BenchEnv) -> anyhow::Result<Option<History>> {
+    if std::env::var("BENCH_HISTORY").is_err() {
+        return Ok(None);
+    }
+    eprintln!("bench: writing a year of history");
+    Ok(Some(seed_history(&env.database_url, env.project)?))
+}
+
+/// A row measured over the history against the same row on the fresh database.
+fn against_fresh(what: &str, fresh: f64, history: f64) {
+    row(
+        format!("{what}: over the history vs fresh (goal >= 0.9x)"),
+        per_s(history),
+        format!("{:.2}x", history / fresh),
+    );
 }
