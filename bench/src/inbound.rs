@@ -267,10 +267,12 @@ pub(crate) async fn inbound_many_rate(
     }
     let people: Vec<Pair> = diesel::sql_query(
         "INSERT INTO people (kind, name, email)
-         SELECT 'user', 'Replier ' || g, 'replier' || g || '@bench.example'
+         SELECT 'user', 'Replier ' || g, 'replier' || g || '.' || $2 || '@bench.example'
          FROM generate_series(1, $1) g RETURNING id AS person, email",
     )
     .bind::<BigInt, _>(senders as i64)
+    // Unique per call: the phase runs twice with BENCH_HISTORY.
+    .bind::<BigInt, _>(i64::from(rand::random::<u32>()))
     .load(&mut db)?;
     let ids: Vec<i64> = people.iter().map(|p| p.person).collect();
     diesel::sql_query("INSERT INTO user_preferences (person_id) SELECT unnest($1::bigint[])")

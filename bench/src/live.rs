@@ -84,7 +84,7 @@ pub(crate) async fn live_phase(
         let mut db = PgConnection::establish(&env.database_url)?;
         diesel::sql_query(
             "WITH p AS (INSERT INTO people (kind, name, email)
-                        SELECT 'user', 'Live ' || g, 'live' || g || '@bench.example'
+                        SELECT 'user', 'Live ' || g, 'live' || g || '.' || $3 || '@bench.example'
                         FROM generate_series(1, $2) g RETURNING id),
                   up AS (INSERT INTO user_preferences (person_id) SELECT id FROM p),
                   i AS (INSERT INTO items (project_id, kind, title)
@@ -98,6 +98,8 @@ pub(crate) async fn live_phase(
         )
         .bind::<BigInt, _>(env.project)
         .bind::<BigInt, _>(streams)
+        // Unique per call: the phase runs twice with BENCH_HISTORY.
+        .bind::<BigInt, _>(i64::from(rand::random::<u32>()))
         .load(&mut db)?
     };
     let http = reqwest::Client::builder()
@@ -171,7 +173,7 @@ pub(crate) async fn live_phase(
         http: &http,
         base: &base,
         token: &token,
-        author: env.author,
+        authors: posters(&env.database_url)?,
         conversations: pairs.iter().map(|p| p.conversation).collect(),
     };
     let (sent_at, received) = poster.paced(rate, total, &mut rx).await;
@@ -226,8 +228,10 @@ async fn loaded(
     // The backlog's messages come from a customer, as emailed replies do.
     let customer = diesel::sql_query(
         "INSERT INTO people (kind, name, email)
-         VALUES ('customer', 'Bulk Customer', 'bulk-customer@bench.example') RETURNING id AS n",
+         VALUES ('customer', 'Bulk Customer', 'bulk-customer.' || $1 || '@bench.example')
+         RETURNING id AS n",
     )
+    .bind::<BigInt, _>(i64::from(rand::random::<u32>()))
     .get_result::<Count>(&mut db)?
     .n;
     let mut ids = insert_messages(&mut db, customer, &one)?;
@@ -311,12 +315,28 @@ struct Count {
     n: i64,
 }
 
+/// Fifty agents who post in the live rows.
+fn posters(database_url: &str) -> anyhow::Result<Vec<i64>> {
+    let mut db = PgConnection::establish(database_url)?;
+    let ids: Vec<Count> = diesel::sql_query(
+        "INSERT INTO people (kind, name, email)
+         SELECT 'user', 'Agent ' || g, 'agent' || g || '.' || $1 || '@bench.example'
+         FROM generate_series(1, 50) g RETURNING id AS n",
+    )
+    .bind::<BigInt, _>(i64::from(rand::random::<u32>()))
+    .load(&mut db)?;
+    Ok(ids.into_iter().map(|c| c.n).collect())
+}
+
 /// Posts messages through the API as a person would, each to the next conversation.
 struct Poster<'a> {
     http: &'a reqwest::Client,
     base: &'a str,
     token: &'a str,
-    author: i64,
+    /// Who posts, in turn: agents of their own, so the post rate check (which reads an
+    /// author's newest messages) reads what a person's own posts are, not the whole
+    /// benchmark's.
+    authors: Vec<i64>,
     conversations: Vec<i64>,
 }
 
@@ -351,7 +371,7 @@ impl Poster<'_> {
                 .http
                 .post(url)
                 .bearer_auth(self.token)
-                .json(&json!({"author_id": self.author, "body": "Is the printer fixed?", "internal": false}));
+                .json(&json!({"author_id": self.authors[n % self.authors.len()], "body": "Is the printer fixed?", "internal": false}));
             posts.push(async move {
                 let at = Instant::now();
                 let m: serde_json::Value = request.send().await?.error_for_status()?.json().await?;
