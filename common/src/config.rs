@@ -27,7 +27,7 @@
 //! | `TIDINGS_RETRY_TIERS` | `1m,5m,30m` | back-off delays after a temporary SMTP failure; after the last the send fails |
 //! | `TIDINGS_SEND_LEASE` | `2m` | after this long a send claimed by a worker that vanished may be claimed again |
 //! | `TIDINGS_SMTP_CONCURRENCY` | `32` | simultaneous SMTP transactions per mailer process |
-//! | `TIDINGS_PREFETCH` | `256` | unacknowledged broker deliveries per consumer (dispatch handles up to 2 groups of 64 at once per lane, the mailer 4) |
+//! | `TIDINGS_PREFETCH` | `256` | unacknowledged broker deliveries per consumer (dispatch handles up to 2 groups of 64 at once from the bulk lane and 1 from the interactive one, the mailer 4) |
 //! | `TIDINGS_DB_POOL_SIZE` | `10` | PostgreSQL connections per process |
 //! | `TIDINGS_INBOUND_ADDR` | `127.0.0.1:2526` | address the inbound SMTP listener binds (the MX relay delivers here) |
 //! | `TIDINGS_MAIL_MAX` | `36700160` | largest inbound message accepted, announced as SMTP `SIZE` (552 beyond); older name `TIDINGS_INBOUND_MAX_BYTES` |

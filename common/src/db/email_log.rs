@@ -51,7 +51,9 @@ pub fn write(conn: &mut PgConnection, entries: &[NewEmailLogEntry]) -> QueryResu
 }
 
 /// Keeps sent emails' sources (Message-ID, the bytes accepted, whether they were cut) for the
-/// log's raw view; a source already kept for a Message-ID stays.
+/// log's raw view; a source already kept for a Message-ID stays. The rows go in in Message-ID
+/// order, so two transactions that both record an email (a claim taken over after its lease)
+/// wait for each other instead of deadlocking on the key.
 pub fn keep_sources(
     conn: &mut PgConnection,
     sources: &[(&str, &[u8], bool)],
@@ -60,8 +62,11 @@ pub fn keep_sources(
     if sources.is_empty() {
         return Ok(0);
     }
+    let mut sources: Vec<&(&str, &[u8], bool)> = sources.iter().collect();
+    sources.sort_by_key(|(id, _, _)| *id);
+    sources.dedup_by_key(|(id, _, _)| *id);
     let rows: Vec<_> = sources
-        .iter()
+        .into_iter()
         .map(|(id, raw, cut)| {
             (
                 o::message_id_header.eq(*id),

@@ -203,13 +203,15 @@ pub mod claimable {
         )
     }
 
-    /// Rows to give up: `sending` under a lapsed lease, claimed too often.
+    /// Rows to give up: `sending` under a lapsed lease, claimed too often. For statements
+    /// that name their rows by id; see [`notifications_by_id`].
     pub fn poisoned_notifications(
         lapsed: DateTime<Utc>,
     ) -> Box<dyn BoxableExpression<notifications::table, Pg, SqlType = Bool>> {
         use notifications::{attempts, claimed_at, state};
         Box::new(
             state
+                .concat("")
                 .eq(SendState::Sending)
                 .and(claimed_at.lt(lapsed).assume_not_null())
                 .and(attempts.ge(MAX_UNFINISHED_CLAIMS)),
@@ -226,6 +228,25 @@ pub mod claimable {
                 .eq(SendState::Sending)
                 .and(claimed_at.lt(lapsed).assume_not_null())
                 .and(attempts.ge(MAX_UNFINISHED_CLAIMS)),
+        )
+    }
+
+    /// [`notifications`], for statements that name their rows by id (a claim). The state is
+    /// compared as `state || ''`, which the planner cannot match with the predicate of the
+    /// partial index of open notifications (`notifications_open`), so it reads the rows by
+    /// their key. Compared plainly, it may pick that index when the statistics were taken
+    /// while little was open (they then estimate it at one row), and read every open
+    /// notification for each claim: during a backlog of 20,000 that was 7 ms per claim of 64
+    /// instead of 1, growing with the backlog.
+    pub fn notifications_by_id(
+        lapsed: DateTime<Utc>,
+    ) -> Box<dyn BoxableExpression<notifications::table, Pg, SqlType = Nullable<Bool>>> {
+        use notifications::{claimed_at, state};
+        Box::new(
+            state.concat("").eq(SendState::Pending).nullable().or(state
+                .concat("")
+                .eq(SendState::Sending)
+                .and(claimed_at.lt(lapsed))),
         )
     }
 

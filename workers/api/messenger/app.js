@@ -276,6 +276,8 @@ async function toggleDesktop() {
 function notifyDesktop(d) {
   if (!desktopOn() || tabs.anyInFront()) return;
   const before = state.notices.get(d.conversation_id);
+  // An older message's event that comes late does not replace the newer one's notice.
+  if (before && before.messageId > (d.message_id || 0)) return;
   if (before) before.close();
   const notice = new Notification(d.subject || "New message", {
     body: `${d.author}: ${d.excerpt || ""}`,
@@ -283,6 +285,7 @@ function notifyDesktop(d) {
     renotify: true,
     dir: "auto",
   });
+  notice.messageId = d.message_id || 0;
   notice.onclick = () => {
     window.focus();
     notice.close();
@@ -650,8 +653,11 @@ async function send(event) {
 function upsert(d) {
   let c = state.conversations.find((x) => x.conversation_id === d.conversation_id);
   if (!c) return false;
+  // People's posts are dispatched ahead of bulk work (emailed replies), so an older message's
+  // event can come after a newer one's: the list keeps the newest message's excerpt.
+  const newest = (d.message_id || 0) >= c.last_message_id;
   c.last_message_id = Math.max(c.last_message_id, d.message_id || 0);
-  if (d.excerpt) c.last_excerpt = d.excerpt;
+  if (d.excerpt && newest) c.last_excerpt = d.excerpt;
   return true;
 }
 

@@ -48,10 +48,13 @@ const BATCH_MAX: usize = 64;
 
 /// The interactive lane (`message.posted.now`, messages people post themselves) has its own
 /// consumer and transactions, so a person's post never queues behind bulk work (a storm of
-/// emailed replies, an automation run): it starts at once (no linger) in small groups.
+/// emailed replies, an automation run): it starts at once (no linger). One group at a time,
+/// so people's posts are dispatched in the order they were posted (what arrives meanwhile is
+/// the next group): a page never hears of a conversation's newest message before the one
+/// before it.
 const INTERACTIVE: Grouping = Grouping {
-    max_group: 16,
-    in_flight: 2,
+    max_group: 64,
+    in_flight: 1,
     linger: Duration::ZERO,
 };
 

@@ -112,7 +112,7 @@ fn claim_due(
     diesel::update(
         notifications::table
             .filter(notifications::id.eq_any(ids))
-            .filter(claimable::notifications(lapsed)),
+            .filter(claimable::notifications_by_id(lapsed)),
     )
     .set((
         notifications::state.eq(NotificationState::Sending),
@@ -150,7 +150,9 @@ fn unclaimed_states(
         .collect())
 }
 
-/// Claims the pending notifications of the same recipients in the same conversations.
+/// Claims the pending notifications of the same recipients in the same conversations,
+/// through the (recipient, conversation) index: the state is compared as `state || ''` for
+/// the reason given at `claimable::notifications_by_id`.
 fn claim_companions(
     conn: &mut PgConnection,
     claimed: &[Notification],
@@ -162,7 +164,7 @@ fn claim_companions(
         "UPDATE notifications n SET state = $4, claimed_at = $3, updated_at = now()
          FROM unnest($1::bigint[], $2::bigint[]) AS p(recipient_id, conversation_id)
          WHERE n.recipient_id = p.recipient_id AND n.conversation_id = p.conversation_id
-           AND n.state = $5
+           AND n.state || '' = $5
          RETURNING n.*",
     )
     .bind::<Array<BigInt>, _>(&recipients)

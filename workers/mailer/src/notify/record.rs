@@ -146,6 +146,9 @@ impl Notifications<'_> {
             return Ok(());
         }
         let mut ended = ended;
+        // Rows are updated in id order, so two transactions that end the same notification
+        // (a claim taken over after its lease) wait for each other instead of deadlocking.
+        ended.sort_by_key(|e| e.claim.notification.id);
         let sources: Vec<(String, crate::pipeline::Source)> = ended
             .iter_mut()
             .filter_map(|e| {
