@@ -5,7 +5,6 @@
 //!
 //! Each [`Sweep`] only finds what to announce; [`crate::announce`] publishes it.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::db::states::claimable;
@@ -123,8 +122,13 @@ pub fn undispatched_messages(
     )
 }
 
+/// Most notification ids in one batch the sweep publishes (as dispatch cuts its batches).
+const BATCH_MAX: usize = 64;
+
 /// Stuck notifications, with their due time pushed forward so the next sweep leaves them
-/// alone while their batch is in flight; one batch per message.
+/// alone while their batch is in flight; in batches of up to [`BATCH_MAX`] ids in id order
+/// (one batch per message would be one broker message per notification at fan-out 1), each
+/// naming its first notification's message.
 fn stuck_notifications(
     conn: &mut PgConnection,
     lapsed: chrono::DateTime<chrono::Utc>,
@@ -135,20 +139,17 @@ fn stuck_notifications(
         .select(notifications::id)
         .limit(5 * SWEEP_LIMIT)
         .load(conn)?;
-    let stuck: Vec<(i64, i64)> =
+    let mut stuck: Vec<(i64, i64)> =
         diesel::update(notifications::table.filter(notifications::id.eq_any(ids)))
             .set(notifications::due_at.eq(clock::now()))
-            .returning((notifications::message_id, notifications::id))
+            .returning((notifications::id, notifications::message_id))
             .get_results(conn)?;
-    let mut batches: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-    for (message_id, id) in stuck {
-        batches.entry(message_id).or_default().push(id);
-    }
-    Ok(batches
-        .into_iter()
-        .map(|(message_id, notification_ids)| NotificationBatch {
-            message_id,
-            notification_ids,
+    stuck.sort_unstable();
+    Ok(stuck
+        .chunks(BATCH_MAX)
+        .map(|chunk| NotificationBatch {
+            message_id: chunk[0].1,
+            notification_ids: chunk.iter().map(|&(id, _)| id).collect(),
         })
         .collect())
 }

@@ -13,6 +13,7 @@ pub mod fanout;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::message::Delivery;
@@ -32,9 +33,8 @@ pub use fanout::{Dispatched, dispatch_messages};
 /// `message.posted` events dispatched together in one transaction (at most 64, gathered for
 /// up to 10 ms), and how many such transactions run at once; under load the events waiting
 /// meanwhile form the next group. Two at once dispatch a backlog as fast as four did (the
-/// groups grow instead), and leave the CPU and the database room for the interactive lane:
-/// on two cores, a person's post during a 10,000-message backlog reached its stream in
-/// 77 / 203 ms (p50 / p99) with two, 117 / 466 ms with four; one was slower for both.
+/// groups grow instead), and leave the CPU and the database more room for the interactive
+/// lane.
 const GROUPING: Grouping = Grouping {
     max_group: 64,
     in_flight: 2,
@@ -58,10 +58,85 @@ const INTERACTIVE: Grouping = Grouping {
     linger: Duration::ZERO,
 };
 
+/// How long after people's posts were last dispatched the bulk lane waits before it starts
+/// a group, and the most one bulk group waits for that.
+const PEOPLE_QUIET: Duration = Duration::from_millis(50);
+const BULK_MAX_YIELD: Duration = Duration::from_millis(250);
+
+/// The bulk lane yields to the interactive lane: while people's posts are being dispatched
+/// (and for [`PEOPLE_QUIET`] after), a bulk group waits before it starts, at most
+/// [`BULK_MAX_YIELD`]; the cores and the database (and the feed locks a bulk transaction holds
+/// until it commits) are left to people's posts. Bulk work slows only while people post, and
+/// never stops.
+struct PeopleFirst {
+    epoch: tokio::time::Instant,
+    /// Interactive groups being dispatched now.
+    busy: AtomicUsize,
+    /// When the last interactive group ended, in milliseconds since `epoch`.
+    last_end: AtomicU64,
+}
+
+impl PeopleFirst {
+    fn new() -> Self {
+        PeopleFirst {
+            epoch: tokio::time::Instant::now(),
+            busy: AtomicUsize::new(0),
+            last_end: AtomicU64::new(0),
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Marks an interactive group as running until the guard drops.
+    fn interactive(&self) -> InteractiveGuard<'_> {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        InteractiveGuard(self)
+    }
+
+    fn people_active(&self) -> bool {
+        self.busy.load(Ordering::SeqCst) > 0
+            || self
+                .elapsed_ms()
+                .saturating_sub(self.last_end.load(Ordering::SeqCst))
+                < PEOPLE_QUIET.as_millis() as u64
+                && self.last_end.load(Ordering::SeqCst) > 0
+    }
+
+    /// Waits (at most [`BULK_MAX_YIELD`]) until no person's post has been dispatched for
+    /// [`PEOPLE_QUIET`].
+    async fn yield_to_people(&self) {
+        let until = tokio::time::Instant::now() + BULK_MAX_YIELD;
+        while self.people_active() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+struct InteractiveGuard<'a>(&'a PeopleFirst);
+
+impl Drop for InteractiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .last_end
+            .store(self.0.elapsed_ms().max(1), Ordering::SeqCst);
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 struct Dispatcher {
     db: Db,
     config: Config,
     topology: Topology,
+    people_first: PeopleFirst,
+}
+
+/// Which lane a group came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Interactive,
+    Bulk,
 }
 
 impl Dispatcher {
@@ -71,7 +146,15 @@ impl Dispatcher {
         self: Arc<Self>,
         publisher: Publisher,
         deliveries: Vec<Delivery>,
+        lane: Lane,
     ) -> Vec<Outcome> {
+        let _interactive = match lane {
+            Lane::Interactive => Some(self.people_first.interactive()),
+            Lane::Bulk => {
+                self.people_first.yield_to_people().await;
+                None
+            }
+        };
         let events: Vec<std::result::Result<MessagePosted, String>> = deliveries
             .iter()
             .map(|d| amqp::parse_payload(&d.data))
@@ -109,8 +192,8 @@ impl Dispatcher {
                     .collect();
             }
         };
-        // One batch rides the delay for the whole group (cut at the mailer's set size), not
-        // one per message: the broker's work per notification falls with the group's size.
+        // One batch rides the delay for the whole group (cut at [`BATCH_MAX`] ids), not one
+        // per message: the broker's work per notification falls with the group's size.
         let mut ids: Vec<i64> = Vec::new();
         let mut first_message = None;
         for event in events.iter().flatten() {
@@ -219,7 +302,7 @@ impl Dispatcher {
             &stop,
             move |deliveries| {
                 this.clone()
-                    .handle_group(handler_publisher.clone(), deliveries)
+                    .handle_group(handler_publisher.clone(), deliveries, Lane::Bulk)
             },
         );
         let (this, handler_publisher) = (self.clone(), publisher.clone());
@@ -234,7 +317,7 @@ impl Dispatcher {
             &stop,
             move |deliveries| {
                 this.clone()
-                    .handle_group(handler_publisher.clone(), deliveries)
+                    .handle_group(handler_publisher.clone(), deliveries, Lane::Interactive)
             },
         );
         let (this, handler_publisher) = (self.clone(), publisher.clone());
@@ -280,8 +363,64 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         db: Db::new(&config.database_url, config.db_pool_size),
         topology: Topology::from_config(&config),
         config,
+        people_first: PeopleFirst::new(),
     });
     amqp::run_resilient("dispatch", &shutdown, || dispatcher.session(&shutdown)).await?;
     info!("dispatch stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[tokio::test]
+    async fn the_bulk_lane_yields_to_peoples_posts_for_a_bounded_time() {
+        let gate = PeopleFirst::new();
+        // Nobody has posted: the bulk lane starts at once.
+        let started = Instant::now();
+        gate.yield_to_people().await;
+        assert!(
+            started.elapsed() < BULK_MAX_YIELD,
+            "waited with nobody posting"
+        );
+
+        // A person's post is being dispatched the whole time: the bulk lane waits its bound,
+        // and then goes ahead all the same.
+        let guard = gate.interactive();
+        let started = Instant::now();
+        gate.yield_to_people().await;
+        let waited = started.elapsed();
+        assert!(waited >= BULK_MAX_YIELD, "went ahead after {waited:?}");
+        assert!(waited < BULK_MAX_YIELD * 8, "waited {waited:?}");
+        drop(guard);
+
+        // A post was dispatched just now: the bulk lane waits for the quiet.
+        let started = Instant::now();
+        gate.yield_to_people().await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= PEOPLE_QUIET - Duration::from_millis(5),
+            "went ahead {waited:?} after a post"
+        );
+
+        // A post ends midway: the wait ends with the quiet after it, before the bound.
+        let gate = Arc::new(PeopleFirst::new());
+        let guard_gate = gate.clone();
+        let post = tokio::spawn(async move {
+            let _guard = guard_gate.interactive();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let started = Instant::now();
+        gate.yield_to_people().await;
+        let waited = started.elapsed();
+        post.await.expect("post task");
+        assert!(
+            waited >= Duration::from_millis(80),
+            "went ahead after {waited:?}"
+        );
+        assert!(!gate.people_active() || waited >= BULK_MAX_YIELD);
+    }
 }
