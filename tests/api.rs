@@ -265,6 +265,74 @@ async fn poison_messages_are_dead_lettered_and_workers_keep_going() {
     let _ = conn.close(200, "bye".into()).await;
 }
 
+/// D1 "at once": bulk work in other processes (the mailer) hears every post a person makes,
+/// on a private queue of its own, so it can step aside while people post; an email or an
+/// inbound reply is not a post and is not heard.
+#[tokio::test(flavor = "multi_thread")]
+async fn d1_bulk_work_hears_the_posts_people_make() {
+    use std::sync::Arc;
+    use tidings_common::people_first::{self, PeopleFirst};
+    let env = Env::new("60s");
+    let _api = env.spawn(&["api"]);
+    env.wait_for_api().await;
+    let people = Arc::new(PeopleFirst::new());
+    let stop = tokio_util::sync::CancellationToken::new();
+    people_first::listen(
+        people.clone(),
+        env.var("TIDINGS_AMQP_URL").to_string(),
+        "test people",
+        env.topology(),
+        stop.clone(),
+    );
+    let (_item, conv, _) = env.ticket("Printer").await;
+    let agent = env.user("Ann").await;
+    // The listener binds its queue in the background: post until it is heard (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while people.since_last().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no post heard in 20 s{}",
+            support::log_tails(env.root(), 30)
+        );
+        env.post(conv, agent, "On my way", false).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(people.since_last().unwrap() < Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!people.active(), "still active 300 ms after the last post");
+    // Bulk work (an emailed reply, on the bulk lane) is not heard.
+    let (conn, channel) = env.channel().await;
+    channel
+        .basic_publish(
+            env.topology().events_exchange().into(),
+            "message.posted".into(),
+            Default::default(),
+            format!("{{\"message_id\": {}}}", i64::MAX).as_bytes(),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        people.since_last().unwrap() >= Duration::from_millis(450),
+        "bulk work was heard as a person's post"
+    );
+    // Every later post is heard.
+    env.post(conv, agent, "Fixed it", false).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while people.since_last().unwrap() >= Duration::from_millis(250) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a later post was not heard"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stop.cancel();
+    let _ = conn.close(200, "bye".into()).await;
+}
+
 /// D1 "at once": a message a person posts is dispatched on the interactive lane, ahead of a
 /// backlog of bulk work (here 20,000 messages queued as inbound email would queue them, before
 /// dispatch started): its notification is written while most of the backlog still waits.

@@ -19,6 +19,7 @@ pub mod live;
 pub mod mail;
 pub mod observe;
 pub mod outbox;
+pub mod people_first;
 pub mod posting;
 pub mod rules;
 pub mod secret;

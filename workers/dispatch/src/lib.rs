@@ -13,7 +13,6 @@ pub mod fanout;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::message::Delivery;
@@ -23,6 +22,7 @@ use tidings_common::amqp::{
 use tidings_common::announce::Announcements;
 use tidings_common::db::Db;
 use tidings_common::events::EventRecorded;
+use tidings_common::people_first::PeopleFirst;
 use tidings_common::sweep::{self, Sweep};
 use tidings_common::{Config, Result};
 use tokio_util::sync::CancellationToken;
@@ -58,77 +58,11 @@ const INTERACTIVE: Grouping = Grouping {
     linger: Duration::ZERO,
 };
 
-/// How long after people's posts were last dispatched the bulk lane waits before it starts
-/// a group, and the most one bulk group waits for that.
-const PEOPLE_QUIET: Duration = Duration::from_millis(50);
-const BULK_MAX_YIELD: Duration = Duration::from_millis(250);
-
-/// The bulk lane yields to the interactive lane: while people's posts are being dispatched
-/// (and for [`PEOPLE_QUIET`] after), a bulk group waits before it starts, at most
-/// [`BULK_MAX_YIELD`]; the cores and the database (and the feed locks a bulk transaction holds
-/// until it commits) are left to people's posts. Bulk work slows only while people post, and
-/// never stops.
-struct PeopleFirst {
-    epoch: tokio::time::Instant,
-    /// Interactive groups being dispatched now.
-    busy: AtomicUsize,
-    /// When the last interactive group ended, in milliseconds since `epoch`.
-    last_end: AtomicU64,
-}
-
-impl PeopleFirst {
-    fn new() -> Self {
-        PeopleFirst {
-            epoch: tokio::time::Instant::now(),
-            busy: AtomicUsize::new(0),
-            last_end: AtomicU64::new(0),
-        }
-    }
-
-    fn elapsed_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Marks an interactive group as running until the guard drops.
-    fn interactive(&self) -> InteractiveGuard<'_> {
-        self.busy.fetch_add(1, Ordering::SeqCst);
-        InteractiveGuard(self)
-    }
-
-    fn people_active(&self) -> bool {
-        self.busy.load(Ordering::SeqCst) > 0
-            || self
-                .elapsed_ms()
-                .saturating_sub(self.last_end.load(Ordering::SeqCst))
-                < PEOPLE_QUIET.as_millis() as u64
-                && self.last_end.load(Ordering::SeqCst) > 0
-    }
-
-    /// Waits (at most [`BULK_MAX_YIELD`]) until no person's post has been dispatched for
-    /// [`PEOPLE_QUIET`].
-    async fn yield_to_people(&self) {
-        let until = tokio::time::Instant::now() + BULK_MAX_YIELD;
-        while self.people_active() && tokio::time::Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-}
-
-struct InteractiveGuard<'a>(&'a PeopleFirst);
-
-impl Drop for InteractiveGuard<'_> {
-    fn drop(&mut self) {
-        self.0
-            .last_end
-            .store(self.0.elapsed_ms().max(1), Ordering::SeqCst);
-        self.0.busy.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 struct Dispatcher {
     db: Db,
     config: Config,
     topology: Topology,
+    /// The bulk lane yields to the interactive one (see [`tidings_common::people_first`]).
     people_first: PeopleFirst,
 }
 
@@ -149,7 +83,7 @@ impl Dispatcher {
         lane: Lane,
     ) -> Vec<Outcome> {
         let _interactive = match lane {
-            Lane::Interactive => Some(self.people_first.interactive()),
+            Lane::Interactive => Some(self.people_first.dispatching()),
             Lane::Bulk => {
                 self.people_first.yield_to_people().await;
                 None
@@ -368,59 +302,4 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     amqp::run_resilient("dispatch", &shutdown, || dispatcher.session(&shutdown)).await?;
     info!("dispatch stopped");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Instant;
-
-    #[tokio::test]
-    async fn the_bulk_lane_yields_to_peoples_posts_for_a_bounded_time() {
-        let gate = PeopleFirst::new();
-        // Nobody has posted: the bulk lane starts at once.
-        let started = Instant::now();
-        gate.yield_to_people().await;
-        assert!(
-            started.elapsed() < BULK_MAX_YIELD,
-            "waited with nobody posting"
-        );
-
-        // A person's post is being dispatched the whole time: the bulk lane waits its bound,
-        // and then goes ahead all the same.
-        let guard = gate.interactive();
-        let started = Instant::now();
-        gate.yield_to_people().await;
-        let waited = started.elapsed();
-        assert!(waited >= BULK_MAX_YIELD, "went ahead after {waited:?}");
-        assert!(waited < BULK_MAX_YIELD * 8, "waited {waited:?}");
-        drop(guard);
-
-        // A post was dispatched just now: the bulk lane waits for the quiet.
-        let started = Instant::now();
-        gate.yield_to_people().await;
-        let waited = started.elapsed();
-        assert!(
-            waited >= PEOPLE_QUIET - Duration::from_millis(5),
-            "went ahead {waited:?} after a post"
-        );
-
-        // A post ends midway: the wait ends with the quiet after it, before the bound.
-        let gate = Arc::new(PeopleFirst::new());
-        let guard_gate = gate.clone();
-        let post = tokio::spawn(async move {
-            let _guard = guard_gate.interactive();
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        });
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let started = Instant::now();
-        gate.yield_to_people().await;
-        let waited = started.elapsed();
-        post.await.expect("post task");
-        assert!(
-            waited >= Duration::from_millis(80),
-            "went ahead after {waited:?}"
-        );
-        assert!(!gate.people_active() || waited >= BULK_MAX_YIELD);
-    }
 }

@@ -28,6 +28,7 @@ use tidings_common::amqp::{
 };
 use tidings_common::announce::OutboxBatch;
 use tidings_common::db::Db;
+use tidings_common::people_first::{self, PeopleFirst};
 use tidings_common::sweep::{self, Sweep};
 use tidings_common::templates::TemplateStore;
 use tidings_common::{Config, REQUIRED_TEMPLATES, Result};
@@ -56,6 +57,9 @@ pub struct Mailer {
     config: Config,
     topology: Topology,
     pipeline: pipeline::Pipeline,
+    /// When people last posted: sets of due notifications wait for them (see
+    /// [`tidings_common::people_first`]).
+    people_first: Arc<PeopleFirst>,
 }
 
 impl Mailer {
@@ -71,6 +75,7 @@ impl Mailer {
             db: Db::new(&config.database_url, config.db_pool_size),
             topology: Topology::from_config(&config),
             pipeline: pipeline::Pipeline::new(&config, templates)?,
+            people_first: Arc::new(PeopleFirst::new()),
             config,
         })
     }
@@ -119,6 +124,8 @@ impl Mailer {
             let mut results = HashMap::with_capacity(ids.len());
             let notifications = self.notifications();
             for slice in ids.chunks(MAX_SET) {
+                // Emails wait out their seen window anyway; a person's post does not wait.
+                self.people_first.yield_for(Duration::from_secs(1)).await;
                 let parts = retry::isolating("notification", slice.to_vec(), |ids| {
                     notifications.deliver_all(ids, &publisher)
                 })
@@ -272,6 +279,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         mailer.config.amqp_url.expose().clone(),
         mailer.topology.clone(),
         mailer.config.templates_reload,
+        shutdown.clone(),
+    );
+    people_first::listen(
+        mailer.people_first.clone(),
+        mailer.config.amqp_url.expose().clone(),
+        "mailer people",
+        mailer.topology.clone(),
         shutdown.clone(),
     );
     info!(

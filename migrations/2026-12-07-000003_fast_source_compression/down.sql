@@ -1,0 +1,1 @@
+ALTER TABLE outbound_sources ALTER COLUMN raw SET COMPRESSION default;
