@@ -506,7 +506,6 @@ fn replies_internal(
     emails: &[Email<'_>],
     posts: &[Post],
 ) -> QueryResult<Vec<bool>> {
-    use tidings_common::db::schema::messages;
     let persons: Vec<i64> = posts.iter().map(|p| p.person).collect();
     let kinds: HashMap<i64, PersonKind> = people::table
         .filter(people::id.eq_any(&persons))
@@ -536,18 +535,32 @@ fn replies_internal(
     let sent: HashMap<(String, i64), bool> = if ids.is_empty() {
         HashMap::new()
     } else {
-        notifications::table
-            .inner_join(messages::table.on(messages::id.eq(notifications::message_id)))
-            .filter(notifications::email_message_id.eq_any(&ids))
-            .select((
-                notifications::email_message_id,
-                notifications::conversation_id,
-                messages::internal,
-            ))
-            .load::<(String, i64, bool)>(conn)?
-            .into_iter()
-            .map(|(id, conversation, internal)| ((id, conversation), internal))
-            .collect()
+        // Each id is looked up by its index, one at a time (`OFFSET 0` keeps the planner from
+        // merging the lookup into a join): with statistics taken while the tables were small,
+        // the join was planned as a scan of every notification and every message (44 ms for
+        // 65 ids over 150,000 rows, against 0.7 ms this way).
+        #[derive(QueryableByName)]
+        struct Sent {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            email_message_id: String,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            conversation_id: i64,
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Bool>)]
+            internal: Option<bool>,
+        }
+        diesel::sql_query(
+            "SELECT n.email_message_id, n.conversation_id,
+                    (SELECT m.internal FROM messages m WHERE m.id = n.message_id) AS internal
+             FROM unnest($1::text[]) AS k(id)
+             CROSS JOIN LATERAL (SELECT n.email_message_id, n.conversation_id, n.message_id
+                                 FROM notifications n WHERE n.email_message_id = k.id
+                                 OFFSET 0) n",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&ids)
+        .load::<Sent>(conn)?
+        .into_iter()
+        .filter_map(|r| Some(((r.email_message_id, r.conversation_id), r.internal?)))
+        .collect()
     };
     Ok(posts
         .iter()
