@@ -277,13 +277,13 @@ async fn d1_bulk_work_hears_the_posts_people_make() {
     env.wait_for_api().await;
     let people = Arc::new(PeopleFirst::new());
     let stop = tokio_util::sync::CancellationToken::new();
-    people_first::listen(
-        people.clone(),
-        env.var("TIDINGS_AMQP_URL").to_string(),
-        "test people",
-        env.topology(),
-        stop.clone(),
-    );
+    let (listener_conn, _) = env.channel().await;
+    let hearing = {
+        let (people, stop, topology) = (people.clone(), stop.clone(), env.topology());
+        tokio::spawn(
+            async move { people_first::hear(&people, &listener_conn, &topology, &stop).await },
+        )
+    };
     let (_item, conv, _) = env.ticket("Printer").await;
     let agent = env.user("Ann").await;
     // The listener binds its queue in the background: post until it is heard (bounded).
@@ -330,6 +330,10 @@ async fn d1_bulk_work_hears_the_posts_people_make() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     stop.cancel();
+    hearing
+        .await
+        .expect("listener task")
+        .expect("the listener ends cleanly when stopped");
     let _ = conn.close(200, "bye".into()).await;
 }
 

@@ -4,19 +4,16 @@
 //! still waits *beside* bulk work: for the CPU, for the database, for the feed locks a bulk
 //! transaction holds until it commits. So the bulk work itself steps aside while people post:
 //! dispatch's bulk lane, and the mailer (which hears every `message.posted.now` on a private
-//! queue, [`listen`]), wait before each group while a person's post is being dispatched, and
+//! queue, [`hear`]), wait before each group while a person's post is being dispatched, and
 //! for [`QUIET`] after the last one, at most [`MAX_YIELD`] per group. Bulk work slows only
-//! while people post and never stops; once they pause it runs at full speed. A listener that
-//! cannot reach the broker costs nothing but the yield.
+//! while people post and never stops; once they pause it runs at full speed.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use crate::amqp::{MESSAGE_POSTED_NOW, Topology};
 
@@ -105,48 +102,40 @@ impl Drop for Dispatching<'_> {
     }
 }
 
-/// Hears every person's post (`message.posted.now`, on a private queue of this process) until
-/// `shutdown`, reconnecting after a failure.
-pub fn listen(
-    people: Arc<PeopleFirst>,
-    url: String,
-    role: &'static str,
-    topology: Topology,
-    shutdown: CancellationToken,
-) {
-    tokio::spawn(async move {
-        loop {
-            let listened = async {
-                let (_connection, _, mut consumer) = crate::amqp::subscribe(
-                    &url,
-                    role,
-                    &topology.events_exchange(),
-                    MESSAGE_POSTED_NOW,
-                )
-                .await?;
-                while let Some(delivery) = consumer.next().await {
+/// Hears every person's post (`message.posted.now`, on a private queue on `connection`) until
+/// `stop`; a role serves it beside its consumers, so it reconnects with them.
+pub async fn hear(
+    people: &PeopleFirst,
+    connection: &lapin::Connection,
+    topology: &Topology,
+    stop: &CancellationToken,
+) -> crate::Result<()> {
+    let (_, mut consumer) =
+        crate::amqp::subscribe_on(connection, &topology.events_exchange(), MESSAGE_POSTED_NOW)
+            .await?;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            next = consumer.next() => match next {
+                Some(delivery) => {
                     delivery?;
                     people.heard();
                 }
-                Ok::<_, crate::Error>(())
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = listened => if let Err(e) = r {
-                    warn!(error = %e, "people's posts not heard; bulk work does not yield to them");
-                },
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            }
+                None => {
+                    return Err(crate::Error::Task(
+                        "the consumer of people's posts was cancelled by the broker".into(),
+                    ));
+                }
+            },
         }
-    });
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::Arc;
 
     #[tokio::test]
     async fn bulk_work_yields_to_peoples_posts_for_a_bounded_time() {

@@ -353,9 +353,20 @@ pub async fn subscribe(
     exchange: &str,
     routing_key: &str,
 ) -> crate::Result<(lapin::Connection, String, lapin::Consumer)> {
+    let connection = super::connect(url, role).await?;
+    let (queue, consumer) = subscribe_on(&connection, exchange, routing_key).await?;
+    Ok((connection, queue, consumer))
+}
+
+/// Like [`subscribe`], on a channel of a connection the caller already has: the queue lives as
+/// long as that connection.
+pub async fn subscribe_on(
+    connection: &lapin::Connection,
+    exchange: &str,
+    routing_key: &str,
+) -> crate::Result<(String, lapin::Consumer)> {
     use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;
-    let connection = super::connect(url, role).await?;
     let channel = connection.create_channel().await?;
     let queue = channel
         .queue_declare(
@@ -388,5 +399,5 @@ pub async fn subscribe(
             FieldTable::default(),
         )
         .await?;
-    Ok((connection, queue.name().to_string(), consumer))
+    Ok((queue.name().to_string(), consumer))
 }

@@ -19,7 +19,9 @@ mod consume;
 mod publish;
 mod session;
 
-pub use consume::{Grouping, Outcome, consume, consume_grouped, parse_payload, subscribe};
+pub use consume::{
+    Grouping, Outcome, consume, consume_grouped, parse_payload, subscribe, subscribe_on,
+};
 pub use publish::{Publisher, SharedPublisher, connect};
 pub use session::{Session, Task, run_resilient};
 

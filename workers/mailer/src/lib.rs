@@ -252,10 +252,16 @@ impl Mailer {
             &self.topology,
             &Sweep::MAILER,
         );
+        let people = people_first::hear(&self.people_first, connection, &self.topology, &stop);
         let result = session
             .serve(
                 &stop,
-                vec![Box::pin(due), Box::pin(outbox), Box::pin(sweeper)],
+                vec![
+                    Box::pin(due),
+                    Box::pin(outbox),
+                    Box::pin(sweeper),
+                    Box::pin(people),
+                ],
             )
             .await;
         session.close().await;
@@ -279,13 +285,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         mailer.config.amqp_url.expose().clone(),
         mailer.topology.clone(),
         mailer.config.templates_reload,
-        shutdown.clone(),
-    );
-    people_first::listen(
-        mailer.people_first.clone(),
-        mailer.config.amqp_url.expose().clone(),
-        "mailer people",
-        mailer.topology.clone(),
         shutdown.clone(),
     );
     info!(
