@@ -5,8 +5,10 @@
 //! transaction holds until it commits. So the bulk work itself steps aside while people post:
 //! dispatch's bulk lane, and the mailer (which hears every `message.posted.now` on a private
 //! queue, [`hear`]), wait before each group while a person's post is being dispatched, and
-//! for [`QUIET`] after the last one, at most [`MAX_YIELD`] per group. Bulk work slows only
-//! while people post and never stops; once they pause it runs at full speed.
+//! for [`QUIET`] after the last one, for a bounded time per group ([`MAX_YIELD`] in dispatch;
+//! the mailer's own bound is longer, its emails having waited out their seen window). In a
+//! fleet every dispatch process hears the posts too, not only the one dispatching them. Bulk
+//! work slows only while people post and never stops; once they pause it runs at full speed.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -110,9 +112,11 @@ pub async fn hear(
     topology: &Topology,
     stop: &CancellationToken,
 ) -> crate::Result<()> {
-    let (_, mut consumer) =
-        crate::amqp::subscribe_on(connection, &topology.events_exchange(), MESSAGE_POSTED_NOW)
-            .await?;
+    let exchange = topology.events_exchange();
+    let (_, mut consumer) = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        subscribed = crate::amqp::subscribe_on(connection, &exchange, MESSAGE_POSTED_NOW) => subscribed?,
+    };
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),

@@ -22,7 +22,7 @@ use tidings_common::amqp::{
 use tidings_common::announce::Announcements;
 use tidings_common::db::Db;
 use tidings_common::events::EventRecorded;
-use tidings_common::people_first::PeopleFirst;
+use tidings_common::people_first::{self, PeopleFirst};
 use tidings_common::sweep::{self, Sweep};
 use tidings_common::{Config, Result};
 use tokio_util::sync::CancellationToken;
@@ -275,6 +275,8 @@ impl Dispatcher {
             &self.topology,
             &Sweep::DISPATCH,
         );
+        // Posts another dispatch process of the fleet is dispatching.
+        let people = people_first::hear(&self.people_first, connection, &self.topology, &stop);
         let result = session
             .serve(
                 &stop,
@@ -283,6 +285,7 @@ impl Dispatcher {
                     Box::pin(messages),
                     Box::pin(domain_events),
                     Box::pin(sweeper),
+                    Box::pin(people),
                 ],
             )
             .await;

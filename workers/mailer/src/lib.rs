@@ -47,6 +47,10 @@ const GROUPING: Grouping = Grouping {
     linger: Duration::from_millis(20),
 };
 
+/// The most a set of due notifications waits for people to stop posting (see
+/// [`tidings_common::people_first`]); an email has waited out its seen window already.
+const PEOPLE_FIRST_BOUND: Duration = Duration::from_secs(1);
+
 /// Most notifications claimed and sent together as one set; a group of due batches with more
 /// is handled a slice at a time.
 const MAX_SET: usize = 256;
@@ -125,7 +129,7 @@ impl Mailer {
             let notifications = self.notifications();
             for slice in ids.chunks(MAX_SET) {
                 // Emails wait out their seen window anyway; a person's post does not wait.
-                self.people_first.yield_for(Duration::from_secs(1)).await;
+                self.people_first.yield_for(PEOPLE_FIRST_BOUND).await;
                 let parts = retry::isolating("notification", slice.to_vec(), |ids| {
                     notifications.deliver_all(ids, &publisher)
                 })
