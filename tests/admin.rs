@@ -42,6 +42,21 @@ async fn admin(env: &Env, name: &str) -> (i64, String) {
     (id, env.session(id).await)
 }
 
+/// How many welcome emails the email log shows as skipped because the switch was off.
+async fn welcomes_skipped(env: &Env) -> usize {
+    let skipped = env.ok("GET", "/email-log?status=skipped", None).await;
+    skipped
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("user_created is disabled"))
+        })
+        .count()
+}
+
 /// A non-admin user's session and a customer's are refused (403) on every admin operation of
 /// the OpenAPI document; an admin's session is let through, but may not mint a session for
 /// someone else or make someone an admin; a write with an admin's cookie from another origin
@@ -311,6 +326,12 @@ async fn the_console_in_chromium() {
     env.wait_for_api().await;
     env.wait_for_topology().await;
     let (ann, ann_token) = admin(&env, "Ann").await;
+    // Dispatch reads the switch when it handles the event: Ann's welcome must be decided (off,
+    // so skipped) before the switch is turned on, or she gets one.
+    support::wait_for(env.root(), "Ann's welcome email skipped", async || {
+        welcomes_skipped(&env).await == 1
+    })
+    .await;
     let ben = env.user("Ben").await;
     // The welcome email is off by default: on, for the console to turn it off.
     env.ok(
@@ -446,13 +467,8 @@ async fn the_console_in_chromium() {
     )
     .await;
     env.user("Dan").await;
-    support::wait_for(env.root(), "the welcome email skipped", async || {
-        let skipped = env.ok("GET", "/email-log?status=skipped", None).await;
-        skipped.as_array().unwrap().iter().any(|r| {
-            r["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("user_created is disabled"))
-        })
+    support::wait_for(env.root(), "Dan's welcome email skipped", async || {
+        welcomes_skipped(&env).await == 2
     })
     .await;
 
