@@ -366,3 +366,62 @@ async fn a_node_list_fails_over_and_unconfirmed_publishes_are_sent_again() {
     assert_eq!(env.mails_to("bob@example.com").len(), 2);
     assert!(env.log_of(&["api"]).contains("connected to a broker node"));
 }
+
+/// Each broker connection asks for frames of `FRAME_MAX` (two ring buffers of 32 frames each
+/// per connection: 1 MiB, not the 8 MiB of the broker's default frame), unless the URL names a
+/// frame size; a message many frames long crosses such a connection intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_connections_use_small_frames_and_carry_long_messages() {
+    use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use tidings_common::amqp;
+    let conn = amqp::connect(support::AMQP_URL, "test").await.unwrap();
+    assert_eq!(conn.configuration().frame_max(), amqp::FRAME_MAX);
+    let named = format!("{}?frame_max=65536", support::AMQP_URL);
+    let other = amqp::connect(&named, "test").await.unwrap();
+    assert_eq!(other.configuration().frame_max(), 65_536);
+    other.close(200, "done".into()).await.unwrap();
+    let Err(bad) =
+        amqp::connect("amqp://guest:secret@127.0.0.1:5672/%2f?frame_max=x", "test").await
+    else {
+        panic!("a bad frame_max is refused");
+    };
+    let bad = bad.to_string();
+    assert!(bad.contains("not an AMQP URL"), "{bad}");
+    assert!(!bad.contains("secret"), "the password is masked: {bad}");
+
+    let publisher = amqp::Publisher::open(&conn).await.unwrap();
+    let queue = format!("frames-{}", std::process::id());
+    publisher
+        .channel()
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    // 40 frames' worth, with bytes that differ from frame to frame.
+    let long: Vec<u8> = (0..40 * amqp::FRAME_MAX as usize)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    publisher.publish("", &queue, &long, None).await.unwrap();
+    let got = publisher
+        .channel()
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the message is in the queue");
+    assert!(
+        got.delivery.data == long,
+        "the long message arrived changed"
+    );
+    publisher
+        .channel()
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close(200, "done".into()).await.unwrap();
+}

@@ -21,7 +21,7 @@ pub const SECRET: &str = "test-secret-0123456789";
 pub const REPLY_DOMAIN: &str = "reply.test.localhost";
 
 const DATABASE_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Polls `check` every 100 ms until it holds, failing the test after 60 s with the last
 /// lines of every role's log under `logs`.

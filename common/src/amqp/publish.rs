@@ -33,7 +33,17 @@ pub async fn connect(url: &str, role: &str) -> Result<Connection> {
         let node = nodes[(start + i) % nodes.len()];
         let name = format!("tidings {role} (pid {})", std::process::id());
         let properties = ConnectionProperties::default().with_connection_name(name.into());
-        match tokio::time::timeout(NODE_TIMEOUT, Connection::connect(node, properties)).await {
+        let uri = match node.parse::<lapin::uri::AMQPUri>() {
+            Ok(uri) => with_frame_max(uri),
+            Err(e) => {
+                failures.push(format!(
+                    "{}: not an AMQP URL: {e}",
+                    crate::secret::mask_url_passwords(node)
+                ));
+                continue;
+            }
+        };
+        match tokio::time::timeout(NODE_TIMEOUT, Connection::connect_uri(uri, properties)).await {
             Ok(Ok(connection)) => {
                 if nodes.len() > 1 {
                     info!(role, node = %crate::secret::mask_url_passwords(node), "connected to a broker node");
@@ -54,6 +64,20 @@ pub async fn connect(url: &str, role: &str) -> Result<Connection> {
         "no broker node accepts a connection ({})",
         failures.join("; ")
     )))
+}
+
+/// The largest frame Tidings asks the broker for, unless the URL sets `frame_max` itself.
+/// Each connection keeps two ring buffers of 32 frames, which fill up over time: at the
+/// broker's default of 128 KiB that is 8 MiB of memory per connection, at 16 KiB it is 1 MiB.
+/// Tidings' messages are ids and small events; an inbound email is split into more frames.
+pub const FRAME_MAX: u32 = 16 * 1024;
+
+/// `uri` asking for [`FRAME_MAX`] unless it names a frame size of its own.
+fn with_frame_max(mut uri: lapin::uri::AMQPUri) -> lapin::uri::AMQPUri {
+    if uri.query.frame_max.is_none() {
+        uri.query.frame_max = Some(FRAME_MAX);
+    }
+    uri
 }
 
 /// A channel in confirm mode; every publish waits for the broker's confirm.
