@@ -150,6 +150,18 @@ async fn status_shows_queues_pending_notifications_and_stuck_claims() {
     assert_eq!(db["stuck_claims"]["outbox"], 0);
     assert_eq!(report["dead_letters"], 0);
     assert_eq!(report["templates"]["ok"], true);
+    // The database's upkeep: autovacuum as the server has it, and the notifications written.
+    let autovacuum = env.sql("SELECT current_setting('autovacuum')");
+    assert_eq!(
+        db["upkeep"]["autovacuum"],
+        autovacuum.trim() == "on",
+        "{report}"
+    );
+    let tables = db["upkeep"]["tables"].as_array().unwrap();
+    assert!(
+        tables.iter().any(|t| t["table"] == "notifications"),
+        "{report}"
+    );
     let dispatch_queue = report["queues"]
         .as_array()
         .unwrap()
@@ -163,7 +175,7 @@ async fn status_shows_queues_pending_notifications_and_stuck_claims() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&due) && text.contains("stuck claims"),
+        text.contains(&due) && text.contains("stuck claims") && text.contains("database upkeep"),
         "{text}"
     );
     // No broker: exit 1, saying which service does not answer.

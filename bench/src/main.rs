@@ -47,6 +47,7 @@ mod inbound;
 mod kit;
 mod live;
 mod pipeline;
+mod soak;
 mod sustained;
 
 use baseline::*;
@@ -58,6 +59,7 @@ use inbound::*;
 use kit::*;
 use live::*;
 use pipeline::*;
+use soak::*;
 use sustained::*;
 
 use std::collections::VecDeque;
@@ -248,11 +250,21 @@ async fn run_phases(
 
     eprintln!("bench: seeding the background");
     let (project, author, readers) = seed(database_url)?;
+    // Each role serves /metrics on a port of its own (the soak reads its pool waits).
+    let metrics: MetricsPorts = ["api", "dispatch", "mailer", "inbound"]
+        .into_iter()
+        .map(|role| (role, free_port()))
+        .collect();
     let spawn = |role: &str| -> anyhow::Result<Killed> {
+        let port = metrics
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map_or(0, |(_, p)| *p);
         Ok(Killed(
             Command::new(tidings)
                 .args(["run", role])
                 .envs(vars.iter().cloned())
+                .env("TIDINGS_METRICS_ADDR", format!("127.0.0.1:{port}"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .spawn()?,
@@ -428,6 +440,63 @@ async fn run_phases(
             for (calls, total, mean, query) in &top {
                 println!("  {calls:>7} {total:>9.0} {mean:>8.3}  {query}");
             }
+        }
+        return Ok(());
+    }
+    if let Some(minutes) = soak_minutes() {
+        let mut soaks = Vec::new();
+        for fanout in soak_fanouts() {
+            let (rate, burst) = match std::env::var(format!("BENCH_SOAK_RATE{fanout}"))
+                .ok()
+                .and_then(|r| r.parse::<f64>().ok())
+            {
+                Some(rate) => (rate, None),
+                None => {
+                    let n = if fanout == 1 { n_fanout1 } else { n_fanout10 };
+                    eprintln!("bench: pipeline at fan-out {fanout}, {n} messages");
+                    let burst = pipeline(&env, &conn, &processes, n, fanout).await?;
+                    let (held, _) = sustained(
+                        &env,
+                        &conn,
+                        &processes,
+                        fanout,
+                        burst.rate,
+                        step_seconds,
+                        steps,
+                    )
+                    .await?;
+                    let Some(held) = held else {
+                        bail!("no steady rate held at fan-out {fanout}: nothing to soak");
+                    };
+                    (held.asked_rate, Some(burst.rate))
+                }
+            };
+            soaks.push(
+                soak(
+                    &env, &conn, &processes, &metrics, fanout, rate, burst, minutes,
+                )
+                .await?,
+            );
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        drop((api, dispatch, mailer, inbound));
+        let channel = conn.create_channel().await?;
+        env.topology.delete(&channel).await?;
+        println!();
+        for soak in &soaks {
+            print_soak(soak);
+        }
+        let out = std::env::var("BENCH_OUT").unwrap_or_else(|_| "bench-soak.json".into());
+        let report = json!({
+            "when": tidings_common::clock::now(),
+            "window_ms": env.topology.seen_window.as_millis() as u64,
+            "settings": {"prefetch": config.prefetch, "smtp_concurrency": config.smtp_concurrency, "db_pool_size": config.db_pool_size},
+            "soaks": soaks.iter().map(Soak::json).collect::<Vec<_>>(),
+        });
+        std::fs::write(&out, serde_json::to_vec_pretty(&report)?)?;
+        println!("\nresults written to {out}");
+        if soaks.iter().any(|s| !s.held()) {
+            bail!("a soak did not hold");
         }
         return Ok(());
     }

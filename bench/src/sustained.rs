@@ -73,6 +73,7 @@ pub(crate) async fn paced_publisher(
             bail!("broker nacked a publish");
         }
     }
+    channel.close(200, "published".into()).await?;
     Ok(published)
 }
 

@@ -17,6 +17,7 @@ pub const HISTOGRAMS: &[&str] = &[
     "tidings_lateness_seconds",
     "tidings_post_to_dispatch_seconds",
     "tidings_smtp_transaction_seconds",
+    "tidings_db_pool_wait_seconds",
 ];
 
 /// A notification row was written (dispatch).
@@ -69,6 +70,12 @@ pub fn smtp_transaction(took: Duration) {
 /// SMTP slots taken right now (+1 / −1).
 pub fn smtp_slots(delta: f64) {
     metrics::gauge!("tidings_smtp_slots_in_use").increment(delta);
+}
+
+/// From asking for a database connection to holding one: the pool's permit, a thread of the
+/// blocking pool, the connection itself.
+pub fn db_pool_wait(waited: Duration) {
+    metrics::histogram!("tidings_db_pool_wait_seconds").record(waited.as_secs_f64());
 }
 
 /// Database connections taken right now (+1 / −1).

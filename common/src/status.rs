@@ -7,7 +7,9 @@
 //! - the scheduler's last sweep and what the sweeps recovered in the last 24 hours (anything
 //!   but zero means the broker lost something);
 //! - the dead-letter count;
-//! - whether the templates load now, as a reload would.
+//! - whether the templates load now, as a reload would;
+//! - the database's upkeep: whether autovacuum runs, and the dead rows of the tables every
+//!   notification rewrites.
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
@@ -85,12 +87,52 @@ pub fn database(conn: &mut PgConnection, config: &Config) -> QueryResult<Value> 
          FROM scheduler_runs WHERE job = 'sweep' AND started_at > now() - interval '24 hours'",
     )
     .get_result(conn)?;
+    let upkeep = upkeep(conn)?;
     Ok(json!({
+        "upkeep": upkeep,
         "notifications_pending": pending.iter().map(|b| json!({"when": b.bucket, "count": b.count})).collect::<Vec<_>>(),
         "stuck_claims": {"notifications": stuck_notifications, "outbox": stuck_outbox, "lease_s": config.send_lease.as_secs()},
         "messages_not_dispatched_after_window": undispatched,
         "last_sweep": last_sweep.map(|s| json!({"at": s.started_at, "outcome": s.outcome})),
         "sweep_recoveries_24h": recovered.count,
+    }))
+}
+
+/// The tables whose rows every notification rewrites or adds to: without (auto)vacuum their
+/// dead row versions are never reclaimed, and their indexes and lookups slow down for good.
+pub const CHURNING: &[&str] = &["notifications", "messages", "outbox_emails", "live_events"];
+
+/// Whether the server runs autovacuum, and each churning table's live and dead rows and when
+/// it was last vacuumed (by autovacuum or by hand).
+pub fn upkeep(conn: &mut PgConnection) -> QueryResult<Value> {
+    #[derive(QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = Text)]
+        autovacuum: String,
+    }
+    #[derive(QueryableByName)]
+    struct Table {
+        #[diesel(sql_type = Text)]
+        name: String,
+        #[diesel(sql_type = BigInt)]
+        live: i64,
+        #[diesel(sql_type = BigInt)]
+        dead: i64,
+        #[diesel(sql_type = Nullable<Timestamptz>)]
+        vacuumed: Option<chrono::DateTime<chrono::Utc>>,
+    }
+    let setting: Setting =
+        diesel::sql_query("SELECT current_setting('autovacuum') AS autovacuum").get_result(conn)?;
+    let tables: Vec<Table> = diesel::sql_query(
+        "SELECT relname::text AS name, n_live_tup AS live, n_dead_tup AS dead,
+                GREATEST(last_vacuum, last_autovacuum) AS vacuumed
+         FROM pg_stat_user_tables WHERE relname = ANY($1) ORDER BY relname",
+    )
+    .bind::<diesel::sql_types::Array<Text>, _>(CHURNING)
+    .load(conn)?;
+    Ok(json!({
+        "autovacuum": setting.autovacuum == "on",
+        "tables": tables.iter().map(|t| json!({"table": t.name, "live_rows": t.live, "dead_rows": t.dead, "last_vacuum": t.vacuumed})).collect::<Vec<_>>(),
     }))
 }
 

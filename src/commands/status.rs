@@ -7,7 +7,9 @@
 //! - the scheduler's last sweep and what the sweeps recovered in the last 24 hours (anything
 //!   but zero means the broker lost something);
 //! - the dead-letter count;
-//! - whether the templates load now, as a reload would.
+//! - whether the templates load now, as a reload would;
+//! - the database's upkeep: whether autovacuum runs, and the dead rows of the tables every
+//!   notification rewrites (a warning when autovacuum is off).
 //!
 //! Exit code 0 when everything answers, 1 when the broker or the database does not.
 
@@ -106,6 +108,7 @@ fn print_text(report: &serde_json::Value) {
             "sweep recoveries in 24 h: {} (not zero means the broker lost something)",
             db["sweep_recoveries_24h"]
         );
+        print_upkeep(&db["upkeep"]);
     }
     let t = &report["templates"];
     if t["ok"] == true {
@@ -115,6 +118,27 @@ fn print_text(report: &serde_json::Value) {
             "templates: REFUSED ({}): {}",
             t["dir"].as_str().unwrap_or(""),
             t["error"].as_str().unwrap_or("")
+        );
+    }
+}
+
+fn print_upkeep(upkeep: &serde_json::Value) {
+    if upkeep["autovacuum"] == false {
+        println!(
+            "database upkeep: WARNING: autovacuum is off on this server; nothing reclaims the \
+             row versions every notification leaves, so the tables below and their indexes grow \
+             and slow down for good (set autovacuum = on, or VACUUM them on a schedule)"
+        );
+    } else {
+        println!("database upkeep: autovacuum on");
+    }
+    for t in upkeep["tables"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<24} {:>10} live rows {:>10} dead, last vacuumed {}",
+            t["table"].as_str().unwrap_or(""),
+            t["live_rows"],
+            t["dead_rows"],
+            t["last_vacuum"].as_str().unwrap_or("never")
         );
     }
 }

@@ -80,10 +80,15 @@ fn with_frame_max(mut uri: lapin::uri::AMQPUri) -> lapin::uri::AMQPUri {
     uri
 }
 
-/// A channel in confirm mode; every publish waits for the broker's confirm.
+/// A channel in confirm mode, where every publish waits for the broker's confirm; and a
+/// channel without confirms for wake-up calls ([`Publisher::publish_transient`]).
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
+    /// Not in confirm mode: a confirm nobody waits for would be kept by the client until the
+    /// channel closes (lapin keeps each dropped, unresolved confirm for `wait_for_confirms`),
+    /// which on a long-lived channel is memory growing with every publish.
+    transient: Channel,
 }
 
 impl Publisher {
@@ -92,7 +97,8 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Publisher { channel })
+        let transient = connection.create_channel().await?;
+        Ok(Publisher { channel, transient })
     }
 
     pub fn channel(&self) -> &Channel {
@@ -155,9 +161,9 @@ impl Publisher {
         let properties = BasicProperties::default()
             .with_delivery_mode(1)
             .with_content_type("application/json".into());
-        // The confirm is not awaited; dropping it is allowed.
+        // Without confirm mode the publish resolves at once: nothing is kept.
         drop(
-            self.channel
+            self.transient
                 .basic_publish(
                     exchange.into(),
                     routing_key.into(),

@@ -71,6 +71,7 @@ impl Db {
     {
         let pool = self.pool.clone();
         let span = tracing::Span::current();
+        let asked = std::time::Instant::now();
         let _permit = self
             .permits
             .acquire()
@@ -79,6 +80,7 @@ impl Db {
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             let mut conn = pool.get()?;
+            crate::observe::db_pool_wait(asked.elapsed());
             crate::observe::db_in_use(1.0);
             let done = work(&mut conn);
             crate::observe::db_in_use(-1.0);

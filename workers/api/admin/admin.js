@@ -628,7 +628,11 @@ async function status() {
         el("dd", { text: db.stuck_claims ? `${db.stuck_claims.notifications} notifications, ${db.stuck_claims.outbox} outbox emails (older than ${db.stuck_claims.lease_s} s)` : "" }),
         el("dt", { text: "Not dispatched after a window" }), el("dd", { text: String(db.messages_not_dispatched_after_window ?? "") }),
         el("dt", { text: "Last sweep" }), el("dd", { text: db.last_sweep ? `${when(db.last_sweep.at)} (${db.last_sweep.outcome || "no outcome"})` : "none recorded (is a scheduler running?)" }),
-        el("dt", { text: "Sweep recoveries in 24 h" }), el("dd", { text: String(db.sweep_recoveries_24h ?? "") })),
+        el("dt", { text: "Sweep recoveries in 24 h" }), el("dd", { text: String(db.sweep_recoveries_24h ?? "") }),
+        el("dt", { text: "Database upkeep" }),
+        el("dd", { class: db.upkeep && db.upkeep.autovacuum === false ? "status error" : "",
+          text: db.upkeep ? `${db.upkeep.autovacuum ? "Autovacuum on." : "Autovacuum is off: nothing reclaims the row versions every notification leaves, so these tables slow down for good."} `
+            + (db.upkeep.tables || []).map((t) => `${t.table}: ${t.live_rows} live, ${t.dead_rows} dead rows`).join("; ") : "" })),
       el("h3", { text: "Templates" }),
       el("p", { class: s.templates.ok ? "" : "status error", text: s.templates.ok ? "They load." : `Refused: ${s.templates.error}` }),
       el("p", { class: "muted", text: `Refreshed ${when(new Date().toISOString())}` }));
