@@ -326,13 +326,15 @@ async fn the_console_in_chromium() {
     env.wait_for_api().await;
     env.wait_for_topology().await;
     let (ann, ann_token) = admin(&env, "Ann").await;
-    // Dispatch reads the switch when it handles the event: Ann's welcome must be decided (off,
-    // so skipped) before the switch is turned on, or she gets one.
-    support::wait_for(env.root(), "Ann's welcome email skipped", async || {
-        welcomes_skipped(&env).await == 1
-    })
-    .await;
+    // Dispatch reads the switch when it handles the event: Ann's and Ben's welcomes must be
+    // decided (off, so skipped) before the switch is turned on, or they get one.
     let ben = env.user("Ben").await;
+    support::wait_for(
+        env.root(),
+        "Ann's and Ben's welcome emails skipped",
+        async || welcomes_skipped(&env).await == 2,
+    )
+    .await;
     // The welcome email is off by default: on, for the console to turn it off.
     env.ok(
         "PATCH",
@@ -468,7 +470,7 @@ async fn the_console_in_chromium() {
     .await;
     env.user("Dan").await;
     support::wait_for(env.root(), "Dan's welcome email skipped", async || {
-        welcomes_skipped(&env).await == 2
+        welcomes_skipped(&env).await == 3
     })
     .await;
 
@@ -604,6 +606,16 @@ async fn the_console_in_chromium() {
     view.wait_until(
         "the report",
         "document.getElementById('status-report')",
+        LIVE,
+    )
+    .await;
+    violations.extend(view.axe().await);
+    // At 360 px the report stacks each term over its value: no sideways scrolling, and no
+    // value squeezed into a sliver that breaks its words letter by letter.
+    view.resize(360, 740).await;
+    view.wait_until(
+        "the report at 360 px",
+        "document.documentElement.scrollWidth <= window.innerWidth && [...document.querySelectorAll('#status-report dd')].every((d) => d.getBoundingClientRect().width > 250)",
         LIVE,
     )
     .await;

@@ -617,7 +617,7 @@ async function status() {
       el("h3", { text: "Queues" }),
       s.queues && s.queues.error ? el("p", { class: "status error", text: `Broker: ${s.queues.error}` })
         : table(["Queue", "Messages", "Consumers"], queues.map((q) => el("tr", {},
-          el("td", { text: q.queue }), el("td", { text: q.missing ? "missing" : String(q.messages) }),
+          el("td", { class: "wrap", text: q.queue }), el("td", { text: q.missing ? "missing" : String(q.messages) }),
           el("td", { text: q.missing ? "" : String(q.consumers) })))),
       el("p", { text: `Dead letters: ${s.dead_letters ?? "unknown"}` }),
       el("h3", { text: "Work" }),
@@ -631,7 +631,7 @@ async function status() {
         el("dt", { text: "Sweep recoveries in 24 h" }), el("dd", { text: String(db.sweep_recoveries_24h ?? "") }),
         el("dt", { text: "Database upkeep" }),
         el("dd", { class: db.upkeep && db.upkeep.autovacuum === false ? "status error" : "",
-          text: db.upkeep ? `${db.upkeep.autovacuum ? "Autovacuum on." : "Autovacuum is off: nothing reclaims the row versions every notification leaves, so these tables slow down for good."} `
+          text: db.upkeep ? `${db.upkeep.autovacuum ? "Autovacuum on." : "Autovacuum is off: nothing reclaims the row versions every notification leaves, so the tables that follow slow down for good:"} `
             + (db.upkeep.tables || []).map((t) => `${t.table}: ${t.live_rows} live, ${t.dead_rows} dead rows`).join("; ") : "" })),
       el("h3", { text: "Templates" }),
       el("p", { class: s.templates.ok ? "" : "status error", text: s.templates.ok ? "They load." : `Refused: ${s.templates.error}` }),
