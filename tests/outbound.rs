@@ -125,6 +125,53 @@ async fn d2_unseen_recipient_gets_exactly_one_email() {
     );
 }
 
+/// A claim (pending → sending) changes no value any index of `notifications` reads, so
+/// PostgreSQL writes it as a heap-only (HOT) update: no entry in any of the table's indexes.
+/// An index that named the state, or the claim time, would make every claim write one entry
+/// per index; this counts the heap-only updates to see that it does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_writes_no_index_entry() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    let ann = env.user("Ann").await;
+    let (_, item, conv) = env.ticket("Heap-only claims").await;
+    let mut followers = Vec::new();
+    for name in ["Bob", "Cat", "Dan", "Eve"] {
+        let person = env.user(name).await;
+        env.follow_item(item, person).await;
+        followers.push(person);
+    }
+    let message = env
+        .post(conv, ann, "Four emails, four claims.", false)
+        .await;
+    let d = env.settled(message, SETTLE).await;
+    for person in &followers {
+        assert_eq!(recipient(&d, *person)["email_state"], "sent", "{d}");
+    }
+    // Each backend reports its statistics within a few seconds of going idle.
+    support::wait_for(
+        env.root(),
+        "four heap-only updates of notifications",
+        async || {
+            let hot: i64 = env
+                .sql(
+                    "SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'notifications'",
+                )
+                .parse()
+                .unwrap();
+            hot >= 4
+        },
+    )
+    .await;
+    // The record (→ sent) is the one update that does touch the indexes: the notification
+    // leaves the partial index of open ones.
+    assert_eq!(
+        env.sql("SELECT count(*) FROM notifications WHERE is_open"),
+        "0"
+    );
+}
+
 /// D4: marking the message seen inside the window suppresses the email, and the log says `seen`;
 /// so does posting later in the conversation.
 #[tokio::test(flavor = "multi_thread")]

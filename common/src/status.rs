@@ -55,7 +55,7 @@ pub fn database(conn: &mut PgConnection, config: &Config) -> QueryResult<Value> 
                      WHEN due_at > $1 - interval '1 hour' THEN '10-60 min late'
                      ELSE 'over 1 h late' END AS bucket,
                 count(*) AS count
-         FROM notifications WHERE state = 'pending' GROUP BY 1 ORDER BY min(due_at)",
+         FROM notifications WHERE is_open AND state = 'pending' GROUP BY 1 ORDER BY min(due_at)",
     )
     .bind::<Timestamptz, _>(crate::clock::now())
     .load(conn)?;

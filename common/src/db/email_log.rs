@@ -186,6 +186,7 @@ fn queued(conn: &mut PgConnection, filter: &LogFilter) -> QueryResult<Vec<EmailL
     let mut waiting = notifications::table
         .inner_join(people::table.on(people::id.eq(notifications::recipient_id)))
         .inner_join(conversations::table.on(conversations::id.eq(notifications::conversation_id)))
+        .filter(notifications::is_open)
         .filter(notifications::state.eq(SendState::Pending))
         .select((
             notifications::id,

@@ -109,6 +109,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         rule -> Nullable<Text>,
         coalesced_into -> Nullable<Int8>,
+        is_open -> Bool,
     }
 }
 

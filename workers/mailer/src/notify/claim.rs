@@ -29,8 +29,16 @@ pub(super) struct Claimed {
 /// Transaction-scoped advisory locks per (recipient, conversation), taken in key order, make
 /// workers whose batches come due together take turns, so the first claims them all and the
 /// others find their notifications already taken.
+///
+/// The claim commits without waiting for its WAL to reach the disk (`synchronous_commit =
+/// off` for this transaction alone): it is a lease, not a result. The record that follows the
+/// send commits durably, and its flush takes the claim's WAL with it. A claim lost to a
+/// server crash leaves its notifications `pending`, so they are claimed and sent again, as a
+/// claim whose worker died is after its lease; no email is lost either way. A claim then no
+/// longer waits for the disk while a checkpoint or a vacuum keeps it busy.
 pub(super) fn claim_all(conn: &mut PgConnection, ids: &[i64], lease: Duration) -> Result<Claimed> {
     conn.transaction(|conn| {
+        diesel::sql_query("SET LOCAL synchronous_commit = off").execute(conn)?;
         lock_conversations(conn, ids)?;
         let now = clock::now();
         give_up_poisoned(conn, ids, now, clock::before(lease))?;
@@ -151,8 +159,8 @@ fn unclaimed_states(
 }
 
 /// Claims the pending notifications of the same recipients in the same conversations,
-/// through the (recipient, conversation) index: the state is compared as `state || ''` for
-/// the reason given at `claimable::notifications_by_id`.
+/// through the (recipient, conversation) index (not `notifications_open`, for the reason given
+/// at `claimable::notifications_by_id`).
 fn claim_companions(
     conn: &mut PgConnection,
     claimed: &[Notification],
@@ -164,7 +172,7 @@ fn claim_companions(
         "UPDATE notifications n SET state = $4, claimed_at = $3, updated_at = now()
          FROM unnest($1::bigint[], $2::bigint[]) AS p(recipient_id, conversation_id)
          WHERE n.recipient_id = p.recipient_id AND n.conversation_id = p.conversation_id
-           AND n.state || '' = $5
+           AND n.state = $5
          RETURNING n.*",
     )
     .bind::<Array<BigInt>, _>(&recipients)
