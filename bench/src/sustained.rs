@@ -195,8 +195,9 @@ pub(crate) fn stages(
 /// Phase 4: the highest steady rate held on time at `fanout`, found by stepping the rate up:
 /// from 0.4× the burst rate, by 1.2× per step, until a step does not hold (at most `steps`
 /// rates). Starting low keeps a failing step only a little above what the pipeline holds, so
-/// its backlog does not spill into the next step. Returns the best rate held (if any) and
-/// every step tried.
+/// its backlog does not spill into the next step. If even 0.4× does not hold, the rate steps
+/// down instead, by 1.25× per step, until one holds, so the row still says what is held.
+/// Returns the best rate held (if any) and every step tried.
 pub(crate) async fn sustained(
     env: &BenchEnv,
     conn: &Connection,
@@ -221,11 +222,19 @@ pub(crate) async fn sustained(
         );
         let held = step.held();
         tried.push(step.clone());
-        if !held {
+        let first = tried.len() == 1;
+        if held {
+            let stepping_down = best.is_none() && !first;
+            best = Some(step);
+            if stepping_down {
+                break;
+            }
+            rate *= 1.2;
+        } else if best.is_none() {
+            rate /= 1.25;
+        } else {
             break;
         }
-        best = Some(step);
-        rate *= 1.2;
         // The next step starts from a settled system.
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
