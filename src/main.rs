@@ -178,6 +178,10 @@ fn main() -> ExitCode {
             } => commands::explain::explain(&config, message, person, json).await,
         }
     });
+    // Every pool is dropped with the runtime; then no connection may still be opening or
+    // closing when the process exits (see `quiesce`).
+    drop(runtime);
+    tidings_common::db::quiesce(std::time::Duration::from_secs(5));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

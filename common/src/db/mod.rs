@@ -6,11 +6,13 @@ pub mod schema;
 pub mod states;
 pub mod unsubscribe;
 
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, mpsc};
+use std::time::{Duration, Instant};
 
 use diesel::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use scheduled_thread_pool::ScheduledThreadPool;
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
@@ -23,7 +25,55 @@ pub struct Db {
     pool: Pool<ConnectionManager<PgConnection>>,
     /// One permit per pooled connection: callers wait here, on the async side, instead of
     /// parking a blocking-pool thread each inside `pool.get()`.
-    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// The threads every pool of the process opens, and drops, its connections on (r2d2 runs both
+/// outside the caller's thread). Shared, so that [`quiesce`] can wait for all of them; a
+/// dropped pool leaves only an idle timer there.
+static CONNECTION_THREADS: LazyLock<Arc<ScheduledThreadPool>> = LazyLock::new(|| {
+    Arc::new(
+        ScheduledThreadPool::builder()
+            .num_threads(CONNECTION_THREAD_COUNT)
+            .thread_name_pattern("tidings-db-{}")
+            .build(),
+    )
+});
+
+const CONNECTION_THREAD_COUNT: usize = 4;
+
+/// Waits, at most `limit`, until no connection is being opened or closed on the pools'
+/// threads, and keeps those threads parked until the process exits. Called last, after
+/// every [`Db`] is dropped.
+///
+/// libpq's TLS library (OpenSSL) frees its state in an `atexit` handler. A pool thread
+/// still inside a TLS handshake, or dropping a pool's last connections, while the main
+/// thread runs that handler crashes the process (SIGSEGV) on its way out of a clean stop.
+/// One job per thread, each waiting for the others, proves every earlier job has ended.
+/// Returns whether they all did in time (a connection attempt that hangs, say to an
+/// unreachable server, is left behind rather than holding up the exit).
+pub fn quiesce(limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let (arrived, arrivals) = mpsc::channel();
+    let (release, parked) = mpsc::channel::<()>();
+    let parked = Arc::new(std::sync::Mutex::new(parked));
+    for _ in 0..CONNECTION_THREAD_COUNT {
+        let (arrived, parked) = (arrived.clone(), Arc::clone(&parked));
+        CONNECTION_THREADS.execute(move || {
+            let _ = arrived.send(());
+            // Each thread stays here: the first waiting for a release that never comes, the
+            // others for the first's lock.
+            let _ = parked.lock().map(|parked| parked.recv());
+        });
+    }
+    let all = (0..CONNECTION_THREAD_COUNT).all(|_| {
+        arrivals
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
+    });
+    // The threads stay parked until the process is gone.
+    std::mem::forget(release);
+    all
 }
 
 /// Settings of every pooled session. JIT compilation is off: every statement Tidings runs is
@@ -55,10 +105,11 @@ impl Db {
             .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(5))
             .connection_customizer(Box::new(SessionSettings))
+            .thread_pool(Arc::clone(&CONNECTION_THREADS))
             .build_unchecked(ConnectionManager::new(url));
         Db {
             pool,
-            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(size as usize)),
+            permits: Arc::new(tokio::sync::Semaphore::new(size as usize)),
         }
     }
 
