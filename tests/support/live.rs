@@ -1,6 +1,7 @@
 //! Test clients of the live parts: a server-sent-events reader over a real HTTP connection,
 //! and a WebDriver client driving Debian's Chromium through `chromedriver`.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -150,10 +151,13 @@ impl Driver {
     /// Starts chromedriver on a free port; screenshots of failing steps go to `artifacts`.
     pub async fn start(artifacts: &Path) -> Driver {
         let port = super::free_port();
+        // A process group of its own, holding the browsers it starts, so that a test that
+        // fails halfway stops them all (they outlive chromedriver otherwise).
         let child = Command::new(super::system::program("chromedriver"))
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("chromedriver is installed (scripts/services installs chromium-driver)");
         std::fs::create_dir_all(artifacts).unwrap();
@@ -254,6 +258,10 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // The group's id is chromedriver's PID.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
