@@ -184,9 +184,13 @@ fn main() -> ExitCode {
     tidings_common::db::quiesce(std::time::Duration::from_secs(5));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tidings: {e:#}");
-            ExitCode::FAILURE
-        }
+        // A sysexits code (`tidings inbound enqueue`): its message is printed already.
+        Err(e) => match e.downcast_ref::<commands::inbound::ExitWith>() {
+            Some(code) => ExitCode::from(code.0),
+            None => {
+                eprintln!("tidings: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

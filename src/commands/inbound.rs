@@ -27,15 +27,26 @@ pub enum InboundCommand {
     },
 }
 
+/// A sysexits code to end the process with; what went wrong is already on standard error.
+#[derive(Debug)]
+pub struct ExitWith(pub u8);
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for ExitWith {}
+
 /// Runs an inbound subcommand.
 pub async fn inbound(config: &Config, command: InboundCommand) -> anyhow::Result<()> {
     match command {
         InboundCommand::Inspect { files } => inspect(config, &files),
         InboundCommand::Enqueue { from, recipients } => {
-            match tidings_inbound::enqueue_stdin(config, &from, &recipients).await {
-                Ok(()) => Ok(()),
-                Err(code) => std::process::exit(code),
-            }
+            tidings_inbound::enqueue_stdin(config, &from, &recipients)
+                .await
+                .map_err(|code| ExitWith(code.clamp(1, 255) as u8).into())
         }
     }
 }
