@@ -249,19 +249,15 @@ pub mod claimable {
         )
     }
 
-    /// Notifications a worker may claim: `pending`, or a [`lapsed_notification_claims`] one.
-    /// Open (`is_open`), so the sweep reads them through `notifications_open`.
+    /// Notifications a worker may claim: [`notifications_by_id`], and open (`is_open`, which
+    /// both are), so the sweep reads them through `notifications_open`.
     pub fn notifications(
         lapsed: DateTime<Utc>,
     ) -> Box<dyn BoxableExpression<notifications::table, Pg, SqlType = Nullable<Bool>>> {
-        use notifications::{claimed_at, is_open, state};
         Box::new(
-            is_open.nullable().and(
-                state
-                    .eq(SendState::Pending)
-                    .nullable()
-                    .or(state.eq(SendState::Sending).and(claimed_at.lt(lapsed))),
-            ),
+            notifications::is_open
+                .nullable()
+                .and(notifications_by_id(lapsed)),
         )
     }
 
