@@ -105,6 +105,8 @@ pub(crate) struct Soak {
     pub(crate) failures: Vec<String>,
     /// Whether the server ran autovacuum.
     pub(crate) autovacuum: bool,
+    /// The PostgreSQL settings a soak's lateness depends on most, as the server had them.
+    pub(crate) server: String,
 }
 
 /// Where a role serves `/metrics`.
@@ -129,6 +131,7 @@ pub(crate) async fn soak(
     let autovacuum = tidings_common::status::upkeep(&mut db)
         .map(|u| u["autovacuum"] == true)
         .unwrap_or(false);
+    let server = server_settings(&mut db);
     let statements = reset_statements(&mut db);
     let http = reqwest::Client::new();
     let mut first: Vec<(i64, String, Timing)> = Vec::new();
@@ -274,6 +277,7 @@ pub(crate) async fn soak(
         slopes: Vec::new(),
         failures: Vec::new(),
         autovacuum,
+        server,
     };
     soak.judge_all();
     Ok(soak)
@@ -433,6 +437,7 @@ impl Soak {
             "burst": self.burst,
             "held": self.held(),
             "autovacuum": self.autovacuum,
+            "server": self.server,
             "failures": self.failures,
             "rss_slope_mib_per_minute": self.slopes.iter().map(|(r, s)| (r.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
             "statements_window_minutes": self.window,
@@ -501,7 +506,7 @@ pub(crate) fn print_soak(soak: &Soak) {
         .map(|b| format!(" ({:.2}x of the burst {b:.0}/s)", soak.rate / b))
         .unwrap_or_default();
     println!(
-        "soak fan-out {}: {:.0} notifications/s{burst} for {} minutes; autovacuum {}",
+        "soak fan-out {}: {:.0} notifications/s{burst} for {} minutes; autovacuum {}; {}",
         soak.fanout,
         soak.rate,
         soak.minutes.len(),
@@ -509,7 +514,8 @@ pub(crate) fn print_soak(soak: &Soak) {
             "on"
         } else {
             "OFF on this server (nothing reclaims dead rows: not a production setting)"
-        }
+        },
+        soak.server
     );
     let roles: Vec<&str> = soak
         .minutes
@@ -588,6 +594,25 @@ pub(crate) fn print_soak(soak: &Soak) {
 }
 
 /// Resets `pg_stat_statements`; says whether it is loaded.
+/// `shared_buffers`, `max_wal_size` and `synchronous_commit`: whether the indexes every
+/// notification writes stay in memory, how often a checkpoint writes them out, and whether
+/// each commit waits for the disk.
+fn server_settings(db: &mut PgConnection) -> String {
+    #[derive(QueryableByName)]
+    struct Settings {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        settings: String,
+    }
+    diesel::sql_query(
+        "SELECT format('shared_buffers %s, max_wal_size %s, synchronous_commit %s',
+                current_setting('shared_buffers'), current_setting('max_wal_size'),
+                current_setting('synchronous_commit')) AS settings",
+    )
+    .get_result::<Settings>(db)
+    .map(|s| s.settings)
+    .unwrap_or_else(|e| format!("PostgreSQL settings unknown: {e}"))
+}
+
 fn reset_statements(db: &mut PgConnection) -> bool {
     diesel::sql_query("SELECT pg_stat_statements_reset()")
         .execute(db)
