@@ -20,6 +20,12 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// A dotted name (a queue's), which breaks after a dot before it breaks anywhere else.
+function dotted(name) {
+  const parts = String(name).split(".");
+  return parts.map((part, i) => (i < parts.length - 1 ? [`${part}.`, el("wbr")] : part));
+}
+
 async function api(method, path, body) {
   const init = { method, credentials: "same-origin", headers: {} };
   if (body !== undefined) {
@@ -617,7 +623,7 @@ async function status() {
       el("h3", { text: "Queues" }),
       s.queues && s.queues.error ? el("p", { class: "status error", text: `Broker: ${s.queues.error}` })
         : table(["Queue", "Messages", "Consumers"], queues.map((q) => el("tr", {},
-          el("td", { class: "wrap", text: q.queue }), el("td", { text: q.missing ? "missing" : String(q.messages) }),
+          el("td", { class: "wrap" }, dotted(q.queue)), el("td", { text: q.missing ? "missing" : String(q.messages) }),
           el("td", { text: q.missing ? "" : String(q.consumers) })))),
       el("p", { text: `Dead letters: ${s.dead_letters ?? "unknown"}` }),
       el("h3", { text: "Work" }),
