@@ -593,7 +593,6 @@ pub(crate) fn print_soak(soak: &Soak) {
     }
 }
 
-/// Resets `pg_stat_statements`; says whether it is loaded.
 /// `shared_buffers`, `max_wal_size` and `synchronous_commit`: whether the indexes every
 /// notification writes stay in memory, how often a checkpoint writes them out, and whether
 /// each commit waits for the disk.
@@ -613,6 +612,7 @@ fn server_settings(db: &mut PgConnection) -> String {
     .unwrap_or_else(|e| format!("PostgreSQL settings unknown: {e}"))
 }
 
+/// Resets `pg_stat_statements`; says whether it is loaded.
 fn reset_statements(db: &mut PgConnection) -> bool {
     diesel::sql_query("SELECT pg_stat_statements_reset()")
         .execute(db)
