@@ -146,6 +146,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    tidings_common::amqp::use_tls(config.amqp_tls.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

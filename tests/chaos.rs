@@ -10,12 +10,15 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::rabbit::{Cluster, NodeTls};
 use support::{Env, Process, system};
+
+/// Nodes of the cluster test.
+const CLUSTER_SIZE: usize = 3;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -489,240 +492,6 @@ async fn sweep_delivers_notifications_whose_batch_was_lost() {
     assert_eq!(a.sent, 3, "{a:?}");
 }
 
-/// A three-node RabbitMQ cluster on loopback, for `scripts/cluster-test`: each node with its
-/// own name, ports, data and log folders, configuration and plugin files, and a scratch HOME
-/// holding the cluster's cookie. Every node is started with the real launcher and stopped
-/// by its PID.
-struct Cluster {
-    root: std::path::PathBuf,
-    tag: String,
-    /// Each node's (AMQP, distribution) ports.
-    ports: Vec<(u16, u16)>,
-    nodes: Vec<Option<std::process::Child>>,
-}
-
-const CLUSTER_SIZE: usize = 3;
-
-impl Cluster {
-    fn name(&self, n: usize) -> String {
-        format!("tidings-{}-{n}@localhost", self.tag)
-    }
-
-    fn port(&self, n: usize) -> u16 {
-        self.ports[n].0
-    }
-
-    fn env(&self, n: usize) -> Vec<(String, String)> {
-        let dir = self.root.join(format!("n{n}"));
-        let (port, dist) = self.ports[n];
-        [
-            ("HOME", self.root.join("home").display().to_string()),
-            ("RABBITMQ_NODENAME", self.name(n)),
-            ("RABBITMQ_NODE_PORT", port.to_string()),
-            ("RABBITMQ_DIST_PORT", dist.to_string()),
-            (
-                "RABBITMQ_MNESIA_BASE",
-                dir.join("mnesia").display().to_string(),
-            ),
-            ("RABBITMQ_LOG_BASE", dir.join("log").display().to_string()),
-            (
-                "RABBITMQ_CONFIG_FILE",
-                dir.join("rabbitmq.conf").display().to_string(),
-            ),
-            (
-                "RABBITMQ_ADVANCED_CONFIG_FILE",
-                dir.join("advanced.config").display().to_string(),
-            ),
-            (
-                "RABBITMQ_ENABLED_PLUGINS_FILE",
-                dir.join("enabled_plugins").display().to_string(),
-            ),
-            (
-                "RABBITMQ_CONF_ENV_FILE",
-                dir.join("rabbitmq-env.conf").display().to_string(),
-            ),
-            ("RABBITMQ_PID_FILE", dir.join("pid").display().to_string()),
-            // Run the VM in place of the launcher, so its PID is the node's.
-            ("RUNNING_UNDER_SYSTEMD", "true".into()),
-            ("ERL_EPMD_ADDRESS", "127.0.0.1".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-    }
-
-    fn start(root: &std::path::Path) -> Cluster {
-        let tag = format!("{}", std::process::id());
-        std::fs::create_dir_all(root.join("home")).unwrap();
-        let cookie = root.join("home/.erlang.cookie");
-        std::fs::write(&cookie, format!("TIDINGSCLUSTERTEST{tag}")).unwrap();
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o400)).unwrap();
-        }
-        let mut cluster = Cluster {
-            root: root.to_path_buf(),
-            tag,
-            // From the tests' own free-port counter, fixed per node across restarts.
-            ports: (0..CLUSTER_SIZE)
-                .map(|_| (support::free_port(), support::free_port()))
-                .collect(),
-            nodes: (0..CLUSTER_SIZE).map(|_| None).collect(),
-        };
-        for n in 0..CLUSTER_SIZE {
-            let dir = root.join(format!("n{n}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(
-                dir.join("rabbitmq.conf"),
-                format!(
-                    "listeners.tcp.1 = 127.0.0.1:{}\ncluster_partition_handling = pause_minority\n\
-                     loopback_users = none\nlog.console = false\nlog.file.level = warning\n",
-                    cluster.port(n)
-                ),
-            )
-            .unwrap();
-            std::fs::write(dir.join("advanced.config"), "[].\n").unwrap();
-            std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
-            std::fs::write(dir.join("rabbitmq-env.conf"), "").unwrap();
-            cluster.launch(n);
-        }
-        for n in 0..CLUSTER_SIZE {
-            cluster.await_startup(n);
-        }
-        for n in 1..CLUSTER_SIZE {
-            cluster.ctl(n, &["stop_app"]);
-            cluster.ctl(n, &["join_cluster", &cluster.name(0)]);
-            cluster.ctl(n, &["start_app"]);
-            cluster.await_startup(n);
-        }
-        cluster
-    }
-
-    fn launch(&mut self, n: usize) {
-        let log = std::fs::File::create(self.root.join(format!("n{n}.out"))).unwrap();
-        let child = Command::new(Path::new(system::RABBITMQ_BIN).join("rabbitmq-server"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(self.env(n))
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("rabbitmq-server (Debian package rabbitmq-server)");
-        self.nodes[n] = Some(child);
-    }
-
-    /// A CLI call on node `n`, with a timeout; its output.
-    fn ctl_with(&self, tool: &str, n: usize, args: &[&str]) -> std::process::Output {
-        Command::new(Path::new(system::RABBITMQ_BIN).join(tool))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(self.env(n))
-            .args(["-n", &self.name(n), "--timeout", "60"])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn ctl(&self, n: usize, args: &[&str]) -> String {
-        let out = self.ctl_with("rabbitmqctl", n, args);
-        assert!(
-            out.status.success(),
-            "rabbitmqctl {args:?} on node {n}: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-
-    fn await_startup(&self, n: usize) {
-        for attempt in 0..5 {
-            let out = self.ctl_with("rabbitmqctl", n, &["await_startup"]);
-            if out.status.success() {
-                return;
-            }
-            eprintln!(
-                "cluster: node {n} not started yet (attempt {attempt}): {}",
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_secs(2));
-        }
-        panic!(
-            "node {n} did not start; see {}",
-            self.root.join(format!("n{n}.out")).display()
-        );
-    }
-
-    /// The node URIs, starting at node `first`.
-    fn urls(&self, first: usize) -> String {
-        (0..CLUSTER_SIZE)
-            .map(|i| {
-                let n = (first + i) % CLUSTER_SIZE;
-                format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port(n))
-            })
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn alive(&self) -> usize {
-        (0..CLUSTER_SIZE)
-            .find(|n| self.nodes[*n].is_some())
-            .unwrap()
-    }
-
-    /// The node leading quorum queue `queue`.
-    fn leader_of(&self, queue: &str) -> usize {
-        let out = self.ctl(self.alive(), &["-q", "list_queues", "name", "leader"]);
-        let leader = out
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{queue}\t")))
-            .unwrap_or_else(|| panic!("{queue} not listed: {out}"))
-            .trim()
-            .to_string();
-        (0..CLUSTER_SIZE)
-            .find(|n| self.name(*n) == leader)
-            .unwrap_or_else(|| panic!("leader {leader:?} is no node of ours"))
-    }
-
-    /// The node process `pid`'s first broker connection is on.
-    fn node_of(&self, pid: u32) -> usize {
-        let out = self.ctl(
-            self.alive(),
-            &["-q", "list_connections", "pid", "client_properties"],
-        );
-        let line = out
-            .lines()
-            .find(|l| l.contains(&format!("(pid {pid})")))
-            .unwrap_or_else(|| panic!("no connection of process {pid}: {out}"));
-        (0..CLUSTER_SIZE)
-            .find(|n| line.starts_with(&format!("<{}.", self.name(*n))))
-            .unwrap_or_else(|| panic!("connection on no node of ours: {line}"))
-    }
-
-    fn kill9(&mut self, n: usize) {
-        if let Some(mut child) = self.nodes[n].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in 0..CLUSTER_SIZE {
-            self.kill9(n);
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.root);
-        } else {
-            eprintln!("cluster files kept in {}", self.root.display());
-        }
-    }
-}
-
 /// p99 and max lateness (sent − posted − the 1 s window), in ms, of the messages posted in
 /// the `seconds` after `from` (a database timestamp).
 fn lateness_p99(env: &Env, from: &str, seconds: u32) -> String {
@@ -753,13 +522,32 @@ async fn cluster_loses_nodes_under_load_with_nothing_lost() {
     let env = chaos_env();
     let root = env.root().join("cluster");
     let started = Instant::now();
-    let mut cluster = tokio::task::block_in_place(|| Cluster::start(&root));
+    // Over TLS, as between the hosts of a fleet: each node listens with amqps only, with a
+    // certificate from the test's own CA, which the roles are given as TIDINGS_AMQP_CA.
+    let pki = support::pki::Pki::new(&root.join("pki"), "cluster");
+    let server = pki.issue("node", &["localhost"], false);
+    let tls = NodeTls {
+        ca: pki.ca(),
+        cert: server.cert,
+        key: server.key,
+        require_client_cert: false,
+    };
+    let mut cluster =
+        tokio::task::block_in_place(|| Cluster::start(&root, CLUSTER_SIZE, Some(tls)));
     println!(
-        "cluster: three nodes up and joined in {:?}",
+        "cluster: three nodes up and joined in {:?}, listening with TLS",
         started.elapsed()
     );
+    let ca = pki.ca().display().to_string();
     let spawn = |name: &str, role: &str, first: usize| {
-        env.spawn_named(name, &[role], &[("TIDINGS_AMQP_URL", &cluster.urls(first))])
+        env.spawn_named(
+            name,
+            &[role],
+            &[
+                ("TIDINGS_AMQP_URL", &cluster.urls(first)),
+                ("TIDINGS_AMQP_CA", &ca),
+            ],
+        )
     };
     let _api = spawn("api", "api", 0);
     let _dispatch = spawn("dispatch", "dispatch", 1);

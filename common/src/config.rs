@@ -7,6 +7,8 @@
 //! |---|---|---|
 //! | `TIDINGS_DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/tidings` | PostgreSQL connection URL |
 //! | `TIDINGS_AMQP_URL` | `amqp://guest:guest@127.0.0.1:5672/%2f` | RabbitMQ connection URL |
+//! | `TIDINGS_AMQP_CA` | unset | PEM file of the CA certificates that sign the broker's certificate, for `amqps://` (trusted besides the system's roots) |
+//! | `TIDINGS_AMQP_CLIENT_CERT`, `TIDINGS_AMQP_CLIENT_KEY` | unset | PEM client certificate and key for a broker that asks for one |
 //! | `TIDINGS_SMTP_URL` | `smtp://127.0.0.1:2525` | outbound SMTP server (`smtp://`, `smtps://`, `smtp://…?tls=required`) |
 //! | `TIDINGS_HTTP_ADDR` | `127.0.0.1:8080` | address the api role listens on |
 //! | `TIDINGS_HTTP_MAX_CONNECTIONS` | `1024` | open HTTP connections at once |
@@ -35,6 +37,8 @@
 //! | `TIDINGS_FILE_LINK_TTL` | `30d` | how long a file link in a notification email opens its file (for its recipient only, no sign-in) |
 //! | `TIDINGS_KEEP_SOURCE` | `16384` | most bytes of each sent email, and of each posted inbound email, kept for the log's raw view (0: none); mail set aside is kept whole |
 //! | `TIDINGS_ATTACHMENT_MAX` | `26214400` | largest file kept from an inbound email or an upload; a larger one is named in a note of its message, not kept |
+//! | `TIDINGS_INBOUND_TLS_CERT`, `TIDINGS_INBOUND_TLS_KEY` | unset | PEM certificate (chain) and key the listener offers with STARTTLS; read again when either file changes |
+//! | `TIDINGS_INBOUND_REQUIRE_TLS` | `no` | `yes`: refuse MAIL until the client has started TLS (530) |
 //! | `TIDINGS_INBOUND_MAX_SESSIONS` | `100` | concurrent SMTP sessions (421 beyond) |
 //! | `TIDINGS_INBOUND_SESSION_TIMEOUT` | `10m` | longest SMTP session |
 //! | `TIDINGS_INBOUND_MIN_RATE` | `1024` | bytes per second a message must average after 10 s |
@@ -100,6 +104,8 @@ pub struct Config {
     pub database_url: Secret<String>,
     /// One broker node's URL, or a comma-separated list of a cluster's.
     pub amqp_url: Secret<String>,
+    /// How `amqps://` nodes are verified, and the client certificate if any.
+    pub amqp_tls: crate::tls::AmqpTls,
     pub smtp_url: Secret<String>,
     pub http_addr: SocketAddr,
     /// Where the process serves `/metrics`, `/livez` and `/readyz` (`TIDINGS_METRICS_ADDR`);
@@ -146,6 +152,10 @@ pub struct Config {
     /// average rate a client may send at (after a grace period), and the bytes of all messages
     /// being received at once.
     pub inbound_limits: InboundLimits,
+    /// The certificate the listener offers with STARTTLS; `None` offers no STARTTLS.
+    pub inbound_tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
+    /// `TIDINGS_INBOUND_REQUIRE_TLS=yes`: MAIL is refused until the client started TLS.
+    pub inbound_require_tls: bool,
     /// The relay's authserv-id: only `Authentication-Results` headers it wrote are read.
     pub inbound_authserv_id: Option<String>,
     /// DKIM signing of outbound mail and checking of inbound mail in-process.
@@ -227,6 +237,7 @@ impl Config {
         let Connections {
             database_url,
             amqp_url,
+            amqp_tls,
             smtp_url,
         } = connections(&r)?;
         let Http {
@@ -266,6 +277,8 @@ impl Config {
             file_link_ttl,
             keep_source,
             inbound_limits,
+            inbound_tls,
+            inbound_require_tls,
             inbound_authserv_id,
             inbound_project,
             inbound_mailboxes,
@@ -297,6 +310,7 @@ impl Config {
             schedule_sweep,
             database_url: Secret::url(database_url),
             amqp_url: Secret::url(amqp_url),
+            amqp_tls,
             smtp_url: Secret::url(smtp_url),
             http_addr,
             metrics_addr,
@@ -322,6 +336,8 @@ impl Config {
             file_link_ttl,
             keep_source,
             inbound_limits,
+            inbound_tls,
+            inbound_require_tls,
             http_limits,
             inbound_authserv_id,
             mail_auth,
@@ -390,6 +406,13 @@ impl Reader<'_> {
         )
     }
 
+    /// A file named by a variable, or `None` when it is unset or blank.
+    fn path(&self, name: &'static str) -> Option<std::path::PathBuf> {
+        (self.lookup)(name)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.trim().into())
+    }
+
     /// A secret's value, or `default` when unset: a secret set to nothing is a mistake, not a
     /// request for the development default.
     fn secret(&self, name: &'static str, default: &str) -> (&'static str, String) {
@@ -405,6 +428,7 @@ impl Reader<'_> {
 struct Connections {
     database_url: String,
     amqp_url: String,
+    amqp_tls: crate::tls::AmqpTls,
     smtp_url: String,
 }
 
@@ -417,11 +441,23 @@ fn connections(r: &Reader<'_>) -> Result<Connections, ConfigError> {
     require_scheme(n, &database_url, &["postgres", "postgresql"])?;
     let (n, amqp_url) = get("TIDINGS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
     require_scheme(n, &amqp_url, &["amqp", "amqps"])?;
+    let path = |name: &'static str| r.path(name);
+    let amqp_tls = crate::tls::AmqpTls::load(
+        path("TIDINGS_AMQP_CA").as_deref(),
+        path("TIDINGS_AMQP_CLIENT_CERT").as_deref(),
+        path("TIDINGS_AMQP_CLIENT_KEY").as_deref(),
+    )
+    .map_err(|(variable, reason)| ConfigError {
+        variable,
+        value: r.get(variable, "").1,
+        reason,
+    })?;
     let (n, smtp_url) = get("TIDINGS_SMTP_URL", "smtp://127.0.0.1:2525");
     require_scheme(n, &smtp_url, &["smtp", "smtps"])?;
     Ok(Connections {
         database_url,
         amqp_url,
+        amqp_tls,
         smtp_url,
     })
 }
@@ -666,6 +702,8 @@ struct Inbound {
     file_link_ttl: Duration,
     keep_source: usize,
     inbound_limits: InboundLimits,
+    inbound_tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
+    inbound_require_tls: bool,
     inbound_authserv_id: Option<String>,
     inbound_project: String,
     inbound_mailboxes: Vec<String>,
@@ -715,6 +753,7 @@ fn inbound(r: &Reader<'_>) -> Result<Inbound, ConfigError> {
             }
         })?,
     };
+    let (inbound_tls, inbound_require_tls) = inbound_tls(r)?;
     let inbound_authserv_id = parse_with(get("TIDINGS_INBOUND_AUTHSERV_ID", ""), |v| {
         let v = v.trim();
         if v.chars()
@@ -758,11 +797,62 @@ fn inbound(r: &Reader<'_>) -> Result<Inbound, ConfigError> {
         file_link_ttl,
         keep_source,
         inbound_limits,
+        inbound_tls,
+        inbound_require_tls,
         inbound_authserv_id,
         inbound_project,
         inbound_mailboxes,
         inbound_rate,
     })
+}
+
+/// The listener's STARTTLS certificate and whether TLS is required.
+#[allow(clippy::type_complexity)]
+fn inbound_tls(
+    r: &Reader<'_>,
+) -> Result<(Option<std::sync::Arc<crate::tls::ServerTls>>, bool), ConfigError> {
+    let fail = |variable: &'static str, reason: String| ConfigError {
+        variable,
+        value: r.get(variable, "").1,
+        reason,
+    };
+    let tls = match (
+        r.path("TIDINGS_INBOUND_TLS_CERT"),
+        r.path("TIDINGS_INBOUND_TLS_KEY"),
+    ) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(fail(
+                "TIDINGS_INBOUND_TLS_KEY",
+                "a certificate needs its key".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(fail(
+                "TIDINGS_INBOUND_TLS_CERT",
+                "a key needs its certificate".into(),
+            ));
+        }
+        (Some(cert), Some(key)) => Some(std::sync::Arc::new(
+            crate::tls::ServerTls::load(&cert, &key)
+                .map_err(|e| fail("TIDINGS_INBOUND_TLS_CERT", e))?,
+        )),
+    };
+    let require = parse_with(r.get("TIDINGS_INBOUND_REQUIRE_TLS", "no"), |v| {
+        match v.trim() {
+            "yes" => Ok(true),
+            "no" => Ok(false),
+            _ => Err("expected yes or no".to_string()),
+        }
+    })?;
+    if require && tls.is_none() {
+        return Err(fail(
+            "TIDINGS_INBOUND_REQUIRE_TLS",
+            "TLS cannot be required without TIDINGS_INBOUND_TLS_CERT and TIDINGS_INBOUND_TLS_KEY"
+                .into(),
+        ));
+    }
+    Ok((tls, require))
 }
 
 /// One DKIM key: the selector it is published under and the file holding the private key.

@@ -26,6 +26,7 @@ pub mod secret;
 pub mod status;
 pub mod sweep;
 pub mod templates;
+pub mod tls;
 
 pub use config::Config;
 pub use error::{Error, Result};

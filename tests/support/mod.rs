@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 pub mod live;
+pub mod pki;
+pub mod rabbit;
 pub mod system;
 pub mod zone;
 

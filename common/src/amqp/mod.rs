@@ -22,7 +22,7 @@ mod session;
 pub use consume::{
     Grouping, Outcome, consume, consume_grouped, parse_payload, subscribe, subscribe_on,
 };
-pub use publish::{FRAME_MAX, Publisher, SharedPublisher, connect};
+pub use publish::{FRAME_MAX, Publisher, SharedPublisher, connect, connect_with, use_tls};
 pub use session::{Session, Task, run_resilient};
 
 use std::time::Duration;

@@ -25,7 +25,26 @@ static NEXT_NODE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 /// `url` may list several nodes of a cluster, comma-separated: each connect (and so each
 /// reconnect) starts at the next node and tries them all in turn, so a client whose node died
 /// reconnects to another.
+/// `amqps://` nodes are verified with the TLS settings given to [`use_tls`] (the system's
+/// roots alone until then).
 pub async fn connect(url: &str, role: &str) -> Result<Connection> {
+    let tls = TLS.read().unwrap_or_else(|e| e.into_inner()).clone();
+    connect_with(url, role, &tls).await
+}
+
+/// The TLS settings of every later [`connect`] of this process (`TIDINGS_AMQP_CA` and the
+/// client certificate, read by the configuration).
+pub fn use_tls(tls: crate::tls::AmqpTls) {
+    *TLS.write().unwrap_or_else(|e| e.into_inner()) = tls;
+}
+
+static TLS: std::sync::RwLock<crate::tls::AmqpTls> = std::sync::RwLock::new(crate::tls::AmqpTls {
+    ca: None,
+    client: None,
+});
+
+/// [`connect`] with TLS settings of its own.
+pub async fn connect_with(url: &str, role: &str, tls: &crate::tls::AmqpTls) -> Result<Connection> {
     let nodes = crate::secret::split_url_list(url);
     let start = NEXT_NODE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut failures = Vec::new();
@@ -43,7 +62,17 @@ pub async fn connect(url: &str, role: &str) -> Result<Connection> {
                 continue;
             }
         };
-        match tokio::time::timeout(NODE_TIMEOUT, Connection::connect_uri(uri, properties)).await {
+        let secure = uri.scheme == lapin::uri::AMQPScheme::AMQPS;
+        let attempt = async {
+            Connection::connect_uri_with_config(
+                uri,
+                properties,
+                tls.lapin(),
+                lapin::runtime::default_runtime()?,
+            )
+            .await
+        };
+        match tokio::time::timeout(NODE_TIMEOUT, attempt).await {
             Ok(Ok(connection)) => {
                 if nodes.len() > 1 {
                     info!(role, node = %crate::secret::mask_url_passwords(node), "connected to a broker node");
@@ -51,7 +80,16 @@ pub async fn connect(url: &str, role: &str) -> Result<Connection> {
                 return Ok(connection);
             }
             Ok(Err(e)) => {
-                failures.push(format!("{}: {e}", crate::secret::mask_url_passwords(node)))
+                let e = e.to_string();
+                let meaning = secure
+                    .then(|| crate::tls::explain_refusal(&e, tls.client.is_some()))
+                    .flatten()
+                    .map(|m| format!("TLS refused: {m}: "))
+                    .unwrap_or_default();
+                failures.push(format!(
+                    "{}: {meaning}{e}",
+                    crate::secret::mask_url_passwords(node)
+                ))
             }
             Err(_) => failures.push(format!(
                 "{}: no answer within {} s",

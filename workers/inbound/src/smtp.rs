@@ -2,6 +2,10 @@
 //! or with a reply token that does not verify, are refused during the dialogue (no
 //! backscatter). DATA is answered 250 only once the raw message is confirmed by the broker;
 //! otherwise 451, so the relay keeps it and retries.
+//!
+//! With a certificate configured the listener offers STARTTLS (RFC 3207): the session's
+//! bounds keep running through the handshake and after it, and with
+//! `TIDINGS_INBOUND_REQUIRE_TLS=yes` MAIL is refused until TLS is on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +30,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const LINE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A message is received for this long before its rate is checked.
 const RATE_GRACE: Duration = Duration::from_secs(10);
+/// The longest a TLS handshake may take (within the session's own limit).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Unit of the memory budget (the semaphore counts these).
 const MEMORY_UNIT: usize = 1024;
 
@@ -153,7 +159,16 @@ impl Transaction {
 /// What to do after a command.
 enum Step {
     Reply(String),
+    /// Answer 220 and start TLS.
+    StartTls,
     Quit,
+}
+
+/// How a session's dialogue ended.
+enum Ended {
+    Closed,
+    /// The client asked for TLS and was told to go ahead.
+    StartTls,
 }
 
 /// The message being received after DATA: the receiver's state, the bytes so far, the share
@@ -213,22 +228,49 @@ pub async fn bounded_session<S: AsyncRead + AsyncWrite + Unpin>(
     bounded_session_from(stream, ingress, None).await
 }
 
-/// [`bounded_session`] with a client at `peer`.
+/// [`bounded_session`] with a client at `peer`. The time limit covers the whole session:
+/// the dialogue before STARTTLS, the handshake, and the dialogue after it.
 pub async fn bounded_session_from<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     ingress: &Ingress,
     peer: Option<std::net::IpAddr>,
 ) -> std::io::Result<()> {
     let limit = ingress.config.inbound_limits.session_timeout;
-    match tokio::time::timeout(limit, session(&mut stream, ingress, peer)).await {
-        Ok(ended) => ended,
-        Err(_) => {
-            info!(?limit, "SMTP session over its time limit; closed");
-            let reply = b"421 4.4.2 Session time limit reached, closing\r\n";
-            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply)).await;
-            Ok(())
-        }
+    let deadline = Instant::now() + limit;
+    match tokio::time::timeout_at(deadline, session(&mut stream, ingress, peer, false)).await {
+        Ok(Ok(Ended::Closed)) => return Ok(()),
+        Ok(Ok(Ended::StartTls)) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return over_time(&mut stream, limit).await,
     }
+    let Some(tls) = ingress.config.inbound_tls.as_ref() else {
+        return Ok(());
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+    let handshake_end = deadline.min(Instant::now() + HANDSHAKE_TIMEOUT);
+    let mut stream = match tokio::time::timeout_at(handshake_end, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            info!(error = %e, "TLS handshake failed; closed");
+            return Ok(());
+        }
+        Err(_) => {
+            info!("TLS handshake not finished in time; closed");
+            return Ok(());
+        }
+    };
+    match tokio::time::timeout_at(deadline, session(&mut stream, ingress, peer, true)).await {
+        Ok(ended) => ended.map(|_| ()),
+        Err(_) => over_time(&mut stream, limit).await,
+    }
+}
+
+/// Tells a client over the session's time limit that it is being closed.
+async fn over_time<S: AsyncWrite + Unpin>(stream: &mut S, limit: Duration) -> std::io::Result<()> {
+    info!(?limit, "SMTP session over its time limit; closed");
+    let reply = b"421 4.4.2 Session time limit reached, closing\r\n";
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply)).await;
+    Ok(())
 }
 
 /// Whether a DATA transfer runs below the lowest allowed average rate.
@@ -237,19 +279,24 @@ fn too_slow(incoming: &Incoming, min_rate: usize) -> bool {
     elapsed > RATE_GRACE && (incoming.received as f64) < min_rate as f64 * elapsed.as_secs_f64()
 }
 
+/// The dialogue; `secure` once TLS is on (then there is no greeting: the client speaks first,
+/// with EHLO).
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     ingress: &Ingress,
     peer: Option<std::net::IpAddr>,
-) -> std::io::Result<()> {
+    secure: bool,
+) -> std::io::Result<Ended> {
     let max = ingress.config.inbound_max_bytes;
     let min_rate = ingress.config.inbound_limits.min_rate;
     // The rest of a line refused as too long is skipped, not read as a command.
     let mut skipping_line = false;
     let mut line_started: Option<Instant> = None;
-    stream
-        .write_all(format!("220 {} Tidings ESMTP\r\n", ingress.config.reply_domain).as_bytes())
-        .await?;
+    if !secure {
+        stream
+            .write_all(format!("220 {} Tidings ESMTP\r\n", ingress.config.reply_domain).as_bytes())
+            .await?;
+    }
     let mut receiver = RequestReceiver::default();
     let mut data: Option<Incoming> = None;
     let mut transaction = Transaction {
@@ -259,7 +306,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Err(_) => return Ok(()),
+            Ok(Ok(0)) | Err(_) => return Ok(Ended::Closed),
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return Err(e),
         };
@@ -268,7 +315,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         {
             info!("SMTP client sending too slowly; closed");
             stream.write_all(b"421 4.4.2 Too slow, closing\r\n").await?;
-            return Ok(());
+            return Ok(Ended::Closed);
         }
         let mut bytes = buf[..n].iter();
         loop {
@@ -314,11 +361,20 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             let reply = match receiver.ingest(&mut bytes) {
                 Ok(request) => {
                     line_started = None;
-                    match answer(request, &mut transaction, &mut data, ingress) {
+                    match answer(request, &mut transaction, &mut data, ingress, secure) {
                         Step::Reply(reply) => reply,
+                        Step::StartTls => {
+                            // Whatever the client sent after STARTTLS, before the handshake,
+                            // is dropped unread (RFC 3207 §4.2: no command injection).
+                            stream
+                                .write_all(b"220 2.0.0 Ready to start TLS\r\n")
+                                .await?;
+                            stream.flush().await?;
+                            return Ok(Ended::StartTls);
+                        }
                         Step::Quit => {
                             stream.write_all(b"221 2.0.0 Bye\r\n").await?;
-                            return Ok(());
+                            return Ok(Ended::Closed);
                         }
                     }
                 }
@@ -346,16 +402,21 @@ fn answer(
     transaction: &mut Transaction,
     data: &mut Option<Incoming>,
     ingress: &Ingress,
+    secure: bool,
 ) -> Step {
     let config = &ingress.config;
     let (max, domain) = (config.inbound_max_bytes, &config.reply_domain);
+    let offers_tls = config.inbound_tls.is_some() && !secure;
     Step::Reply(match request {
         Request::Ehlo { host } => {
             *transaction = transaction.next();
             if let Some((_, helo)) = &mut transaction.client {
                 *helo = host.chars().take(255).collect();
             }
-            format!("250-{domain}\r\n250-SIZE {max}\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n")
+            let starttls = if offers_tls { "250-STARTTLS\r\n" } else { "" };
+            format!(
+                "250-{domain}\r\n250-SIZE {max}\r\n250-8BITMIME\r\n{starttls}250 ENHANCEDSTATUSCODES\r\n"
+            )
         }
         Request::Helo { host } => {
             *transaction = transaction.next();
@@ -363,6 +424,15 @@ fn answer(
                 *helo = host.chars().take(255).collect();
             }
             format!("250 {domain}\r\n")
+        }
+        Request::StartTls if offers_tls => {
+            *transaction = transaction.next();
+            return Step::StartTls;
+        }
+        Request::StartTls if secure => "503 5.5.1 TLS already active\r\n".into(),
+        Request::StartTls => "502 5.5.1 STARTTLS not offered\r\n".into(),
+        Request::Mail { .. } if config.inbound_require_tls && !secure => {
+            "530 5.7.0 Must issue a STARTTLS command first\r\n".into()
         }
         Request::Mail { from } if from.size > max => {
             format!("552 5.3.4 Message size exceeds the {max}-byte limit\r\n")

@@ -1,0 +1,245 @@
+//! TLS between the hosts of a fleet: the broker connection (`amqps://`, verified against
+//! `TIDINGS_AMQP_CA`, with an optional client certificate) and the inbound listener's
+//! STARTTLS (a certificate and key reloaded when their files change).
+//!
+//! Every TLS configuration here uses the `ring` provider explicitly, so no process-wide default
+//! provider has to be installed and `aws-lc-rs` stays out of the build.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::secret::Secret;
+
+/// The certificates of PEM file `path`; an error names the file and what is wrong with it.
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: holds no certificate (expected -----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// The private key of PEM file `path` (PKCS#8, PKCS#1 RSA or SEC1 EC).
+pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| format!("{}: holds no usable PEM private key: {e}", path.display()))
+}
+
+/// The TLS settings of `amqps://` broker connections.
+#[derive(Clone, Default)]
+pub struct AmqpTls {
+    /// PEM text of the CA certificates trusted for the broker, besides the system's roots.
+    pub ca: Option<String>,
+    /// PEM client certificate (chain) and key, for brokers that ask for one.
+    pub client: Option<(Vec<u8>, Secret<Vec<u8>>)>,
+}
+
+impl std::fmt::Debug for AmqpTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpTls")
+            .field("ca", &self.ca.as_ref().map(|_| "<PEM>"))
+            .field(
+                "client",
+                &self.client.as_ref().map(|_| "<certificate and key>"),
+            )
+            .finish()
+    }
+}
+
+impl AmqpTls {
+    /// Reads `ca` (a PEM file of CA certificates) and the client's certificate and key files;
+    /// `Err` is (the variable, the reason).
+    pub fn load(
+        ca: Option<&Path>,
+        client_cert: Option<&Path>,
+        client_key: Option<&Path>,
+    ) -> Result<Self, (&'static str, String)> {
+        let ca = match ca {
+            Some(path) => {
+                read_certificates(path).map_err(|e| ("TIDINGS_AMQP_CA", e))?;
+                Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| ("TIDINGS_AMQP_CA", format!("{}: {e}", path.display())))?,
+                )
+            }
+            None => None,
+        };
+        let client = match (client_cert, client_key) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err((
+                    "TIDINGS_AMQP_CLIENT_KEY",
+                    "a client certificate needs its key".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "TIDINGS_AMQP_CLIENT_CERT",
+                    "a client key needs its certificate".into(),
+                ));
+            }
+            (Some(cert), Some(key)) => {
+                read_certificates(cert).map_err(|e| ("TIDINGS_AMQP_CLIENT_CERT", e))?;
+                read_private_key(key).map_err(|e| ("TIDINGS_AMQP_CLIENT_KEY", e))?;
+                let read = |p: &Path, var| std::fs::read(p).map_err(|e| (var, e.to_string()));
+                Some((
+                    read(cert, "TIDINGS_AMQP_CLIENT_CERT")?,
+                    Secret::new(read(key, "TIDINGS_AMQP_CLIENT_KEY")?),
+                ))
+            }
+        };
+        Ok(AmqpTls { ca, client })
+    }
+
+    /// The settings as lapin takes them.
+    pub fn lapin(&self) -> lapin::tcp::OwnedTLSConfig {
+        lapin::tcp::OwnedTLSConfig {
+            identity: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| lapin::tcp::OwnedIdentity::PKCS8 {
+                    pem: cert.clone(),
+                    key: key.expose().clone(),
+                }),
+            cert_chain: self.ca.clone(),
+        }
+    }
+}
+
+/// What a broker's TLS refusal means, in words an operator can act on; `None` when `error` is
+/// no certificate problem. `with_client_cert` tells whether a client certificate was offered:
+/// a server that requires one and got none may only close the connection (TLS 1.3 sends its
+/// alert after the client believes the handshake done), which reads as a reset.
+pub fn explain_refusal(error: &str, with_client_cert: bool) -> Option<&'static str> {
+    let e = error.to_ascii_lowercase();
+    if !with_client_cert && (e.contains("reset by peer") || e.contains("unexpected eof")) {
+        return Some(
+            "the server closed the connection during TLS set-up; if it requires a client \
+             certificate, set TIDINGS_AMQP_CLIENT_CERT and TIDINGS_AMQP_CLIENT_KEY",
+        );
+    }
+    [
+        (
+            "unknownissuer",
+            "the server's certificate is not signed by a trusted CA (check TIDINGS_AMQP_CA)",
+        ),
+        ("expired", "the server's certificate has expired"),
+        ("notvalidyet", "the server's certificate is not valid yet"),
+        (
+            "notvalidforname",
+            "the server's certificate does not name the host in the URL",
+        ),
+        (
+            "certificaterequired",
+            "the server asks for a client certificate (set TIDINGS_AMQP_CLIENT_CERT and TIDINGS_AMQP_CLIENT_KEY)",
+        ),
+        (
+            "unknownca",
+            "the server does not trust the client certificate's CA",
+        ),
+        ("badcertificate", "the server refused the client certificate"),
+    ]
+    .into_iter()
+    .find(|(needle, _)| e.replace(['_', ' '], "").contains(needle))
+    .map(|(_, meaning)| meaning)
+}
+
+/// The certificate and key of a TLS server, read again whenever either file changes (a
+/// renewed certificate is used from the next handshake on, without a restart). A change that
+/// cannot be read keeps the last good pair and is logged.
+pub struct ServerTls {
+    cert: PathBuf,
+    key: PathBuf,
+    current: Mutex<Loaded>,
+}
+
+struct Loaded {
+    stamps: (Option<SystemTime>, Option<SystemTime>, u64),
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl ServerTls {
+    /// Loads the pair now; an error names the file and the fault.
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, String> {
+        let config = server_config(cert, key)?;
+        Ok(ServerTls {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: Mutex::new(Loaded {
+                stamps: stamps(cert, key),
+                config,
+            }),
+        })
+    }
+
+    /// The configuration for the next handshake, reloaded first if a file changed.
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let now = stamps(&self.cert, &self.key);
+        if now != current.stamps {
+            current.stamps = now;
+            match server_config(&self.cert, &self.key) {
+                Ok(config) => {
+                    tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                    current.config = config;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS certificate changed but cannot be used; keeping the previous one")
+                }
+            }
+        }
+        current.config.clone()
+    }
+}
+
+/// Modification times and the combined size of the two files: what tells a change.
+fn stamps(cert: &Path, key: &Path) -> (Option<SystemTime>, Option<SystemTime>, u64) {
+    let meta = |p: &Path| std::fs::metadata(p).ok();
+    let (c, k) = (meta(cert), meta(key));
+    let size = c.as_ref().map_or(0, |m| m.len()) + k.as_ref().map_or(0, |m| m.len());
+    (
+        c.and_then(|m| m.modified().ok()),
+        k.and_then(|m| m.modified().ok()),
+        size,
+    )
+}
+
+fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    let chain = read_certificates(cert)?;
+    let key_der = read_private_key(key)?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(chain, key_der)
+    .map_err(|e| {
+        format!(
+            "{} and {}: the key does not fit the certificate, or is unusable: {e}",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    Ok(Arc::new(config))
+}

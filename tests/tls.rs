@@ -1,0 +1,339 @@
+//! TLS between the hosts of a fleet, on real servers with certificates from a CA the test
+//! makes: the broker connection (`amqps://` to a RabbitMQ node of the test's own, listening with
+//! TLS only and asking for a client certificate), the inbound listener's STARTTLS, and the
+//! refusals an operator meets (a wrong CA, an expired certificate, a wrong host name, no
+//! client certificate), each named.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::Env;
+use support::pki::Pki;
+use support::rabbit::{Cluster, NodeTls};
+use tidings_common::tls::AmqpTls;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn tls_of(ca: &std::path::Path, client: Option<&support::pki::Pair>) -> AmqpTls {
+    AmqpTls::load(
+        Some(ca),
+        client.map(|c| c.cert.as_path()),
+        client.map(|c| c.key.as_path()),
+    )
+    .unwrap()
+}
+
+/// Why connecting to `url` with `tls` failed (it must fail).
+async fn refusal(url: &str, tls: &AmqpTls) -> String {
+    match tidings_common::amqp::connect_with(url, "tls test", tls).await {
+        Ok(_) => panic!("{url}: connected, but should have been refused"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pipeline_runs_over_verified_broker_tls_and_each_refusal_is_named() {
+    let env = Env::new("1s");
+    let pki = Pki::new(&env.root().join("pki"), "fleet");
+    let server = pki.issue("broker", &["localhost"], false);
+    let client = pki.issue("client", &["tidings-worker"], false);
+    let node = tokio::task::block_in_place(|| {
+        Cluster::start(
+            &env.root().join("broker"),
+            1,
+            Some(NodeTls {
+                ca: pki.ca(),
+                cert: server.cert.clone(),
+                key: server.key.clone(),
+                require_client_cert: true,
+            }),
+        )
+    });
+    let url = node.url(0, "localhost");
+    let ca = pki.ca().display().to_string();
+    let (cert, key) = (
+        client.cert.display().to_string(),
+        client.key.display().to_string(),
+    );
+
+    // Every role over amqps, verifying the node against the CA and showing its certificate.
+    let _tidings = env.spawn_named(
+        "all",
+        &["all"],
+        &[
+            ("TIDINGS_AMQP_URL", &url),
+            ("TIDINGS_AMQP_CA", &ca),
+            ("TIDINGS_AMQP_CLIENT_CERT", &cert),
+            ("TIDINGS_AMQP_CLIENT_KEY", &key),
+        ],
+    );
+    env.wait_for_api().await;
+    let ann = env.user("Ann").await;
+    let bob = env.user("Bob").await;
+    let (_, item, conv) = env.ticket("Over TLS").await;
+    env.follow_item(item, ann).await;
+    env.follow_item(item, bob).await;
+    let message = env
+        .post(conv, ann, "Sent through an encrypted broker", false)
+        .await;
+    let d = env.settled(message, SETTLE).await;
+    assert!(
+        d["recipients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["email_state"] == "sent"),
+        "{d}"
+    );
+    assert_eq!(env.mails_to("bob@example.com").len(), 1);
+    let connections = node.ctl(
+        0,
+        &[
+            "-q",
+            "list_connections",
+            "ssl",
+            "ssl_protocol",
+            "peer_cert_subject",
+        ],
+    );
+    assert!(
+        connections.lines().filter(|l| l.contains("true")).count() >= 2
+            && connections.lines().all(|l| !l.starts_with("false")),
+        "every connection is TLS: {connections}"
+    );
+    assert!(
+        connections.contains("tidings-worker"),
+        "the roles showed their client certificate: {connections}"
+    );
+
+    // The refusals, each naming what failed.
+    let good = tls_of(&pki.ca(), Some(&client));
+    let no_client = refusal(&url, &tls_of(&pki.ca(), None)).await;
+    println!("no client certificate: {no_client}");
+    assert!(no_client.contains("client certificate"), "{no_client}");
+
+    let other = Pki::new(&env.root().join("pki"), "other");
+    let wrong_ca = refusal(&url, &tls_of(&other.ca(), Some(&client))).await;
+    println!("wrong CA: {wrong_ca}");
+    assert!(
+        wrong_ca.contains("not signed by a trusted CA"),
+        "{wrong_ca}"
+    );
+
+    let wrong_host = refusal(&node.url(0, "127.0.0.1"), &good).await;
+    println!("wrong host name: {wrong_host}");
+    assert!(
+        wrong_host.contains("does not name the host"),
+        "{wrong_host}"
+    );
+
+    // The node's certificate replaced in place by an expired one.
+    pki.issue("broker", &["localhost"], true);
+    node.clear_pem_cache(0);
+    let expired = refusal(&url, &good).await;
+    println!("expired certificate: {expired}");
+    assert!(expired.contains("has expired"), "{expired}");
+    assert!(
+        !expired.contains("guest:guest"),
+        "no password in the error: {expired}"
+    );
+
+    // A CA file that is not one stops the start, naming the variable.
+    let out = env
+        .command(&["migrate"])
+        .env("TIDINGS_AMQP_CA", cert.replace(".pem", ".key"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("TIDINGS_AMQP_CA") && stderr.contains("no certificate"),
+        "{stderr}"
+    );
+}
+
+/// Reads one SMTP reply (all its lines); returns its last line.
+async fn reply<R: AsyncRead + Unpin>(lines: &mut BufReader<R>) -> String {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(10), lines.read_line(&mut line))
+            .await
+            .expect("a reply within 10 s")
+            .unwrap();
+        if n == 0 {
+            return all;
+        }
+        all.push_str(&line);
+        if line.len() < 4 || line.as_bytes()[3] == b' ' {
+            return all;
+        }
+    }
+}
+
+async fn say<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut BufReader<S>, line: &str) -> String {
+    stream
+        .get_mut()
+        .write_all(format!("{line}\r\n").as_bytes())
+        .await
+        .unwrap();
+    reply(stream).await
+}
+
+fn client_config(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in tidings_common::tls::read_certificates(ca).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// Connects, says EHLO and STARTTLS (plus `injected`, sent in the same packet), and completes
+/// the handshake; the TLS stream and the certificate the server showed.
+async fn start_tls(
+    port: u16,
+    ca: &std::path::Path,
+    injected: &str,
+) -> (
+    BufReader<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Vec<u8>,
+) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut plain = BufReader::new(tcp);
+    assert!(reply(&mut plain).await.starts_with("220"));
+    let ehlo = say(&mut plain, "EHLO relay.test").await;
+    assert!(ehlo.contains("250-STARTTLS"), "STARTTLS offered: {ehlo}");
+    let go = say(&mut plain, &format!("STARTTLS{injected}")).await;
+    assert!(go.starts_with("220 "), "{go}");
+    assert!(plain.buffer().is_empty(), "nothing after the 220");
+    let connector = tokio_rustls::TlsConnector::from(client_config(ca));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, plain.into_inner()).await.unwrap();
+    let shown = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    (BufReader::new(tls), shown)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inbound_starttls_is_offered_required_reloaded_and_bounded() {
+    let root = std::env::temp_dir().join(format!("tidings-tls-{}", std::process::id()));
+    let pki = Pki::new(&root.join("pki"), "mx");
+    let server = pki.issue("listener", &["localhost"], false);
+    let env = Env::with(
+        "1s",
+        &[
+            (
+                "TIDINGS_INBOUND_TLS_CERT",
+                &server.cert.display().to_string(),
+            ),
+            ("TIDINGS_INBOUND_TLS_KEY", &server.key.display().to_string()),
+            ("TIDINGS_INBOUND_REQUIRE_TLS", "yes"),
+            ("TIDINGS_INBOUND_SESSION_TIMEOUT", "3s"),
+        ],
+        &[],
+    );
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    let port = env.inbound_port;
+
+    // Without TLS, MAIL is refused (and the relay's plain attempt is told why).
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut plain = BufReader::new(tcp);
+    assert!(reply(&mut plain).await.starts_with("220"));
+    assert!(
+        say(&mut plain, "EHLO relay.test")
+            .await
+            .contains("STARTTLS")
+    );
+    let mail = say(&mut plain, "MAIL FROM:<carol@example.com>").await;
+    assert!(mail.starts_with("530 5.7.0"), "{mail}");
+    drop(plain);
+
+    // With TLS: a new ticket arrives. A command sent right after STARTTLS, before the
+    // handshake, is dropped unread (no injection into the encrypted session).
+    let (mut tls, shown) = start_tls(port, &pki.ca(), "\r\nMAIL FROM:<injected@example.com>").await;
+    assert_eq!(shown, cert_der(&server.cert));
+    let ehlo = say(&mut tls, "EHLO relay.test").await;
+    assert!(
+        ehlo.starts_with("250-"),
+        "the first reply answers EHLO: {ehlo}"
+    );
+    assert!(!ehlo.contains("STARTTLS"), "not offered twice: {ehlo}");
+    assert!(
+        say(&mut tls, "MAIL FROM:<carol@example.com>")
+            .await
+            .starts_with("250")
+    );
+    let rcpt = format!("RCPT TO:<support@{}>", support::REPLY_DOMAIN);
+    assert!(say(&mut tls, &rcpt).await.starts_with("250"));
+    assert!(say(&mut tls, "DATA").await.starts_with("354"));
+    let queued = say(
+        &mut tls,
+        "From: Carol <carol@example.com>\r\nTo: support@reply.test.localhost\r\n\
+         Subject: Sent over STARTTLS\r\nMessage-ID: <tls-1@example.com>\r\n\r\n\
+         My invoice is wrong.\r\n.",
+    )
+    .await;
+    assert!(queued.starts_with("250"), "{queued}");
+    assert!(say(&mut tls, "QUIT").await.starts_with("221"));
+    let deadline = Instant::now() + SETTLE;
+    while env.sql("SELECT count(*) FROM conversations WHERE subject = 'Sent over STARTTLS'") != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the email became no ticket{}",
+            support::log_tails(env.root(), 30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A renewed certificate is used from the next handshake on, without a restart.
+    let renewed = pki.issue("listener", &["localhost"], false);
+    assert_ne!(cert_der(&renewed.cert), shown);
+    let (mut tls, shown) = start_tls(port, &pki.ca(), "").await;
+    assert_eq!(shown, cert_der(&renewed.cert), "the renewed certificate");
+    assert!(say(&mut tls, "EHLO relay.test").await.starts_with("250"));
+
+    // A client that never starts its handshake is cut off within the session's bound.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut stalled = BufReader::new(tcp);
+    reply(&mut stalled).await;
+    say(&mut stalled, "EHLO relay.test").await;
+    assert!(say(&mut stalled, "STARTTLS").await.starts_with("220"));
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::io::AsyncReadExt::read_to_end(&mut stalled, &mut rest),
+    )
+    .await;
+    assert!(read.is_ok(), "still open after 15 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    drop(_tidings);
+    drop(env);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn cert_der(path: &std::path::Path) -> Vec<u8> {
+    tidings_common::tls::read_certificates(path).unwrap()[0].to_vec()
+}
