@@ -1,6 +1,8 @@
 //! End to end through a real MX relay: Postfix on loopback relays the reply domain to the
 //! inbound listener. Run by `scripts/relay-test`, which starts that Postfix instance
-//! (127.0.0.1:2627 relaying `reply.relay.test` to 127.0.0.1:2626); ignored otherwise.
+//! (127.0.0.1:2627 relaying `reply.relay.test` to 127.0.0.1:2626, with
+//! `smtp_tls_security_level = encrypt`); ignored otherwise. The listener requires TLS, so
+//! every delivery here went over STARTTLS.
 
 mod support;
 
@@ -15,11 +17,23 @@ const DOMAIN: &str = "reply.relay.test";
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs the Postfix relay that scripts/relay-test starts"]
 async fn replies_through_postfix_are_threaded_and_auto_replies_are_not() {
+    let pki_dir = std::env::temp_dir().join(format!("tidings-relay-pki-{}", std::process::id()));
+    let pki = support::pki::Pki::new(&pki_dir, "mx");
+    let listener = pki.issue("listener", &["localhost"], false);
     let env = Env::with(
         "1s",
         &[
             ("TIDINGS_INBOUND_ADDR", "127.0.0.1:2626"),
             ("TIDINGS_REPLY_DOMAIN", DOMAIN),
+            (
+                "TIDINGS_INBOUND_TLS_CERT",
+                &listener.cert.display().to_string(),
+            ),
+            (
+                "TIDINGS_INBOUND_TLS_KEY",
+                &listener.key.display().to_string(),
+            ),
+            ("TIDINGS_INBOUND_REQUIRE_TLS", "yes"),
         ],
         &[],
     );
@@ -99,7 +113,10 @@ async fn replies_through_postfix_are_threaded_and_auto_replies_are_not() {
         "the out-of-office was not posted"
     );
     println!(
-        "relay: reply threaded as message {}, out-of-office logged and not posted",
+        "relay: reply threaded as message {}, out-of-office logged and not posted, over STARTTLS",
         messages[1]["id"]
     );
+    drop(_tidings);
+    drop(env);
+    let _ = std::fs::remove_dir_all(&pki_dir);
 }

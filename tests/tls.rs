@@ -337,3 +337,229 @@ async fn inbound_starttls_is_offered_required_reloaded_and_bounded() {
 fn cert_der(path: &std::path::Path) -> Vec<u8> {
     tidings_common::tls::read_certificates(path).unwrap()[0].to_vec()
 }
+
+/// A PostgreSQL cluster of the test's own (Debian's `pg_createcluster`), on a free loopback
+/// port with `ssl = on` and the test CA's certificate; dropped, with its files, at the end.
+struct PgCluster {
+    version: String,
+    name: String,
+    port: u16,
+    conf: std::path::PathBuf,
+}
+
+impl PgCluster {
+    fn root_command(name: &str) -> Option<std::process::Command> {
+        match support::system::as_root(name) {
+            Ok(cmd) => Some(cmd),
+            Err(why) => {
+                println!("skipping the PostgreSQL TLS test: {why}");
+                None
+            }
+        }
+    }
+
+    fn run(name: &str, args: &[&str]) {
+        let out = Self::root_command(name)
+            .expect("root was available a moment ago")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A new cluster serving `server`'s certificate; `None` when this user cannot be root.
+    fn start(server: &support::pki::Pair) -> Option<PgCluster> {
+        Self::root_command("true")?;
+        let version = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|v| v.parse::<u32>().is_ok())
+            .max_by_key(|v| v.parse::<u32>().unwrap())?;
+        let name = format!("tidings_tls_{}", std::process::id());
+        let cluster = PgCluster {
+            conf: format!("/etc/postgresql/{version}/{name}").into(),
+            port: support::free_port(),
+            name,
+            version,
+        };
+        let port = cluster.port.to_string();
+        let cert = cluster.conf.join("tidings-server.pem");
+        let key = cluster.conf.join("tidings-server.key");
+        Self::run(
+            "pg_createcluster",
+            &[
+                &cluster.version,
+                &cluster.name,
+                "-p",
+                &port,
+                "-o",
+                "ssl=on",
+                "-o",
+                &format!("ssl_cert_file={}", cert.display()),
+                "-o",
+                &format!("ssl_key_file={}", key.display()),
+                "--",
+                "--auth-host=trust",
+                "--auth-local=trust",
+            ],
+        );
+        cluster.install(server);
+        Self::run(
+            "pg_ctlcluster",
+            &[
+                "--skip-systemctl-redirect",
+                &cluster.version,
+                &cluster.name,
+                "start",
+            ],
+        );
+        Some(cluster)
+    }
+
+    /// Puts `pair` in place as the server's certificate and key (owned by postgres).
+    fn install(&self, pair: &support::pki::Pair) {
+        for (from, to, mode) in [
+            (&pair.cert, "tidings-server.pem", "644"),
+            (&pair.key, "tidings-server.key", "600"),
+        ] {
+            Self::run(
+                "install",
+                &[
+                    "-o",
+                    "postgres",
+                    "-g",
+                    "postgres",
+                    "-m",
+                    mode,
+                    &from.display().to_string(),
+                    &self.conf.join(to).display().to_string(),
+                ],
+            );
+        }
+    }
+
+    fn reload(&self) {
+        Self::run(
+            "pg_ctlcluster",
+            &[
+                "--skip-systemctl-redirect",
+                &self.version,
+                &self.name,
+                "reload",
+            ],
+        );
+    }
+
+    fn url(&self, host: &str, ca: &std::path::Path) -> String {
+        format!(
+            "postgres://postgres@{host}:{}/tidings_tls?sslmode=verify-full&sslrootcert={}",
+            self.port,
+            ca.display()
+        )
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if let Some(mut cmd) = Self::root_command("pg_dropcluster") {
+            let _ = cmd.args(["--stop", &self.version, &self.name]).output();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_over_verify_full_tls_and_each_refusal_is_named() {
+    let env = Env::new("1s");
+    let pki = Pki::new(&env.root().join("pki"), "db");
+    let server = pki.issue("postgres", &["localhost"], false);
+    let Some(cluster) = tokio::task::block_in_place(|| PgCluster::start(&server)) else {
+        return;
+    };
+    let url = cluster.url("localhost", &pki.ca());
+    let migrate = |url: &str| {
+        let out = env
+            .command(&["migrate"])
+            .env("TIDINGS_DATABASE_URL", url)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, stderr) = migrate(&url);
+    assert!(ok, "migrate over verify-full: {stderr}");
+
+    // A role's pooled connections are TLS.
+    let mut api = env.spawn_named("api", &["api"], &[("TIDINGS_DATABASE_URL", &url)]);
+    env.wait_for_api().await;
+    env.user("Ann").await;
+    let psql = |sql: &str| {
+        let out = std::process::Command::new(support::system::program("psql"))
+            .args(["-qAt", "-d", &url, "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let seen = psql(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+         FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = 'tidings_tls' AND a.pid <> pg_backend_pid()",
+    );
+    let (tls, plain) = seen.split_once('|').unwrap();
+    assert!(
+        tls.parse::<u32>().unwrap() >= 1 && plain == "0",
+        "TLS/plain connections: {seen}"
+    );
+    api.terminate();
+
+    let other = Pki::new(&env.root().join("pki"), "other");
+    let (ok, wrong_ca) = migrate(&cluster.url("localhost", &other.ca()));
+    println!("wrong CA: {wrong_ca}");
+    assert!(
+        !ok && wrong_ca.contains("certificate verify failed")
+            && wrong_ca.contains("not signed by a trusted CA (check sslrootcert"),
+        "{wrong_ca}"
+    );
+
+    let (ok, wrong_host) = migrate(&cluster.url("127.0.0.1", &pki.ca()));
+    println!("wrong host name: {wrong_host}");
+    assert!(
+        !ok && wrong_host.contains("does not match host name"),
+        "{wrong_host}"
+    );
+
+    cluster.install(&pki.issue("postgres", &["localhost"], true));
+    cluster.reload();
+    let (ok, expired) = migrate(&url);
+    println!("expired certificate: {expired}");
+    assert!(
+        !ok && expired.contains("certificate has expired"),
+        "{expired}"
+    );
+    // `tidings status` says the same.
+    let out = env
+        .command(&["status"])
+        .env("TIDINGS_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() && said.contains("certificate has expired"),
+        "{said}"
+    );
+}

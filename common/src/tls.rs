@@ -117,22 +117,44 @@ impl AmqpTls {
     }
 }
 
-/// What a broker's TLS refusal means, in words an operator can act on; `None` when `error` is
-/// no certificate problem. `with_client_cert` tells whether a client certificate was offered:
-/// a server that requires one and got none may only close the connection (TLS 1.3 sends its
-/// alert after the client believes the handshake done), which reads as a reset.
-pub fn explain_refusal(error: &str, with_client_cert: bool) -> Option<&'static str> {
+/// Where an operator sets the trusted CA and the client certificate of one kind of
+/// connection, for the hints of [`explain_refusal`].
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub ca: &'static str,
+    pub client: &'static str,
+}
+
+/// The broker's settings.
+pub const AMQP_SETTINGS: Settings = Settings {
+    ca: "TIDINGS_AMQP_CA",
+    client: "TIDINGS_AMQP_CLIENT_CERT and TIDINGS_AMQP_CLIENT_KEY",
+};
+
+/// The database's settings (libpq's, in the URL).
+pub const DATABASE_SETTINGS: Settings = Settings {
+    ca: "sslrootcert in TIDINGS_DATABASE_URL",
+    client: "sslcert and sslkey in TIDINGS_DATABASE_URL",
+};
+
+/// What a server's TLS refusal means, in words an operator can act on; `None` when `error`
+/// is no certificate problem. `with_client_cert` tells whether a client certificate was
+/// offered: a server that requires one and got none may only close the connection (TLS 1.3
+/// sends its alert after the client believes the handshake done), which reads as a reset.
+pub fn explain_refusal(error: &str, with_client_cert: bool, settings: Settings) -> Option<String> {
     let e = error.to_ascii_lowercase();
     if !with_client_cert && (e.contains("reset by peer") || e.contains("unexpected eof")) {
-        return Some(
+        return Some(format!(
             "the server closed the connection during TLS set-up; if it requires a client \
-             certificate, set TIDINGS_AMQP_CLIENT_CERT and TIDINGS_AMQP_CLIENT_KEY",
-        );
+             certificate, set {}",
+            settings.client
+        ));
     }
-    [
+    let squeezed = e.replace(['_', ' '], "");
+    let meaning = [
         (
             "unknownissuer",
-            "the server's certificate is not signed by a trusted CA (check TIDINGS_AMQP_CA)",
+            "the server's certificate is not signed by a trusted CA",
         ),
         ("expired", "the server's certificate has expired"),
         ("notvalidyet", "the server's certificate is not valid yet"),
@@ -142,17 +164,117 @@ pub fn explain_refusal(error: &str, with_client_cert: bool) -> Option<&'static s
         ),
         (
             "certificaterequired",
-            "the server asks for a client certificate (set TIDINGS_AMQP_CLIENT_CERT and TIDINGS_AMQP_CLIENT_KEY)",
+            "the server asks for a client certificate",
         ),
         (
             "unknownca",
             "the server does not trust the client certificate's CA",
         ),
-        ("badcertificate", "the server refused the client certificate"),
+        (
+            "badcertificate",
+            "the server refused the client certificate",
+        ),
     ]
     .into_iter()
-    .find(|(needle, _)| e.replace(['_', ' '], "").contains(needle))
-    .map(|(_, meaning)| meaning)
+    .find(|(needle, _)| squeezed.contains(needle))?
+    .1;
+    Some(match meaning {
+        m if m.contains("trusted CA") => format!("{m} (check {})", settings.ca),
+        m if m.contains("asks for a client") => format!("{m} (set {})", settings.client),
+        m => m.to_string(),
+    })
+}
+
+/// Why the PostgreSQL server of `url` fails certificate verification, found by a TLS
+/// handshake of Tidings' own against the URL's `sslrootcert`: libpq says only "certificate
+/// verify failed" whether the CA is wrong or the certificate expired. `None` when the URL
+/// names no `sslrootcert`, the server cannot be reached or offers no TLS, or the handshake
+/// succeeds.
+pub fn diagnose_postgres(url: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let (authority, query) = url
+        .split_once("://")?
+        .1
+        .split_once('/')
+        .map(|(a, rest)| (a, rest.split_once('?').map_or("", |(_, q)| q)))?;
+    let ca = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sslrootcert="))?;
+    let ca = percent_decode(ca);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || host_port.starts_with('[') => {
+            (h.trim_matches(['[', ']']), p.parse().ok()?)
+        }
+        _ => (host_port.trim_matches(['[', ']']), 5432u16),
+    };
+    if host.is_empty() || host.contains(',') {
+        return None;
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certificates(Path::new(&ca)).ok()? {
+        roots.add(cert).ok()?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .ok()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from(host.to_string()).ok()?;
+    let timeout = std::time::Duration::from_secs(5);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .ok()?
+        .next()?;
+    let mut tcp = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+    tcp.set_read_timeout(Some(timeout)).ok()?;
+    tcp.set_write_timeout(Some(timeout)).ok()?;
+    // SSLRequest: length 8, code 80877103; the server answers 'S' when it speaks TLS.
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).ok()?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).ok()?;
+    if answer[0] != b'S' {
+        return None;
+    }
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut tcp) {
+            return explain_refusal(&e.to_string(), true, DATABASE_SETTINGS);
+        }
+    }
+    None
+}
+
+/// `%XX` escapes of a URL query value decoded.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], s.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) if u8::from_str_radix(hex, 16).is_ok() => {
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'%'));
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A PostgreSQL connection error with, when libpq reports a failed certificate check, what
+/// failed (see [`diagnose_postgres`]).
+pub fn explain_database_error(url: &str, error: &str) -> String {
+    if error.contains("certificate verify failed")
+        && let Some(why) = diagnose_postgres(url)
+    {
+        return format!("{} (TLS refused: {why})", error.trim_end());
+    }
+    error.to_string()
 }
 
 /// The certificate and key of a TLS server, read again whenever either file changes (a

@@ -4,8 +4,10 @@
 use tidings_common::Config;
 
 pub fn migrate(config: &Config) -> anyhow::Result<()> {
-    let applied = tidings_common::db::migrate(&config.database_url)
-        .map_err(|e| anyhow::anyhow!("TIDINGS_DATABASE_URL: migration failed: {e}"))?;
+    let applied = tidings_common::db::migrate(&config.database_url).map_err(|e| {
+        let e = tidings_common::tls::explain_database_error(&config.database_url, &e.to_string());
+        anyhow::anyhow!("TIDINGS_DATABASE_URL: migration failed: {e}")
+    })?;
     if applied.migrations.is_empty() {
         println!("database schema is up to date");
     } else {

@@ -22,7 +22,12 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<()> {
     let db = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let mut conn = PgConnection::establish(&config.database_url)?;
+            let mut conn = PgConnection::establish(&config.database_url).map_err(|e| {
+                anyhow::anyhow!(tidings_common::tls::explain_database_error(
+                    &config.database_url,
+                    &e.to_string()
+                ))
+            })?;
             Ok(status::database(&mut conn, &config)?)
         })
         .await?

@@ -82,7 +82,13 @@ pub async fn connect_with(url: &str, role: &str, tls: &crate::tls::AmqpTls) -> R
             Ok(Err(e)) => {
                 let e = e.to_string();
                 let meaning = secure
-                    .then(|| crate::tls::explain_refusal(&e, tls.client.is_some()))
+                    .then(|| {
+                        crate::tls::explain_refusal(
+                            &e,
+                            tls.client.is_some(),
+                            crate::tls::AMQP_SETTINGS,
+                        )
+                    })
                     .flatten()
                     .map(|m| format!("TLS refused: {m}: "))
                     .unwrap_or_default();
