@@ -563,3 +563,118 @@ async fn the_database_over_verify_full_tls_and_each_refusal_is_named() {
         "{said}"
     );
 }
+
+/// A TLS-terminating front for the test's `smtp-sink` (which speaks no TLS): what an
+/// `smtps://` relay on port 465 looks like to the mailer. Returns its port.
+async fn smtps_front(pair: &support::pki::Pair, sink: Arc<std::sync::OnceLock<u16>>) -> u16 {
+    let chain = tidings_common::tls::read_certificates(&pair.cert).unwrap();
+    let key = tidings_common::tls::read_private_key(&pair.key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        // Bounded: the test sends a handful of emails over a few connections.
+        for _ in 0..64 {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, sink) = (acceptor.clone(), sink.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Some(port) = sink.get().copied() else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn smtps_is_verified_against_tidings_smtp_ca() {
+    let root = std::env::temp_dir().join(format!("tidings-smtps-{}", std::process::id()));
+    let pki = Pki::new(&root.join("pki"), "relay");
+    let front = pki.issue("relay", &["localhost"], false);
+    let sink_port = Arc::new(std::sync::OnceLock::new());
+    let port = smtps_front(&front, sink_port.clone()).await;
+    let url = format!("smtps://localhost:{port}");
+    let env = Env::with(
+        "1s",
+        &[
+            ("TIDINGS_SMTP_URL", &url),
+            ("TIDINGS_SMTP_CA", &pki.ca().display().to_string()),
+            ("TIDINGS_RETRY_TIERS", "1s,1s,1s"),
+        ],
+        &[],
+    );
+    sink_port.set(env.sink.port).unwrap();
+    let mut tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    let ann = env.user("Ann").await;
+    let bob = env.user("Bob").await;
+    let (_, item, conv) = env.ticket("Over smtps").await;
+    env.follow_item(item, bob).await;
+    for n in 0..3 {
+        let message = env
+            .post(conv, ann, &format!("Wrapped in TLS {n}"), false)
+            .await;
+        let d = env.settled(message, SETTLE).await;
+        assert!(
+            d["recipients"][0]["smtp_reply"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("250")),
+            "{d}"
+        );
+    }
+    assert_eq!(env.mails_to("bob@example.com").len(), 3);
+    tidings.terminate();
+
+    // A relay whose certificate the configured CA did not sign: deferred, saying why.
+    let other = Pki::new(&root.join("pki"), "other");
+    let _tidings = env.spawn_named(
+        "all-other-ca",
+        &["all"],
+        &[("TIDINGS_SMTP_CA", &other.ca().display().to_string())],
+    );
+    env.wait_for_api().await;
+    let message = env.post(conv, ann, "Refused by the CA check", false).await;
+    let deadline = Instant::now() + SETTLE;
+    let log = loop {
+        let log = env
+            .ok("GET", &format!("/email-log?message_id={message}"), None)
+            .await;
+        if let Some(row) = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["status"] == "deferred")
+        {
+            break row.to_string();
+        }
+        assert!(Instant::now() < deadline, "never deferred: {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("wrong CA for smtps: {log}");
+    assert!(
+        log.contains("not signed by a trusted CA (check TIDINGS_SMTP_CA)"),
+        "{log}"
+    );
+    drop(_tidings);
+    drop(env);
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -10,6 +10,7 @@
 //! | `TIDINGS_AMQP_CA` | unset | PEM file of the CA certificates that sign the broker's certificate, for `amqps://` (trusted besides the system's roots) |
 //! | `TIDINGS_AMQP_CLIENT_CERT`, `TIDINGS_AMQP_CLIENT_KEY` | unset | PEM client certificate and key for a broker that asks for one |
 //! | `TIDINGS_SMTP_URL` | `smtp://127.0.0.1:2525` | outbound SMTP server (`smtp://`, `smtps://`, `smtp://…?tls=required`) |
+//! | `TIDINGS_SMTP_CA` | unset | PEM file of CA certificates trusted for the outbound SMTP server's TLS, besides the public web roots |
 //! | `TIDINGS_HTTP_ADDR` | `127.0.0.1:8080` | address the api role listens on |
 //! | `TIDINGS_HTTP_MAX_CONNECTIONS` | `1024` | open HTTP connections at once |
 //! | `TIDINGS_HTTP_HEADER_TIMEOUT` | `10s` | headers must arrive within this; idle keep-alive connections close after it |
@@ -107,6 +108,8 @@ pub struct Config {
     /// How `amqps://` nodes are verified, and the client certificate if any.
     pub amqp_tls: crate::tls::AmqpTls,
     pub smtp_url: Secret<String>,
+    /// `TIDINGS_SMTP_CA`: CA certificates trusted for the SMTP server, besides the web roots.
+    pub smtp_ca: Option<std::path::PathBuf>,
     pub http_addr: SocketAddr,
     /// Where the process serves `/metrics`, `/livez` and `/readyz` (`TIDINGS_METRICS_ADDR`);
     /// `None` (unset or empty) serves none.
@@ -239,6 +242,7 @@ impl Config {
             amqp_url,
             amqp_tls,
             smtp_url,
+            smtp_ca,
         } = connections(&r)?;
         let Http {
             http_addr,
@@ -312,6 +316,7 @@ impl Config {
             amqp_url: Secret::url(amqp_url),
             amqp_tls,
             smtp_url: Secret::url(smtp_url),
+            smtp_ca,
             http_addr,
             metrics_addr,
             public_url,
@@ -430,6 +435,7 @@ struct Connections {
     amqp_url: String,
     amqp_tls: crate::tls::AmqpTls,
     smtp_url: String,
+    smtp_ca: Option<std::path::PathBuf>,
 }
 
 fn connections(r: &Reader<'_>) -> Result<Connections, ConfigError> {
@@ -454,11 +460,20 @@ fn connections(r: &Reader<'_>) -> Result<Connections, ConfigError> {
     })?;
     let (n, smtp_url) = get("TIDINGS_SMTP_URL", "smtp://127.0.0.1:2525");
     require_scheme(n, &smtp_url, &["smtp", "smtps"])?;
+    let smtp_ca = path("TIDINGS_SMTP_CA");
+    if let Some(ca) = &smtp_ca {
+        crate::tls::read_certificates(ca).map_err(|reason| ConfigError {
+            variable: "TIDINGS_SMTP_CA",
+            value: ca.display().to_string(),
+            reason,
+        })?;
+    }
     Ok(Connections {
         database_url,
         amqp_url,
         amqp_tls,
         smtp_url,
+        smtp_ca,
     })
 }
 

@@ -131,6 +131,12 @@ pub const AMQP_SETTINGS: Settings = Settings {
     client: "TIDINGS_AMQP_CLIENT_CERT and TIDINGS_AMQP_CLIENT_KEY",
 };
 
+/// The outbound SMTP server's settings.
+pub const SMTP_SETTINGS: Settings = Settings {
+    ca: "TIDINGS_SMTP_CA",
+    client: "a client certificate (not supported for outbound SMTP)",
+};
+
 /// The database's settings (libpq's, in the URL).
 pub const DATABASE_SETTINGS: Settings = Settings {
     ca: "sslrootcert in TIDINGS_DATABASE_URL",

@@ -5,8 +5,9 @@
 //! The pool opens its own TCP sockets with `TCP_NODELAY`. lettre writes the end-of-data marker
 //! as a separate 5-byte write after the body; with Nagle's algorithm on, that write waits for
 //! the server to acknowledge the body, which a server with delayed ACKs does only after ~40 ms.
-//! Every transaction then took ~40 ms even on loopback. (`smtps://` connections are opened by
-//! lettre, which gives no access to its socket; they keep that stall.)
+//! Every transaction then took ~40 ms even on loopback. `smtps://` connections are the pool's
+//! own sockets too: TLS is set up on them here (rustls with the ring provider, trusting the
+//! same web roots as lettre plus `TIDINGS_SMTP_CA`) and lettre speaks SMTP over the result.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -58,6 +59,53 @@ struct Server {
     security: Security,
     credentials: Option<Credentials>,
     hello: ClientId,
+    /// CA certificates trusted besides the web roots (`TIDINGS_SMTP_CA`).
+    ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+/// An `smtps://` connection: TLS on a socket of the pool's own (with `TCP_NODELAY`), handed
+/// to lettre as a byte stream.
+#[derive(Debug)]
+struct TlsSocket(tokio_rustls::client::TlsStream<TcpStream>);
+
+impl tokio::io::AsyncRead for TlsSocket {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsSocket {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl lettre::transport::smtp::client::AsyncTokioStream for TlsSocket {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.get_ref().0.peer_addr()
+    }
 }
 
 impl Server {
@@ -107,31 +155,78 @@ impl Server {
             security,
             credentials,
             hello,
+            ca: Vec::new(),
         })
     }
 
+    /// lettre's TLS settings for STARTTLS: the web roots and `TIDINGS_SMTP_CA`.
     fn tls(&self) -> Result<TlsParameters, lettre::transport::smtp::Error> {
-        TlsParameters::new(self.host.clone())
+        let mut params = TlsParameters::builder(self.host.clone());
+        for cert in &self.ca {
+            params = params.add_root_certificate(
+                lettre::transport::smtp::client::Certificate::from_der(cert.to_vec())?,
+            );
+        }
+        params.build_rustls()
+    }
+
+    /// The rustls settings for `smtps://`: the same roots as [`Server::tls`].
+    fn wrapper_tls(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for cert in &self.ca {
+            roots
+                .add(cert.clone())
+                .map_err(|e| format!("TIDINGS_SMTP_CA: {e}"))?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(std::sync::Arc::new(config))
+    }
+
+    /// A TCP connection to the server with `TCP_NODELAY`.
+    async fn socket(&self) -> Result<TcpStream, String> {
+        let stream = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| format!("connecting to {}:{}: {e}", self.host, self.port))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        Ok(stream)
     }
 
     /// Opens, greets, secures and logs in one connection.
     async fn connect(&self) -> Result<Pooled, String> {
         let mut probe = None;
         let mut conn = match self.security {
-            Security::Wrapper => AsyncSmtpConnection::connect_tokio1(
-                (self.host.as_str(), self.port),
-                Some(TIMEOUT),
-                &self.hello,
-                Some(self.tls().map_err(|e| e.to_string())?),
-                None,
-            )
-            .await
-            .map_err(|e| e.to_string())?,
-            _ => {
-                let stream = TcpStream::connect((self.host.as_str(), self.port))
+            Security::Wrapper => {
+                let stream = self.socket().await?;
+                let name = rustls_pki_types::ServerName::try_from(self.host.clone())
+                    .map_err(|e| format!("{}: not a host name for TLS: {e}", self.host))?;
+                let tls = tokio_rustls::TlsConnector::from(self.wrapper_tls()?)
+                    .connect(name, stream)
                     .await
-                    .map_err(|e| format!("connecting to {}:{}: {e}", self.host, self.port))?;
-                stream.set_nodelay(true).map_err(|e| e.to_string())?;
+                    .map_err(|e| {
+                        let e = e.to_string();
+                        let why = tidings_common::tls::explain_refusal(
+                            &e,
+                            true,
+                            tidings_common::tls::SMTP_SETTINGS,
+                        )
+                        .map(|why| format!("{why}: "))
+                        .unwrap_or_default();
+                        format!("TLS with {}:{}: {why}{e}", self.host, self.port)
+                    })?;
+                AsyncSmtpConnection::connect_with_transport(Box::new(TlsSocket(tls)), &self.hello)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+            _ => {
+                let stream = self.socket().await?;
                 // A second handle on the same socket, to see whether the server closed it
                 // while it sat idle (see `Pooled::alive`).
                 let std = stream.into_std().map_err(|e| e.to_string())?;
@@ -208,8 +303,12 @@ pub struct Smtp {
 impl Smtp {
     /// Reads `TIDINGS_SMTP_URL`; fails naming the variable on a bad URL.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let server = Server::parse(&config.smtp_url)
+        let mut server = Server::parse(&config.smtp_url)
             .map_err(|e| anyhow::anyhow!("TIDINGS_SMTP_URL: {e}"))?;
+        if let Some(ca) = &config.smtp_ca {
+            server.ca = tidings_common::tls::read_certificates(ca)
+                .map_err(|e| anyhow::anyhow!("TIDINGS_SMTP_CA: {e}"))?;
+        }
         let own = config.own_address();
         let from_domain = own.rsplit_once('@').map(|(_, d)| d).unwrap_or(&own);
         let dkim = tidings_common::dkim::Dkim::from_config(&config.mail_auth, from_domain)
