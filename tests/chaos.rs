@@ -531,6 +531,7 @@ async fn cluster_loses_nodes_under_load_with_nothing_lost() {
         cert: server.cert,
         key: server.key,
         require_client_cert: false,
+        plain_port: None,
     };
     let mut cluster =
         tokio::task::block_in_place(|| Cluster::start(&root, CLUSTER_SIZE, Some(tls)));

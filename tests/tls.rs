@@ -49,6 +49,7 @@ async fn the_pipeline_runs_over_verified_broker_tls_and_each_refusal_is_named() 
                 cert: server.cert.clone(),
                 key: server.key.clone(),
                 require_client_cert: true,
+                plain_port: None,
             }),
         )
     });

@@ -193,7 +193,7 @@ pub(crate) async fn files_phase(
         );
         tidings_common::attachments::attach(&mut db, message, conversation, &[file])?;
     }
-    let conn = amqp::connect(AMQP_URL, "bench files").await?;
+    let conn = amqp::connect(&amqp_url(), "bench files").await?;
     let channel = conn.create_channel().await?;
     channel.confirm_select(Default::default()).await?;
     reset_peak(pid("mailer"));

@@ -49,6 +49,7 @@ mod live;
 mod pipeline;
 mod soak;
 mod sustained;
+mod tls;
 
 use baseline::*;
 use console::*;
@@ -86,6 +87,11 @@ const DB_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// The broker of this run: `BENCH_AMQP_URL`, or the local node.
+fn amqp_url() -> String {
+    std::env::var("BENCH_AMQP_URL").unwrap_or_else(|_| AMQP_URL.into())
+}
+
 /// Publisher confirms kept outstanding at once.
 const CONFIRM_WINDOW: usize = 512;
 
@@ -100,6 +106,9 @@ async fn main() -> anyhow::Result<()> {
     if only == "dkim" {
         print_signing(Some(&signing_rate()?));
         return Ok(());
+    }
+    if only == "tls" {
+        return tls::tls_phase().await;
     }
     let tidings = std::env::var("BENCH_TIDINGS")
         .map(PathBuf::from)
@@ -136,10 +145,13 @@ async fn main() -> anyhow::Result<()> {
             .context("smtp-sink (Debian package postfix)")?,
     );
     let database = format!("tidings_bench_{run}");
-    let database_url = format!("{DB_SERVER}/{database}");
+    let mut database_url = format!("{DB_SERVER}/{database}");
+    if let Ok(options) = std::env::var("BENCH_DATABASE_OPTIONS") {
+        database_url = format!("{database_url}?{options}");
+    }
     let mut vars: Vec<(&str, String)> = vec![
         ("TIDINGS_DATABASE_URL", database_url.clone()),
-        ("TIDINGS_AMQP_URL", AMQP_URL.into()),
+        ("TIDINGS_AMQP_URL", amqp_url()),
         ("TIDINGS_SMTP_URL", format!("smtp://127.0.0.1:{sink_port}")),
         ("TIDINGS_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
         ("TIDINGS_INBOUND_ADDR", format!("127.0.0.1:{}", free_port())),
@@ -167,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
         "TIDINGS_SMTP_CONCURRENCY",
         "TIDINGS_DB_POOL_SIZE",
         "TIDINGS_KEEP_SOURCE",
+        "TIDINGS_AMQP_CA",
     ] {
         if let Ok(value) = std::env::var(knob) {
             vars.push((knob, value));
@@ -174,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let config =
         Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
+    amqp::use_tls(config.amqp_tls.clone());
     let status = Command::new(&tidings)
         .arg("migrate")
         .envs(vars.iter().cloned())
@@ -201,7 +215,7 @@ async fn main() -> anyhow::Result<()> {
         _ = terminate.recv() => Err(anyhow::anyhow!("terminated")),
     };
     if result.is_err()
-        && let Ok(conn) = amqp::connect(AMQP_URL, "bench").await
+        && let Ok(conn) = amqp::connect(&amqp_url(), "bench").await
         && let Ok(channel) = conn.create_channel().await
     {
         for prefix in [
@@ -232,7 +246,7 @@ async fn run_phases(
     let n_fanout10 = knob("BENCH_FANOUT10", 3_000);
     let step_seconds = knob("BENCH_STEP_SECONDS", 30);
     let steps = knob("BENCH_STEPS", 6);
-    let conn = amqp::connect(AMQP_URL, "bench").await?;
+    let conn = amqp::connect(&amqp_url(), "bench").await?;
     let corpora = corpora_dir();
     eprintln!("bench: reply extraction over {corpora}");
     let extraction = extraction_rate(std::path::Path::new(&corpora)).ok();
@@ -545,6 +559,14 @@ async fn run_phases(
         }
         for (role, kib) in &rss {
             row(format!("peak RSS {role}"), fmt_rss(*kib), String::new());
+        }
+        if let Ok(out) = std::env::var("BENCH_OUT") {
+            let report = json!({
+                "baseline_rate": baseline_rate,
+                "fanout1_rate": fan1.rate,
+                "fanout10_rate": fan10.rate,
+            });
+            std::fs::write(&out, serde_json::to_vec_pretty(&report)?)?;
         }
         return Ok(());
     }

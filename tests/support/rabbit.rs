@@ -20,6 +20,8 @@ pub struct NodeTls {
     pub cert: std::path::PathBuf,
     pub key: std::path::PathBuf,
     pub require_client_cert: bool,
+    /// A plain listener too, on this port (to compare the two on one node).
+    pub plain_port: Option<u16>,
 }
 
 /// Nodes of a test's own (a cluster when more than one).
@@ -108,10 +110,14 @@ impl Cluster {
             let listeners = match &cluster.tls {
                 None => format!("listeners.tcp.1 = 127.0.0.1:{}\n", cluster.port(n)),
                 Some(tls) => format!(
-                    "listeners.tcp = none\nlisteners.ssl.1 = 127.0.0.1:{}\n\
+                    "{}listeners.ssl.1 = 127.0.0.1:{}\n\
                      ssl_options.cacertfile = {}\nssl_options.certfile = {}\n\
                      ssl_options.keyfile = {}\nssl_options.verify = verify_peer\n\
                      ssl_options.fail_if_no_peer_cert = {}\n",
+                    match tls.plain_port {
+                        Some(port) => format!("listeners.tcp.1 = 127.0.0.1:{port}\n"),
+                        None => "listeners.tcp = none\n".into(),
+                    },
                     cluster.port(n),
                     tls.ca.display(),
                     tls.cert.display(),
