@@ -1656,3 +1656,184 @@ async fn d10_one_ping_and_one_desktop_notification_per_conversation() {
         .await;
     strict.quit().await;
 }
+
+/// A4: a person mutes a conversation from the messenger, by mouse, and unmutes it by
+/// keyboard. Muted, its messages still count as unread but ping nobody and email nobody
+/// (the status under the message says so to its author); the other conversations ping as
+/// before; unmuted, it pings again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a4_a_muted_conversation_pings_and_emails_nobody() {
+    let env = Env::new("1s");
+    let _roles = env.spawn(&["api", "dispatch", "mailer"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (ann, ben, _, printer) = team(&env).await;
+    let (_, item, invoice) = env.ticket("Invoice").await;
+    env.follow_item(item, ann).await;
+    env.follow_item(item, ben).await;
+    env.post(printer, ben, "Is the printer fixed?", false).await;
+    env.post(invoice, ben, "The invoice is attached", false)
+        .await;
+
+    let driver = Driver::start(&env.root().join("browser")).await;
+    let view = driver.browser("ann").await;
+    sign_in(&view, &env, ann).await;
+    let pings = async || {
+        view.js(
+            "return Number(document.body.dataset.pings || 0);",
+            json!([]),
+        )
+        .await
+        .as_i64()
+        .unwrap()
+    };
+    view.click(&format!("#team .conversation[data-id=\"{printer}\"]"))
+        .await;
+    view.wait_until(
+        "printer open",
+        "document.getElementById('subject').textContent === 'Printer' && document.getElementById('conversation-mute').getAttribute('aria-pressed') === 'false'",
+        LIVE,
+    )
+    .await;
+    view.click("#conversation-mute").await;
+    view.wait_until(
+        "muted",
+        &format!(
+            "document.getElementById('conversation-mute').getAttribute('aria-pressed') === 'true' && document.querySelector('#team .conversation[data-id=\"{printer}\"] .tag.muted') !== null"
+        ),
+        LIVE,
+    )
+    .await;
+    let violations = view.axe().await;
+    assert!(violations.is_empty(), "{violations:?}");
+    // Reading the invoice now: the printer's new message is neither seen nor pinged.
+    view.click(&format!("#team .conversation[data-id=\"{invoice}\"]"))
+        .await;
+    view.wait_until(
+        "invoice open",
+        "document.getElementById('subject').textContent === 'Invoice'",
+        LIVE,
+    )
+    .await;
+    let before = pings().await;
+    let quiet = env
+        .post(printer, ben, "Paper tray 2 is jammed", false)
+        .await;
+    view.wait_until(
+        "counted as unread",
+        &format!(
+            "window.tidings.conversations.find((c) => c.conversation_id === {printer}).unread === 1"
+        ),
+        LIVE,
+    )
+    .await;
+    // The event that counted it is the one that would have pinged (before the count).
+    assert_eq!(pings().await, before, "the muted conversation pinged");
+    let d = env.settled(quiet, SETTLE).await;
+    let row = d["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["recipient_id"] == json!(ann))
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (
+            &row["email_state"],
+            &row["email_reason"],
+            &row["email_rule"]
+        ),
+        (&json!("skipped"), &json!("muted"), &json!("A4")),
+        "{d}"
+    );
+    // (The two messages posted before Ann opened the messenger were emailed to her.)
+    assert!(
+        env.mails_to("ann@example.com").iter().all(|m| !m
+            .parsed()
+            .body_text(0)
+            .unwrap_or_default()
+            .contains("Paper tray")),
+        "the muted conversation's message was emailed"
+    );
+    // Another conversation still pings.
+    env.post(invoice, ben, "Paid, thanks", false).await;
+    view.wait_until(
+        "the invoice pinged",
+        &format!(
+            "Number(document.body.dataset.pings || 0) === {}",
+            before + 1
+        ),
+        LIVE,
+    )
+    .await;
+    assert_eq!(
+        pings().await,
+        before + 1,
+        "the muted conversation did not ping"
+    );
+
+    // Ben sees why Ann got no email, under his message.
+    let ben_view = driver.browser("ben").await;
+    sign_in(&ben_view, &env, ben).await;
+    ben_view
+        .click(&format!("#team .conversation[data-id=\"{printer}\"]"))
+        .await;
+    ben_view
+        .wait_until(
+            "the status says muted",
+            "[...document.querySelectorAll('.delivery.muted')].some((s) => s.textContent.includes('Not emailed: Ann muted the conversation'))",
+            LIVE,
+        )
+        .await;
+    ben_view.quit().await;
+
+    // Unmuted by keyboard: it pings again, and emails again.
+    view.click(&format!("#team .conversation[data-id=\"{printer}\"]"))
+        .await;
+    view.wait_until(
+        "printer open again",
+        "document.getElementById('subject').textContent === 'Printer' && document.getElementById('conversation-mute').getAttribute('aria-pressed') === 'true'",
+        LIVE,
+    )
+    .await;
+    view.type_into("#conversation-mute", "\u{E007}").await;
+    view.wait_until(
+        "unmuted",
+        &format!(
+            "document.getElementById('conversation-mute').getAttribute('aria-pressed') === 'false' && document.querySelector('#team .conversation[data-id=\"{printer}\"] .tag.muted') === null"
+        ),
+        LIVE,
+    )
+    .await;
+    view.click(&format!("#team .conversation[data-id=\"{invoice}\"]"))
+        .await;
+    view.wait_until(
+        "invoice open again",
+        "document.getElementById('subject').textContent === 'Invoice'",
+        LIVE,
+    )
+    .await;
+    let before = pings().await;
+    let loud = env.post(printer, ben, "Fixed now", false).await;
+    view.wait_until(
+        "the printer pinged",
+        &format!(
+            "Number(document.body.dataset.pings || 0) === {}",
+            before + 1
+        ),
+        LIVE,
+    )
+    .await;
+    let d = env.settled(loud, SETTLE).await;
+    assert!(
+        d["recipients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["recipient_id"] == json!(ann) && r["email_state"] == "sent"),
+        "{d}"
+    );
+    let errors = view.console_errors().await;
+    assert!(errors.is_empty(), "{errors:?}");
+    view.quit().await;
+}

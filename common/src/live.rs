@@ -256,7 +256,11 @@ pub fn since(
                        'conversation_id', e.conversation_id, 'subject', c.subject,
                        'message_id', e.message_id, 'author_id', m.author_id, 'author', a.name,
                        'excerpt', CASE WHEN m.deleted_at IS NULL THEN left(m.body, 140) ELSE '' END,
-                       'internal', m.internal, 'ping', e.kind = 'notification',
+                       'internal', m.internal,
+                       'ping', e.kind = 'notification'
+                               AND (SELECT true FROM conversation_mutes cm
+                                    WHERE cm.person_id = $1
+                                      AND cm.conversation_id = e.conversation_id) IS NULL,
                        'attachments', COALESCE((
                            SELECT jsonb_agg(jsonb_build_object('id', f.id, 'name', f.name,
                                     'size', f.size, 'content_type', b.sniffed_type,

@@ -170,7 +170,8 @@ pub struct PersonFacts {
     pub follows_project: bool,
     /// Posted in the conversation or was added to it.
     pub participant: bool,
-    /// A customer who unsubscribed from this conversation's emails.
+    /// The person muted the conversation (A4); for a customer, also what unsubscribing from
+    /// its emails does.
     pub muted_conversation: bool,
     /// The person's read cursor in the conversation.
     pub seen_up_to: Option<i64>,
@@ -184,7 +185,8 @@ pub struct PersonFacts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Verdict {
     pub yes: bool,
-    /// The deciding rule: `D3`, `D5`, `P1`…`P5`, `F1`, `D4`, `D9`, `bot`, `unsubscribe`, `address`.
+    /// The deciding rule: `D3`, `D5`, `P1`…`P5`, `F1`, `D4`, `D9`, `A4`, `bot`, `unsubscribe`,
+    /// `address`.
     pub rule: &'static str,
     /// Why, in words.
     pub detail: String,
@@ -335,6 +337,13 @@ pub fn email(message: &MessageFacts, person: &PersonFacts) -> Verdict {
             "D4",
             SkipReason::Seen,
             "the recipient saw the message in the app within the window",
+        );
+    }
+    if person.muted_conversation && person.kind == PersonKind::User {
+        return no(
+            "A4",
+            SkipReason::Muted,
+            "the recipient muted the conversation",
         );
     }
     let prefs = &person.preferences;
@@ -584,6 +593,20 @@ mod tests {
             email(&message(User, false), &customer).reason,
             Some(SkipReason::Unsubscribed)
         );
+    }
+
+    #[test]
+    fn a4_a_user_who_muted_the_conversation_is_not_emailed() {
+        let m = message(Customer, false);
+        let mut p = person(User, Preferences::default(), true, true);
+        assert!(email(&m, &p).yes);
+        p.muted_conversation = true;
+        let verdict = email(&m, &p);
+        assert_eq!(
+            (verdict.rule, verdict.reason),
+            ("A4", Some(SkipReason::Muted))
+        );
+        assert!(notify(&m, &p).yes, "the badge still counts it");
     }
 
     #[test]

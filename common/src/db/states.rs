@@ -153,6 +153,8 @@ text_enum! {
         Suppressed => "suppressed",
         /// It went out inside the email of another notification.
         Coalesced => "coalesced",
+        /// A4: the recipient muted the conversation.
+        Muted => "muted",
     }
 }
 

@@ -334,10 +334,12 @@ function renderList() {
     unread.setAttribute("aria-label", `${c.unread} unread`);
     // A read conversation shows no count.
     unread.hidden = !(c.unread > 0);
+    const subject = el("span", { class: "subject", dir: "auto", text: c.subject });
+    if (c.muted) subject.append(" ", el("span", { class: "tag muted", text: "muted" }));
     const button = el(
       "button",
       { type: "button", class: "conversation" + (state.open === c.conversation_id ? " open" : ""), "data-id": String(c.conversation_id) },
-      el("span", { class: "subject", dir: "auto", text: c.subject }),
+      subject,
       unread,
       el("span", { class: "excerpt", dir: "auto", text: c.last_excerpt || "" }),
     );
@@ -386,6 +388,7 @@ function deliveryLine(d) {
   if (d.email_reason === "bounced") step("\u26A0", `Email to ${d.person} bounced`, "bounced", d.emailed_at);
   else if (d.email_state === "sent") step("\u2709", `Emailed to ${d.person}`, "emailed", d.emailed_at);
   else if (d.email_state === "failed") step("\u26A0", `Email to ${d.person} failed`, "failed", null);
+  else if (d.email_reason === "muted") step("\u2013", `Not emailed: ${d.person} muted the conversation`, "muted", null);
   steps.sort((a, b) => a.at - b.at || a.order - b.order);
   return el("li", {}, ...steps.map((s) => s.span));
 }
@@ -464,6 +467,7 @@ function fileItem(a) {
 function renderConversation(view, keepScroll) {
   state.view = view;
   $("subject").textContent = view.subject;
+  renderMuted(view.muted);
   const list = $("messages");
   const fromBottom = list.scrollHeight - list.scrollTop;
   const byMessage = new Map();
@@ -499,6 +503,28 @@ async function loadOlder() {
   } finally {
     state.loadingOlder = false;
   }
+}
+
+// A4: the open conversation's mute switch.
+function renderMuted(muted) {
+  const button = $("conversation-mute");
+  button.setAttribute("aria-pressed", muted ? "true" : "false");
+  button.textContent = muted ? "Muted: unmute" : "Mute this conversation";
+}
+
+async function toggleConversationMute() {
+  const id = state.open;
+  if (id == null || !state.view) return;
+  const muted = !state.view.muted;
+  await api(muted ? "PUT" : "DELETE", `/me/conversations/${id}/mute`);
+  if (state.open !== id) return;
+  state.view.muted = muted;
+  renderMuted(muted);
+  const c = state.conversations.find((x) => x.conversation_id === id);
+  if (c) c.muted = muted;
+  renderList();
+  say(muted ? "Muted: no ping, desktop notification or email about this conversation."
+    : "Unmuted.");
 }
 
 async function refreshConversation(markSeen) {
@@ -838,6 +864,8 @@ async function main() {
   document.addEventListener("keydown", unlockAudio, { capture: true });
   $("mute").addEventListener("click", toggleSound);
   $("desktop").addEventListener("click", () => toggleDesktop().catch((e) => say(e.message)));
+  $("conversation-mute").addEventListener("click",
+    () => toggleConversationMute().catch((e) => say(`Could not change the mute: ${e.message}`)));
   $("home").addEventListener("click", closeConversation);
   $("older").addEventListener("click", () => loadOlder());
   $("messages").addEventListener("scroll", () => {

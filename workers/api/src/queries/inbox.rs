@@ -34,6 +34,9 @@ pub struct InboxEntry {
     /// A customer takes part (the "From customers" group).
     #[diesel(sql_type = Bool)]
     from_customers: bool,
+    /// The person muted it (A4): no ping, desktop notification or email.
+    #[diesel(sql_type = Bool)]
+    muted: bool,
 }
 
 /// A person's inbox: the total unread count and each open conversation, newest first.
@@ -70,7 +73,9 @@ pub fn inbox_of(conn: &mut PgConnection, me: Me) -> ApiResult<Inbox> {
                     AND n.message_id > COALESCE(l.last_seen_message_id, 0)) AS unread,
                 lm.id AS last_message_id, lm.created_at AS last_message_at,
                 left(lm.body, 120) AS last_excerpt, l.last_seen_message_id AS seen_up_to,
-                l.from_customers
+                l.from_customers,
+                (SELECT true FROM conversation_mutes cm
+                  WHERE cm.person_id = $1 AND cm.conversation_id = l.id) IS NOT NULL AS muted
          FROM listed l
          CROSS JOIN LATERAL (
              SELECT m.id, m.created_at, m.body FROM messages m

@@ -85,6 +85,8 @@ pub struct MeConversation {
     /// `before` for the next older page; `null` at the first message.
     older: Option<i64>,
     deliveries: Vec<MeDelivery>,
+    /// You muted it (A4).
+    muted: bool,
 }
 
 #[utoipa::path(get, path = "/me/conversations/{id}", tag = "me",
@@ -110,12 +112,14 @@ pub async fn conversation(
         let page = conversation::page(conn, id, me.sees_internal(), bounds, budget)?;
         let ids: Vec<i64> = page.messages.iter().map(|m| m.message.id).collect();
         let deliveries = deliveries::for_person(conn, &ids)?;
+        let muted = is_muted(conn, me.id, id)?;
         Ok(Json(MeConversation {
             id,
             subject,
             messages: page.messages,
             older: page.older,
             deliveries,
+            muted,
         }))
     })
     .await
@@ -249,6 +253,73 @@ pub async fn mark_seen(
     .await?;
     state.announce(Announcements::live(live)).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn is_muted(
+    conn: &mut diesel::PgConnection,
+    person: i64,
+    conversation: i64,
+) -> diesel::QueryResult<bool> {
+    use diesel::prelude::*;
+    use tidings_common::db::schema::conversation_mutes as cm;
+    diesel::select(diesel::dsl::exists(cm::table.find((person, conversation)))).get_result(conn)
+}
+
+/// A4: mutes the conversation for you: no ping, no desktop notification and no email about
+/// its messages (they still count as unread). Assignment emails (E1) still come. Muting twice
+/// changes nothing more.
+#[utoipa::path(put, path = "/me/conversations/{id}/mute", tag = "me",
+    params(("id" = i64, Path, description = "the conversation id")),
+    responses(
+        (status = 204, description = "muted"),
+        (status = 403, description = "you may not see it", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+    ),
+    security(("person" = [])))]
+pub async fn mute(
+    State(state): State<AppState>,
+    Extension(me): Extension<Me>,
+    Path(conversation_id): Path<i64>,
+) -> ApiResult<StatusCode> {
+    with_db(&state, move |conn| {
+        use diesel::prelude::*;
+        use tidings_common::db::schema::conversation_mutes as cm;
+        require_visible(conn, me, conversation_id)?;
+        diesel::insert_into(cm::table)
+            .values((
+                cm::person_id.eq(me.id),
+                cm::conversation_id.eq(conversation_id),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+/// A4: ends your mute of the conversation (for a customer, also the unsubscribe from its
+/// emails). Unmuting one that is not muted changes nothing.
+#[utoipa::path(delete, path = "/me/conversations/{id}/mute", tag = "me",
+    params(("id" = i64, Path, description = "the conversation id")),
+    responses(
+        (status = 204, description = "not muted"),
+        (status = 403, description = "you may not see it", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+    ),
+    security(("person" = [])))]
+pub async fn unmute(
+    State(state): State<AppState>,
+    Extension(me): Extension<Me>,
+    Path(conversation_id): Path<i64>,
+) -> ApiResult<StatusCode> {
+    with_db(&state, move |conn| {
+        use diesel::prelude::*;
+        use tidings_common::db::schema::conversation_mutes as cm;
+        require_visible(conn, me, conversation_id)?;
+        diesel::delete(cm::table.find((me.id, conversation_id))).execute(conn)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/me/preferences", tag = "me",

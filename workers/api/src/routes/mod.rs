@@ -122,6 +122,7 @@ fn groups() -> Groups {
         .routes(routes!(attachments::my_download))
         .routes(routes!(me::post_message))
         .routes(routes!(me::mark_seen))
+        .routes(routes!(me::mute, me::unmute))
         .routes(routes!(me::deliveries))
         .routes(routes!(me::get_preferences, me::update_preferences));
     let public = OpenApiRouter::new()
