@@ -1837,3 +1837,89 @@ async fn a4_a_muted_conversation_pings_and_emails_nobody() {
     assert!(errors.is_empty(), "{errors:?}");
     view.quit().await;
 }
+
+/// A1 from the messenger: Ann pauses for an hour by choosing it in the header. A message for
+/// her then counts as unread but does not ping, its email is held, and the status under the
+/// message says so to its author; ending the pause sends the held email.
+#[tokio::test(flavor = "multi_thread")]
+async fn a1_a_pause_set_in_the_messenger_holds_the_email_and_says_so() {
+    let env = Env::new("1s");
+    let _roles = env.spawn(&["api", "dispatch", "mailer"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (ann, ben, _, printer) = team(&env).await;
+    env.post(printer, ben, "Is the printer fixed?", false).await;
+    let driver = Driver::start(&env.root().join("browser")).await;
+    let view = driver.browser("ann").await;
+    sign_in(&view, &env, ann).await;
+    view.wait_until("not paused", "document.body.dataset.dnd === 'off'", LIVE)
+        .await;
+    view.click("#dnd").await;
+    view.click("#dnd option[value='1h']").await;
+    view.wait_until(
+        "paused",
+        "document.body.dataset.dnd === 'on' && document.getElementById('dnd-status').textContent.startsWith('Paused until')",
+        LIVE,
+    )
+    .await;
+    let violations = view.axe().await;
+    assert!(violations.is_empty(), "{violations:?}");
+    let pings = view
+        .js(
+            "return Number(document.body.dataset.pings || 0);",
+            json!([]),
+        )
+        .await;
+    let message = env
+        .post(printer, ben, "Paper tray 2 is jammed", false)
+        .await;
+    view.wait_until("counted as unread", "window.tidings.unread === 2", LIVE)
+        .await;
+    assert_eq!(
+        view.js(
+            "return Number(document.body.dataset.pings || 0);",
+            json!([])
+        )
+        .await,
+        pings,
+        "no ping while paused"
+    );
+    // Ben sees why Ann has no email yet, under his message.
+    let ben_view = driver.browser("ben").await;
+    sign_in(&ben_view, &env, ben).await;
+    ben_view
+        .click(&format!("#team .conversation[data-id=\"{printer}\"]"))
+        .await;
+    ben_view
+        .wait_until(
+            "the status says held",
+            "[...document.querySelectorAll('.delivery.held')].some((s) => s.textContent.includes('Email to Ann held: do not disturb until'))",
+            SETTLE,
+        )
+        .await;
+    ben_view.quit().await;
+    assert!(
+        env.mails_to("ann@example.com").iter().all(|m| !m
+            .parsed()
+            .body_text(0)
+            .unwrap_or_default()
+            .contains("Paper tray")),
+        "emailed during the pause"
+    );
+    // Ending the pause by keyboard sends what she still has not seen.
+    view.type_into("#dnd", "Off\u{E007}").await;
+    view.wait_until("not paused", "document.body.dataset.dnd === 'off'", LIVE)
+        .await;
+    env.settled(message, SETTLE).await;
+    assert!(
+        env.mails_to("ann@example.com").iter().any(|m| m
+            .parsed()
+            .body_text(0)
+            .unwrap_or_default()
+            .contains("Paper tray")),
+        "the held email went out when the pause ended"
+    );
+    let errors = view.console_errors().await;
+    assert!(errors.is_empty(), "{errors:?}");
+    view.quit().await;
+}

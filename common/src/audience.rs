@@ -81,6 +81,8 @@ struct PersonRow {
     email_internal: Option<bool>,
     #[diesel(sql_type = Bool)]
     suppressed: bool,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Timestamptz>)]
+    held_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl PersonRow {
@@ -144,6 +146,7 @@ impl PersonRow {
             seen_up_to: self.seen_up_to,
             last_posted: self.last_posted,
             suppressed: self.suppressed,
+            held_until: self.held_until,
         }
     }
 }

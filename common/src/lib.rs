@@ -6,6 +6,7 @@ pub use mail_auth;
 pub mod amqp;
 pub mod announce;
 pub mod attachments;
+pub mod attention;
 pub mod audience;
 pub mod clock;
 pub mod config;

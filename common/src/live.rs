@@ -260,7 +260,9 @@ pub fn since(
                        'ping', e.kind = 'notification'
                                AND (SELECT true FROM conversation_mutes cm
                                     WHERE cm.person_id = $1
-                                      AND cm.conversation_id = e.conversation_id) IS NULL,
+                                      AND cm.conversation_id = e.conversation_id) IS NULL
+                               AND (SELECT true FROM attention a
+                                    WHERE a.person_id = $1 AND a.dnd_until > now()) IS NULL,
                        'attachments', COALESCE((
                            SELECT jsonb_agg(jsonb_build_object('id', f.id, 'name', f.name,
                                     'size', f.size, 'content_type', b.sniffed_type,

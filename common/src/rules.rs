@@ -179,6 +179,8 @@ pub struct PersonFacts {
     pub last_posted: Option<i64>,
     /// The person's address bounced (hard, or soft repeatedly) and is suppressed.
     pub suppressed: bool,
+    /// A1: the person paused (do not disturb) until then; `None` when no pause is on now.
+    pub held_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A decision and the rule that made it.
@@ -193,6 +195,8 @@ pub struct Verdict {
     /// The reason stored on a skipped notification and in the email log (`None` for yes).
     #[serde(skip)]
     pub reason: Option<SkipReason>,
+    /// A1: not now but at this time (the end of a pause); with `yes` false and no reason.
+    pub held_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 fn no(rule: &'static str, reason: SkipReason, detail: impl Into<String>) -> Verdict {
@@ -201,6 +205,7 @@ fn no(rule: &'static str, reason: SkipReason, detail: impl Into<String>) -> Verd
         rule,
         detail: detail.into(),
         reason: Some(reason),
+        held_until: None,
     }
 }
 
@@ -210,6 +215,7 @@ fn yes(rule: &'static str, detail: impl Into<String>) -> Verdict {
         rule,
         detail: detail.into(),
         reason: None,
+        held_until: None,
     }
 }
 
@@ -376,6 +382,18 @@ pub fn email(message: &MessageFacts, person: &PersonFacts) -> Verdict {
             "the recipient's address bounced and is suppressed until reset",
         );
     }
+    if let Some(until) = person.held_until {
+        return Verdict {
+            yes: false,
+            rule: "A1",
+            detail: format!(
+                "held: do not disturb until {}",
+                until.format("%Y-%m-%d %H:%M UTC")
+            ),
+            reason: None,
+            held_until: Some(until),
+        };
+    }
     yes("D2", "not seen within the window")
 }
 
@@ -415,6 +433,7 @@ mod tests {
             seen_up_to: None,
             last_posted: None,
             suppressed: false,
+            held_until: None,
         }
     }
 
@@ -593,6 +612,29 @@ mod tests {
             email(&message(User, false), &customer).reason,
             Some(SkipReason::Unsubscribed)
         );
+    }
+
+    #[test]
+    fn a1_a_pause_holds_what_would_be_sent_and_nothing_else() {
+        let m = message(Customer, false);
+        let mut p = person(User, Preferences::default(), true, true);
+        let until = crate::clock::now() + chrono::Duration::hours(1);
+        p.held_until = Some(until);
+        let verdict = email(&m, &p);
+        assert_eq!(
+            (
+                verdict.yes,
+                verdict.rule,
+                verdict.reason,
+                verdict.held_until
+            ),
+            (false, "A1", None, Some(until))
+        );
+        assert!(verdict.detail.starts_with("held: do not disturb until "));
+        // What would not be sent anyway is decided as before: seen, or muted.
+        p.seen_up_to = Some(m.message_id);
+        assert_eq!(email(&m, &p).reason, Some(SkipReason::Seen));
+        assert!(notify(&m, &p).yes, "the badge still counts it");
     }
 
     #[test]

@@ -110,6 +110,7 @@ fn organisation() -> impl Strategy<Value = Organisation> {
                         seen_up_to,
                         last_posted,
                         suppressed: muted && kind == PersonKind::User,
+                        held_until: None,
                     }
                 })
                 .collect();

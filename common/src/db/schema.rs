@@ -154,6 +154,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    attention (person_id) {
+        person_id -> Int8,
+        dnd_until -> Nullable<Timestamptz>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     conversation_mutes (person_id, conversation_id) {
         person_id -> Int8,
         conversation_id -> Int8,
@@ -201,6 +209,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     user_preferences,
     conversation_mutes,
     preference_changes,
+    attention,
 );
 
 diesel::table! {

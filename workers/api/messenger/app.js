@@ -388,7 +388,9 @@ function deliveryLine(d) {
   if (d.email_reason === "bounced") step("\u26A0", `Email to ${d.person} bounced`, "bounced", d.emailed_at);
   else if (d.email_state === "sent") step("\u2709", `Emailed to ${d.person}`, "emailed", d.emailed_at);
   else if (d.email_state === "failed") step("\u26A0", `Email to ${d.person} failed`, "failed", null);
-  else if (d.email_reason === "muted") step("\u2013", `Not emailed: ${d.person} muted the conversation`, "muted", null);
+  else if (d.email_state === "pending" && d.email_reason && d.email_reason.startsWith("held:")) {
+    step("\u23F8", `Email to ${d.person} ${d.email_reason}`, "held", null);
+  } else if (d.email_reason === "muted") step("\u2013", `Not emailed: ${d.person} muted the conversation`, "muted", null);
   steps.sort((a, b) => a.at - b.at || a.order - b.order);
   return el("li", {}, ...steps.map((s) => s.span));
 }
@@ -503,6 +505,41 @@ async function loadOlder() {
   } finally {
     state.loadingOlder = false;
   }
+}
+
+// A1: the person's pause. The server holds emails and leaves pings out meanwhile; the page
+// shows until when.
+function renderDnd(until) {
+  const end = until ? new Date(until) : null;
+  const on = end !== null && end > new Date();
+  document.body.dataset.dnd = on ? "on" : "off";
+  $("dnd-status").textContent = on ? `Paused until ${fullTime(until)}` : "";
+  if (!on) {
+    $("dnd").value = "off";
+    $("dnd-until").hidden = true;
+  } else if ($("dnd").value === "off") {
+    $("dnd").value = "custom";
+  }
+  clearTimeout(state.dndTimer);
+  if (on) state.dndTimer = setTimeout(() => renderDnd(null), Math.min(end - new Date(), 2 ** 31 - 1));
+}
+
+async function setDnd(until) {
+  const r = await api("PUT", "/me/attention", { dnd_until: until ? until.toISOString() : null });
+  renderDnd(r.dnd_until);
+  say(r.dnd_until ? `Do not disturb until ${fullTime(r.dnd_until)}: emails wait, no pings.`
+    : "Do not disturb is off; held emails go out now.");
+}
+
+function chooseDnd() {
+  const choice = $("dnd").value;
+  $("dnd-until").hidden = choice !== "custom";
+  if (choice === "custom") { $("dnd-until").focus(); return Promise.resolve(); }
+  if (choice === "off") return setDnd(null);
+  const until = new Date();
+  if (choice === "1h") until.setHours(until.getHours() + 1);
+  else { until.setDate(until.getDate() + 1); until.setHours(8, 0, 0, 0); }
+  return setDnd(until);
 }
 
 // A4: the open conversation's mute switch.
@@ -864,6 +901,11 @@ async function main() {
   document.addEventListener("keydown", unlockAudio, { capture: true });
   $("mute").addEventListener("click", toggleSound);
   $("desktop").addEventListener("click", () => toggleDesktop().catch((e) => say(e.message)));
+  $("dnd").addEventListener("change", () => chooseDnd().catch((e) => say(`Could not change do not disturb: ${e.message}`)));
+  $("dnd-until").addEventListener("change", () => {
+    const value = $("dnd-until").value;
+    if (value) setDnd(new Date(value)).catch((e) => say(`Could not change do not disturb: ${e.message}`));
+  });
   $("conversation-mute").addEventListener("click",
     () => toggleConversationMute().catch((e) => say(`Could not change the mute: ${e.message}`)));
   $("home").addEventListener("click", closeConversation);
@@ -935,6 +977,7 @@ async function main() {
   $("visibility").hidden = customer;
   $("prefs-open").hidden = customer;
   $("admin-link").hidden = !state.me.admin;
+  api("GET", "/me/attention").then((a) => renderDnd(a.dnd_until), () => renderDnd(null));
   if (customer) $("team-heading").textContent = "Your conversations";
   tabs.start(state.me.id);
   connect();

@@ -322,6 +322,40 @@ pub async fn unmute(
     .await
 }
 
+/// Your pause (A1): when it ends, or `null` when none is on.
+#[utoipa::path(get, path = "/me/attention", tag = "me",
+    responses((status = 200, description = "your pause", body = crate::routes::people::Attention)),
+    security(("person" = [])))]
+pub async fn get_attention(
+    State(state): State<AppState>,
+    Extension(me): Extension<Me>,
+) -> ApiResult<Json<crate::routes::people::Attention>> {
+    with_db(&state, move |conn| {
+        Ok(Json(crate::routes::people::Attention {
+            dnd_until: tidings_common::attention::paused_until(conn, me.id)?,
+        }))
+    })
+    .await
+}
+
+/// Pause (do not disturb) until a time, or end the pause (A1).
+#[utoipa::path(put, path = "/me/attention", tag = "me",
+    request_body = crate::routes::people::Attention,
+    responses(
+        (status = 200, description = "your pause as it is now", body = crate::routes::people::Attention),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+    ),
+    security(("person" = [])))]
+pub async fn put_attention(
+    State(state): State<AppState>,
+    Extension(me): Extension<Me>,
+    Body(attention): Body<crate::routes::people::Attention>,
+) -> ApiResult<Json<crate::routes::people::Attention>> {
+    crate::routes::people::set_attention(&state, me.id, attention)
+        .await
+        .map(Json)
+}
+
 #[utoipa::path(get, path = "/me/preferences", tag = "me",
     responses((status = 200, description = "your preferences (users)", body = Object)),
     security(("person" = [])))]

@@ -53,6 +53,7 @@ fn groups() -> Groups {
             preferences::update_preferences
         ))
         .routes(routes!(people::inbox))
+        .routes(routes!(people::put_attention))
         .routes(routes!(
             crate::session::create_session,
             crate::session::revoke_sessions
@@ -123,6 +124,7 @@ fn groups() -> Groups {
         .routes(routes!(me::post_message))
         .routes(routes!(me::mark_seen))
         .routes(routes!(me::mute, me::unmute))
+        .routes(routes!(me::get_attention, me::put_attention))
         .routes(routes!(me::deliveries))
         .routes(routes!(me::get_preferences, me::update_preferences));
     let public = OpenApiRouter::new()

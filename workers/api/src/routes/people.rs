@@ -482,3 +482,61 @@ pub async fn request_password_reset(
         }),
     ))
 }
+
+/// A1: a person's pause (do not disturb).
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Attention {
+    /// When the pause ends (RFC 3339), at most 30 days ahead; `null`, or a time already
+    /// past, ends it. While it lasts: no ping, no desktop notification, no email (held until
+    /// it ends; the unread count still counts).
+    pub dnd_until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Sets or ends `person`'s pause and announces the emails it releases; the pause as it is now.
+pub async fn set_attention(
+    state: &AppState,
+    person: i64,
+    attention: Attention,
+) -> ApiResult<Attention> {
+    if let Some(why) = attention
+        .dnd_until
+        .and_then(tidings_common::attention::refuse)
+    {
+        return Err(ApiError::bad_field("dnd_until", why));
+    }
+    let (released, now) = with_db(state, move |conn| {
+        find_person(conn, person)?;
+        let released = tidings_common::attention::set(conn, person, attention.dnd_until)?;
+        let now = tidings_common::attention::paused_until(conn, person)?;
+        Ok((released, now))
+    })
+    .await?;
+    if !released.is_empty() {
+        state
+            .announce(Announcements {
+                due: released,
+                ..Default::default()
+            })
+            .await;
+    }
+    Ok(Attention { dnd_until: now })
+}
+
+/// A person's pause, set by an admin or the host application (A1).
+#[utoipa::path(put, path = "/people/{id}/attention", tag = "people",
+    params(("id" = i64, Path, description = "the person's id")),
+    request_body = Attention,
+    responses(
+        (status = 200, description = "the pause as it is now", body = Attention),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn put_attention(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Body(attention): Body<Attention>,
+) -> ApiResult<Json<Attention>> {
+    set_attention(&state, id, attention).await.map(Json)
+}

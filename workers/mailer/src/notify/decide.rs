@@ -48,6 +48,23 @@ impl Notifications<'_> {
             ended: Vec::new(),
         };
         let primary = &unit.primary.claim;
+        if let Some(until) = unit.primary.verdict.held_until {
+            // A1: the recipient's pause holds this email, and the companions the rules still
+            // let through, until it ends; the rest are skipped on their own account.
+            let held = |c: &Checked| Finish::Held {
+                until: c.verdict.held_until.unwrap_or(until),
+                detail: c.verdict.detail.clone(),
+            };
+            ends.push(primary, None, held(&unit.primary));
+            for c in &unit.companions {
+                if c.verdict.reason.is_some() {
+                    ends.push(&c.claim, None, Finish::Skipped(c.verdict.clone()));
+                } else {
+                    ends.push(&c.claim, None, held(c));
+                }
+            }
+            return (ends.ended, None);
+        }
         if !unit.primary.verdict.yes {
             // The companions go back to wait for their own batches.
             ends.push(primary, None, Finish::Skipped(unit.primary.verdict.clone()));

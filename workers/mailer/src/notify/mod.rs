@@ -93,6 +93,11 @@ enum Finish {
     },
     /// Back to `pending` untouched: it was claimed only to be coalesced, and did not go out.
     Released,
+    /// A1: back to `pending`, due when the recipient's pause ends; the sweep wakes it then.
+    Held {
+        until: DateTime<Utc>,
+        detail: String,
+    },
 }
 
 /// One recorded end of a claim.

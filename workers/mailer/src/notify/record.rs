@@ -92,6 +92,12 @@ impl Finish {
                 reply: n.smtp_reply.clone(),
                 ..end(NotificationState::Pending, None, n.reason.clone())
             },
+            // Not logged now: the email log lists it as queued, with its new due time.
+            Finish::Held { until, detail } => RowEnd {
+                rule: Some("A1".into()),
+                due_at: Some(until),
+                ..end(NotificationState::Pending, None, Some(detail))
+            },
         }
     }
 }
