@@ -253,3 +253,106 @@ async fn a1_a_hold_survives_every_role_restarting_and_ends_by_itself() {
     );
     assert_eq!(env.mails_to("bob@example.com").len(), 1);
 }
+
+/// A3: Bob chose to wait for quiet. A chat of ten messages gives him one email, once the
+/// conversation has been quiet for the window; meanwhile the status says why it waits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a3_a_chat_of_ten_messages_gives_one_email() {
+    let env = Env::with("1s", &[("TIDINGS_QUIET_MAX", "60s")], &[]);
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    let (ann, bob, conv) = pair(&env).await;
+    let token = env.session(bob).await;
+    let (status, body) = env
+        .call_as(
+            &token,
+            "PUT",
+            "/me/attention",
+            Some(json!({"wait_for_quiet": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (
+            &body["wait_for_quiet"],
+            &body["waits_for_quiet"],
+            &body["dnd_until"]
+        ),
+        (&json!(true), &json!(true), &Value::Null),
+        "{body}"
+    );
+    let mut messages = Vec::new();
+    let mut saw_waiting = false;
+    for n in 0..10 {
+        messages.push(env.post(conv, ann, &format!("Chat line {n}"), false).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let row = row_of(&env, messages[0], bob).await;
+        if row["email_rule"] == "A3" && row["email_state"] == "pending" {
+            saw_waiting = true;
+            assert_eq!(
+                row["email_reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .split(" (")
+                    .next(),
+                Some("waiting for the conversation to go quiet"),
+                "{row}"
+            );
+        }
+    }
+    assert!(saw_waiting, "the first email never waited for quiet");
+    for m in &messages {
+        env.settled(*m, SETTLE).await;
+    }
+    let mails = env.mails_to("bob@example.com");
+    assert_eq!(mails.len(), 1, "one email for the whole chat");
+    let text = mails[0].parsed().body_text(0).unwrap().to_string();
+    for n in 0..10 {
+        assert!(
+            text.contains(&format!("Chat line {n}")),
+            "line {n} missing: {text}"
+        );
+    }
+}
+
+/// A3 as the organisation's default: a chat that does not stop is emailed at the maximum
+/// delay, while it goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a3_a_chat_that_never_ends_is_emailed_at_the_maximum_delay() {
+    let env = Env::with(
+        "1s",
+        &[
+            ("TIDINGS_WAIT_FOR_QUIET", "yes"),
+            ("TIDINGS_QUIET_MAX", "3s"),
+        ],
+        &[],
+    );
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    let (ann, bob, conv) = pair(&env).await;
+    let token = env.session(bob).await;
+    let (_, body) = env.call_as(&token, "GET", "/me/attention", None).await;
+    assert_eq!(
+        (&body["wait_for_quiet"], &body["waits_for_quiet"]),
+        (&Value::Null, &json!(true)),
+        "{body}"
+    );
+    let started = Instant::now();
+    let mut first_mail = None;
+    let mut n = 0;
+    // Bounded: at most 60 messages, 400 ms apart, for at most 24 s.
+    while n < 60 && started.elapsed() < Duration::from_secs(24) {
+        env.post(conv, ann, &format!("Still talking {n}"), false)
+            .await;
+        n += 1;
+        if first_mail.is_none() && !env.mails_to("bob@example.com").is_empty() {
+            first_mail = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let first = first_mail.expect("no email while the chat went on");
+    println!("first email after {first:?}, {n} messages into the chat");
+    // Not before the first message's window plus the maximum (the clock guarantees it).
+    assert!(first >= Duration::from_secs(4), "emailed after {first:?}");
+}

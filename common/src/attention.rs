@@ -24,6 +24,38 @@ pub fn paused_until(conn: &mut PgConnection, person: i64) -> QueryResult<Option<
         .filter(|until| *until > clock::now()))
 }
 
+/// A3: the person's own choice to wait for quiet (`None`: the organisation's default).
+pub fn wait_for_quiet(conn: &mut PgConnection, person: i64) -> QueryResult<Option<bool>> {
+    Ok(attention::table
+        .find(person)
+        .select(attention::wait_for_quiet)
+        .first::<Option<bool>>(conn)
+        .optional()?
+        .flatten())
+}
+
+/// A3: sets the person's own choice (`None`: back to the organisation's default).
+pub fn set_wait_for_quiet(
+    conn: &mut PgConnection,
+    person: i64,
+    choice: Option<bool>,
+) -> QueryResult<()> {
+    diesel::insert_into(attention::table)
+        .values((
+            attention::person_id.eq(person),
+            attention::wait_for_quiet.eq(choice),
+            attention::updated_at.eq(clock::now()),
+        ))
+        .on_conflict(attention::person_id)
+        .do_update()
+        .set((
+            attention::wait_for_quiet.eq(choice),
+            attention::updated_at.eq(clock::now()),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
 /// Why `until` cannot be a pause's end (`None`: it can). A time already past ends the pause.
 pub fn refuse(until: DateTime<Utc>) -> Option<String> {
     (until > clock::now() + LONGEST).then(|| {

@@ -83,6 +83,8 @@ struct PersonRow {
     suppressed: bool,
     #[diesel(sql_type = Nullable<diesel::sql_types::Timestamptz>)]
     held_until: Option<chrono::DateTime<chrono::Utc>>,
+    #[diesel(sql_type = Nullable<Bool>)]
+    wait_for_quiet: Option<bool>,
 }
 
 impl PersonRow {
@@ -147,6 +149,7 @@ impl PersonRow {
             last_posted: self.last_posted,
             suppressed: self.suppressed,
             held_until: self.held_until,
+            wait_for_quiet: self.wait_for_quiet,
         }
     }
 }

@@ -20,6 +20,8 @@
 //! | `TIDINGS_READ_BUDGET` | `1048576` | most bytes of message text one conversation read answers (64 KiB to 64 MiB); longer bodies come truncated and are fetched whole on demand |
 //! | `TIDINGS_API_TOKEN` | `tidings-dev-token` | bearer token every API call must carry |
 //! | `TIDINGS_SEEN_WINDOW` | `60s` | how long a notification waits for the recipient to see it before it is emailed |
+//! | `TIDINGS_WAIT_FOR_QUIET` | `no` | `yes`: by default an unseen message's email waits until its conversation has been quiet for the seen window (A3); each person may choose otherwise |
+//! | `TIDINGS_QUIET_MAX` | `10m` | the longest an email waits for its conversation to go quiet, counted from when it fell due |
 //! | `TIDINGS_REPLY_DOMAIN` | `reply.tidings.localhost` | domain of reply addresses and outbound Message-IDs |
 //! | `TIDINGS_TOKEN_SECRET` | `tidings-dev-secret` | HMAC secret signing reply and bounce addresses |
 //! | `TIDINGS_ALLOW_DEV_SECRETS` | `no` | `yes`: listen beyond loopback even with a development secret |
@@ -122,6 +124,11 @@ pub struct Config {
     pub api_token: Secret<String>,
     /// Time a notification waits for the recipient to see it (SPEC D2).
     pub seen_window: Duration,
+    /// A3: whether emails wait for their conversation to go quiet, for people who did not
+    /// choose (`TIDINGS_WAIT_FOR_QUIET`).
+    pub wait_for_quiet: bool,
+    /// A3: the longest such a wait, from when the email fell due (`TIDINGS_QUIET_MAX`).
+    pub quiet_max: Duration,
     pub reply_domain: String,
     /// Secret for reply-token HMACs; rotating it invalidates outstanding reply addresses.
     pub token_secret: Secret<Vec<u8>>,
@@ -257,6 +264,8 @@ impl Config {
         } = secrets(&r)?;
         let Email {
             seen_window,
+            wait_for_quiet,
+            quiet_max,
             reply_domain,
             mail_from,
             templates_dir,
@@ -322,6 +331,8 @@ impl Config {
             public_url,
             api_token: Secret::new(api_token),
             seen_window,
+            wait_for_quiet,
+            quiet_max,
             reply_domain,
             token_secret: Secret::new(token_secret),
             queue_type,
@@ -582,6 +593,8 @@ fn secrets(r: &Reader<'_>) -> Result<Secrets, ConfigError> {
 /// retries, the send lease and SMTP concurrency.
 struct Email {
     seen_window: Duration,
+    wait_for_quiet: bool,
+    quiet_max: Duration,
     reply_domain: String,
     mail_from: String,
     templates_dir: String,
@@ -595,6 +608,12 @@ struct Email {
 fn email(r: &Reader<'_>) -> Result<Email, ConfigError> {
     let get = |name: &'static str, default: &str| r.get(name, default);
     let seen_window = parse_with(get("TIDINGS_SEEN_WINDOW", "60s"), parse_positive_duration)?;
+    let wait_for_quiet = parse_with(get("TIDINGS_WAIT_FOR_QUIET", "no"), |v| match v.trim() {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err("expected yes or no".to_string()),
+    })?;
+    let quiet_max = parse_with(get("TIDINGS_QUIET_MAX", "10m"), parse_positive_duration)?;
     let reply_domain = parse_with(
         get("TIDINGS_REPLY_DOMAIN", "reply.tidings.localhost"),
         |v| {
@@ -650,6 +669,8 @@ fn email(r: &Reader<'_>) -> Result<Email, ConfigError> {
     })?;
     Ok(Email {
         seen_window,
+        wait_for_quiet,
+        quiet_max,
         reply_domain,
         mail_from,
         templates_dir,

@@ -181,6 +181,8 @@ pub struct PersonFacts {
     pub suppressed: bool,
     /// A1: the person paused (do not disturb) until then; `None` when no pause is on now.
     pub held_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// A3: the person's own choice to wait for quiet; `None` takes the organisation's default.
+    pub wait_for_quiet: Option<bool>,
 }
 
 /// A decision and the rule that made it.
@@ -331,6 +333,38 @@ pub fn has_seen(message_id: i64, seen_up_to: Option<i64>, last_posted: Option<i6
     seen_up_to.is_some_and(|id| id >= message_id) || last_posted.is_some_and(|id| id > message_id)
 }
 
+/// A3: until when an email that would go now waits for its conversation to go quiet: one
+/// `window` after the conversation's last message, but never later than `max` after the
+/// email first fell due (`due`). `None`: it goes now.
+pub fn quiet_until(
+    last_message_at: chrono::DateTime<chrono::Utc>,
+    due: chrono::DateTime<chrono::Utc>,
+    window: std::time::Duration,
+    max: std::time::Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    let span =
+        |d: std::time::Duration| chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX);
+    let quiet = last_message_at.checked_add_signed(span(window))?;
+    let latest = due.checked_add_signed(span(max))?;
+    let until = quiet.min(latest);
+    (until > now).then_some(until)
+}
+
+/// The verdict of an email held by A3 until `until`.
+pub fn waiting_for_quiet(until: chrono::DateTime<chrono::Utc>) -> Verdict {
+    Verdict {
+        yes: false,
+        rule: "A3",
+        detail: format!(
+            "waiting for the conversation to go quiet (until {} at the latest)",
+            until.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+        reason: None,
+        held_until: Some(until),
+    }
+}
+
 /// Is the notification emailed now, at send time (D2, D4, D9)? Re-checks [`notify`] with the
 /// current facts first.
 pub fn email(message: &MessageFacts, person: &PersonFacts) -> Verdict {
@@ -434,6 +468,7 @@ mod tests {
             last_posted: None,
             suppressed: false,
             held_until: None,
+            wait_for_quiet: None,
         }
     }
 
@@ -635,6 +670,25 @@ mod tests {
         p.seen_up_to = Some(m.message_id);
         assert_eq!(email(&m, &p).reason, Some(SkipReason::Seen));
         assert!(notify(&m, &p).yes, "the badge still counts it");
+    }
+
+    #[test]
+    fn a3_waits_a_window_after_the_last_message_but_never_past_the_maximum() {
+        let t0 = crate::clock::now();
+        let s = std::time::Duration::from_secs;
+        let at = |secs: i64| t0 + chrono::Duration::seconds(secs);
+        // Due at t0, the last message at t0+30 s, a 60 s window: quiet at t0+90 s.
+        assert_eq!(quiet_until(at(30), t0, s(60), s(600), at(40)), Some(at(90)));
+        // Quiet already: it goes now.
+        assert_eq!(quiet_until(at(30), t0, s(60), s(600), at(91)), None);
+        // A chat that never ends goes at the maximum.
+        assert_eq!(
+            quiet_until(at(590), t0, s(60), s(600), at(595)),
+            Some(at(600))
+        );
+        assert_eq!(quiet_until(at(700), t0, s(60), s(600), at(601)), None);
+        let v = waiting_for_quiet(at(90));
+        assert_eq!((v.yes, v.rule, v.reason), (false, "A3", None));
     }
 
     #[test]

@@ -111,6 +111,7 @@ fn organisation() -> impl Strategy<Value = Organisation> {
                         last_posted,
                         suppressed: muted && kind == PersonKind::User,
                         held_until: None,
+                        wait_for_quiet: None,
                     }
                 })
                 .collect();

@@ -42,8 +42,8 @@ $$;
 
 -- With p_people NULL: every person who may be notified about each message of p_messages,
 -- with the facts in-app notification decides on (D1, P1-P5, F1); the facts only the email
--- decision reads (muted, seen_up_to, last_posted, suppressed, held_until) are left false or
--- NULL, and
+-- decision reads (muted, seen_up_to, last_posted, suppressed, held_until, wait_for_quiet) are
+-- left false or NULL, and
 -- whether a candidate is a participant or an item follower comes from how it was found.
 -- Otherwise the pairs (p_messages[i], p_people[i]) with every fact (the mailer's send-time
 -- re-check, and explain). One row per (message, person), ordered by both. As above, every
@@ -57,7 +57,8 @@ RETURNS TABLE (message_id BIGINT, id BIGINT, kind TEXT, active BOOLEAN, has_emai
                muted BOOLEAN, seen_up_to BIGINT, last_posted BIGINT, see_conversations TEXT,
                show_customer_conversations BOOLEAN, from_customers TEXT, from_users TEXT,
                followed_internal BOOLEAN, email_customer_messages BOOLEAN, email_replies BOOLEAN,
-               email_internal BOOLEAN, suppressed BOOLEAN, held_until TIMESTAMPTZ)
+               email_internal BOOLEAN, suppressed BOOLEAN, held_until TIMESTAMPTZ,
+               wait_for_quiet BOOLEAN)
 LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 BEGIN
@@ -128,7 +129,10 @@ BEGIN
             CASE WHEN p_people IS NULL THEN NULL
                  ELSE (SELECT a.dnd_until FROM attention a
                        WHERE a.person_id = p.id AND a.dnd_until > now())
-                 END AS held_until
+                 END AS held_until,
+            CASE WHEN p_people IS NULL THEN NULL
+                 ELSE (SELECT a.wait_for_quiet FROM attention a WHERE a.person_id = p.id)
+                 END AS wait_for_quiet
         FROM candidates c
         JOIN msg ON msg.id = c.message_id
         JOIN people p ON p.id = c.person_id)
@@ -138,7 +142,7 @@ BEGIN
     f.project_follower, f.participant, f.muted, f.seen_up_to, f.last_posted,
     up.see_conversations, up.show_customer_conversations, up.from_customers,
     up.from_users, up.followed_internal, up.email_customer_messages,
-    up.email_replies, up.email_internal, f.suppressed, f.held_until
+    up.email_replies, up.email_internal, f.suppressed, f.held_until, f.wait_for_quiet
     FROM facts f
     JOIN msg ON msg.id = f.message_id
     JOIN people p ON p.id = f.person_id

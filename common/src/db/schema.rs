@@ -157,6 +157,7 @@ diesel::table! {
     attention (person_id) {
         person_id -> Int8,
         dnd_until -> Nullable<Timestamptz>,
+        wait_for_quiet -> Nullable<Bool>,
         updated_at -> Timestamptz,
     }
 }

@@ -388,7 +388,8 @@ function deliveryLine(d) {
   if (d.email_reason === "bounced") step("\u26A0", `Email to ${d.person} bounced`, "bounced", d.emailed_at);
   else if (d.email_state === "sent") step("\u2709", `Emailed to ${d.person}`, "emailed", d.emailed_at);
   else if (d.email_state === "failed") step("\u26A0", `Email to ${d.person} failed`, "failed", null);
-  else if (d.email_state === "pending" && d.email_reason && d.email_reason.startsWith("held:")) {
+  else if (d.email_state === "pending" && d.email_reason &&
+      (d.email_reason.startsWith("held:") || d.email_reason.startsWith("waiting for the conversation"))) {
     step("\u23F8", `Email to ${d.person} ${d.email_reason}`, "held", null);
   } else if (d.email_reason === "muted") step("\u2013", `Not emailed: ${d.person} muted the conversation`, "muted", null);
   steps.sort((a, b) => a.at - b.at || a.order - b.order);
@@ -833,7 +834,9 @@ async function openPrefs() {
   $("conversation").hidden = true;
   $("empty").hidden = true;
   $("prefs").hidden = false;
-  const prefs = await api("GET", "/me/preferences");
+  const [prefs, attention] = await Promise.all([api("GET", "/me/preferences"), api("GET", "/me/attention")]);
+  state.waitsForQuiet = attention.waits_for_quiet;
+  $("wait_for_quiet").checked = attention.waits_for_quiet;
   for (const [name, value] of Object.entries(prefs)) {
     const input = $(name);
     if (!input) continue;
@@ -847,11 +850,16 @@ async function openPrefs() {
 async function savePrefs(event) {
   event.preventDefault();
   const patch = {};
-  for (const input of $("prefs-form").querySelectorAll("select, input[type=checkbox]")) {
+  for (const input of $("prefs-form").querySelectorAll("select[name], input[type=checkbox][name]")) {
     patch[input.name] = input.type === "checkbox" ? input.checked : input.value;
   }
   try {
     const saved = await api("PATCH", "/me/preferences", patch);
+    // A3 is an attention setting: changed only when the box was changed.
+    const waits = $("wait_for_quiet").checked;
+    if (waits !== state.waitsForQuiet) {
+      state.waitsForQuiet = (await api("PUT", "/me/attention", { wait_for_quiet: waits })).waits_for_quiet;
+    }
     state.me.show_customer_conversations = saved.show_customer_conversations;
     say("Preferences saved.");
     await inOrder(loadInbox);

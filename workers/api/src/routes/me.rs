@@ -322,25 +322,26 @@ pub async fn unmute(
     .await
 }
 
-/// Your pause (A1): when it ends, or `null` when none is on.
+/// Your pause (A1: when it ends, or `null`) and whether your emails wait for quiet (A3).
 #[utoipa::path(get, path = "/me/attention", tag = "me",
-    responses((status = 200, description = "your pause", body = crate::routes::people::Attention)),
+    responses((status = 200, description = "your settings", body = crate::routes::people::Attention)),
     security(("person" = [])))]
 pub async fn get_attention(
     State(state): State<AppState>,
     Extension(me): Extension<Me>,
 ) -> ApiResult<Json<crate::routes::people::Attention>> {
+    let by_default = state.config.wait_for_quiet;
     with_db(&state, move |conn| {
-        Ok(Json(crate::routes::people::Attention {
-            dnd_until: tidings_common::attention::paused_until(conn, me.id)?,
-        }))
+        Ok(Json(crate::routes::people::attention_of(
+            conn, me.id, by_default,
+        )?))
     })
     .await
 }
 
-/// Pause (do not disturb) until a time, or end the pause (A1).
+/// Pause (do not disturb) until a time or end the pause (A1); wait for quiet or not (A3).
 #[utoipa::path(put, path = "/me/attention", tag = "me",
-    request_body = crate::routes::people::Attention,
+    request_body = crate::routes::people::AttentionChange,
     responses(
         (status = 200, description = "your pause as it is now", body = crate::routes::people::Attention),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
@@ -349,9 +350,9 @@ pub async fn get_attention(
 pub async fn put_attention(
     State(state): State<AppState>,
     Extension(me): Extension<Me>,
-    Body(attention): Body<crate::routes::people::Attention>,
+    Body(change): Body<crate::routes::people::AttentionChange>,
 ) -> ApiResult<Json<crate::routes::people::Attention>> {
-    crate::routes::people::set_attention(&state, me.id, attention)
+    crate::routes::people::set_attention(&state, me.id, change)
         .await
         .map(Json)
 }

@@ -483,33 +483,81 @@ pub async fn request_password_reset(
     ))
 }
 
-/// A1: a person's pause (do not disturb).
-#[derive(Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+/// A person's attention settings: their pause (A1) and whether their emails wait for quiet (A3).
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Attention {
-    /// When the pause ends (RFC 3339), at most 30 days ahead; `null`, or a time already
-    /// past, ends it. While it lasts: no ping, no desktop notification, no email (held until
-    /// it ends; the unread count still counts).
+    /// When the pause ends; `null` when none is on. While it lasts: no ping, no desktop
+    /// notification, no email (held until it ends; the unread count still counts).
     pub dnd_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// A3, the person's own choice; `null` takes the organisation's default
+    /// (`TIDINGS_WAIT_FOR_QUIET`).
+    pub wait_for_quiet: Option<bool>,
+    /// A3 as it applies: the person's choice, else the default.
+    pub waits_for_quiet: bool,
 }
 
-/// Sets or ends `person`'s pause and announces the emails it releases; the pause as it is now.
+/// A change of attention settings; a field left out is left as it is.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttentionChange {
+    /// The pause's new end (RFC 3339), at most 30 days ahead; `null`, or a time already past,
+    /// ends it and sends the held emails now.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<chrono::DateTime<chrono::Utc>>, nullable)]
+    pub dnd_until: Option<Option<chrono::DateTime<chrono::Utc>>>,
+    /// A3: `true` or `false`; `null` goes back to the organisation's default.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<bool>, nullable)]
+    pub wait_for_quiet: Option<Option<bool>>,
+}
+
+/// A field that is present, even as `null`.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// `person`'s attention settings as they are now.
+pub fn attention_of(
+    conn: &mut PgConnection,
+    person: i64,
+    by_default: bool,
+) -> QueryResult<Attention> {
+    let wait_for_quiet = tidings_common::attention::wait_for_quiet(conn, person)?;
+    Ok(Attention {
+        dnd_until: tidings_common::attention::paused_until(conn, person)?,
+        wait_for_quiet,
+        waits_for_quiet: wait_for_quiet.unwrap_or(by_default),
+    })
+}
+
+/// Changes `person`'s attention settings and announces the emails a pause's end releases.
 pub async fn set_attention(
     state: &AppState,
     person: i64,
-    attention: Attention,
+    change: AttentionChange,
 ) -> ApiResult<Attention> {
-    if let Some(why) = attention
+    if let Some(why) = change
         .dnd_until
+        .flatten()
         .and_then(tidings_common::attention::refuse)
     {
         return Err(ApiError::bad_field("dnd_until", why));
     }
+    let by_default = state.config.wait_for_quiet;
     let (released, now) = with_db(state, move |conn| {
         find_person(conn, person)?;
-        let released = tidings_common::attention::set(conn, person, attention.dnd_until)?;
-        let now = tidings_common::attention::paused_until(conn, person)?;
-        Ok((released, now))
+        let mut released = Vec::new();
+        if let Some(until) = change.dnd_until {
+            released = tidings_common::attention::set(conn, person, until)?;
+        }
+        if let Some(choice) = change.wait_for_quiet {
+            tidings_common::attention::set_wait_for_quiet(conn, person, choice)?;
+        }
+        Ok((released, attention_of(conn, person, by_default)?))
     })
     .await?;
     if !released.is_empty() {
@@ -520,15 +568,15 @@ pub async fn set_attention(
             })
             .await;
     }
-    Ok(Attention { dnd_until: now })
+    Ok(now)
 }
 
-/// A person's pause, set by an admin or the host application (A1).
+/// A person's pause (A1) and wait for quiet (A3), set by an admin or the host application.
 #[utoipa::path(put, path = "/people/{id}/attention", tag = "people",
     params(("id" = i64, Path, description = "the person's id")),
-    request_body = Attention,
+    request_body = AttentionChange,
     responses(
-        (status = 200, description = "the pause as it is now", body = Attention),
+        (status = 200, description = "the settings as they are now", body = Attention),
         (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
         (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
     ),
@@ -536,7 +584,7 @@ pub async fn set_attention(
 pub async fn put_attention(
     State(state): State<AppState>,
     Path(id): Path<i64>,
-    Body(attention): Body<Attention>,
+    Body(change): Body<AttentionChange>,
 ) -> ApiResult<Json<Attention>> {
-    set_attention(&state, id, attention).await.map(Json)
+    set_attention(&state, id, change).await.map(Json)
 }

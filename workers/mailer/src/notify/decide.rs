@@ -49,11 +49,18 @@ impl Notifications<'_> {
         };
         let primary = &unit.primary.claim;
         if let Some(until) = unit.primary.verdict.held_until {
-            // A1: the recipient's pause holds this email, and the companions the rules still
-            // let through, until it ends; the rest are skipped on their own account.
+            // A1 (the recipient's pause) or A3 (the conversation is still active) holds this
+            // email, and the companions the rules still let through; the rest are skipped on
+            // their own account.
+            let rule = unit.primary.verdict.rule;
             let held = |c: &Checked| Finish::Held {
                 until: c.verdict.held_until.unwrap_or(until),
                 detail: c.verdict.detail.clone(),
+                rule: if c.verdict.held_until.is_some() {
+                    c.verdict.rule
+                } else {
+                    rule
+                },
             };
             ends.push(primary, None, held(&unit.primary));
             for c in &unit.companions {

@@ -15,6 +15,14 @@ use tidings_common::rules::{self, MessageFacts, Verdict};
 
 use super::{Checked, Claim, SendUnit};
 
+/// A3's settings: the seen window, the longest wait and the organisation's default.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Quiet {
+    pub window: std::time::Duration,
+    pub max: std::time::Duration,
+    pub by_default: bool,
+}
+
 /// Earlier emails of a thread kept in References, besides the conversation's root id.
 const REFERENCES_KEPT: usize = 10;
 
@@ -45,11 +53,12 @@ pub(super) fn load_units(
     conn: &mut PgConnection,
     groups: Vec<Vec<Claim>>,
     reply_domain: &str,
+    quiet: Quiet,
 ) -> Result<(Vec<SendUnit>, Vec<Claim>)> {
     if groups.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
-    let context = Context::load(conn, &groups)?;
+    let context = Context::load(conn, &groups, quiet)?;
     let mut units = Vec::new();
     let mut gone = Vec::new();
     for group in groups {
@@ -61,12 +70,12 @@ pub(super) fn load_units(
 }
 
 impl Context {
-    fn load(conn: &mut PgConnection, groups: &[Vec<Claim>]) -> Result<Self> {
+    fn load(conn: &mut PgConnection, groups: &[Vec<Claim>], quiet: Quiet) -> Result<Self> {
         let all: Vec<&Notification> = groups.iter().flatten().map(|c| &c.notification).collect();
         let people = sorted_unique(all.iter().map(|n| n.recipient_id).collect());
         let message_ids = sorted_unique(all.iter().map(|n| n.message_id).collect());
         let conversation_ids = sorted_unique(all.iter().map(|n| n.conversation_id).collect());
-        let verdicts = verdicts(conn, &all)?;
+        let verdicts = verdicts(conn, &all, quiet)?;
         let messages = message_data(conn, &message_ids)?;
         let recipients: HashMap<i64, Person> = people::table
             .filter(people::id.eq_any(&people))
@@ -253,20 +262,75 @@ fn project_of(conversation: &Conversation, items: &HashMap<i64, Item>) -> Option
 }
 
 /// The rules' verdicts per (message, recipient), from the facts of every pair of the set read
-/// at once.
+/// at once. An email that would go now to someone who waits for quiet (A3) waits while its
+/// conversation is still active: the conversations' last messages are read only then.
 fn verdicts(
     conn: &mut PgConnection,
     all: &[&Notification],
+    quiet: Quiet,
 ) -> Result<HashMap<(i64, i64), (MessageFacts, Verdict)>> {
     let mut pairs: Vec<(i64, i64)> = all.iter().map(|n| (n.message_id, n.recipient_id)).collect();
     pairs.sort_unstable();
     pairs.dedup();
-    Ok(audience::pairs(conn, &pairs)?
+    let mut waiting = Vec::new();
+    let mut verdicts: HashMap<(i64, i64), (MessageFacts, Verdict)> = audience::pairs(conn, &pairs)?
         .into_iter()
         .map(|(key, (message, person))| {
             let verdict = rules::email(&message, &person);
+            if verdict.yes && person.wait_for_quiet.unwrap_or(quiet.by_default) {
+                waiting.push((key, message.conversation_id));
+            }
             (key, (message, verdict))
         })
+        .collect();
+    if waiting.is_empty() {
+        return Ok(verdicts);
+    }
+    let conversations = sorted_unique(waiting.iter().map(|(_, c)| *c).collect());
+    let last = last_messages(conn, &conversations)?;
+    let created: HashMap<(i64, i64), chrono::DateTime<chrono::Utc>> = all
+        .iter()
+        .map(|n| ((n.message_id, n.recipient_id), n.created_at))
+        .collect();
+    let now = tidings_common::clock::now();
+    let window = chrono::TimeDelta::from_std(quiet.window).unwrap_or_default();
+    for (key, conversation) in waiting {
+        let (Some(last), Some(created)) = (last.get(&conversation), created.get(&key)) else {
+            continue;
+        };
+        if let Some(until) =
+            rules::quiet_until(*last, *created + window, quiet.window, quiet.max, now)
+            && let Some(entry) = verdicts.get_mut(&key)
+        {
+            entry.1 = rules::waiting_for_quiet(until);
+        }
+    }
+    Ok(verdicts)
+}
+
+/// When each conversation's last message was posted.
+fn last_messages(
+    conn: &mut PgConnection,
+    conversations: &[i64],
+) -> QueryResult<HashMap<i64, chrono::DateTime<chrono::Utc>>> {
+    #[derive(QueryableByName)]
+    struct Last {
+        #[diesel(sql_type = BigInt)]
+        conversation_id: i64,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    }
+    let rows: Vec<Last> = diesel::sql_query(
+        "SELECT c AS conversation_id,
+                (SELECT m.created_at FROM messages m WHERE m.conversation_id = c
+                  ORDER BY m.id DESC LIMIT 1) AS at
+         FROM unnest($1::bigint[]) AS c",
+    )
+    .bind::<Array<BigInt>, _>(conversations)
+    .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| Some((r.conversation_id, r.at?)))
         .collect())
 }
 

@@ -93,10 +93,13 @@ enum Finish {
     },
     /// Back to `pending` untouched: it was claimed only to be coalesced, and did not go out.
     Released,
-    /// A1: back to `pending`, due when the recipient's pause ends; the sweep wakes it then.
+    /// Back to `pending`, due at `until`: A1, when the recipient's pause ends (the sweep
+    /// wakes it then); A3, when its conversation should have gone quiet (it is looked at again
+    /// one window later, through the delay).
     Held {
         until: DateTime<Utc>,
         detail: String,
+        rule: &'static str,
     },
 }
 
@@ -144,11 +147,16 @@ impl Notifications<'_> {
     ) -> Result<HashMap<i64, Delivered>> {
         let lease = self.config.send_lease;
         let domain = self.config.reply_domain.clone();
+        let quiet = load::Quiet {
+            window: self.config.seen_window,
+            max: self.config.quiet_max,
+            by_default: self.config.wait_for_quiet,
+        };
         let (units, gone, unclaimed) = self
             .db
             .run(move |conn| {
                 let claimed = claim::claim_all(conn, &ids, lease)?;
-                let (units, gone) = load::load_units(conn, claimed.groups, &domain)?;
+                let (units, gone) = load::load_units(conn, claimed.groups, &domain, quiet)?;
                 Ok((units, gone, claimed.unclaimed))
             })
             .await?;
@@ -169,8 +177,10 @@ impl Notifications<'_> {
         for e in &ended {
             // A released notification that was itself due in this set goes back into the delay
             // and is looked at again in one window; its own batch is being acknowledged now.
+            // A pause may last days: the sweep wakes what it holds (A1). Waiting for quiet is
+            // a window at a time: back into the delay (A3).
             let after = match e.finish {
-                Finish::Released => Delivered::Busy,
+                Finish::Released | Finish::Held { rule: "A3", .. } => Delivered::Busy,
                 _ => Delivered::Done,
             };
             next.entry(e.claim.notification.id).or_insert(after);

@@ -93,8 +93,12 @@ impl Finish {
                 ..end(NotificationState::Pending, None, n.reason.clone())
             },
             // Not logged now: the email log lists it as queued, with its new due time.
-            Finish::Held { until, detail } => RowEnd {
-                rule: Some("A1".into()),
+            Finish::Held {
+                until,
+                detail,
+                rule,
+            } => RowEnd {
+                rule: Some(rule.into()),
                 due_at: Some(until),
                 ..end(NotificationState::Pending, None, Some(detail))
             },
