@@ -66,6 +66,8 @@ pub struct Posted {
 /// Writes a `notification` event for each (message, recipient) of `notified`, and a
 /// `conversation` event for each message's author (their conversation moved to the top, with
 /// no ping). The rows name the message only; the payload is built when a stream sends them.
+/// A recipient who muted the conversation (A4) or paused (A1) when the message came gets
+/// `{"quiet": true}` as the row's payload: their notification comes without a ping.
 /// Returns the people who got events.
 pub fn posted(
     conn: &mut PgConnection,
@@ -104,8 +106,15 @@ pub fn posted(
     let mut locked = people.clone();
     lock(conn, &mut locked)?;
     diesel::sql_query(
-        "INSERT INTO live_events (person_id, kind, conversation_id, message_id)
-         SELECT person, kind, conversation, message
+        "INSERT INTO live_events (person_id, kind, conversation_id, message_id, payload)
+         SELECT person, kind, conversation, message,
+                CASE WHEN kind = 'notification'
+                      AND ((SELECT true FROM conversation_mutes cm
+                             WHERE cm.person_id = v.person
+                               AND cm.conversation_id = v.conversation) IS NOT NULL
+                        OR (SELECT true FROM attention a
+                             WHERE a.person_id = v.person AND a.dnd_until > now()) IS NOT NULL)
+                     THEN '{\"quiet\": true}'::jsonb END
          FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[])
            AS v(person, kind, conversation, message)
          ORDER BY person, message",
@@ -257,12 +266,7 @@ pub fn since(
                        'message_id', e.message_id, 'author_id', m.author_id, 'author', a.name,
                        'excerpt', CASE WHEN m.deleted_at IS NULL THEN left(m.body, 140) ELSE '' END,
                        'internal', m.internal,
-                       'ping', e.kind = 'notification'
-                               AND (SELECT true FROM conversation_mutes cm
-                                    WHERE cm.person_id = $1
-                                      AND cm.conversation_id = e.conversation_id) IS NULL
-                               AND (SELECT true FROM attention a
-                                    WHERE a.person_id = $1 AND a.dnd_until > now()) IS NULL,
+                       'ping', e.kind = 'notification' AND e.payload IS NULL,
                        'attachments', COALESCE((
                            SELECT jsonb_agg(jsonb_build_object('id', f.id, 'name', f.name,
                                     'size', f.size, 'content_type', b.sniffed_type,
