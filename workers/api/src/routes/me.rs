@@ -281,20 +281,7 @@ pub async fn mute(
     Extension(me): Extension<Me>,
     Path(conversation_id): Path<i64>,
 ) -> ApiResult<StatusCode> {
-    with_db(&state, move |conn| {
-        use diesel::prelude::*;
-        use tidings_common::db::schema::conversation_mutes as cm;
-        require_visible(conn, me, conversation_id)?;
-        diesel::insert_into(cm::table)
-            .values((
-                cm::person_id.eq(me.id),
-                cm::conversation_id.eq(conversation_id),
-            ))
-            .on_conflict_do_nothing()
-            .execute(conn)?;
-        Ok(StatusCode::NO_CONTENT)
-    })
-    .await
+    set_muted(&state, me, conversation_id, true).await
 }
 
 /// A4: ends your mute of the conversation (for a customer, also the unsubscribe from its
@@ -312,11 +299,31 @@ pub async fn unmute(
     Extension(me): Extension<Me>,
     Path(conversation_id): Path<i64>,
 ) -> ApiResult<StatusCode> {
-    with_db(&state, move |conn| {
+    set_muted(&state, me, conversation_id, false).await
+}
+
+/// Mutes or unmutes a conversation `me` may see; idempotent.
+async fn set_muted(
+    state: &AppState,
+    me: Me,
+    conversation_id: i64,
+    muted: bool,
+) -> ApiResult<StatusCode> {
+    with_db(state, move |conn| {
         use diesel::prelude::*;
         use tidings_common::db::schema::conversation_mutes as cm;
         require_visible(conn, me, conversation_id)?;
-        diesel::delete(cm::table.find((me.id, conversation_id))).execute(conn)?;
+        if muted {
+            diesel::insert_into(cm::table)
+                .values((
+                    cm::person_id.eq(me.id),
+                    cm::conversation_id.eq(conversation_id),
+                ))
+                .on_conflict_do_nothing()
+                .execute(conn)?;
+        } else {
+            diesel::delete(cm::table.find((me.id, conversation_id))).execute(conn)?;
+        }
         Ok(StatusCode::NO_CONTENT)
     })
     .await
