@@ -1,0 +1,1 @@
+ALTER TABLE attention DROP COLUMN wait_for_quiet;
