@@ -91,7 +91,7 @@ pub fn set(
             ))
             .execute(conn)?;
         let end = until.unwrap_or(now);
-        let mut released: Vec<(i64, i64)> = diesel::update(
+        let released: Vec<(i64, i64)> = diesel::update(
             notifications::table
                 .filter(notifications::recipient_id.eq(person))
                 .filter(notifications::state.eq(crate::db::models::NotificationState::Pending))
@@ -104,13 +104,6 @@ pub fn set(
         if until.is_some() {
             return Ok(Vec::new());
         }
-        released.sort_unstable();
-        Ok(released
-            .chunks(64)
-            .map(|chunk| NotificationBatch {
-                message_id: chunk[0].1,
-                notification_ids: chunk.iter().map(|&(id, _)| id).collect(),
-            })
-            .collect())
+        Ok(NotificationBatch::of_rows(released))
     })
 }

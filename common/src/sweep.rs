@@ -122,13 +122,8 @@ pub fn undispatched_messages(
     )
 }
 
-/// Most notification ids in one batch the sweep publishes (as dispatch cuts its batches).
-const BATCH_MAX: usize = 64;
-
 /// Stuck notifications, with their due time pushed forward so the next sweep leaves them
-/// alone while their batch is in flight; in batches of up to [`BATCH_MAX`] ids in id order
-/// (one batch per message would be one broker message per notification at fan-out 1), each
-/// naming its first notification's message.
+/// alone while their batch is in flight, in batches ([`NotificationBatch::of_rows`]).
 fn stuck_notifications(
     conn: &mut PgConnection,
     lapsed: chrono::DateTime<chrono::Utc>,
@@ -139,19 +134,12 @@ fn stuck_notifications(
         .select(notifications::id)
         .limit(5 * SWEEP_LIMIT)
         .load(conn)?;
-    let mut stuck: Vec<(i64, i64)> =
+    let stuck: Vec<(i64, i64)> =
         diesel::update(notifications::table.filter(notifications::id.eq_any(ids)))
             .set(notifications::due_at.eq(clock::now()))
             .returning((notifications::id, notifications::message_id))
             .get_results(conn)?;
-    stuck.sort_unstable();
-    Ok(stuck
-        .chunks(BATCH_MAX)
-        .map(|chunk| NotificationBatch {
-            message_id: chunk[0].1,
-            notification_ids: chunk.iter().map(|&(id, _)| id).collect(),
-        })
-        .collect())
+    Ok(NotificationBatch::of_rows(stuck))
 }
 
 /// Runs `sweeps` and announces what they found; returns how many rows or batches that was.

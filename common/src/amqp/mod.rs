@@ -85,6 +85,22 @@ impl NotificationBatch {
             notification_ids: Vec::new(),
         }
     }
+
+    /// Most notification ids in one batch published again (as dispatch cuts its batches).
+    pub const MAX: usize = 64;
+
+    /// `(notification, message)` rows as batches of up to [`Self::MAX`] ids in id order (one
+    /// batch per message would be one broker message per notification at fan-out 1), each
+    /// naming its first notification's message.
+    pub fn of_rows(mut rows: Vec<(i64, i64)>) -> Vec<Self> {
+        rows.sort_unstable();
+        rows.chunks(Self::MAX)
+            .map(|chunk| NotificationBatch {
+                message_id: chunk[0].1,
+                notification_ids: chunk.iter().map(|&(id, _)| id).collect(),
+            })
+            .collect()
+    }
 }
 
 /// Names and arguments of every exchange and queue.
