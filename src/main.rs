@@ -147,6 +147,15 @@ fn main() -> ExitCode {
         }
     };
     tidings_common::amqp::use_tls(config.amqp_tls.clone());
+    tidings_common::clock::shift(config.clock_offset);
+    if config.clock_offset != 0 {
+        tracing::warn!(
+            offset_seconds = config.clock_offset,
+            now = %tidings_common::clock::now(),
+            "the application clock is moved by TIDINGS_CLOCK_OFFSET; every process of this \
+             deployment must use the same value"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,6 +1,7 @@
-//! Attention (SPEC A1): a person's pause holds their emails in the database, not the broker,
-//! and what is still unseen when it ends goes out, one email per conversation. On real
-//! services, with short windows.
+//! Attention (SPEC A1–A3): a person's pause and their working hours hold their emails in the
+//! database, not the broker, and what is still unseen when the hold ends goes out, one email
+//! per conversation. On real services, with short windows; the working-hours tests move the
+//! application clock (`TIDINGS_CLOCK_OFFSET`) to a daylight-saving change.
 
 mod support;
 
@@ -39,10 +40,15 @@ async fn row_of(env: &Env, message: i64, person: i64) -> Value {
 
 /// Waits until `person`'s email of `message` is held (pending under rule A1).
 async fn held(env: &Env, message: i64, person: i64) -> Value {
+    held_by(env, message, person, "A1").await
+}
+
+/// Waits until `person`'s email of `message` is pending under `rule`.
+async fn held_by(env: &Env, message: i64, person: i64, rule: &str) -> Value {
     let deadline = Instant::now() + SETTLE;
     loop {
         let row = row_of(env, message, person).await;
-        if row["email_state"] == "pending" && row["email_rule"] == "A1" {
+        if row["email_state"] == "pending" && row["email_rule"] == rule {
             return row;
         }
         assert!(
@@ -355,4 +361,463 @@ async fn a3_a_chat_that_never_ends_is_emailed_at_the_maximum_delay() {
     println!("first email after {first:?}, {n} messages into the chat");
     // Not before the first message's window plus the maximum (the clock guarantees it).
     assert!(first >= Duration::from_secs(4), "emailed after {first:?}");
+}
+
+/// A2: when the next working period starts, as `tidings_next_work_start` computes it in the
+/// database, for hours across midnight, weekends and daylight-saving changes both ways.
+#[tokio::test(flavor = "multi_thread")]
+async fn a2_the_next_start_across_midnight_weekends_and_daylight_saving() {
+    let env = Env::new("1s");
+    let weekdays = 0b001_1111;
+    let every_day = 0b111_1111;
+    let wednesday = 0b000_0100;
+    // (days, start, end, zone, at, the next start or "" when inside)
+    let cases = [
+        (
+            weekdays,
+            "09:00",
+            "17:00",
+            "Europe/Berlin",
+            "2026-12-08 10:00Z",
+            "",
+        ),
+        (
+            weekdays,
+            "09:00",
+            "17:00",
+            "Europe/Berlin",
+            "2026-12-08 16:59:59Z",
+            "2026-12-09 08:00:00+00",
+        ),
+        // Friday night: Monday morning.
+        (
+            weekdays,
+            "09:00",
+            "17:00",
+            "Europe/Berlin",
+            "2026-12-11 22:59Z",
+            "2026-12-14 08:00:00+00",
+        ),
+        // Hours starting at midnight: Tuesday 23:59 local, Wednesday's start is a minute away.
+        (
+            wednesday,
+            "00:00",
+            "08:00",
+            "Asia/Tokyo",
+            "2026-12-08 14:59Z",
+            "2026-12-08 15:00:00+00",
+        ),
+        // A night shift over midnight: inside after midnight, and before it starts.
+        (
+            every_day,
+            "22:00",
+            "06:00",
+            "Europe/Berlin",
+            "2026-12-08 02:00Z",
+            "",
+        ),
+        (
+            every_day,
+            "22:00",
+            "06:00",
+            "Europe/Berlin",
+            "2026-12-08 12:00Z",
+            "2026-12-08 21:00:00+00",
+        ),
+        // Spring forward (Berlin, 2027-03-28, 02:00 CET → 03:00 CEST): 03:00 is 01:00 UTC, an
+        // hour earlier in UTC than the day before; a start in the skipped hour comes after it.
+        (
+            every_day,
+            "03:00",
+            "12:00",
+            "Europe/Berlin",
+            "2027-03-28 00:59:59Z",
+            "2027-03-28 01:00:00+00",
+        ),
+        (
+            every_day,
+            "03:00",
+            "12:00",
+            "Europe/Berlin",
+            "2027-03-27 12:00Z",
+            "2027-03-28 01:00:00+00",
+        ),
+        (
+            every_day,
+            "02:30",
+            "12:00",
+            "Europe/Berlin",
+            "2027-03-28 00:00Z",
+            "2027-03-28 01:30:00+00",
+        ),
+        // The night shift of that night lasts an hour less: it still ends at 06:00 local.
+        (
+            every_day,
+            "22:00",
+            "06:00",
+            "Europe/Berlin",
+            "2027-03-28 03:59Z",
+            "",
+        ),
+        (
+            every_day,
+            "22:00",
+            "06:00",
+            "Europe/Berlin",
+            "2027-03-28 04:00Z",
+            "2027-03-28 20:00:00+00",
+        ),
+        // Fall back (Berlin, 2026-10-25): 09:00 CET is 08:00 UTC, after 07:00 UTC the day before.
+        (
+            every_day,
+            "09:00",
+            "17:00",
+            "Europe/Berlin",
+            "2026-10-24 16:00Z",
+            "2026-10-25 08:00:00+00",
+        ),
+        (
+            every_day,
+            "22:00",
+            "06:00",
+            "Europe/Berlin",
+            "2026-10-25 04:59Z",
+            "",
+        ),
+        // New York springs forward on another date (2027-03-14).
+        (
+            every_day,
+            "09:00",
+            "17:00",
+            "America/New_York",
+            "2027-03-14 06:00Z",
+            "2027-03-14 13:00:00+00",
+        ),
+        (
+            every_day,
+            "09:00",
+            "17:00",
+            "America/New_York",
+            "2027-03-13 06:00Z",
+            "2027-03-13 14:00:00+00",
+        ),
+    ];
+    for (days, start, end, zone, at, expected) in cases {
+        let got = env.sql(&format!(
+            "SET TIME ZONE 'UTC'; SELECT tidings_next_work_start({days}::smallint, '{start}', \
+             '{end}', '{zone}', '{at}')"
+        ));
+        assert_eq!(
+            got, expected,
+            "days {days:07b} {start}-{end} {zone} at {at}"
+        );
+    }
+}
+
+/// A2 through the API: the organisation's default applies to users who did not choose (not to
+/// customers), a person's own hours or "none" win, and bad hours are refused naming the field.
+#[tokio::test(flavor = "multi_thread")]
+async fn a2_defaults_own_hours_and_bad_input() {
+    let env = Env::new("1s");
+    let _tidings = env.spawn(&["all"]);
+    env.wait_for_api().await;
+    let ann = env.user("Ann").await;
+    let bob = env.user("Bob").await;
+    let carol = env.customer("Carol").await;
+    // Working hours that never include now: every day from 12 hours ahead for one hour.
+    let from = tidings_common::clock::now() + chrono::Duration::hours(12);
+    let hours = |zone: &str| {
+        json!({
+            "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+            "start": from.format("%H:%M").to_string(),
+            "end": (from + chrono::Duration::hours(1)).format("%H:%M").to_string(),
+            "time_zone": zone,
+        })
+    };
+    let (status, body) = env
+        .call(
+            "PUT",
+            "/attention/defaults",
+            Some(json!({"working_hours": hours("utc")})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["working_hours"]["time_zone"], "UTC",
+        "spelled as the zone data spells it"
+    );
+    let attention = |person: i64| {
+        let env = &env;
+        async move {
+            let (status, body) = env
+                .call("GET", &format!("/people/{person}/attention"), None)
+                .await;
+            assert_eq!(status, 200, "{body}");
+            body
+        }
+    };
+    let a = attention(ann).await;
+    assert_eq!(a["working_hours"], Value::Null, "{a}");
+    assert_eq!(a["working_hours_in_effect"]["time_zone"], "UTC", "{a}");
+    assert!(a["outside_hours_until"].is_string(), "{a}");
+    let c = attention(carol).await;
+    assert_eq!(
+        (&c["working_hours_in_effect"], &c["outside_hours_until"]),
+        (&Value::Null, &Value::Null),
+        "customers have no working hours by default: {c}"
+    );
+    let (status, b) = env
+        .call(
+            "PUT",
+            &format!("/people/{bob}/attention"),
+            Some(json!({"working_hours": "none"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(
+        (&b["working_hours"], &b["outside_hours_until"]),
+        (&json!("none"), &Value::Null),
+        "{b}"
+    );
+    let (status, b) = env
+        .call(
+            "PUT",
+            &format!("/people/{bob}/attention"),
+            Some(json!({"working_hours": hours("europe/berlin")})),
+        )
+        .await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(b["working_hours"]["time_zone"], "Europe/Berlin", "{b}");
+    assert!(
+        b["outside_hours_until_local"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("Europe/Berlin"),
+        "{b}"
+    );
+
+    let bad = [
+        (json!("always"), "expected null"),
+        (
+            json!({"days": ["mon"], "start": "09:00", "end": "17:00"}),
+            "time_zone is missing",
+        ),
+        (
+            json!({"days": ["funday"], "start": "09:00", "end": "17:00", "time_zone": "UTC"}),
+            "is not one of",
+        ),
+        (
+            json!({"days": [], "start": "09:00", "end": "17:00", "time_zone": "UTC"}),
+            "at least one day",
+        ),
+        (
+            json!({"days": ["mon", "mon"], "start": "09:00", "end": "17:00", "time_zone": "UTC"}),
+            "listed twice",
+        ),
+        (
+            json!({"days": ["mon"], "start": "9:00", "end": "17:00", "time_zone": "UTC"}),
+            "not a time of day",
+        ),
+        (
+            json!({"days": ["mon"], "start": "25:00", "end": "17:00", "time_zone": "UTC"}),
+            "not a time of day",
+        ),
+        (
+            json!({"days": ["mon"], "start": "09:00", "end": "09:00", "time_zone": "UTC"}),
+            "the same as start",
+        ),
+        (
+            json!({"days": ["mon"], "start": "09:00", "end": "17:00", "time_zone": "Mars/Olympus"}),
+            "not an IANA time zone",
+        ),
+        (
+            json!({"days": ["mon"], "start": "09:00", "end": "17:00", "time_zone": "UTC\u{0}; DROP TABLE people"}),
+            "NUL",
+        ),
+        (
+            json!({"days": ["mon"], "start": "09:00", "end": "17:00", "time_zone": "Europe/\u{7}Berlin"}),
+            "not a time zone name",
+        ),
+        (
+            json!({"days": ["mon"], "start": "09:00", "end": "17:00", "time_zone": "<+03>-3"}),
+            "not an IANA time zone",
+        ),
+        (
+            json!({"days": ["mon"], "start": "09:00", "end": "17:00", "time_zone": "UTC", "lunch": "12:00"}),
+            "unknown field",
+        ),
+    ];
+    for (hours, says) in bad {
+        let (status, body) = env
+            .call(
+                "PUT",
+                &format!("/people/{bob}/attention"),
+                Some(json!({"working_hours": hours})),
+            )
+            .await;
+        assert_eq!(status, 400, "{hours}: {body}");
+        assert!(
+            body["field"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("working_hours")),
+            "{hours}: {body}"
+        );
+        assert!(
+            body["error"].as_str().unwrap_or_default().contains(says)
+                || body.to_string().contains(says),
+            "{hours}: {body} should say {says}"
+        );
+    }
+    let (status, body) = env
+        .call(
+            "PUT",
+            "/attention/defaults",
+            Some(json!({"working_hours": "none"})),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["field"]),
+        (400, &json!("working_hours")),
+        "{body}"
+    );
+    // Removing the default: Ann has no hours any more; Bob keeps his own.
+    let (status, body) = env
+        .call(
+            "PUT",
+            "/attention/defaults",
+            Some(json!({"working_hours": null})),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["working_hours"]),
+        (200, &Value::Null),
+        "{body}"
+    );
+    let a = attention(ann).await;
+    assert_eq!(a["outside_hours_until"], Value::Null, "{a}");
+    assert!(attention(bob).await["outside_hours_until"].is_string());
+}
+
+/// A2 end to end, across a daylight-saving change: the application clock is moved to a few
+/// seconds before Berlin springs forward (2027-03-28 01:00 UTC), and Bob and Cy work every day
+/// from 03:00 Berlin time. Ann's messages then are held for both (no ping, rule A2, the status
+/// says until when). Bob gives up working hours: his held emails are judged again at once and
+/// go. Cy's go at 03:00 CEST, which is 01:00 UTC: an hour earlier in UTC than the day before,
+/// and than a fixed offset would make it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a2_held_outside_working_hours_and_sent_when_they_start_across_a_dst_change() {
+    const LEAD: i64 = 20;
+    let env = Env::with("1s", &[("TIDINGS_SEND_LEASE", "2s")], &[]);
+    let (ann, bob, cy, convs) = {
+        let mut setup = env.spawn_named("setup", &["all"], &[]);
+        env.wait_for_api().await;
+        let (ann, bob, cy) = (
+            env.user("Ann").await,
+            env.user("Bob").await,
+            env.user("Cy").await,
+        );
+        let mut convs = Vec::new();
+        for subject in ["Printer", "Scanner"] {
+            let (_, item, conv) = env.ticket(subject).await;
+            for person in [ann, bob, cy] {
+                env.follow_item(item, person).await;
+            }
+            convs.push(conv);
+        }
+        for person in [bob, cy] {
+            let (status, body) = env
+                .call(
+                    "PUT",
+                    &format!("/people/{person}/attention"),
+                    Some(json!({"working_hours": {
+                        "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                        "start": "03:00", "end": "12:00", "time_zone": "Europe/Berlin"}})),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        setup.kill9();
+        (ann, bob, cy, convs)
+    };
+    let change: chrono::DateTime<chrono::Utc> = "2027-03-28T01:00:00Z".parse().unwrap();
+    let offset =
+        (change - chrono::Duration::seconds(LEAD) - tidings_common::clock::now()).num_seconds();
+    let shifted_now = || tidings_common::clock::now() + chrono::Duration::seconds(offset);
+    let _tidings = env.spawn_named(
+        "shifted",
+        &["all"],
+        &[("TIDINGS_CLOCK_OFFSET", &offset.to_string())],
+    );
+    env.wait_for_api().await;
+    let (_, c) = env
+        .call("GET", &format!("/people/{cy}/attention"), None)
+        .await;
+    assert_eq!(
+        (&c["outside_hours_until"], &c["outside_hours_until_local"]),
+        (
+            &json!("2027-03-28T01:00:00Z"),
+            &json!("Sun 2027-03-28 03:00 Europe/Berlin")
+        ),
+        "{c}"
+    );
+    let first = env
+        .post(convs[0], ann, "Before the clocks change", false)
+        .await;
+    let second = env.post(convs[1], ann, "Scanner is fine", false).await;
+    for (message, person) in [(first, bob), (second, bob), (first, cy), (second, cy)] {
+        let row = held_by(&env, message, person, "A2").await;
+        assert_eq!(
+            row["email_reason"],
+            "held: outside working hours until Sun 2027-03-28 03:00 Europe/Berlin \
+             (2027-03-28 01:00 UTC)",
+            "{row}"
+        );
+    }
+    assert!(
+        shifted_now() < change,
+        "held only after 03:00 Berlin time: the test's lead of {LEAD} s was too short"
+    );
+    let quiet = env.sql(&format!(
+        "SELECT DISTINCT payload FROM live_events WHERE person_id IN ({bob}, {cy}) \
+         AND kind = 'notification'"
+    ));
+    assert_eq!(quiet, r#"{"quiet": true}"#, "no ping outside working hours");
+
+    // Bob gives up working hours: both his held emails go now, one per conversation.
+    let (status, _) = env
+        .call(
+            "PUT",
+            &format!("/people/{bob}/attention"),
+            Some(json!({"working_hours": "none"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + SETTLE;
+    while env.mails_to("bob@example.com").len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "Bob's released emails did not go{}",
+            support::log_tails(env.root(), 30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        shifted_now() < change,
+        "Bob's emails went before 03:00, when he had no working hours"
+    );
+    assert!(env.mails_to("cy@example.com").is_empty());
+
+    // Cy's go at 03:00 Berlin time.
+    for message in [first, second] {
+        let d = env.settled(message, SETTLE).await;
+        let row = row_of(&env, message, cy).await;
+        assert_eq!(row["email_state"], "sent", "{d}");
+        let sent_at: chrono::DateTime<chrono::Utc> =
+            row["emailed_at"].as_str().unwrap().parse().unwrap();
+        assert!(
+            sent_at >= change && sent_at < change + chrono::Duration::seconds(30),
+            "sent at {sent_at}: at 03:00 Berlin time (01:00 UTC), not an hour later"
+        );
+    }
+    assert_eq!(env.mails_to("cy@example.com").len(), 2);
 }

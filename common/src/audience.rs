@@ -85,6 +85,10 @@ struct PersonRow {
     held_until: Option<chrono::DateTime<chrono::Utc>>,
     #[diesel(sql_type = Nullable<Bool>)]
     wait_for_quiet: Option<bool>,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Timestamptz>)]
+    work_held_until: Option<chrono::DateTime<chrono::Utc>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    work_held_local: Option<String>,
 }
 
 impl PersonRow {
@@ -150,6 +154,10 @@ impl PersonRow {
             suppressed: self.suppressed,
             held_until: self.held_until,
             wait_for_quiet: self.wait_for_quiet,
+            off_hours: self.work_held_until.map(|until| rules::OffHours {
+                until,
+                local: self.work_held_local.unwrap_or_default(),
+            }),
         }
     }
 }
@@ -172,10 +180,13 @@ fn people_rows(
     message_ids: &[i64],
     people: Option<&[i64]>,
 ) -> Result<Vec<PersonRow>> {
-    Ok(diesel::sql_query("SELECT * FROM tidings_audiences($1, $2)")
-        .bind::<Array<BigInt>, _>(message_ids)
-        .bind::<Nullable<Array<BigInt>>, _>(people)
-        .load(conn)?)
+    Ok(
+        diesel::sql_query("SELECT * FROM tidings_audiences($1, $2, $3)")
+            .bind::<Array<BigInt>, _>(message_ids)
+            .bind::<Nullable<Array<BigInt>>, _>(people)
+            .bind::<diesel::sql_types::Timestamptz, _>(crate::clock::now())
+            .load(conn)?,
+    )
 }
 
 /// Each existing message of `message_ids` with everyone who could be notified about it, in

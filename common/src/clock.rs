@@ -5,12 +5,32 @@
 //! limits, the automation loop cap) use the database's `now()` too, so both ends of each
 //! comparison come from one clock. `clippy.toml` forbids reading the time any other way.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use chrono::{DateTime, Utc};
 
-/// The current time.
+/// Seconds the application clock runs ahead of (or, negative, behind) the system's.
+static OFFSET: AtomicI64 = AtomicI64::new(0);
+
+/// The current time: the system's, moved by [`shift`].
 #[allow(clippy::disallowed_methods)]
 pub fn now() -> DateTime<Utc> {
-    Utc::now()
+    let offset = OFFSET.load(Ordering::Relaxed);
+    let system = Utc::now();
+    if offset == 0 {
+        return system;
+    }
+    system
+        .checked_add_signed(chrono::TimeDelta::seconds(offset))
+        .unwrap_or(system)
+}
+
+/// Moves the application clock by `seconds` from the system's (`TIDINGS_CLOCK_OFFSET`, set
+/// once at start): drills and tests of a later or earlier time, with every deadline, due time
+/// and working-hours judgement following it. The database's `now()` keeps the real time, so
+/// audit columns stay true.
+pub fn shift(seconds: i64) {
+    OFFSET.store(seconds, Ordering::Relaxed);
 }
 
 /// `now()` plus a standard duration, saturating instead of overflowing.

@@ -129,6 +129,11 @@ pub struct Config {
     pub wait_for_quiet: bool,
     /// A3: the longest such a wait, from when the email fell due (`TIDINGS_QUIET_MAX`).
     pub quiet_max: Duration,
+    /// Seconds added to the system time by the application clock (`TIDINGS_CLOCK_OFFSET`,
+    /// default 0): for drills and tests of what happens at a later or earlier time, such as a
+    /// daylight-saving change in someone's working hours. Every process of a deployment must
+    /// have the same value.
+    pub clock_offset: i64,
     pub reply_domain: String,
     /// Secret for reply-token HMACs; rotating it invalidates outstanding reply addresses.
     pub token_secret: Secret<Vec<u8>>,
@@ -266,6 +271,7 @@ impl Config {
             seen_window,
             wait_for_quiet,
             quiet_max,
+            clock_offset,
             reply_domain,
             mail_from,
             templates_dir,
@@ -333,6 +339,7 @@ impl Config {
             seen_window,
             wait_for_quiet,
             quiet_max,
+            clock_offset,
             reply_domain,
             token_secret: Secret::new(token_secret),
             queue_type,
@@ -595,6 +602,7 @@ struct Email {
     seen_window: Duration,
     wait_for_quiet: bool,
     quiet_max: Duration,
+    clock_offset: i64,
     reply_domain: String,
     mail_from: String,
     templates_dir: String,
@@ -614,6 +622,15 @@ fn email(r: &Reader<'_>) -> Result<Email, ConfigError> {
         _ => Err("expected yes or no".to_string()),
     })?;
     let quiet_max = parse_with(get("TIDINGS_QUIET_MAX", "10m"), parse_positive_duration)?;
+    let clock_offset = parse_with(get("TIDINGS_CLOCK_OFFSET", "0"), |v| {
+        v.trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|s| s.unsigned_abs() <= 100 * 366 * 86_400)
+            .ok_or_else(|| {
+                "expected whole seconds, such as 0, 3600 or -86400 (at most 100 years)".to_string()
+            })
+    })?;
     let reply_domain = parse_with(
         get("TIDINGS_REPLY_DOMAIN", "reply.tidings.localhost"),
         |v| {
@@ -671,6 +688,7 @@ fn email(r: &Reader<'_>) -> Result<Email, ConfigError> {
         seen_window,
         wait_for_quiet,
         quiet_max,
+        clock_offset,
         reply_domain,
         mail_from,
         templates_dir,

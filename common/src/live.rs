@@ -113,7 +113,8 @@ pub fn posted(
                              WHERE cm.person_id = v.person
                                AND cm.conversation_id = v.conversation) IS NOT NULL
                         OR (SELECT true FROM attention a
-                             WHERE a.person_id = v.person AND a.dnd_until > now()) IS NOT NULL)
+                             WHERE a.person_id = v.person AND a.dnd_until > $5) IS NOT NULL
+                        OR (SELECT true FROM tidings_work_hold(v.person, $5)) IS NOT NULL)
                      THEN '{\"quiet\": true}'::jsonb END
          FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[])
            AS v(person, kind, conversation, message)
@@ -123,6 +124,7 @@ pub fn posted(
     .bind::<Array<Text>, _>(&kinds)
     .bind::<Array<BigInt>, _>(&conversations)
     .bind::<Array<BigInt>, _>(&ids)
+    .bind::<diesel::sql_types::Timestamptz, _>(crate::clock::now())
     .execute(conn)?;
     Ok(locked)
 }

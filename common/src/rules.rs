@@ -183,6 +183,17 @@ pub struct PersonFacts {
     pub held_until: Option<chrono::DateTime<chrono::Utc>>,
     /// A3: the person's own choice to wait for quiet; `None` takes the organisation's default.
     pub wait_for_quiet: Option<bool>,
+    /// A2: now is outside the person's working hours; `None` inside them or without any.
+    pub off_hours: Option<OffHours>,
+}
+
+/// A2: when the person's next working period starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffHours {
+    pub until: chrono::DateTime<chrono::Utc>,
+    /// The same instant in words in the person's time zone ("Mon 2027-03-29 09:00
+    /// Europe/Berlin").
+    pub local: String,
 }
 
 /// A decision and the rule that made it.
@@ -416,19 +427,33 @@ pub fn email(message: &MessageFacts, person: &PersonFacts) -> Verdict {
             "the recipient's address bounced and is suppressed until reset",
         );
     }
-    if let Some(until) = person.held_until {
-        return Verdict {
-            yes: false,
-            rule: "A1",
-            detail: format!(
-                "held: do not disturb until {}",
-                until.format("%Y-%m-%d %H:%M UTC")
-            ),
-            reason: None,
-            held_until: Some(until),
-        };
+    // A1 and A2 together: held until the later of the two ends, under its rule.
+    let paused = person.held_until.map(|until| Verdict {
+        yes: false,
+        rule: "A1",
+        detail: format!(
+            "held: do not disturb until {}",
+            until.format("%Y-%m-%d %H:%M UTC")
+        ),
+        reason: None,
+        held_until: Some(until),
+    });
+    let off_hours = person.off_hours.as_ref().map(|off| Verdict {
+        yes: false,
+        rule: "A2",
+        detail: format!(
+            "held: outside working hours until {} ({})",
+            off.local,
+            off.until.format("%Y-%m-%d %H:%M UTC")
+        ),
+        reason: None,
+        held_until: Some(off.until),
+    });
+    match (paused, off_hours) {
+        (Some(a1), Some(a2)) if a2.held_until > a1.held_until => a2,
+        (Some(held), _) | (None, Some(held)) => held,
+        (None, None) => yes("D2", "not seen within the window"),
     }
-    yes("D2", "not seen within the window")
 }
 
 #[cfg(test)]
@@ -469,6 +494,7 @@ mod tests {
             suppressed: false,
             held_until: None,
             wait_for_quiet: None,
+            off_hours: None,
         }
     }
 
@@ -670,6 +696,48 @@ mod tests {
         p.seen_up_to = Some(m.message_id);
         assert_eq!(email(&m, &p).reason, Some(SkipReason::Seen));
         assert!(notify(&m, &p).yes, "the badge still counts it");
+    }
+
+    #[test]
+    fn a2_outside_working_hours_holds_until_the_next_start_and_the_later_hold_wins() {
+        let m = message(Customer, false);
+        let mut p = person(User, Preferences::default(), true, true);
+        let now = crate::clock::now();
+        let start = now + chrono::Duration::hours(10);
+        p.off_hours = Some(OffHours {
+            until: start,
+            local: "Mon 2027-03-29 09:00 Europe/Berlin".into(),
+        });
+        let verdict = email(&m, &p);
+        assert_eq!(
+            (
+                verdict.yes,
+                verdict.rule,
+                verdict.reason,
+                verdict.held_until
+            ),
+            (false, "A2", None, Some(start))
+        );
+        assert!(
+            verdict.detail.starts_with(
+                "held: outside working hours until Mon 2027-03-29 09:00 Europe/Berlin"
+            ),
+            "{}",
+            verdict.detail
+        );
+        // A pause that ends before work starts: work's start holds it.
+        p.held_until = Some(now + chrono::Duration::hours(1));
+        assert_eq!(email(&m, &p).rule, "A2");
+        // A pause that ends later: the pause holds it.
+        let later = now + chrono::Duration::hours(20);
+        p.held_until = Some(later);
+        assert_eq!(
+            (email(&m, &p).rule, email(&m, &p).held_until),
+            ("A1", Some(later))
+        );
+        // Seen meanwhile: skipped as before.
+        p.seen_up_to = Some(m.message_id);
+        assert_eq!(email(&m, &p).reason, Some(SkipReason::Seen));
     }
 
     #[test]

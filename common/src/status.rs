@@ -70,9 +70,7 @@ pub fn database(conn: &mut PgConnection, config: &Config) -> QueryResult<Value> 
         .count()
         .get_result(conn)?;
     let undispatched: i64 = messages::table
-        .filter(sweep::undispatched_messages(crate::clock::before(
-            config.seen_window,
-        )))
+        .filter(sweep::undispatched_messages(config.seen_window))
         .count()
         .get_result(conn)?;
     let last_sweep: Option<SweepRun> = diesel::sql_query(

@@ -69,13 +69,12 @@ impl Sweep {
 
     /// Finds what this sweep must announce again.
     fn find(self, conn: &mut PgConnection, ages: SweepAges) -> Result<Announcements> {
-        let old = clock::before(ages.unannounced);
         let lapsed = clock::before(ages.lease);
         let mut found = Announcements::default();
         match self {
             Sweep::UndispatchedMessages => {
                 found.messages = messages::table
-                    .filter(undispatched_messages(old))
+                    .filter(undispatched_messages(ages.unannounced))
                     .select(messages::id)
                     .order(messages::id.asc())
                     .limit(SWEEP_LIMIT)
@@ -84,7 +83,7 @@ impl Sweep {
             Sweep::UnhandledEvents => {
                 let rows: Vec<(i64, String)> = domain_events::table
                     .filter(domain_events::handled_at.is_null())
-                    .filter(domain_events::created_at.lt(old))
+                    .filter(domain_events::created_at.lt(database_before(ages.unannounced)))
                     .select((domain_events::id, domain_events::kind))
                     .order(domain_events::id.asc())
                     .limit(SWEEP_LIMIT)
@@ -109,17 +108,28 @@ impl Sweep {
     }
 }
 
-/// Messages posted before `old` whose `message.posted` never reached dispatch (the sweep
-/// announces them again; `tidings status` counts them).
+/// Messages posted more than `age` ago whose `message.posted` never reached dispatch (the
+/// sweep announces them again; `tidings status` counts them). The age is measured with the
+/// database's clock, which stamped `created_at`.
 pub fn undispatched_messages(
-    old: chrono::DateTime<chrono::Utc>,
+    age: Duration,
 ) -> Box<dyn BoxableExpression<messages::table, diesel::pg::Pg, SqlType = diesel::sql_types::Bool>>
 {
     Box::new(
         messages::dispatched_at
             .is_null()
-            .and(messages::created_at.lt(old)),
+            .and(messages::created_at.lt(database_before(age))),
     )
+}
+
+/// The database's `now()` minus `age`: the cut-off for an audit column it stamped.
+pub fn database_before(
+    age: Duration,
+) -> diesel::expression::SqlLiteral<diesel::sql_types::Timestamptz> {
+    let micros = i64::try_from(age.as_micros()).unwrap_or(i64::MAX);
+    diesel::dsl::sql::<diesel::sql_types::Timestamptz>(&format!(
+        "(now() - interval '{micros} microseconds')"
+    ))
 }
 
 /// Stuck notifications, with their due time pushed forward so the next sweep leaves them

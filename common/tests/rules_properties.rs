@@ -112,6 +112,7 @@ fn organisation() -> impl Strategy<Value = Organisation> {
                         suppressed: muted && kind == PersonKind::User,
                         held_until: None,
                         wait_for_quiet: None,
+                        off_hours: None,
                     }
                 })
                 .collect();

@@ -40,25 +40,83 @@ BEGIN
 END
 $$;
 
+-- A2: the start of the next working period when p_at falls outside working hours (p_days:
+-- bits, Monday 1 … Sunday 64; each working day's hours run from p_start to p_end local time in
+-- p_zone, into the next day when p_end is at or before p_start); NULL inside them or without
+-- working days. Local times are turned into instants by PostgreSQL's time zone data, so a
+-- period may last 23 or 25 hours across a daylight-saving change, and a start in the hour a
+-- spring-forward change skips begins as long after the change as it was meant after the gap's
+-- start (02:30 becomes 03:30).
+CREATE OR REPLACE FUNCTION tidings_next_work_start(p_days SMALLINT, p_start TIME, p_end TIME,
+                                                   p_zone TEXT, p_at TIMESTAMPTZ)
+RETURNS TIMESTAMPTZ LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    today DATE;
+    d DATE;
+    starts TIMESTAMPTZ;
+    ends TIMESTAMPTZ;
+BEGIN
+    IF p_days IS NULL OR p_days = 0 OR p_start IS NULL OR p_end IS NULL OR p_zone IS NULL THEN
+        RETURN NULL;
+    END IF;
+    today := (p_at AT TIME ZONE p_zone)::date;
+    -- Periods in the order they start: yesterday's may still run past midnight.
+    FOR i IN -1..7 LOOP
+        d := today + i;
+        IF p_days & (1 << (extract(isodow FROM d)::int - 1))::smallint <> 0 THEN
+            starts := (d + p_start) AT TIME ZONE p_zone;
+            ends := ((CASE WHEN p_end > p_start THEN d ELSE d + 1 END) + p_end) AT TIME ZONE p_zone;
+            IF p_at < ends THEN
+                RETURN CASE WHEN p_at >= starts THEN NULL ELSE starts END;
+            END IF;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+-- A2 for person p_person at p_at: when their next working period starts, if p_at is outside
+-- their working hours, and that start in words in their zone ('Mon 2027-03-29 09:00
+-- Europe/Berlin'). Their own hours, else the organisation's default for users; customers have
+-- none by default. No row when they may be emailed now.
+CREATE OR REPLACE FUNCTION tidings_work_hold(p_person BIGINT, p_at TIMESTAMPTZ)
+RETURNS TABLE (until TIMESTAMPTZ, until_local TEXT) LANGUAGE sql STABLE AS $$
+    SELECT n.at, to_char(n.at AT TIME ZONE h.time_zone, 'Dy YYYY-MM-DD HH24:MI') || ' ' || h.time_zone
+    FROM (SELECT a.work_days, a.work_start, a.work_end, a.time_zone
+          FROM attention a WHERE a.person_id = p_person AND a.work_days IS NOT NULL
+          UNION ALL
+          SELECT d.work_days, d.work_start, d.work_end, d.time_zone
+          FROM attention_defaults d
+          WHERE (SELECT kind FROM people WHERE id = p_person) = 'user'
+            AND (SELECT a.work_days FROM attention a WHERE a.person_id = p_person) IS NULL
+          LIMIT 1) h
+    CROSS JOIN LATERAL (SELECT tidings_next_work_start(h.work_days, h.work_start, h.work_end,
+                                                       h.time_zone, p_at) AS at) n
+    WHERE n.at IS NOT NULL
+$$;
+
 -- With p_people NULL: every person who may be notified about each message of p_messages,
 -- with the facts in-app notification decides on (D1, P1-P5, F1); the facts only the email
--- decision reads (muted, seen_up_to, last_posted, suppressed, held_until, wait_for_quiet) are
--- left false or NULL, and
+-- decision reads (muted, seen_up_to, last_posted, suppressed, held_until, wait_for_quiet,
+-- work_held_until, work_held_local) are left false or NULL, and
 -- whether a candidate is a participant or an item follower comes from how it was found.
 -- Otherwise the pairs (p_messages[i], p_people[i]) with every fact (the mailer's send-time
 -- re-check, and explain). One row per (message, person), ordered by both. As above, every
 -- fact is an index lookup per row; `(SELECT true … LIMIT 1) IS NOT NULL` rather than EXISTS,
 -- which the planner may turn into a hashed scan of the whole table, and inside CASE so that
 -- it runs only when the fact is needed.
+-- Pauses and working hours are judged at p_at, the application's clock.
 DROP FUNCTION IF EXISTS tidings_audiences(BIGINT[], BIGINT[]);
-CREATE OR REPLACE FUNCTION tidings_audiences(p_messages BIGINT[], p_people BIGINT[])
+DROP FUNCTION IF EXISTS tidings_audiences(BIGINT[], BIGINT[], TIMESTAMPTZ);
+CREATE OR REPLACE FUNCTION tidings_audiences(p_messages BIGINT[], p_people BIGINT[],
+                                             p_at TIMESTAMPTZ)
 RETURNS TABLE (message_id BIGINT, id BIGINT, kind TEXT, active BOOLEAN, has_email BOOLEAN,
                follows_conversation BOOLEAN, follows_project BOOLEAN, participant BOOLEAN,
                muted BOOLEAN, seen_up_to BIGINT, last_posted BIGINT, see_conversations TEXT,
                show_customer_conversations BOOLEAN, from_customers TEXT, from_users TEXT,
                followed_internal BOOLEAN, email_customer_messages BOOLEAN, email_replies BOOLEAN,
                email_internal BOOLEAN, suppressed BOOLEAN, held_until TIMESTAMPTZ,
-               wait_for_quiet BOOLEAN)
+               wait_for_quiet BOOLEAN, work_held_until TIMESTAMPTZ, work_held_local TEXT)
 LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 BEGIN
@@ -128,7 +186,7 @@ BEGIN
                  END AS suppressed,
             CASE WHEN p_people IS NULL THEN NULL
                  ELSE (SELECT a.dnd_until FROM attention a
-                       WHERE a.person_id = p.id AND a.dnd_until > now())
+                       WHERE a.person_id = p.id AND a.dnd_until > p_at)
                  END AS held_until,
             CASE WHEN p_people IS NULL THEN NULL
                  ELSE (SELECT a.wait_for_quiet FROM attention a WHERE a.person_id = p.id)
@@ -142,11 +200,14 @@ BEGIN
     f.project_follower, f.participant, f.muted, f.seen_up_to, f.last_posted,
     up.see_conversations, up.show_customer_conversations, up.from_customers,
     up.from_users, up.followed_internal, up.email_customer_messages,
-    up.email_replies, up.email_internal, f.suppressed, f.held_until, f.wait_for_quiet
+    up.email_replies, up.email_internal, f.suppressed, f.held_until, f.wait_for_quiet,
+    w.until, w.until_local
     FROM facts f
     JOIN msg ON msg.id = f.message_id
     JOIN people p ON p.id = f.person_id
     LEFT JOIN user_preferences up ON up.person_id = p.id
+    LEFT JOIN LATERAL (SELECT * FROM tidings_work_hold(p.id, p_at)
+                       WHERE p_people IS NOT NULL) w ON true
     ORDER BY msg.id, p.id;
 END
 $$;

@@ -151,7 +151,9 @@ pub const FUNCTIONS_SQL: &str = include_str!("functions.sql");
 /// The functions [`FUNCTIONS_SQL`] defines, with their argument types.
 pub const FUNCTIONS: &[&str] = &[
     "tidings_messages_facts(BIGINT[])",
-    "tidings_audiences(BIGINT[], BIGINT[])",
+    "tidings_next_work_start(SMALLINT, TIME, TIME, TEXT, TIMESTAMPTZ)",
+    "tidings_work_hold(BIGINT, TIMESTAMPTZ)",
+    "tidings_audiences(BIGINT[], BIGINT[], TIMESTAMPTZ)",
     "tidings_may_see(BIGINT, BIGINT)",
 ];
 

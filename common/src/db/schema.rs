@@ -159,6 +159,21 @@ diesel::table! {
         dnd_until -> Nullable<Timestamptz>,
         wait_for_quiet -> Nullable<Bool>,
         updated_at -> Timestamptz,
+        work_days -> Nullable<Int2>,
+        work_start -> Nullable<Time>,
+        work_end -> Nullable<Time>,
+        time_zone -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    attention_defaults (only_row) {
+        only_row -> Bool,
+        work_days -> Int2,
+        work_start -> Time,
+        work_end -> Time,
+        time_zone -> Text,
+        updated_at -> Timestamptz,
     }
 }
 

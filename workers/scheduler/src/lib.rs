@@ -118,7 +118,7 @@ impl Scheduler {
     /// Deletes threading data past its retention.
     async fn expire_threading(&self) -> Result<String> {
         let lifetime = interval(self.config.threading_retention);
-        let before = clock::before(self.config.threading_retention);
+        let retention = self.config.threading_retention;
         self.db
             .run(move |conn| {
                 let received =
@@ -129,7 +129,10 @@ impl Scheduler {
                 let outbox = diesel::delete(
                     outbox_emails::table
                         .filter(outbox_emails::state.eq_any(finished))
-                        .filter(outbox_emails::created_at.lt(before)),
+                        .filter(
+                            outbox_emails::created_at
+                                .lt(tidings_common::sweep::database_before(retention)),
+                        ),
                 )
                 .execute(conn)?;
                 Ok(format!(

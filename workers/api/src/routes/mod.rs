@@ -53,7 +53,11 @@ fn groups() -> Groups {
             preferences::update_preferences
         ))
         .routes(routes!(people::inbox))
-        .routes(routes!(people::put_attention))
+        .routes(routes!(people::get_attention, people::put_attention))
+        .routes(routes!(
+            people::get_attention_defaults,
+            people::put_attention_defaults
+        ))
         .routes(routes!(
             crate::session::create_session,
             crate::session::revoke_sessions

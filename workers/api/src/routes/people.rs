@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tidings_common::announce::Announcements;
 use tidings_common::db::models::*;
 use tidings_common::db::schema::*;
@@ -483,7 +484,8 @@ pub async fn request_password_reset(
     ))
 }
 
-/// A person's attention settings: their pause (A1) and whether their emails wait for quiet (A3).
+/// A person's attention settings: their pause (A1), their working hours (A2) and whether their
+/// emails wait for quiet (A3).
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Attention {
     /// When the pause ends; `null` when none is on. While it lasts: no ping, no desktop
@@ -494,6 +496,16 @@ pub struct Attention {
     pub wait_for_quiet: Option<bool>,
     /// A3 as it applies: the person's choice, else the default.
     pub waits_for_quiet: bool,
+    /// A2, the person's own choice: `null` takes the organisation's default (users; customers
+    /// have none), `"none"` is no working hours, or `{days, start, end, time_zone}`.
+    #[schema(value_type = Object, nullable)]
+    pub working_hours: Value,
+    /// A2 as it applies: the person's own hours, else the organisation's; `null`: none.
+    pub working_hours_in_effect: Option<tidings_common::attention::WorkingHours>,
+    /// A2: now is outside those hours until then (emails held, no pings); `null` inside them.
+    pub outside_hours_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// The same start in words in the hours' time zone.
+    pub outside_hours_until_local: Option<String>,
 }
 
 /// A change of attention settings; a field left out is left as it is.
@@ -509,6 +521,13 @@ pub struct AttentionChange {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<bool>, nullable)]
     pub wait_for_quiet: Option<Option<bool>>,
+    /// A2: `{"days": ["mon", …], "start": "09:00", "end": "17:00", "time_zone":
+    /// "Europe/Berlin"}` (an end at or before the start ends the next day), `"none"` for no
+    /// working hours, or `null` for the organisation's default. Emails held for the old hours
+    /// are judged again under the new ones at once.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Object, nullable)]
+    pub working_hours: Option<Option<Value>>,
 }
 
 /// A field that is present, even as `null`.
@@ -526,12 +545,61 @@ pub fn attention_of(
     person: i64,
     by_default: bool,
 ) -> QueryResult<Attention> {
-    let wait_for_quiet = tidings_common::attention::wait_for_quiet(conn, person)?;
+    use tidings_common::attention::{self as a, OwnHours};
+    let wait_for_quiet = a::wait_for_quiet(conn, person)?;
+    let own = a::own_hours(conn, person)?;
+    let in_effect = match &own {
+        OwnHours::Hours(hours) => Some(hours.clone()),
+        OwnHours::None => None,
+        OwnHours::Default => {
+            let kind: String = tidings_common::db::schema::people::table
+                .find(person)
+                .select(tidings_common::db::schema::people::kind)
+                .first(conn)?;
+            if kind == "user" {
+                a::default_hours(conn)?
+            } else {
+                None
+            }
+        }
+    };
+    let off = a::off_hours(conn, person)?;
     Ok(Attention {
-        dnd_until: tidings_common::attention::paused_until(conn, person)?,
+        dnd_until: a::paused_until(conn, person)?,
         wait_for_quiet,
         waits_for_quiet: wait_for_quiet.unwrap_or(by_default),
+        working_hours: hours_json(&own),
+        working_hours_in_effect: in_effect,
+        outside_hours_until: off.as_ref().map(|o| o.until),
+        outside_hours_until_local: off.map(|o| o.local),
     })
+}
+
+/// A person's own choice of working hours as the API shows it.
+fn hours_json(own: &tidings_common::attention::OwnHours) -> Value {
+    use tidings_common::attention::OwnHours;
+    match own {
+        OwnHours::Default => Value::Null,
+        OwnHours::None => Value::String("none".into()),
+        OwnHours::Hours(hours) => serde_json::to_value(hours).unwrap_or(Value::Null),
+    }
+}
+
+/// Working hours from a request: parsed, with the time zone checked against the database's
+/// list and spelled as it spells it. 400 naming `field` otherwise.
+fn checked_hours(
+    conn: &mut PgConnection,
+    value: &Value,
+    field: &str,
+) -> ApiResult<tidings_common::attention::OwnHours> {
+    use tidings_common::attention::{self as a, OwnHours};
+    let mut own = a::parse_hours(value)
+        .map_err(|why| ApiError::bad_field(field, format!("{field}: {why}")))?;
+    if let OwnHours::Hours(hours) = &mut own {
+        hours.time_zone = a::canonical_zone(conn, &hours.time_zone)?
+            .map_err(|why| ApiError::bad_field(field, format!("{field}: {why}")))?;
+    }
+    Ok(own)
 }
 
 /// Changes `person`'s attention settings and announces the emails a pause's end releases.
@@ -550,9 +618,22 @@ pub async fn set_attention(
     let by_default = state.config.wait_for_quiet;
     let (released, now) = with_db(state, move |conn| {
         find_person(conn, person)?;
+        let hours = match &change.working_hours {
+            Some(value) => Some(checked_hours(
+                conn,
+                value.as_ref().unwrap_or(&Value::Null),
+                "working_hours",
+            )?),
+            None => None,
+        };
         let mut released = Vec::new();
         if let Some(until) = change.dnd_until {
             released = tidings_common::attention::set(conn, person, until)?;
+        }
+        if let Some(hours) = hours {
+            released.extend(tidings_common::attention::set_own_hours(
+                conn, person, &hours,
+            )?);
         }
         if let Some(choice) = change.wait_for_quiet {
             tidings_common::attention::set_wait_for_quiet(conn, person, choice)?;
@@ -571,7 +652,95 @@ pub async fn set_attention(
     Ok(now)
 }
 
-/// A person's pause (A1) and wait for quiet (A3), set by an admin or the host application.
+/// A person's attention settings as they are now.
+#[utoipa::path(get, path = "/people/{id}/attention", tag = "people",
+    params(("id" = i64, Path, description = "the person's id")),
+    responses(
+        (status = 200, description = "the settings", body = Attention),
+        (status = 404, description = "an unknown id or path", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_attention(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Attention>> {
+    let by_default = state.config.wait_for_quiet;
+    with_db(&state, move |conn| {
+        find_person(conn, id)?;
+        Ok(Json(attention_of(conn, id, by_default)?))
+    })
+    .await
+}
+
+/// The organisation's default working hours (A2), for users without their own.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AttentionDefaults {
+    /// `{"days": [...], "start": "09:00", "end": "17:00", "time_zone": "Europe/Berlin"}`, or
+    /// `null`: users have no working hours unless they set their own.
+    #[schema(value_type = Object, nullable)]
+    pub working_hours: Value,
+}
+
+/// The organisation's default working hours (A2).
+#[utoipa::path(get, path = "/attention/defaults", tag = "people",
+    responses((status = 200, description = "the defaults", body = AttentionDefaults)),
+    security(("bearer" = [])))]
+pub async fn get_attention_defaults(
+    State(state): State<AppState>,
+) -> ApiResult<Json<AttentionDefaults>> {
+    with_db(&state, move |conn| {
+        let hours = tidings_common::attention::default_hours(conn)?;
+        Ok(Json(AttentionDefaults {
+            working_hours: serde_json::to_value(hours).unwrap_or(Value::Null),
+        }))
+    })
+    .await
+}
+
+/// Sets the organisation's default working hours (A2), or removes them (`null`). Emails held
+/// for working hours are judged again under the new ones at once.
+#[utoipa::path(put, path = "/attention/defaults", tag = "people",
+    request_body = AttentionDefaults,
+    responses(
+        (status = 200, description = "the defaults as they are now", body = AttentionDefaults),
+        (status = 400, description = "a bad field, named in `field`", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn put_attention_defaults(
+    State(state): State<AppState>,
+    Body(change): Body<AttentionDefaults>,
+) -> ApiResult<Json<AttentionDefaults>> {
+    use tidings_common::attention::{self as a, OwnHours};
+    let (released, now) = with_db(&state, move |conn| {
+        let hours = match checked_hours(conn, &change.working_hours, "working_hours")? {
+            OwnHours::Hours(hours) => Some(hours),
+            OwnHours::Default => None,
+            OwnHours::None => {
+                return Err(ApiError::bad_field(
+                    "working_hours",
+                    "working_hours: the default is hours or null (none)",
+                ));
+            }
+        };
+        let released = a::set_default_hours(conn, hours.as_ref())?;
+        Ok((released, a::default_hours(conn)?))
+    })
+    .await?;
+    if !released.is_empty() {
+        state
+            .announce(Announcements {
+                due: released,
+                ..Default::default()
+            })
+            .await;
+    }
+    Ok(Json(AttentionDefaults {
+        working_hours: serde_json::to_value(now).unwrap_or(Value::Null),
+    }))
+}
+
+/// A person's pause (A1), working hours (A2) and wait for quiet (A3), set by an admin or the
+/// host application.
 #[utoipa::path(put, path = "/people/{id}/attention", tag = "people",
     params(("id" = i64, Path, description = "the person's id")),
     request_body = AttentionChange,
