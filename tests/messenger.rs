@@ -1923,3 +1923,152 @@ async fn a1_a_pause_set_in_the_messenger_holds_the_email_and_says_so() {
     assert!(errors.is_empty(), "{errors:?}");
     view.quit().await;
 }
+
+/// A2 from the messenger: Ann chooses working hours of her own in the preferences (by mouse
+/// and keyboard) that do not include now. The header then says she is outside them, a message
+/// for her counts as unread without a ping, its email is held and the status under the message
+/// says so to its author; choosing no working hours sends it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a2_working_hours_set_in_the_messenger_hold_the_email_and_say_so() {
+    use chrono::Datelike;
+    let env = Env::new("1s");
+    let _roles = env.spawn(&["api", "dispatch", "mailer"]);
+    env.wait_for_api().await;
+    env.wait_for_topology().await;
+    let (ann, ben, _, printer) = team(&env).await;
+    env.post(printer, ben, "Is the printer fixed?", false).await;
+    let driver = Driver::start(&env.root().join("browser")).await;
+    let view = driver.browser("ann").await;
+    sign_in(&view, &env, ann).await;
+    view.click("#prefs-open").await;
+    view.wait_until(
+        "the panel shows the hours",
+        "!document.getElementById('prefs').hidden && document.getElementById('hours_mode').value === 'default'",
+        LIVE,
+    )
+    .await;
+    view.click("#hours_mode").await;
+    view.click("#hours_mode option[value='own']").await;
+    view.wait_until(
+        "own hours shown",
+        "!document.getElementById('hours_own').hidden",
+        LIVE,
+    )
+    .await;
+    // One working day, three days from now (in any zone, neither today nor yesterday).
+    let day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][(tidings_common::clock::now()
+        + chrono::Duration::days(3))
+    .weekday()
+    .num_days_from_monday()
+        as usize];
+    for d in ["mon", "tue", "wed", "thu", "fri", "sat", "sun"] {
+        let css = format!("#hours_own [data-day='{d}']");
+        let checked = view
+            .js(
+                &format!("return document.querySelector({}).checked;", json!(css)),
+                json!([]),
+            )
+            .await
+            == json!(true);
+        if checked != (d == day) {
+            view.click(&css).await;
+        }
+    }
+    view.clear("#hours_zone").await;
+    view.type_into("#hours_zone", "Europe/Berlin").await;
+    view.click("#prefs-form button[type='submit']").await;
+    view.wait_until(
+        "outside working hours",
+        "document.getElementById('hours_status').textContent.startsWith('Now outside working hours, until')
+         && document.getElementById('dnd-status').textContent.startsWith('Outside working hours until')
+         && document.body.dataset.hours === 'outside'",
+        LIVE,
+    )
+    .await;
+    let violations = view.axe().await;
+    assert!(violations.is_empty(), "{violations:?}");
+    let (_, attention) = env
+        .call("GET", &format!("/people/{ann}/attention"), None)
+        .await;
+    assert_eq!(
+        attention["working_hours"],
+        json!({"days": [day], "start": "09:00", "end": "17:00", "time_zone": "Europe/Berlin"}),
+        "{attention}"
+    );
+    view.click("#prefs-close").await;
+    let pings = view
+        .js(
+            "return Number(document.body.dataset.pings || 0);",
+            json!([]),
+        )
+        .await;
+    let message = env
+        .post(printer, ben, "Paper tray 2 is jammed", false)
+        .await;
+    view.wait_until("counted as unread", "window.tidings.unread === 2", LIVE)
+        .await;
+    assert_eq!(
+        view.js(
+            "return Number(document.body.dataset.pings || 0);",
+            json!([])
+        )
+        .await,
+        pings,
+        "no ping outside working hours"
+    );
+    let ben_view = driver.browser("ben").await;
+    sign_in(&ben_view, &env, ben).await;
+    ben_view
+        .click(&format!("#team .conversation[data-id=\"{printer}\"]"))
+        .await;
+    ben_view
+        .wait_until(
+            "the status says held",
+            "[...document.querySelectorAll('.delivery.held')].some((s) => s.textContent.includes('Email to Ann held: outside working hours until'))",
+            SETTLE,
+        )
+        .await;
+    ben_view.quit().await;
+    assert!(
+        env.mails_to("ann@example.com").iter().all(|m| !m
+            .parsed()
+            .body_text(0)
+            .unwrap_or_default()
+            .contains("Paper tray")),
+        "emailed outside working hours"
+    );
+    // No working hours, chosen by keyboard: the held email goes.
+    view.click("#prefs-open").await;
+    view.wait_until(
+        "own hours loaded",
+        "document.getElementById('hours_mode').value === 'own'",
+        LIVE,
+    )
+    .await;
+    view.type_into("#hours_mode", "None").await;
+    view.wait_until(
+        "none chosen",
+        "document.getElementById('hours_mode').value === 'none' && document.getElementById('hours_own').hidden",
+        LIVE,
+    )
+    .await;
+    view.click("#prefs-form button[type='submit']").await;
+    view.wait_until(
+        "inside again",
+        "document.body.dataset.hours === 'inside' && document.getElementById('dnd-status').textContent === ''",
+        LIVE,
+    )
+    .await;
+    env.settled(message, SETTLE).await;
+    assert!(
+        env.mails_to("ann@example.com").iter().any(|m| m
+            .parsed()
+            .body_text(0)
+            .unwrap_or_default()
+            .contains("Paper tray")),
+        "the held email went out once Ann had no working hours"
+    );
+    let errors = view.console_errors().await;
+    assert!(errors.is_empty(), "{errors:?}");
+    view.quit().await;
+}

@@ -370,6 +370,11 @@ impl Browser<'_> {
         self.on_element(css, "click", json!({})).await;
     }
 
+    /// Empties the field `css` (WebDriver element clear).
+    pub async fn clear(&self, css: &str) {
+        self.on_element(css, "clear", json!({})).await;
+    }
+
     /// Types `text` into the element `css` with the keyboard.
     pub async fn type_into(&self, css: &str, text: &str) {
         self.on_element(css, "value", json!({"text": text})).await;

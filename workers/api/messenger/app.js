@@ -509,12 +509,16 @@ async function loadOlder() {
 }
 
 // A1: the person's pause. The server holds emails and leaves pings out meanwhile; the page
-// shows until when.
+// shows until when. A2: outside working hours the same holds, and the line says so when no
+// pause is on.
 function renderDnd(until) {
   const end = until ? new Date(until) : null;
   const on = end !== null && end > new Date();
   document.body.dataset.dnd = on ? "on" : "off";
-  $("dnd-status").textContent = on ? `Paused until ${fullTime(until)}` : "";
+  const offHours = state.offHoursUntil && new Date(state.offHoursUntil) > new Date();
+  document.body.dataset.hours = offHours ? "outside" : "inside";
+  $("dnd-status").textContent = on ? `Paused until ${fullTime(until)}`
+    : offHours ? `Outside working hours until ${fullTime(state.offHoursUntil)}` : "";
   if (!on) {
     $("dnd").value = "off";
     $("dnd-until").hidden = true;
@@ -523,11 +527,68 @@ function renderDnd(until) {
   }
   clearTimeout(state.dndTimer);
   if (on) state.dndTimer = setTimeout(() => renderDnd(null), Math.min(end - new Date(), 2 ** 31 - 1));
+  else if (offHours) {
+    state.dndTimer = setTimeout(() => loadAttention(),
+      Math.min(new Date(state.offHoursUntil) - new Date() + 1000, 2 ** 31 - 1));
+  }
+}
+
+// The person's attention settings: the pause, and whether now is outside working hours.
+function renderAttention(a) {
+  state.offHoursUntil = a ? a.outside_hours_until : null;
+  renderDnd(a ? a.dnd_until : null);
+}
+
+function loadAttention() {
+  return api("GET", "/me/attention").then(renderAttention, () => renderAttention(null));
+}
+
+const DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+function describeHours(h) {
+  if (!h) return "none";
+  const names = h.days.map((d) => d[0].toUpperCase() + d.slice(1)).join(", ");
+  return `${names} ${h.start}–${h.end} ${h.time_zone}`;
+}
+
+// A2 in the preferences panel: the organisation's hours, none, or one's own.
+function renderHours(a) {
+  state.hoursSaved = JSON.stringify(a.working_hours);
+  const own = a.working_hours && typeof a.working_hours === "object" ? a.working_hours : null;
+  $("hours_mode").value = a.working_hours === "none" ? "none" : own ? "own" : "default";
+  $("hours_mode").options[0].textContent = a.working_hours === null && a.working_hours_in_effect
+    ? `The organisation's (${describeHours(a.working_hours_in_effect)})` : "The organisation's";
+  const shown = own || a.working_hours_in_effect
+    || { days: DAYS.slice(0, 5), start: "09:00", end: "17:00", time_zone: Intl.DateTimeFormat().resolvedOptions().timeZone };
+  for (const box of document.querySelectorAll("#hours_own [data-day]")) box.checked = shown.days.includes(box.dataset.day);
+  $("hours_start").value = shown.start;
+  $("hours_end").value = shown.end;
+  $("hours_zone").value = shown.time_zone;
+  $("hours_own").hidden = $("hours_mode").value !== "own";
+  $("hours_status").textContent = a.outside_hours_until
+    ? `Now outside working hours, until ${a.outside_hours_until_local}.`
+    : a.working_hours_in_effect ? "Now inside working hours." : "";
+  if (!$("zones").childElementCount && Intl.supportedValuesOf) {
+    for (const zone of Intl.supportedValuesOf("timeZone")) $("zones").append(el("option", { value: zone }));
+  }
+}
+
+// The working hours the panel shows, as the API takes them.
+function chosenHours() {
+  const mode = $("hours_mode").value;
+  if (mode === "default") return null;
+  if (mode === "none") return "none";
+  return {
+    days: [...document.querySelectorAll("#hours_own [data-day]")].filter((b) => b.checked).map((b) => b.dataset.day),
+    start: $("hours_start").value,
+    end: $("hours_end").value,
+    time_zone: $("hours_zone").value.trim(),
+  };
 }
 
 async function setDnd(until) {
   const r = await api("PUT", "/me/attention", { dnd_until: until ? until.toISOString() : null });
-  renderDnd(r.dnd_until);
+  renderAttention(r);
   say(r.dnd_until ? `Do not disturb until ${fullTime(r.dnd_until)}: emails wait, no pings.`
     : "Do not disturb is off; held emails go out now.");
 }
@@ -837,6 +898,7 @@ async function openPrefs() {
   const [prefs, attention] = await Promise.all([api("GET", "/me/preferences"), api("GET", "/me/attention")]);
   state.waitsForQuiet = attention.waits_for_quiet;
   $("wait_for_quiet").checked = attention.waits_for_quiet;
+  renderHours(attention);
   for (const [name, value] of Object.entries(prefs)) {
     const input = $(name);
     if (!input) continue;
@@ -859,6 +921,13 @@ async function savePrefs(event) {
     const waits = $("wait_for_quiet").checked;
     if (waits !== state.waitsForQuiet) {
       state.waitsForQuiet = (await api("PUT", "/me/attention", { wait_for_quiet: waits })).waits_for_quiet;
+    }
+    // A2 likewise: sent only when changed.
+    const hours = chosenHours();
+    if (JSON.stringify(hours) !== state.hoursSaved) {
+      const a = await api("PUT", "/me/attention", { working_hours: hours });
+      renderHours(a);
+      renderAttention(a);
     }
     state.me.show_customer_conversations = saved.show_customer_conversations;
     say("Preferences saved.");
@@ -967,6 +1036,7 @@ async function main() {
     }
   });
   $("prefs-form").addEventListener("submit", savePrefs);
+  $("hours_mode").addEventListener("change", () => { $("hours_own").hidden = $("hours_mode").value !== "own"; });
   for (const b of document.querySelectorAll("[data-preset]")) {
     b.addEventListener("click", () => applyPreset(b.dataset.preset));
   }
@@ -985,7 +1055,7 @@ async function main() {
   $("visibility").hidden = customer;
   $("prefs-open").hidden = customer;
   $("admin-link").hidden = !state.me.admin;
-  api("GET", "/me/attention").then((a) => renderDnd(a.dnd_until), () => renderDnd(null));
+  loadAttention();
   if (customer) $("team-heading").textContent = "Your conversations";
   tabs.start(state.me.id);
   connect();
