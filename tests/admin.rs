@@ -665,3 +665,113 @@ async fn the_console_in_chromium() {
         .await;
     other.quit().await;
 }
+
+/// A2 from the console, by mouse and keyboard: the organisation's working hours for users set
+/// on the People page, then one person's own (one day, three days ahead, so now is outside
+/// them, which the page says), then "none" for them; each lands in the API. axe-core clean.
+#[tokio::test(flavor = "multi_thread")]
+async fn a2_working_hours_from_the_console() {
+    use chrono::Datelike;
+    let env = Env::new("1s");
+    let _roles = env.spawn(&["api"]);
+    env.wait_for_api().await;
+    let (_, ann_token) = admin(&env, "Ann").await;
+    let ben = env.user("Ben").await;
+    let driver = Driver::start(&env.root().join("browser")).await;
+    let view = driver.browser("ann").await;
+    view.resize(1024, 900).await;
+    view.goto(&format!("{}/messenger#token={ann_token}", env.base()))
+        .await;
+    view.wait_until("messenger", "document.body.dataset.ready === 'yes'", LIVE)
+        .await;
+    view.click("#admin-link").await;
+    view.wait_until(
+        "console",
+        "location.pathname === '/admin' && document.body.dataset.ready === 'yes'",
+        LIVE,
+    )
+    .await;
+    section(&view, "people", "People").await;
+    view.click("#org-hours-on").await;
+    view.clear("#org-hours-zone").await;
+    view.type_into("#org-hours-zone", "America/New_York").await;
+    view.click("form[aria-labelledby='org-hours-heading'] button[type=submit]")
+        .await;
+    view.wait_until(
+        "saved",
+        "document.getElementById('status-line').textContent.startsWith('Working hours for users: mon, tue, wed, thu, fri 09:00')",
+        LIVE,
+    )
+    .await;
+    let mut violations = view.axe().await;
+    assert_eq!(
+        env.ok("GET", "/attention/defaults", None).await["working_hours"],
+        json!({"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "17:00",
+               "time_zone": "America/New_York"})
+    );
+
+    // Ben's own hours: one day, three days from now.
+    view.click(&format!("a[href=\"#people/{ben}\"]")).await;
+    view.wait_until(
+        "Ben's attention",
+        "document.getElementById('person-hours-mode')",
+        LIVE,
+    )
+    .await;
+    view.click("#person-hours-mode option[value=own]").await;
+    let day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][(tidings_common::clock::now()
+        + chrono::Duration::days(3))
+    .weekday()
+    .num_days_from_monday()
+        as usize];
+    for d in ["mon", "tue", "wed", "thu", "fri", "sat", "sun"] {
+        let css = format!("#person-hours-{d}");
+        let checked = view
+            .js(
+                &format!("return document.querySelector({}).checked;", json!(css)),
+                json!([]),
+            )
+            .await
+            == json!(true);
+        if checked != (d == day) {
+            view.click(&css).await;
+        }
+    }
+    view.click("form[aria-labelledby='person-attention-heading'] button[type=submit]")
+        .await;
+    view.wait_until(
+        "outside Ben's hours",
+        "document.getElementById('status-line').textContent === \"Ben's attention saved.\" && document.getElementById('person-attention-now').textContent.startsWith('Outside working hours until')",
+        LIVE,
+    )
+    .await;
+    violations.extend(view.axe().await);
+    let attention = env
+        .ok("GET", &format!("/people/{ben}/attention"), None)
+        .await;
+    assert_eq!(
+        attention["working_hours"]["days"],
+        json!([day]),
+        "{attention}"
+    );
+    assert!(attention["outside_hours_until"].is_string(), "{attention}");
+
+    // "None", by keyboard.
+    view.type_into("#person-hours-mode", "None").await;
+    view.click("form[aria-labelledby='person-attention-heading'] button[type=submit]")
+        .await;
+    view.wait_until(
+        "no hours",
+        "document.getElementById('person-attention-now').textContent === 'Emails go as they fall due.'",
+        LIVE,
+    )
+    .await;
+    let attention = env
+        .ok("GET", &format!("/people/{ben}/attention"), None)
+        .await;
+    assert_eq!(attention["working_hours"], json!("none"), "{attention}");
+    assert!(violations.is_empty(), "{violations:?}");
+    let errors = view.console_errors().await;
+    assert!(errors.is_empty(), "{errors:?}");
+    view.quit().await;
+}

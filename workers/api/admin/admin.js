@@ -1,8 +1,9 @@
 // The admin console: the messaging center (automations, templates with a live preview, system
 // notifications), the email log (outgoing, incoming, set aside, suppressions), people's
-// settings, the fleet's status and the history of changes. Every call is an admin route, made
-// with the admin's own session (the cookie the messenger's sign-in sets). Text from the server
-// is only ever set as text; an email's HTML is shown in a sandboxed frame without scripts.
+// settings and attention (working hours, pauses), the fleet's status and the history of
+// changes. Every call is an admin route, made with the admin's own session (the cookie the
+// messenger's sign-in sets). Text from the server is only ever set as text; an email's HTML
+// is shown in a sandboxed frame without scripts.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -562,13 +563,117 @@ const PREFERENCES = [
   ["accept_all_invitations", "Accept all invitations"],
 ];
 
+const DAYS = [["mon", "Mon"], ["tue", "Tue"], ["wed", "Wed"], ["thu", "Thu"], ["fri", "Fri"], ["sat", "Sat"], ["sun", "Sun"]];
+
+// Fields for working hours (A2) with ids under `prefix`; `hours` fills them (or Mon–Fri
+// 09:00–17:00 in the browser's zone). Returns the nodes and a function that reads them back.
+function hoursFields(prefix, hours) {
+  const h = hours || { days: ["mon", "tue", "wed", "thu", "fri"], start: "09:00", end: "17:00",
+    time_zone: Intl.DateTimeFormat().resolvedOptions().timeZone };
+  const nodes = el("div", { class: "hours-fields", id: `${prefix}-fields` },
+    el("fieldset", { class: "days" }, el("legend", { text: "Days" }),
+      DAYS.map(([d, name]) => el("label", {}, el("input", { type: "checkbox", id: `${prefix}-${d}`, checked: h.days.includes(d) }), ` ${name}`))),
+    el("label", { for: `${prefix}-start`, text: "From" }),
+    el("input", { type: "time", id: `${prefix}-start`, value: h.start }),
+    el("label", { for: `${prefix}-end`, text: "Until (earlier than From: the next day)" }),
+    el("input", { type: "time", id: `${prefix}-end`, value: h.end }),
+    el("label", { for: `${prefix}-zone`, text: "Time zone (IANA name)" }),
+    el("input", { id: `${prefix}-zone`, value: h.time_zone, autocomplete: "off", spellcheck: "false" }));
+  const read = () => ({
+    days: DAYS.map(([d]) => d).filter((d) => $(`${prefix}-${d}`).checked),
+    start: $(`${prefix}-start`).value,
+    end: $(`${prefix}-end`).value,
+    time_zone: $(`${prefix}-zone`).value.trim(),
+  });
+  return [nodes, read];
+}
+
+function describeHours(h) {
+  return h ? `${h.days.join(", ")} ${h.start}\u2013${h.end} ${h.time_zone}` : "none";
+}
+
+// The organisation's default working hours for users who did not choose their own.
+async function defaultHours() {
+  const d = await api("GET", "/attention/defaults");
+  const [fields, read] = hoursFields("org-hours", d.working_hours);
+  const on = el("input", { type: "checkbox", id: "org-hours-on", checked: d.working_hours !== null });
+  fields.hidden = !on.checked;
+  on.addEventListener("change", () => { fields.hidden = !on.checked; });
+  const form = el("form", { class: "grid card", "aria-labelledby": "org-hours-heading" },
+    el("h3", { id: "org-hours-heading", text: "Working hours for users" }),
+    el("p", { class: "muted", text: "Outside them a user gets no pings and their emails wait until the hours start. Users may choose their own; customers have none." }),
+    el("label", {}, on, " Users have working hours unless they choose their own"),
+    fields,
+    el("div", { class: "row-actions" }, el("button", { type: "submit", class: "primary", text: "Save working hours" })));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      const saved = await api("PUT", "/attention/defaults", { working_hours: on.checked ? read() : null });
+      say(`Working hours for users: ${describeHours(saved.working_hours)}.`);
+    } catch (err) {
+      say(`Not saved: ${err.message}`, true);
+    }
+  });
+  return form;
+}
+
+// A person's attention (A1–A3): their pause, working hours and wait for quiet.
+async function personAttention(id, person) {
+  const a = await api("GET", `/people/${id}/attention`);
+  const own = a.working_hours && typeof a.working_hours === "object" ? a.working_hours : null;
+  const [fields, read] = hoursFields("person-hours", own || a.working_hours_in_effect);
+  const mode = el("select", { id: "person-hours-mode" },
+    el("option", { value: "default", text: "The organisation's", selected: a.working_hours === null }),
+    el("option", { value: "none", text: "None: any time", selected: a.working_hours === "none" }),
+    el("option", { value: "own", text: "Their own", selected: Boolean(own) }));
+  fields.hidden = mode.value !== "own";
+  mode.addEventListener("change", () => { fields.hidden = mode.value !== "own"; });
+  const quiet = el("select", { id: "person-quiet" },
+    el("option", { value: "default", text: "The organisation's default", selected: a.wait_for_quiet === null }),
+    el("option", { value: "yes", text: "Yes", selected: a.wait_for_quiet === true }),
+    el("option", { value: "no", text: "No", selected: a.wait_for_quiet === false }));
+  const now = [];
+  if (a.dnd_until) now.push(`Do not disturb until ${when(a.dnd_until)}.`);
+  if (a.outside_hours_until) now.push(`Outside working hours until ${a.outside_hours_until_local}.`);
+  if (!now.length) now.push("Emails go as they fall due.");
+  const form = el("form", { class: "grid card", "aria-labelledby": "person-attention-heading" },
+    el("h3", { id: "person-attention-heading", dir: "auto", text: `${person.name}'s attention` }),
+    el("p", { id: "person-attention-now", class: "muted", text: now.join(" ") }),
+    a.dnd_until ? el("div", { class: "row-actions" }, el("button", { type: "button", id: "person-dnd-end", text: "End the pause now",
+      onclick: async () => {
+        try {
+          await api("PUT", `/people/${id}/attention`, { dnd_until: null });
+          say(`${person.name}'s pause ended; held emails go now.`);
+          await personAttention(id, person).then((f) => form.replaceWith(f));
+        } catch (err) { say(`Not changed: ${err.message}`, true); }
+      } })) : null,
+    el("label", { for: "person-hours-mode", text: "Working hours" }), mode, fields,
+    el("label", { for: "person-quiet", text: "Emails wait for a conversation to go quiet" }), quiet,
+    el("div", { class: "row-actions" }, el("button", { type: "submit", class: "primary", text: "Save attention" })));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const change = {
+      working_hours: mode.value === "own" ? read() : mode.value === "none" ? "none" : null,
+      wait_for_quiet: quiet.value === "default" ? null : quiet.value === "yes",
+    };
+    try {
+      await api("PUT", `/people/${id}/attention`, change);
+      say(`${person.name}'s attention saved.`);
+      form.replaceWith(await personAttention(id, person));
+    } catch (err) {
+      say(`Not saved: ${err.message}`, true);
+    }
+  });
+  return form;
+}
+
 async function people(id) {
   const search = el("form", { class: "filters", role: "search", "aria-label": "Find people" },
     el("label", {}, "Name or address", el("input", { name: "q", type: "search" })),
     el("button", { type: "submit", class: "primary", text: "Find" }));
   const results = el("div", {});
   const settings = el("div", { id: "person-settings" });
-  view(el("h2", { text: "People" }), search, results, settings);
+  view(el("h2", { text: "People" }), await defaultHours(), search, results, settings);
   const find = async () => {
     const q = new URLSearchParams({ kind: "user", limit: "50" });
     const text = new FormData(search).get("q");
@@ -608,7 +713,7 @@ async function personSettings(id, holder) {
       say(`Not saved: ${err.message}`, true);
     }
   });
-  holder.replaceChildren(form);
+  holder.replaceChildren(form, await personAttention(id, person));
 }
 
 // ---------------------------------------------------------------------------------------------
