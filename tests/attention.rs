@@ -566,6 +566,33 @@ async fn a2_defaults_own_hours_and_bad_input() {
         (&Value::Null, &Value::Null),
         "customers have no working hours by default: {c}"
     );
+    // The default at work: a message from Dora to Ann (a user without hours of her own) and
+    // Carol (a customer) is held for Ann, without a ping, and sent to Carol.
+    let dora = env.user("Dora").await;
+    let (_, item, conv) = env.ticket("Printer").await;
+    for person in [ann, carol] {
+        env.follow_item(item, person).await;
+    }
+    let message = env.post(conv, dora, "Your printer is fixed", false).await;
+    let row = held_by(&env, message, ann, "A2").await;
+    assert!(
+        row["email_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("held: outside working hours until "),
+        "{row}"
+    );
+    assert_eq!(
+        env.sql(&format!(
+            "SELECT payload FROM live_events WHERE person_id = {ann} AND message_id = {message}"
+        )),
+        r#"{"quiet": true}"#
+    );
+    let deadline = Instant::now() + SETTLE;
+    while row_of(&env, message, carol).await["email_state"] != "sent" {
+        assert!(Instant::now() < deadline, "Carol's email did not go");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (status, b) = env
         .call(
             "PUT",

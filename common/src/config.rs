@@ -22,6 +22,7 @@
 //! | `TIDINGS_SEEN_WINDOW` | `60s` | how long a notification waits for the recipient to see it before it is emailed |
 //! | `TIDINGS_WAIT_FOR_QUIET` | `no` | `yes`: by default an unseen message's email waits until its conversation has been quiet for the seen window (A3); each person may choose otherwise |
 //! | `TIDINGS_QUIET_MAX` | `10m` | the longest an email waits for its conversation to go quiet, counted from when it fell due |
+//! | `TIDINGS_CLOCK_OFFSET` | `0` | whole seconds added to the application clock (drills and tests of another time); the same in every process |
 //! | `TIDINGS_REPLY_DOMAIN` | `reply.tidings.localhost` | domain of reply addresses and outbound Message-IDs |
 //! | `TIDINGS_TOKEN_SECRET` | `tidings-dev-secret` | HMAC secret signing reply and bounce addresses |
 //! | `TIDINGS_ALLOW_DEV_SECRETS` | `no` | `yes`: listen beyond loopback even with a development secret |
@@ -1265,6 +1266,8 @@ mod tests {
     fn a_bad_value_names_its_variable() {
         let cases = [
             ("TIDINGS_SEEN_WINDOW", "sixty"),
+            ("TIDINGS_CLOCK_OFFSET", "1h"),
+            ("TIDINGS_CLOCK_OFFSET", "99999999999"),
             ("TIDINGS_QUEUE_TYPE", "stream"),
             ("TIDINGS_HTTP_ADDR", "localhost"),
             ("TIDINGS_DATABASE_URL", "mysql://x"),

@@ -66,8 +66,10 @@ pub struct Posted {
 /// Writes a `notification` event for each (message, recipient) of `notified`, and a
 /// `conversation` event for each message's author (their conversation moved to the top, with
 /// no ping). The rows name the message only; the payload is built when a stream sends them.
-/// A recipient who muted the conversation (A4) or paused (A1) when the message came gets
-/// `{"quiet": true}` as the row's payload: their notification comes without a ping.
+/// A recipient who muted the conversation (A4), paused (A1) or was outside their working hours
+/// (A2) when the message came gets `{"quiet": true}` as the row's payload: their notification
+/// comes without a ping. The organisation's default hours are judged once per call, so with
+/// no default and no hours of one's own a row costs one lookup of the person's attention.
 /// Returns the people who got events.
 pub fn posted(
     conn: &mut PgConnection,
@@ -106,15 +108,25 @@ pub fn posted(
     let mut locked = people.clone();
     lock(conn, &mut locked)?;
     diesel::sql_query(
-        "INSERT INTO live_events (person_id, kind, conversation_id, message_id, payload)
+        "WITH dflt AS MATERIALIZED (
+             SELECT tidings_next_work_start(d.work_days, d.work_start, d.work_end, d.time_zone,
+                                            $5) AS off
+             FROM attention_defaults d)
+         INSERT INTO live_events (person_id, kind, conversation_id, message_id, payload)
          SELECT person, kind, conversation, message,
                 CASE WHEN kind = 'notification'
                       AND ((SELECT true FROM conversation_mutes cm
                              WHERE cm.person_id = v.person
                                AND cm.conversation_id = v.conversation) IS NOT NULL
-                        OR (SELECT true FROM attention a
-                             WHERE a.person_id = v.person AND a.dnd_until > $5) IS NOT NULL
-                        OR (SELECT true FROM tidings_work_hold(v.person, $5)) IS NOT NULL)
+                        OR (SELECT a.dnd_until > $5
+                                OR (a.work_days > 0
+                                    AND tidings_next_work_start(a.work_days, a.work_start,
+                                            a.work_end, a.time_zone, $5) IS NOT NULL)
+                             FROM attention a WHERE a.person_id = v.person) IS TRUE
+                        OR ((SELECT off FROM dflt) IS NOT NULL
+                            AND (SELECT a.work_days FROM attention a
+                                  WHERE a.person_id = v.person) IS NULL
+                            AND (SELECT kind FROM people WHERE id = v.person) = 'user'))
                      THEN '{\"quiet\": true}'::jsonb END
          FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[])
            AS v(person, kind, conversation, message)

@@ -14,9 +14,38 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::secret::Secret;
 
+/// The most bytes a certificate or key file may hold (a chain of a few certificates is a few
+/// kilobytes).
+pub const PEM_FILE_MAX: u64 = 1 << 20;
+
+/// The bytes of PEM file `path`, which must be a regular file of at most [`PEM_FILE_MAX`]
+/// bytes: a device, a FIFO or a directory is refused before it is opened, so a wrong path
+/// cannot make a start hang or fill memory. The error names the file.
+pub fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(PEM_FILE_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > PEM_FILE_MAX {
+        return Err(format!(
+            "{}: larger than {PEM_FILE_MAX} bytes, not a certificate or key file",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
 /// The certificates of PEM file `path`; an error names the file and what is wrong with it.
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let pem = read_pem_file(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
@@ -31,7 +60,7 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
 
 /// The private key of PEM file `path` (PKCS#8, PKCS#1 RSA or SEC1 EC).
 pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let pem = read_pem_file(path)?;
     PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| format!("{}: holds no usable PEM private key: {e}", path.display()))
 }
@@ -68,10 +97,13 @@ impl AmqpTls {
         let ca = match ca {
             Some(path) => {
                 read_certificates(path).map_err(|e| ("TIDINGS_AMQP_CA", e))?;
-                Some(
-                    std::fs::read_to_string(path)
-                        .map_err(|e| ("TIDINGS_AMQP_CA", format!("{}: {e}", path.display())))?,
-                )
+                let pem = read_pem_file(path).map_err(|e| ("TIDINGS_AMQP_CA", e))?;
+                Some(String::from_utf8(pem).map_err(|_| {
+                    (
+                        "TIDINGS_AMQP_CA",
+                        format!("{}: not a PEM text file", path.display()),
+                    )
+                })?)
             }
             None => None,
         };
@@ -92,7 +124,7 @@ impl AmqpTls {
             (Some(cert), Some(key)) => {
                 read_certificates(cert).map_err(|e| ("TIDINGS_AMQP_CLIENT_CERT", e))?;
                 read_private_key(key).map_err(|e| ("TIDINGS_AMQP_CLIENT_KEY", e))?;
-                let read = |p: &Path, var| std::fs::read(p).map_err(|e| (var, e.to_string()));
+                let read = |p: &Path, var| read_pem_file(p).map_err(|e| (var, e));
                 Some((
                     read(cert, "TIDINGS_AMQP_CLIENT_CERT")?,
                     Secret::new(read(key, "TIDINGS_AMQP_CLIENT_KEY")?),
@@ -370,4 +402,39 @@ fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, S
         )
     })?;
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_a_fifo_a_directory_or_a_huge_file_is_refused_without_hanging() {
+        let dir = std::env::temp_dir().join(format!("tidings-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo.pem");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let huge = dir.join("huge.pem");
+        std::fs::write(&huge, vec![b'A'; (PEM_FILE_MAX + 1) as usize]).unwrap();
+        for (path, says) in [
+            (Path::new("/dev/zero"), "not a regular file"),
+            (fifo.as_path(), "not a regular file"),
+            (dir.as_path(), "not a regular file"),
+            (huge.as_path(), "larger than"),
+            (
+                Path::new("/nonexistent/ca.pem"),
+                "cannot read /nonexistent/ca.pem",
+            ),
+        ] {
+            let why = read_certificates(path).unwrap_err();
+            assert!(why.contains(says), "{}: {why}", path.display());
+            let why = read_private_key(path).unwrap_err();
+            assert!(why.contains(says), "{}: {why}", path.display());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -77,8 +77,10 @@ $$;
 
 -- A2 for person p_person at p_at: when their next working period starts, if p_at is outside
 -- their working hours, and that start in words in their zone ('Mon 2027-03-29 09:00
--- Europe/Berlin'). Their own hours, else the organisation's default for users; customers have
--- none by default. No row when they may be emailed now.
+-- Europe/Berlin'). Their own hours (work_days > 0; 0 is their choice of none), else the
+-- organisation's default for users; customers have none by default. No row when they may be
+-- emailed now. tidings_audiences and the live events' quiet mark (common/src/live.rs) judge
+-- the same way for many people at once, with the default judged once.
 CREATE OR REPLACE FUNCTION tidings_work_hold(p_person BIGINT, p_at TIMESTAMPTZ)
 RETURNS TABLE (until TIMESTAMPTZ, until_local TEXT) LANGUAGE sql STABLE AS $$
     SELECT n.at, to_char(n.at AT TIME ZONE h.time_zone, 'Dy YYYY-MM-DD HH24:MI') || ' ' || h.time_zone
@@ -121,7 +123,12 @@ LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    WITH msg AS MATERIALIZED (
+    WITH dflt AS MATERIALIZED (
+        -- A2: the organisation's default hours, judged once for the whole set.
+        SELECT tidings_next_work_start(d.work_days, d.work_start, d.work_end, d.time_zone,
+                                       p_at) AS off, d.time_zone AS zone
+        FROM attention_defaults d),
+    msg AS MATERIALIZED (
         SELECT m.id, m.conversation_id, m.internal,
                (SELECT kind FROM people WHERE id = m.author_id) AS author_kind, c.item_id,
                COALESCE(i.project_id, c.project_id) AS project_id, i.assignee_id
@@ -206,8 +213,18 @@ BEGIN
     JOIN msg ON msg.id = f.message_id
     JOIN people p ON p.id = f.person_id
     LEFT JOIN user_preferences up ON up.person_id = p.id
-    LEFT JOIN LATERAL (SELECT * FROM tidings_work_hold(p.id, p_at)
-                       WHERE p_people IS NOT NULL) w ON true
+    LEFT JOIN LATERAL (
+        SELECT x.at AS until,
+               to_char(x.at AT TIME ZONE x.zone, 'Dy YYYY-MM-DD HH24:MI') || ' ' || x.zone
+                   AS until_local
+        FROM (SELECT tidings_next_work_start(a.work_days, a.work_start, a.work_end,
+                                             a.time_zone, p_at) AS at, a.time_zone AS zone
+              FROM attention a WHERE a.person_id = p.id AND a.work_days > 0
+              UNION ALL
+              SELECT dflt.off, dflt.zone FROM dflt
+              WHERE dflt.off IS NOT NULL AND p.kind = 'user'
+                AND (SELECT a.work_days FROM attention a WHERE a.person_id = p.id) IS NULL) x
+        WHERE x.at IS NOT NULL AND p_people IS NOT NULL) w ON true
     ORDER BY msg.id, p.id;
 END
 $$;

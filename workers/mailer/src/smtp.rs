@@ -61,6 +61,9 @@ struct Server {
     hello: ClientId,
     /// CA certificates trusted besides the web roots (`TIDINGS_SMTP_CA`).
     ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// For `smtps://`: the rustls settings, built once, so every pooled connection shares
+    /// them (and their TLS session cache, which lets a new connection resume a session).
+    wrapper: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// An `smtps://` connection: TLS on a socket of the pool's own (with `TCP_NODELAY`), handed
@@ -156,6 +159,7 @@ impl Server {
             credentials,
             hello,
             ca: Vec::new(),
+            wrapper: None,
         })
     }
 
@@ -207,7 +211,11 @@ impl Server {
                 let stream = self.socket().await?;
                 let name = rustls_pki_types::ServerName::try_from(self.host.clone())
                     .map_err(|e| format!("{}: not a host name for TLS: {e}", self.host))?;
-                let tls = tokio_rustls::TlsConnector::from(self.wrapper_tls()?)
+                let config = match &self.wrapper {
+                    Some(config) => config.clone(),
+                    None => self.wrapper_tls()?,
+                };
+                let tls = tokio_rustls::TlsConnector::from(config)
                     .connect(name, stream)
                     .await
                     .map_err(|e| {
@@ -308,6 +316,9 @@ impl Smtp {
         if let Some(ca) = &config.smtp_ca {
             server.ca = tidings_common::tls::read_certificates(ca)
                 .map_err(|e| anyhow::anyhow!("TIDINGS_SMTP_CA: {e}"))?;
+        }
+        if matches!(server.security, Security::Wrapper) {
+            server.wrapper = Some(server.wrapper_tls().map_err(|e| anyhow::anyhow!(e))?);
         }
         let own = config.own_address();
         let from_domain = own.rsplit_once('@').map(|(_, d)| d).unwrap_or(&own);
