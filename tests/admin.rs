@@ -724,19 +724,8 @@ async fn a2_working_hours_from_the_console() {
     .weekday()
     .num_days_from_monday()
         as usize];
-    for d in ["mon", "tue", "wed", "thu", "fri", "sat", "sun"] {
-        let css = format!("#person-hours-{d}");
-        let checked = view
-            .js(
-                &format!("return document.querySelector({}).checked;", json!(css)),
-                json!([]),
-            )
-            .await
-            == json!(true);
-        if checked != (d == day) {
-            view.click(&css).await;
-        }
-    }
+    view.tick_only_day(|d| format!("#person-hours-{d}"), day)
+        .await;
     view.click("form[aria-labelledby='person-attention-heading'] button[type=submit]")
         .await;
     view.wait_until(

@@ -1961,19 +1961,8 @@ async fn a2_working_hours_set_in_the_messenger_hold_the_email_and_say_so() {
     .weekday()
     .num_days_from_monday()
         as usize];
-    for d in ["mon", "tue", "wed", "thu", "fri", "sat", "sun"] {
-        let css = format!("#hours_own [data-day='{d}']");
-        let checked = view
-            .js(
-                &format!("return document.querySelector({}).checked;", json!(css)),
-                json!([]),
-            )
-            .await
-            == json!(true);
-        if checked != (d == day) {
-            view.click(&css).await;
-        }
-    }
+    view.tick_only_day(|d| format!("#hours_own [data-day='{d}']"), day)
+        .await;
     view.clear("#hours_zone").await;
     view.type_into("#hours_zone", "Europe/Berlin").await;
     view.click("#prefs-form button[type='submit']").await;

@@ -370,6 +370,24 @@ impl Browser<'_> {
         self.on_element(css, "click", json!({})).await;
     }
 
+    /// Leaves exactly one of the week's day checkboxes ticked, by clicking those that differ:
+    /// `css_of(day)` finds the box of `mon` … `sun`.
+    pub async fn tick_only_day(&self, css_of: impl Fn(&str) -> String, day: &str) {
+        for d in ["mon", "tue", "wed", "thu", "fri", "sat", "sun"] {
+            let css = css_of(d);
+            let checked = self
+                .js(
+                    &format!("return document.querySelector({}).checked;", json!(css)),
+                    json!([]),
+                )
+                .await
+                == json!(true);
+            if checked != (d == day) {
+                self.click(&css).await;
+            }
+        }
+    }
+
     /// Empties the field `css` (WebDriver element clear).
     pub async fn clear(&self, css: &str) {
         self.on_element(css, "clear", json!({})).await;

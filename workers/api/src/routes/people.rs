@@ -602,6 +602,22 @@ fn checked_hours(
     Ok(own)
 }
 
+/// Announces held emails released to be judged again now (a pause ended, working hours
+/// changed).
+async fn announce_released(
+    state: &AppState,
+    released: Vec<tidings_common::amqp::NotificationBatch>,
+) {
+    if !released.is_empty() {
+        state
+            .announce(Announcements {
+                due: released,
+                ..Default::default()
+            })
+            .await;
+    }
+}
+
 /// Changes `person`'s attention settings and announces the emails a pause's end releases.
 pub async fn set_attention(
     state: &AppState,
@@ -641,14 +657,7 @@ pub async fn set_attention(
         Ok((released, attention_of(conn, person, by_default)?))
     })
     .await?;
-    if !released.is_empty() {
-        state
-            .announce(Announcements {
-                due: released,
-                ..Default::default()
-            })
-            .await;
-    }
+    announce_released(state, released).await;
     Ok(now)
 }
 
@@ -726,14 +735,7 @@ pub async fn put_attention_defaults(
         Ok((released, a::default_hours(conn)?))
     })
     .await?;
-    if !released.is_empty() {
-        state
-            .announce(Announcements {
-                due: released,
-                ..Default::default()
-            })
-            .await;
-    }
+    announce_released(&state, released).await;
     Ok(Json(AttentionDefaults {
         working_hours: serde_json::to_value(now).unwrap_or(Value::Null),
     }))
