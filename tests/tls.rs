@@ -189,15 +189,7 @@ fn client_config(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
     for cert in tidings_common::tls::read_certificates(ca).unwrap() {
         roots.add(cert).unwrap();
     }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
+    tidings_common::tls::client_config(roots).unwrap()
 }
 
 /// Connects, says EHLO and STARTTLS (plus `injected`, sent in the same packet), and completes

@@ -14,6 +14,20 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::secret::Secret;
 
+/// A TLS client's settings with the `ring` provider, trusting `roots`, with no client
+/// certificate: the mailer's `smtps://`, the database diagnosis and the tests use it.
+pub fn client_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, String> {
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    ))
+}
+
 /// The most bytes a certificate or key file may hold (a chain of a few certificates is a few
 /// kilobytes).
 pub const PEM_FILE_MAX: u64 = 1 << 20;
@@ -253,13 +267,7 @@ pub fn diagnose_postgres(url: &str) -> Option<String> {
     for cert in read_certificates(Path::new(&ca)).ok()? {
         roots.add(cert).ok()?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .ok()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = client_config(roots).ok()?;
     let name = rustls_pki_types::ServerName::try_from(host.to_string()).ok()?;
     let timeout = std::time::Duration::from_secs(5);
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
@@ -275,7 +283,7 @@ pub fn diagnose_postgres(url: &str) -> Option<String> {
     if answer[0] != b'S' {
         return None;
     }
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
+    let mut conn = rustls::ClientConnection::new(config, name).ok()?;
     while conn.is_handshaking() {
         if let Err(e) = conn.complete_io(&mut tcp) {
             return explain_refusal(&e.to_string(), true, DATABASE_SETTINGS);

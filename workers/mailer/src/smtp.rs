@@ -184,14 +184,7 @@ impl Server {
                 .add(cert.clone())
                 .map_err(|e| format!("TIDINGS_SMTP_CA: {e}"))?;
         }
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Ok(std::sync::Arc::new(config))
+        tidings_common::tls::client_config(roots)
     }
 
     /// A TCP connection to the server with `TCP_NODELAY`.
