@@ -723,6 +723,27 @@ async fn a2_defaults_own_hours_and_bad_input() {
     let a = attention(ann).await;
     assert_eq!(a["outside_hours_until"], Value::Null, "{a}");
     assert!(attention(bob).await["outside_hours_until"].is_string());
+
+    // A pause of Bob's, past the start of his hours (his own, in Berlin): held under A1, its
+    // end said in Berlin time too.
+    env.follow_item(item, bob).await;
+    let (status, body) = env
+        .call(
+            "PUT",
+            &format!("/people/{bob}/attention"),
+            Some(json!({"dnd_until": in_a(47 * 60)})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let later = env.post(conv, dora, "And the scanner too", false).await;
+    let row = held_by(&env, later, bob, "A1").await;
+    let reason = row["email_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("held: do not disturb until ")
+            && reason.contains(" Europe/Berlin (")
+            && reason.ends_with(" UTC)"),
+        "{row}"
+    );
 }
 
 /// A2 end to end, across a daylight-saving change: the application clock is moved to a few

@@ -89,6 +89,8 @@ struct PersonRow {
     work_held_until: Option<chrono::DateTime<chrono::Utc>>,
     #[diesel(sql_type = Nullable<Text>)]
     work_held_local: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    held_local: Option<String>,
 }
 
 impl PersonRow {
@@ -153,6 +155,7 @@ impl PersonRow {
             last_posted: self.last_posted,
             suppressed: self.suppressed,
             held_until: self.held_until,
+            held_local: self.held_local,
             wait_for_quiet: self.wait_for_quiet,
             off_hours: self.work_held_until.map(|until| rules::OffHours {
                 until,

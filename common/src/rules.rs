@@ -181,6 +181,9 @@ pub struct PersonFacts {
     pub suppressed: bool,
     /// A1: the person paused (do not disturb) until then; `None` when no pause is on now.
     pub held_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// A1: the same end in words in the zone of the person's working hours, when they have one
+    /// ("Tue 2026-12-08 08:00 Europe/Berlin").
+    pub held_local: Option<String>,
     /// A3: the person's own choice to wait for quiet; `None` takes the organisation's default.
     pub wait_for_quiet: Option<bool>,
     /// A2: now is outside the person's working hours; `None` inside them or without any.
@@ -431,10 +434,16 @@ pub fn email(message: &MessageFacts, person: &PersonFacts) -> Verdict {
     let paused = person.held_until.map(|until| Verdict {
         yes: false,
         rule: "A1",
-        detail: format!(
-            "held: do not disturb until {}",
-            until.format("%Y-%m-%d %H:%M UTC")
-        ),
+        detail: match &person.held_local {
+            Some(local) => format!(
+                "held: do not disturb until {local} ({})",
+                until.format("%Y-%m-%d %H:%M UTC")
+            ),
+            None => format!(
+                "held: do not disturb until {}",
+                until.format("%Y-%m-%d %H:%M UTC")
+            ),
+        },
         reason: None,
         held_until: Some(until),
     });
@@ -493,6 +502,7 @@ mod tests {
             last_posted: None,
             suppressed: false,
             held_until: None,
+            held_local: None,
             wait_for_quiet: None,
             off_hours: None,
         }

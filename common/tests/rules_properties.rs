@@ -111,6 +111,7 @@ fn organisation() -> impl Strategy<Value = Organisation> {
                         last_posted,
                         suppressed: muted && kind == PersonKind::User,
                         held_until: None,
+                        held_local: None,
                         wait_for_quiet: None,
                         off_hours: None,
                     }

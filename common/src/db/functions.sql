@@ -100,7 +100,7 @@ $$;
 -- With p_people NULL: every person who may be notified about each message of p_messages,
 -- with the facts in-app notification decides on (D1, P1-P5, F1); the facts only the email
 -- decision reads (muted, seen_up_to, last_posted, suppressed, held_until, wait_for_quiet,
--- work_held_until, work_held_local) are left false or NULL, and
+-- work_held_until, work_held_local, held_local) are left false or NULL, and
 -- whether a candidate is a participant or an item follower comes from how it was found.
 -- Otherwise the pairs (p_messages[i], p_people[i]) with every fact (the mailer's send-time
 -- re-check, and explain). One row per (message, person), ordered by both. As above, every
@@ -118,7 +118,8 @@ RETURNS TABLE (message_id BIGINT, id BIGINT, kind TEXT, active BOOLEAN, has_emai
                show_customer_conversations BOOLEAN, from_customers TEXT, from_users TEXT,
                followed_internal BOOLEAN, email_customer_messages BOOLEAN, email_replies BOOLEAN,
                email_internal BOOLEAN, suppressed BOOLEAN, held_until TIMESTAMPTZ,
-               wait_for_quiet BOOLEAN, work_held_until TIMESTAMPTZ, work_held_local TEXT)
+               wait_for_quiet BOOLEAN, work_held_until TIMESTAMPTZ, work_held_local TEXT,
+               held_local TEXT)
 LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 BEGIN
@@ -208,7 +209,18 @@ BEGIN
     up.see_conversations, up.show_customer_conversations, up.from_customers,
     up.from_users, up.followed_internal, up.email_customer_messages,
     up.email_replies, up.email_internal, f.suppressed, f.held_until, f.wait_for_quiet,
-    w.until, w.until_local
+    w.until, w.until_local,
+    -- A pause's end in words in the zone of the person's working hours, when they have one.
+    CASE WHEN f.held_until IS NOT NULL THEN
+        (SELECT to_char(f.held_until AT TIME ZONE z.zone, 'Dy YYYY-MM-DD HH24:MI') || ' ' || z.zone
+         FROM (SELECT COALESCE(
+                   (SELECT CASE WHEN a.work_days > 0 THEN a.time_zone END
+                    FROM attention a WHERE a.person_id = p.id),
+                   CASE WHEN p.kind = 'user'
+                         AND (SELECT a.work_days FROM attention a WHERE a.person_id = p.id) IS NULL
+                        THEN (SELECT dflt.zone FROM dflt) END) AS zone) z
+         WHERE z.zone IS NOT NULL)
+    END
     FROM facts f
     JOIN msg ON msg.id = f.message_id
     JOIN people p ON p.id = f.person_id
