@@ -575,6 +575,15 @@ async fn a2_defaults_own_hours_and_bad_input() {
     }
     let message = env.post(conv, dora, "Your printer is fixed", false).await;
     let row = held_by(&env, message, ann, "A2").await;
+    let (_, explained) = env
+        .call("GET", &format!("/messages/{message}/explain/{ann}"), None)
+        .await;
+    assert!(
+        explained
+            .to_string()
+            .contains("held: outside working hours until"),
+        "{explained}"
+    );
     assert!(
         row["email_reason"]
             .as_str()
@@ -707,6 +716,14 @@ async fn a2_defaults_own_hours_and_bad_input() {
         (400, &json!("working_hours")),
         "{body}"
     );
+    let (status, body) = env
+        .call(
+            "PUT",
+            "/attention/defaults",
+            Some(json!({"working_hour": null})),
+        )
+        .await;
+    assert_eq!(status, 400, "a misspelt field is refused: {body}");
     // Removing the default: Ann has no hours any more; Bob keeps his own.
     let (status, body) = env
         .call(

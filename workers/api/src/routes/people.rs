@@ -683,6 +683,7 @@ pub async fn get_attention(
 
 /// The organisation's default working hours (A2), for users without their own.
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AttentionDefaults {
     /// `{"days": [...], "start": "09:00", "end": "17:00", "time_zone": "Europe/Berlin"}`, or
     /// `null`: users have no working hours unless they set their own.
