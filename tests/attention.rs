@@ -771,7 +771,7 @@ async fn a2_defaults_own_hours_and_bad_input() {
 /// and than a fixed offset would make it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a2_held_outside_working_hours_and_sent_when_they_start_across_a_dst_change() {
-    const LEAD: i64 = 20;
+    const LEAD: i64 = 30;
     let env = Env::with("1s", &[("TIDINGS_SEND_LEASE", "2s")], &[]);
     let (ann, bob, cy, convs) = {
         let mut setup = env.spawn_named("setup", &["all"], &[]);
@@ -874,7 +874,9 @@ async fn a2_held_outside_working_hours_and_sent_when_they_start_across_a_dst_cha
 
     // Cy's go at 03:00 Berlin time.
     for message in [first, second] {
-        let d = env.settled(message, SETTLE).await;
+        let d = env
+            .settled(message, SETTLE + Duration::from_secs(LEAD as u64))
+            .await;
         let row = row_of(&env, message, cy).await;
         assert_eq!(row["email_state"], "sent", "{d}");
         let sent_at: chrono::DateTime<chrono::Utc> =
